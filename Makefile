@@ -1,0 +1,36 @@
+# The two commands: `make demo` (set up, generate a project, train it briefly on CPU, sample from it)
+# and `make test` (set up, run the test suite). Both create .venv and install what they need.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+DEMO   := build/demo
+# torch first, pinned: on these machines 2.13.0 resolves to a local CPU wheel; anything else pulls
+# gigabytes of CUDA wheels. pyproject.toml declares a range that 2.13.0 satisfies.
+TORCH_SPEC ?= torch==2.13.0
+DEMO_STEPS ?= 300
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
+
+.PHONY: demo test install bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(BIN)/llmgen new $(DEMO) --yes --force --no-git
+	cd $(DEMO) && ../../$(BIN)/python -m reference_llm.train --config configs/train.toml train.max_steps=$(DEMO_STEPS)
+	cd $(DEMO) && ../../$(BIN)/python -m reference_llm.generate --checkpoint runs/latest --prompt "ROMEO:" --max-new-tokens 200
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q
+
+bench: $(VENV)/.installed
+	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf build dist .pytest_cache

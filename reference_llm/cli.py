@@ -1,0 +1,21 @@
+"""Shared plumbing for the `python -m reference_llm.<command>` entry points."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from reference_llm.errors import ReferenceLLMError
+
+
+def run_main(main: Callable[[list[str]], int | None], argv: list[str] | None = None) -> int:
+    """Run `main(argv)`; a `ReferenceLLMError` becomes one line on stderr and exit code 2."""
+    try:
+        code = main(sys.argv[1:] if argv is None else argv)
+    except ReferenceLLMError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)

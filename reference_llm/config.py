@@ -1,0 +1,221 @@
+"""Run configuration: dataclasses loaded from a TOML file plus `section.key=value` overrides.
+
+A training config looks like this (every key optional except where the dataclass has no default):
+
+    [model]
+    preset = "demo"          # any ModelConfig preset; other keys here override its fields
+
+    [data]
+    corpus = "data/shakespeare.txt"   # a text file or a folder of .txt/.md files
+    tokenizer = "bpe"                 # "char" | "bpe" (from scratch) | "hf-bpe" (HF tokenizers)
+    vocab_size = 1024                 # for the BPE tokenizers; "char" takes the corpus' alphabet
+
+    [train]
+    max_steps = 2000
+
+    [distributed]
+    strategy = "single"
+
+Unknown sections or keys, wrong types and impossible values raise `ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reference_llm.errors import ConfigError
+from reference_llm.model import ModelConfig
+
+
+@dataclass
+class DataConfig:
+    corpus: str = "data/shakespeare.txt"
+    tokenizer: str = "bpe"  # "char" | "bpe" | "hf-bpe"
+    vocab_size: int = 1024
+    cache_dir: str = "data/cache"  # tokenizer and token shards are built here once, keyed by content hash
+    val_fraction: float = 0.1  # fraction of documents (or of the text, for a single document) held out
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 1337
+    micro_batch: int = 16  # sequences per forward/backward on one device
+    grad_accum: int = 1  # micro-batches per optimizer step
+    seq_len: int = 0  # 0: the model's block_size
+    max_steps: int = 2000
+    max_minutes: float = 0.0  # stop after this much training time (0: no limit); counts as finished
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    dtype: str = "auto"  # "auto" | "float32" | "bfloat16": auto is bf16 autocast where it is faster
+    compile: bool = False
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
+    log_interval: int = 10
+    metrics_file: str = "metrics.jsonl"  # relative to checkpoint.dir
+
+
+@dataclass
+class EvalConfig:
+    interval: int = 250  # steps between evaluations (0: only at the end)
+    iters: int = 20  # batches per evaluation
+
+
+@dataclass
+class CheckpointConfig:
+    dir: str = "runs/default"
+    interval: int = 500  # steps between checkpoints (0: only at the end)
+    keep: int = 2  # most recent checkpoints to keep
+
+
+@dataclass
+class DistributedConfig:
+    strategy: str = "single"  # "single" | "ddp" | "fsdp" | "zero1" | "zero2" | "zero3"
+    deepspeed_config: str = "configs/deepspeed.json"
+    offload: str = "none"  # "none" | "optimizer" | "params" (DeepSpeed ZeRO only)
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=lambda: ModelConfig.preset("demo"))
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+
+    @property
+    def seq_len(self) -> int:
+        return self.train.seq_len or self.model.block_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig, "train": TrainConfig, "eval": EvalConfig,
+    "checkpoint": CheckpointConfig, "distributed": DistributedConfig,
+}
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.tokenizer": ("char", "bpe", "hf-bpe"),
+    "train.dtype": ("auto", "float32", "bfloat16"),
+    "distributed.strategy": ("single", "ddp", "fsdp", "zero1", "zero2", "zero3"),
+    "distributed.offload": ("none", "optimizer", "params"),
+}
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a TOML file (or start from defaults when `path` is None) and apply `key=value` overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    for item in overrides:
+        section, key, value = _parse_override(item)
+        raw.setdefault(section, {})[key] = value
+    return config_from_dict(raw)
+
+
+def config_from_dict(raw: dict[str, Any]) -> RunConfig:
+    unknown = set(raw) - set(SECTIONS) - {"model"}
+    if unknown:
+        raise ConfigError(f"unknown config section(s): {', '.join(sorted(unknown))}; "
+                          f"known: model, {', '.join(SECTIONS)}")
+    sections = {name: _build_section(name, cls, raw.get(name, {})) for name, cls in SECTIONS.items()}
+    model_raw = dict(raw.get("model", {}))
+    preset = model_raw.pop("preset", "demo")
+    model_fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
+    unknown_model = set(model_raw) - set(model_fields)
+    if unknown_model:
+        raise ConfigError(f"unknown key(s) in [model]: {', '.join(sorted(unknown_model))}")
+    model_values = {k: _coerce(f"model.{k}", v, model_fields[k].type) for k, v in model_raw.items()}
+    config = RunConfig(model=ModelConfig.preset(preset, **model_values), **sections)
+    _check(config)
+    return config
+
+
+def _build_section(name: str, cls: type, values: Any) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"[{name}] must be a table of keys, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(values) - set(fields)
+    if unknown:
+        raise ConfigError(f"unknown key(s) in [{name}]: {', '.join(sorted(unknown))}; "
+                          f"known: {', '.join(fields)}")
+    typed = {k: _coerce(f"{name}.{k}", v, fields[k].type) for k, v in values.items()}
+    for key, value in typed.items():
+        allowed = CHOICES.get(f"{name}.{key}")
+        if allowed and value not in allowed:
+            raise ConfigError(f"{name}.{key} must be one of {', '.join(allowed)}; got {value!r}")
+    return cls(**typed)
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Check `value` against a dataclass field's annotation (a string under `from __future__`)."""
+    expected = _resolve(annotation)
+    if type(None) in expected and value is None:
+        return None
+    if isinstance(value, bool):  # bool is an int in Python; accept it only where bool is expected
+        if bool in expected:
+            return value
+    elif float in expected and isinstance(value, (int, float)):
+        return float(value)
+    elif any(t is not bool and isinstance(value, t) for t in expected):
+        return value
+    names = " or ".join(t.__name__ for t in expected if t is not type(None))
+    raise ConfigError(f"{key} must be {names}, got {value!r}")
+
+
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "None": type(None)}
+
+
+def _resolve(annotation: Any) -> tuple[type, ...]:
+    if isinstance(annotation, str):
+        return tuple(_TYPES[part.strip()] for part in annotation.split("|"))
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return typing.get_args(annotation)
+    return (annotation,)
+
+
+def _parse_override(item: str) -> tuple[str, str, Any]:
+    """`train.lr=3e-4` -> ("train", "lr", 0.0003). Values parse as TOML, falling back to a string."""
+    key, sep, text = item.partition("=")
+    section, dot, name = key.strip().partition(".")
+    if not sep or not dot or not name:
+        raise ConfigError(f"override {item!r} must look like section.key=value (e.g. train.max_steps=100)")
+    try:
+        value = tomllib.loads(f"v = {text.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text.strip()
+    return section, name, value
+
+
+def _check(config: RunConfig) -> None:
+    """Cross-field checks that no single section can make."""
+    t = config.train
+    for key in ("micro_batch", "grad_accum", "max_steps"):
+        if getattr(t, key) <= 0:
+            raise ConfigError(f"train.{key} must be positive, got {getattr(t, key)}")
+    if t.seq_len < 0 or config.seq_len > config.model.block_size:
+        raise ConfigError(f"train.seq_len={t.seq_len} must be between 1 and model.block_size="
+                          f"{config.model.block_size} (0 means block_size)")
+    if not 0 < t.lr or t.min_lr < 0 or t.min_lr > t.lr:
+        raise ConfigError(f"need 0 <= train.min_lr <= train.lr and lr > 0; got lr={t.lr}, min_lr={t.min_lr}")
+    if not 0.0 < config.data.val_fraction < 1.0:
+        raise ConfigError(f"data.val_fraction must be between 0 and 1, got {config.data.val_fraction}")
+    if config.data.tokenizer != "char" and config.data.vocab_size < 257:
+        raise ConfigError(f"data.vocab_size must be at least 257 for byte-level BPE, got {config.data.vocab_size}")

@@ -1,0 +1,474 @@
+"""One decoder-only Transformer that is GPT-2 or Llama depending on its config.
+
+GPT-2 (Radford et al. 2019): LayerNorm, learned absolute positions, GELU MLP, biases, tied embeddings.
+Llama (Touvron et al. 2023): RMSNorm, rotary positions (RoPE), SwiGLU MLP, no biases, grouped-query
+attention (Ainslie et al. 2023) and an untied output head. The differences are fields of one
+`ModelConfig`, not two model classes, so every component is written once.
+
+Shape legend used in comments: B batch, T tokens in this call, S tokens attended to (cache + new),
+C = d_model, H query heads, K key/value heads, D = C // H head size, V vocabulary, F MLP hidden size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from reference_llm.errors import ConfigError
+
+IGNORE_INDEX = -100  # targets with this value add nothing to the loss (prompt tokens in SFT, padding)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Configuration
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelConfig:
+    """Everything that fixes the model's shape and its variant. Presets: `ModelConfig.preset(name)`."""
+
+    vocab_size: int = 50304
+    block_size: int = 1024  # longest sequence the model accepts (context length)
+    n_layer: int = 12
+    n_head: int = 12
+    n_kv_head: int | None = None  # None: same as n_head (multi-head); fewer: grouped-query attention
+    d_model: int = 768
+    ffn_hidden: int | None = None  # None: 4*d_model for GELU, Llama's 8/3*d_model rule for SwiGLU
+    norm: str = "layernorm"  # "layernorm" | "rmsnorm"
+    norm_eps: float = 1e-5
+    position: str = "learned"  # "learned" | "rope"
+    rope_theta: float = 10000.0
+    mlp: str = "gelu"  # "gelu" | "swiglu"
+    bias: bool = True  # biases in Linear and LayerNorm layers
+    tie_embeddings: bool = True  # output head shares the token embedding matrix
+    dropout: float = 0.0
+    attention: str = "auto"  # "auto" | "sdpa" | "manual" (see `Attention._use_sdpa`)
+    name: str = field(default="custom", compare=False)
+
+    def __post_init__(self) -> None:
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        if self.ffn_hidden is None:
+            self.ffn_hidden = _default_ffn_hidden(self.d_model, self.mlp)
+        self.validate()
+
+    # -- construction --------------------------------------------------------------------------------
+
+    @classmethod
+    def gpt2_style(cls, **overrides: Any) -> ModelConfig:
+        """GPT-2 defaults (LayerNorm, learned positions, GELU, biases, tied head) plus overrides."""
+        base: dict[str, Any] = dict(norm="layernorm", position="learned", mlp="gelu", bias=True, tie_embeddings=True)
+        return cls(**{**base, **overrides})
+
+    @classmethod
+    def llama_style(cls, **overrides: Any) -> ModelConfig:
+        """Llama defaults (RMSNorm, RoPE, SwiGLU, no biases, untied head) plus overrides."""
+        base: dict[str, Any] = dict(
+            norm="rmsnorm", position="rope", mlp="swiglu", bias=False, tie_embeddings=False, norm_eps=1e-5
+        )
+        return cls(**{**base, **overrides})
+
+    @classmethod
+    def for_arch(cls, arch: str, **overrides: Any) -> ModelConfig:
+        """`arch` is "gpt2" or "llama"."""
+        builders = {"gpt2": cls.gpt2_style, "llama": cls.llama_style}
+        if arch not in builders:
+            raise ConfigError(f"unknown architecture {arch!r}; expected one of: {', '.join(builders)}")
+        return builders[arch](**overrides)
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> ModelConfig:
+        """A named shape from `PRESETS`, with optional field overrides."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown model preset {name!r}; known presets: {', '.join(PRESETS)}")
+        arch, fields = PRESETS[name]
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown model field(s) {', '.join(sorted(unknown))}")
+        return cls.for_arch(arch, name=name, **{**fields, **overrides})
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Inverse of `to_dict`; rejects unknown keys with a message naming them."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown model field(s) {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        positive = ("vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "d_model", "ffn_hidden")
+        for key in positive:
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"model.{key} must be a positive integer, got {value!r}")
+        if self.d_model % self.n_head:
+            raise ConfigError(f"model.n_head={self.n_head} must divide model.d_model={self.d_model}")
+        if self.n_head % self.n_kv_head:  # type: ignore[operator]
+            raise ConfigError(f"model.n_kv_head={self.n_kv_head} must divide model.n_head={self.n_head}")
+        choices = {"norm": ("layernorm", "rmsnorm"), "position": ("learned", "rope"), "mlp": ("gelu", "swiglu"),
+                   "attention": ("auto", "sdpa", "manual")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"model.{key} must be one of {', '.join(allowed)}; got {getattr(self, key)!r}")
+        if self.position == "rope" and self.head_dim % 2:
+            raise ConfigError(f"RoPE needs an even head size; d_model/n_head = {self.head_dim}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+
+    # -- derived quantities ------------------------------------------------------------------------------
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    @property
+    def arch(self) -> str:
+        """"gpt2" or "llama" when the fields match that family exactly, else "custom"."""
+        if (self.norm, self.position, self.mlp) == ("layernorm", "learned", "gelu"):
+            return "gpt2"
+        if (self.norm, self.position, self.mlp) == ("rmsnorm", "rope", "swiglu"):
+            return "llama"
+        return "custom"
+
+    def num_params(self, include_embeddings: bool = True) -> int:
+        """Exact parameter count of `Transformer(self)`, computed from the shape alone.
+
+        `include_embeddings=False` leaves out the token and position embeddings and an untied output
+        head, the convention of Kaplan et al. (2020) for "non-embedding" parameters.
+        """
+        C, F_, V, L = self.d_model, self.ffn_hidden, self.vocab_size, self.n_layer
+        kv = self.n_kv_head * self.head_dim  # type: ignore[operator]
+        b = 1 if self.bias else 0
+        norm = C * (2 if self.norm == "layernorm" and self.bias else 1)
+        attn = C * (C + 2 * kv) + b * (C + 2 * kv) + C * C + b * C  # fused qkv, then output projection
+        n_mats = 3 if self.mlp == "swiglu" else 2
+        mlp = n_mats * C * F_ + b * ((n_mats - 1) * F_ + C)  # type: ignore[operator]
+        body = L * (attn + mlp + 2 * norm) + norm  # blocks and the final norm
+        if not include_embeddings:
+            return body
+        embeddings = V * C + (self.block_size * C if self.position == "learned" else 0)
+        head = 0 if self.tie_embeddings else V * C
+        return body + embeddings + head
+
+    def flops_per_token(self, seq_len: int | None = None, training: bool = True) -> float:
+        """Matmul FLOPs per token: 6N + 12·L·C·T for a training step, 2N + 4·L·C·T for a forward pass.
+
+        N counts the weights that take part in a matmul (every block weight and the output head; an
+        embedding lookup is not a matmul). The attention term follows PaLM (Chowdhery et al. 2022,
+        appendix B) for a causal model: QK^T and AV each cost 2·T·C per token per layer forward.
+        """
+        T = self.block_size if seq_len is None else seq_len
+        n_matmul = self.num_params(include_embeddings=False) + self.vocab_size * self.d_model
+        forward = 2 * n_matmul + 4 * self.n_layer * self.d_model * T
+        return float(3 * forward if training else forward)
+
+
+def _default_ffn_hidden(d_model: int, mlp: str) -> int:
+    if mlp == "swiglu":  # Llama: 2/3 of 4·C so SwiGLU's three matrices cost what GELU's two do, rounded to 256
+        hidden = int(2 * 4 * d_model / 3)
+        return 256 * ((hidden + 255) // 256)
+    return 4 * d_model
+
+
+# name -> (arch, fields). Small presets are for tests and CPU; the large ones give real shapes to the
+# estimator (published configs: GPT-2 from OpenAI's release, Llama from Meta's model cards).
+PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
+    "tiny": ("llama", dict(vocab_size=512, block_size=64, n_layer=2, n_head=4, n_kv_head=2, d_model=64)),
+    "tiny-gpt2": ("gpt2", dict(vocab_size=512, block_size=64, n_layer=2, n_head=4, d_model=64)),
+    "demo": ("llama", dict(vocab_size=512, block_size=256, n_layer=6, n_head=6, n_kv_head=6, d_model=384,
+                           ffn_hidden=1024, tie_embeddings=True)),
+    "nanogpt-cpu": ("gpt2", dict(vocab_size=65, block_size=64, n_layer=4, n_head=4, d_model=128, bias=False)),
+    "nanogpt-shakespeare": ("gpt2", dict(vocab_size=65, block_size=256, n_layer=6, n_head=6, d_model=384,
+                                         bias=False)),
+    "gpt2-124m": ("gpt2", dict(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, d_model=768)),
+    "gpt2-350m": ("gpt2", dict(vocab_size=50257, block_size=1024, n_layer=24, n_head=16, d_model=1024)),
+    "gpt2-774m": ("gpt2", dict(vocab_size=50257, block_size=1024, n_layer=36, n_head=20, d_model=1280)),
+    "gpt2-1.5b": ("gpt2", dict(vocab_size=50257, block_size=1024, n_layer=48, n_head=25, d_model=1600)),
+    "llama-1b": ("llama", dict(vocab_size=128256, block_size=8192, n_layer=16, n_head=32, n_kv_head=8,
+                               d_model=2048, ffn_hidden=8192, tie_embeddings=True, rope_theta=500000.0)),
+    "llama-3b": ("llama", dict(vocab_size=128256, block_size=8192, n_layer=28, n_head=24, n_kv_head=8,
+                               d_model=3072, ffn_hidden=8192, tie_embeddings=True, rope_theta=500000.0)),
+    "llama-7b": ("llama", dict(vocab_size=32000, block_size=4096, n_layer=32, n_head=32, d_model=4096,
+                               ffn_hidden=11008)),
+    "llama-8b": ("llama", dict(vocab_size=128256, block_size=8192, n_layer=32, n_head=32, n_kv_head=8,
+                               d_model=4096, ffn_hidden=14336, rope_theta=500000.0)),
+    "llama-13b": ("llama", dict(vocab_size=32000, block_size=4096, n_layer=40, n_head=40, d_model=5120,
+                                ffn_hidden=13824)),
+    "llama-70b": ("llama", dict(vocab_size=128256, block_size=8192, n_layer=80, n_head=64, n_kv_head=8,
+                                d_model=8192, ffn_hidden=28672, rope_theta=500000.0)),
+}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Building blocks
+# ----------------------------------------------------------------------------------------------------
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight (Zhang & Sennrich 2019): LayerNorm without centring or bias."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in float32: under bf16 the mean of squares loses too many bits.
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return normed.type_as(x) * self.weight
+
+
+def make_norm(config: ModelConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return RMSNorm(config.d_model, config.norm_eps)
+    return nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=config.bias)
+
+
+def rope_tables(head_dim: int, length: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables, each (length, head_dim), for rotary position embeddings (Su et al. 2021).
+
+    Uses the "rotate half" layout (the first half of each head pairs with the second half), the same
+    layout as Hugging Face's Llama, so weights move between the two without permutation.
+    """
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))  # (D/2,)
+    angles = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)  # (length, D/2)
+    angles = torch.cat([angles, angles], dim=-1)  # (length, D)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x (B, heads, T, D) by the angles for its positions; cos/sin are (T, D)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x * cos + rotated * sin).type_as(x)
+
+
+@dataclass
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far, preallocated to `max_len`.
+
+    k[i], v[i]: (B, K, max_len, D). `length` tokens are filled; a forward pass with the cache appends
+    its T new tokens at positions length..length+T-1 and advances `length`.
+    """
+
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
+    length: int = 0
+
+    @classmethod
+    def allocate(cls, config: ModelConfig, batch_size: int, max_len: int | None = None,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> KVCache:
+        max_len = config.block_size if max_len is None else max_len
+        shape = (batch_size, config.n_kv_head, max_len, config.head_dim)
+        return cls(k=[torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)],
+                   v=[torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)])
+
+    @property
+    def max_len(self) -> int:
+        return self.k[0].shape[2]
+
+
+class Attention(nn.Module):
+    """Causal self-attention with H query heads sharing K key/value heads (K = H is multi-head)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
+        kv_dim = self.n_kv_head * self.head_dim
+        # One fused projection for q, k and v: one large matmul is faster than three small ones.
+        self.qkv = nn.Linear(config.d_model, config.d_model + 2 * kv_dim, bias=config.bias)
+        self.proj = nn.Linear(config.d_model, config.d_model, bias=config.bias)
+        self.proj.residual_projection = True  # scaled at init, see Transformer._init_weights
+        self.dropout = config.dropout
+        self.mode = config.attention
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
+                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        B, T, C = x.shape
+        H, K, D = self.n_head, self.n_kv_head, self.head_dim
+        q, k, v = self.qkv(x).split([H * D, K * D, K * D], dim=-1)
+        q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, T, K, D).transpose(1, 2)  # (B, K, T, D)
+        v = v.view(B, T, K, D).transpose(1, 2)  # (B, K, T, D)
+        if rope is not None:
+            cos, sin = rope  # already sliced to this call's positions: (T, D)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+
+        start = 0
+        if cache is not None:  # append the new keys/values, then attend over everything cached
+            start = cache.length
+            cache.k[layer][:, :, start:start + T] = k
+            cache.v[layer][:, :, start:start + T] = v
+            k, v = cache.k[layer][:, :, :start + T], cache.v[layer][:, :, :start + T]  # (B, K, S, D)
+
+        if K != H:  # grouped-query: each key/value head serves H/K query heads
+            k = k.repeat_interleave(H // K, dim=1)  # (B, H, S, D)
+            v = v.repeat_interleave(H // K, dim=1)
+
+        dropout = self.dropout if self.training else 0.0
+        if self._use_sdpa(x, T):
+            # is_causal aligns the mask to the top-left corner, right only when no cache precedes.
+            mask = None if start == 0 else _causal_mask(T, start, x.device)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
+                                               is_causal=start == 0 and T > 1)
+        else:
+            y = _manual_attention(q, k, v, start, dropout)
+        y = y.transpose(1, 2).reshape(B, T, C)  # re-join heads: (B, T, C)
+        return self.proj(y)
+
+    def _use_sdpa(self, x: torch.Tensor, T: int) -> bool:
+        """SDPA everywhere except short contexts under CPU bf16 autocast, where its backward was
+        measured 2x slower than the manual path on this project's CPUs (see benchmarks/)."""
+        if self.mode != "auto":
+            return self.mode == "sdpa"
+        if x.device.type != "cpu":
+            return True
+        cpu_bf16 = torch.is_autocast_enabled("cpu") or x.dtype == torch.bfloat16
+        return not (cpu_bf16 and T <= 512)
+
+
+def _causal_mask(T: int, start: int, device: torch.device) -> torch.Tensor:
+    """(T, start+T) boolean mask: query i (absolute position start+i) sees keys 0..start+i."""
+    return torch.ones(T, start + T, dtype=torch.bool, device=device).tril(diagonal=start)
+
+
+def _manual_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int,
+                      dropout: float) -> torch.Tensor:
+    T, S = q.shape[2], k.shape[2]
+    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, H, T, S)
+    if T > 1:
+        scores = scores.masked_fill(~_causal_mask(T, start, q.device), float("-inf"))
+    weights = F.softmax(scores.float(), dim=-1).type_as(q)
+    if dropout:
+        weights = F.dropout(weights, p=dropout)
+    return weights @ v  # (B, H, T, D)
+
+
+class MLP(nn.Module):
+    """GELU: proj(gelu(fc(x))). SwiGLU (Shazeer 2020): proj(silu(gate(x)) * up(x)), gate and up fused."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.swiglu = config.mlp == "swiglu"
+        hidden = config.ffn_hidden
+        self.fc = nn.Linear(config.d_model, 2 * hidden if self.swiglu else hidden, bias=config.bias)
+        self.proj = nn.Linear(hidden, config.d_model, bias=config.bias)
+        self.proj.residual_projection = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)  # (B, T, F) or (B, T, 2F)
+        if self.swiglu:
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        else:
+            h = F.gelu(h, approximate="tanh")  # GPT-2's GELU
+        return self.proj(h)
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.attn_norm = make_norm(config)
+        self.attn = Attention(config)
+        self.mlp_norm = make_norm(config)
+        self.mlp = MLP(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
+                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.dropout(self.attn(self.attn_norm(x), rope, cache, layer))
+        return x + self.dropout(self.mlp(self.mlp_norm(x)))
+
+
+# ----------------------------------------------------------------------------------------------------
+# The model
+# ----------------------------------------------------------------------------------------------------
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
+        self.pos_emb = nn.Embedding(config.block_size, config.d_model) if config.position == "learned" else None
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.norm_f = make_norm(config)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        if config.position == "rope":
+            cos, sin = rope_tables(config.head_dim, config.block_size, config.rope_theta)
+            # Not persistent: derived from the config, so checkpoints need not carry them.
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """GPT-2 init: N(0, 0.02) everywhere, residual projections scaled by 1/sqrt(2·n_layer) so the
+        residual stream's variance does not grow with depth."""
+        if isinstance(module, nn.Linear):
+            std = 0.02
+            if getattr(module, "residual_projection", False):
+                std /= math.sqrt(2 * self.config.n_layer)
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, include_embeddings: bool = True) -> int:
+        """Counted from the tensors (shared tensors once); equals `config.num_params`."""
+        total = sum(p.numel() for p in self.parameters())
+        if not include_embeddings:
+            total -= self.tok_emb.weight.numel()
+            if self.pos_emb is not None:
+                total -= self.pos_emb.weight.numel()
+            if not self.config.tie_embeddings:
+                total -= self.lm_head.weight.numel()
+        return total
+
+    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Final-norm hidden states (B, T, C) for token ids idx (B, T)."""
+        B, T = idx.shape
+        start = cache.length if cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} tokens exceeds block_size={self.config.block_size}")
+        x = self.tok_emb(idx)  # (B, T, C)
+        rope = None
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(torch.arange(start, start + T, device=idx.device))
+        else:
+            rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])
+        x = self.drop(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope, cache, i)
+        if cache is not None:
+            cache.length = start + T
+        return self.norm_f(x)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx (B, T) token ids -> logits (B, T, V), and the mean cross-entropy over targets (B, T)
+        when given (positions whose target is IGNORE_INDEX are left out)."""
+        logits = self.lm_head(self.hidden_states(idx, cache))  # (B, T, V)
+        loss = None
+        if targets is not None:
+            # float32 for the softmax: bf16 logits over a large vocabulary lose the small probabilities.
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
+                                   ignore_index=IGNORE_INDEX)
+        return logits, loss
