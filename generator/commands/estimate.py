@@ -1,0 +1,250 @@
+"""`llmgen estimate`: cost, time and memory of a training run, or what a budget buys.
+
+`generator/cli.py` calls `register(app)`. Errors are raised as `EstimateError` (one line, exit code 2);
+the CLI prints them. With `--json` stdout holds exactly one JSON document.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from generator.errors import EstimateError
+from generator.estimate import build_model, estimate_run, formulas, parse_budget, parse_count, parse_hardware
+from generator.estimate.api import Estimate
+from generator.estimate.budget import BudgetPlan, plan_budget
+from generator.estimate.parse import parse_tokens
+
+DEFAULT_BUDGET_HARDWARE = "8xH100"  # dollar and GPU-hour budgets need some GPU to price against
+
+
+class Arch(str, Enum):
+    gpt2 = "gpt2"
+    llama = "llama"
+
+
+class Parallelism(str, Enum):
+    auto = "auto"
+    single = "single"
+    ddp = "ddp"
+    fsdp = "fsdp"
+    zero1 = "zero1"
+    zero2 = "zero2"
+    zero3 = "zero3"
+
+
+class Offload(str, Enum):
+    optimizer = "optimizer"
+    params = "params"
+
+
+class Checkpointing(str, Enum):
+    none = "none"
+    selective = "selective"
+    full = "full"
+
+
+class Precision(str, Enum):
+    bf16 = "bf16"
+    fp32 = "fp32"
+    fp8 = "fp8"
+
+
+class Attention(str, Enum):
+    auto = "auto"
+    flash = "flash"
+    manual = "manual"
+
+
+MODEL, DATA, HW, PAR, OUT = "Model", "Data", "Hardware and cost", "Parallelism and memory", "Output"
+
+
+def estimate(
+    model: Annotated[Optional[str], typer.Option("--model", help="A reference_llm preset (default: demo).",
+                                                 rich_help_panel=MODEL)] = None,
+    params: Annotated[Optional[str], typer.Option("--params", help="Parameter count, e.g. 7B; picks a shape "
+                                                  "with d_model = 128 x layers.", rich_help_panel=MODEL)] = None,
+    arch: Annotated[Optional[Arch], typer.Option("--arch", help="gpt2 or llama (default: the preset's; llama "
+                                                 "for --params).", rich_help_panel=MODEL)] = None,
+    layers: Annotated[Optional[int], typer.Option("--layers", rich_help_panel=MODEL)] = None,
+    d_model: Annotated[Optional[int], typer.Option("--d-model", rich_help_panel=MODEL)] = None,
+    heads: Annotated[Optional[int], typer.Option("--heads", rich_help_panel=MODEL)] = None,
+    kv_heads: Annotated[Optional[int], typer.Option("--kv-heads", rich_help_panel=MODEL)] = None,
+    ffn: Annotated[Optional[int], typer.Option("--ffn", help="MLP hidden width.", rich_help_panel=MODEL)] = None,
+    vocab: Annotated[Optional[int], typer.Option("--vocab", rich_help_panel=MODEL)] = None,
+    seq_len: Annotated[Optional[int], typer.Option("--seq-len", help="Training sequence length (default: the "
+                                                   "model's context).", rich_help_panel=MODEL)] = None,
+    tied: Annotated[Optional[bool], typer.Option("--tied/--untied", help="Share input and output embeddings.",
+                                                 rich_help_panel=MODEL)] = None,
+    tokens: Annotated[str, typer.Option("--tokens", help="Training tokens, e.g. 2T, or 'chinchilla' (20 per "
+                                        "parameter).", rich_help_panel=DATA)] = "chinchilla",
+    hardware: Annotated[Optional[str], typer.Option("--hardware", help="cpu | 8xH100 | 4x8xA100-80GB (default: "
+                                                    f"cpu; {DEFAULT_BUDGET_HARDWARE} for a $ or GPU-hour "
+                                                    "budget).", rich_help_panel=HW)] = None,
+    mfu: Annotated[Optional[float], typer.Option("--mfu", help="Model FLOPs utilisation (default: by hardware "
+                                                 "and strategy, printed).", rich_help_panel=HW)] = None,
+    price: Annotated[Optional[float], typer.Option("--price", help="$ per GPU-hour (default: the catalogue's).",
+                                                   rich_help_panel=HW)] = None,
+    cpu_tflops: Annotated[Optional[float], typer.Option("--cpu-tflops", help="CPU peak instead of measuring "
+                                                        "(also env LLMGEN_CPU_TFLOPS).", rich_help_panel=HW)] = None,
+    budget: Annotated[Optional[str], typer.Option("--budget", help="'$50k' | '100k gpu-hours' | '8xH100 for 14 "
+                                                  "days' | 'laptop': the compute-optimal model it buys.",
+                                                  rich_help_panel=HW)] = None,
+    parallelism: Annotated[Parallelism, typer.Option("--parallelism", rich_help_panel=PAR)] = Parallelism.auto,
+    tp: Annotated[int, typer.Option("--tp", help="Tensor-parallel degree (within a node).",
+                                    rich_help_panel=PAR)] = 1,
+    pp: Annotated[int, typer.Option("--pp", help="Pipeline stages.", rich_help_panel=PAR)] = 1,
+    sequence_parallel: Annotated[bool, typer.Option("--sequence-parallel/--no-sequence-parallel",
+                                                    help="With --tp, shard norm/dropout activations too.",
+                                                    rich_help_panel=PAR)] = True,
+    offload: Annotated[Optional[Offload], typer.Option("--offload", rich_help_panel=PAR)] = None,
+    micro_batch: Annotated[Optional[int], typer.Option("--micro-batch", help="Sequences per GPU per step "
+                                                       "(default: largest power of 2 up to 32 that fits).",
+                                                       rich_help_panel=PAR)] = None,
+    grad_accum: Annotated[int, typer.Option("--grad-accum", rich_help_panel=PAR)] = 1,
+    activation_checkpointing: Annotated[Checkpointing, typer.Option("--activation-checkpointing",
+                                                                    rich_help_panel=PAR)] = Checkpointing.none,
+    precision: Annotated[Precision, typer.Option("--precision", rich_help_panel=PAR)] = Precision.bf16,
+    attention: Annotated[Attention, typer.Option("--attention", help="Attention kernel: auto follows "
+                                                 "reference_llm (fused except CPU bf16 short contexts).",
+                                                 rich_help_panel=PAR)] = Attention.auto,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout, nothing else.",
+                                          rich_help_panel=OUT)] = False,
+) -> None:
+    """Estimate FLOPs, GPU-hours, wall time, dollars and memory per GPU for a training run, or (with
+    --budget) the compute-optimal model a budget buys. Every assumption is printed."""
+    plan: BudgetPlan | None = None
+    budget_obj = parse_budget(budget, cpu_tflops) if budget is not None else None
+    if hardware is not None:
+        hw = parse_hardware(hardware, cpu_tflops)
+    elif budget_obj is not None and budget_obj.hardware is not None:
+        hw = budget_obj.hardware
+    elif budget_obj is not None:
+        hw = parse_hardware(DEFAULT_BUDGET_HARDWARE)
+    else:
+        hw = parse_hardware("cpu", cpu_tflops)
+
+    if budget_obj is not None:
+        if model is not None or params is not None or tokens != "chinchilla":
+            raise EstimateError("--budget chooses the model and tokens; leave out --model, --params and --tokens")
+        peak = hw.gpu.peak_tflops(precision.value) if budget_obj.hardware is None \
+            else budget_obj.hardware.gpu.peak_tflops(precision.value)
+        gpu = (budget_obj.hardware or hw).gpu
+        if peak is None:
+            raise EstimateError(f"--precision {precision.value}: {gpu.name} has no fp8 tensor cores")
+        budget_mfu = mfu if mfu is not None else formulas.default_mfu(gpu.mfu, precision.value, 1.0, 1, 1, None)[0]
+        plan = plan_budget(budget_obj, hw, budget_mfu, peak, price)
+        if budget_obj.kind != "time" and hardware is None:
+            plan.notes.append(f"hardware: {DEFAULT_BUDGET_HARDWARE} assumed (give --hardware to change)")
+        config = build_model(preset=plan.preset, arch=arch.value if arch else None, seq_len=seq_len)
+        run_hw = budget_obj.hardware or hw
+        token_count: float | str = plan.preset_tokens
+    else:
+        config = build_model(preset=model, params=parse_count(params, "--params") if params is not None else None,
+                             arch=arch.value if arch else None, layers=layers, d_model=d_model, heads=heads,
+                             kv_heads=kv_heads, ffn=ffn, vocab=vocab, seq_len=seq_len, tied=tied)
+        run_hw = hw
+        token_count = parse_tokens(tokens)
+
+    est = estimate_run(config, token_count, run_hw, parallelism=parallelism.value, micro_batch=micro_batch,
+                       seq_len=seq_len, grad_accum=grad_accum, tp=tp, pp=pp,
+                       offload=offload.value if offload else None,
+                       activation_checkpointing=activation_checkpointing.value, precision=precision.value,
+                       mfu=mfu, price=price, sequence_parallel=sequence_parallel, attention=attention.value)
+    if as_json:
+        document: dict[str, Any] = est.to_dict()
+        if plan is not None:
+            document["budget"] = plan.to_dict()
+        typer.echo(json.dumps(document, indent=2))
+        return
+    console = Console()
+    if plan is not None:
+        console.print(_budget_table(plan))
+    console.print(_estimate_table(est))
+    _print_notes(console, est, plan)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `estimate` to the `llmgen` Typer app."""
+    app.command("estimate")(estimate)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Human output
+# ----------------------------------------------------------------------------------------------------
+
+
+def _num(x: float) -> str:
+    """3 significant figures with an SI suffix: 6.74B, 1.2T, 835k."""
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def _duration(hours: float) -> str:
+    if hours < 1 / 60:
+        return f"{hours * 3600:.0f} s"
+    if hours < 1:
+        return f"{hours * 60:.1f} min"
+    if hours < 48:
+        return f"{hours:.1f} h"
+    return f"{hours / 24:.1f} days"
+
+
+def _budget_table(plan: BudgetPlan) -> Table:
+    table = Table(title=f"What {plan.budget} buys", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("compute", f"{plan.flops:.3g} FLOPs ({_num(plan.gpu_hours)} GPU-hours on {plan.hardware}, "
+                             f"MFU {plan.mfu:.2f})")
+    table.add_row("compute-optimal", f"{_num(plan.params)} parameters, {_num(plan.tokens)} tokens "
+                                     "(Hoffmann et al. 2022, Table 3)")
+    table.add_row("20 tokens/param", f"{_num(plan.params_rule)} parameters, {_num(plan.tokens_rule)} tokens")
+    table.add_row("nearest preset", f"{plan.preset} ({_num(plan.preset_params)} parameters), "
+                                    f"{_num(plan.preset_tokens)} tokens in the same compute")
+    return table
+
+
+def _estimate_table(est: Estimate) -> Table:
+    title = f"{est.model} on {est.hardware}: {'fits' if est.fits else 'DOES NOT FIT'}"
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("parameters", f"{_num(est.params)} ({_num(est.params_non_embedding)} without embeddings)")
+    table.add_row("tokens", f"{_num(est.tokens)} at sequence length {est.seq_len}")
+    table.add_row("training FLOPs", f"6·N·D {est.flops:.3g} + attention {est.flops_attention:.3g} "
+                                    f"= {est.flops_total:.3g}")
+    table.add_row("GPU-hours", f"{_num(est.gpu_hours)} at MFU {est.mfu:.3f} of {est.peak_tflops:g} TFLOP/s")
+    table.add_row("wall time", f"{_duration(est.wall_hours)} on {est.n_gpus} device(s)")
+    table.add_row("cost", f"${est.cost_usd:,.0f} at ${est.price_per_gpu_hour:.2f}/GPU-hour")
+    layout = f"{est.strategy}, dp={est.dp}" + (f", tp={est.tp}" if est.tp > 1 else "") \
+        + (f", pp={est.pp}" if est.pp > 1 else "") + (f", offload {est.offload}" if est.offload else "")
+    table.add_row("parallelism", f"{layout}: {est.strategy_reason}")
+    table.add_row("batch", f"micro-batch {est.micro_batch} x grad-accum {est.grad_accum} x dp {est.dp} = "
+                           f"{est.micro_batch * est.grad_accum * est.dp} sequences per step")
+    parts = ", ".join(f"{k} {v:.2f}" for k, v in est.memory_breakdown_gib.items() if v > 0)
+    table.add_row("memory per GPU", f"{est.memory_per_gpu_gib:.2f} GiB of {est.memory_usable_gib:.1f} usable "
+                                    f"({parts})")
+    table.add_row("ZeRO paper", f"model states {est.model_states_paper_gib:.2f} GiB per GPU (2+2+12 B/param)")
+    if est.cpu_offload_gib_per_node:
+        table.add_row("host memory", f"{est.cpu_offload_gib_per_node:.1f} GiB per node for offloaded states")
+    inf = est.inference_gib
+    table.add_row("inference", f"bf16 weights {inf['weights_bf16']:.2f} GiB + KV cache {inf['kv_cache']:.2f} GiB "
+                               f"(batch {est.micro_batch}, {est.seq_len} tokens)")
+    return table
+
+
+def _print_notes(console: Console, est: Estimate, plan: BudgetPlan | None) -> None:
+    console.print("[bold]Assumptions[/bold]")
+    for note in ([*plan.notes] if plan else []) + est.assumptions:
+        console.print(f"  - {note}", highlight=False)
+    if est.suggestions:
+        console.print("[bold]To make it fit, change one of[/bold]")
+        for tip in est.suggestions:
+            console.print(f"  - {tip}", highlight=False)

@@ -1,0 +1,165 @@
+"""The accelerators the estimator knows, and the CPU measured on the spot.
+
+Peak figures are the vendors' dense (no structured sparsity) tensor-core numbers for the precision a
+training step runs its matmuls in. Memory is what the device reports as usable (nvidia-smi / rocm-smi),
+in GiB. Prices are round, representative on-demand cloud prices per GPU-hour, dated in `PRICES_AS_OF`;
+they move every quarter, so every printout says which price it used and `--price` replaces it.
+
+Default MFU (model FLOPs utilisation, PaLM's definition: model FLOPs / time / peak) per family comes from
+published runs where there are any; `formulas.default_mfu` documents each choice.
+
+Sources for the peaks: NVIDIA A100 datasheet (2021), H100 datasheet (2023), H200 product brief (2024),
+HGX B200 datasheet (2024), L40S datasheet (2023), A10 datasheet (2021), T4 datasheet (2019),
+Ada Lovelace architecture whitepaper v1.1 (RTX 4090, FP32-accumulate column), AMD Instinct MI300X
+datasheet (2023).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+PRICES_AS_OF = "2025-06"
+
+
+@dataclass(frozen=True)
+class GPUSpec:
+    """One accelerator model. `*_tflops` are dense peaks; None where the precision has no tensor-core path."""
+
+    name: str
+    bf16_tflops: float  # for T4 (no bf16) this is its fp16 peak; the estimator says so
+    fp32_tflops: float  # plain IEEE fp32 (PyTorch's default matmul precision, TF32 off)
+    fp8_tflops: float | None
+    memory_gib: float
+    price_per_hour: float  # USD per GPU-hour, as of PRICES_AS_OF
+    mfu: float  # default MFU for bf16 training on this family (see formulas.default_mfu)
+    note: str = ""
+    is_cpu: bool = False
+
+    def peak_tflops(self, precision: str) -> float | None:
+        return {"bf16": self.bf16_tflops, "fp32": self.fp32_tflops, "fp8": self.fp8_tflops}[precision]
+
+
+# Default MFU by family. A100: the LLaMA and Llama 2 runs imply 0.42-0.54 (median 0.46, see
+# docs/estimator.md); H100/H200: the Llama 3 paper reports 38-43% BF16 MFU at scale. B200 and MI300X
+# have no published large-run MFU that we could cite: we assume a margin below H100. Inference-class and
+# consumer cards run small single-node jobs, where kernels are smaller and less efficient.
+_MFU_A100, _MFU_HOPPER, _MFU_NEWER, _MFU_SMALL = 0.45, 0.40, 0.35, 0.35
+
+KNOWN_GPUS: dict[str, GPUSpec] = {g.name: g for g in (
+    GPUSpec("A100-40GB", 312.0, 19.5, None, 40.0, 1.29, _MFU_A100),
+    GPUSpec("A100-80GB", 312.0, 19.5, None, 80.0, 1.79, _MFU_A100),
+    GPUSpec("H100-SXM", 989.0, 67.0, 1979.0, 79.6, 2.99, _MFU_HOPPER),
+    GPUSpec("H100-PCIe", 756.0, 51.0, 1513.0, 79.6, 2.49, _MFU_HOPPER),
+    GPUSpec("H200", 989.0, 67.0, 1979.0, 140.4, 3.79, _MFU_HOPPER),
+    GPUSpec("B200", 2250.0, 75.0, 4500.0, 179.0, 4.99, _MFU_NEWER),
+    GPUSpec("MI300X", 1307.4, 163.4, 2614.9, 192.0, 2.99, _MFU_NEWER),
+    GPUSpec("L40S", 362.1, 91.6, 733.0, 44.5, 0.99, _MFU_SMALL),
+    GPUSpec("A10", 125.0, 31.2, None, 22.5, 0.75, _MFU_SMALL),
+    GPUSpec("T4", 65.0, 8.1, None, 15.0, 0.35, _MFU_SMALL, note="no bf16: runs fp16 with loss scaling"),
+    GPUSpec("RTX4090", 165.2, 82.6, 330.3, 24.0, 0.59, _MFU_SMALL),
+)}
+
+# Names people type for the same card. Bare "A100" and "H100" mean the common training variants.
+ALIASES: dict[str, str] = {
+    "A100": "A100-80GB", "A100-40G": "A100-40GB", "A100-80G": "A100-80GB", "A100-40": "A100-40GB",
+    "A100-80": "A100-80GB", "H100": "H100-SXM", "H100SXM": "H100-SXM", "H100-80GB": "H100-SXM",
+    "H100PCIE": "H100-PCIe", "H200-141GB": "H200", "4090": "RTX4090", "RTX-4090": "RTX4090",
+    "MI300": "MI300X", "L40": "L40S",
+}
+
+# CPU: peak is measured (or given), memory is the machine's RAM, and a laptop costs nothing per hour.
+_MFU_CPU = 0.35
+CPU_TFLOPS_ENV = "LLMGEN_CPU_TFLOPS"
+_measured_cpu_tflops: dict[str, float] = {}
+
+
+def lookup_gpu(name: str) -> GPUSpec | None:
+    """Case-insensitive lookup by catalogue name or alias; None when unknown."""
+    key = name.strip().upper().replace("_", "-").replace(" ", "-")
+    by_upper = {n.upper(): spec for n, spec in KNOWN_GPUS.items()}
+    if key in by_upper:
+        return by_upper[key]
+    for alias, target in ALIASES.items():
+        if key == alias.upper():
+            return KNOWN_GPUS[target]
+    return None
+
+
+def measure_cpu_tflops(precision: str = "bf16", size: int = 1024, repeats: int = 5) -> float:
+    """Median matmul throughput of this CPU in TFLOP/s for `precision`, measured once per process.
+
+    A square (size x size) @ (size x size) matmul costs 2·size³ FLOPs. The env var LLMGEN_CPU_TFLOPS
+    (one number, used for every precision) skips the measurement, so tests and scripts stay fast and
+    repeatable.
+    """
+    given = os.environ.get(CPU_TFLOPS_ENV)
+    if given:
+        try:
+            value = float(given)
+        except ValueError:
+            value = -1.0
+        if value <= 0:
+            from generator.errors import EstimateError
+            raise EstimateError(f"{CPU_TFLOPS_ENV}={given!r} must be a positive number of TFLOP/s")
+        return value
+    if precision not in _measured_cpu_tflops:
+        import torch  # imported here: the rest of the estimator does not need torch loaded
+
+        dtype = torch.float32 if precision == "fp32" else torch.bfloat16  # no fp8 matmul on CPU
+        a = torch.randn(size, size, dtype=dtype)
+        b = torch.randn(size, size, dtype=dtype)
+        a @ b  # warm-up: first call pays for thread-pool start and kernel selection
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - start)
+        median = sorted(times)[len(times) // 2]
+        _measured_cpu_tflops[precision] = 2 * size**3 / median / 1e12
+    return _measured_cpu_tflops[precision]
+
+
+def cpu_memory_gib() -> float:
+    """Physical memory of this machine in GiB (what a single CPU process could at most use)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):  # not POSIX: assume a 16 GiB laptop
+        return 16.0
+
+
+def cpu_spec(tflops: float | None = None) -> GPUSpec:
+    """The CPU as a device: peak from `tflops`, else LLMGEN_CPU_TFLOPS, else measured matmuls."""
+    if tflops is not None:
+        bf16 = fp32 = tflops
+    else:
+        bf16, fp32 = measure_cpu_tflops("bf16"), measure_cpu_tflops("fp32")
+    source = "given" if tflops is not None or os.environ.get(CPU_TFLOPS_ENV) else "measured"
+    return GPUSpec("cpu", bf16_tflops=bf16, fp32_tflops=fp32, fp8_tflops=None, memory_gib=cpu_memory_gib(),
+                   price_per_hour=0.0, mfu=_MFU_CPU,
+                   note=f"{source} matmul peak: bf16 {bf16:.3f}, fp32 {fp32:.3f} TFLOP/s", is_cpu=True)
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """`nodes` machines with `gpus_per_node` devices each. CPU is one node with one device."""
+
+    nodes: int
+    gpus_per_node: int
+    gpu: GPUSpec
+
+    @property
+    def is_cpu(self) -> bool:
+        return self.gpu.is_cpu
+
+    @property
+    def n_gpus(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+    def __str__(self) -> str:
+        if self.is_cpu:
+            return "cpu"
+        if self.nodes == 1:
+            return f"{self.gpus_per_node}x{self.gpu.name}"
+        return f"{self.nodes}x{self.gpus_per_node}x{self.gpu.name}"

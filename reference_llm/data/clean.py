@@ -1,0 +1,30 @@
+"""Text normalisation, applied to every document before filtering and deduplication.
+
+Normalising first makes exact deduplication see through cosmetic differences (CRLF line ends, trailing
+spaces, composed vs decomposed accents) and keeps invisible control bytes out of the tokenizer's vocabulary.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+# Unicode line breaks other than "\n" (Unicode Standard Annex #14): CRLF, CR, NEL, LS, PS, VT, FF.
+_LINE_BREAKS = re.compile("\r\n|[\r\u0085\u2028\u2029\x0b\x0c]")
+# Category Cc is exactly U+0000-001F and U+007F-009F; tab and newline stay, and the other C0 line breaks
+# are already "\n" by the time this runs.
+_CONTROL = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x9f]")
+_TRAILING_SPACE = re.compile(r"[^\S\n]+$", re.MULTILINE)
+
+
+def normalize_text(text: str) -> str:
+    """NFC, "\\n" line ends, no control characters except tab and newline, no trailing whitespace.
+
+    Leading indentation is kept (it carries meaning in code and verse); blank lines at the start and end
+    of the document are removed.
+    """
+    text = unicodedata.normalize("NFC", text)
+    text = _LINE_BREAKS.sub("\n", text)
+    text = _CONTROL.sub("", text)
+    text = _TRAILING_SPACE.sub("", text)
+    return text.strip("\n")

@@ -1,0 +1,227 @@
+"""The Engine interface the training loop drives, the single-device engine, and `build_engine`.
+
+The loop never branches on the parallel strategy. It calls, in order:
+
+    engine = build_engine(run_config, model, make_optimizer)
+    with engine.accumulating(is_last_micro_step):     # once per micro-batch
+        loss = engine.model(x, y)[1] / grad_accum
+        engine.backward(loss)
+    grad_norm = engine.step(lr, grad_clip)             # once per optimizer step
+    weights, opt = engine.full_state_dict(), engine.optimizer_state()   # on every rank
+    engine.load_state(weights, opt)                    # on every rank, when resuming
+    engine.barrier(); engine.shutdown()
+
+Conventions every engine follows (they complete docs/architecture.md, which they do not change):
+
+- Constructor: `EngineClass(run_config, model, make_optimizer)`. `model` is an unwrapped
+  `Transformer` on the CPU, identically initialised on every rank; the engine moves it to its
+  device, wraps it, then calls `make_optimizer(module)` with the module whose `named_parameters()`
+  carry the model's own names (no "module." prefix).
+- Weights: `full_state_dict()` maps the model's parameter names to full tensors, each tied tensor
+  once under its first name (so `lm_head.weight` is absent when tied to `tok_emb.weight`); only
+  rank 0's copy need be real.
+- Optimizer state, consolidated by name (`OptimizerState`):
+      {"state": {param_name: {"step": Tensor, "exp_avg": Tensor, "exp_avg_sq": Tensor}},
+       "param_groups": [{"params": [param_name, ...], "weight_decay": 0.1, ...}, ...]}
+  `optimizer_state_by_name` / `load_optimizer_state_by_name` convert to and from PyTorch's
+  index-keyed form for engines whose optimizer sees the model's own parameters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from reference_llm.config import RunConfig
+from reference_llm.errors import CheckpointError, DistributedError
+from reference_llm.optim import OptimizerFactory
+from reference_llm.perf import resolve_device
+
+OptimizerState = dict[str, Any]
+
+
+class Engine(ABC):
+    """Owns the model's placement, gradient synchronisation, optimizer and consolidated state."""
+
+    model: nn.Module
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone logs and writes checkpoints."""
+        return self.rank == 0
+
+    @abstractmethod
+    def backward(self, loss: torch.Tensor) -> None:
+        """Back-propagate `loss`, already divided by the number of micro-steps."""
+
+    def accumulating(self, is_last_micro_step: bool) -> contextlib.AbstractContextManager:
+        """Context for one micro-step's forward and backward; data-parallel engines skip the gradient
+        all-reduce unless `is_last_micro_step`."""
+        return contextlib.nullcontext()
+
+    @abstractmethod
+    def step(self, lr: float, grad_clip: float) -> float:
+        """Set the learning rate, clip the global gradient norm to `grad_clip` (0: no clipping), step
+        the optimizer and zero the gradients. Returns the norm before clipping."""
+
+    @abstractmethod
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """Consolidated weights by parameter name (collective: call on every rank)."""
+
+    @abstractmethod
+    def optimizer_state(self) -> OptimizerState:
+        """Consolidated optimizer state keyed by parameter name (collective: call on every rank)."""
+
+    @abstractmethod
+    def load_state(self, weights: dict[str, torch.Tensor], optimizer_state: OptimizerState | None) -> None:
+        """Load consolidated weights and, when given, optimizer state (call on every rank)."""
+
+    def barrier(self) -> None:
+        """Wait for every rank."""
+
+    def shutdown(self) -> None:
+        """Release process groups and other resources; the same on every rank."""
+
+
+class SingleDeviceEngine(Engine):
+    """One process, one device: `train.device` ("auto" picks CUDA when there is one)."""
+
+    def __init__(self, run_config: RunConfig, model: nn.Module, make_optimizer: OptimizerFactory) -> None:
+        self.device = resolve_device(run_config.train.device)
+        self.model = model.to(self.device)
+        self.optimizer = make_optimizer(self.model)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def step(self, lr: float, grad_clip: float) -> float:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        # With clipping off, max_norm=inf still returns the norm, which the logs report.
+        norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        return unique_state_dict(self.model)
+
+    def optimizer_state(self) -> OptimizerState:
+        return optimizer_state_by_name(self.optimizer, self.model)
+
+    def load_state(self, weights: dict[str, torch.Tensor], optimizer_state: OptimizerState | None) -> None:
+        load_weights(self.model, weights)
+        if optimizer_state is not None:
+            load_optimizer_state_by_name(self.optimizer, self.model, optimizer_state)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Consolidated state, by name
+# ----------------------------------------------------------------------------------------------------
+
+
+def unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """`model.state_dict()` with each shared tensor once, under its first name. safetensors refuses
+    aliased tensors, and a tied head is restored by the model's own construction."""
+    seen: set[int] = set()
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in model.state_dict().items():
+        if tensor.data_ptr() in seen:
+            continue
+        seen.add(tensor.data_ptr())
+        out[name] = tensor
+    return out
+
+
+def load_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Copy `weights` into `model`; CheckpointError names the first missing, unexpected or
+    wrongly shaped tensor."""
+    expected = unique_state_dict(model)
+    for name, tensor in expected.items():
+        if name not in weights:
+            raise CheckpointError(f"checkpoint has no tensor {name!r} that the model needs "
+                                  f"(is it for a different model config?)")
+        if weights[name].shape != tensor.shape:
+            raise CheckpointError(f"tensor {name!r} has shape {tuple(weights[name].shape)} in the checkpoint "
+                                  f"but {tuple(tensor.shape)} in the model (different model config?)")
+    for name in weights:
+        if name not in expected:
+            raise CheckpointError(f"checkpoint tensor {name!r} does not exist in the model "
+                                  f"(is it for a different model config?)")
+    with torch.no_grad():
+        for name, tensor in expected.items():
+            tensor.copy_(weights[name])
+
+
+def _param_names(model: nn.Module) -> dict[int, str]:
+    return {id(p): name for name, p in model.named_parameters()}
+
+
+def optimizer_state_by_name(optimizer: torch.optim.Optimizer, model: nn.Module) -> OptimizerState:
+    """PyTorch's optimizer state (keyed by parameter object) re-keyed by parameter name."""
+    names = _param_names(model)
+    state = {names[id(p)]: dict(s) for p, s in optimizer.state.items()}
+    groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [names[id(p)] for p in g["params"]]}
+              for g in optimizer.param_groups]
+    return {"state": state, "param_groups": groups}
+
+
+def load_optimizer_state_by_name(optimizer: torch.optim.Optimizer, model: nn.Module, saved: OptimizerState) -> None:
+    """Inverse of `optimizer_state_by_name`; the groups must hold the same parameter names."""
+    names = _param_names(model)
+    current = [[names[id(p)] for p in g["params"]] for g in optimizer.param_groups]
+    stored = [list(g["params"]) for g in saved["param_groups"]]
+    if current != stored:
+        flat_current = [n for group in current for n in group]
+        flat_stored = [n for group in stored for n in group]
+        first = next((a for a, b in zip(flat_current, flat_stored) if a != b), None)
+        detail = f"first difference at {first!r}" if first else f"{len(flat_stored)} parameters vs {len(flat_current)}"
+        raise CheckpointError(f"optimizer state does not match the model's parameter groups ({detail})")
+    index = {name: i for i, name in enumerate(n for group in current for n in group)}
+    torch_form = {
+        "state": {index[name]: s for name, s in saved["state"].items()},
+        "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in saved["param_groups"]],
+    }
+    optimizer.load_state_dict(torch_form)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Dispatch
+# ----------------------------------------------------------------------------------------------------
+
+# strategy -> (module, class); imported only when chosen, so that a CPU install without DeepSpeed works.
+ENGINES: dict[str, tuple[str, str]] = {
+    "single": (__name__, "SingleDeviceEngine"),
+    "ddp": ("reference_llm.distributed.ddp", "DDPEngine"),
+    "fsdp": ("reference_llm.distributed.fsdp", "FSDPEngine"),
+    "zero1": ("reference_llm.distributed.zero", "DeepSpeedEngine"),
+    "zero2": ("reference_llm.distributed.zero", "DeepSpeedEngine"),
+    "zero3": ("reference_llm.distributed.zero", "DeepSpeedEngine"),
+}
+
+
+def build_engine(run_config: RunConfig, model: nn.Module, make_optimizer: OptimizerFactory) -> Engine:
+    """The engine for `run_config.distributed.strategy`."""
+    strategy = run_config.distributed.strategy
+    if strategy not in ENGINES:
+        raise DistributedError(f"distributed.strategy must be one of {', '.join(ENGINES)}; got {strategy!r}")
+    module_name, class_name = ENGINES[strategy]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] == "deepspeed":
+            raise DistributedError(f"distributed.strategy={strategy} needs DeepSpeed: "
+                                   f"pip install 'llmgen[deepspeed]'") from None
+        raise DistributedError(f"distributed.strategy={strategy} is not available: module {exc.name} "
+                               f"is missing from this installation") from None
+    engine_class: type[Engine] = getattr(module, class_name)
+    return engine_class(run_config, model, make_optimizer)

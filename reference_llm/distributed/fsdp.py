@@ -1,0 +1,134 @@
+"""FSDP2 (`torch.distributed.fsdp.fully_shard`): parameters, gradients and optimizer state sharded.
+
+Each rank keeps 1/world of every parameter (a DTensor shard along dim 0). Before a block runs, its
+shards are all-gathered into full weights, used and freed again; after its backward, gradients are
+reduce-scattered so each rank holds the averaged gradient of its own shard, and the optimizer updates
+only that shard (the ZeRO-3 scheme of Rajbhandari et al. 2020, as implemented in PyTorch FSDP, Zhao et
+al. 2023). Sharding one transformer block at a time bounds the memory of full weights to about one
+block, and lets the all-gather of the next block overlap this block's compute.
+
+Mixed precision is FSDP's `MixedPrecisionPolicy`: with bf16, blocks compute in bf16 while the sharded
+parameters, the gradient reduction and the optimizer stay in fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn as nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
+
+from reference_llm.config import RunConfig
+from reference_llm.distributed import runtime
+from reference_llm.distributed.base import Engine, OptimizerState
+from reference_llm.errors import CheckpointError, DistributedError
+from reference_llm.optim import OptimizerFactory
+from reference_llm.perf import resolve_dtype
+
+# Consolidated state: gathered in full, moved to the CPU; only rank 0 receives it (so 8 ranks do not
+# each hold a full copy). Loading expects the full dict on every rank, as the training loop provides.
+_SAVE = StateDictOptions(full_state_dict=True, cpu_offload=True)
+_LOAD = StateDictOptions(full_state_dict=True, strict=True)
+
+
+class FSDPEngine(Engine):
+    def __init__(self, run_config: RunConfig, model: nn.Module, make_optimizer: OptimizerFactory) -> None:
+        if run_config.distributed.offload != "none":
+            raise DistributedError(f"distributed.offload={run_config.distributed.offload} is for the DeepSpeed "
+                                   f"strategies (zero1, zero2, zero3); use offload=none with strategy=fsdp")
+        info = runtime.setup(run_config.distributed.strategy, run_config.train.device)
+        self.rank, self.world_size, self.device = info.rank, info.world_size, info.device
+        mesh = init_device_mesh(self.device.type, (self.world_size,))
+        if resolve_dtype(run_config.train.dtype, self.device) == torch.bfloat16:
+            policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        else:
+            policy = MixedPrecisionPolicy()
+        model.to(self.device)
+        for block in model.blocks:
+            fully_shard(block, mesh=mesh, mp_policy=policy)
+        # The root group holds what is left: embeddings, final norm and output head (tied or not).
+        fully_shard(model, mesh=mesh, mp_policy=policy)
+        self.model: FSDPModule = model  # type: ignore[assignment]  # fully_shard changes the class in place
+        # Built after sharding, so the optimizer's state is allocated per shard.
+        self.optimizer = make_optimizer(model)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def accumulating(self, is_last_micro_step: bool) -> contextlib.AbstractContextManager:
+        # Non-final micro-steps keep unsharded gradients locally; the last one reduce-scatters the sum.
+        self.model.set_requires_gradient_sync(is_last_micro_step)
+        return contextlib.nullcontext()
+
+    def step(self, lr: float, grad_clip: float) -> float:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        # clip_grad_norm_ on sharded gradients sums squares across ranks, so the norm is the global one.
+        norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+        if isinstance(norm, DTensor):
+            norm = norm.full_tensor()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        full = get_model_state_dict(self.model, options=_SAVE)
+        aliases = _tied_aliases(self.model)
+        return {name: tensor for name, tensor in full.items() if name not in aliases}
+
+    def optimizer_state(self) -> OptimizerState:
+        return get_optimizer_state_dict(self.model, self.optimizer, options=_SAVE)
+
+    def load_state(self, weights: dict[str, torch.Tensor], optimizer_state: OptimizerState | None) -> None:
+        _check_weights(self.model, weights)
+        full = dict(weights)
+        for alias, first in _tied_aliases(self.model).items():
+            full[alias] = weights[first]  # state-dict loading expects every name, tied ones included
+        set_model_state_dict(self.model, full, options=_LOAD)
+        if optimizer_state is not None:
+            set_optimizer_state_dict(self.model, self.optimizer, optimizer_state, options=_LOAD)
+
+    def barrier(self) -> None:
+        runtime.barrier()
+
+    def shutdown(self) -> None:
+        runtime.shutdown()
+
+
+def _tied_aliases(model: nn.Module) -> dict[str, str]:
+    """Second names of shared parameters -> the first name (e.g. lm_head.weight -> tok_emb.weight)."""
+    first: dict[int, str] = {}
+    aliases: dict[str, str] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in first:
+            aliases[name] = first[id(param)]
+        else:
+            first[id(param)] = name
+    return aliases
+
+
+def _check_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Names and full (unsharded) shapes, with the messages `base.load_weights` gives a plain model."""
+    expected = {name: p.shape for name, p in model.named_parameters()}  # DTensor.shape is the full shape
+    for name, shape in expected.items():
+        if name not in weights:
+            raise CheckpointError(f"checkpoint has no tensor {name!r} that the model needs "
+                                  f"(is it for a different model config?)")
+        if weights[name].shape != shape:
+            raise CheckpointError(f"tensor {name!r} has shape {tuple(weights[name].shape)} in the checkpoint "
+                                  f"but {tuple(shape)} in the model (different model config?)")
+    for name in weights:
+        if name not in expected:
+            raise CheckpointError(f"checkpoint tensor {name!r} does not exist in the model "
+                                  f"(is it for a different model config?)")

@@ -1,0 +1,134 @@
+"""Process-group setup from the launcher's environment, shared by the DDP, FSDP2 and DeepSpeed engines.
+
+Every launcher we support (`torchrun`, the `deepspeed` launcher, `srun` running torchrun) starts one
+process per device and tells it who it is through environment variables: RANK (global index),
+LOCAL_RANK (index on this node, hence which GPU), WORLD_SIZE, MASTER_ADDR and MASTER_PORT
+(the rendezvous). `torch.distributed.init_process_group` reads them (the `env://` method). The backend
+follows the device: NCCL between GPUs, gloo between CPU processes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from reference_llm.errors import DistributedError
+from reference_llm.perf import resolve_device
+
+LAUNCH_HINT = ("run scripts/train_torchrun.sh, or torchrun --nproc_per_node N -m reference_llm.train "
+               "--config configs/train.toml; use distributed.strategy=single for one process without a launcher")
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    """Where this process sits in the job."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def backend(self) -> str:
+        return backend_for(self.device)
+
+
+def backend_for(device: torch.device) -> str:
+    """NCCL moves CUDA tensors between GPUs; gloo is PyTorch's CPU collective library."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def launched() -> bool:
+    """True when a launcher (torchrun, deepspeed, srun + torchrun) started this process."""
+    return "WORLD_SIZE" in os.environ and "RANK" in os.environ
+
+
+def _env_int(name: str, default: int | None = None) -> int:
+    raw = os.environ.get(name)
+    if raw is None:
+        if default is None:
+            raise DistributedError(f"environment variable {name} is not set; {LAUNCH_HINT}")
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise DistributedError(f"environment variable {name}={raw!r} must be an integer") from None
+    if value < 0:
+        raise DistributedError(f"environment variable {name}={raw!r} must not be negative")
+    return value
+
+
+def process_info(strategy: str, device_name: str) -> ProcessInfo:
+    """Read rank, world size and local rank from the launcher and pick this process's device.
+
+    `device_name` is `train.device`; on CUDA each process takes the GPU numbered by its LOCAL_RANK.
+    """
+    if not launched():
+        raise DistributedError(f"distributed.strategy={strategy} must be started by a launcher "
+                               f"(WORLD_SIZE and RANK are not set): {LAUNCH_HINT}")
+    rank, world_size = _env_int("RANK"), _env_int("WORLD_SIZE")
+    local_rank = _env_int("LOCAL_RANK", default=0)
+    if world_size < 1 or rank >= world_size:
+        raise DistributedError(f"RANK={rank} and WORLD_SIZE={world_size} from the launcher are inconsistent "
+                               f"(need 0 <= RANK < WORLD_SIZE)")
+    device = resolve_device(device_name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if device.index is not None and world_size > 1:
+            raise DistributedError(f"train.device={device_name!r} pins one GPU, but {world_size} processes need "
+                                   f"one each; use train.device=cuda or auto")
+        index = device.index if device.index is not None else local_rank
+        if index >= count:
+            raise DistributedError(f"LOCAL_RANK={local_rank} needs GPU {index} but this node has {count}; "
+                                   f"start at most {count} processes per node (--nproc_per_node {count})")
+        device = torch.device("cuda", index)
+    return ProcessInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
+
+
+def init_process_group(info: ProcessInfo) -> None:
+    """Join the job's process group (once per process) on the backend that suits the device."""
+    if info.device.type == "cuda":
+        torch.cuda.set_device(info.device)
+    if dist.is_initialized():
+        if dist.get_world_size() != info.world_size:
+            raise DistributedError(f"a process group of {dist.get_world_size()} processes already exists, "
+                                   f"but WORLD_SIZE={info.world_size}")
+        return
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        if name not in os.environ:
+            raise DistributedError(f"environment variable {name} is not set, so the processes cannot meet; "
+                                   f"{LAUNCH_HINT}")
+    try:
+        dist.init_process_group(backend=info.backend, rank=info.rank, world_size=info.world_size,
+                                device_id=info.device if info.device.type == "cuda" else None)
+    except (RuntimeError, ValueError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DistributedError(f"could not join the process group ({info.backend} backend, "
+                               f"MASTER_ADDR={os.environ['MASTER_ADDR']} MASTER_PORT={os.environ['MASTER_PORT']}): "
+                               f"{first_line}") from None
+
+
+def setup(strategy: str, device_name: str) -> ProcessInfo:
+    """`process_info` then `init_process_group`: what every multi-process engine does first."""
+    info = process_info(strategy, device_name)
+    init_process_group(info)
+    return info
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def shutdown() -> None:
+    """Leave the process group on every rank: barrier first, so no rank tears down a group that
+    another is still using, then destroy it so no communication thread outlives the job."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()

@@ -1,0 +1,250 @@
+"""DeepSpeed ZeRO stages 1, 2 and 3 behind the Engine interface.
+
+ZeRO (Rajbhandari et al. 2020, "ZeRO: Memory Optimizations Toward Training Trillion Parameter
+Models") removes the redundancy of data parallelism in three steps: stage 1 partitions the optimizer
+state (fp32 master weights, Adam moments) across ranks, stage 2 also the gradients, stage 3 also the
+parameters themselves (gathered layer by layer around their use). `offload` moves the optimizer state
+(and, at stage 3, the parameters) to CPU memory (ZeRO-Offload, Ren et al. 2021).
+
+We hand DeepSpeed the training loop's own AdamW and the JSON config from `distributed.deepspeed_config`,
+checked against the run config first. Three things differ from the PyTorch engines, and are handled here
+so that the loop does not branch:
+
+- Loss scaling: `DeepSpeedEngine.backward` divides the loss by `gradient_accumulation_steps` by default;
+  the loop has already done so, so we call it with `scale_wrt_gas=False`.
+- Step boundaries: DeepSpeed decides itself when a backward is the last of an accumulation window; we
+  tell it instead (`set_gradient_accumulation_boundary`), from the loop's `accumulating(is_last)`.
+- State: the fp32 master weights and Adam moments live in flat per-rank partitions. `full_state_dict`
+  and `optimizer_state` gather them per parameter with DeepSpeed's `safe_get_full_*` helpers, and
+  `load_state` scatters them back with `safe_set_full_*`, so checkpoints are the same consolidated,
+  by-name files every strategy writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from reference_llm.config import RunConfig
+from reference_llm.distributed import ds_config, runtime
+from reference_llm.distributed.base import Engine, OptimizerState, load_weights
+from reference_llm.errors import CheckpointError, DistributedError
+from reference_llm.optim import OptimizerFactory
+from reference_llm.perf import resolve_dtype
+
+INSTALL_HINT = "pip install 'llmgen[deepspeed]'"
+
+
+def import_deepspeed(device: torch.device) -> ModuleType:
+    """Import DeepSpeed for `device`. DeepSpeed picks its accelerator once, at import, from
+    DS_ACCELERATOR (else by probing for CUDA), so this must run before anything imports it."""
+    os.environ.setdefault("DS_ACCELERATOR", "cpu" if device.type == "cpu" else device.type)
+    try:
+        deepspeed = importlib.import_module("deepspeed")
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] == "deepspeed":
+            raise DistributedError(f"the ZeRO strategies need DeepSpeed, which is not installed: {INSTALL_HINT}"
+                                   f" (or use distributed.strategy=fsdp, which shards the same way)") from None
+        raise
+    from deepspeed.accelerator import get_accelerator
+
+    chosen = get_accelerator().device_name()
+    if chosen != device.type:
+        raise DistributedError(f"DeepSpeed runs on {chosen!r} (DS_ACCELERATOR={os.environ.get('DS_ACCELERATOR')}) "
+                               f"but train.device resolves to {device.type!r}; set DS_ACCELERATOR={device.type}")
+    return deepspeed
+
+
+class DeepSpeedEngine(Engine):
+    def __init__(self, run_config: RunConfig, model: nn.Module, make_optimizer: OptimizerFactory) -> None:
+        strategy = run_config.distributed.strategy
+        if strategy not in ds_config.STAGES:
+            raise DistributedError(f"DeepSpeedEngine runs zero1, zero2 or zero3, not {strategy!r}")
+        info = runtime.process_info(strategy, run_config.train.device)
+        deepspeed = import_deepspeed(info.device)
+        runtime.init_process_group(info)  # deepspeed.comm adopts the existing torch.distributed group
+        self.rank, self.world_size, self.device = info.rank, info.world_size, info.device
+        self.stage = ds_config.STAGES[strategy]
+        self.grad_clip = run_config.train.grad_clip
+
+        path = Path(run_config.distributed.deepspeed_config)
+        config = ds_config.load(path)
+        bf16 = resolve_dtype(run_config.train.dtype, self.device) == torch.bfloat16
+        problems = ds_config.disagreements(config, run_config, self.world_size, bf16, name=str(path))
+        if problems:
+            raise DistributedError(f"{problems[0]} (WORLD_SIZE={self.world_size}); fix {path} or "
+                                   f"configs/train.toml, then run `llmgen check`"
+                                   + (f"; {len(problems) - 1} more disagreement(s)" if len(problems) > 1 else ""))
+        config = ds_config.complete(config, run_config, self.world_size)
+
+        self.module = model.to(self.device)
+        optimizer = make_optimizer(self.module)
+        if run_config.distributed.offload != "none":
+            optimizer = _cpu_adam(deepspeed, optimizer)
+        # Parameter names per optimizer group, taken now: DeepSpeed replaces the groups' tensors with
+        # its flat partitions.
+        names = {id(p): name for name, p in self.module.named_parameters()}
+        self._group_names = [[names[id(p)] for p in g["params"]] for g in optimizer.param_groups]
+        self._base = optimizer  # DeepSpeed steps this object on its flat fp32 partitions
+        self.model, self._zero, _, _ = deepspeed.initialize(model=self.module, optimizer=optimizer, config=config)
+        self._deepspeed = deepspeed
+        # Until the loop says otherwise every backward ends a step (grad_accum=1 needs no context).
+        self.model.set_gradient_accumulation_boundary(True)
+
+    # -- training ------------------------------------------------------------------------------------
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.model.backward(loss, scale_wrt_gas=False)  # the loop already divided by grad_accum
+
+    def accumulating(self, is_last_micro_step: bool) -> contextlib.AbstractContextManager:
+        # ZeRO reduces (stage 1) or reduce-scatters (stages 2, 3) accumulated gradients at the boundary.
+        self.model.set_gradient_accumulation_boundary(is_last_micro_step)
+        return contextlib.nullcontext()
+
+    def step(self, lr: float, grad_clip: float) -> float:
+        if grad_clip != self.grad_clip:
+            # DeepSpeed clips inside its step with the value from the JSON config, checked at start-up.
+            raise DistributedError(f"grad_clip={grad_clip} differs from train.grad_clip={self.grad_clip} that "
+                                   f"the DeepSpeed config was checked against")
+        for group in self._base.param_groups:
+            group["lr"] = lr
+        self.model.step()
+        norm = self.model.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    # -- consolidated state --------------------------------------------------------------------------
+
+    def _flat_partitions(self) -> list[torch.Tensor]:
+        """This rank's flat fp32 master partitions, one per (sub-)group, as the base optimizer sees them."""
+        if self.stage == 3:
+            return list(self._zero.fp32_partitioned_groups_flat)
+        return list(self._zero.single_partition_of_fp32_groups)
+
+    def _state_keys(self) -> tuple[list[str], dict[str, torch.Tensor]]:
+        """Per-element state keys (Adam's moments) and scalar ones (step), from the first partition."""
+        flat = self._flat_partitions()[0]
+        state = self._base.state.get(flat, {})
+        per_element = [k for k, v in state.items() if torch.is_tensor(v) and v.numel() == flat.numel()]
+        scalars = {k: v for k, v in state.items() if k not in per_element}
+        return per_element, scalars
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        get_fp32 = self._deepspeed.utils.safe_get_full_fp32_param
+        out: dict[str, torch.Tensor] = {}
+        seen: set[int] = set()
+        for name, tensor in self.module.state_dict(keep_vars=True).items():
+            if id(tensor) in seen:  # a tied weight: once, under its first name (as base.unique_state_dict)
+                continue
+            seen.add(id(tensor))
+            if isinstance(tensor, nn.Parameter):
+                tensor = get_fp32(tensor)  # collective: gathers the fp32 master copy on every rank
+            out[name] = tensor.detach().to("cpu", copy=True)
+        return out
+
+    def optimizer_state(self) -> OptimizerState:
+        get_state = self._deepspeed.utils.safe_get_full_optimizer_state
+        groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": list(names)}
+                  for g, names in zip(self._base.param_groups, self._group_names)]
+        per_element, scalars = self._state_keys()
+        state: dict[str, dict[str, torch.Tensor]] = {}
+        if per_element:  # empty before the first optimizer step, as with a fresh torch optimizer
+            self._link_state_fragments()
+            for name, param in self.module.named_parameters():
+                entry = {k: v.detach().to("cpu", copy=True) for k, v in scalars.items()}
+                for key in per_element:
+                    entry[key] = get_state(param, key).detach().to("cpu", copy=True)  # collective
+                state[name] = entry
+        return {"state": state, "param_groups": groups}
+
+    def load_state(self, weights: dict[str, torch.Tensor], optimizer_state: OptimizerState | None) -> None:
+        params = list(self.module.parameters())
+        # The working copy of the weights (bf16 or fp32) that forward uses; at stage 3 it is partitioned,
+        # so gather it, write it on every rank, and let DeepSpeed re-partition it.
+        gather = (self._deepspeed.zero.GatheredParameters(params, modifier_rank=0) if self.stage == 3
+                  else contextlib.nullcontext())
+        with gather:
+            load_weights(self.module, weights)
+        # The fp32 master copy the optimizer updates: straight from the checkpoint, with no bf16 rounding.
+        set_fp32 = self._deepspeed.utils.safe_set_full_fp32_param
+        for name, param in self.module.named_parameters():
+            set_fp32(param, weights[name].to(self.device, torch.float32))
+        if optimizer_state is not None:
+            self._load_optimizer_state(optimizer_state)
+
+    def _load_optimizer_state(self, saved: OptimizerState) -> None:
+        stored = [list(g["params"]) for g in saved["param_groups"]]
+        if stored != self._group_names:
+            raise CheckpointError("optimizer state does not match the model's parameter groups "
+                                  f"({sum(map(len, stored))} parameters in {len(stored)} groups in the checkpoint, "
+                                  f"{sum(map(len, self._group_names))} in {len(self._group_names)} here)")
+        for group, saved_group in zip(self._base.param_groups, saved["param_groups"]):
+            for key, value in saved_group.items():  # hyper-parameters (lr is set again each step)
+                if key != "params" and key in group and key not in _IMPLEMENTATION_FLAGS:
+                    group[key] = value
+        if not saved["state"]:
+            return
+        names = [name for name, _ in self.module.named_parameters()]
+        missing = [n for n in names if n not in saved["state"]]
+        if missing:
+            raise CheckpointError(f"optimizer state has no entry for parameter {missing[0]!r}")
+        sample = saved["state"][names[0]]
+        per_element = [k for k, v in sample.items() if v.dim() > 0]
+        self._ensure_state(per_element, {k: v for k, v in sample.items() if v.dim() == 0})
+        set_state = self._deepspeed.utils.safe_set_full_optimizer_state
+        for name, param in self.module.named_parameters():
+            for key in per_element:
+                set_state(param, saved["state"][name][key].to(self.device, torch.float32), key)
+
+    def _ensure_state(self, per_element: list[str], scalars: dict[str, torch.Tensor]) -> None:
+        """Give every flat partition optimizer state to write into (a fresh torch optimizer creates it
+        lazily, at its first step), with the checkpoint's scalars (Adam's step count)."""
+        # Fused and capturable torch optimizers keep the step count on the parameters' device.
+        on_device = any(g.get("fused") or g.get("capturable") for g in self._base.param_groups)
+        for flat in self._flat_partitions():
+            state = self._base.state[flat]
+            for key in per_element:
+                if key not in state:
+                    state[key] = torch.zeros_like(flat)
+            for key, value in scalars.items():
+                state[key] = value.to(flat.device if on_device else "cpu", torch.float32).clone()
+        self._link_state_fragments()
+
+    def _link_state_fragments(self) -> None:
+        """At stages 1-2, map each parameter to its slice of the flat optimizer state, which the
+        `safe_*_optimizer_state` helpers read through. DeepSpeed 0.19 builds that map once, after the
+        first group's first step, which leaves the other groups (our no-decay group) unmapped; so we
+        rebuild it for every group before each use. Stage 3 looks slices up directly."""
+        if self.stage < 3:
+            self._zero._hp_optimizer_states_linked = False
+            self._zero._lazy_init_hp_params_optimizer_state()
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+
+    def barrier(self) -> None:
+        runtime.barrier()
+
+    def shutdown(self) -> None:
+        self.model.destroy()
+        runtime.shutdown()
+
+
+# Group entries that describe how the optimizer runs on this machine, not the optimisation itself.
+_IMPLEMENTATION_FLAGS = frozenset({"foreach", "fused", "capturable", "differentiable"})
+
+
+def _cpu_adam(deepspeed: ModuleType, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The loop's AdamW groups and hyper-parameters, in DeepSpeed's CPU Adam: ZeRO-Offload steps the
+    optimizer on the CPU and refuses a torch optimizer there (it would be several times slower)."""
+    from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+    defaults: dict[str, Any] = optimizer.defaults
+    groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in optimizer.param_groups]
+    return DeepSpeedCPUAdam(groups, lr=defaults["lr"], betas=defaults["betas"], eps=defaults["eps"],
+                            weight_decay=defaults["weight_decay"], adamw_mode=True)

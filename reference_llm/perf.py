@@ -1,0 +1,99 @@
+"""Device and precision choice, and speed accounting: measured matmul peak and model FLOPs utilisation.
+
+`train.device = "auto"` picks CUDA when present, else the CPU. `train.dtype = "auto"` picks bf16
+autocast where the hardware computes in bf16 natively (CUDA with bf16 support; CPUs with AVX512-BF16
+or AMX), where it trains 2-3x faster than fp32, and fp32 elsewhere: emulated bf16 on an older CPU is
+slower than fp32, and fp16 would need loss scaling.
+
+MFU (model FLOPs utilisation, Chowdhery et al. 2022, appendix B) is achieved model FLOP/s over the
+device's peak. We measure that peak in the same process, as a large square matmul in the dtype
+training uses, instead of trusting a datasheet, so that the ratio is honest on a shared or throttled
+machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from reference_llm.errors import ConfigError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """"auto" -> cuda if available, else cpu; "cpu", "cuda", "cuda:N" are checked against the machine."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N; got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name!r} but no CUDA device is available; use cpu or auto")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N; got {name!r}")
+    return device
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU has bf16 dot-product instructions (x86 AVX512-BF16 or AMX-BF16)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        # Not Linux: ask PyTorch's (private, hence guarded) CPU feature probe.
+        probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+        return bool(probe and probe())
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The compute dtype for autocast: "float32", "bfloat16" or "auto" (see the module docstring)."""
+    if name == "float32":
+        return torch.float32
+    if name == "bfloat16":
+        return torch.bfloat16
+    if name != "auto":
+        raise ConfigError(f"train.dtype must be auto, float32 or bfloat16; got {name!r}")
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+
+
+def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """Mixed precision for forward passes: matmuls in `dtype`, weights and optimizer state stay fp32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued device work, so that wall-clock timings cover it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_matmul_peak(dtype: torch.dtype, device: torch.device | str = "cpu", size: int = 2048,
+                        repeats: int = 7) -> float:
+    """FLOP/s of a (size x size) @ (size x size) matmul in `dtype`: the median of `repeats` timings."""
+    device = torch.device(device)
+    # A private generator: measuring must not move the global RNG, which training's dropout draws from.
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=gen).to(device, dtype)
+    b = torch.randn(size, size, generator=gen).to(device, dtype)
+    a @ b  # warm-up: first call pays for allocation and kernel selection
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times)
+
+
+def mfu(tokens_per_second: float, flops_per_token: float, peak_flops: float) -> float:
+    """Fraction of `peak_flops` that the model's matmuls achieve at this throughput."""
+    return tokens_per_second * flops_per_token / peak_flops if peak_flops > 0 else 0.0

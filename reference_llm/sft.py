@@ -1,0 +1,435 @@
+"""Supervised fine-tuning (SFT) on conversations, and the run plumbing DPO shares with it.
+
+    python -m reference_llm.sft --config configs/sft.toml [section.key=value ...]
+
+A post-training config is a run config (reference_llm/config.py: [model], [data], [train], [eval],
+[checkpoint]) plus its own section and an optional [lora] section:
+
+    [sft]
+    init = "runs/demo"     # pretrained checkpoint (run or step directory); "" = random init from [model]
+    data = "demo"          # "demo" (chatterbot + chitchat: DEMO DATA) or a JSONL file of {"messages": [...]}
+    max_examples = 0       # 0: every conversation
+    pack = true            # pack several conversations into each training row
+
+    [lora]                 # present (and enabled = true, the default) -> train LoRA adapters only
+    r = 8
+    alpha = 16.0
+    dropout = 0.05
+    targets = ["attn.qkv", "attn.proj", "mlp.fc", "mlp.proj"]
+
+With `init` set, the checkpoint fixes the model; a [model] section must then agree with it. `[data]`
+matters only for a random init (the tokenizer kind and size to train on the conversations), and
+`data.val_fraction` of the conversations is held out for the validation loss.
+
+What SFT does:
+- The tokenizer gains the chat markers (`reference_llm.chat.add_chat_tokens`); when the model's
+  embedding table is too small for the new ids, it grows (`resize_vocab`): new rows start at the mean
+  of the existing embeddings (Hewitt 2021, "Initializing New Word Embeddings for Pretrained Language
+  Models"), so the new tokens start as an "average" token instead of random noise. Pretraining
+  rounds the vocabulary up to a multiple of 64, so there is usually room already and nothing grows.
+- The loss covers only the assistant's tokens (`reference_llm.chat.encode_chat`); every other target
+  is IGNORE_INDEX.
+- Packing (`pack_examples`) concatenates conversations into rows of exactly `seq_len` tokens. The
+  targets are computed per conversation before packing, so no target ever crosses a boundary: the last
+  position of one conversation has an IGNORE_INDEX target, never the first token of the next.
+  Attention does cross boundaries: the model has no document mask (the architecture takes none), so a
+  conversation can attend to the one packed before it, as in GPT-style pretraining on concatenated
+  documents. The extra context is unrelated text that the model learns to ignore; `pack = false` puts
+  each conversation in its own padded row when that matters more than speed.
+- The checkpoint has the pretraining layout (model.safetensors + state.json + tokenizer.json) and
+  loads with `reference_llm.checkpoint.load_model`. It has no optimizer state: SFT and DPO runs are
+  short and restart rather than resume. With LoRA, model.safetensors holds the merged weights and
+  adapter.safetensors the adapters alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import math
+import sys
+import time
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from reference_llm.chat import CHAT_TOKENS, add_chat_tokens, encode_chat
+from reference_llm.checkpoint import load_model, save_checkpoint
+from reference_llm.config import SECTIONS, RunConfig, _build_section, _coerce, _parse_override, config_from_dict
+from reference_llm.distributed import build_engine
+from reference_llm.distributed.base import unique_state_dict
+from reference_llm.errors import CheckpointError, ConfigError, DataError, TokenizerError
+from reference_llm.lora import LoRAConfig, apply_lora, merged_state_dict, save_lora
+from reference_llm.metrics import MetricsFile, ProgressDisplay
+from reference_llm.model import IGNORE_INDEX, Transformer
+from reference_llm.optim import CosineSchedule, optimizer_factory
+from reference_llm.perf import mfu, resolve_dtype
+from reference_llm.posttrain_data import Message, demo_conversations, load_conversations
+from reference_llm.tokenizer import EOT, train_tokenizer
+from reference_llm.train import evaluate, matmul_peak, padded_vocab_size, seed_everything, train_step
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+ADAPTER_FILE = "adapter.safetensors"
+
+
+@dataclass
+class SFTConfig:
+    init: str = ""  # checkpoint to fine-tune; "" = random init from [model] (tests, smoke runs)
+    data: str = "demo"  # "demo" or a JSONL file of {"messages": [...]}
+    max_examples: int = 0  # 0: every conversation
+    pack: bool = True
+
+
+# ----------------------------------------------------------------------------------------------------
+# Examples, packing, vocabulary growth
+# ----------------------------------------------------------------------------------------------------
+
+
+def sft_example(messages: Sequence[Message], tokenizer) -> tuple[list[int], list[int]]:
+    """Inputs and targets of one conversation, the same length: targets[t] is inputs[t + 1] when that
+    token is an assistant token, else IGNORE_INDEX (and the last target is always IGNORE_INDEX)."""
+    ids, learn = encode_chat(messages, tokenizer)
+    targets = [nxt if learn_next else IGNORE_INDEX for nxt, learn_next in zip(ids[1:], learn[1:])]
+    return ids, targets + [IGNORE_INDEX]
+
+
+def _rows(examples: Sequence[tuple[list[int], list[int]]], seq_len: int, pack: bool) -> list[tuple[list[int], list[int]]]:
+    """Group examples (already at most seq_len long) into rows of at most seq_len tokens."""
+    rows: list[tuple[list[int], list[int]]] = []
+    for ids, targets in examples:
+        if rows and pack and len(rows[-1][0]) + len(ids) <= seq_len:
+            rows[-1][0].extend(ids)
+            rows[-1][1].extend(targets)
+        else:
+            rows.append((list(ids), list(targets)))
+    return rows
+
+
+def pack_examples(examples: Sequence[tuple[list[int], list[int]]], seq_len: int, pad_id: int,
+                  pack: bool = True) -> Batch:
+    """Rows (N, seq_len) of inputs and targets. With `pack`, consecutive examples share a row while
+    they fit; otherwise one example per row. Examples longer than seq_len are cut to seq_len (their
+    remaining targets are still correct next tokens) and dropped if no target is left; padding has
+    IGNORE_INDEX targets."""
+    kept = []
+    for ids, targets in examples:
+        ids, targets = ids[:seq_len], targets[:seq_len]
+        if any(t != IGNORE_INDEX for t in targets):
+            kept.append((ids, targets))
+    if not kept:
+        raise DataError(f"no conversation has an assistant token within the first {seq_len} tokens; "
+                        f"raise train.seq_len (up to model.block_size) or use shorter conversations")
+    rows = _rows(kept, seq_len, pack)
+    x = torch.full((len(rows), seq_len), pad_id, dtype=torch.long)
+    y = torch.full((len(rows), seq_len), IGNORE_INDEX, dtype=torch.long)
+    for i, (ids, targets) in enumerate(rows):
+        x[i, :len(ids)] = torch.tensor(ids)
+        y[i, :len(targets)] = torch.tensor(targets)
+    return x, y
+
+
+@torch.no_grad()
+def resize_vocab(model: Transformer, vocab_size: int) -> None:
+    """Grow the token embedding (and an untied output head) to `vocab_size` rows, new rows at the mean
+    of the old ones (see the module docstring). A tied head follows the embedding."""
+    old = model.config.vocab_size
+    if vocab_size <= old:
+        return
+    weight = model.tok_emb.weight
+    emb = nn.Embedding(vocab_size, weight.shape[1], device=weight.device, dtype=weight.dtype)
+    emb.weight[:old] = weight
+    emb.weight[old:] = weight.mean(dim=0)
+    model.tok_emb = emb
+    if model.config.tie_embeddings:
+        model.lm_head.weight = model.tok_emb.weight
+    else:
+        head = model.lm_head.weight
+        lm_head = nn.Linear(head.shape[1], vocab_size, bias=False, device=head.device, dtype=head.dtype)
+        lm_head.weight[:old] = head
+        lm_head.weight[old:] = head.mean(dim=0)
+        model.lm_head = lm_head
+    model.config = dataclasses.replace(model.config, vocab_size=vocab_size)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Config (shared with DPO)
+# ----------------------------------------------------------------------------------------------------
+
+# Fields of the model that decide the weights' names and shapes: a checkpoint must agree on them.
+_SHAPE_FIELDS = ("n_layer", "n_head", "n_kv_head", "d_model", "ffn_hidden", "norm", "position", "mlp", "bias",
+                 "tie_embeddings", "block_size")
+
+
+@dataclass
+class PostTrainConfig:
+    run: RunConfig
+    method: Any  # SFTConfig or DPOConfig
+    lora: LoRAConfig | None
+    model_section: dict[str, Any]  # the [model] keys the file set explicitly (checked against `init`)
+
+
+def load_posttrain_config(path: str | Path | None, overrides: Sequence[str], section: str,
+                          method_class: type) -> PostTrainConfig:
+    """Read a post-training TOML file: run config sections + [section] (sft or dpo) + optional [lora]."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    for item in overrides:
+        name, key, value = _parse_override(item)
+        raw.setdefault(name, {})[key] = value
+    known = {section, "lora", "model", *SECTIONS}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"unknown config section(s): {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+    method = _build_section(section, method_class, raw.pop(section, {}))
+    lora = _lora_section(raw.pop("lora")) if "lora" in raw else None
+    run = config_from_dict(raw)
+    if run.distributed.strategy != "single":
+        raise ConfigError(f"distributed.strategy={run.distributed.strategy!r}: {section.upper()} runs on one "
+                          f"device; accepted: single")
+    if getattr(method, "max_examples", 0) < 0:
+        raise ConfigError(f"{section}.max_examples must be >= 0 (0 means all), got {method.max_examples}")
+    return PostTrainConfig(run, method, lora, dict(raw.get("model", {})))
+
+
+def _lora_section(values: Any) -> LoRAConfig | None:
+    if not isinstance(values, dict):
+        raise ConfigError(f"[lora] must be a table of keys, got {values!r}")
+    values = dict(values)
+    fields = {f.name: f for f in dataclasses.fields(LoRAConfig)}
+    unknown = set(values) - set(fields) - {"enabled"}
+    if unknown:
+        raise ConfigError(f"unknown key(s) in [lora]: {', '.join(sorted(unknown))}; known: enabled, {', '.join(fields)}")
+    if not _coerce("lora.enabled", values.pop("enabled", True), "bool"):
+        return None
+    targets = values.pop("targets", None)
+    if targets is not None and (not isinstance(targets, list) or not all(isinstance(t, str) for t in targets)):
+        raise ConfigError(f"lora.targets must be a list of layer-name patterns, got {targets!r}")
+    typed = {k: _coerce(f"lora.{k}", v, fields[k].type) for k, v in values.items()}
+    return LoRAConfig(**typed, **({"targets": tuple(targets)} if targets is not None else {}))
+
+
+# ----------------------------------------------------------------------------------------------------
+# The run (shared with DPO)
+# ----------------------------------------------------------------------------------------------------
+
+
+class PostTrainRun:
+    """Model, tokenizer, LoRA, engine, schedule, metrics and checkpoints of an SFT or DPO run.
+
+    `tokenizer_texts` is called only for a random init, to train a tokenizer of kind `data.tokenizer`.
+    `keep_reference` keeps a frozen copy of the starting model (DPO's pi_ref) as `self.reference`.
+    """
+
+    def __init__(self, config: PostTrainConfig, tokenizer_texts: Callable[[], list[str]],
+                 keep_reference: bool = False) -> None:
+        self.config = config
+        run = config.run
+        seed_everything(run.train.seed)
+        init = config.method.init
+        if init:
+            model, tokenizer = self._from_checkpoint(init)
+        else:
+            tokenizer = train_tokenizer(run.data.tokenizer, tokenizer_texts(), run.data.vocab_size,
+                                        special_tokens=(EOT, *CHAT_TOKENS))
+            model = Transformer(dataclasses.replace(run.model, vocab_size=padded_vocab_size(tokenizer.vocab_size)))
+        self.tokenizer = tokenizer
+        run.model = model.config  # what the checkpoint's state.json records
+        self.reference = copy.deepcopy(model).eval().requires_grad_(False) if keep_reference else None
+        if config.lora is not None:
+            apply_lora(model, config.lora)
+        self.engine = build_engine(run, model, optimizer_factory(run.train))
+        self.device = self.engine.device
+        if self.reference is not None:
+            self.reference.to(self.device)
+        self.dtype = resolve_dtype(run.train.dtype, self.device)
+        self.run_dir = Path(run.checkpoint.dir)
+        self.pad_id = tokenizer.eot_id if tokenizer.eot_id is not None else 0
+        self.display = ProgressDisplay(run.train.max_steps)
+
+    @property
+    def model(self) -> nn.Module:
+        return self.engine.model
+
+    def _from_checkpoint(self, init: str) -> tuple[Transformer, Any]:
+        model, tokenizer, stored = load_model(init, "cpu")
+        section = type(self.config.method).__name__.removesuffix("Config").lower()
+        # A preset fixes every shape field; otherwise only the fields the [model] section names are checked.
+        given = self.config.model_section
+        check = _SHAPE_FIELDS if "preset" in given else [k for k in _SHAPE_FIELDS if k in given]
+        wanted = self.config.run.model
+        for key in check:
+            if getattr(wanted, key) != getattr(stored.model, key):
+                raise CheckpointError(f"{section}.init={init} has model.{key}={getattr(stored.model, key)!r} but the "
+                                      f"config's [model] gives {getattr(wanted, key)!r}; remove [model] (the "
+                                      f"checkpoint fixes the model) or use a matching checkpoint")
+        tokenizer = add_chat_tokens(tokenizer)
+        resize_vocab(model, tokenizer.vocab_size)
+        # Dropout and the attention kernel may differ from pretraining; they change no weight.
+        overrides = {k: getattr(self.config.run.model, k) for k in ("dropout", "attention")
+                     if k in self.config.model_section}
+        if overrides:
+            model.config = dataclasses.replace(model.config, **overrides)
+        return model, tokenizer
+
+    def note(self, text: str) -> None:
+        self.display.note(text)
+
+    def fit(self, forward: Callable[[torch.Tensor, torch.Tensor], Any], next_batch: Callable[[], Batch],
+            stats: Callable[[], dict[str, float]] | None = None,
+            validate: Callable[[], dict[str, float]] | None = None, extra_state: dict[str, Any] | None = None) -> dict:
+        """Train for `train.max_steps` optimizer steps (or `train.max_minutes`); checkpoint at
+        `checkpoint.interval` and at the end. `forward(x, y)` returns (anything, loss), like the model;
+        `stats()` adds run-specific numbers to each log line; `validate()` runs at `eval.interval` and at
+        the end. Returns the last logged metrics."""
+        run = self.config.run
+        t = run.train
+        schedule = CosineSchedule.from_config(t)
+        budget = t.max_minutes * 60 if t.max_minutes > 0 else math.inf
+        metrics_file = MetricsFile(self.run_dir / t.metrics_file)
+        peak = matmul_peak(self.dtype, self.device)
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        self.note(f"{self.model.num_params() / 1e6:.2f}M params ({trainable / 1e6:.3f}M trained), vocab "
+                  f"{run.model.vocab_size}; {self.device.type} {str(self.dtype).removeprefix('torch.')}")
+        last: dict[str, Any] = {"step": 0}
+        step, elapsed, window_tokens, window_start = 0, 0.0, 0, time.perf_counter()
+        self.model.train()
+        try:
+            while step < t.max_steps and elapsed < budget:
+                step_start = time.perf_counter()
+                lr = schedule(step)
+                micro = [next_batch() for _ in range(t.grad_accum)]
+                loss, grad_norm = train_step(self.engine, micro, t.grad_accum, lr, t.grad_clip, self.dtype, forward)
+                step += 1
+                window_tokens += sum(x.numel() for x, _ in micro)
+                elapsed += time.perf_counter() - step_start
+                if step % t.log_interval == 0 or step == t.max_steps:
+                    now = time.perf_counter()
+                    tokens_per_s = window_tokens / (now - window_start)
+                    last = {"step": step, "loss": loss.item(), "lr": lr, "grad_norm": grad_norm,
+                            "tokens_per_s": tokens_per_s,
+                            "mfu": mfu(tokens_per_s, run.model.flops_per_token(run.seq_len), peak),
+                            **(stats() if stats else {})}
+                    metrics_file.write(last)
+                    self.display.update(step, last, (t.max_steps - step) * elapsed / step)
+                    window_tokens, window_start = 0, time.perf_counter()
+                if validate and run.eval.interval and step % run.eval.interval == 0 and step < t.max_steps:
+                    self._validate(validate, step, last, metrics_file)
+                if run.checkpoint.interval and step % run.checkpoint.interval == 0 and step < t.max_steps:
+                    self.save(step, last, extra_state)
+            if validate:
+                self._validate(validate, step, last, metrics_file)
+            self.save(step, last, extra_state)
+        finally:
+            self.display.close()
+            metrics_file.close()
+        return last
+
+    def _validate(self, validate: Callable[[], dict[str, float]], step: int, last: dict[str, Any],
+                  metrics_file: MetricsFile) -> None:
+        result = validate()
+        last.update(result)
+        metrics_file.write({"step": step, **result})
+        self.note(f"step {step}: " + " | ".join(f"{k} {v:.4f}" for k, v in result.items()))
+
+    def save(self, step: int, metrics: dict[str, Any], extra_state: dict[str, Any] | None) -> Path:
+        """A checkpoint in the pretraining layout; with LoRA, merged weights plus adapter.safetensors."""
+        lora = self.config.lora
+        weights = merged_state_dict(self.model) if lora else unique_state_dict(self.model)
+        state = {"step": step, "config": self.config.run.to_dict(),
+                 "tokenizer_fingerprint": self.tokenizer.fingerprint(), "metrics": metrics,
+                 "lora": dataclasses.asdict(lora) if lora else None, **(extra_state or {})}
+        path = save_checkpoint(self.run_dir, step, weights, None, state, self.tokenizer,
+                               keep=self.config.run.checkpoint.keep)
+        if lora:
+            save_lora(self.model, path / ADAPTER_FILE)
+        self.note(f"checkpoint: {path}")
+        return path
+
+
+# ----------------------------------------------------------------------------------------------------
+# SFT
+# ----------------------------------------------------------------------------------------------------
+
+
+def load_sft_conversations(config: SFTConfig, seed: int) -> list[list[Message]]:
+    if config.data == "demo":
+        return demo_conversations(limit=config.max_examples, seed=seed)
+    conversations = load_conversations(config.data)
+    return conversations[:config.max_examples] if config.max_examples > 0 else conversations
+
+
+def encode_examples(conversations: Sequence[Sequence[Message]], tokenizer) -> tuple[list[tuple[list[int], list[int]]], int]:
+    """`sft_example` of each conversation, skipping those the tokenizer cannot encode (a character
+    tokenizer meets characters its training text lacked). Returns the examples and the skip count."""
+    examples, skipped = [], 0
+    for messages in conversations:
+        try:
+            examples.append(sft_example(messages, tokenizer))
+        except TokenizerError:
+            skipped += 1
+    return examples, skipped
+
+
+def train_sft(config_path: str | Path | None, overrides: Sequence[str] = ()) -> dict:
+    """Run SFT as configured; returns the final logged metrics."""
+    config = load_posttrain_config(config_path, overrides, "sft", SFTConfig)
+    sft, run = config.method, config.run
+    conversations = load_sft_conversations(sft, run.train.seed)
+    n_val = int(len(conversations) * run.data.val_fraction) if len(conversations) > 1 else 0
+    train_convs, val_convs = conversations[n_val:], conversations[:n_val]
+    job = PostTrainRun(config, lambda: [m["content"] for c in train_convs for m in c])
+    examples, skipped = encode_examples(train_convs, job.tokenizer)
+    if skipped:
+        job.note(f"skipped {skipped} conversations with characters the tokenizer cannot encode")
+    seq_len = run.seq_len
+    x, y = pack_examples(examples, seq_len, job.pad_id, pack=sft.pack)
+    source = "DEMO DATA (chatterbot-corpus + chitchat-dataset)" if sft.data == "demo" else sft.data
+    job.note(f"SFT on {len(examples)} conversations from {source}: {x.shape[0]} rows of {seq_len} tokens, "
+             f"{int((y != IGNORE_INDEX).sum())} trained (assistant) tokens")
+    generator = torch.Generator().manual_seed(run.train.seed)
+
+    def next_batch() -> Batch:
+        rows = torch.randint(x.shape[0], (run.train.micro_batch,), generator=generator)
+        return x[rows], y[rows]
+
+    validate = None
+    val_examples, _ = encode_examples(val_convs, job.tokenizer)
+    if val_examples:
+        vx, vy = pack_examples(val_examples, seq_len, job.pad_id, pack=sft.pack)
+        b = run.train.micro_batch
+        val_batches = [(vx[i:i + b], vy[i:i + b]) for i in range(0, vx.shape[0], b)][:run.eval.iters]
+
+        def validate() -> dict[str, float]:
+            return {"val_loss": evaluate(job.model, val_batches, job.device, job.dtype)}
+
+    return job.fit(job.model, next_batch, validate=validate, extra_state={"sft": dataclasses.asdict(sft)})
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m reference_llm.sft",
+                                     description="Supervised fine-tuning on conversations (loss on assistant tokens).")
+    parser.add_argument("--config", required=True, help="TOML file: [sft], optional [lora], and run config sections")
+    parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. sft.init=runs/demo train.max_steps=200")
+    args = parser.parse_args(argv)
+    last = train_sft(args.config, args.overrides)
+    print("done: " + " | ".join(f"{k} {v:.4g}" for k, v in last.items() if k in ("step", "loss", "val_loss")))
+    return 0
+
+
+if __name__ == "__main__":
+    from reference_llm.cli import run_main
+
+    sys.exit(run_main(main))

@@ -1,0 +1,116 @@
+"""Train a tiny model for a few steps through one engine, as the training loop would; used by the tests.
+
+Run as `torchrun --nproc_per_node 2 tests/distributed/drive_engine.py --strategy zero3 ...`, or as a
+plain `python` process for `--strategy single`. The data depend only on the optimizer step, never on
+the world size: step s uses the `global_batch` sequences of `batch_for_step(s)`, and rank r of W takes
+its share of them, one micro-batch per accumulation step. So a 2-process run and a 1-process run with
+the same global batch see the same sequences in each step, and must compute the same gradients up to
+floating-point summation order.
+
+Rank 0 writes a JSON report: the global mean training loss of each step, gradient norms, and the loss
+of the consolidated final weights on a fixed batch. `--save`/`--load` write and read a real
+checkpoint (reference_llm.checkpoint) so that resuming across strategies can be tested.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from reference_llm.checkpoint import load_checkpoint, save_checkpoint
+from reference_llm.config import RunConfig, config_from_dict
+from reference_llm.distributed import build_engine
+from reference_llm.model import Transformer
+from reference_llm.optim import optimizer_factory
+
+SEQ_LEN = 32
+
+
+def batch_for_step(step: int, global_batch: int, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same (global_batch, SEQ_LEN) inputs and targets for step `step`, whoever asks."""
+    g = torch.Generator().manual_seed(10_000 + step)
+    tokens = torch.randint(0, vocab, (global_batch, SEQ_LEN + 1), generator=g)
+    return tokens[:, :-1], tokens[:, 1:]
+
+
+def run_config(args: argparse.Namespace) -> RunConfig:
+    return config_from_dict({
+        "model": {"preset": args.preset},
+        "train": {"micro_batch": args.micro_batch, "grad_accum": args.grad_accum, "seq_len": SEQ_LEN,
+                  "dtype": "float32", "device": "cpu", "lr": args.lr, "min_lr": 0.0, "grad_clip": args.grad_clip,
+                  "weight_decay": 0.1},
+        "distributed": {"strategy": args.strategy, "deepspeed_config": args.ds_config},
+    })
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--strategy", required=True)
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--start", type=int, default=0, help="first step (after --load)")
+    parser.add_argument("--micro-batch", type=int, default=2)
+    parser.add_argument("--grad-accum", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--grad-clip", type=float, default=0.5)
+    parser.add_argument("--ds-config", default="deepspeed.json", help="for zero1-3 (the test writes it)")
+    parser.add_argument("--save", help="write a checkpoint of the final state to this run directory")
+    parser.add_argument("--load", help="resume from this checkpoint before training")
+    parser.add_argument("--out", required=True, help="JSON report written by rank 0")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)  # identical initial weights on every rank, as the training loop guarantees
+    cfg = run_config(args)
+    model = Transformer(cfg.model)
+    engine = build_engine(cfg, model, optimizer_factory(cfg.train))
+    rank, world = engine.rank, engine.world_size
+
+    if args.load:
+        ckpt = load_checkpoint(args.load)
+        engine.load_state(ckpt.weights, ckpt.optimizer_state)
+
+    losses, norms = [], []
+    micro, accum = args.micro_batch, args.grad_accum
+    for step in range(args.start, args.start + args.steps):
+        x, y = batch_for_step(step, micro * accum * world, cfg.model.vocab_size)
+        # Rank r's rows for accumulation step a: block (a * world + r) of `micro` rows.
+        total = torch.zeros(())
+        for a in range(accum):
+            rows = slice((a * world + rank) * micro, (a * world + rank + 1) * micro)
+            with engine.accumulating(a == accum - 1):
+                _, loss = engine.model(x[rows], y[rows])
+                engine.backward(loss / accum)
+            total += loss.detach().cpu() / accum
+        norms.append(engine.step(args.lr, args.grad_clip))
+        if world > 1:
+            dist.all_reduce(total)
+            total /= world
+        losses.append(total.item())
+
+    weights = engine.full_state_dict()
+    opt_state = engine.optimizer_state()
+    if rank == 0:
+        final = Transformer(cfg.model)
+        final.load_state_dict(weights, strict=False)  # a tied head comes back through the tie itself
+        x, y = batch_for_step(999, 8, cfg.model.vocab_size)
+        with torch.no_grad():
+            eval_loss = final(x, y)[1].item()
+        if args.save:
+            save_checkpoint(args.save, args.start + args.steps, weights, opt_state,
+                            {"step": args.start + args.steps, "config": cfg.to_dict()}, tokenizer=None)
+        report = {"strategy": args.strategy, "world_size": world, "losses": losses, "grad_norms": norms,
+                  "eval_loss": eval_loss, "weight_names": sorted(weights),
+                  "optimizer_names": sorted(opt_state["state"])}
+        Path(args.out).write_text(json.dumps(report))
+    engine.barrier()
+    engine.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""The training step, optimizer groups, schedule and engine dispatch, on tensors made here (no corpus)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+from reference_llm.config import RunConfig
+from reference_llm.distributed import SingleDeviceEngine, build_engine
+from reference_llm.distributed import base as engine_base
+from reference_llm.errors import ConfigError, DistributedError
+from reference_llm.model import ModelConfig, Transformer
+from reference_llm.optim import CosineSchedule, optimizer_factory, param_groups
+from reference_llm.perf import resolve_device
+from reference_llm.train import padded_vocab_size, train_step
+
+
+def _engine(preset: str = "tiny", seed: int = 0, **train) -> SingleDeviceEngine:
+    torch.manual_seed(seed)
+    config = RunConfig(model=ModelConfig.preset(preset))
+    for key, value in train.items():
+        setattr(config.train, key, value)
+    return SingleDeviceEngine(config, Transformer(config.model), optimizer_factory(config.train))
+
+
+def _batch(batch: int, seq: int, vocab: int = 512, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    tokens = torch.randint(0, vocab, (batch, seq + 1), generator=torch.Generator().manual_seed(seed))
+    return tokens[:, :-1], tokens[:, 1:]
+
+
+def test_overfits_a_single_batch():
+    engine = _engine(lr=3e-3, weight_decay=0.0)
+    batch = _batch(4, 32)
+    first, _ = train_step(engine, [batch], 1, 3e-3, 1.0, torch.float32)
+    for _ in range(60):
+        loss, grad_norm = train_step(engine, [batch], 1, 3e-3, 1.0, torch.float32)
+    assert first.item() > 5.0  # about ln(512) at initialisation
+    assert loss.item() < 0.1 and grad_norm > 0
+
+
+def test_grad_accumulation_matches_one_big_batch():
+    x, y = _batch(8, 32)
+    accumulated, whole = _engine(seed=3), _engine(seed=3)
+    loss_a, norm_a = train_step(accumulated, [(x[:4], y[:4]), (x[4:], y[4:])], 2, 1e-3, 1.0, torch.float32)
+    loss_w, norm_w = train_step(whole, [(x, y)], 1, 1e-3, 1.0, torch.float32)
+    assert loss_a.item() == pytest.approx(loss_w.item(), abs=1e-6)
+    assert norm_a == pytest.approx(norm_w, rel=1e-5)
+    for (name, a), b in zip(accumulated.model.named_parameters(), whole.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_engine_step_clips_the_global_gradient_norm():
+    # Plain SGD makes the update proportional to the gradient, so the clipped norm can be read back.
+    torch.manual_seed(0)
+    config = RunConfig(model=ModelConfig.preset("tiny"))
+    engine = SingleDeviceEngine(config, Transformer(config.model), lambda m: torch.optim.SGD(m.parameters(), lr=0.0))
+    before = [p.detach().clone() for p in engine.model.parameters()]
+    lr, clip = 0.5, 0.01
+    _, norm = train_step(engine, [_batch(2, 16)], 1, lr, clip, torch.float32)
+    update = torch.cat([(b - a.detach()).flatten() for a, b in zip(engine.model.parameters(), before)])
+    assert norm > clip  # the returned norm is the one before clipping
+    assert update.norm().item() == pytest.approx(lr * clip, rel=1e-4)
+    assert all(p.grad is None for p in engine.model.parameters())  # gradients were zeroed
+
+
+def test_param_groups_decay_matrices_and_embeddings_only():
+    model = Transformer(ModelConfig.preset("tiny-gpt2"))
+    decay, no_decay = param_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert {"tok_emb.weight", "pos_emb.weight", "blocks.0.attn.qkv.weight", "blocks.1.mlp.proj.weight"} <= decayed
+    assert all(p.dim() == 1 for p in no_decay["params"])
+    assert {names[id(p)] for p in no_decay["params"]} >= {"blocks.0.attn.qkv.bias", "norm_f.weight", "norm_f.bias"}
+    # Every parameter in exactly one group; the tied head is the token embedding, listed once.
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_schedule_warms_up_then_follows_a_cosine_to_min_lr():
+    s = CosineSchedule(lr=1e-3, min_lr=1e-4, warmup_steps=10, max_steps=110)
+    warmup = [s(i) for i in range(10)]
+    assert warmup == sorted(warmup) and warmup[0] == pytest.approx(1e-3 / 11)
+    assert s(10) == pytest.approx(1e-3)
+    assert s(60) == pytest.approx((1e-3 + 1e-4) / 2)  # half way through the cosine
+    decay = [s(i) for i in range(10, 111)]
+    assert decay == sorted(decay, reverse=True)
+    assert s(110) == pytest.approx(1e-4) and s(500) == 1e-4
+
+
+def test_padded_vocab_size_rounds_up_to_64():
+    assert [padded_vocab_size(n) for n in (65, 128, 1000, 50257)] == [128, 128, 1024, 50304]
+
+
+def test_build_engine_single_and_clear_errors(monkeypatch):
+    config = RunConfig(model=ModelConfig.preset("tiny"))
+    engine = build_engine(config, Transformer(config.model), optimizer_factory(config.train))
+    assert isinstance(engine, SingleDeviceEngine) and engine.is_main and engine.world_size == 1
+
+    config.distributed.strategy = "zero2"
+    monkeypatch.setitem(sys.modules, "deepspeed", None)  # as if DeepSpeed were not installed
+    monkeypatch.setitem(engine_base.ENGINES, "zero2", ("deepspeed.runtime", "Engine"))
+    with pytest.raises(DistributedError, match=r"zero2 needs DeepSpeed: pip install 'llmgen\[deepspeed\]'"):
+        build_engine(config, Transformer(config.model), optimizer_factory(config.train))
+
+    config.distributed.strategy = "ddp"
+    monkeypatch.setitem(engine_base.ENGINES, "ddp", ("reference_llm.distributed.not_here", "DDPEngine"))
+    with pytest.raises(DistributedError, match="ddp is not available: module reference_llm.distributed.not_here"):
+        build_engine(config, Transformer(config.model), optimizer_factory(config.train))
+
+    config.distributed.strategy = "pipeline"
+    with pytest.raises(DistributedError, match="distributed.strategy must be one of single, ddp"):
+        build_engine(config, Transformer(config.model), optimizer_factory(config.train))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised when CUDA is absent")
+def test_cuda_device_without_cuda_is_a_config_error():
+    with pytest.raises(ConfigError, match="train.device='cuda' but no CUDA device is available"):
+        resolve_device("cuda")
+    with pytest.raises(ConfigError, match="train.device must be auto, cpu, cuda or cuda:N"):
+        resolve_device("tpu")
