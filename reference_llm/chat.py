@@ -10,9 +10,9 @@ For training, `encode_chat` also returns a mask that is True on the tokens the m
 produce: every assistant turn's content and its closing `<|end|>` (so the model learns to stop), and
 nothing else: not the system prompt, not the user's words, not the role markers, which are given.
 
-Content is encoded piece by piece and the marker ids are inserted directly, so a user who types the
-text "<|end|>" cannot forge a turn boundary through `encode_chat` (the tokenizer's own `encode` would
-turn that text into the special id).
+The marker ids are inserted directly and each content is encoded on its own. Contents are encoded with
+the tokenizer's `encode`, which turns marker text such as "<|end|>" into the marker id, so a server
+that takes contents from untrusted users should reject contents that contain `CHAT_TOKENS`.
 """
 
 from __future__ import annotations

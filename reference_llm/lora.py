@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from reference_llm.distributed.base import unique_state_dict
 from reference_llm.errors import CheckpointError, ConfigError
 
 DEFAULT_TARGETS = ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")
@@ -179,7 +180,10 @@ def read_lora_config(path: str | Path) -> LoRAConfig:
         raise CheckpointError(f"cannot read LoRA adapter {path}: {exc}") from None
     if "lora_config" not in meta:
         raise CheckpointError(f"{path} is not a LoRA adapter file (no lora_config in its metadata)")
-    return LoRAConfig(**json.loads(meta["lora_config"]))
+    try:
+        return LoRAConfig(**json.loads(meta["lora_config"]))
+    except (TypeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: its lora_config metadata is invalid ({exc})") from None
 
 
 def load_lora(model: nn.Module, path: str | Path) -> list[str]:
@@ -216,10 +220,10 @@ def unmerge_lora(model: nn.Module) -> None:
 
 @torch.no_grad()
 def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The base model's state dict (same names and shapes) with every adapter folded into its weight.
-    This is what a checkpoint stores, so a LoRA run's checkpoint loads like any other."""
+    """The base model's weights as a checkpoint stores them (same names and shapes, each tied tensor
+    once) with every adapter folded in, so a LoRA run's checkpoint loads like any other."""
     layers = _require_lora(model)
-    state = {k: v for k, v in model.state_dict().items() if not k.endswith((".lora_A", ".lora_B"))}
+    state = {k: v for k, v in unique_state_dict(model).items() if not k.endswith((".lora_A", ".lora_B"))}
     for name, layer in layers.items():
         if not layer.merged:
             state[f"{name}.weight"] = layer.weight + layer.delta_weight()

@@ -314,13 +314,15 @@ def layer_activations(config: ModelConfig, seq_len: int, act_bytes: int = 2, fla
         (GELU: its input and output, 2F; SwiGLU: gate and up, silu(gate) and the product, 4F);
       scores (only without a fused/flash kernel, which recomputes them in the backward): softmax output
         a·s per token, plus a 1-byte dropout mask and the dropped output when dropout > 0.
-    With `follow_code` (the default) the items follow what `reference_llm.model` really keeps:
+    With `follow_code` (the default) the items follow what `reference_llm.model` really keeps, as
+    read off autograd's saved tensors (tests/generator/test_estimate_activations.py measures it):
       - the residual stream is in `residual_bytes` (fp32 under autocast, whose weights stay fp32; bf16
         when an engine holds bf16 weights), and norms keep what `norm_bytes` says;
-      - with RoPE the rotated Q and K are new tensors beside the fused QKV output (which V's view keeps
-        alive); grouped-query K and V are expanded to all heads before attention;
-      - a flash kernel saves its output beside the projection's re-laid-out input;
-      - the manual path takes the softmax in fp32 and saves a 16-bit copy too.
+      - fused kernel: with RoPE the rotated Q and K are new tensors beside the fused QKV output (which
+        V's view keeps alive); grouped-query K and V are expanded to all heads; the kernel saves its
+        output beside the projection's re-laid-out input;
+      - manual path: the batched matmuls keep contiguous copies of Q, K and V, and the softmax is taken
+        in fp32 with a 16-bit copy kept as well.
     """
     h, F_, a = config.d_model, config.ffn_hidden, config.n_head
     kv = config.n_kv_head * config.head_dim  # type: ignore[operator]
@@ -333,11 +335,15 @@ def layer_activations(config: ModelConfig, seq_len: int, act_bytes: int = 2, fla
         replicated = act_bytes * 4 * h + mask * 2 * h
     if not follow_code:
         qkv = h + 2 * kv
+    elif not flash:
+        qkv = 3 * h  # the batched matmuls keep contiguous (or head-expanded) copies of Q, K and V
     elif config.position == "rope":
-        # fused QKV output (h + 2kv), kept by V's view when K = H; rotated Q and K; GQA: expanded K, V
-        qkv = (h + 2 * kv) + h + kv if kv == h else 3 * h
+        # rotated Q and K are new tensors; with K = H, V's view keeps the fused QKV output alive,
+        # with GQA the expanded K and V are kept instead
+        qkv = (h + 2 * kv) + 2 * h if kv == h else 3 * h
     else:
-        qkv = h + 2 * kv if kv == h else 3 * h  # views of the fused output; GQA expands K and V
+        # Q, K, V are views of the fused output; GQA adds the expanded K and V
+        qkv = h + 2 * kv if kv == h else (h + 2 * kv) + 2 * h
     mlp = 4 * F_ if config.mlp == "swiglu" else 2 * F_  # type: ignore[operator]
     flash_output = h if flash and follow_code else 0
     split = act_bytes * (qkv + h + flash_output + mlp)
@@ -391,10 +397,13 @@ def activation_bytes(config: ModelConfig, seq_len: int, micro_batch: int, act_by
 
 
 def logits_bytes(config: ModelConfig, seq_len: int, micro_batch: int, act_bytes: int = 2, tp: int = 1) -> float:
-    """The output layer's peak: logits (act_bytes), the fp32 log-softmax cross-entropy keeps, and the
-    fp32 gradient of the logits in the backward: s·b·V·(act_bytes + 4 + 4), V split by t with a
-    vocabulary-parallel head. `reference_llm.model.Transformer.forward` computes the loss in fp32."""
-    return seq_len * micro_batch * config.vocab_size * (act_bytes + 8) / tp
+    """The output layer's peak, reached early in the backward: the logits (act_bytes, still held by the
+    caller), the fp32 log-softmax the cross-entropy keeps, the fp32 gradients of the log-probabilities
+    and of the logits, and that gradient cast back to 16 bits when the logits are 16-bit:
+    s·b·V·(a + 12 + (a if a < 4)), V split by t with a vocabulary-parallel head.
+    `reference_llm.model.Transformer.forward` computes the loss in fp32."""
+    per_element = act_bytes + 12 + (act_bytes if act_bytes < 4 else 0)
+    return seq_len * micro_batch * config.vocab_size * per_element / tp
 
 
 def kv_cache_bytes(config: ModelConfig, batch: int, seq_len: int, bytes_per: int = 2, tp: int = 1) -> float:

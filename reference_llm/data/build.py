@@ -76,7 +76,8 @@ def load_prepared(data_dir: str | Path, from_cache: bool = True) -> PreparedData
     """Open a prepared directory; its tokenizer must be the one the shards were made with."""
     data_dir = Path(data_dir)
     meta = read_meta(data_dir)
-    tokenizer = load_tokenizer(data_dir / TOKENIZER_FILE)
+    # "bpe" and "hf-bpe" share one file format; ask for the kind that was trained, for the same encoder.
+    tokenizer = load_tokenizer(data_dir / TOKENIZER_FILE, fast=meta["tokenizer"]["kind"] == "hf-bpe")
     if tokenizer.fingerprint() != meta["tokenizer"]["fingerprint"]:
         raise DataError(f"{data_dir / TOKENIZER_FILE} does not match the fingerprint in meta.json; "
                         f"delete {data_dir} and prepare again")

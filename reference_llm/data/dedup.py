@@ -57,6 +57,7 @@ class Duplicate:
 
 
 def exact_dedup(docs: list[Document]) -> tuple[list[Document], list[Duplicate]]:
+    """Drop each document whose text equals an earlier one's (compared by sha256)."""
     first_by_hash: dict[str, str] = {}
     kept, dropped = [], []
     for doc in docs:
@@ -124,6 +125,7 @@ class MinHasher:
 
 
 def near_dedup(docs: list[Document], settings: DedupSettings) -> tuple[list[Document], list[Duplicate]]:
+    """Drop each document whose estimated similarity to an earlier kept one reaches `settings.threshold`."""
     hasher = MinHasher(settings.num_perm, settings.shingle_words, settings.seed)
     bands, rows = choose_bands(settings.num_perm, settings.threshold)
     buckets: list[dict[bytes, list[int]]] = [{} for _ in range(bands)]

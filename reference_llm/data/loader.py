@@ -70,7 +70,7 @@ class TokenLoader:
         """Windows at global start positions (indices into the concatenated valid starts of all shards)."""
         shard_ids = np.searchsorted(self._cum_starts, positions, side="right")
         offsets = positions - np.concatenate(([0], self._cum_starts))[shard_ids]
-        rows = np.stack([self._shards[s][o:o + self.seq_len + 1] for s, o in zip(shard_ids, offsets)])
+        rows = np.stack([self._shards[s][o:o + self.seq_len + 1] for s, o in zip(shard_ids, offsets, strict=True)])
         tokens = torch.from_numpy(rows.astype(np.int64))
         return tokens[:, :-1], tokens[:, 1:]
 

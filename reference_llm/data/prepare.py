@@ -39,10 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--corpus", default=str(corpus_path()), metavar="PATH",
                         help="a text file (one document) or a folder of .txt/.md files (default: the bundled "
                              "Shakespeare)")
-    parser.add_argument("--tokenizer", default=defaults.tokenizer, choices=CHOICES["data.tokenizer"])
+    parser.add_argument("--tokenizer", default=defaults.tokenizer, choices=CHOICES["data.tokenizer"],
+                        help=f"tokenizer kind, trained on the train split (default {defaults.tokenizer})")
     parser.add_argument("--vocab-size", type=int, default=defaults.vocab_size, metavar="N",
                         help=f"BPE vocabulary size (default {defaults.vocab_size}; char uses the alphabet)")
-    parser.add_argument("--val-fraction", type=float, default=defaults.val_fraction, metavar="F")
+    parser.add_argument("--val-fraction", type=float, default=defaults.val_fraction, metavar="F",
+                        help=f"held out for validation: whole documents, or the end of a single document "
+                             f"(default {defaults.val_fraction})")
     parser.add_argument("--out", default=defaults.cache_dir, metavar="DIR",
                         help=f"cache directory; the data goes to a keyed subdirectory (default {defaults.cache_dir})")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",

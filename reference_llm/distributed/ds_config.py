@@ -28,11 +28,10 @@ def build(run_config: RunConfig, world_size: int, bf16: bool) -> dict[str, Any]:
     """The config `templates/project/configs/deepspeed.json.jinja` renders, for one run config."""
     t, d = run_config.train, run_config.distributed
     stage = STAGES[d.strategy]
-    zero: dict[str, Any] = {"stage": stage, "overlap_comm": True, "contiguous_gradients": True}
-    if d.offload in ("optimizer", "params"):
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
-    if d.offload == "params":
-        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    zero: dict[str, Any] = {"stage": stage, "overlap_comm": True, "contiguous_gradients": True,
+                            "offload_optimizer": _offload(d.offload in ("optimizer", "params"))}
+    if stage == 3:  # only stage 3 partitions the parameters, so only it can offload them
+        zero["offload_param"] = _offload(d.offload == "params")
     return {
         "train_batch_size": t.micro_batch * t.grad_accum * world_size,
         "train_micro_batch_size_per_gpu": t.micro_batch,
@@ -44,6 +43,11 @@ def build(run_config: RunConfig, world_size: int, bf16: bool) -> dict[str, Any]:
         "zero_allow_untested_optimizer": True,
         "steps_per_print": QUIET_STEPS_PER_PRINT,
     }
+
+
+def _offload(on: bool) -> dict[str, Any]:
+    # Pinned (page-locked) host memory makes the GPU<->CPU copies asynchronous and about twice as fast.
+    return {"device": "cpu", "pin_memory": True} if on else {"device": "none"}
 
 
 def load(path: str | Path) -> dict[str, Any]:

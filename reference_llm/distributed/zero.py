@@ -68,21 +68,21 @@ class DeepSpeedEngine(Engine):
         if strategy not in ds_config.STAGES:
             raise DistributedError(f"DeepSpeedEngine runs zero1, zero2 or zero3, not {strategy!r}")
         info = runtime.process_info(strategy, run_config.train.device)
-        deepspeed = import_deepspeed(info.device)
-        runtime.init_process_group(info)  # deepspeed.comm adopts the existing torch.distributed group
         self.rank, self.world_size, self.device = info.rank, info.world_size, info.device
         self.stage = ds_config.STAGES[strategy]
         self.grad_clip = run_config.train.grad_clip
-
+        # Configuration first: a disagreement is reported before any process waits on another.
         path = Path(run_config.distributed.deepspeed_config)
         config = ds_config.load(path)
         bf16 = resolve_dtype(run_config.train.dtype, self.device) == torch.bfloat16
         problems = ds_config.disagreements(config, run_config, self.world_size, bf16, name=str(path))
         if problems:
-            raise DistributedError(f"{problems[0]} (WORLD_SIZE={self.world_size}); fix {path} or "
-                                   f"configs/train.toml, then run `llmgen check`"
-                                   + (f"; {len(problems) - 1} more disagreement(s)" if len(problems) > 1 else ""))
+            more = f"; {len(problems) - 1} more disagreement(s)" if len(problems) > 1 else ""
+            raise DistributedError(f"{problems[0]} (WORLD_SIZE={self.world_size}){more}; fix {path} or "
+                                   f"configs/train.toml, then run `llmgen check`")
         config = ds_config.complete(config, run_config, self.world_size)
+        deepspeed = import_deepspeed(self.device)
+        runtime.init_process_group(info)  # deepspeed.comm adopts this torch.distributed group
 
         self.module = model.to(self.device)
         optimizer = make_optimizer(self.module)

@@ -8,6 +8,7 @@ import os
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
+from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -56,10 +57,17 @@ class Tokenizer(ABC):
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the tokenizer file atomically (temp file + rename) and return its path."""
-        return write_atomic(Path(path), self.to_bytes())
+        try:
+            return write_atomic(Path(path), self.to_bytes())
+        except OSError as exc:
+            raise TokenizerError(f"tokenizer file {path} cannot be written: {exc.strerror or exc}") from None
 
     def fingerprint(self) -> str:
         """sha256 of the saved form: equal fingerprints mean identical tokenization."""
+        return self._fingerprint
+
+    @cached_property
+    def _fingerprint(self) -> str:  # tokenizers never change after construction: hash once
         return hashlib.sha256(self.to_bytes()).hexdigest()
 
     def __repr__(self) -> str:
@@ -67,11 +75,13 @@ class Tokenizer(ABC):
 
 
 def write_atomic(path: Path, data: bytes) -> Path:
+    """Write to a temp file in the same directory, then rename: readers never see a partial file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a tokenizer file is meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -49,8 +49,8 @@ def train_bpe(
     """Learn merges until the vocabulary has `vocab_size` entries or no pair occurs any more.
 
     Returns (vocab, merges): vocab[i] is the bytes of token i (specials first, as UTF-8), merges are
-    (a, b) id pairs in the order learned. A merge whose bytes already exist as a token (e.g. "a"+"bc"
-    after "ab"+"c") reuses that id, as HF does, so the vocabulary may grow by less than one per merge.
+    (a, b) id pairs in the order learned. Should a merge spell a token that already exists, its id is
+    reused, as HF's trainer does; a vocabulary must not hold the same bytes twice.
     """
     vocab = initial_vocab(special_tokens)
     # Special tokens are excluded: only regular byte strings may be reused by a merge.

@@ -35,7 +35,8 @@ class CharTokenizer(Tokenizer):
 
     def __init__(self, chars: Iterable[str], special_tokens: Iterable[str] = (EOT,)) -> None:
         self._chars = list(chars)
-        if any(not isinstance(c, str) or len(c) != 1 for c in self._chars) or len(set(self._chars)) != len(self._chars):
+        single = all(isinstance(c, str) and len(c) == 1 for c in self._chars)
+        if not single or len(set(self._chars)) != len(self._chars):
             raise TokenizerError("char tokenizer: chars must be distinct single characters")
         specials = check_special_tokens(special_tokens)
         self._stoi = {c: i for i, c in enumerate(self._chars)}

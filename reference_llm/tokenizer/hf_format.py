@@ -1,8 +1,8 @@
 """Reading and writing the Hugging Face `tokenizer.json` format for byte-level BPE.
 
 Only the subset that byte-level BPE uses is accepted: model type BPE without dropout, unknown token,
-subword prefix/suffix or byte fallback; no normalizer; a ByteLevel pre-tokenizer with GPT-2's regex and
-no prefix space. Anything else raises a TokenizerError that names the key and what is accepted, so a
+subword prefix/suffix or byte fallback; no normalizer, truncation or padding; a ByteLevel
+pre-tokenizer with GPT-2's regex and no prefix space; no post-processor that adds ids. Anything else raises a TokenizerError that names the key and what is accepted, so a
 file is never loaded into something that would tokenize differently from HF.
 """
 
@@ -87,8 +87,12 @@ def from_json(obj: dict[str, Any], source: str | Path) -> BPEData:
             raise fail(f"model.{key}", "null")
     if model.get("byte_fallback", False):
         raise fail("model.byte_fallback", "false")
-    if obj.get("normalizer") is not None:
-        raise fail("normalizer", "null")
+    for key in ("normalizer", "truncation", "padding"):
+        if obj.get(key) is not None:
+            raise fail(key, "null")
+    post = obj.get("post_processor")
+    if post is not None and (not isinstance(post, dict) or post.get("type") != "ByteLevel"):
+        raise fail("post_processor", "null or ByteLevel (a template would add ids)")
     pre = obj.get("pre_tokenizer")
     if not isinstance(pre, dict) or pre.get("type") != "ByteLevel":
         raise fail("pre_tokenizer.type", "'ByteLevel'")
@@ -107,7 +111,8 @@ def from_json(obj: dict[str, Any], source: str | Path) -> BPEData:
 
     special_tokens: dict[str, int] = {}
     for entry in added:
-        if not isinstance(entry, dict) or not isinstance(entry.get("content"), str) or not isinstance(entry.get("id"), int):
+        well_formed = isinstance(entry, dict) and isinstance(entry.get("content"), str)
+        if not well_formed or not isinstance(entry.get("id"), int):
             raise fail("added_tokens", "a list of {id: int, content: str, ...} objects")
         for flag in ("single_word", "lstrip", "rstrip"):
             if entry.get(flag):
@@ -131,7 +136,9 @@ def from_json(obj: dict[str, Any], source: str | Path) -> BPEData:
                 "byte-level alphabet; accepted: byte-level BPE vocabularies"
             ) from None
     if len(set(vocab.values())) != len(vocab) or len(set(tokens.values())) != len(tokens):
-        raise TokenizerError(f"tokenizer file {source}: model.vocab repeats an id or a token; accepted: distinct ones")
+        raise TokenizerError(
+            f"tokenizer file {source}: model.vocab repeats an id or a token; accepted: distinct ones"
+        )
     ids = {token: i for i, token in tokens.items()}
     missing = [b for b in range(256) if bytes([b]) not in ids]
     if missing:
@@ -149,7 +156,9 @@ def from_json(obj: dict[str, Any], source: str | Path) -> BPEData:
         try:
             left, right = (ids[str_to_token(p)] for p in parts)
         except KeyError:
-            raise TokenizerError(f"tokenizer file {source}: merge {parts} uses a token missing from model.vocab") from None
+            raise TokenizerError(
+                f"tokenizer file {source}: merge {parts} uses a token missing from model.vocab"
+            ) from None
         if tokens[left] + tokens[right] not in ids:
             raise TokenizerError(f"tokenizer file {source}: merge {parts} makes a token missing from model.vocab")
         pairs.append((left, right))

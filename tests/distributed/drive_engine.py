@@ -53,14 +53,15 @@ def main() -> int:
     parser.add_argument("--strategy", required=True)
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--start", type=int, default=0, help="first step (after --load)")
+    parser.add_argument("--first-step", type=int, default=0, help="first step (after --load)")
     parser.add_argument("--micro-batch", type=int, default=2)
     parser.add_argument("--grad-accum", type=int, default=2)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--grad-clip", type=float, default=0.5)
     parser.add_argument("--ds-config", default="deepspeed.json", help="for zero1-3 (the test writes it)")
     parser.add_argument("--save", help="write a checkpoint of the final state to this run directory")
     parser.add_argument("--load", help="resume from this checkpoint before training")
+    parser.add_argument("--weights-only", action="store_true", help="with --load: start a fresh optimizer")
     parser.add_argument("--out", required=True, help="JSON report written by rank 0")
     args = parser.parse_args()
 
@@ -71,12 +72,12 @@ def main() -> int:
     rank, world = engine.rank, engine.world_size
 
     if args.load:
-        ckpt = load_checkpoint(args.load)
+        ckpt = load_checkpoint(args.load, with_optimizer=not args.weights_only)
         engine.load_state(ckpt.weights, ckpt.optimizer_state)
 
     losses, norms = [], []
     micro, accum = args.micro_batch, args.grad_accum
-    for step in range(args.start, args.start + args.steps):
+    for step in range(args.first_step, args.first_step + args.steps):
         x, y = batch_for_step(step, micro * accum * world, cfg.model.vocab_size)
         # Rank r's rows for accumulation step a: block (a * world + r) of `micro` rows.
         total = torch.zeros(())
@@ -101,8 +102,8 @@ def main() -> int:
         with torch.no_grad():
             eval_loss = final(x, y)[1].item()
         if args.save:
-            save_checkpoint(args.save, args.start + args.steps, weights, opt_state,
-                            {"step": args.start + args.steps, "config": cfg.to_dict()}, tokenizer=None)
+            save_checkpoint(args.save, args.first_step + args.steps, weights, opt_state,
+                            {"step": args.first_step + args.steps, "config": cfg.to_dict()}, tokenizer=None)
         report = {"strategy": args.strategy, "world_size": world, "losses": losses, "grad_norms": norms,
                   "eval_loss": eval_loss, "weight_names": sorted(weights),
                   "optimizer_names": sorted(opt_state["state"])}

@@ -33,6 +33,10 @@ def batches(loader: TokenLoader, n: int) -> list[torch.Tensor]:
     return [torch.stack(loader.next_batch()) for _ in range(n)]
 
 
+def same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return len(a) == len(b) and all(torch.equal(p, q) for p, q in zip(a, b, strict=True))
+
+
 def test_batch_shapes_and_shifted_targets(data_dir):
     loader = TokenLoader(data_dir, "train", seq_len=16, batch_size=4, seed=0)
     x, y = loader.next_batch()
@@ -67,16 +71,16 @@ def test_same_seed_same_batches_other_seed_differs(data_dir):
     a = batches(TokenLoader(data_dir, "train", 16, 4, seed=7), 5)
     b = batches(TokenLoader(data_dir, "train", 16, 4, seed=7), 5)
     c = batches(TokenLoader(data_dir, "train", 16, 4, seed=8), 5)
-    assert all(torch.equal(p, q) for p, q in zip(a, b))
-    assert not all(torch.equal(p, q) for p, q in zip(a, c))
+    assert same(a, b)
+    assert not same(a, c)
 
 
 def test_ranks_get_different_deterministic_streams(data_dir):
     rank0 = batches(TokenLoader(data_dir, "train", 16, 4, seed=7, rank=0, world_size=2), 3)
     rank1 = batches(TokenLoader(data_dir, "train", 16, 4, seed=7, rank=1, world_size=2), 3)
     rank1_again = batches(TokenLoader(data_dir, "train", 16, 4, seed=7, rank=1, world_size=2), 3)
-    assert not any(torch.equal(p, q) for p, q in zip(rank0, rank1))
-    assert all(torch.equal(p, q) for p, q in zip(rank1, rank1_again))
+    assert not any(torch.equal(p, q) for p, q in zip(rank0, rank1, strict=True))
+    assert same(rank1, rank1_again)
 
 
 def test_state_round_trip_through_json_resumes_exactly(data_dir):
@@ -86,7 +90,7 @@ def test_state_round_trip_through_json_resumes_exactly(data_dir):
     expected = batches(original, 4)
     restored = TokenLoader(data_dir, "train", 16, 4, seed=7, rank=1, world_size=2)
     restored.load_state_dict(saved)
-    assert all(torch.equal(p, q) for p, q in zip(expected, batches(restored, 4)))
+    assert same(expected, batches(restored, 4))
 
 
 def test_rank0_state_restores_other_ranks(data_dir):
@@ -99,7 +103,7 @@ def test_rank0_state_restores_other_ranks(data_dir):
     expected_r1 = batches(r1, 2)
     fresh_r1 = TokenLoader(data_dir, "train", 16, 4, seed=7, rank=1, world_size=2)
     fresh_r1.load_state_dict(saved)
-    assert all(torch.equal(p, q) for p, q in zip(expected_r1, batches(fresh_r1, 2)))
+    assert same(expected_r1, batches(fresh_r1, 2))
 
 
 def test_mismatched_state_is_refused(data_dir):
@@ -114,7 +118,7 @@ def test_eval_batches_are_fixed_and_spread(data_dir):
     first = [torch.stack(b) for b in loader.iter_eval_batches(3)]
     loader.next_batch()
     again = [torch.stack(b) for b in TokenLoader(data_dir, "val", 16, 2, seed=99).iter_eval_batches(3)]
-    assert len(first) == 3 and all(torch.equal(p, q) for p, q in zip(first, again))
+    assert len(first) == 3 and same(first, again)
     starts = [int(x[i, 0]) for x, _ in loader.iter_eval_batches(3) for i in range(2)]
     assert starts[0] == 0 and starts[-1] == 300 - 17 and starts == sorted(starts)
 

@@ -97,13 +97,17 @@ def test_meta_split_and_cache_reuse(corpus, tmp_path):
     assert other.dir not in (prepared.dir, changed.dir) and "pii" not in other.meta["report"]
 
 
-def test_single_document_bpe_split_by_text_and_loader(tmp_path):
+@pytest.mark.parametrize("kind", ["bpe", "hf-bpe"])
+def test_single_document_bpe_split_by_text_and_loader(tmp_path, kind):
     text = "\n".join(play(i, 20) for i in range(6)) + "\nLast line has a rare sign: Ω."
     path = tmp_path / "one.txt"
     path.write_text(text, encoding="utf-8")
-    prepared = prepare_data(config(path, tmp_path, tokenizer="bpe", vocab_size=300, val_fraction=0.1),
-                            progress=False)
-    assert prepared.meta["tokenizer"]["kind"] == "bpe" and prepared.tokenizer.vocab_size == 300
+    cfg = config(path, tmp_path, tokenizer=kind, vocab_size=300, val_fraction=0.1)
+    prepared = prepare_data(cfg, progress=False)
+    assert prepared.meta["tokenizer"]["kind"] == prepared.tokenizer.kind == kind
+    assert prepared.tokenizer.vocab_size == 300
+    reused = prepare_data(cfg, progress=False)
+    assert reused.from_cache and reused.tokenizer.kind == kind
     train, val = decode_split(prepared, "train"), decode_split(prepared, "val")
     assert train.endswith("<|endoftext|>") and val.endswith("<|endoftext|>")
     assert train[:-13] + val[:-13] == text

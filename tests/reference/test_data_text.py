@@ -123,8 +123,9 @@ def test_choose_bands_gives_high_recall_at_threshold():
 
 
 def test_clean_documents_report():
-    docs = [Document("a.txt", prose(1) + "\nmail me: someone@example.org"), Document("b.txt", prose(1) + "\nmail me: someone@example.org"),
-            Document("c.txt", "tiny"), Document("d.txt", prose(4))]
+    letter = prose(1) + "\nmail me: someone@example.org"
+    docs = [Document("a.txt", letter), Document("b.txt", letter), Document("c.txt", "tiny"),
+            Document("d.txt", prose(4))]
     kept, report = clean_documents(docs, PipelineSettings())
     assert [d.source for d in kept] == ["a.txt", "d.txt"]
     assert report["documents_in"] == 4 and report["documents_out"] == 2

@@ -89,6 +89,12 @@ def test_missing_file(tmp_path) -> None:
         load_tokenizer(tmp_path / "nope.json")
 
 
+def test_save_to_an_unwritable_place(tmp_path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(TokenizerError, match="cannot be written"):
+        train_tokenizer("char", TEXTS, None).save(tmp_path / "file" / "tokenizer.json")
+
+
 def test_from_gpt2_missing_files(tmp_path) -> None:
     with pytest.raises(TokenizerError, match="not found"):
         BPETokenizer.from_gpt2(tmp_path / "encoder.json", tmp_path / "vocab.bpe")
@@ -117,6 +123,8 @@ def edit(obj: dict, dotted: str, value) -> dict:
         ("model.unk_token", "<unk>", "model.unk_token"),
         ("model.byte_fallback", True, "model.byte_fallback is true; accepted: false"),
         ("normalizer", {"type": "NFC"}, "normalizer"),
+        ("truncation", {"max_length": 5}, "truncation"),
+        ("post_processor", {"type": "TemplateProcessing"}, "post_processor"),
         ("pre_tokenizer", {"type": "Whitespace"}, "pre_tokenizer.type is \"Whitespace\"; accepted: 'ByteLevel'"),
         ("pre_tokenizer.add_prefix_space", True, "add_prefix_space=false"),
         ("model.vocab", [], "model.vocab is \\[\\]; accepted: an object"),
@@ -142,8 +150,12 @@ def test_malformed_tokenizer_json(good_json: dict, tmp_path, dotted: str, value,
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [(b"{not json", "is not valid UTF-8 JSON"), (b"\xff\xfe", "is not valid UTF-8 JSON"), (b"[1, 2]", "a JSON object"),
-     (b'{"hello": 1}', "is neither a char tokenizer")],
+    [
+        (b"{not json", "is not valid UTF-8 JSON"),
+        (b"\xff\xfe", "is not valid UTF-8 JSON"),
+        (b"[1, 2]", "a JSON object"),
+        (b'{"hello": 1}', "is neither a char tokenizer"),
+    ],
 )
 def test_not_a_tokenizer_file(tmp_path, content: bytes, message: str) -> None:
     path = tmp_path / "tokenizer.json"

@@ -57,7 +57,9 @@ def tok(corpus: str) -> BPETokenizer:
 # ---- training ---------------------------------------------------------------------------------------
 
 
-def naive_bpe(texts: list[str], vocab_size: int, specials: tuple[str, ...]) -> tuple[list[bytes], list[tuple[int, int]]]:
+def naive_bpe(
+    texts: list[str], vocab_size: int, specials: tuple[str, ...]
+) -> tuple[list[bytes], list[tuple[int, int]]]:
     """Textbook BPE: recount every pair of every word before each merge.
 
     Same conventions as the library: specials take ids 0..k-1, bytes follow in the order of GPT-2's

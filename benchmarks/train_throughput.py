@@ -1,0 +1,167 @@
+"""Training throughput on this machine: tokens/s, ms per step and MFU, ours against nanoGPT's recipe.
+
+    python benchmarks/train_throughput.py            # full run, a few minutes on 2 cores
+    python benchmarks/train_throughput.py --quick    # smoke run: few steps, a short peak measurement
+    python benchmarks/train_throughput.py --json     # machine-readable, on stdout
+
+Shapes: nanoGPT's README CPU shape (4 layers, 4 heads, 128 wide, context 64, batch 12), its
+Shakespeare-char shape (6/6/384, context 256, batch 8), both with nanoGPT's character vocabulary of
+65, and our demo preset. Each shape runs twice in the same process, interleaved round by round so
+that machine noise hits both alike:
+
+- "nanoGPT recipe": what nanoGPT does on a CPU: fp32, eager, SDPA attention, AdamW;
+- "ours": the library's defaults for this device (train.dtype="auto": bf16 autocast where the CPU
+  has native bf16; attention="auto": the manual path where SDPA's bf16 backward is slow).
+
+A step is the real training step (`reference_llm.train.train_step`: forward, backward, clip, AdamW)
+on a fixed random batch. MFU divides achieved model FLOP/s (6N + 12·L·C·T per token, see
+`ModelConfig.flops_per_token`) by this machine's matmul peak in the row's dtype, measured here as the
+median of several 2048x2048 matmuls. The nanoGPT figures quoted are those measured with nanoGPT itself
+on this kind of machine (2 cores): 23,000 and 1,900 tokens/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from reference_llm.config import RunConfig
+from reference_llm.distributed import SingleDeviceEngine
+from reference_llm.model import ModelConfig, Transformer
+from reference_llm.optim import optimizer_factory
+from reference_llm.perf import measure_matmul_peak, mfu, resolve_dtype
+from reference_llm.train import train_step
+
+NANOGPT_REFERENCE = {"nanogpt-cpu": 23_000, "nanogpt-shakespeare": 1_900}  # tokens/s, nanoGPT on 2 cores
+
+
+@dataclass(frozen=True)
+class Shape:
+    preset: str
+    batch: int
+    seq_len: int
+
+
+SHAPES = (Shape("nanogpt-cpu", 12, 64), Shape("nanogpt-shakespeare", 8, 256), Shape("demo", 16, 256))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    dtype: str  # train.dtype
+    attention: str  # model.attention
+    compile: bool
+
+
+BASELINE = Recipe("nanoGPT recipe", dtype="float32", attention="sdpa", compile=False)
+OURS = Recipe("ours", dtype="auto", attention="auto", compile=False)
+
+
+class Runner:
+    """One (shape, recipe) pair: model, engine and batch built once, timed in several rounds."""
+
+    def __init__(self, shape: Shape, recipe: Recipe) -> None:
+        torch.manual_seed(0)
+        self.shape, self.recipe = shape, recipe
+        config = RunConfig(model=ModelConfig.preset(shape.preset, attention=recipe.attention))
+        config.train.micro_batch, config.train.seq_len = shape.batch, shape.seq_len
+        self.config = config
+        self.engine = SingleDeviceEngine(config, Transformer(config.model), optimizer_factory(config.train))
+        self.dtype = resolve_dtype(recipe.dtype, self.engine.device)
+        self.forward = torch.compile(self.engine.model) if recipe.compile else self.engine.model
+        tokens = torch.randint(0, config.model.vocab_size, (shape.batch, shape.seq_len + 1),
+                               generator=torch.Generator().manual_seed(0))
+        self.batch = (tokens[:, :-1], tokens[:, 1:])
+        self.times: list[float] = []
+
+    def run(self, steps: int, warmup: int) -> None:
+        for i in range(warmup + steps):
+            start = time.perf_counter()
+            loss, _ = train_step(self.engine, [self.batch], 1, 1e-4, 1.0, self.dtype, forward=self.forward)
+            loss.item()
+            if i >= warmup:
+                self.times.append(time.perf_counter() - start)
+
+    def result(self, peaks: dict[torch.dtype, float]) -> dict:
+        step_s = statistics.median(self.times)
+        tokens_per_s = self.shape.batch * self.shape.seq_len / step_s
+        flops = self.config.model.flops_per_token(self.shape.seq_len)
+        return {
+            "shape": self.shape.preset, "recipe": self.recipe.name, "batch": self.shape.batch,
+            "seq_len": self.shape.seq_len, "dtype": str(self.dtype).removeprefix("torch."),
+            "attention": self.recipe.attention, "compile": self.recipe.compile,
+            "params_m": self.engine.model.num_params() / 1e6, "ms_per_step": 1000 * step_s,
+            "tokens_per_s": tokens_per_s, "mfu": mfu(tokens_per_s, flops, peaks[self.dtype]),
+            "timed_steps": len(self.times), "nanogpt_reference_tokens_per_s": NANOGPT_REFERENCE.get(self.shape.preset),
+        }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a few steps per row: checks that it runs")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per row and round")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (medians pool all rounds)")
+    parser.add_argument("--shapes", default=",".join(s.preset for s in SHAPES), help="comma-separated presets")
+    parser.add_argument("--compile", action="store_true", help="also time ours with torch.compile")
+    args = parser.parse_args()
+    steps = args.steps or (3 if args.quick else 20)
+    rounds = args.rounds or (1 if args.quick else 3)
+    warmup = 1 if args.quick else 3
+
+    recipes = [BASELINE, OURS] + ([Recipe("ours + compile", "auto", "auto", True)] if args.compile else [])
+    shapes = [s for s in SHAPES if s.preset in args.shapes.split(",")]
+    device = torch.device("cpu")
+    peak_repeats = 3 if args.quick else 9
+    peaks = {dt: measure_matmul_peak(dt, device, 2048, peak_repeats) for dt in (torch.float32, torch.bfloat16)}
+    runners = [Runner(shape, recipe) for shape in shapes for recipe in recipes]
+    for round_ in range(rounds):
+        for runner in runners:
+            runner.run(steps, warmup if round_ == 0 else 1)
+    rows = [r.result(peaks) for r in runners]
+    report = {
+        "machine": {"threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                    "torch": torch.__version__,
+                    "matmul_peak_gflops": {str(dt).removeprefix("torch."): p / 1e9 for dt, p in peaks.items()}},
+        "rows": rows,
+        "speedup_vs_nanogpt_recipe": {
+            s.preset: next(r["tokens_per_s"] for r in rows if r["shape"] == s.preset and r["recipe"] == "ours")
+            / next(r["tokens_per_s"] for r in rows if r["shape"] == s.preset and r["recipe"] == BASELINE.name)
+            for s in shapes},
+    }
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print_table(report)
+
+
+def print_table(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    machine = report["machine"]
+    peaks = ", ".join(f"{k} {v:,.0f}" for k, v in machine["matmul_peak_gflops"].items())
+    table = Table(title=f"Training throughput ({machine['threads']} threads; matmul peak GFLOP/s: {peaks})")
+    for col in ("shape", "recipe", "dtype", "attn", "params", "ms/step", "tokens/s", "MFU", "nanoGPT ref tok/s"):
+        table.add_column(col, justify="left" if col in ("shape", "recipe", "dtype", "attn") else "right")
+    for r in report["rows"]:
+        ref = r["nanogpt_reference_tokens_per_s"]
+        table.add_row(r["shape"], r["recipe"] + (" (compiled)" if r["compile"] else ""), r["dtype"], r["attention"],
+                      f"{r['params_m']:.2f}M", f"{r['ms_per_step']:.1f}", f"{r['tokens_per_s']:,.0f}",
+                      f"{100 * r['mfu']:.1f}%", f"{ref:,}" if ref else "-")
+    console = Console()
+    console.print(table)
+    for shape, ratio in report["speedup_vs_nanogpt_recipe"].items():
+        console.print(f"{shape}: ours / nanoGPT recipe = {ratio:.2f}x (target >= 2x; MFU target >= 50% of peak)")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".cache" / "inductor"))
+    main()

@@ -1,0 +1,64 @@
+"""The `llmgen` command line (console script `llmgen = generator.cli:main`).
+
+Each command lives in `generator/commands/<name>.py` and adds itself with `register(app)`. This module
+is the one place where user errors become output: an `LLMGenError` or `ReferenceLLMError` raised by any
+command, and any usage error (unknown flag, missing argument), prints `error: <message>` as one line on
+stderr and exits with code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from generator.errors import LLMGenError
+from reference_llm.errors import ReferenceLLMError
+
+# Commands in the order `llmgen --help` lists them. A module that is not there yet (each is written
+# separately) is simply not offered; one that is there but fails to import raises as usual.
+COMMANDS = ("new", "tracks", "estimate", "check", "update", "compliance")
+
+
+class _Group(TyperGroup):
+    """Typer's group with one-line errors (Typer's default draws a multi-line panel)."""
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,  # type: ignore[override]
+             complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
+        try:
+            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as exc:
+            message, code = exc.format_message(), 2
+        except (LLMGenError, ReferenceLLMError) as exc:
+            message, code = str(exc), getattr(exc, "exit_code", 2)
+        except click.Abort:
+            message, code = "aborted", 130
+        else:
+            code = result if isinstance(result, int) else 0
+            if standalone_mode:
+                sys.exit(code)
+            return code
+        click.echo(f"error: {' '.join(message.split())}", err=True)
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+app = typer.Typer(
+    name="llmgen", cls=_Group, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    help="Generate a repository that builds, trains and tests a language model from scratch.",
+)
+
+for _name in COMMANDS:
+    if importlib.util.find_spec(f"generator.commands.{_name}") is not None:
+        importlib.import_module(f"generator.commands.{_name}").register(app)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,151 @@
+"""Render the Copier template into a temporary directory, then move the result into place.
+
+Rendering never writes into the target directly: Copier renders into a temporary directory created next
+to the target (on the same filesystem, so the final move is a rename), the bundled corpus and its
+manifest entry are added, git makes the first commit, and only then is the directory renamed into place.
+A validation error, a Copier failure or Ctrl-C therefore leaves no half-written project behind.
+
+The corpus is copied from `reference_llm.assets` rather than shipped a second time inside the template:
+the repository and the wheel keep one copy of the 1.1 MB file and one provenance record, which is checked
+(sha256) at every copy. data/ is also the user's own area: `llmgen update` (Copier) leaves files that
+the template does not own alone, so the manifest can grow with the project's data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import copier
+
+from generator.errors import RenderError, TargetError
+from generator.resources import templates_dir
+from reference_llm.assets import corpus_path, manifest
+
+DATA_DIR = "data"
+MANIFEST_HEADER = """\
+# Provenance of every data file in data/: its source, version, SPDX licence and sha256.
+# Add an entry for each file you add; the compliance checks compare these hashes with the files.
+"""
+
+
+def check_target(target: Path, force: bool) -> None:
+    """Refuse a target that is a file, or a non-empty directory without --force."""
+    if target.exists() and not target.is_dir():
+        raise TargetError(f"{target} exists and is not a directory; choose another NAME or --dir")
+    if target.is_dir() and any(target.iterdir()) and not force:
+        raise TargetError(f"directory {target} exists and is not empty; pass --force to write into it "
+                          "(files with the same names are replaced, others are kept)")
+
+
+def render_project(answers: dict[str, Any], target: Path, force: bool = False, git: bool = True) -> list[str]:
+    """Generate the project at `target`; returns the relative paths written (sorted, without .git)."""
+    target = target.absolute()
+    check_target(target, force)
+    if git and shutil.which("git") is None:
+        raise RenderError("git is not installed; install it, or pass --no-git")
+    merge = target.is_dir() and any(target.iterdir())
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.llmgen-", dir=_existing_ancestor(target)))
+    try:
+        files = render_into(answers, staging)
+        if git and not merge:
+            _git_first_commit(staging, answers)
+        if merge:
+            _merge_into(staging, target)
+            if git and not (target / ".git").exists():
+                _git_first_commit(target, answers)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists():
+                target.rmdir()  # empty, checked above; rename cannot replace it portably
+            staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return files
+
+
+def preview_files(answers: dict[str, Any]) -> list[str]:
+    """The relative paths `render_project` would write, found by rendering into a throwaway directory."""
+    with tempfile.TemporaryDirectory(prefix="llmgen-dry-run-") as scratch:
+        return render_into(answers, Path(scratch))
+
+
+def render_into(answers: dict[str, Any], directory: Path) -> list[str]:
+    """Copier render plus the corpus, into an existing empty `directory`; returns the relative paths."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Copier warns about things (e.g. a dirty checkout) we do not use
+            copier.run_copy(str(templates_dir()), directory, data=answers, defaults=True, unsafe=False,
+                            quiet=True, overwrite=True)
+    except (ValueError, copier.errors.CopierError) as exc:
+        raise RenderError(f"template rendering failed: {' '.join(str(exc).split())}") from None
+    add_corpus(directory / DATA_DIR)
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*")
+                  if p.is_file() and ".git" not in p.relative_to(directory).parts)
+
+
+def add_corpus(data_dir: Path) -> None:
+    """Copy the bundled corpus into `data_dir` and write its manifest entry, checking its sha256."""
+    source = corpus_path()
+    entry = next((e for e in manifest() if e["path"] == source.name), None)
+    if entry is None:
+        raise RenderError(f"reference_llm/assets/manifest.toml has no entry for {source.name}; reinstall llmgen")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    copy = data_dir / source.name
+    shutil.copyfile(source, copy)
+    digest = hashlib.sha256(copy.read_bytes()).hexdigest()
+    if digest != entry["sha256"]:
+        raise RenderError(f"bundled corpus {source} does not match its manifest sha256 "
+                          f"({digest} != {entry['sha256']}); reinstall llmgen")
+    # TOML basic strings share JSON's escapes, so json.dumps writes valid TOML values for strings.
+    lines = [MANIFEST_HEADER, "[[file]]"] + [f"{key} = {json.dumps(value)}" for key, value in entry.items()]
+    (data_dir / "manifest.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _existing_ancestor(target: Path) -> Path:
+    """The nearest existing directory at or above target's parent: the staging directory goes there so
+    that the final move stays on one filesystem, and no parent is created before rendering succeeds."""
+    for parent in target.parents:
+        if parent.is_dir():
+            return parent
+    raise TargetError(f"no existing directory above {target}")
+
+
+def _merge_into(staging: Path, target: Path) -> None:
+    """--force into a non-empty directory: move each rendered file over, keeping the user's other files."""
+    for path in sorted(staging.rglob("*")):
+        if path.is_dir():
+            continue
+        destination = target / path.relative_to(staging)
+        if destination.parent.exists() and not destination.parent.is_dir():
+            raise TargetError(f"{destination.parent} is a file, but the project needs a directory there")
+        if destination.is_dir():
+            raise TargetError(f"{destination} is a directory, but the project needs a file there")
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, destination)
+
+
+def _git_first_commit(directory: Path, answers: dict[str, Any]) -> None:
+    """git init, add everything, commit; with a local identity only when git has none configured."""
+    def git(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["git", *args], cwd=directory, capture_output=True, text=True)
+
+    identity: list[str] = []
+    for key, fallback in (("user.name", "llmgen"), ("user.email", "llmgen@localhost")):
+        if git("config", key).returncode != 0:  # nothing configured, in any scope
+            identity += ["-c", f"{key}={fallback}"]
+    message = f"Generated by llmgen new (track {answers['track']}, model {answers['model_preset']})"
+    for name, args in (("init", ["init", "-q"]), ("add", ["add", "-A"]),
+                       ("commit", [*identity, "commit", "-q", "-m", message])):
+        result = git(*args)
+        if result.returncode != 0:
+            detail = (result.stderr or result.stdout).strip().splitlines()
+            raise RenderError(f"git {name} failed: {detail[-1] if detail else 'exit code ' + str(result.returncode)}; "
+                              "fix git or pass --no-git")
