@@ -14,7 +14,6 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -33,27 +32,34 @@ class _Group(TyperGroup):
              complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
         try:
             result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except click.ClickException as exc:
+        except typer.TyperException as exc:  # usage errors: unknown flag, missing argument, bad value
             message, code = exc.format_message(), 2
         except (LLMGenError, ReferenceLLMError) as exc:
             message, code = str(exc), getattr(exc, "exit_code", 2)
-        except click.Abort:
+        except typer.Abort:
             message, code = "aborted", 130
         else:
             code = result if isinstance(result, int) else 0
             if standalone_mode:
                 sys.exit(code)
             return code
-        click.echo(f"error: {' '.join(message.split())}", err=True)
+        typer.echo(f"error: {' '.join(message.split())}", err=True)
         if standalone_mode:
             sys.exit(code)
         return code
 
 
 app = typer.Typer(
-    name="llmgen", cls=_Group, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    name="llmgen", cls=_Group, add_completion=False, pretty_exceptions_enable=False,
     help="Generate a repository that builds, trains and tests a language model from scratch.",
 )
+
+
+@app.callback(invoke_without_command=True)
+def _root(ctx: typer.Context) -> None:
+    if ctx.invoked_subcommand is None:  # plain `llmgen`: the help, as a successful run
+        typer.echo(ctx.get_help())
+
 
 for _name in COMMANDS:
     if importlib.util.find_spec(f"generator.commands.{_name}") is not None:
@@ -62,3 +68,7 @@ for _name in COMMANDS:
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

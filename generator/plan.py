@@ -18,6 +18,7 @@ from generator.estimate import formulas
 from generator.estimate.budget import Budget, plan_budget
 from generator.estimate.hardware import Hardware
 from generator.questions import load_questions, validate
+from generator.roadmap import roadmap_for_answers
 from reference_llm.model import ModelConfig
 
 CPU_MICRO_BATCH = 8  # 8 x 256 tokens keeps a demo step well under a second on a laptop CPU
@@ -96,6 +97,8 @@ def plan_run(project_name: str, given: dict[str, Any]) -> RunPlan:
         "learning_rate": learning_rate(model.num_params()),
         "exercises": bool(given["exercises"]),
     }
+    # Last: the roadmap is computed from every other answer (its per-step estimates need them all).
+    answers["roadmap"] = roadmap_for_answers(answers, hardware=hardware)
     check_answers(answers)
     return RunPlan(answers=answers, estimate=est, hardware=hardware, budget=budget, parallelism_reason=reason,
                    tokens_note=tokens_note)

@@ -39,7 +39,7 @@ _TRUE, _FALSE = ("y", "yes", "true", "1", "on"), ("n", "no", "false", "0", "off"
 @dataclass(frozen=True)
 class Question:
     name: str
-    type: str  # str | int | float | bool
+    type: str  # str | int | float | bool | yaml (structured data computed by llmgen)
     help: str
     choices: tuple[Any, ...]
     default: Any  # may be a Jinja template over earlier answers; None when the question has none
@@ -53,6 +53,8 @@ class Question:
         """A typed answer from what a user typed; raises AnswerError naming the flag."""
         text = text.strip()
         try:
+            if self.type == "yaml":
+                return yaml.safe_load(text)
             if self.type == "bool":
                 if text.lower() in _TRUE:
                     return True
@@ -60,13 +62,13 @@ class Question:
                     return False
                 raise ValueError
             return _TYPES[self.type](text)
-        except ValueError:
+        except (ValueError, yaml.YAMLError):
             kind = "yes or no" if self.type == "bool" else f"a {self.type}"
             raise AnswerError(f"{self.flag} must be {kind}; got {text!r}") from None
 
     def check(self, value: Any, answers: dict[str, Any]) -> str | None:
         """Why `value` is not a valid answer given the earlier `answers`, or None when it is."""
-        expected = _TYPES[self.type]
+        expected = _TYPES.get(self.type, object)  # yaml: any structure
         if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
             if not (expected is float and isinstance(value, int) and not isinstance(value, bool)):
                 return f"must be {'true or false' if expected is bool else 'a ' + self.type}; got {value!r}"

@@ -53,6 +53,7 @@ def render_project(answers: dict[str, Any], target: Path, force: bool = False, g
         raise RenderError("git is not installed; install it, or pass --no-git")
     merge = target.is_dir() and any(target.iterdir())
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.llmgen-", dir=_existing_ancestor(target)))
+    staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private (0700); the project should not be
     try:
         files = render_into(answers, staging)
         if git and not merge:
@@ -107,6 +108,12 @@ def add_corpus(data_dir: Path) -> None:
     # TOML basic strings share JSON's escapes, so json.dumps writes valid TOML values for strings.
     lines = [MANIFEST_HEADER, "[[file]]"] + [f"{key} = {json.dumps(value)}" for key, value in entry.items()]
     (data_dir / "manifest.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
 
 
 def _existing_ancestor(target: Path) -> Path:

@@ -10,7 +10,7 @@ beta * (log pi(y|x) - log pi_ref(y|x)) is the policy's implicit reward for y; we
 chosen and rejected answers, their margin, and the preference accuracy (how often the chosen answer's
 implicit reward is the higher). With pi == pi_ref every reward is 0 and the loss is log 2.
 
-    python -m reference_llm.dpo --config configs/dpo.toml [section.key=value ...]
+    python -m reference_llm.dpo --checkpoint runs/demo-sft [--config configs/dpo.toml] [section.key=value ...]
 
 The config is an SFT config (see reference_llm.sft) with a [dpo] section instead of [sft]:
 
@@ -37,7 +37,11 @@ from reference_llm.chat import END, chat_token_ids, encode_prompt
 from reference_llm.errors import ConfigError, DataError, TokenizerError
 from reference_llm.model import IGNORE_INDEX
 from reference_llm.posttrain_data import PreferencePair, demo_preference_pairs, load_preference_pairs
-from reference_llm.sft import PostTrainRun, load_posttrain_config
+from reference_llm.sft import PostTrainRun, load_posttrain_config, posttrain_parser
+
+
+# Fewer, smaller steps than pretraining: DPO only nudges the SFT model (see reference_llm.sft).
+DPO_TRAIN_DEFAULTS = {"max_steps": 200, "lr": 1e-4, "min_lr": 1e-5, "warmup_steps": 10}
 
 
 @dataclass
@@ -164,18 +168,16 @@ def load_pairs(config: DPOConfig, seed: int) -> list[PreferencePair]:
 # ----------------------------------------------------------------------------------------------------
 
 
-class DPOObjective(nn.Module):
-    """`forward(idx, labels) -> (DPOOutput, loss)` for a `pair_batch`, in the model's calling convention
-    so that the shared training step drives it; keeps the batch statistics for the log."""
+class DPOObjective:
+    """`objective(idx, labels) -> (DPOOutput, loss)` for a `pair_batch`: the model's calling convention,
+    so that the shared training step drives it. Keeps each batch's statistics for the log."""
 
     def __init__(self, policy: nn.Module, reference: nn.Module, beta: float) -> None:
-        super().__init__()
-        self.policy, self.beta = policy, beta
-        self.reference = [reference]  # a list: not a submodule, so never in the optimizer or state dict
+        self.policy, self.reference, self.beta = policy, reference, beta
         self._stats: list[dict[str, float]] = []
 
-    def forward(self, idx: torch.Tensor, labels: torch.Tensor) -> tuple[DPOOutput, torch.Tensor]:
-        out = dpo_step_loss(self.policy, self.reference[0], idx, labels, self.beta)
+    def __call__(self, idx: torch.Tensor, labels: torch.Tensor) -> tuple[DPOOutput, torch.Tensor]:
+        out = dpo_step_loss(self.policy, self.reference, idx, labels, self.beta)
         self._stats.append({"reward_margin": out.margin, "accuracy": out.accuracy,
                             "chosen_reward": float(out.chosen_rewards.mean()),
                             "rejected_reward": float(out.rejected_rewards.mean())})
@@ -187,9 +189,9 @@ class DPOObjective(nn.Module):
         return {key: sum(s[key] for s in stats) / len(stats) for key in stats[0]} if stats else {}
 
 
-def train_dpo(config_path: str | None, overrides: Sequence[str] = ()) -> dict:
-    """Run DPO as configured; returns the final logged metrics."""
-    config = load_posttrain_config(config_path, overrides, "dpo", DPOConfig)
+def train_dpo(config_path: str | None, overrides: Sequence[str] = (), init: str | None = None) -> dict:
+    """Run DPO as configured (`init` overrides dpo.init); returns the final logged metrics."""
+    config = load_posttrain_config(config_path, overrides, "dpo", DPOConfig, DPO_TRAIN_DEFAULTS, init)
     dpo, run = config.method, config.run
     if dpo.beta <= 0:
         raise ConfigError(f"dpo.beta must be positive, got {dpo.beta}")
@@ -211,16 +213,15 @@ def train_dpo(config_path: str | None, overrides: Sequence[str] = ()) -> dict:
     source = "DEMO DATA (chitchat-dataset ratings + mismatched replies)" if dpo.data == "demo" else dpo.data
     job.note(f"DPO on {len(encoded)} preference pairs from {source}, beta={dpo.beta}; "
              f"the loss starts at log 2 = {math.log(2):.4f}")
-    return job.fit(objective, next_batch, stats=objective.take_stats, extra_state={"dpo": dataclasses.asdict(dpo)})
+    return job.fit(objective, next_batch, stats=objective.take_stats,
+                   extra_state={"dpo": dataclasses.asdict(dpo)})
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m reference_llm.dpo",
-                                     description="Direct Preference Optimization against a frozen reference model.")
-    parser.add_argument("--config", required=True, help="TOML file: [dpo], optional [lora], and run config sections")
-    parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. dpo.beta=0.2 train.max_steps=100")
-    args = parser.parse_args(argv)
-    last = train_dpo(args.config, args.overrides)
+    args = posttrain_parser("dpo", "Direct Preference Optimization against a frozen reference model.").parse_args(argv)
+    if args.config is None and args.checkpoint is None:
+        raise ConfigError("give --checkpoint DIR (the SFT model to align), --config FILE, or both")
+    last = train_dpo(args.config, args.overrides, args.checkpoint)
     print("done: " + " | ".join(f"{k} {v:.4g}" for k, v in last.items()
                                 if k in ("step", "loss", "reward_margin", "accuracy")))
     return 0

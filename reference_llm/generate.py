@@ -26,16 +26,17 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
+from reference_llm.chat import END, encode_prompt
+from reference_llm.checkpoint import load_model
 from reference_llm.errors import ConfigError
 from reference_llm.model import KVCache, Transformer
+from reference_llm.perf import resolve_device
 
 # on_token(row, token_id) is called for every generated token that is kept in the output, in order.
 # Returning True ends that row after this token (the text-level helper uses this for stop strings).
 TokenCallback = Callable[[int, int], "bool | None"]
 # on_text(row, piece) receives the decoded continuation of a row piece by piece, stop strings excluded.
 TextCallback = Callable[[int, str], None]
-
-END_OF_TURN = "<|end|>"  # the chat template's end-of-turn token (reference_llm.chat); generation stops there
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
@@ -88,7 +89,7 @@ def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
 def generate(model: Transformer, prompts_ids: Sequence[Sequence[int]], max_new_tokens: int,
              temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
              stop_ids: Sequence[int] = (), on_token: TokenCallback | None = None, use_cache: bool = True,
-             seed: int | None = None) -> list[list[int]]:
+             seed: int | None = None, vocab_size: int | None = None) -> list[list[int]]:
     """Continue each prompt by up to `max_new_tokens` tokens; returns the new tokens of each row.
 
     - `stop_ids`: a row ends when it samples one of these; the stop token itself is not returned.
@@ -96,6 +97,8 @@ def generate(model: Transformer, prompts_ids: Sequence[Sequence[int]], max_new_t
     - `use_cache`: reuse keys/values of earlier positions (`KVCache`); without it every step runs the
       whole sequence again. Both give the same tokens.
     - `seed`: makes sampling reproducible; None draws from torch's global generator.
+    - `vocab_size`: sample only ids below it, i.e. ids the tokenizer knows (the model's embedding table
+      is rounded up to a multiple of 64, and an untrained model may pick a padding row).
     - The context is `model.config.block_size`: a longer prompt is an error; generation stops for every
       row when the buffer reaches it (rows then hold fewer than `max_new_tokens` tokens).
     """
@@ -139,7 +142,7 @@ def generate(model: Transformer, prompts_ids: Sequence[Sequence[int]], max_new_t
             else:
                 logits, _ = model(tokens[:, :pos])
             prev_pos = pos
-            next_token = sample_next(logits[:, -1], temperature, top_k, top_p, generator)
+            next_token = sample_next(logits[:, -1, :vocab_size], temperature, top_k, top_p, generator)
             forced = in_prompt[:, pos]
             next_token = torch.where(forced, tokens[:, pos], next_token)
             tokens[:, pos] = next_token
@@ -163,7 +166,7 @@ def generate(model: Transformer, prompts_ids: Sequence[Sequence[int]], max_new_t
 
 def default_stop_ids(tokenizer) -> list[int]:
     """End-of-text and the chat template's end-of-turn token, where the tokenizer has them."""
-    ids = [tokenizer.eot_id, tokenizer.special_tokens.get(END_OF_TURN)]
+    ids = [tokenizer.eot_id, tokenizer.special_tokens.get(END)]
     return [i for i in ids if i is not None]
 
 
@@ -205,10 +208,11 @@ class _TextStream:
             self.sent = end
 
 
-def generate_text(model: Transformer, tokenizer, prompts: Sequence[str], max_new_tokens: int,
+def generate_text(model: Transformer, tokenizer, prompts: Sequence[str | Sequence[int]], max_new_tokens: int,
                   stop: Sequence[str] = (), stop_ids: Sequence[int] | None = None,
                   on_text: TextCallback | None = None, **sampling) -> list[str]:
-    """Text in, text out: encode each prompt, `generate`, decode the continuation.
+    """Text out: `generate` from each prompt (a string, or token ids such as `chat.encode_prompt`'s)
+    and decode the continuation.
 
     `stop` strings end a row and are cut from its text (the text before them is kept); `stop_ids`
     defaults to `default_stop_ids(tokenizer)`. `on_text(row, piece)` streams each row's text.
@@ -216,9 +220,10 @@ def generate_text(model: Transformer, tokenizer, prompts: Sequence[str], max_new
     """
     streams = [_TextStream(tokenizer, stop, None if on_text is None else (lambda piece, r=row: on_text(r, piece)))
                for row in range(len(prompts))]
-    generate(model, tokenizer.encode_batch(list(prompts)), max_new_tokens,
+    prompts_ids = [tokenizer.encode(p) if isinstance(p, str) else list(p) for p in prompts]
+    generate(model, prompts_ids, max_new_tokens,
              stop_ids=default_stop_ids(tokenizer) if stop_ids is None else stop_ids,
-             on_token=lambda row, token: streams[row].push(token), **sampling)
+             on_token=lambda row, token: streams[row].push(token), vocab_size=tokenizer.vocab_size, **sampling)
     for stream in streams:
         stream.close()
     return [stream.text for stream in streams]
@@ -227,14 +232,6 @@ def generate_text(model: Transformer, tokenizer, prompts: Sequence[str], max_new
 # ----------------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------------
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available here; use --device cpu")
-    return torch.device(name)
 
 
 def main(argv: list[str]) -> int:
@@ -251,25 +248,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-cache", action="store_true", help="recompute every position at each step")
     parser.add_argument("--chat", action="store_true",
                         help="wrap the prompt as a user turn of the chat template (for SFT checkpoints)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     args = parser.parse_args(argv)
 
-    from reference_llm.checkpoint import load_model  # here: the library part must not need checkpoints
-
-    model, tokenizer, _ = load_model(args.checkpoint, _device(args.device))
-    check_sampling(args.temperature, args.top_k, args.top_p)
+    model, tokenizer, _ = load_model(args.checkpoint, resolve_device("auto"))
     if args.chat:
-        from reference_llm.chat import encode_prompt
-
-        prompt_ids = encode_prompt([{"role": "user", "content": args.prompt}], tokenizer)
+        prompt: str | list[int] = encode_prompt([{"role": "user", "content": args.prompt}], tokenizer)
     else:
-        prompt_ids = tokenizer.encode(args.prompt)
-        sys.stdout.write(args.prompt)
-    stream = _TextStream(tokenizer, args.stop, lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
-    generate(model, [prompt_ids], args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-             top_p=args.top_p, stop_ids=default_stop_ids(tokenizer), use_cache=not args.no_cache,
-             seed=args.seed, on_token=lambda _row, token: stream.push(token))
-    stream.close()
+        prompt = args.prompt
+        sys.stdout.write(prompt)
+    generate_text(model, tokenizer, [prompt], args.max_new_tokens, stop=args.stop, temperature=args.temperature,
+                  top_k=args.top_k, top_p=args.top_p, use_cache=not args.no_cache, seed=args.seed,
+                  on_text=lambda _row, piece: (sys.stdout.write(piece), sys.stdout.flush()))
     sys.stdout.write("\n")
     return 0
 

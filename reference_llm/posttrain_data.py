@@ -21,6 +21,7 @@ User files are JSON Lines:
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import statistics
@@ -132,7 +133,13 @@ def _package_file(package: str, *parts: str) -> Path:
     return Path(str(root.joinpath(*parts)))
 
 
-def _chatterbot_conversations() -> list[list[Message]]:
+def _alternating(turns: list[str]) -> list[Message]:
+    """user, assistant, user, assistant, ... for an even number of turns."""
+    return [{"role": ("user", "assistant")[i % 2], "content": t} for i, t in enumerate(turns)]
+
+
+@functools.lru_cache(maxsize=1)
+def _chatterbot_conversations() -> tuple[list[Message], ...]:
     import yaml
 
     conversations = []
@@ -141,11 +148,12 @@ def _chatterbot_conversations() -> list[list[Message]]:
             turns = [str(t).strip() for t in turns]
             turns = turns[: len(turns) // 2 * 2]  # user, assistant, user, assistant ...: end on an answer
             if turns and all(turns):
-                conversations.append([{"role": ("user", "assistant")[i % 2], "content": t} for i, t in enumerate(turns)])
-    return conversations
+                conversations.append(_alternating(turns))
+    return tuple(conversations)
 
 
-def _chitchat() -> list[tuple[list[str], float | None]]:
+@functools.lru_cache(maxsize=1)  # parsing takes seconds; callers get new lists built from the cached tuple
+def _chitchat() -> tuple[tuple[list[str], float | None], ...]:
     """Each conversation as its turns (a turn joins one speaker's consecutive messages) and its mean rating."""
     raw = json.loads(_package_file("chitchat_dataset", "dataset.json").read_text(encoding="utf-8"))
     conversations = []
@@ -154,7 +162,7 @@ def _chitchat() -> list[tuple[list[str], float | None]]:
         turns = [" ".join(u["text"].strip() for u in group).strip() for group in record["messages"]]
         ratings = record.get("ratings")
         conversations.append((turns, statistics.mean(ratings.values()) if ratings else None))
-    return conversations
+    return tuple(conversations)
 
 
 def demo_conversations(limit: int = 0, seed: int = 0) -> list[list[Message]]:
@@ -163,13 +171,13 @@ def demo_conversations(limit: int = 0, seed: int = 0) -> list[list[Message]]:
     In each chitchat window the first speaker is "user" and the other "assistant". `limit` > 0 keeps
     that many conversations.
     """
-    conversations = _chatterbot_conversations()
+    conversations = list(_chatterbot_conversations())
     for turns, _ in _chitchat():
         for start in range(0, len(turns) - 1, TURNS_PER_EXAMPLE):
             window = turns[start:start + TURNS_PER_EXAMPLE]
             window = window[: len(window) // 2 * 2]
             if window and all(window):
-                conversations.append([{"role": ("user", "assistant")[i % 2], "content": t} for i, t in enumerate(window)])
+                conversations.append(_alternating(window))
     random.Random(seed).shuffle(conversations)
     return conversations[:limit] if limit > 0 else conversations
 

@@ -270,7 +270,10 @@ def create_app(model, tokenizer, model_name: str, limits: ServeLimits | None = N
             prompt = prompt[0]  # OpenAI clients may send a batch of one
         if not isinstance(prompt, str):
             raise APIError(400, "'prompt' must be a string (or a list holding one string)", param="prompt")
-        ids = tokenizer.encode(prompt)
+        try:
+            ids = tokenizer.encode(prompt)
+        except ReferenceLLMError as exc:  # e.g. a character a char-level tokenizer has never seen
+            raise APIError(400, str(exc), param="prompt") from None
         if not ids and tokenizer.eot_id is not None:
             ids = [tokenizer.eot_id]  # an empty prompt starts a new document
         check_lengths(ids, opts["max_tokens"], limits, block_size, "prompt")

@@ -25,8 +25,8 @@ What SFT does:
 - The tokenizer gains the chat markers (`reference_llm.chat.add_chat_tokens`); when the model's
   embedding table is too small for the new ids, it grows (`resize_vocab`): new rows start at the mean
   of the existing embeddings (Hewitt 2021, "Initializing New Word Embeddings for Pretrained Language
-  Models"), so the new tokens start as an "average" token instead of random noise. Pretraining
-  rounds the vocabulary up to a multiple of 64, so there is usually room already and nothing grows.
+  Models"), so the new tokens start as an "average" token instead of random noise. Like pretraining,
+  it rounds the size up to a multiple of 64, so there is usually room already and nothing grows.
 - The loss covers only the assistant's tokens (`reference_llm.chat.encode_chat`); every other target
   is IGNORE_INDEX.
 - Packing (`pack_examples`) concatenates conversations into rows of exactly `seq_len` tokens. The
@@ -60,7 +60,7 @@ import torch
 import torch.nn as nn
 
 from reference_llm.chat import CHAT_TOKENS, add_chat_tokens, encode_chat
-from reference_llm.checkpoint import load_model, save_checkpoint
+from reference_llm.checkpoint import load_model, resolve_checkpoint, save_checkpoint
 from reference_llm.config import SECTIONS, RunConfig, _build_section, _coerce, _parse_override, config_from_dict
 from reference_llm.distributed import build_engine
 from reference_llm.distributed.base import unique_state_dict
@@ -75,7 +75,12 @@ from reference_llm.tokenizer import EOT, train_tokenizer
 from reference_llm.train import evaluate, matmul_peak, padded_vocab_size, seed_everything, train_step
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+Example = tuple[list[int], list[int]]  # one conversation's inputs and targets, the same length
 ADAPTER_FILE = "adapter.safetensors"
+
+
+# Pretraining's [train] defaults would run 2,000 steps at lr 1e-3; fine-tuning wants fewer, gentler steps.
+SFT_TRAIN_DEFAULTS = {"max_steps": 300, "lr": 3e-4, "min_lr": 3e-5, "warmup_steps": 20}
 
 
 @dataclass
@@ -91,7 +96,7 @@ class SFTConfig:
 # ----------------------------------------------------------------------------------------------------
 
 
-def sft_example(messages: Sequence[Message], tokenizer) -> tuple[list[int], list[int]]:
+def sft_example(messages: Sequence[Message], tokenizer) -> Example:
     """Inputs and targets of one conversation, the same length: targets[t] is inputs[t + 1] when that
     token is an assistant token, else IGNORE_INDEX (and the last target is always IGNORE_INDEX)."""
     ids, learn = encode_chat(messages, tokenizer)
@@ -99,9 +104,9 @@ def sft_example(messages: Sequence[Message], tokenizer) -> tuple[list[int], list
     return ids, targets + [IGNORE_INDEX]
 
 
-def _rows(examples: Sequence[tuple[list[int], list[int]]], seq_len: int, pack: bool) -> list[tuple[list[int], list[int]]]:
+def _rows(examples: Sequence[Example], seq_len: int, pack: bool) -> list[Example]:
     """Group examples (already at most seq_len long) into rows of at most seq_len tokens."""
-    rows: list[tuple[list[int], list[int]]] = []
+    rows: list[Example] = []
     for ids, targets in examples:
         if rows and pack and len(rows[-1][0]) + len(ids) <= seq_len:
             rows[-1][0].extend(ids)
@@ -111,7 +116,7 @@ def _rows(examples: Sequence[tuple[list[int], list[int]]], seq_len: int, pack: b
     return rows
 
 
-def pack_examples(examples: Sequence[tuple[list[int], list[int]]], seq_len: int, pad_id: int,
+def pack_examples(examples: Sequence[Example], seq_len: int, pad_id: int,
                   pack: bool = True) -> Batch:
     """Rows (N, seq_len) of inputs and targets. With `pack`, consecutive examples share a row while
     they fit; otherwise one example per row. Examples longer than seq_len are cut to seq_len (their
@@ -174,9 +179,14 @@ class PostTrainConfig:
     model_section: dict[str, Any]  # the [model] keys the file set explicitly (checked against `init`)
 
 
-def load_posttrain_config(path: str | Path | None, overrides: Sequence[str], section: str,
-                          method_class: type) -> PostTrainConfig:
-    """Read a post-training TOML file: run config sections + [section] (sft or dpo) + optional [lora]."""
+def load_posttrain_config(path: str | Path | None, overrides: Sequence[str], section: str, method_class: type,
+                          train_defaults: dict[str, Any], init: str | None = None) -> PostTrainConfig:
+    """Read a post-training TOML file: run config sections + [section] (sft or dpo) + optional [lora].
+
+    `train_defaults` replace pretraining's [train] defaults (fine-tuning runs are shorter and gentler);
+    `init`, when given (the CLI's --checkpoint), sets `<section>.init`. With an init checkpoint and no
+    `checkpoint.dir`, the output goes next to the init run, in `<init run dir>-<section>`.
+    """
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -189,13 +199,23 @@ def load_posttrain_config(path: str | Path | None, overrides: Sequence[str], sec
     for item in overrides:
         name, key, value = _parse_override(item)
         raw.setdefault(name, {})[key] = value
+    if init is not None:
+        raw.setdefault(section, {})["init"] = init
     known = {section, "lora", "model", *SECTIONS}
     unknown = set(raw) - known
     if unknown:
-        raise ConfigError(f"unknown config section(s): {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+        raise ConfigError(f"unknown config section(s): {', '.join(sorted(unknown))}; "
+                          f"known: {', '.join(sorted(known))}")
     method = _build_section(section, method_class, raw.pop(section, {}))
     lora = _lora_section(raw.pop("lora")) if "lora" in raw else None
+    raw["train"] = {**train_defaults, **raw.get("train", {})}
+    if method.init:
+        init_run = resolve_checkpoint(method.init).parent
+        raw.setdefault("checkpoint", {}).setdefault("dir", f"{init_run}-{section}")
     run = config_from_dict(raw)
+    if method.init and Path(run.checkpoint.dir).resolve() == init_run.resolve():
+        raise ConfigError(f"checkpoint.dir={run.checkpoint.dir} is the run directory of {section}.init; keeping "
+                          f"only checkpoint.keep checkpoints there would delete the ones you start from")
     if run.distributed.strategy != "single":
         raise ConfigError(f"distributed.strategy={run.distributed.strategy!r}: {section.upper()} runs on one "
                           f"device; accepted: single")
@@ -211,7 +231,8 @@ def _lora_section(values: Any) -> LoRAConfig | None:
     fields = {f.name: f for f in dataclasses.fields(LoRAConfig)}
     unknown = set(values) - set(fields) - {"enabled"}
     if unknown:
-        raise ConfigError(f"unknown key(s) in [lora]: {', '.join(sorted(unknown))}; known: enabled, {', '.join(fields)}")
+        raise ConfigError(f"unknown key(s) in [lora]: {', '.join(sorted(unknown))}; "
+                          f"known: enabled, {', '.join(fields)}")
     if not _coerce("lora.enabled", values.pop("enabled", True), "bool"):
         return None
     targets = values.pop("targets", None)
@@ -247,6 +268,9 @@ class PostTrainRun:
             model = Transformer(dataclasses.replace(run.model, vocab_size=padded_vocab_size(tokenizer.vocab_size)))
         self.tokenizer = tokenizer
         run.model = model.config  # what the checkpoint's state.json records
+        if run.seq_len > model.config.block_size:  # the file's check ran against [model], not the checkpoint
+            raise ConfigError(f"train.seq_len={run.train.seq_len} exceeds the model's block_size="
+                              f"{model.config.block_size}; use at most that (0 means block_size)")
         self.reference = copy.deepcopy(model).eval().requires_grad_(False) if keep_reference else None
         if config.lora is not None:
             apply_lora(model, config.lora)
@@ -276,7 +300,7 @@ class PostTrainRun:
                                       f"config's [model] gives {getattr(wanted, key)!r}; remove [model] (the "
                                       f"checkpoint fixes the model) or use a matching checkpoint")
         tokenizer = add_chat_tokens(tokenizer)
-        resize_vocab(model, tokenizer.vocab_size)
+        resize_vocab(model, padded_vocab_size(tokenizer.vocab_size))
         # Dropout and the attention kernel may differ from pretraining; they change no weight.
         overrides = {k: getattr(self.config.run.model, k) for k in ("dropout", "attention")
                      if k in self.config.model_section}
@@ -289,11 +313,13 @@ class PostTrainRun:
 
     def fit(self, forward: Callable[[torch.Tensor, torch.Tensor], Any], next_batch: Callable[[], Batch],
             stats: Callable[[], dict[str, float]] | None = None,
-            validate: Callable[[], dict[str, float]] | None = None, extra_state: dict[str, Any] | None = None) -> dict:
+            validate: Callable[[], dict[str, float]] | None = None,
+            extra_state: dict[str, Any] | None = None) -> dict:
         """Train for `train.max_steps` optimizer steps (or `train.max_minutes`); checkpoint at
         `checkpoint.interval` and at the end. `forward(x, y)` returns (anything, loss), like the model;
         `stats()` adds run-specific numbers to each log line; `validate()` runs at `eval.interval` and at
-        the end. Returns the last logged metrics."""
+        the end. Returns the last logged metrics. MFU counts the model's training FLOPs per input
+        token (padding included); DPO's extra forward pass through the reference is not counted."""
         run = self.config.run
         t = run.train
         schedule = CosineSchedule.from_config(t)
@@ -371,7 +397,7 @@ def load_sft_conversations(config: SFTConfig, seed: int) -> list[list[Message]]:
     return conversations[:config.max_examples] if config.max_examples > 0 else conversations
 
 
-def encode_examples(conversations: Sequence[Sequence[Message]], tokenizer) -> tuple[list[tuple[list[int], list[int]]], int]:
+def encode_examples(conversations: Sequence[Sequence[Message]], tokenizer) -> tuple[list[Example], int]:
     """`sft_example` of each conversation, skipping those the tokenizer cannot encode (a character
     tokenizer meets characters its training text lacked). Returns the examples and the skip count."""
     examples, skipped = [], 0
@@ -383,9 +409,9 @@ def encode_examples(conversations: Sequence[Sequence[Message]], tokenizer) -> tu
     return examples, skipped
 
 
-def train_sft(config_path: str | Path | None, overrides: Sequence[str] = ()) -> dict:
-    """Run SFT as configured; returns the final logged metrics."""
-    config = load_posttrain_config(config_path, overrides, "sft", SFTConfig)
+def train_sft(config_path: str | Path | None, overrides: Sequence[str] = (), init: str | None = None) -> dict:
+    """Run SFT as configured (`init` overrides sft.init); returns the final logged metrics."""
+    config = load_posttrain_config(config_path, overrides, "sft", SFTConfig, SFT_TRAIN_DEFAULTS, init)
     sft, run = config.method, config.run
     conversations = load_sft_conversations(sft, run.train.seed)
     n_val = int(len(conversations) * run.data.val_fraction) if len(conversations) > 1 else 0
@@ -418,13 +444,22 @@ def train_sft(config_path: str | Path | None, overrides: Sequence[str] = ()) -> 
     return job.fit(job.model, next_batch, validate=validate, extra_state={"sft": dataclasses.asdict(sft)})
 
 
+def posttrain_parser(section: str, description: str) -> argparse.ArgumentParser:
+    """The command line that `python -m reference_llm.sft` and `... .dpo` share."""
+    parser = argparse.ArgumentParser(prog=f"python -m reference_llm.{section}", description=description)
+    parser.add_argument("--config", help=f"TOML file: [{section}], optional [lora], and run config sections")
+    parser.add_argument("--checkpoint", help=f"the checkpoint to start from (sets {section}.init)")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
+                        help=f"config overrides in TOML syntax, e.g. train.max_steps=100 {section}.max_examples=500")
+    return parser
+
+
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m reference_llm.sft",
-                                     description="Supervised fine-tuning on conversations (loss on assistant tokens).")
-    parser.add_argument("--config", required=True, help="TOML file: [sft], optional [lora], and run config sections")
-    parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. sft.init=runs/demo train.max_steps=200")
+    parser = posttrain_parser("sft", "Supervised fine-tuning on conversations (loss on assistant tokens only).")
     args = parser.parse_args(argv)
-    last = train_sft(args.config, args.overrides)
+    if args.config is None and args.checkpoint is None:
+        raise ConfigError("give --checkpoint DIR (the model to fine-tune), --config FILE, or both")
+    last = train_sft(args.config, args.overrides, args.checkpoint)
     print("done: " + " | ".join(f"{k} {v:.4g}" for k, v in last.items() if k in ("step", "loss", "val_loss")))
     return 0
 

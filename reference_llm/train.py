@@ -53,7 +53,7 @@ def train_step(engine: Engine, micro_batches: Iterable[Batch], grad_accum: int, 
     `forward` is the module to call (e.g. a torch.compile'd `engine.model`); the loss is left on the
     device so that callers decide when to pay for a device-to-host sync.
     """
-    forward = forward or engine.model
+    forward = engine.model if forward is None else forward
     total = torch.zeros((), device=engine.device)
     for i, (x, y) in enumerate(micro_batches):
         with engine.accumulating(is_last_micro_step=i == grad_accum - 1):

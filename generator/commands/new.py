@@ -32,7 +32,7 @@ GIVEN = (*ASKED, "exercises", "micro_batch", "grad_accum", "precision", "tokens"
 
 def new(
     name: Annotated[str, typer.Argument(help="Project name: its directory and, with - as _, its Python package.",
-                                        show_default=False)],
+                                        metavar="NAME", show_default=False)],
     directory: Annotated[Optional[Path], typer.Option("--dir", help="Directory to create (default: ./NAME).",
                                                       show_default=False)] = None,
     track: Annotated[Optional[str], typer.Option(help="beginner | practitioner | researcher.")] = None,
@@ -112,7 +112,8 @@ def gather(questions: dict[str, Question], flags: dict[str, Any], replay: dict[s
         if value is not None:
             accept(name, value)
             continue
-        default = getattr(tracks[given.get("track", "beginner")].defaults, name)
+        first = next(iter(tracks))  # the first track (beginner) is the default track
+        default = first if name == "track" else getattr(tracks[given.get("track", first)].defaults, name)
         if yes:
             accept(name, default)
             continue
@@ -134,6 +135,8 @@ def check_given(name: str, value: Any, questions: dict[str, Question], tracks: d
                 context: dict[str, Any]) -> Any:
     """One given answer, parsed and validated; raises AnswerError naming its flag."""
     flag = FLAGS[name]
+    if name == "tokens":  # counts like 2B or 1.5e9, not only integers
+        return parse_count(value, flag)
     if isinstance(value, str) and questions[name].type != "str":
         value = questions[name].parse(value)
     if name == "track":
@@ -149,8 +152,6 @@ def check_given(name: str, value: Any, questions: dict[str, Question], tracks: d
             raise AnswerError(f"--parallelism must be one of {', '.join(PARALLELISMS)}; got {value!r}")
         if value != "auto":
             validate(questions["parallelism"], value, context)
-    elif name == "tokens":
-        return parse_count(value, flag)
     elif name == "precision":
         if value not in questions["precision"].choices:
             raise AnswerError(f"--precision must be one of {', '.join(questions['precision'].choices)}; got {value!r}")
@@ -192,8 +193,9 @@ class Prompter:
         while True:
             self.console.print(f"[bold]{question.name}[/bold]{escape(choices)} {escape(f'[{default}]')}: ", end="")
             line = sys.stdin.readline()
+            if not sys.stdin.isatty():  # piped: show the answer, as a terminal would have echoed it
+                self.console.print(line.rstrip("\n"), markup=False)
             if not line:
-                self.console.print()
                 raise AnswerError(f"no answer for {', '.join(missing)} (input ended); pass "
                                   f"{'them' if len(missing) > 1 else 'it'} as flags, or --yes for the defaults")
             text = line.strip() or str(default)

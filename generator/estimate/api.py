@@ -7,6 +7,7 @@ The arithmetic lives in `formulas`; this module validates inputs, picks defaults
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +17,7 @@ from reference_llm.model import PRESETS, ModelConfig
 from generator.errors import EstimateError
 from generator.estimate import formulas
 from generator.estimate.formulas import GIB, STRATEGIES
-from generator.estimate.hardware import PRICES_AS_OF, Hardware
+from generator.estimate.hardware import KNOWN_GPUS, PRICES_AS_OF, Hardware
 
 PRECISIONS = ("bf16", "fp32", "fp8")
 OFFLOADS = ("optimizer", "params")
@@ -119,7 +120,7 @@ def _memory(plan: _Plan) -> tuple[dict[str, float], float, float]:
     states = formulas.model_states(plan.model, plan.strategy, plan.dp, plan.precision, plan.offload,
                                    shard=plan.tp * plan.pp, gpus_per_node=plan.hardware.gpus_per_node)
     activations = formulas.activation_bytes(plan.model, plan.seq_len, plan.micro_batch, act_bytes, plan.flash,
-                                            plan.tp, plan.sequence_parallel, plan.checkpointing, plan.pp,
+                                            plan.tp, plan.sequence_parallel, plan.checkpointing,
                                             formulas.residual_bytes(plan.strategy, plan.precision))
     logits = formulas.logits_bytes(plan.model, plan.seq_len, plan.micro_batch, act_bytes, plan.tp)
     breakdown = {"weights": states.weights, "gradients": states.gradients, "optimizer": states.optimizer,
@@ -162,7 +163,6 @@ def build_model(preset: str | None = None, params: float | None = None, arch: st
     if arch is not None and arch not in ("gpt2", "llama"):
         raise EstimateError(f"--arch must be gpt2 or llama, got {arch!r}")
     if preset is not None and preset not in PRESETS:
-        import difflib
         close = difflib.get_close_matches(preset, list(PRESETS), n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise EstimateError(f"--model: unknown preset {preset!r}{hint}; known: {', '.join(PRESETS)}")
@@ -251,14 +251,9 @@ def _validate(model: ModelConfig, hardware: Hardware, parallelism: str, tp: int,
         raise EstimateError(f"--parallelism single uses one device, but --hardware {hardware} has "
                             f"{hardware.n_gpus}; use ddp, zero1-3, fsdp or auto")
     if precision == "fp8" and hardware.gpu.fp8_tflops is None:
-        fp8 = [name for name, _ in _fp8_gpus()]
+        fp8 = [name for name, gpu in KNOWN_GPUS.items() if gpu.fp8_tflops]
         raise EstimateError(f"--precision fp8: {hardware.gpu.name} has no fp8 tensor cores; "
                             f"fp8 GPUs: {', '.join(fp8)}")
-
-
-def _fp8_gpus() -> list[tuple[str, float]]:
-    from generator.estimate.hardware import KNOWN_GPUS
-    return [(n, g.fp8_tflops) for n, g in KNOWN_GPUS.items() if g.fp8_tflops]
 
 
 def _flash(hardware: Hardware, precision: str, seq_len: int, attention: str) -> bool:

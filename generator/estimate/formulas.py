@@ -122,30 +122,35 @@ def rule_of_thumb_optimal(flops: float) -> tuple[float, float]:
 
 def shape_for_params(target: float, arch: str = "llama", vocab_size: int | None = None,
                      block_size: int | None = None) -> ModelConfig:
-    """A model shape with about `target` parameters, by an aspect-ratio rule.
+    """A model shape with about `target` parameters (embeddings included), by an aspect-ratio rule.
 
-    Rule: d_model = 128·n_layer (the ratio of LLaMA 7B and 13B; Kaplan et al. 2020 sec. 3.1 find loss
-    nearly flat for d_model/n_layer between ~20 and ~200), head size 64 up to d_model 1024 and 128 above,
-    the architecture's default MLP width. The layer count whose total parameter count is closest wins.
+    Rule: d_model a multiple of 64 between 64·n_layer and 128·n_layer (GPT-2 small has 64, LLaMA 7B and
+    13B have 128; Kaplan et al. 2020 sec. 3.1 find loss nearly flat for d_model/n_layer between ~20 and
+    ~200), head size 64 up to d_model 1024 and 128 above, the architecture's default MLP width and a
+    32000 (llama) or 50257 (gpt2) vocabulary unless given. Among shapes within 5% of the target the
+    widest (aspect nearest 128) wins, else the closest count.
     """
     vocab = vocab_size or (32000 if arch == "llama" else 50257)
     block = block_size or (4096 if arch == "llama" else 1024)
-    best: ModelConfig | None = None
+    build = ModelConfig.gpt2_style if arch == "gpt2" else ModelConfig.llama_style
+    best: tuple[float, float, ModelConfig] | None = None  # (not within 5%, |log error| or -aspect, config)
     for n_layer in range(1, 257):
-        d_model = 128 * n_layer
-        head = 64 if d_model <= 1024 else 128
-        fields = dict(vocab_size=vocab, block_size=block, n_layer=n_layer, d_model=d_model,
-                      n_head=d_model // head, name=f"~{_short(target)}")
-        if arch == "gpt2":
-            config = ModelConfig.gpt2_style(**fields)
-        else:
-            config = ModelConfig.llama_style(**fields)
-        if best is None or abs(config.num_params() - target) < abs(best.num_params() - target):
-            best = config
-        elif config.num_params() > target:
-            break  # counts grow with depth: once past the target and worse, deeper only gets worse
+        smallest = math.inf
+        for d_model in range(128 * n_layer, 64 * n_layer - 1, -64):
+            head = 64 if d_model <= 1024 else 128
+            if d_model % head:
+                continue
+            config = build(vocab_size=vocab, block_size=block, n_layer=n_layer, d_model=d_model,
+                           n_head=d_model // head, name=f"~{_short(target)}")
+            smallest = min(smallest, config.num_params())
+            error = abs(math.log(config.num_params() / target))
+            key = (0.0, -d_model / n_layer) if error <= math.log(1.05) else (1.0, error)
+            if best is None or key < best[:2]:
+                best = (*key, config)
+        if smallest > 2 * target:
+            break  # deeper shapes are only larger
     assert best is not None
-    return best
+    return best[2]
 
 
 def _short(n: float) -> str:
@@ -372,14 +377,14 @@ def korthikanti_layer_bytes(s: int, b: int, h: int, a: int, t: int = 1, sequence
 
 def activation_bytes(config: ModelConfig, seq_len: int, micro_batch: int, act_bytes: int = 2,
                      flash: bool = True, tp: int = 1, sequence_parallel: bool = True,
-                     checkpointing: str = "none", pp: int = 1, residual_bytes: int | None = None) -> float:
+                     checkpointing: str = "none", residual_bytes: int | None = None) -> float:
     """Activation bytes per GPU for a training step.
 
     none / selective: L layers' activations (selective = the same with no score terms) [Korthikanti].
     full: each layer keeps only its input (s·b·h in the residual dtype, /t with sequence parallelism), plus one
       layer's full set while it is recomputed in the backward [Korthikanti sec. 5].
-    Pipeline parallelism: a 1F1B stage holds up to pp micro-batches of L/pp layers, so the first stage
-    holds L layers' worth whatever pp is [Korthikanti sec. 4.2.3, Narayanan].
+    Pipeline parallelism needs no term: a 1F1B stage holds up to p micro-batches of L/p layers, so the
+    first stage holds L layers' worth whatever p is [Korthikanti sec. 4.2.3, Narayanan].
     Plus the final norm, which keeps what a block's norm keeps (`norm_bytes`).
     """
     r = act_bytes if residual_bytes is None else residual_bytes
@@ -388,12 +393,10 @@ def activation_bytes(config: ModelConfig, seq_len: int, micro_batch: int, act_by
     if checkpointing == "selective":
         layer = LayerActivations(layer.replicated, layer.split, 0.0)
     one_layer = layer.bytes(seq_len, micro_batch, tp, sequence_parallel)
-    layers_held = config.n_layer  # L/pp layers x pp micro-batches in flight on the first stage
     if checkpointing == "full":
         inputs = seq_len * micro_batch * config.d_model * r / (tp if sequence_parallel else 1)
-        return layers_held * inputs + one_layer + final_norm
-    del pp  # pp does not change the first stage's activation memory; the argument documents that
-    return layers_held * one_layer + final_norm
+        return config.n_layer * inputs + one_layer + final_norm
+    return config.n_layer * one_layer + final_norm
 
 
 def logits_bytes(config: ModelConfig, seq_len: int, micro_batch: int, act_bytes: int = 2, tp: int = 1) -> float:

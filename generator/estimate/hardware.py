@@ -65,7 +65,7 @@ KNOWN_GPUS: dict[str, GPUSpec] = {g.name: g for g in (
 ALIASES: dict[str, str] = {
     "A100": "A100-80GB", "A100-40G": "A100-40GB", "A100-80G": "A100-80GB", "A100-40": "A100-40GB",
     "A100-80": "A100-80GB", "H100": "H100-SXM", "H100SXM": "H100-SXM", "H100-80GB": "H100-SXM",
-    "H100PCIE": "H100-PCIe", "H200-141GB": "H200", "4090": "RTX4090", "RTX-4090": "RTX4090",
+    "H100PCIE": "H100-PCIe", "H200-141GB": "H200", "RTX-4090": "RTX4090",
     "MI300": "MI300X", "L40": "L40S",
 }
 

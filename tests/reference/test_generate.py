@@ -94,6 +94,13 @@ def test_callback_receives_every_token_and_can_stop_a_row(model):
     assert len(out[1]) == 1 and len(out[0]) == 9 and len(out[2]) == 9
 
 
+def test_vocab_size_limits_the_sampled_ids(model):
+    """Ids past the tokenizer's vocabulary (the padding rows of the embedding) are never produced."""
+    for kwargs in (dict(), dict(temperature=2.0, seed=0)):
+        out = generate(model, PROMPTS, 30, vocab_size=10, **kwargs)
+        assert all(0 <= t < 10 for row in out for t in row)
+
+
 def test_block_size_is_respected(model):
     block = model.config.block_size
     with pytest.raises(ConfigError, match="block_size"):
@@ -146,7 +153,8 @@ def test_stop_string_cuts_the_text_and_streaming_sends_what_is_returned(char_mod
 def checkpoint_dir(char_model, tmp_path_factory):
     model, tokenizer = char_model
     run_dir = tmp_path_factory.mktemp("gen_run")
-    state = {"step": 1, "config": RunConfig(model=model.config).to_dict(), "tokenizer_fingerprint": tokenizer.fingerprint()}
+    state = {"step": 1, "config": RunConfig(model=model.config).to_dict(),
+             "tokenizer_fingerprint": tokenizer.fingerprint()}
     save_checkpoint(run_dir, 1, unique_state_dict(model), None, state, tokenizer)
     return run_dir
 
@@ -166,3 +174,4 @@ def test_cli_bad_input_is_one_line_and_exit_2(checkpoint_dir, tmp_path):
     assert missing.returncode == 2
     assert missing.stderr.startswith("error: ") and missing.stderr.count("\n") == 1
     assert run_main(main, ["--checkpoint", str(checkpoint_dir), "--prompt", "to", "--top-p", "2"]) == 2
+    assert run_main(main, ["--checkpoint", str(checkpoint_dir), "--prompt", "to", "--chat"]) == 2  # no chat tokens

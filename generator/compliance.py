@@ -1,0 +1,335 @@
+"""Compliance checks of a generated repository's data: provenance, licences and personal data.
+
+`check_repository(root)` reads `data/manifest.toml` and checks, for the files under `data/`:
+
+- every entry names a `path` (relative to `data/`), a `source`, an SPDX `license` and a `sha256`, and the
+  file exists with that sha256;
+- no data file is missing from the manifest (the tokenized-data cache, `data.cache_dir` of
+  configs/train.toml, and hidden files are not data);
+- a PII scan (`reference_llm.data.scan_pii`: e-mail addresses, phone numbers, IP addresses, Luhn-valid
+  card numbers, API keys and other secrets) finds at most `max_pii` items over all files; each finding is
+  reported as file, line, column and kind, never with the text itself;
+- licences: share-alike and copyleft licences (CC-BY-SA-*, GPL-*, AGPL-*, ODbL-*, ...), non-commercial
+  and no-derivatives terms give warnings, since they constrain how a model trained on the data may be
+  shared; two different share-alike licences warn that they may not be combinable. A missing or
+  `NOASSERTION` licence is a problem.
+
+Problems fail the check (`llmgen compliance` exits 2, one line per problem); warnings do not. This is
+a checklist that catches omissions, not legal advice: COMPLIANCE.md lists what a person must decide.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import re
+import tomllib
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from generator.errors import LLMGenError
+from reference_llm.data import scan_pii  # loads only the PII module, not torch (reference_llm.data is lazy)
+
+MANIFEST = Path("data") / "manifest.toml"
+TRAIN_CONFIG = Path("configs") / "train.toml"
+REQUIRED_KEYS = ("path", "source", "license", "sha256")
+MAX_LOCATIONS_PER_FILE = 100  # findings listed per file in the report; the counts are always complete
+SCAN_CHUNK_CHARS = 4 << 20  # the PII scan reads a file in pieces of whole lines of about this size
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# One SPDX licence id (https://spdx.org/licenses/) or a LicenseRef-; expressions join them with AND/OR/WITH.
+_SPDX_ID = re.compile(r"^(?:LicenseRef-[A-Za-z0-9.-]+|[A-Za-z0-9][A-Za-z0-9.+-]*)$")
+_SPDX_OPERATORS = {"AND", "OR", "WITH"}
+_UNKNOWN_LICENSES = {"NOASSERTION", "NONE", "UNKNOWN"}
+
+# (prefix of an SPDX id, why it matters for a model trained on the data). Share-alike and copyleft terms
+# may require derived works to carry the same licence; whether model weights are a derived work is not
+# settled, so the decision belongs in COMPLIANCE.md.
+_LICENSE_NOTES: tuple[tuple[str, str], ...] = (
+    ("CC-BY-NC-SA-", "non-commercial and share-alike"),
+    ("CC-BY-NC-ND-", "non-commercial and no-derivatives"),
+    ("CC-BY-NC-", "non-commercial"),
+    ("CC-BY-ND-", "no-derivatives"),
+    ("CC-BY-SA-", "share-alike"),
+    ("AGPL-", "strong copyleft, network use counts as distribution"),
+    ("GPL-", "copyleft"),
+    ("LGPL-", "weak copyleft"),
+    ("MPL-", "weak copyleft"),
+    ("EUPL-", "copyleft"),
+    ("OSL-", "copyleft"),
+    ("ODbL-", "share-alike (database licence)"),
+    ("CDLA-Sharing-", "share-alike (data licence)"),
+    ("GFDL-", "copyleft (documentation licence)"),
+)
+
+
+class ComplianceError(LLMGenError):
+    """The compliance check cannot run: not a generated repository, or an unreadable manifest."""
+
+
+@dataclass(frozen=True)
+class PIIFinding:
+    path: str  # relative to the repository root
+    line: int  # 1-based
+    column: int  # 1-based, in characters
+    kind: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}:{self.column}: {self.kind}"
+
+
+@dataclass
+class DataFile:
+    """One manifest entry as checked."""
+
+    path: str  # relative to the repository root, e.g. data/shakespeare.txt
+    source: str
+    license: str
+    sha256_expected: str
+    sha256_actual: str | None = None  # None when the file is missing
+    pii_counts: dict[str, int] = field(default_factory=dict)
+    pii_locations: list[PIIFinding] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "source": self.source, "license": self.license,
+                "sha256_expected": self.sha256_expected, "sha256_actual": self.sha256_actual,
+                "sha256_ok": self.sha256_actual == self.sha256_expected,
+                "pii_counts": dict(self.pii_counts),
+                "pii_locations": [{"line": f.line, "column": f.column, "kind": f.kind} for f in self.pii_locations]}
+
+
+@dataclass
+class ComplianceReport:
+    root: Path
+    files: list[DataFile] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # each one line; any problem fails the check
+    warnings: list[str] = field(default_factory=list)
+    max_pii: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def pii_total(self) -> int:
+        return sum(sum(f.pii_counts.values()) for f in self.files)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "root": str(self.root), "max_pii": self.max_pii, "pii_total": self.pii_total,
+                "files": [f.to_dict() for f in self.files], "problems": list(self.problems),
+                "warnings": list(self.warnings)}
+
+
+# ----------------------------------------------------------------------------------------------------
+# The check
+# ----------------------------------------------------------------------------------------------------
+
+
+def check_repository(root: Path, max_pii: int = 0) -> ComplianceReport:
+    """Run every check on the repository at `root`; raises ComplianceError only when it cannot start."""
+    if max_pii < 0:
+        raise ComplianceError(f"--max-pii must be 0 or more, got {max_pii}")
+    root = root.resolve()
+    manifest_path = root / MANIFEST
+    if not manifest_path.is_file():
+        raise ComplianceError(f"{manifest_path} not found: run `llmgen compliance` in a repository made by "
+                              f"`llmgen new` (or pass --path), whose data files are listed in {MANIFEST}")
+    report = ComplianceReport(root=root, max_pii=max_pii)
+    entries = _read_manifest(manifest_path, report)
+    data_dir = manifest_path.parent
+    listed: set[Path] = set()
+    for index, entry in enumerate(entries):
+        data_file = _check_entry(entry, index, data_dir, root, report)
+        if data_file is not None:
+            listed.add((root / data_file.path).resolve())
+            report.files.append(data_file)
+    for path in _data_files(root, data_dir):
+        if path.resolve() not in listed:
+            report.problems.append(f"{_rel(path, root)}: not listed in {MANIFEST}; add an entry with its source, "
+                                   f"SPDX licence and sha256, or remove the file")
+    _check_licences(report)
+    for data_file in report.files:
+        if data_file.sha256_actual is not None:
+            _scan_file(root / data_file.path, data_file)
+    if report.pii_total > max_pii:
+        counts = Counter()
+        for data_file in report.files:
+            counts.update(data_file.pii_counts)
+        summary = ", ".join(f"{kind} {n}" for kind, n in sorted(counts.items()))
+        report.problems.append(f"personal data scan: {report.pii_total} finding(s) ({summary}), more than the "
+                               f"{max_pii} allowed by --max-pii; scrub them (reference_llm.data.scrub_pii) or "
+                               f"remove the files")
+    return report
+
+
+def _read_manifest(path: Path, report: ComplianceReport) -> list[Any]:
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ComplianceError(f"{path}: cannot read ({exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ComplianceError(f"{path}: not valid TOML ({exc})") from None
+    entries = raw.get("file", [])
+    if not isinstance(entries, list):
+        raise ComplianceError(f"{path}: `file` must be an array of [[file]] tables")
+    if not entries:
+        report.problems.append(f"{MANIFEST}: lists no data files ([[file]] tables with path, source, license, "
+                               f"sha256)")
+    return entries
+
+
+def _check_entry(entry: Any, index: int, data_dir: Path, root: Path, report: ComplianceReport) -> DataFile | None:
+    where = f"{MANIFEST} [[file]] #{index + 1}"
+    if not isinstance(entry, dict):
+        report.problems.append(f"{where}: must be a table with keys {', '.join(REQUIRED_KEYS)}")
+        return None
+    if isinstance(entry.get("path"), str):
+        where = f"{MANIFEST} [[file]] {entry['path']!r}"
+    missing = [k for k in REQUIRED_KEYS if not isinstance(entry.get(k), str) or not entry[k].strip()]
+    if missing:
+        report.problems.append(f"{where}: missing or empty key(s) {', '.join(missing)} (every entry needs "
+                               f"{', '.join(REQUIRED_KEYS)})")
+        if "path" in missing:
+            return None
+    relative = Path(entry["path"])
+    target = (data_dir / relative).resolve()
+    if relative.is_absolute() or not target.is_relative_to(data_dir.resolve()):
+        report.problems.append(f"{where}: path must be relative to data/ and stay inside it")
+        return None
+    sha = str(entry.get("sha256", "")).strip().lower()
+    if sha and not _SHA256.match(sha):
+        report.problems.append(f"{where}: sha256 must be 64 hexadecimal digits, got {entry['sha256']!r}")
+    data_file = DataFile(path=_rel(target, root), source=str(entry.get("source", "")),
+                         license=str(entry.get("license", "")).strip(), sha256_expected=sha)
+    if not target.is_file():
+        report.problems.append(f"{data_file.path}: listed in {MANIFEST} but missing")
+        return data_file
+    data_file.sha256_actual = _sha256(target)
+    if _SHA256.match(sha) and data_file.sha256_actual != sha:
+        report.problems.append(f"{data_file.path}: sha256 is {data_file.sha256_actual}, the manifest says {sha}; "
+                               f"the file changed since it was recorded: check it and update the manifest")
+    return data_file
+
+
+def _data_files(root: Path, data_dir: Path) -> Iterator[Path]:
+    """Files under data/ that must be listed: all but the manifest, hidden files and the token cache."""
+    excluded = {(root / MANIFEST).resolve()}
+    cache = _cache_dir(root)
+    for path in sorted(data_dir.rglob("*")):
+        relative = path.relative_to(data_dir)
+        if not path.is_file() or any(part.startswith(".") for part in relative.parts):
+            continue
+        resolved = path.resolve()
+        if resolved in excluded or (cache is not None and resolved.is_relative_to(cache)):
+            continue
+        yield path
+
+
+def _cache_dir(root: Path) -> Path | None:
+    """configs/train.toml's data.cache_dir (tokenized shards, rebuilt from the data): not data itself."""
+    try:
+        config = tomllib.loads((root / TRAIN_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    cache = config.get("data", {}).get("cache_dir")
+    return (root / cache).resolve() if isinstance(cache, str) and cache else None
+
+
+def _check_licences(report: ComplianceReport) -> None:
+    share_alike: dict[str, list[str]] = {}
+    for data_file in report.files:
+        if not data_file.license:
+            continue  # already reported as a missing key
+        ids, error = parse_spdx(data_file.license)
+        if error:
+            report.problems.append(f"{data_file.path}: license {data_file.license!r} {error}")
+            continue
+        for spdx_id in ids:
+            note = licence_note(spdx_id)
+            if note is None:
+                continue
+            report.warnings.append(f"{data_file.path}: {spdx_id} is {note}: record in COMPLIANCE.md whether and "
+                                   f"how a model trained on it may be shared")
+            if "share-alike" in note or "copyleft" in note:
+                share_alike.setdefault(spdx_id, []).append(data_file.path)
+    if len(share_alike) > 1:
+        report.warnings.append(f"data licences {', '.join(sorted(share_alike))} each require derived works to keep "
+                               f"their own terms and may not be combinable: check their compatibility")
+
+
+def parse_spdx(expression: str) -> tuple[list[str], str | None]:
+    """The licence ids of an SPDX expression such as "MIT OR Apache-2.0", and an error text if malformed."""
+    tokens = expression.replace("(", " ").replace(")", " ").split()
+    ids = [t for t in tokens if t not in _SPDX_OPERATORS]
+    if not ids:
+        return [], "is empty; use an SPDX id such as CC-BY-4.0 (https://spdx.org/licenses/)"
+    for spdx_id in ids:
+        if spdx_id.upper() in _UNKNOWN_LICENSES:
+            return ids, "says the licence is unknown: find it before training on the file"
+        if not _SPDX_ID.match(spdx_id):
+            return ids, (f"has {spdx_id!r}, which is not an SPDX licence id; use one from https://spdx.org/licenses/ "
+                         f"or LicenseRef-<name> for anything else")
+    return ids, None
+
+
+def licence_note(spdx_id: str) -> str | None:
+    """Why a licence needs a recorded decision (share-alike, copyleft, NC, ND), or None."""
+    for prefix, note in _LICENSE_NOTES:
+        if spdx_id.startswith(prefix):
+            return note
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Files
+# ----------------------------------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _scan_file(path: Path, data_file: DataFile) -> None:
+    """PII counts and locations; a file that is not UTF-8 text is scanned with undecodable bytes replaced."""
+    counts: Counter[str] = Counter()
+    for first_line, text in _line_chunks(path):
+        findings = scan_pii(text)
+        if not findings:
+            continue
+        line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
+        for finding in findings:
+            counts[finding.kind] += 1
+            if len(data_file.pii_locations) < MAX_LOCATIONS_PER_FILE:
+                line = bisect.bisect_right(line_starts, finding.start) - 1
+                data_file.pii_locations.append(PIIFinding(data_file.path, first_line + line,
+                                                          finding.start - line_starts[line] + 1, finding.kind))
+    data_file.pii_counts = dict(sorted(counts.items()))
+
+
+def _line_chunks(path: Path) -> Iterator[tuple[int, str]]:
+    """(number of the first line, text) pieces of whole lines, so that a large file never sits in memory."""
+    with path.open(encoding="utf-8", errors="replace") as f:
+        first_line, lines, size = 1, [], 0
+        for line in f:
+            lines.append(line)
+            size += len(line)
+            if size >= SCAN_CHUNK_CHARS:
+                yield first_line, "".join(lines)
+                first_line += len(lines)
+                lines, size = [], 0
+        if lines:
+            yield first_line, "".join(lines)
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return path.resolve().relative_to(root).as_posix()
+    except ValueError:
+        return str(path)

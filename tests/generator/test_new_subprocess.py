@@ -1,0 +1,127 @@
+"""`llmgen new` as a real process: answers piped on stdin, a real terminal that re-asks after a bad
+answer, exit codes and one-line errors, and no half-written project after a failure or Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import pty
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import generator.render as render
+from generator.errors import RenderError
+from generator.plan import plan_run
+
+LLMGEN = [sys.executable, "-m", "generator.cli"]
+
+
+def llmgen(args: list[str], cwd: Path, env: dict[str, str], stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*LLMGEN, *args], cwd=cwd, env=env, input=stdin, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_answers_on_stdin(tmp_path, subprocess_env):
+    result = llmgen(["new", "piped", "--no-git"], tmp_path, subprocess_env,
+                    stdin="practitioner\n$200\n2x4xA100\nfsdp\ngpt2-350m\n")
+    assert result.returncode == 0, result.stderr
+    answers = yaml.safe_load((tmp_path / "piped" / ".copier-answers.yml").read_text())
+    assert (answers["track"], answers["gpu"], answers["nodes"], answers["gpus_per_node"]) == (
+        "practitioner", "A100-80GB", 2, 4)
+    assert (answers["parallelism"], answers["model_preset"]) == ("fsdp", "gpt2-350m")
+    assert "Estimate for piped" in result.stdout and "Next steps" in result.stdout
+
+
+def test_piped_bad_answer_fails_at_once(tmp_path, subprocess_env):
+    result = llmgen(["new", "piped"], tmp_path, subprocess_env, stdin="beginner\nlaptop\ncpu\nzero3\ndemo\n")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == ("error: --parallelism: zero3 needs several processes or GPUs; "
+                                                      "on cpu (one process) use single")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_no_terminal_and_nothing_on_stdin_names_the_missing_flags(tmp_path, subprocess_env):
+    result = subprocess.run([*LLMGEN, "new", "x", "--track", "beginner", "--hardware", "cpu"], cwd=tmp_path,
+                            env=subprocess_env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: no answer for --budget, --parallelism, --model-preset (input ended); pass them as flags, "
+        "or --yes for the defaults")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_yes_as_a_process(tmp_path, subprocess_env):
+    result = llmgen(["new", "demo", "--yes", "--no-git"], tmp_path, subprocess_env)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "demo" / "configs" / "train.toml").is_file()
+    assert result.stderr == ""
+
+
+def test_bad_name_as_a_process(tmp_path, subprocess_env):
+    result = llmgen(["new", "../x", "--yes"], tmp_path, subprocess_env)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == "error: project name '../x' must start with a letter (a-z, A-Z)\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_terminal_asks_again_after_a_bad_answer(tmp_path, subprocess_env):
+    """On a terminal, a bad hardware answer is explained and the question asked again."""
+    controller, terminal = pty.openpty()
+    try:
+        process = subprocess.Popen([*LLMGEN, "new", "asked", "--no-git", "--track", "beginner", "--budget", "laptop",
+                                    "--model-preset", "demo"],
+                                   cwd=tmp_path, env=subprocess_env, stdin=terminal, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        # hardware: a GPU that does not exist, then cpu; parallelism: zero3 (refused on cpu), then single
+        os.write(controller, b"8xZ100\ncpu\nzero3\nsingle\n")
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    assert process.returncode == 0, stderr
+    assert "unknown GPU 'Z100'" in stderr and "zero3 needs several processes or GPUs" in stderr
+    assert stderr.count("hardware (") == 0 and stderr.count("hardware [") == 2  # asked twice
+    assert stderr.count("parallelism (") == 2
+    answers = yaml.safe_load((tmp_path / "asked" / ".copier-answers.yml").read_text())
+    assert (answers["hardware"], answers["parallelism"]) == ("cpu", "single")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Rendering is all or nothing
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def answers(fixed_cpu) -> dict:
+    return plan_run("atomic", {"track": "beginner", "budget": "laptop", "hardware": "cpu", "parallelism": "auto",
+                               "model_preset": "demo", "exercises": True}).answers
+
+
+@pytest.mark.parametrize("failure", [RenderError("corpus broke"), KeyboardInterrupt()])
+def test_a_failure_or_ctrl_c_leaves_nothing(tmp_path, monkeypatch, answers, failure):
+    def broken(data_dir: Path) -> None:
+        (data_dir / "partial.txt").parent.mkdir(parents=True, exist_ok=True)
+        (data_dir / "partial.txt").write_text("half")
+        raise failure
+
+    monkeypatch.setattr(render, "add_corpus", broken)
+    with pytest.raises(type(failure)):
+        render.render_project(answers, tmp_path / "atomic", git=False)
+    assert list(tmp_path.iterdir()) == []  # neither the project nor the staging directory
+
+
+def test_render_moves_a_complete_project_into_place(tmp_path, answers):
+    files = render.render_project(answers, tmp_path / "sub" / "atomic", git=False)
+    project = tmp_path / "sub" / "atomic"
+    assert sorted(str(p.relative_to(project)) for p in project.rglob("*") if p.is_file()) == files
+    assert [p.name for p in tmp_path.iterdir()] == ["sub"]
+    assert oct(project.stat().st_mode & 0o777) == oct(0o777 & ~_umask())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

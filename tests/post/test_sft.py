@@ -1,0 +1,169 @@
+"""SFT: packing, vocabulary growth, loss on demo data, fine-tuning a checkpoint (with LoRA), bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from reference_llm.chat import CHAT_TOKENS
+from reference_llm.checkpoint import load_model, save_checkpoint
+from reference_llm.cli import run_main
+from reference_llm.config import RunConfig
+from reference_llm.distributed.base import unique_state_dict
+from reference_llm.errors import DataError
+from reference_llm.generate import generate
+from reference_llm.generate import main as generate_main
+from reference_llm.lora import load_lora
+from reference_llm.metrics import read_metrics
+from reference_llm.model import IGNORE_INDEX, ModelConfig, Transformer
+from reference_llm.posttrain_data import demo_conversations
+from reference_llm.sft import main, pack_examples, resize_vocab
+from reference_llm.tokenizer import train_tokenizer
+from reference_llm.train import padded_vocab_size
+
+I = IGNORE_INDEX  # noqa: E741
+
+
+def test_packing_keeps_each_conversation_s_targets_to_itself():
+    a = ([1, 2, 3], [I, 3, I])
+    b = ([4, 5, 6, 7], [5, I, 7, I])
+    c = ([8, 9], [9, I])
+    x, y = pack_examples([a, b, c], seq_len=8, pad_id=0)
+    assert x.tolist() == [[1, 2, 3, 4, 5, 6, 7, 0], [8, 9, 0, 0, 0, 0, 0, 0]]
+    assert y.tolist() == [[I, 3, I, 5, I, 7, I, I], [9, I, I, I, I, I, I, I]]
+    # Where one conversation ends and the next begins, the target is IGNORE_INDEX, never the next start.
+    assert y[0, 2] == I and y[0, 6] == I
+
+    x, y = pack_examples([a, b, c], seq_len=8, pad_id=0, pack=False)
+    assert x.shape == (3, 8) and x[1].tolist() == [4, 5, 6, 7, 0, 0, 0, 0]
+
+
+def test_packing_cuts_long_conversations_and_refuses_an_empty_result():
+    x, y = pack_examples([([1, 2, 3, 4, 5], [2, 3, 4, 5, I]), ([6, 7, 8], [I, I, I])], seq_len=3, pad_id=0)
+    assert x.tolist() == [[1, 2, 3]] and y.tolist() == [[2, 3, 4]]  # the second has nothing to learn
+    with pytest.raises(DataError, match="no conversation has an assistant token"):
+        pack_examples([([1, 2, 3, 4], [I, I, I, 4])], seq_len=3, pad_id=0)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-gpt2"])  # untied and tied output heads
+def test_resize_vocab_keeps_old_tokens_and_starts_new_ones_at_the_mean(preset):
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.preset(preset, vocab_size=100)).eval()
+    idx = torch.randint(0, 100, (1, 10))
+    before = model(idx)[0]
+    resize_vocab(model, 104)
+    assert model.config.vocab_size == 104 and model.tok_emb.weight.shape[0] == 104
+    assert model.lm_head.weight.shape[0] == 104
+    torch.testing.assert_close(model(idx)[0][..., :100], before)
+    torch.testing.assert_close(model.tok_emb.weight[100], model.tok_emb.weight[:100].mean(0))
+    assert (model.lm_head.weight is model.tok_emb.weight) == model.config.tie_embeddings
+
+
+def test_demo_conversations_are_well_formed():
+    conversations = demo_conversations(limit=200, seed=3)
+    assert len(conversations) == 200
+    for messages in conversations:
+        roles = [m["role"] for m in messages]
+        assert roles == ["user", "assistant"] * (len(roles) // 2) and all(m["content"] for m in messages)
+
+
+SFT_CONFIG = """
+[sft]
+{init}
+data = "{data}"
+max_examples = {n}
+[train]
+max_steps = {steps}
+micro_batch = 8
+lr = 3e-3
+min_lr = 3e-4
+warmup_steps = 2
+log_interval = 1
+dtype = "float32"
+[eval]
+interval = 0
+iters = 4
+[checkpoint]
+dir = "{run}"
+interval = 0
+{extra}
+"""
+RANDOM_INIT = '[model]\npreset = "tiny"\nblock_size = 64\n[data]\ntokenizer = "char"'
+
+
+def write_config(tmp_path, init: str = "", data: str = "demo", n: int = 150, steps: int = 2, extra: str = ""):
+    path = tmp_path / "sft.toml"
+    path.write_text(SFT_CONFIG.format(init=f'init = "{init}"' if init else "", data=data, n=n, steps=steps,
+                                      run=tmp_path / "run", extra=extra))
+    return path
+
+
+@pytest.mark.slow
+def test_loss_falls_on_demo_data(tmp_path):
+    config = write_config(tmp_path, n=300, steps=20, extra=RANDOM_INIT)
+    assert run_main(main, ["--config", str(config)]) == 0
+    losses = [r["loss"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss" in r]
+    assert len(losses) == 20
+    assert sum(losses[-5:]) / 5 < sum(losses[:3]) / 3 - 0.8  # well below the uniform-guess start
+    model, tokenizer, config = load_model(tmp_path / "run")
+    assert set(CHAT_TOKENS) <= set(tokenizer.special_tokens)
+    assert config.model.vocab_size >= tokenizer.vocab_size
+
+
+@pytest.fixture()
+def base_checkpoint(tmp_path):
+    """A "pretrained" checkpoint whose tokenizer lacks the chat tokens and whose vocab is full."""
+    texts = [m["content"] for c in demo_conversations(limit=100, seed=0) for m in c]
+    tokenizer = train_tokenizer("char", texts, None)
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.preset("tiny", vocab_size=tokenizer.vocab_size, block_size=64))
+    state = {"step": 10, "config": RunConfig(model=model.config).to_dict(),
+             "tokenizer_fingerprint": tokenizer.fingerprint()}
+    return save_checkpoint(tmp_path / "base", 10, unique_state_dict(model), None, state, tokenizer)
+
+
+def test_fine_tunes_a_checkpoint_with_lora_and_grows_the_vocabulary(tmp_path, base_checkpoint):
+    config = write_config(tmp_path, init=str(base_checkpoint), extra="[lora]\nr = 2")
+    assert run_main(main, ["--config", str(config)]) == 0
+    base, base_tok, _ = load_model(base_checkpoint)
+    tuned, tok, run_config = load_model(tmp_path / "run")
+    assert tok.vocab_size == base_tok.vocab_size + len(CHAT_TOKENS)
+    assert tuned.config.vocab_size == run_config.model.vocab_size == padded_vocab_size(tok.vocab_size)
+
+    # The merged checkpoint is the base model, grown, plus the saved adapters.
+    resize_vocab(base, padded_vocab_size(tok.vocab_size))
+    load_lora(base, tmp_path / "run" / "step_0000002" / "adapter.safetensors")
+    idx = torch.tensor([tok.encode("hello there")])
+    torch.testing.assert_close(base.eval()(idx)[0], tuned(idx)[0], rtol=0, atol=1e-5)
+    assert len(generate(tuned, [idx[0].tolist()], 5)[0]) == 5
+    assert run_main(generate_main, ["--checkpoint", str(tmp_path / "run"), "--chat", "--prompt", "hi",
+                                    "--max-new-tokens", "5", "--seed", "0"]) == 0
+
+
+@pytest.mark.parametrize("extra, message", [
+    ('[model]\npreset = "tiny-gpt2"', "error: sft.init="),  # the preset's norm/position/mlp differ
+    ("[model]\nd_model = 96", "model.d_model=64 but the config's [model] gives 96"),
+    ("[train]\nseq_len = 128", "train.seq_len=128 exceeds the model's block_size=64"),
+])
+def test_checkpoint_that_does_not_match_the_config_is_exit_2(tmp_path, base_checkpoint, capsys, extra, message):
+    config = write_config(tmp_path, init=str(base_checkpoint))
+    config.write_text(config.read_text().replace("[train]", "[train]\nseq_len = 128")
+                      if "seq_len" in extra else config.read_text() + extra)
+    assert run_main(main, ["--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("error: ") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("lines, message", [
+    ([], "no conversations"),
+    ([{"messages": [{"role": "user", "content": "hi"}]}], "line 1: the conversation has no assistant turn"),
+    (["not an object"], "line 1: expected an object"),
+])
+def test_bad_data_files(tmp_path, capsys, lines, message):
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    config = write_config(tmp_path, data=str(data), extra=RANDOM_INIT)
+    assert run_main(main, ["--config", str(config)]) == 2
+    assert message in capsys.readouterr().err
