@@ -1,7 +1,7 @@
 """Weight-only quantization: size on disk, speed and perplexity of int8 and int4 against float32.
 
     python benchmarks/quantize.py                          # train a small model for 300 steps, then measure
-    python benchmarks/quantize.py --quick                  # 20 steps and a short held-out text: checks it runs
+    python benchmarks/quantize.py --quick                  # a 2-layer model, 20 steps: checks that it runs
     python benchmarks/quantize.py --checkpoint runs/demo   # measure a trained checkpoint instead
     python benchmarks/quantize.py --json                   # JSON instead of a table
 
@@ -45,15 +45,17 @@ from reference_llm.tokenizer import train_tokenizer
 SCHEMES = [("float32", None, None), ("int8", 8, None), ("int4 g128", 4, 128), ("int4 g64", 4, 64), ("int4 g32", 4, 32)]
 
 
-def train_small_model(steps: int, seed: int = 0) -> tuple[Transformer, Any, str]:
-    """A character-level Llama-style model trained on the first 95% of the corpus; returns the held-out rest."""
+def train_small_model(steps: int, small: bool = False, seed: int = 0) -> tuple[Transformer, Any, str]:
+    """A character-level Llama-style model trained on the first 95% of the corpus; returns the held-out rest.
+    `small` (for --quick): 2 layers, 128 wide instead of 6 layers, 256 wide."""
     text = corpus_path().read_text(encoding="utf-8")
     split = int(len(text) * 0.95)
     tokenizer = train_tokenizer("char", [text], None)
     data = torch.tensor(tokenizer.encode(text[:split]))
     torch.manual_seed(seed)
-    config = ModelConfig.llama_style(vocab_size=tokenizer.vocab_size, block_size=128, n_layer=6, n_head=8,
-                                     n_kv_head=4, d_model=256, ffn_hidden=768, tie_embeddings=True)
+    width, layers = (128, 2) if small else (256, 6)
+    config = ModelConfig.llama_style(vocab_size=tokenizer.vocab_size, block_size=128, n_layer=layers, n_head=8,
+                                     n_kv_head=4, d_model=width, ffn_hidden=3 * width, tie_embeddings=True)
     model = Transformer(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.1, betas=(0.9, 0.95))
     T, B = config.block_size, 16
@@ -133,7 +135,8 @@ def main() -> None:
     parser.add_argument("--checkpoint", help="a trained checkpoint to measure instead of training one")
     parser.add_argument("--text", help="held-out text file (default: the last 5%% of the bundled corpus)")
     parser.add_argument("--steps", type=int, default=300, help="training steps when no checkpoint is given")
-    parser.add_argument("--quick", action="store_true", help="20 steps, 2,000 held-out characters, 1 repeat")
+    parser.add_argument("--quick", action="store_true",
+                        help="a 2-layer model, 20 steps, 2,000 held-out characters, 1 repeat")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args()
@@ -149,7 +152,7 @@ def main() -> None:
         source = f"checkpoint {args.checkpoint}"
     else:
         steps = 20 if args.quick else args.steps
-        model, tokenizer, heldout = train_small_model(steps)
+        model, tokenizer, heldout = train_small_model(steps, small=args.quick)
         source = f"trained here for {steps} steps"
     if args.text:
         heldout = Path(args.text).read_text(encoding="utf-8")
@@ -172,7 +175,7 @@ def main() -> None:
                       f"{row['layer_bytes'] / 2**20:.2f}", f"{row['generate_tok_s']:,.0f}",
                       f"{row['prefill_tok_s']:,.0f}", f"{row['perplexity']:.3f}",
                       f"{row['perplexity_change_pct']:+.2f}%", f"{row['bits_per_byte']:.4f}")
-    Console().print(table)
+    Console(width=150).print(table)
 
 
 if __name__ == "__main__":

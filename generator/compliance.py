@@ -90,11 +90,12 @@ class DataFile:
     license: str
     sha256_expected: str
     sha256_actual: str | None = None  # None when the file is missing
+    listed: bool = True  # False: found under data/ but not in the manifest (still scanned)
     pii_counts: dict[str, int] = field(default_factory=dict)
     pii_locations: list[PIIFinding] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "source": self.source, "license": self.license,
+        return {"path": self.path, "listed": self.listed, "source": self.source, "license": self.license,
                 "sha256_expected": self.sha256_expected, "sha256_actual": self.sha256_actual,
                 "sha256_ok": self.sha256_actual == self.sha256_expected,
                 "pii_counts": dict(self.pii_counts),
@@ -150,6 +151,8 @@ def check_repository(root: Path, max_pii: int = 0) -> ComplianceReport:
         if path.resolve() not in listed:
             report.problems.append(f"{_rel(path, root)}: not listed in {MANIFEST}; add an entry with its source, "
                                    f"SPDX licence and sha256, or remove the file")
+            report.files.append(DataFile(path=_rel(path, root), source="", license="", sha256_expected="",
+                                         sha256_actual=_sha256(path), listed=False))
     _check_licences(report)
     for data_file in report.files:
         if data_file.sha256_actual is not None:
@@ -242,7 +245,7 @@ def _check_licences(report: ComplianceReport) -> None:
     share_alike: dict[str, list[str]] = {}
     for data_file in report.files:
         if not data_file.license:
-            continue  # already reported as a missing key
+            continue  # already reported: a missing key, or a file missing from the manifest
         ids, error = parse_spdx(data_file.license)
         if error:
             report.problems.append(f"{data_file.path}: license {data_file.license!r} {error}")

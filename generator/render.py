@@ -26,7 +26,7 @@ from typing import Any
 import copier
 
 from generator.errors import RenderError, TargetError
-from generator.resources import templates_dir
+from generator.template_repo import TemplateRef, ensure_template_repo
 from reference_llm.assets import corpus_path, manifest
 
 DATA_DIR = "data"
@@ -78,13 +78,18 @@ def preview_files(answers: dict[str, Any]) -> list[str]:
         return render_into(answers, Path(scratch))
 
 
-def render_into(answers: dict[str, Any], directory: Path) -> list[str]:
-    """Copier render plus the corpus, into an existing empty `directory`; returns the relative paths."""
+def render_into(answers: dict[str, Any], directory: Path, template: TemplateRef | None = None) -> list[str]:
+    """Copier render plus the corpus, into an existing empty `directory`; returns the relative paths.
+
+    The template is rendered from llmgen's versioned git copy of it (`generator.template_repo`; default:
+    the installed version's), so that the project records a stable _src_path and version for `llmgen update`.
+    """
+    template = template or ensure_template_repo()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Copier warns about things (e.g. a dirty checkout) we do not use
-            copier.run_copy(str(templates_dir()), directory, data=answers, defaults=True, unsafe=False,
-                            quiet=True, overwrite=True)
+            copier.run_copy(str(template.path), directory, vcs_ref=template.tag, data=answers, defaults=True,
+                            unsafe=False, quiet=True, overwrite=True)
     except (ValueError, copier.errors.CopierError) as exc:
         raise RenderError(f"template rendering failed: {' '.join(str(exc).split())}") from None
     add_corpus(directory / DATA_DIR)

@@ -98,24 +98,24 @@ def build_roadmap(track: Track, answers: Mapping[str, Any], hardware: Hardware) 
                                  f"{exercise.symbol} ({exercise.file}) belongs to; add the step")
     package = answers["package_name"]
     positions, width, height = layout(steps)
-    out_steps = []
+    out_steps, costs = [], []
     for number, step in enumerate(steps, start=1):
-        x, y, level = positions[step.id]
+        x, y = positions[step.id]
+        figures = step_estimate(step, model, answers, hardware, precision)
+        if not step.optional:
+            costs.append(figures)
         out_steps.append({
             "id": step.id, "number": number, "title": step.title, "summary": step.summary, "depth": step.depth,
             "optional": step.optional, "requires": list(step.requires),
-            "modules": list(step.modules), "code": [module_path(m) for m in step.modules],
+            "code": [module_path(m) for m in step.modules],
             "command": step.command_for(run_dir),
             "checkpoint_test": step.checkpoint_test,
             "compliance": list(step.compliance),
-            "estimate": step_estimate(step, model, answers, hardware, precision),
+            "estimate": {"kind": figures["kind"], "text": figures["text"]},
             "exercises": [{"file": f"src/{package}/{e.file}", "symbol": e.symbol, "task": e.task,
                            "tests": list(e.tests)} for e in EXERCISES if e.step == step.id],
-            "x": x, "y": y, "level": level,
+            "x": x, "y": y,
         })
-    # An edge into an optional step is drawn dashed (the loader guarantees no required step follows one).
-    edges = [{"from": dep, "to": step.id, "optional": step.optional} for step in steps for dep in step.requires]
-    required = [s["estimate"] for s in out_steps if not s["optional"] and s["estimate"]["kind"] != "none"]
     return {
         "track": track.name,
         "track_title": track.title,
@@ -126,14 +126,13 @@ def build_roadmap(track: Track, answers: Mapping[str, Any], hardware: Hardware) 
         "precision": precision,
         "parallelism": answers["parallelism"],
         "exercises": bool(answers["exercises"]),
-        "total": {"gpu_hours": sum(e["gpu_hours"] for e in required),
-                  "wall_hours": sum(e["wall_hours"] for e in required),
-                  "cost_usd": sum(e["cost_usd"] for e in required),
-                  "text": _totals_text(required, hardware)},
+        "total": _totals_text(costs, hardware),
+        "step_ids": [s["id"] for s in out_steps],  # templates test membership with `'x' in roadmap.step_ids`
         "steps": out_steps,
-        "edges": edges,
         "width": width,
         "height": height,
+        "node_width": NODE_WIDTH,
+        "node_height": NODE_HEIGHT,
     }
 
 
@@ -160,7 +159,7 @@ def step_estimate(step: Step, model: ModelConfig, answers: Mapping[str, Any], ha
     figures = {"kind": spec.kind, "tokens": tokens, "flops": est.flops_total * scale,
                "gpu_hours": est.gpu_hours * scale, "wall_hours": est.wall_hours * scale,
                "cost_usd": est.cost_usd * scale, "note": spec.note}
-    figures["text"] = _estimate_text(figures, est, hardware)
+    figures["text"] = _estimate_text(figures, est if spec.kind == "train" else None, hardware)
     return figures
 
 
@@ -174,24 +173,26 @@ def _estimator_precision(precision: str, hardware: Hardware) -> str:
     return "bf16"
 
 
-def _estimate_text(figures: dict[str, Any], est: Estimate, hardware: Hardware) -> str:
+def _estimate_text(figures: dict[str, Any], est: Estimate | None, hardware: Hardware) -> str:
+    """One line; `est` (training steps only) adds a warning when the run does not fit in memory."""
     what = "training" if figures["kind"] == "train" else "forward passes"
     hours = "CPU-hours" if hardware.is_cpu else "GPU-hours"
     cost = "no cost (your own machine)" if hardware.is_cpu else f"${figures['cost_usd']:,.2f}"
     text = (f"{si(figures['tokens'])} tokens of {what}: {figures['flops']:.2g} FLOPs, "
             f"{figures['gpu_hours']:.3g} {hours}, {duration(figures['wall_hours'])} on {hardware}, {cost}")
-    if not est.fits:
+    if est is not None and not est.fits:
         text += f" (does not fit in memory as configured: {est.memory_per_gpu_gib:.1f} GiB per device)"
     if figures["note"]:
         text += f"; {figures['note']}"
     return text
 
 
-def _totals_text(required: list[dict[str, Any]], hardware: Hardware) -> str:
-    gpu_hours = sum(e["gpu_hours"] for e in required)
-    wall = sum(e["wall_hours"] for e in required)
+def _totals_text(costs: list[dict[str, Any]], hardware: Hardware) -> str:
+    """The summed cost of the required steps, as one line."""
+    gpu_hours = sum(e["gpu_hours"] for e in costs)
+    wall = sum(e["wall_hours"] for e in costs)
     hours = "CPU-hours" if hardware.is_cpu else "GPU-hours"
-    cost = "no cost (your own machine)" if hardware.is_cpu else f"${sum(e['cost_usd'] for e in required):,.2f}"
+    cost = "no cost (your own machine)" if hardware.is_cpu else f"${sum(e['cost_usd'] for e in costs):,.2f}"
     return f"{gpu_hours:.3g} {hours}, {duration(wall)} on {hardware}, {cost}"
 
 
@@ -204,6 +205,8 @@ def si(x: float) -> str:
 
 
 def duration(hours: float) -> str:
+    if hours < 1 / 3600:
+        return "under 1 s"
     if hours < 1 / 60:
         return f"{hours * 3600:.0f} s"
     if hours < 1:
@@ -229,8 +232,8 @@ def module_path(module: str) -> str:
     raise TrackDataError(f"module {module} named by a track step does not exist in reference_llm")
 
 
-def layout(steps: list[Step]) -> tuple[dict[str, tuple[int, int, int]], int, int]:
-    """Top-left (x, y) and row of each step's box, and the canvas size. `steps` is in dependency order."""
+def layout(steps: list[Step]) -> tuple[dict[str, tuple[int, int]], int, int]:
+    """Top-left (x, y) of each step's box, and the canvas size. `steps` is in dependency order."""
     level: dict[str, int] = {}
     for step in steps:
         level[step.id] = 1 + max((level[d] for d in step.requires), default=-1)
@@ -245,6 +248,5 @@ def layout(steps: list[Step]) -> tuple[dict[str, tuple[int, int, int]], int, int
         row_width = len(ids) * NODE_WIDTH + (len(ids) - 1) * COLUMN_GAP
         left = (width - row_width) // 2  # centre each row
         for column, step_id in enumerate(ids):
-            positions[step_id] = (left + column * (NODE_WIDTH + COLUMN_GAP),
-                                  MARGIN + row * (NODE_HEIGHT + ROW_GAP), row)
+            positions[step_id] = (left + column * (NODE_WIDTH + COLUMN_GAP), MARGIN + row * (NODE_HEIGHT + ROW_GAP))
     return positions, width, height

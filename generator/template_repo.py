@@ -7,7 +7,7 @@ installed wheel are plain files, so llmgen materialises them into a cache folder
 repository with one commit per distinct template content, tagged with the llmgen version:
 
     ~/.cache/llmgen/templates/        ($LLMGEN_TEMPLATE_CACHE, else $XDG_CACHE_HOME/llmgen/templates)
-        .git/   tags v1.0.0, v1.1.0, ...   (v1.0.0+t<tree> for edited templates of an editable install)
+        .git/   tags v1.0.0, v1.1.0, ...   (v1.0.0+1, +2, ... for edited templates of an editable install)
         copier.yml  project/           the newest materialised version
 
 `llmgen new` renders from this repository at the installed version's tag, so every project points at
@@ -36,7 +36,8 @@ from generator.errors import LLMGenError
 from generator.resources import templates_dir
 
 CACHE_ENV = "LLMGEN_TEMPLATE_CACHE"
-_INDEX = "llmgen-index.json"  # inside .git: content hash -> tag, so an unchanged template costs no git call
+INDEX_FILE = "llmgen-index.json"  # in .git/: content hash -> tag (an unchanged template costs no git call);
+# its presence also marks a repository as llmgen's template cache
 _SKIP = {"__pycache__", ".git", ".DS_Store"}
 # Commits are made by llmgen, not by the user: fixed identity, no hooks, no signing.
 _GIT_ENV = {"GIT_AUTHOR_NAME": "llmgen", "GIT_AUTHOR_EMAIL": "llmgen@localhost",
@@ -104,7 +105,7 @@ def ensure_template_repo(version: str | None = None, source: Path | None = None,
     with _locked(repo):
         if not (repo / ".git").is_dir():
             _git(repo, "init", "--quiet")
-        index_path = repo / ".git" / _INDEX
+        index_path = repo / ".git" / INDEX_FILE
         index = json.loads(index_path.read_text()) if index_path.is_file() else {}
         key = f"{version} {content}"
         tag = index.get(key)
@@ -138,7 +139,8 @@ def _commit_version(repo: Path, source: Path, version: str) -> str:
     """Put `source` into the work tree, commit it if the content is new, and tag it for `version`.
 
     The same version with different content (templates edited in an editable install) gets the tag
-    v<version>+t<tree id>, a PEP 440 local version, so the released tag is never moved.
+    v<version>+<n>, a PEP 440 local version that sorts after the earlier ones (Copier refuses to update
+    to an older version), so the released tag is never moved.
     """
     for entry in repo.iterdir():
         if entry.name != ".git":
@@ -155,9 +157,8 @@ def _commit_version(repo: Path, source: Path, version: str) -> str:
     head = _git(repo, "rev-parse", "--verify", "--quiet", "HEAD", check=False)
     if not head or _git(repo, "rev-parse", "HEAD^{tree}") != tree:
         _git(repo, "commit", "--quiet", "--no-verify", "--no-gpg-sign", "-m", f"llmgen {version} template")
-    tag = f"v{version}"
-    if _has_tag(repo, tag):
-        tag = f"v{version}+t{tree[:10]}"
+    taken = _git(repo, "tag", "--list", f"v{version}", f"v{version}+*").split()
+    tag = f"v{version}+{len(taken)}" if taken else f"v{version}"
     _git(repo, "tag", tag)
     return tag
 

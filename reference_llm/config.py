@@ -125,7 +125,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML ({exc})") from None
     for item in overrides:
-        section, key, value = _parse_override(item)
+        section, key, value = parse_override(item)
         raw.setdefault(section, {})[key] = value
     return config_from_dict(raw)
 
@@ -135,20 +135,20 @@ def config_from_dict(raw: dict[str, Any]) -> RunConfig:
     if unknown:
         raise ConfigError(f"unknown config section(s): {', '.join(sorted(unknown))}; "
                           f"known: model, {', '.join(SECTIONS)}")
-    sections = {name: _build_section(name, cls, raw.get(name, {})) for name, cls in SECTIONS.items()}
+    sections = {name: build_section(name, cls, raw.get(name, {})) for name, cls in SECTIONS.items()}
     model_raw = dict(raw.get("model", {}))
     preset = model_raw.pop("preset", "demo")
     model_fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
     unknown_model = set(model_raw) - set(model_fields)
     if unknown_model:
         raise ConfigError(f"unknown key(s) in [model]: {', '.join(sorted(unknown_model))}")
-    model_values = {k: _coerce(f"model.{k}", v, model_fields[k].type) for k, v in model_raw.items()}
+    model_values = {k: coerce_value(f"model.{k}", v, model_fields[k].type) for k, v in model_raw.items()}
     config = RunConfig(model=ModelConfig.preset(preset, **model_values), **sections)
     _check(config)
     return config
 
 
-def _build_section(name: str, cls: type, values: Any) -> Any:
+def build_section(name: str, cls: type, values: Any) -> Any:
     if not isinstance(values, dict):
         raise ConfigError(f"[{name}] must be a table of keys, got {values!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -156,7 +156,7 @@ def _build_section(name: str, cls: type, values: Any) -> Any:
     if unknown:
         raise ConfigError(f"unknown key(s) in [{name}]: {', '.join(sorted(unknown))}; "
                           f"known: {', '.join(fields)}")
-    typed = {k: _coerce(f"{name}.{k}", v, fields[k].type) for k, v in values.items()}
+    typed = {k: coerce_value(f"{name}.{k}", v, fields[k].type) for k, v in values.items()}
     for key, value in typed.items():
         allowed = CHOICES.get(f"{name}.{key}")
         if allowed and value not in allowed:
@@ -164,7 +164,7 @@ def _build_section(name: str, cls: type, values: Any) -> Any:
     return cls(**typed)
 
 
-def _coerce(key: str, value: Any, annotation: Any) -> Any:
+def coerce_value(key: str, value: Any, annotation: Any) -> Any:
     """Check `value` against a dataclass field's annotation (a string under `from __future__`)."""
     expected = _resolve(annotation)
     if type(None) in expected and value is None:
@@ -191,7 +191,7 @@ def _resolve(annotation: Any) -> tuple[type, ...]:
     return (annotation,)
 
 
-def _parse_override(item: str) -> tuple[str, str, Any]:
+def parse_override(item: str) -> tuple[str, str, Any]:
     """`train.lr=3e-4` -> ("train", "lr", 0.0003). Values parse as TOML, falling back to a string."""
     key, sep, text = item.partition("=")
     section, dot, name = key.strip().partition(".")

@@ -1,9 +1,11 @@
 """Supervised fine-tuning (SFT) on conversations, and the run plumbing DPO shares with it.
 
-    python -m reference_llm.sft --config configs/sft.toml [section.key=value ...]
+    python -m reference_llm.sft --checkpoint runs/demo [--config configs/sft.toml] [section.key=value ...]
 
 A post-training config is a run config (reference_llm/config.py: [model], [data], [train], [eval],
-[checkpoint]) plus its own section and an optional [lora] section:
+[checkpoint]) plus its own section and an optional [lora] section. Every key is optional; the [train]
+defaults are `SFT_TRAIN_DEFAULTS` (shorter and gentler than pretraining's), and the output goes to
+`<init run dir>-sft` unless `checkpoint.dir` says otherwise.
 
     [sft]
     init = "runs/demo"     # pretrained checkpoint (run or step directory); "" = random init from [model]
@@ -61,7 +63,7 @@ import torch.nn as nn
 
 from reference_llm.chat import CHAT_TOKENS, add_chat_tokens, encode_chat
 from reference_llm.checkpoint import load_model, resolve_checkpoint, save_checkpoint
-from reference_llm.config import SECTIONS, RunConfig, _build_section, _coerce, _parse_override, config_from_dict
+from reference_llm.config import SECTIONS, RunConfig, build_section, coerce_value, parse_override, config_from_dict
 from reference_llm.distributed import build_engine
 from reference_llm.distributed.base import unique_state_dict
 from reference_llm.errors import CheckpointError, ConfigError, DataError, TokenizerError
@@ -197,7 +199,7 @@ def load_posttrain_config(path: str | Path | None, overrides: Sequence[str], sec
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML ({exc})") from None
     for item in overrides:
-        name, key, value = _parse_override(item)
+        name, key, value = parse_override(item)
         raw.setdefault(name, {})[key] = value
     if init is not None:
         raw.setdefault(section, {})["init"] = init
@@ -206,7 +208,7 @@ def load_posttrain_config(path: str | Path | None, overrides: Sequence[str], sec
     if unknown:
         raise ConfigError(f"unknown config section(s): {', '.join(sorted(unknown))}; "
                           f"known: {', '.join(sorted(known))}")
-    method = _build_section(section, method_class, raw.pop(section, {}))
+    method = build_section(section, method_class, raw.pop(section, {}))
     lora = _lora_section(raw.pop("lora")) if "lora" in raw else None
     raw["train"] = {**train_defaults, **raw.get("train", {})}
     if method.init:
@@ -233,12 +235,12 @@ def _lora_section(values: Any) -> LoRAConfig | None:
     if unknown:
         raise ConfigError(f"unknown key(s) in [lora]: {', '.join(sorted(unknown))}; "
                           f"known: enabled, {', '.join(fields)}")
-    if not _coerce("lora.enabled", values.pop("enabled", True), "bool"):
+    if not coerce_value("lora.enabled", values.pop("enabled", True), "bool"):
         return None
     targets = values.pop("targets", None)
     if targets is not None and (not isinstance(targets, list) or not all(isinstance(t, str) for t in targets)):
         raise ConfigError(f"lora.targets must be a list of layer-name patterns, got {targets!r}")
-    typed = {k: _coerce(f"lora.{k}", v, fields[k].type) for k, v in values.items()}
+    typed = {k: coerce_value(f"lora.{k}", v, fields[k].type) for k, v in values.items()}
     return LoRAConfig(**typed, **({"targets": tuple(targets)} if targets is not None else {}))
 
 
@@ -432,9 +434,11 @@ def train_sft(config_path: str | Path | None, overrides: Sequence[str] = (), ini
         return x[rows], y[rows]
 
     validate = None
-    val_examples, _ = encode_examples(val_convs, job.tokenizer)
-    if val_examples:
-        vx, vy = pack_examples(val_examples, seq_len, job.pad_id, pack=sft.pack)
+    try:
+        vx, vy = pack_examples(encode_examples(val_convs, job.tokenizer)[0], seq_len, job.pad_id, pack=sft.pack)
+    except DataError:  # no held-out conversation left with something to score: train without validation
+        job.note(f"no validation loss: data.val_fraction={run.data.val_fraction} left no usable conversation")
+    else:
         b = run.train.micro_batch
         val_batches = [(vx[i:i + b], vy[i:i + b]) for i in range(0, vx.shape[0], b)][:run.eval.iters]
 

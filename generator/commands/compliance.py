@@ -60,7 +60,9 @@ def _table(report: ComplianceReport) -> Table:
     for column in ("file", "licence", "sha256", "personal data"):
         table.add_column(column)
     for data_file in report.files:
-        if data_file.sha256_actual is None:
+        if not data_file.listed:
+            sha = "UNLISTED"
+        elif data_file.sha256_actual is None:
             sha = "missing"
         else:
             sha = "ok" if data_file.sha256_actual == data_file.sha256_expected else "MISMATCH"

@@ -68,7 +68,7 @@ def estimate(
     model: Annotated[Optional[str], typer.Option("--model", help="A reference_llm preset (default: demo).",
                                                  rich_help_panel=MODEL)] = None,
     params: Annotated[Optional[str], typer.Option("--params", help="Parameter count, e.g. 7B; picks a shape "
-                                                  "with d_model = 128 x layers.", rich_help_panel=MODEL)] = None,
+                                                  "with d_model 64-128 x layers.", rich_help_panel=MODEL)] = None,
     arch: Annotated[Optional[Arch], typer.Option("--arch", help="gpt2 or llama (default: the preset's; llama "
                                                  "for --params).", rich_help_panel=MODEL)] = None,
     layers: Annotated[Optional[int], typer.Option("--layers", rich_help_panel=MODEL)] = None,
@@ -132,9 +132,8 @@ def estimate(
     if budget_obj is not None:
         if model is not None or params is not None or tokens != "chinchilla":
             raise EstimateError("--budget chooses the model and tokens; leave out --model, --params and --tokens")
-        peak = hw.gpu.peak_tflops(precision.value) if budget_obj.hardware is None \
-            else budget_obj.hardware.gpu.peak_tflops(precision.value)
         gpu = (budget_obj.hardware or hw).gpu
+        peak = gpu.peak_tflops(precision.value)
         if peak is None:
             raise EstimateError(f"--precision {precision.value}: {gpu.name} has no fp8 tensor cores")
         budget_mfu = mfu if mfu is not None else formulas.default_mfu(gpu.mfu, precision.value, 1.0, 1, 1, None)[0]

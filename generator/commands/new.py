@@ -9,6 +9,7 @@ again; anything else (flags, files, piped answers) fails at once with exit code 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -32,7 +33,7 @@ GIVEN = (*ASKED, "exercises", "micro_batch", "grad_accum", "precision", "tokens"
 
 def new(
     name: Annotated[str, typer.Argument(help="Project name: its directory and, with - as _, its Python package.",
-                                        metavar="NAME", show_default=False)],
+                                        show_default=False)],
     directory: Annotated[Optional[Path], typer.Option("--dir", help="Directory to create (default: ./NAME).",
                                                       show_default=False)] = None,
     track: Annotated[Optional[str], typer.Option(help="beginner | practitioner | researcher.")] = None,
@@ -99,7 +100,7 @@ def gather(questions: dict[str, Question], flags: dict[str, Any], replay: dict[s
     """The given answers (see GIVEN), each validated; asks for what flags, file and --yes leave open."""
     tracks = load_tracks()
     given: dict[str, Any] = {}
-    context: dict[str, Any] = {}  # hardware-derived values the parallelism validator needs
+    context: dict[str, Any] = {}  # what later checks need from earlier answers (the parallelism validator's)
 
     def accept(name: str, value: Any) -> None:
         given[name] = check_given(name, value, questions, tracks, context)
@@ -143,9 +144,12 @@ def check_given(name: str, value: Any, questions: dict[str, Question], tracks: d
         if value not in tracks:
             raise AnswerError(f"--track must be one of {', '.join(tracks)}; got {value!r}")
     elif name == "budget":
-        parse_budget(str(value))
+        context["budget_in_dollars"] = parse_budget(str(value)).kind == "usd"
     elif name == "hardware":
         hw = parse_hardware(str(value))
+        if hw.is_cpu and context.get("budget_in_dollars"):  # caught here, not after the last question
+            raise AnswerError("--hardware cpu has no hourly price, so a budget in dollars buys nothing on it; "
+                              "give a GPU, or a time budget such as 'laptop' or 'cpu for 2 hours'")
         context.update(gpu=hw.gpu.name, nodes=hw.nodes, gpus_per_node=hw.gpus_per_node)
     elif name == "parallelism":
         if value not in PARALLELISMS:
@@ -187,7 +191,7 @@ class Prompter:
     def __init__(self) -> None:
         self.console = Console(stderr=True, highlight=False)
 
-    def ask(self, question: Question, default: Any, check: Any, missing: list[str]) -> Any:
+    def ask(self, question: Question, default: Any, check: Callable[[str], Any], missing: list[str]) -> Any:
         choices = f" ({' | '.join(map(str, self.choices(question)))})" if self.choices(question) else ""
         self.console.print(f"[dim]{escape(question.help)}[/dim]")
         while True:

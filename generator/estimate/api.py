@@ -175,7 +175,7 @@ def build_model(preset: str | None = None, params: float | None = None, arch: st
     else:
         base = ModelConfig.preset("demo")
     fields = base.to_dict()
-    if arch is not None and preset is not None and arch != base.arch:
+    if arch is not None and arch != base.arch:  # switch the family, keep the preset's sizes
         fields.update({k: v for k, v in ModelConfig.for_arch(arch).to_dict().items()
                        if k in ("norm", "position", "mlp", "bias", "tie_embeddings")})
     overrides = {"n_layer": layers, "d_model": d_model, "n_head": heads, "n_kv_head": kv_heads,

@@ -97,12 +97,15 @@ def nearest_preset(params: float, presets: dict[str, tuple[str, dict[str, Any]]]
     return min(configs, key=lambda c: abs(math.log(c.num_params() / params)))
 
 
-def plan_budget(budget: Budget, hardware: Hardware, mfu: float, peak_tflops: float,
+def plan_budget(budget: Budget, hardware: Hardware, mfu: float | None = None, peak_tflops: float | None = None,
                 price: float | None = None) -> BudgetPlan:
-    """Turn `budget` into compute on `hardware` at `mfu` of `peak_tflops`, then into N_opt and D_opt."""
+    """Turn `budget` into compute on `hardware` (a 'time' budget brings its own) at `mfu` of
+    `peak_tflops` (default: the hardware's bf16 peak and default MFU), then into N_opt and D_opt."""
     if budget.kind == "time":
         assert budget.hardware is not None
         hardware = budget.hardware
+    peak_tflops = hardware.gpu.bf16_tflops if peak_tflops is None else peak_tflops
+    mfu = hardware.gpu.mfu if mfu is None else mfu
     gpu_hours = budget.gpu_hours(hardware, price)
     flops = gpu_hours * 3600.0 * peak_tflops * 1e12 * mfu
     n_opt, d_opt = formulas.chinchilla_optimal(flops)

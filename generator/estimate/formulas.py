@@ -182,7 +182,8 @@ class ModelStates:
 
 def largest_module_params(config: ModelConfig) -> int:
     """Parameters of the largest single module (its own tensors, not its children's), the "largest layer"
-    DeepSpeed's ZeRO-3 estimator asks for (`stage3.model_to_params`). Usually the embedding or MLP in."""
+    DeepSpeed's ZeRO-3 estimator asks for (`stage3.model_to_params`): usually the token embedding, or the
+    MLP's input projection."""
     C, F_, V = config.d_model, config.ffn_hidden, config.vocab_size
     kv = config.n_kv_head * config.head_dim  # type: ignore[operator]
     b = 1 if config.bias else 0
@@ -293,7 +294,7 @@ def residual_bytes(strategy: str, precision: str) -> int:
     return 2
 
 
-def norm_bytes(config: ModelConfig, act_bytes: int, residual_bytes: int) -> float:
+def norm_bytes(config: ModelConfig, act_bytes: int, residual: int) -> float:
     """Bytes per token one pre-norm keeps, including the following linear's input.
 
     LayerNorm: its input (residual dtype) and its output (the linear's input, compute dtype).
@@ -302,8 +303,8 @@ def norm_bytes(config: ModelConfig, act_bytes: int, residual_bytes: int) -> floa
     """
     h = config.d_model
     if config.norm == "rmsnorm":
-        return (4 + residual_bytes + act_bytes) * h
-    return (residual_bytes + act_bytes) * h
+        return (4 + residual + act_bytes) * h
+    return (residual + act_bytes) * h
 
 
 def layer_activations(config: ModelConfig, seq_len: int, act_bytes: int = 2, flash: bool = True,

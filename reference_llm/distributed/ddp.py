@@ -28,6 +28,19 @@ from reference_llm.distributed.base import (
 from reference_llm.optim import OptimizerFactory
 
 
+class _ModelDDP(DistributedDataParallel):
+    """DDP whose attribute lookups fall through to the wrapped model (`engine.model.num_params()`), as
+    they do through DeepSpeed's engine and FSDP2's in-place wrapping, so the loop never unwraps."""
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "module":  # not set yet: still inside DDP's constructor
+                raise
+            return getattr(self.module, name)
+
+
 class DDPEngine(SingleDeviceEngine):
     """One device per process, gradients all-reduced by DDP. The optimizer step (`step`) is the
     single-device engine's: after DDP's averaging every rank sees the same gradient."""
@@ -36,7 +49,7 @@ class DDPEngine(SingleDeviceEngine):
         info = runtime.setup(run_config.distributed.strategy, run_config.train.device)
         self.rank, self.world_size, self.device = info.rank, info.world_size, info.device
         self.module = model.to(self.device)  # the unwrapped model: its names have no "module." prefix
-        self.model = DistributedDataParallel(
+        self.model = _ModelDDP(
             self.module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.optimizer = make_optimizer(self.module)
 

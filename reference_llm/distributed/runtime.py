@@ -126,9 +126,16 @@ def barrier() -> None:
 
 def shutdown() -> None:
     """Leave the process group on every rank: barrier first, so no rank tears down a group that
-    another is still using, then destroy it so no communication thread outlives the job."""
+    another is still using, then destroy it so no communication thread outlives the job.
+
+    Called from a `finally` while an exception propagates, it skips the barrier: the other ranks are
+    waiting in some other collective and would wait forever (gloo's timeout is 30 minutes).
+    Destroying the group instead breaks their connections, so they fail at once and the launcher
+    stops the job with this rank's error.
+    """
     if dist.is_initialized():
-        dist.barrier()
+        if sys.exc_info()[0] is None:
+            dist.barrier()
         dist.destroy_process_group()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -8,8 +8,9 @@ the same global batch see the same sequences in each step, and must compute the 
 floating-point summation order.
 
 Rank 0 writes a JSON report: the global mean training loss of each step, gradient norms, and the loss
-of the consolidated final weights on a fixed batch. `--save`/`--load` write and read a real
-checkpoint (reference_llm.checkpoint) so that resuming across strategies can be tested.
+of the consolidated final weights on a fixed batch. `--save DIR --save-at K` writes a real checkpoint
+(reference_llm.checkpoint) after step K, and `--load` resumes from one, so that resuming across
+strategies can be tested.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import torch.distributed as dist
 
 from reference_llm.checkpoint import load_checkpoint, save_checkpoint
 from reference_llm.config import RunConfig, config_from_dict
-from reference_llm.distributed import build_engine
+from reference_llm.distributed import Engine, build_engine
+from reference_llm.distributed.base import load_weights
 from reference_llm.model import Transformer
 from reference_llm.optim import optimizer_factory
 
@@ -59,7 +61,8 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--grad-clip", type=float, default=0.5)
     parser.add_argument("--ds-config", default="deepspeed.json", help="for zero1-3 (the test writes it)")
-    parser.add_argument("--save", help="write a checkpoint of the final state to this run directory")
+    parser.add_argument("--save", help="run directory to write a checkpoint into, after step --save-at")
+    parser.add_argument("--save-at", type=int, default=0, help="with --save: the step to checkpoint")
     parser.add_argument("--load", help="resume from this checkpoint before training")
     parser.add_argument("--weights-only", action="store_true", help="with --load: start a fresh optimizer")
     parser.add_argument("--out", required=True, help="JSON report written by rank 0")
@@ -92,25 +95,30 @@ def main() -> int:
             dist.all_reduce(total)
             total /= world
         losses.append(total.item())
+        if args.save and step + 1 == args.save_at:
+            save(engine, cfg, args.save, step + 1)
 
-    weights = engine.full_state_dict()
-    opt_state = engine.optimizer_state()
+    weights = engine.full_state_dict()  # collective: every rank takes part, rank 0 uses the result
     if rank == 0:
         final = Transformer(cfg.model)
-        final.load_state_dict(weights, strict=False)  # a tied head comes back through the tie itself
+        load_weights(final, weights)
         x, y = batch_for_step(999, 8, cfg.model.vocab_size)
         with torch.no_grad():
             eval_loss = final(x, y)[1].item()
-        if args.save:
-            save_checkpoint(args.save, args.first_step + args.steps, weights, opt_state,
-                            {"step": args.first_step + args.steps, "config": cfg.to_dict()}, tokenizer=None)
         report = {"strategy": args.strategy, "world_size": world, "losses": losses, "grad_norms": norms,
-                  "eval_loss": eval_loss, "weight_names": sorted(weights),
-                  "optimizer_names": sorted(opt_state["state"])}
+                  "eval_loss": eval_loss, "weight_names": sorted(weights)}
         Path(args.out).write_text(json.dumps(report))
     engine.barrier()
     engine.shutdown()
     return 0
+
+
+def save(engine: Engine, cfg: RunConfig, run_dir: str, step: int) -> None:
+    """A real checkpoint (reference_llm.checkpoint), as the training loop writes it: rank 0 writes."""
+    weights, opt_state = engine.full_state_dict(), engine.optimizer_state()
+    if engine.is_main:
+        save_checkpoint(run_dir, step, weights, opt_state, {"step": step, "config": cfg.to_dict()}, tokenizer=None)
+    engine.barrier()
 
 
 if __name__ == "__main__":

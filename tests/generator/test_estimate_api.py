@@ -128,8 +128,10 @@ def test_inference_memory_includes_kv_cache():
 
 @pytest.mark.parametrize("kwargs, flag", [
     (dict(tp=16), "--tp"), (dict(tp=3), "--tp"), (dict(pp=0), "--pp"), (dict(parallelism="zero4"), "--parallelism"),
-    (dict(parallelism="ddp", offload="optimizer"), "--offload"), (dict(parallelism="zero2", offload="params"), "--offload"),
-    (dict(precision="fp16"), "--precision"), (dict(micro_batch=0), "--micro-batch"), (dict(seq_len=100000), "--seq-len"),
+    (dict(parallelism="ddp", offload="optimizer"), "--offload"),
+    (dict(parallelism="zero2", offload="params"), "--offload"),
+    (dict(precision="fp16"), "--precision"), (dict(micro_batch=0), "--micro-batch"),
+    (dict(seq_len=100000), "--seq-len"),
     (dict(activation_checkpointing="some"), "--activation-checkpointing"), (dict(mfu=1.5), "--mfu"),
     (dict(price=-1.0), "--price"), (dict(parallelism="single"), "--parallelism"),
 ])
@@ -155,10 +157,12 @@ def test_build_model():
     shaped = build_model(params=7e9)
     assert abs(shaped.num_params() / 7e9 - 1) < 0.05
     custom = build_model(layers=4, d_model=256, heads=4, kv_heads=2, vocab=1000, seq_len=128, tied=True)
-    assert (custom.n_layer, custom.d_model, custom.n_kv_head, custom.vocab_size, custom.block_size) == (4, 256, 2, 1000, 128)
+    shape = (custom.n_layer, custom.d_model, custom.n_kv_head, custom.vocab_size, custom.block_size)
+    assert shape == (4, 256, 2, 1000, 128)
     assert custom.tie_embeddings
     gpt = build_model(preset="llama-7b", arch="gpt2")
-    assert gpt.arch == "gpt2"
+    assert gpt.arch == "gpt2" and gpt.d_model == 4096
+    assert build_model(arch="gpt2", layers=2).arch == "gpt2"
 
 
 @pytest.mark.parametrize("kwargs, flag", [
@@ -193,3 +197,9 @@ def test_time_budget_brings_its_own_hardware_and_laptop_is_small():
     small = plan_budget(laptop, laptop.hardware, mfu=0.35, peak_tflops=0.5)
     assert small.params < 10e6 and small.cost_usd == 0
     assert any("10 minutes" in note for note in small.notes)
+
+
+def test_budget_plan_defaults_to_the_hardwares_peak_and_mfu():
+    hw = parse_hardware("8xA100")
+    plan = plan_budget(parse_budget("1000 gpu-hours"), hw)
+    assert plan.flops == pytest.approx(1000 * 3600 * 312e12 * 0.45)

@@ -138,3 +138,12 @@ def test_unknown_gpu_suggests_closest_name():
 def test_choice_flags_reject_unknown_values():
     result = run("--parallelism", "zero4")
     assert result.exit_code == 2  # typer/click's own usage error, also exit 2
+
+
+def test_registered_in_the_real_llmgen_app():
+    from generator.cli import app
+
+    ok = CliRunner().invoke(app, ["estimate", "--model", "tiny", "--tokens", "1M", "--json"])
+    assert ok.exit_code == 0 and json.loads(ok.stdout)["model"] == "tiny"
+    bad = CliRunner().invoke(app, ["estimate", "--hardware", "8xH10"])
+    assert bad.exit_code == 2 and bad.stderr.startswith("error: --hardware")

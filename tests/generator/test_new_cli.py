@@ -197,7 +197,7 @@ BAD = {
     "unparseable hardware": (["x", "--yes", "--hardware", "lots of GPUs"], "--hardware 'lots of GPUs' not understood"),
     "unknown parallelism": (["x", "--yes", "--parallelism", "tensor"], "--parallelism must be one of auto, single"),
     "unparseable budget": (["x", "--yes", "--budget", "a lot"], "--budget 'a lot' not understood"),
-    "dollars on cpu": (["x", "--yes", "--budget", "$500"], "--budget '$500' is in dollars"),
+    "dollars on cpu": (["x", "--yes", "--budget", "$500"], "--hardware cpu has no hourly price"),
     "zero3 on cpu": (["x", "--yes", "--parallelism", "zero3"], "--parallelism: zero3 needs several processes or GPUs"),
     "single on a node": (["x", "--yes", "--hardware", "8xH100", "--parallelism", "single"],
                          "--parallelism: single runs on one device"),
@@ -208,7 +208,7 @@ BAD = {
     "bad tokens": (["x", "--yes", "--tokens", "many"], "--tokens 'many' is not a number"),
     "missing answers file": (["x", "--answers", "nope.yml"], "--answers nope.yml: cannot read"),
     "unknown flag": (["x", "--yes", "--colour"], "No such option: --colour"),
-    "missing name": ([], "Missing argument 'NAME'"),
+    "missing name": ([], "Missing argument 'name'"),
     "no input": (["x"], "no answer for --track, --budget, --hardware, --parallelism, --model-preset"),
     "bad piped answer": (["x", "--track", "beginner"], "--budget 'plenty' not understood"),
 }

@@ -142,6 +142,16 @@ def test_fine_tunes_a_checkpoint_with_lora_and_grows_the_vocabulary(tmp_path, ba
                                     "--max-new-tokens", "5", "--seed", "0"]) == 0
 
 
+def test_checkpoint_flag_needs_no_config_and_writes_next_to_the_init_run(tmp_path, base_checkpoint, capsys):
+    args = ["--checkpoint", str(tmp_path / "base"), "train.max_steps=1", "train.micro_batch=2", "sft.max_examples=40"]
+    assert run_main(main, args) == 0
+    _, tokenizer, config = load_model(tmp_path / "base-sft")
+    assert config.train.max_steps == 1 and config.train.lr == 3e-4  # SFT's defaults, not pretraining's
+    assert run_main(main, args + [f"checkpoint.dir={json.dumps(str(tmp_path / 'base'))}"]) == 2
+    assert "would delete the ones you start from" in capsys.readouterr().err
+    assert run_main(main, []) == 2
+
+
 @pytest.mark.parametrize("extra, message", [
     ('[model]\npreset = "tiny-gpt2"', "error: sft.init="),  # the preset's norm/position/mlp differ
     ("[model]\nd_model = 96", "model.d_model=64 but the config's [model] gives 96"),

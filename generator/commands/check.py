@@ -1,0 +1,257 @@
+"""`llmgen check`: pre-flight checks inside a generated project, before anything is launched.
+
+A cluster job that fails after queueing for hours on a batch-size typo is expensive. This reads what
+the launch would read (configs/train.toml, configs/deepspeed.json, the WORLD_SIZE a launcher sets) and
+what the project was generated for (.copier-answers.yml: nodes, GPUs per node, GPU model), and checks
+that they agree: world size, strategy, batch sizes, the DeepSpeed config, sequence length, memory per
+device (`generator.estimate.estimate_run`) and whether DeepSpeed is installed where it is needed.
+Prints a table, or one JSON document with `--json`; exits 2 when any check fails.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from generator.errors import LLMGenError
+from generator.estimate import estimate_run, parse_hardware
+from generator.estimate.hardware import Hardware
+from generator.plan import resolve_precision
+from reference_llm.config import RunConfig, load_config
+from reference_llm.distributed import ds_config
+from reference_llm.errors import ReferenceLLMError
+from reference_llm.perf import cpu_has_native_bf16
+
+ANSWERS = ".copier-answers.yml"
+TRAIN_CONFIG = "configs/train.toml"
+OK, WARN, FAIL = "ok", "warn", "fail"
+
+
+@dataclass
+class Check:
+    name: str
+    status: str  # ok | warn | fail
+    message: str
+
+
+@dataclass
+class Project:
+    """What the launch will read, and what the project was generated for."""
+
+    root: Path
+    answers: dict[str, Any]
+    config: RunConfig
+    hardware: Hardware
+    world_size: int  # WORLD_SIZE from the environment when set, else nodes x GPUs per node
+
+    @property
+    def planned_world(self) -> int:
+        return self.hardware.n_gpus
+
+
+def check(
+    overrides: Annotated[Optional[list[str]], typer.Argument(
+        metavar="[section.key=value]...", help="The config overrides you will launch with.",
+        show_default=False)] = None,
+    directory: Annotated[Path, typer.Option("--dir", help="The generated project (default: here).")] = Path("."),
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout, nothing else.")] = False,
+) -> None:
+    """Check, before launching, that world size, batch sizes, DeepSpeed config and memory agree."""
+    project, checks = load_project(directory, overrides or [])
+    if project is not None:
+        checks += run_checks(project)
+    failed = any(c.status == FAIL for c in checks)
+    if as_json:
+        typer.echo(json.dumps({"ok": not failed, "world_size": project.world_size if project else None,
+                               "checks": [c.__dict__ for c in checks]}, indent=2))
+    else:
+        print_checks(checks, project)
+    if failed:
+        raise typer.Exit(2)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `check` to the `llmgen` Typer app."""
+    app.command("check")(check)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading the project
+# ----------------------------------------------------------------------------------------------------
+
+
+def load_project(directory: Path, overrides: list[str]) -> tuple[Project | None, list[Check]]:
+    """The project, or None with the failed checks that say why it could not be read."""
+    answers_path, config_path = directory / ANSWERS, directory / TRAIN_CONFIG
+    if not answers_path.is_file() or not config_path.is_file():
+        missing = answers_path if not answers_path.is_file() else config_path
+        raise LLMGenError(f"{missing} not found: run llmgen check inside a generated project, or pass --dir")
+    checks: list[Check] = []
+    try:
+        answers = yaml.safe_load(answers_path.read_text(encoding="utf-8"))
+        if not isinstance(answers, dict):
+            raise ValueError("not a mapping")
+        hardware = parse_hardware(str(answers["hardware"]), cpu_tflops=_MEMORY_ONLY_TFLOPS)
+    except (yaml.YAMLError, ValueError, KeyError, LLMGenError) as exc:
+        checks.append(Check("answers", FAIL, f"{answers_path} is unreadable ({exc}); regenerate with llmgen update"))
+        return None, checks
+    try:
+        config = load_config(config_path, overrides)
+    except ReferenceLLMError as exc:
+        # Includes train.seq_len > model.block_size: load_config refuses it.
+        checks.append(Check("train config", FAIL, str(exc)))
+        return None, checks
+    checks.append(Check("train config", OK, f"{config_path} loads: {config.model.name}, "
+                        f"strategy {config.distributed.strategy}"))
+    env_world = os.environ.get("WORLD_SIZE")
+    try:
+        world = int(env_world) if env_world is not None else hardware.n_gpus
+    except ValueError:
+        checks.append(Check("world size", FAIL, f"WORLD_SIZE={env_world!r} is not an integer"))
+        return None, checks
+    return Project(directory, answers, config, hardware, world), checks
+
+
+# The memory check never uses the CPU's matmul peak, so it is not measured (that takes seconds).
+_MEMORY_ONLY_TFLOPS = 1.0
+
+
+# ----------------------------------------------------------------------------------------------------
+# The checks
+# ----------------------------------------------------------------------------------------------------
+
+
+def run_checks(p: Project) -> list[Check]:
+    return [check_world_size(p), check_strategy(p), check_batch(p), check_sequence(p), *check_deepspeed(p),
+            check_memory(p)]
+
+
+def check_world_size(p: Project) -> Check:
+    hw, strategy = p.hardware, p.config.distributed.strategy
+    plan = f"{hw.nodes} node{'s' if hw.nodes > 1 else ''} x {hw.gpus_per_node} = {hw.n_gpus}"
+    if p.world_size != hw.n_gpus:
+        return Check("world size", FAIL, f"WORLD_SIZE={p.world_size} but the project is planned for {plan} "
+                     f"processes ({ANSWERS}); launch {hw.n_gpus} processes or regenerate for this hardware")
+    if strategy == "single" and p.world_size > 1:
+        return Check("world size", FAIL, f"distributed.strategy=single runs one process, but the world size is "
+                     f"{p.world_size}; use ddp, fsdp or zero1-3")
+    source = "WORLD_SIZE" if "WORLD_SIZE" in os.environ else ANSWERS
+    return Check("world size", OK, f"{p.world_size} process{'es' if p.world_size > 1 else ''} ({plan}, from {source})")
+
+
+def check_strategy(p: Project) -> Check:
+    strategy, planned = p.config.distributed.strategy, p.answers.get("parallelism")
+    if strategy in ds_config.STAGES and importlib.util.find_spec("deepspeed") is None:
+        return Check("strategy", FAIL, f"distributed.strategy={strategy} needs DeepSpeed, which is not installed: "
+                     f"pip install 'llmgen[deepspeed]'")
+    if planned and strategy != planned:
+        return Check("strategy", WARN, f"{strategy} in {TRAIN_CONFIG}, but the project was generated for "
+                     f"{planned} (its scripts and estimates assume {planned})")
+    return Check("strategy", OK, strategy + (" (DeepSpeed installed)" if strategy in ds_config.STAGES else ""))
+
+
+def check_batch(p: Project) -> Check:
+    t = p.config.train
+    per_step = t.micro_batch * t.grad_accum * p.world_size
+    text = (f"{t.micro_batch} x {t.grad_accum} accumulation x {p.world_size} = {per_step} sequences, "
+            f"{per_step * p.config.seq_len:,} tokens per step")
+    planned = {k: p.answers.get(k) for k in ("micro_batch", "grad_accum")}
+    differ = [f"{k}={getattr(t, k)} (generated with {v})" for k, v in planned.items()
+              if v is not None and getattr(t, k) != v]
+    if differ:
+        return Check("batch", WARN, f"{text}; {', '.join(differ)}: the plan's token count and time assume the latter")
+    return Check("batch", OK, text)
+
+
+def check_sequence(p: Project) -> Check:
+    # load_config already refused seq_len > block_size; this row shows what the run will use.
+    return Check("sequence", OK, f"seq_len {p.config.seq_len} <= block_size {p.config.model.block_size}")
+
+
+def expected_bf16(p: Project) -> bool | None:
+    """Whether training runs in bf16 on the target devices (what train.dtype "auto" will pick there)."""
+    dtype = p.config.train.dtype
+    if dtype != "auto":
+        return dtype == "bfloat16"
+    if p.hardware.is_cpu:
+        return cpu_has_native_bf16()
+    return resolve_precision("auto", p.hardware) == "bf16"
+
+
+def check_deepspeed(p: Project) -> list[Check]:
+    path = p.root / p.config.distributed.deepspeed_config
+    if p.config.distributed.strategy not in ds_config.STAGES:
+        if path.is_file():
+            return [Check("deepspeed config", WARN, f"{path.name} is ignored: distributed.strategy="
+                          f"{p.config.distributed.strategy} does not use DeepSpeed")]
+        return []
+    try:
+        ds = ds_config.load(path)
+    except ReferenceLLMError as exc:
+        return [Check("deepspeed config", FAIL, str(exc))]
+    problems = ds_config.disagreements(ds, p.config, p.world_size, expected_bf16(p), name=path.name)
+    if problems:
+        return [Check("deepspeed config", FAIL, problem) for problem in problems]
+    full = ds_config.complete(ds, p.config, p.world_size)
+    return [Check("deepspeed config", OK, f"{path.name}: stage {ds['zero_optimization']['stage']}, "
+                  f"train_batch_size {full['train_batch_size']} = {full['train_micro_batch_size_per_gpu']} x "
+                  f"{full['gradient_accumulation_steps']} x {p.world_size}")]
+
+
+def check_memory(p: Project) -> Check:
+    cfg, t = p.config, p.config.train
+    bf16 = expected_bf16(p)
+    precision = "bf16" if bf16 or bf16 is None else "fp32"
+    offload = None if cfg.distributed.offload == "none" else cfg.distributed.offload
+    tokens = float(t.max_steps * t.micro_batch * t.grad_accum * cfg.seq_len * p.planned_world)
+    try:
+        est = estimate_run(cfg.model, tokens, p.hardware, parallelism=cfg.distributed.strategy,
+                           micro_batch=t.micro_batch, seq_len=cfg.seq_len, grad_accum=t.grad_accum,
+                           offload=offload, precision=precision)
+    except (LLMGenError, ReferenceLLMError) as exc:
+        return Check("memory", FAIL, f"cannot estimate: {exc}")
+    device = "of RAM" if p.hardware.is_cpu else f"per {p.hardware.gpu.name}"
+    text = f"{est.memory_per_gpu_gib:.1f} GiB needed {device}, {est.memory_usable_gib:.1f} GiB usable ({precision})"
+    if est.fits:
+        return Check("memory", OK, text)
+    hint = f"; try: {est.suggestions[0]}" if est.suggestions else ""
+    return Check("memory", FAIL, f"does not fit: {text}{hint}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Output
+# ----------------------------------------------------------------------------------------------------
+
+_STYLE = {OK: "green", WARN: "yellow", FAIL: "bold red"}
+
+
+def print_checks(checks: list[Check], project: Project | None) -> None:
+    console = Console(highlight=False)
+    table = Table(show_edge=False, pad_edge=False, box=None, padding=(0, 2))
+    for column in ("check", "status", "detail"):
+        table.add_column(column)
+    for c in checks:
+        table.add_row(c.name, f"[{_STYLE[c.status]}]{c.status}[/]", c.message)
+    console.print(table)
+    failed = sum(c.status == FAIL for c in checks)
+    if failed:
+        console.print(f"[bold red]{failed} check{'s' if failed > 1 else ''} failed[/]: fix them before launching")
+    elif project is not None:
+        console.print(f"ready: {launch_command(project)}")
+
+
+def launch_command(p: Project) -> str:
+    if p.config.distributed.strategy == "single":
+        return "bash scripts/train.sh"
+    if p.hardware.nodes > 1:
+        return "sbatch scripts/slurm.sbatch (or scripts/train_torchrun.sh on every node)"
+    return "bash scripts/train_torchrun.sh"
