@@ -33,6 +33,7 @@ FLAGS = {
 }
 
 _TYPES: dict[str, type] = {"str": str, "int": int, "float": float, "bool": bool}
+_KIND = {"str": "a string", "int": "an integer", "float": "a number", "bool": "yes or no", "yaml": "YAML data"}
 _TRUE, _FALSE = ("y", "yes", "true", "1", "on"), ("n", "no", "false", "0", "off")
 
 
@@ -53,8 +54,6 @@ class Question:
         """A typed answer from what a user typed; raises AnswerError naming the flag."""
         text = text.strip()
         try:
-            if self.type == "yaml":
-                return yaml.safe_load(text)
             if self.type == "bool":
                 if text.lower() in _TRUE:
                     return True
@@ -62,16 +61,13 @@ class Question:
                     return False
                 raise ValueError
             return _TYPES[self.type](text)
-        except (ValueError, yaml.YAMLError):
-            kind = "yes or no" if self.type == "bool" else f"a {self.type}"
-            raise AnswerError(f"{self.flag} must be {kind}; got {text!r}") from None
+        except ValueError:
+            raise AnswerError(f"{self.flag} must be {_KIND[self.type]}; got {text!r}") from None
 
     def check(self, value: Any, answers: dict[str, Any]) -> str | None:
         """Why `value` is not a valid answer given the earlier `answers`, or None when it is."""
-        expected = _TYPES.get(self.type, object)  # yaml: any structure
-        if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
-            if not (expected is float and isinstance(value, int) and not isinstance(value, bool)):
-                return f"must be {'true or false' if expected is bool else 'a ' + self.type}; got {value!r}"
+        if not _has_type(value, self.type):
+            return f"must be {_KIND[self.type]}; got {value!r}"
         if self.choices and value not in self.choices:
             return f"must be one of {', '.join(map(str, self.choices))}; got {value!r}"
         if not self.validator:
@@ -87,6 +83,14 @@ class Question:
         if isinstance(self.default, str) and "{{" in self.default:
             return self.parse(_jinja().from_string(self.default).render(answers))
         return self.default
+
+
+def _has_type(value: Any, type_name: str) -> bool:
+    if type_name == "yaml":  # any structure
+        return True
+    if isinstance(value, bool):  # a bool is an int to Python, but not an answer to an int question
+        return type_name == "bool"
+    return isinstance(value, _TYPES[type_name]) or (type_name == "float" and isinstance(value, int))
 
 
 def validate(question: Question, value: Any, answers: dict[str, Any]) -> Any:

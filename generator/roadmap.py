@@ -33,7 +33,7 @@ from generator.tracks import Step, Track, load_tracks
 from reference_llm.model import ModelConfig
 
 # Graph layout, in SVG user units.
-NODE_WIDTH, NODE_HEIGHT = 184, 44
+NODE_WIDTH, NODE_HEIGHT = 210, 44
 COLUMN_GAP, ROW_GAP, MARGIN = 24, 44, 16
 
 
@@ -55,7 +55,8 @@ _GENERATE_TESTS = "tests/checkpoints/test_generate.py"
 
 EXERCISES: tuple[Exercise, ...] = (
     Exercise("tokenizer", "bpe.py", "train_merges", "the BPE merge loop",
-             (f"{_TOKENIZER_TESTS}::test_bpe_merges_on_toy_text", f"{_TOKENIZER_TESTS}::test_bpe_compresses_held_out_text")),
+             (f"{_TOKENIZER_TESTS}::test_bpe_merges_on_toy_text",
+              f"{_TOKENIZER_TESTS}::test_bpe_compresses_held_out_text")),
     Exercise("model", "attention.py", "causal_attention", "causal self-attention",
              (f"{_MODEL_TESTS}::test_causal_attention_matches_reference",)),
     Exercise("model", "block.py", "Block.forward", "the transformer block",

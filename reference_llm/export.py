@@ -220,7 +220,7 @@ def _tokenizer_config(tokenizer, config: ModelConfig) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------------
 
 
-def import_hf(path: str | Path, with_tokenizer: bool = True):
+def import_hf(path: str | Path, with_tokenizer: bool = True) -> tuple[Transformer, Any]:
     """(Transformer, Tokenizer or None) from a `GPT2LMHeadModel` / `LlamaForCausalLM` directory with
     config.json and safetensors weights (pickle files such as pytorch_model.bin are never read)."""
     directory = Path(path)

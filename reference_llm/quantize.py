@@ -30,6 +30,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -152,7 +153,7 @@ def save_quantized(model: Transformer, out_dir: str | Path, tokenizer=None) -> P
     return path
 
 
-def load_quantized(path: str | Path, device: str | torch.device = "cpu"):
+def load_quantized(path: str | Path, device: str | torch.device = "cpu") -> tuple[Transformer, Any]:
     """(model, tokenizer or None) from a directory written by `save_quantized`."""
     directory = Path(path)
     weights_path = directory / MODEL_FILE

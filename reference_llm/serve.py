@@ -104,8 +104,7 @@ def _field(body: dict[str, Any], key: str, types: tuple[type, ...], default: Any
     return value
 
 
-def validate(body: dict[str, Any], allowed: tuple[str, ...], model_name: str, limits: ServeLimits,
-             block_size: int) -> dict[str, Any]:
+def validate(body: dict[str, Any], allowed: tuple[str, ...], model_name: str, limits: ServeLimits) -> dict[str, Any]:
     """Check the fields every endpoint shares; returns them with defaults filled in."""
     unknown = sorted(set(body) - set(allowed))
     if unknown:
@@ -188,7 +187,8 @@ class Generator:
             generate(self.model, [req.prompt_ids], req.max_tokens, temperature=req.temperature, top_k=req.top_k,
                      top_p=req.top_p, stop_ids=req.stop_ids, on_token=on_token, seed=req.seed)
         stream.close()
-        full = state["tokens"] >= req.max_tokens or len(req.prompt_ids) + state["tokens"] >= self.model.config.block_size
+        used = len(req.prompt_ids) + state["tokens"]
+        full = state["tokens"] >= req.max_tokens or used >= self.model.config.block_size
         return stream.text, state["tokens"], "length" if full and not state["stopped"] else "stop"
 
 
@@ -262,7 +262,7 @@ def create_app(model, tokenizer, model_name: str, limits: ServeLimits | None = N
     @app.post("/v1/completions")
     async def completions(request: fastapi.Request):
         body = await read_body(request)
-        opts = validate(body, COMPLETION_FIELDS, model_name, limits, block_size)
+        opts = validate(body, COMPLETION_FIELDS, model_name, limits)
         if "prompt" not in body:
             raise APIError(400, "'prompt' is required", param="prompt")
         prompt = body["prompt"]
@@ -296,7 +296,7 @@ def create_app(model, tokenizer, model_name: str, limits: ServeLimits | None = N
                 raise APIError(400, "give either 'max_tokens' or 'max_completion_tokens', not both",
                                param="max_completion_tokens")
             body["max_tokens"] = body.pop("max_completion_tokens")
-        opts = validate(body, CHAT_FIELDS, model_name, limits, block_size)
+        opts = validate(body, CHAT_FIELDS, model_name, limits)
         if "messages" not in body:
             raise APIError(400, "'messages' is required", param="messages")
         from reference_llm.chat import chat_token_ids, encode_prompt

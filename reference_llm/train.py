@@ -192,21 +192,19 @@ class Trainer:
         """Train to `train.max_steps` (or to step `until`, to train in stages), stopping early when
         `train.max_minutes` of training time is used up. Ends with an evaluation and a checkpoint.
         Returns the last logged metrics."""
-        cfg = self.config
-        t, main = cfg.train, self.engine.is_main
+        cfg, t = self.config, self.config.train
         target = min(until if until is not None else t.max_steps, t.max_steps)
         budget = t.max_minutes * 60 if t.max_minutes > 0 else math.inf
         # A fresh run starts a new metrics file; a resumed or staged one keeps the records up to now.
-        metrics_file = MetricsFile(self.run_dir / t.metrics_file,
-                                   keep_through_step=self.step if self.step else None) if main else None
-        display = ProgressDisplay(target, start_step=self.step, enabled=main)
-        peak = matmul_peak(self.dtype, self.device)
-        if main:
-            display.note(f"model: {cfg.model.name}, {self.engine.model.num_params() / 1e6:.2f}M params, "
-                         f"vocab {cfg.model.vocab_size}; {self.device.type} {str(self.dtype).removeprefix('torch.')}, "
-                         f"{self.tokens_per_step:,} tokens/step, strategy {cfg.distributed.strategy}")
+        metrics_file = MetricsFile(self.run_dir / t.metrics_file, keep_through_step=self.step or None) \
+            if self.engine.is_main else None
+        display = ProgressDisplay(target, start_step=self.step, enabled=self.engine.is_main)
+        peak = matmul_peak(self.dtype, self.device) * self.engine.world_size
+        display.note(f"model: {cfg.model.name}, {self.engine.model.num_params() / 1e6:.2f}M params, vocab "
+                     f"{cfg.model.vocab_size}; {self.device.type} {str(self.dtype).removeprefix('torch.')}, "
+                     f"{self.tokens_per_step:,} tokens/step, strategy {cfg.distributed.strategy}")
         last: dict[str, Any] = {"step": self.step}
-        window_start, window_steps = time.perf_counter(), 0
+        window = _Window()  # steps and wall time since the last log line, for tokens/s
         self.engine.model.train()
         try:
             while self.step < target and self.elapsed < budget:
@@ -216,29 +214,29 @@ class Trainer:
                 loss, grad_norm = train_step(self.engine, micro, t.grad_accum, lr, t.grad_clip, self.dtype,
                                              forward=self.forward)
                 self.step += 1
-                window_steps += 1
-                log_now = self.step % t.log_interval == 0 or self.step == target
-                loss_value = loss.item() if log_now else None  # the one host sync per logged step
+                window.steps += 1
                 self.elapsed += time.perf_counter() - step_start
-                if loss_value is not None:
-                    now = time.perf_counter()
-                    tokens_per_s = self.tokens_per_step * window_steps / (now - window_start)
-                    last = {"step": self.step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
-                            "tokens_per_s": tokens_per_s,
-                            "mfu": mfu(tokens_per_s, self.flops_per_token, peak * self.engine.world_size),
+                finishing = self.step >= target or self.elapsed >= budget
+                if finishing or self.step % t.log_interval == 0:
+                    tokens_per_s = self.tokens_per_step * window.steps / window.seconds()
+                    last = {"step": self.step, "loss": loss.item(), "lr": lr, "grad_norm": grad_norm,
+                            "tokens_per_s": tokens_per_s, "mfu": mfu(tokens_per_s, self.flops_per_token, peak),
                             "tokens": self.step * self.tokens_per_step, "elapsed_s": self.elapsed}
-                    seconds_left = min((target - self.step) * (now - window_start) / window_steps,
-                                       budget - self.elapsed)
-                    if main:
-                        metrics_file.write(last)  # type: ignore[union-attr]
-                        display.update(self.step, last, seconds_left)
-                    window_start, window_steps = time.perf_counter(), 0
-                if self.step >= target or self.elapsed >= budget:
+                    if metrics_file is not None:
+                        metrics_file.write(last)
+                    seconds_left = min((target - self.step) * window.seconds() / window.steps, budget - self.elapsed)
+                    display.update(self.step, last, seconds_left)
+                    window = _Window()
+                if finishing:
                     break  # the final evaluation and checkpoint follow
-                if cfg.eval.interval and self.step % cfg.eval.interval == 0:
+                evaluating = cfg.eval.interval and self.step % cfg.eval.interval == 0
+                saving = cfg.checkpoint.interval and self.step % cfg.checkpoint.interval == 0
+                if evaluating:
                     self._log_eval(last, metrics_file, display)
-                if cfg.checkpoint.interval and self.step % cfg.checkpoint.interval == 0:
+                if saving:
                     self._save_and_note(last, display)
+                if evaluating or saving:  # keep their time out of the next tokens/s figure
+                    window = _Window()
             self._log_eval(last, metrics_file, display)
             if self.step != self.last_saved_step:
                 self._save_and_note(last, display)
@@ -260,6 +258,16 @@ class Trainer:
             metrics_file.write({"step": self.step, **result})
             display.note(f"step {self.step}: val loss {result['val_loss']:.4f} | ppl {result['val_ppl']:.2f} | "
                          f"{result['val_bpb']:.4f} bits/byte")
+
+
+class _Window:
+    """Wall time and optimizer steps since the last log line."""
+
+    def __init__(self) -> None:
+        self.start, self.steps = time.perf_counter(), 0
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start
 
 
 def _tokens_per_byte(meta: dict[str, Any], split: str) -> float:

@@ -77,7 +77,10 @@ def new(
     out.print(estimate_panel(plan))
     if dry_run:
         out.print("[bold]Answers[/bold] (.copier-answers.yml)")
-        out.print(yaml.safe_dump(plan.answers, sort_keys=False).rstrip(), markup=False)
+        shown = {k: v for k, v in plan.answers.items() if k != "roadmap"}
+        out.print(yaml.safe_dump(shown, sort_keys=False).rstrip(), markup=False)
+        out.print(f"roadmap: {len(plan.answers['roadmap']['steps'])} steps with their estimates (ROADMAP.md)",
+                  markup=False)
         out.print(f"[bold]Files[/bold] it would write in {target}/ (dry run: nothing written)")
         for path in preview_files(plan.answers):
             out.print(f"  {path}", markup=False)

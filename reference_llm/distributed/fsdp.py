@@ -53,7 +53,8 @@ class FSDPEngine(Engine):
             policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         else:
             policy = MixedPrecisionPolicy()
-        model.to(self.device)
+        # No model.to(device) first: each fully_shard call moves its own module's tensors to the mesh's
+        # device and shards them there, so a GPU never holds more than one full block at a time.
         for block in model.blocks:
             fully_shard(block, mesh=mesh, mp_policy=policy)
         # The root group holds what is left: embeddings, final norm and output head (tied or not).

@@ -45,7 +45,7 @@ INSTALL_HINT = "pip install 'llmgen[deepspeed]'"
 def import_deepspeed(device: torch.device) -> ModuleType:
     """Import DeepSpeed for `device`. DeepSpeed picks its accelerator once, at import, from
     DS_ACCELERATOR (else by probing for CUDA), so this must run before anything imports it."""
-    os.environ.setdefault("DS_ACCELERATOR", "cpu" if device.type == "cpu" else device.type)
+    os.environ.setdefault("DS_ACCELERATOR", device.type)
     try:
         deepspeed = importlib.import_module("deepspeed")
     except ModuleNotFoundError as exc:
@@ -86,8 +86,9 @@ class DeepSpeedEngine(Engine):
 
         self.module = model.to(self.device)
         optimizer = make_optimizer(self.module)
-        if run_config.distributed.offload != "none":
-            optimizer = _cpu_adam(deepspeed, optimizer)
+        self.offload = run_config.distributed.offload != "none"
+        if self.offload:
+            optimizer = _cpu_adam(optimizer)
         # Parameter names per optimizer group, taken now: DeepSpeed replaces the groups' tensors with
         # its flat partitions.
         names = {id(p): name for name, p in self.module.named_parameters()}
@@ -122,10 +123,14 @@ class DeepSpeedEngine(Engine):
     # -- consolidated state --------------------------------------------------------------------------
 
     def _flat_partitions(self) -> list[torch.Tensor]:
-        """This rank's flat fp32 master partitions, one per (sub-)group, as the base optimizer sees them."""
-        if self.stage == 3:
-            return list(self._zero.fp32_partitioned_groups_flat)
-        return list(self._zero.single_partition_of_fp32_groups)
+        """This rank's flat fp32 master partitions, one per (sub-)group, as the base optimizer sees them:
+        named differently by ZeRO-3, ZeRO-1/2, and the BF16 optimizer that ZeRO-1 uses when the config
+        asks for fp32 gradient accumulation."""
+        for attr in ("fp32_partitioned_groups_flat", "single_partition_of_fp32_groups", "fp32_groups_flat_partition"):
+            if hasattr(self._zero, attr):
+                return list(getattr(self._zero, attr))
+        raise DistributedError(f"DeepSpeed optimizer {type(self._zero).__name__} is not supported by "
+                               f"reference_llm's checkpoints; use the generated configs/deepspeed.json")
 
     def _state_keys(self) -> tuple[list[str], dict[str, torch.Tensor]]:
         """Per-element state keys (Adam's moments) and scalar ones (step), from the first partition."""
@@ -157,7 +162,7 @@ class DeepSpeedEngine(Engine):
         if per_element:  # empty before the first optimizer step, as with a fresh torch optimizer
             self._link_state_fragments()
             for name, param in self.module.named_parameters():
-                entry = {k: v.detach().to("cpu", copy=True) for k, v in scalars.items()}
+                entry = {k: torch.tensor(float(v)) for k, v in scalars.items()}  # CPU Adam counts in an int
                 for key in per_element:
                     entry[key] = get_state(param, key).detach().to("cpu", copy=True)  # collective
                 state[name] = entry
@@ -205,7 +210,8 @@ class DeepSpeedEngine(Engine):
     def _ensure_state(self, per_element: list[str], scalars: dict[str, torch.Tensor]) -> None:
         """Give every flat partition optimizer state to write into (a fresh torch optimizer creates it
         lazily, at its first step), with the checkpoint's scalars (Adam's step count)."""
-        # Fused and capturable torch optimizers keep the step count on the parameters' device.
+        # Fused and capturable torch optimizers keep the step count on the parameters' device; DeepSpeed's
+        # CPU Adam keeps it as a Python int.
         on_device = any(g.get("fused") or g.get("capturable") for g in self._base.param_groups)
         for flat in self._flat_partitions():
             state = self._base.state[flat]
@@ -213,7 +219,10 @@ class DeepSpeedEngine(Engine):
                 if key not in state:
                     state[key] = torch.zeros_like(flat)
             for key, value in scalars.items():
-                state[key] = value.to(flat.device if on_device else "cpu", torch.float32).clone()
+                if self.offload:
+                    state[key] = int(value)
+                else:
+                    state[key] = value.to(flat.device if on_device else "cpu", torch.float32).clone()
         self._link_state_fragments()
 
     def _link_state_fragments(self) -> None:
@@ -221,7 +230,7 @@ class DeepSpeedEngine(Engine):
         `safe_*_optimizer_state` helpers read through. DeepSpeed 0.19 builds that map once, after the
         first group's first step, which leaves the other groups (our no-decay group) unmapped; so we
         rebuild it for every group before each use. Stage 3 looks slices up directly."""
-        if self.stage < 3:
+        if hasattr(self._zero, "_lazy_init_hp_params_optimizer_state"):
             self._zero._hp_optimizer_states_linked = False
             self._zero._lazy_init_hp_params_optimizer_state()
 
@@ -239,7 +248,7 @@ class DeepSpeedEngine(Engine):
 _IMPLEMENTATION_FLAGS = frozenset({"foreach", "fused", "capturable", "differentiable"})
 
 
-def _cpu_adam(deepspeed: ModuleType, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+def _cpu_adam(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     """The loop's AdamW groups and hyper-parameters, in DeepSpeed's CPU Adam: ZeRO-Offload steps the
     optimizer on the CPU and refuses a torch optimizer there (it would be several times slower)."""
     from deepspeed.ops.adam import DeepSpeedCPUAdam

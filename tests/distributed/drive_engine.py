@@ -44,9 +44,9 @@ def run_config(args: argparse.Namespace) -> RunConfig:
     return config_from_dict({
         "model": {"preset": args.preset},
         "train": {"micro_batch": args.micro_batch, "grad_accum": args.grad_accum, "seq_len": SEQ_LEN,
-                  "dtype": "float32", "device": "cpu", "lr": args.lr, "min_lr": 0.0, "grad_clip": args.grad_clip,
+                  "dtype": args.dtype, "device": "cpu", "lr": args.lr, "min_lr": 0.0, "grad_clip": args.grad_clip,
                   "weight_decay": 0.1},
-        "distributed": {"strategy": args.strategy, "deepspeed_config": args.ds_config},
+        "distributed": {"strategy": args.strategy, "deepspeed_config": args.ds_config, "offload": args.offload},
     })
 
 
@@ -60,6 +60,8 @@ def main() -> int:
     parser.add_argument("--grad-accum", type=int, default=2)
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--grad-clip", type=float, default=0.5)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--offload", default="none", choices=["none", "optimizer", "params"])
     parser.add_argument("--ds-config", default="deepspeed.json", help="for zero1-3 (the test writes it)")
     parser.add_argument("--save", help="run directory to write a checkpoint into, after step --save-at")
     parser.add_argument("--save-at", type=int, default=0, help="with --save: the step to checkpoint")

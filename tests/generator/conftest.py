@@ -21,6 +21,15 @@ def fixed_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
+def template_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """llmgen's versioned template repository in a folder of this test session, not in ~/.cache; shared
+    by the tests so that it is materialised once."""
+    cache = tmp_path_factory.getbasetemp() / "llmgen-template-cache"
+    monkeypatch.setenv("LLMGEN_TEMPLATE_CACHE", str(cache))
+    return cache
+
+
+@pytest.fixture
 def snapshot() -> Callable[[Path], Snapshot]:
     """path -> (mode, sha256) of everything under a directory (directories too), to prove nothing changed."""
     def take(root: Path) -> Snapshot:
@@ -35,7 +44,7 @@ def snapshot() -> Callable[[Path], Snapshot]:
 
 
 @pytest.fixture
-def subprocess_env(fixed_cpu: None) -> dict[str, str]:
+def subprocess_env(fixed_cpu: None, template_cache: Path) -> dict[str, str]:
     """Environment for running llmgen (or a generated project) in a subprocess: this checkout importable
     even where llmgen is not installed, and no colour codes in the output."""
     env = dict(os.environ)

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from generator.cli import app
 
-pytestmark = pytest.mark.usefixtures("fixed_cpu")
+pytestmark = pytest.mark.usefixtures("fixed_cpu", "template_cache")
 
 
 @pytest.fixture

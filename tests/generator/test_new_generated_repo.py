@@ -12,6 +12,8 @@ import pytest
 from generator.plan import plan_run
 from generator.render import render_project
 
+pytestmark = pytest.mark.usefixtures("fixed_cpu", "template_cache")
+
 PER_TRACK = {  # CPU for the beginner; the others keep their GPU configs (their tests run on any CPU)
     "beginner": {"hardware": "cpu", "budget": "laptop", "parallelism": "auto", "model_preset": "demo"},
     "practitioner": {"hardware": "8xH100", "budget": "$100", "parallelism": "auto", "model_preset": "gpt2-124m"},

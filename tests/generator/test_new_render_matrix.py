@@ -19,7 +19,7 @@ from generator.render import render_into
 from generator.tracks import PARALLELISMS, load_tracks
 from reference_llm.config import load_config
 
-pytestmark = pytest.mark.usefixtures("fixed_cpu")
+pytestmark = pytest.mark.usefixtures("fixed_cpu", "template_cache")
 
 HARDWARE = {"cpu": "cpu", "one node": "8xH100", "several nodes": "4x8xH100"}
 TRACKS = load_tracks()

@@ -95,7 +95,7 @@ def test_terminal_asks_again_after_a_bad_answer(tmp_path, subprocess_env):
 
 
 @pytest.fixture
-def answers(fixed_cpu) -> dict:
+def answers(fixed_cpu, template_cache) -> dict:
     return plan_run("atomic", {"track": "beginner", "budget": "laptop", "hardware": "cpu", "parallelism": "auto",
                                "model_preset": "demo", "exercises": True}).answers
 

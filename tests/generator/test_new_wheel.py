@@ -7,10 +7,12 @@ import os
 import subprocess
 import sys
 import sysconfig
+import tomllib
 import venv
 from pathlib import Path
 
 import pytest
+import yaml
 
 from generator.resources import templates_dir
 
@@ -40,7 +42,8 @@ def test_wheel_in_a_fresh_venv_generates_a_project(tmp_path, fixed_cpu):
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    cache = tmp_path / "template-cache"  # the wheel's llmgen materialises its own versioned template copy
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"LLMGEN_TEMPLATE_CACHE": str(cache)}
     located = run([str(python), "-c", "import generator, reference_llm; print(generator.__file__); "
                    "print(reference_llm.__file__)"], cwd=elsewhere, env=env).stdout.split()
     for path in located:  # from the wheel's install, not this checkout (whatever the host venv holds)
@@ -52,5 +55,8 @@ def test_wheel_in_a_fresh_venv_generates_a_project(tmp_path, fixed_cpu):
     project = elsewhere / "x"
     for path in ("configs/train.toml", "data/shakespeare.txt", ".copier-answers.yml", "src/x/paths.py"):
         assert (project / path).is_file(), path
-    answers = (project / ".copier-answers.yml").read_text()
-    assert str(site) in answers and str(templates_dir()) not in answers  # rendered from the wheel's copy
+    answers = yaml.safe_load((project / ".copier-answers.yml").read_text())
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert (answers["_src_path"], answers["_commit"]) == (str(cache), f"v{version}")
+    bundled = site / "generator" / "_bundled" / "templates" / "copier.yml"
+    assert (cache / "copier.yml").read_text() == bundled.read_text() == (templates_dir() / "copier.yml").read_text()

@@ -194,8 +194,8 @@ BAD_REQUESTS = [
      "prompt"),
     ("/v1/chat/completions", json.dumps({"model": NAME, "messages": [{"role": "robot", "content": "hi"}]}).encode(),
      400, "role 'robot'", "messages"),
-    ("/v1/chat/completions", json.dumps({"model": NAME, "messages": [{"role": "user", "content": "hi"},
-                                                                      {"role": "assistant", "content": "yo"}]}).encode(),
+    ("/v1/chat/completions", json.dumps({"model": NAME, "messages": [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}).encode(),
      400, "must end with a user message", "messages"),
     ("/v1/chat/completions", json.dumps({"model": NAME, "prompt": "hi"}).encode(), 400, "unknown field(s) 'prompt'",
      "prompt"),

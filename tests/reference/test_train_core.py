@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sys
 
 import pytest
@@ -11,6 +12,7 @@ from reference_llm.config import RunConfig
 from reference_llm.distributed import SingleDeviceEngine, build_engine
 from reference_llm.distributed import base as engine_base
 from reference_llm.errors import ConfigError, DistributedError
+from reference_llm.metrics import MetricsFile, ProgressDisplay, read_metrics
 from reference_llm.model import ModelConfig, Transformer
 from reference_llm.optim import CosineSchedule, optimizer_factory, param_groups
 from reference_llm.perf import resolve_device
@@ -120,3 +122,30 @@ def test_cuda_device_without_cuda_is_a_config_error():
         resolve_device("cuda")
     with pytest.raises(ConfigError, match="train.device must be auto, cpu, cuda or cuda:N"):
         resolve_device("tpu")
+
+
+def test_metrics_file_keeps_records_through_the_resumed_step(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    log = MetricsFile(path)
+    for step in (1, 2, 3, 4):
+        log.write({"step": step, "loss": 1.0 / step})
+    log.close()
+    with path.open("a") as f:
+        f.write('{"step": 5, "lo')  # a line cut short by a crash
+    MetricsFile(path, keep_through_step=2).close()
+    assert read_metrics(path) == [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5}]
+    MetricsFile(path).close()  # a fresh run starts an empty file
+    assert read_metrics(path) == []
+
+
+def test_progress_is_plain_lines_when_stderr_is_not_a_terminal():
+    stream = io.StringIO()
+    display = ProgressDisplay(total_steps=100, stream=stream)
+    display.update(10, {"loss": 2.5, "lr": 1e-3, "tokens_per_s": 12345.6, "mfu": 0.412}, seconds_left=83)
+    display.note("step 10: val loss 2.6")
+    display.close()
+    assert stream.getvalue().splitlines() == [
+        "step 10/100 | loss 2.5000 | lr 1.00e-03 | 12,346 tok/s | MFU 41.2% | 1m23s left", "step 10: val loss 2.6"]
+    silent = io.StringIO()
+    ProgressDisplay(total_steps=100, stream=silent, enabled=False).note("rank 1 says nothing")
+    assert silent.getvalue() == ""

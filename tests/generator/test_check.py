@@ -1,0 +1,144 @@
+"""`llmgen check` inside generated projects: a consistent project passes; each kind of disagreement
+(world size, DeepSpeed config, sequence length, memory, a missing DeepSpeed) fails with a row that says
+what is wrong, and exit code 2."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from generator.cli import app
+from generator.plan import plan_run
+from generator.render import render_into
+
+PROJECTS = {
+    "zero3-4x8": {"hardware": "4x8xH100", "parallelism": "zero3", "model_preset": "llama-8b"},
+    "fsdp-4x8": {"hardware": "4x8xH100", "parallelism": "fsdp", "model_preset": "llama-8b"},
+    "cpu": {"hardware": "cpu", "parallelism": "single", "model_preset": "demo"},
+}
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory) -> dict[str, Path]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LLMGEN_CPU_TFLOPS", "0.5")
+        out = {}
+        for name, given in PROJECTS.items():
+            plan = plan_run(f"proj-{name}", {"track": "practitioner", "budget": "200 gpu-hours",
+                                             "exercises": False, "tokens": 10**9, **given})
+            out[name] = tmp_path_factory.mktemp(name)
+            render_into(plan.answers, out[name])
+    return out
+
+
+@pytest.fixture
+def project(rendered, tmp_path):
+    """A private copy of a rendered project, free to be edited."""
+    def copy(name: str) -> Path:
+        target = tmp_path / name
+        shutil.copytree(rendered[name], target)
+        return target
+    return copy
+
+
+@pytest.fixture(autouse=True)
+def no_launcher_env(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("COLUMNS", "250")  # one table row per line
+
+
+def check(directory: Path, *args: str):
+    result = CliRunner().invoke(app, ["check", "--dir", str(directory), *args])
+    return result
+
+
+def rows(directory: Path, *args: str) -> tuple[int, dict[str, list[dict]]]:
+    result = check(directory, "--json", *args)
+    doc = json.loads(result.stdout)
+    by_name: dict[str, list[dict]] = {}
+    for row in doc["checks"]:
+        by_name.setdefault(row["name"], []).append(row)
+    assert doc["ok"] == (result.exit_code == 0)
+    return result.exit_code, by_name
+
+
+@pytest.mark.parametrize("name", list(PROJECTS))
+def test_generated_project_passes(rendered, name):
+    code, found = rows(rendered[name])
+    assert code == 0, found
+    assert {"train config", "world size", "strategy", "batch", "sequence", "memory"} <= set(found)
+    assert all(r["status"] == "ok" for group in found.values() for r in group), found
+    assert ("deepspeed config" in found) == name.startswith("zero")
+
+
+def test_table_output_names_the_launch_command(rendered):
+    result = check(rendered["zero3-4x8"])
+    assert result.exit_code == 0, result.output
+    assert "deepspeed config" in result.stdout and "stage 3" in result.stdout
+    assert "ready: sbatch scripts/slurm.sbatch" in result.stdout
+    assert "ready: bash scripts/train.sh" in check(rendered["cpu"]).stdout
+
+
+def test_world_size_from_the_launcher_must_match_the_plan(rendered, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "16")
+    code, found = rows(rendered["zero3-4x8"])
+    assert code == 2
+    assert found["world size"][0]["status"] == "fail"
+    assert "WORLD_SIZE=16 but the project is planned for 4 nodes x 8 = 32" in found["world size"][0]["message"]
+    # At 16 processes the DeepSpeed batch arithmetic no longer holds either.
+    assert any("train_batch_size" in r["message"] and "× 16 =" in r["message"] for r in found["deepspeed config"])
+
+
+def test_deepspeed_json_that_disagrees_with_train_toml_fails(project):
+    p = project("zero3-4x8")
+    path = p / "configs" / "deepspeed.json"
+    ds = json.loads(path.read_text())
+    ds["gradient_accumulation_steps"] += 1
+    path.write_text(json.dumps(ds))
+    code, found = rows(p)
+    assert code == 2
+    messages = [r["message"] for r in found["deepspeed config"] if r["status"] == "fail"]
+    assert any(m.startswith(f"deepspeed.json gradient_accumulation_steps={ds['gradient_accumulation_steps']} "
+                            f"but train.grad_accum=") for m in messages), messages
+
+
+def test_missing_deepspeed_json_fails(project):
+    p = project("zero3-4x8")
+    (p / "configs" / "deepspeed.json").unlink()
+    code, found = rows(p)
+    assert code == 2 and "deepspeed.json not found" in found["deepspeed config"][0]["message"]
+
+
+def test_sequence_longer_than_the_model_fails(rendered):
+    code, found = rows(rendered["cpu"], "train.seq_len=100000")
+    assert code == 2
+    assert "train.seq_len=100000 must be between 1 and model.block_size=256" in found["train config"][0]["message"]
+
+
+def test_model_that_does_not_fit_fails_with_the_memory_figures(rendered):
+    # llama-8b replicated by DDP: ~16 bytes of weights, gradients and Adam state per parameter per GPU.
+    code, found = rows(rendered["fsdp-4x8"], "distributed.strategy=ddp")
+    assert code == 2
+    memory = found["memory"][0]
+    assert memory["status"] == "fail" and memory["message"].startswith("does not fit:")
+    assert "GiB needed per H100-SXM" in memory["message"]
+    assert found["strategy"][0]["status"] == "warn"  # ddp in the overrides, fsdp in the plan
+
+
+def test_missing_deepspeed_install_fails(rendered, monkeypatch):
+    monkeypatch.setitem(sys.modules, "deepspeed", None)  # what find_spec sees when it is not installed
+    code, found = rows(rendered["zero3-4x8"])
+    assert code == 2
+    assert "pip install 'llmgen[deepspeed]'" in found["strategy"][0]["message"]
+
+
+def test_outside_a_generated_project_is_a_one_line_error(tmp_path):
+    result = check(tmp_path)
+    assert result.exit_code == 2
+    assert result.stderr.strip().startswith("error: ") and ".copier-answers.yml not found" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
