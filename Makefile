@@ -22,9 +22,8 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(BIN)/llmgen new $(DEMO) --yes --force --no-git
-	cd $(DEMO) && ../../$(BIN)/python -m reference_llm.train --config configs/train.toml train.max_steps=$(DEMO_STEPS)
-	cd $(DEMO) && ../../$(BIN)/python -m reference_llm.generate --checkpoint runs/latest --prompt "ROMEO:" --max-new-tokens 200
+	$(BIN)/llmgen new demo --dir $(DEMO) --yes --force --no-git
+	$(MAKE) -C $(DEMO) demo PYTHON=$(CURDIR)/$(BIN)/python DEMO_STEPS=$(DEMO_STEPS)
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q

@@ -17,7 +17,6 @@ is idempotent and guarded by a file lock, so concurrent `llmgen` processes are s
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -34,6 +33,11 @@ from packaging.version import InvalidVersion, Version
 
 from generator.errors import LLMGenError
 from generator.resources import templates_dir
+
+try:
+    import fcntl
+except ImportError:  # Windows has no fcntl: no lock there, so avoid running two llmgen at once
+    fcntl = None  # type: ignore[assignment]
 
 CACHE_ENV = "LLMGEN_TEMPLATE_CACHE"
 INDEX_FILE = "llmgen-index.json"  # in .git/: content hash -> tag (an unchanged template costs no git call);
@@ -75,7 +79,7 @@ def llmgen_version() -> str:
 
 
 def tag_version(tag: str) -> Version:
-    """'v1.2.0' or 'v1.2.0+t1a2b3c' -> Version; an unparsable tag raises TemplateRepoError."""
+    """'v1.2.0' or 'v1.2.0+1' -> Version; an unparsable tag raises TemplateRepoError."""
     try:
         return Version(tag.removeprefix("v"))
     except InvalidVersion:
@@ -159,7 +163,7 @@ def _commit_version(repo: Path, source: Path, version: str) -> str:
         _git(repo, "commit", "--quiet", "--no-verify", "--no-gpg-sign", "-m", f"llmgen {version} template")
     taken = _git(repo, "tag", "--list", f"v{version}", f"v{version}+*").split()
     tag = f"v{version}+{len(taken)}" if taken else f"v{version}"
-    _git(repo, "tag", tag)
+    _git(repo, "-c", "tag.gpgSign=false", "tag", tag)
     return tag
 
 
@@ -187,6 +191,10 @@ def _git(repo: Path, *args: str, check: bool = True) -> str:
 
 @contextmanager
 def _locked(repo: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the cache while it is read and written (other llmgen processes wait)."""
+    if fcntl is None:
+        yield
+        return
     with open(repo.parent / f".{repo.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:

@@ -185,7 +185,8 @@ class Generator:
 
         with self.lock:
             generate(self.model, [req.prompt_ids], req.max_tokens, temperature=req.temperature, top_k=req.top_k,
-                     top_p=req.top_p, stop_ids=req.stop_ids, on_token=on_token, seed=req.seed)
+                     top_p=req.top_p, stop_ids=req.stop_ids, on_token=on_token, seed=req.seed,
+                     vocab_size=self.tokenizer.vocab_size)
         stream.close()
         used = len(req.prompt_ids) + state["tokens"]
         full = state["tokens"] >= req.max_tokens or used >= self.model.config.block_size

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from reference_llm.errors import ConfigError, DataError
 from reference_llm.evaluate.sandbox import SandboxLimits, run_many
-from reference_llm.generate import generate
+from reference_llm.generate import generate_text
 
 # Chen et al. 2021, section 3.3: a completion ends where the model starts a new top-level statement.
 STOP_SEQUENCES = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
@@ -84,12 +84,6 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
 
 
-def truncate_completion(text: str, stops: Sequence[str] = STOP_SEQUENCES) -> str:
-    """Cut generated text at the first stop sequence."""
-    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=len(text))
-    return text[:cut]
-
-
 def build_program(problem: Problem, completion: str) -> str:
     """The file the sandbox runs: prompt + completion, then the problem's tests applied to it."""
     return f"{problem.prompt}{completion}\n\n{problem.test}\n\ncheck({problem.entry_point})\n"
@@ -145,17 +139,8 @@ def generate_samples(model, tokenizer, problems: Sequence[Problem], n: int = 1, 
     samples: dict[str, list[str]] = {p.task_id: [] for p in problems}
     for start in range(0, len(jobs), batch_size):
         batch = jobs[start:start + batch_size]
-        new_ids: list[list[int]] = [[] for _ in batch]
-
-        def stop_at_sequence(row: int, token: int, new_ids: list[list[int]] = new_ids) -> bool:
-            # Decoding the whole row each step is quadratic, but rows are at most a few hundred tokens.
-            new_ids[row].append(token)
-            text = tokenizer.decode(new_ids[row])
-            return truncate_completion(text) != text
-
-        outputs = generate(model, [ids for _, ids in batch], max_new_tokens, temperature=temperature,
-                           top_p=top_p, stop_ids=() if tokenizer.eot_id is None else (tokenizer.eot_id,),
-                           on_token=stop_at_sequence, seed=seed + start)
-        for (tid, _), ids in zip(batch, outputs):
-            samples[tid].append(truncate_completion(tokenizer.decode(ids)))
+        texts = generate_text(model, tokenizer, [ids for _, ids in batch], max_new_tokens, stop=STOP_SEQUENCES,
+                              temperature=temperature, top_p=top_p, seed=seed + start)
+        for (task_id, _), text in zip(batch, texts):
+            samples[task_id].append(text)
     return samples

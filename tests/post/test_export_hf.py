@@ -186,10 +186,16 @@ def test_cli_exports_and_imports_a_checkpoint(tmp_path: Path, char_tokenizer) ->
     ids = torch.tensor([char_tokenizer.encode(TEXT[:32])])
     assert torch.equal(back(ids)[0], model(ids)[0])
 
+
+
+def test_cli_refuses_a_custom_architecture_in_one_line(tmp_path: Path, char_tokenizer, capsys) -> None:
+    from reference_llm.cli import run_main
+    from reference_llm.export import main
+
     custom = Transformer(ModelConfig.llama_style(vocab_size=char_tokenizer.vocab_size, block_size=32, n_layer=1,
                                                  n_head=2, d_model=32, mlp="gelu"))
     save_as_checkpoint(custom, char_tokenizer, tmp_path / "custom")
-    bad = subprocess.run(run + ["--checkpoint", str(tmp_path / "custom"), "--out", str(tmp_path / "x")],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2
-    assert bad.stderr.startswith("error: cannot export to Hugging Face") and bad.stderr.count("\n") == 1
+    code = run_main(main, ["--checkpoint", str(tmp_path / "custom"), "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: cannot export to Hugging Face") and err.count("\n") == 1
+    assert "position=rope, mlp=gelu" in err

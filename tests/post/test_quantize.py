@@ -141,7 +141,17 @@ def test_cli_quantizes_a_checkpoint(tmp_path: Path) -> None:
     assert loaded_tokenizer.encode(text) == tokenizer.encode(text)
     assert sum(isinstance(m, QuantizedLinear) for m in loaded.modules()) == 8
 
-    bad = subprocess.run(cmd[:-6] + ["--bits", "4", "--group-size", "48", "--out", str(tmp_path / "q2")],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2
-    assert bad.stderr.strip().count("\n") == 0 and bad.stderr.startswith("error: int4 group_size")
+
+
+def test_cli_bad_group_size_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
+    from reference_llm.cli import run_main
+    from reference_llm.quantize import main
+
+    tokenizer = train_tokenizer("char", ["abc"], None)
+    save_as_checkpoint(Transformer(ModelConfig.preset("tiny", vocab_size=tokenizer.vocab_size)), tokenizer,
+                       tmp_path / "run")
+    code = run_main(main, ["--checkpoint", str(tmp_path / "run"), "--bits", "4", "--group-size", "48",
+                           "--out", str(tmp_path / "q")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: int4 group_size") and err.count("\n") == 1
+    assert not (tmp_path / "q").exists()
