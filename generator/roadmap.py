@@ -1,7 +1,8 @@
 """The roadmap of a generated repository: its track's steps with per-step estimates, exercises and layout.
 
-`build_roadmap(track, answers)` returns plain data (JSON-serialisable) that `llmgen new` passes to Copier
-as the `roadmap` answer; ROADMAP.md, roadmap.html and the checkpoint tests are rendered from it. It is
+`build_roadmap(track, answers, hardware)` returns plain data (JSON-serialisable) that `llmgen new` passes
+to Copier as the `roadmap` answer; ROADMAP.md, roadmap.html, COMPLIANCE.md's per-step checklist and the
+choice of checkpoint test files (one per step) are rendered from it. It is
 recorded in .copier-answers.yml so that `llmgen update` can replay the old version exactly and merge in
 the new one (`roadmap_for_answers` recomputes it from the other answers).
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
-from reference_llm.errors import ReferenceLLMError
+from reference_llm.errors import ConfigError, ReferenceLLMError
 
 
 def run_main(main: Callable[[list[str]], int | None], argv: list[str] | None = None) -> int:
@@ -19,3 +21,10 @@ def run_main(main: Callable[[list[str]], int | None], argv: list[str] | None = N
         print("interrupted", file=sys.stderr)
         return 130
     return int(code or 0)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit code 2, like every other user error."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{message} (see --help)")

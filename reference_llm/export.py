@@ -33,7 +33,6 @@ CLI:
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -43,6 +42,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from reference_llm.cli import ArgumentParser
 from reference_llm.errors import CheckpointError, ConfigError, TokenizerError
 from reference_llm.model import ModelConfig, Transformer
 
@@ -421,7 +421,7 @@ def save_as_checkpoint(model: Transformer, tokenizer, run_dir: str | Path, note:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m reference_llm.export",
         description="Export a checkpoint to the Hugging Face transformers layout, or import one back.")
     source = parser.add_mutually_exclusive_group(required=True)

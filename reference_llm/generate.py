@@ -18,7 +18,6 @@ one, so each row only ever attends to its own real tokens and no mask is needed.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -26,6 +25,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
+from reference_llm.cli import ArgumentParser
 from reference_llm.chat import END, encode_prompt
 from reference_llm.checkpoint import load_model
 from reference_llm.errors import ConfigError
@@ -170,7 +170,7 @@ def default_stop_ids(tokenizer) -> list[int]:
     return [i for i in ids if i is not None]
 
 
-class _TextStream:
+class TextStream:
     """Decodes one row's tokens as they arrive, finds stop strings and emits only text that is final.
 
     Text is held back while it could still change: a trailing U+FFFD (the start of a multi-byte
@@ -218,7 +218,7 @@ def generate_text(model: Transformer, tokenizer, prompts: Sequence[str | Sequenc
     defaults to `default_stop_ids(tokenizer)`. `on_text(row, piece)` streams each row's text.
     `sampling` is passed to `generate` (temperature, top_k, top_p, use_cache, seed).
     """
-    streams = [_TextStream(tokenizer, stop, None if on_text is None else (lambda piece, r=row: on_text(r, piece)))
+    streams = [TextStream(tokenizer, stop, None if on_text is None else (lambda piece, r=row: on_text(r, piece)))
                for row in range(len(prompts))]
     prompts_ids = [tokenizer.encode(p) if isinstance(p, str) else list(p) for p in prompts]
     generate(model, prompts_ids, max_new_tokens,
@@ -235,7 +235,7 @@ def generate_text(model: Transformer, tokenizer, prompts: Sequence[str | Sequenc
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m reference_llm.generate",
+    parser = ArgumentParser(prog="python -m reference_llm.generate",
                                      description="Continue a prompt with a trained checkpoint, streaming to stdout.")
     parser.add_argument("--checkpoint", required=True, help="a step directory or a run directory")
     parser.add_argument("--prompt", required=True, help="the text to continue")

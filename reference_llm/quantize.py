@@ -26,7 +26,6 @@ CLI: `python -m reference_llm.quantize --checkpoint DIR --bits 4 --group-size 64
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -38,6 +37,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from reference_llm.cli import ArgumentParser
 from reference_llm.errors import CheckpointError, ConfigError
 from reference_llm.model import ModelConfig, Transformer
 
@@ -201,7 +201,7 @@ def _scheme_of(model: Transformer) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m reference_llm.quantize",
+    parser = ArgumentParser(prog="python -m reference_llm.quantize",
                                      description="Quantize a checkpoint's Linear layers to int8 or int4.")
     parser.add_argument("--checkpoint", required=True, help="a step directory or a run directory")
     parser.add_argument("--bits", type=int, choices=BITS, default=8)

@@ -20,7 +20,6 @@ FastAPI and uvicorn are the optional extra `serve` (pip install 'llmgen[serve]')
 when a server is built.
 """
 
-import argparse
 import asyncio
 import json
 import sys
@@ -32,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from reference_llm.cli import ArgumentParser
 from reference_llm.errors import ConfigError, ReferenceLLMError
 
 
@@ -172,9 +172,9 @@ class Generator:
     def run(self, req: GenerationRequest, emit: Callable[[str], None] | None = None,
             cancelled: threading.Event | None = None) -> tuple[str, int, str]:
         """Generate; returns (text, completion tokens, finish reason "stop" | "length")."""
-        from reference_llm.generate import _TextStream, generate
+        from reference_llm.generate import TextStream, generate
 
-        stream = _TextStream(self.tokenizer, req.stop, emit)
+        stream = TextStream(self.tokenizer, req.stop, emit)
         state = {"tokens": 0, "stopped": False}
 
         def on_token(_row: int, token: int) -> bool:
@@ -393,7 +393,7 @@ def iter_sse(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m reference_llm.serve",
+    parser = ArgumentParser(prog="python -m reference_llm.serve",
                                      description="Serve a checkpoint over an OpenAI-compatible HTTP API.")
     parser.add_argument("--checkpoint", required=True, help="a step directory or a run directory")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")

@@ -61,6 +61,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from reference_llm.cli import ArgumentParser
 from reference_llm.chat import CHAT_TOKENS, add_chat_tokens, encode_chat
 from reference_llm.checkpoint import load_model, resolve_checkpoint, save_checkpoint
 from reference_llm.config import SECTIONS, RunConfig, build_section, coerce_value, parse_override, config_from_dict
@@ -450,7 +451,7 @@ def train_sft(config_path: str | Path | None, overrides: Sequence[str] = (), ini
 
 def posttrain_parser(section: str, description: str) -> argparse.ArgumentParser:
     """The command line that `python -m reference_llm.sft` and `... .dpo` share."""
-    parser = argparse.ArgumentParser(prog=f"python -m reference_llm.{section}", description=description)
+    parser = ArgumentParser(prog=f"python -m reference_llm.{section}", description=description)
     parser.add_argument("--config", help=f"TOML file: [{section}], optional [lora], and run config sections")
     parser.add_argument("--checkpoint", help=f"the checkpoint to start from (sets {section}.init)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",

@@ -19,21 +19,16 @@ from rich.console import Console
 from rich.table import Table
 
 from reference_llm.assets import corpus_path
-from reference_llm.cli import run_main
+from reference_llm.cli import ArgumentParser, run_main
 from reference_llm.config import CHOICES, DataConfig
 from reference_llm.data.build import PreparedData, prepare_data
 from reference_llm.data.pipeline import PipelineSettings, setting_keys
 from reference_llm.errors import ConfigError
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line and exit code 2, like every other user error
-        raise ConfigError(f"{message} (see --help)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     defaults = DataConfig()
-    parser = _Parser(prog="python -m reference_llm.data.prepare",
+    parser = ArgumentParser(prog="python -m reference_llm.data.prepare",
                      description="Clean, filter, deduplicate and PII-scrub a corpus, train a tokenizer on its "
                                  "train split, and write token shards.")
     parser.add_argument("--corpus", default=str(corpus_path()), metavar="PATH",

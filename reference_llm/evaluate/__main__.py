@@ -17,11 +17,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from reference_llm.cli import ArgumentParser
 from reference_llm.errors import ConfigError, DataError
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m reference_llm.evaluate", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m reference_llm.evaluate", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     ppl = sub.add_parser("perplexity", help="perplexity and bits per byte on a held-out text file")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -33,19 +34,34 @@ def launch_env() -> dict[str, str]:
     return env
 
 
-def launch(args: list[str], nproc: int, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """`torchrun --standalone --nproc_per_node nproc ARGS` (nproc 0: plain `python ARGS`)."""
+def launch(args: list[str], nproc: int, cwd: Path, timeout: float = LAUNCH_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+    """`torchrun --standalone --nproc_per_node nproc ARGS` (nproc 0: plain `python ARGS`). On timeout the
+    whole process group goes, workers included: killing torchrun alone would leave them waiting."""
     if nproc:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *args]
     else:
         cmd = [sys.executable, *args]
-    return subprocess.run(cmd, cwd=cwd, env=launch_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
+    with subprocess.Popen(cmd, cwd=cwd, env=launch_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, start_new_session=True) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
 @pytest.fixture
 def dist_env() -> dict[str, str]:
     """Environment for a subprocess of this checkout, without any launcher variables."""
     return launch_env()
+
+
+@pytest.fixture(scope="session")
+def torchrun():
+    """torchrun(args, nproc, cwd, timeout=...) -> the finished process, whatever its exit code."""
+    return launch
 
 
 @pytest.fixture(scope="session")

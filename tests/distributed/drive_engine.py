@@ -67,15 +67,25 @@ def main() -> int:
     parser.add_argument("--save-at", type=int, default=0, help="with --save: the step to checkpoint")
     parser.add_argument("--load", help="resume from this checkpoint before training")
     parser.add_argument("--weights-only", action="store_true", help="with --load: start a fresh optimizer")
+    parser.add_argument("--crash-at", type=int, default=0, help="rank 0 raises after this step")
     parser.add_argument("--out", required=True, help="JSON report written by rank 0")
     args = parser.parse_args()
 
     torch.manual_seed(0)  # identical initial weights on every rank, as the training loop guarantees
     cfg = run_config(args)
-    model = Transformer(cfg.model)
-    engine = build_engine(cfg, model, optimizer_factory(cfg.train))
-    rank, world = engine.rank, engine.world_size
+    engine = build_engine(cfg, Transformer(cfg.model), optimizer_factory(cfg.train))
+    try:  # as reference_llm.train does: shut down on every rank, on success and on error alike
+        report = train(engine, cfg, args)
+        if engine.is_main:
+            Path(args.out).write_text(json.dumps(report))
+        engine.barrier()
+    finally:
+        engine.shutdown()
+    return 0
 
+
+def train(engine: Engine, cfg: RunConfig, args: argparse.Namespace) -> dict:
+    rank, world = engine.rank, engine.world_size
     if args.load:
         ckpt = load_checkpoint(args.load, with_optimizer=not args.weights_only)
         engine.load_state(ckpt.weights, ckpt.optimizer_state)
@@ -99,8 +109,11 @@ def main() -> int:
         losses.append(total.item())
         if args.save and step + 1 == args.save_at:
             save(engine, cfg, args.save, step + 1)
+        if rank == 0 and step + 1 == args.crash_at:
+            raise RuntimeError(f"crash requested after step {step + 1}")
 
     weights = engine.full_state_dict()  # collective: every rank takes part, rank 0 uses the result
+    report: dict = {}
     if rank == 0:
         final = Transformer(cfg.model)
         load_weights(final, weights)
@@ -109,10 +122,7 @@ def main() -> int:
             eval_loss = final(x, y)[1].item()
         report = {"strategy": args.strategy, "world_size": world, "losses": losses, "grad_norms": norms,
                   "eval_loss": eval_loss, "weight_names": sorted(weights)}
-        Path(args.out).write_text(json.dumps(report))
-    engine.barrier()
-    engine.shutdown()
-    return 0
+    return report
 
 
 def save(engine: Engine, cfg: RunConfig, run_dir: str, step: int) -> None:

@@ -9,6 +9,7 @@ are taken (all-reduce vs local sum), which moves losses by about 1e-7 relative; 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -94,3 +95,15 @@ def test_resume_comparison_detects_a_lost_optimizer_state(drive, reference):
     expected = reference.report["losses"][2:]
     assert fresh["losses"][0] == pytest.approx(expected[0], rel=RTOL)  # same weights: same first loss
     assert abs(fresh["losses"][1] - expected[1]) / expected[1] > 10 * RTOL
+
+
+def test_an_error_on_one_rank_ends_the_whole_job(torchrun, tmp_path):
+    """Rank 0 fails after step 1 while rank 1 goes on to its next all-reduce. The failing rank must not
+    wait in the shutdown barrier (both would then wait for gloo's 30-minute timeout): it leaves the
+    process group, rank 1's collective fails, and the job ends with rank 0's error."""
+    driver = Path(__file__).with_name("drive_engine.py")
+    result = torchrun([str(driver), "--strategy", "ddp", "--crash-at", "1", "--out", str(tmp_path / "r.json")],
+                      2, tmp_path, timeout=40)
+    assert result.returncode != 0
+    assert "RuntimeError: crash requested after step 1" in result.stderr
+    assert not (tmp_path / "r.json").exists()

@@ -14,6 +14,7 @@ from generator.cli import app
 from generator.compliance import ComplianceError, check_repository, licence_note, parse_spdx
 from generator.plan import plan_run
 from generator.render import render_into
+from generator.tracks import load_tracks
 
 CLEAN_TEXT = "But soft, what light through yonder window breaks?\nIt is the east, and Juliet is the sun.\n"
 
@@ -154,9 +155,12 @@ def test_cli_json_and_exit_codes(tmp_path):
 
 
 @pytest.mark.usefixtures("fixed_cpu", "template_cache")
-def test_a_generated_repository_passes_its_own_check(tmp_path):
-    plan = plan_run("fresh", {"track": "beginner", "budget": "laptop", "hardware": "cpu", "parallelism": "auto",
-                              "model_preset": "demo", "exercises": True})
+@pytest.mark.parametrize("track", list(load_tracks()))
+def test_a_generated_repository_passes_its_own_check(tmp_path, track):
+    defaults = load_tracks()[track].defaults
+    plan = plan_run("fresh", {"track": track, "budget": defaults.budget, "hardware": defaults.hardware,
+                              "parallelism": defaults.parallelism, "model_preset": defaults.model_preset,
+                              "exercises": defaults.exercises})
     render_into(plan.answers, tmp_path)
     report = check_repository(tmp_path)
     assert report.ok, report.problems
