@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from generator.errors import LLMGenError
+from generator.errors import ComplianceError
 from reference_llm.data import scan_pii  # loads only the PII module, not torch (reference_llm.data is lazy)
 
 MANIFEST = Path("data") / "manifest.toml"
@@ -64,10 +64,6 @@ _LICENSE_NOTES: tuple[tuple[str, str], ...] = (
     ("CDLA-Sharing-", "share-alike (data licence)"),
     ("GFDL-", "copyleft (documentation licence)"),
 )
-
-
-class ComplianceError(LLMGenError):
-    """The compliance check cannot run: not a generated repository, or an unreadable manifest."""
 
 
 @dataclass(frozen=True)

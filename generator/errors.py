@@ -32,3 +32,15 @@ class TargetError(LLMGenError):
 
 class RenderError(LLMGenError):
     """The template could not be rendered, or the rendered project could not be put in place."""
+
+
+class ComplianceError(LLMGenError):
+    """The compliance check cannot run: not a generated repository, or an unreadable manifest."""
+
+
+class TemplateRepoError(LLMGenError):
+    """The template cache cannot be created or read (git missing, folder not writable, ...)."""
+
+
+class UpdateError(LLMGenError):
+    """`llmgen update` cannot run here: not a generated repository, uncommitted changes, newer template."""

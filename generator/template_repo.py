@@ -31,7 +31,7 @@ from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 
-from generator.errors import LLMGenError
+from generator.errors import TemplateRepoError
 from generator.resources import templates_dir
 
 try:
@@ -47,10 +47,6 @@ _SKIP = {"__pycache__", ".git", ".DS_Store"}
 _GIT_ENV = {"GIT_AUTHOR_NAME": "llmgen", "GIT_AUTHOR_EMAIL": "llmgen@localhost",
             "GIT_COMMITTER_NAME": "llmgen", "GIT_COMMITTER_EMAIL": "llmgen@localhost",
             "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0"}
-
-
-class TemplateRepoError(LLMGenError):
-    """The template cache cannot be created or read (git missing, folder not writable, ...)."""
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import typer
 import yaml
 from rich.console import Console
 
-from generator.errors import LLMGenError
+from generator.errors import UpdateError
 from generator.roadmap import roadmap_for_answers
 from generator.template_repo import (
     INDEX_FILE,
@@ -39,10 +39,6 @@ from generator.template_repo import (
 
 ANSWERS_FILE = ".copier-answers.yml"
 CONFLICT_MARKER = "<<<<<<< "
-
-
-class UpdateError(LLMGenError):
-    """`llmgen update` cannot run here: not a generated repository, uncommitted changes, newer template."""
 
 
 @dataclass
