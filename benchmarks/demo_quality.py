@@ -108,7 +108,7 @@ def run_recipe(name: str, recipe: dict[str, Any], work: Path, cache_dir: Path, m
         step_s = calibrate(recipe, work / name, cache_dir)
         max_steps, limit = max(1, int(minutes * 60 / step_s)), minutes
     else:
-        step_s, max_steps, limit = float("nan"), steps, 0.0
+        step_s, max_steps, limit = None, steps, 0.0
     trainer = Trainer(make_config(recipe, work / name / "run", cache_dir, max_steps, limit))
     last = trainer.fit()
     scores = score_on_validation(work / name / "run", trainer.data_dir)

@@ -92,7 +92,9 @@ def save_checkpoint(run_dir: str | Path, step: int, weights: dict[str, torch.Ten
         _write_text(tmp / STATE_FILE, json.dumps({"format_version": FORMAT_VERSION, **state}, indent=1))
         if tokenizer is not None:
             tokenizer.save(tmp / TOKENIZER_FILE)
-        _fsync_dir(tmp)
+        for written in tmp.iterdir():
+            _fsync(written)
+        _fsync(tmp)
         if final.exists():  # the same step saved again (e.g. a resumed run that had nothing left to do)
             old = run_dir / f"{_TMP_PREFIX}old-{final.name}-{os.getpid()}"
             final.rename(old)
@@ -102,7 +104,7 @@ def save_checkpoint(run_dir: str | Path, step: int, weights: dict[str, torch.Ten
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _write_text(run_dir / LATEST, final.name + "\n")
-    _fsync_dir(run_dir)
+    _fsync(run_dir)
     _prune(run_dir, keep, protect=final)
     return final
 
@@ -117,8 +119,9 @@ def _write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _fsync_dir(path: Path) -> None:
-    """Persist a directory's entries (new files, renames), where the platform allows it."""
+def _fsync(path: Path) -> None:
+    """Flush a file's data, or a directory's entries (new files, renames), to disk where the platform
+    allows it: a rename is only as durable as what it points at."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:

@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import math
 import random
+import shutil
 import sys
 import time
 from collections.abc import Iterable
@@ -27,8 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from reference_llm.checkpoint import capture_rng_state, latest_checkpoint, load_checkpoint, restore_rng_state, \
-    save_checkpoint
+from reference_llm.checkpoint import (capture_rng_state, latest_checkpoint, list_checkpoints, load_checkpoint,
+                                      restore_rng_state, save_checkpoint)
 from reference_llm.cli import run_main
 from reference_llm.config import RunConfig, load_config
 from reference_llm.distributed import Engine, build_engine
@@ -136,6 +137,11 @@ class Trainer:
         self.step = 0
         self.elapsed = 0.0  # seconds of training so far, over every resume (train.max_minutes counts it)
         self.last_saved_step = -1
+        # Checkpoints of an earlier run in the same directory: replaced at this run's first save.
+        self._stale = [] if resume else list_checkpoints(self.run_dir)
+        if self._stale and self.engine.is_main:
+            print(f"note: {self.run_dir} holds checkpoints of an earlier run; this new run replaces them at its "
+                  f"first checkpoint (pass --resume to continue that run instead)", file=sys.stderr)
         if resume:
             self._resume()
         self.forward = torch.compile(self.engine.model) if t.compile else self.engine.model
@@ -173,6 +179,10 @@ class Trainer:
             }
             path = save_checkpoint(self.run_dir, self.step, weights, optimizer_state, state, self.tokenizer,
                                    keep=self.config.checkpoint.keep)
+            for stale in self._stale:
+                if stale != path:
+                    shutil.rmtree(stale, ignore_errors=True)
+            self._stale = []
         self.last_saved_step = self.step
         self.engine.barrier()
         return path

@@ -34,6 +34,8 @@ from reference_llm.perf import cpu_has_native_bf16
 ANSWERS = ".copier-answers.yml"
 TRAIN_CONFIG = "configs/train.toml"
 OK, WARN, FAIL = "ok", "warn", "fail"
+# The memory check never uses the CPU's matmul peak, so it is not measured (that takes seconds).
+_MEMORY_ONLY_TFLOPS = 1.0
 
 
 @dataclass
@@ -60,7 +62,7 @@ class Project:
 
 def check(
     overrides: Annotated[Optional[list[str]], typer.Argument(
-        metavar="[section.key=value]...", help="The config overrides you will launch with.",
+        metavar="section.key=value", help="The config overrides you will launch with.",
         show_default=False)] = None,
     directory: Annotated[Path, typer.Option("--dir", help="The generated project (default: here).")] = Path("."),
     as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout, nothing else.")] = False,
@@ -120,9 +122,6 @@ def load_project(directory: Path, overrides: list[str]) -> tuple[Project | None,
         return None, checks
     return Project(directory, answers, config, hardware, world), checks
 
-
-# The memory check never uses the CPU's matmul peak, so it is not measured (that takes seconds).
-_MEMORY_ONLY_TFLOPS = 1.0
 
 
 # ----------------------------------------------------------------------------------------------------

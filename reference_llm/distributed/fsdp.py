@@ -26,11 +26,10 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor
 
 from reference_llm.config import RunConfig
 from reference_llm.distributed import runtime
-from reference_llm.distributed.base import Engine, OptimizerState
+from reference_llm.distributed.base import OptimizerState, SingleDeviceEngine
 from reference_llm.errors import CheckpointError, DistributedError
 from reference_llm.optim import OptimizerFactory
 from reference_llm.perf import resolve_dtype
@@ -41,7 +40,11 @@ _SAVE = StateDictOptions(full_state_dict=True, cpu_offload=True)
 _LOAD = StateDictOptions(full_state_dict=True, strict=True)
 
 
-class FSDPEngine(Engine):
+class FSDPEngine(SingleDeviceEngine):
+    """Sharded model and optimizer. `backward` and `step` are the single-device engine's: the gradients
+    are DTensor shards, and `clip_grad_norm_` over them sums squares across ranks, so the norm it clips
+    with and returns is the global one."""
+
     def __init__(self, run_config: RunConfig, model: nn.Module, make_optimizer: OptimizerFactory) -> None:
         if run_config.distributed.offload != "none":
             raise DistributedError(f"distributed.offload={run_config.distributed.offload} is for the DeepSpeed "
@@ -63,25 +66,10 @@ class FSDPEngine(Engine):
         # Built after sharding, so the optimizer's state is allocated per shard.
         self.optimizer = make_optimizer(model)
 
-    def backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
-
     def accumulating(self, is_last_micro_step: bool) -> contextlib.AbstractContextManager:
         # Non-final micro-steps keep unsharded gradients locally; the last one reduce-scatters the sum.
         self.model.set_requires_gradient_sync(is_last_micro_step)
         return contextlib.nullcontext()
-
-    def step(self, lr: float, grad_clip: float) -> float:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        # clip_grad_norm_ on sharded gradients sums squares across ranks, so the norm is the global one.
-        norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
-        if isinstance(norm, DTensor):
-            norm = norm.full_tensor()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return float(norm)
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         full = get_model_state_dict(self.model, options=_SAVE)

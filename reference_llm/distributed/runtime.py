@@ -134,7 +134,7 @@ def shutdown() -> None:
     stops the job with this rank's error.
     """
     if dist.is_initialized():
-        if True:
+        if sys.exc_info()[0] is None:
             dist.barrier()
         dist.destroy_process_group()
     sys.stdout.flush()

@@ -6,9 +6,9 @@ state (fp32 master weights, Adam moments) across ranks, stage 2 also the gradien
 parameters themselves (gathered layer by layer around their use). `offload` moves the optimizer state
 (and, at stage 3, the parameters) to CPU memory (ZeRO-Offload, Ren et al. 2021).
 
-We hand DeepSpeed the training loop's own AdamW and the JSON config from `distributed.deepspeed_config`,
-checked against the run config first. Three things differ from the PyTorch engines, and are handled here
-so that the loop does not branch:
+We hand DeepSpeed the training loop's own AdamW (its groups in DeepSpeed's CPU Adam when offloading) and
+the JSON config from `distributed.deepspeed_config`, checked against the run config first. Three things
+differ from the PyTorch engines, and are handled here so that the loop does not branch:
 
 - Loss scaling: `DeepSpeedEngine.backward` divides the loss by `gradient_accumulation_steps` by default;
   the loop has already done so, so we call it with `scale_wrt_gas=False`.
@@ -17,7 +17,10 @@ so that the loop does not branch:
 - State: the fp32 master weights and Adam moments live in flat per-rank partitions. `full_state_dict`
   and `optimizer_state` gather them per parameter with DeepSpeed's `safe_get_full_*` helpers, and
   `load_state` scatters them back with `safe_set_full_*`, so checkpoints are the same consolidated,
-  by-name files every strategy writes.
+  by-name files every strategy writes. Loading into a fresh engine also needs the flat partitions'
+  optimizer state to exist before the first step; `_ensure_state` creates it. That part reads DeepSpeed
+  attributes that are not public API (the partitions' names, the stage 1-2 state map), written against
+  DeepSpeed 0.19 and exercised for every stage by tests/distributed/.
 """
 
 from __future__ import annotations
@@ -140,6 +143,9 @@ class DeepSpeedEngine(Engine):
         scalars = {k: v for k, v in state.items() if k not in per_element}
         return per_element, scalars
 
+    # Gathering is collective, one parameter at a time; only rank 0 keeps the result (in CPU memory), as
+    # FSDP2's full state dicts do, so that a node's ranks do not each hold a copy of the whole model.
+
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         get_fp32 = self._deepspeed.utils.safe_get_full_fp32_param
         out: dict[str, torch.Tensor] = {}
@@ -149,8 +155,9 @@ class DeepSpeedEngine(Engine):
                 continue
             seen.add(id(tensor))
             if isinstance(tensor, nn.Parameter):
-                tensor = get_fp32(tensor)  # collective: gathers the fp32 master copy on every rank
-            out[name] = tensor.detach().to("cpu", copy=True)
+                tensor = get_fp32(tensor)  # the fp32 master copy, not the bf16 working one
+            if self.is_main:
+                out[name] = tensor.detach().to("cpu", copy=True)
         return out
 
     def optimizer_state(self) -> OptimizerState:
@@ -162,10 +169,10 @@ class DeepSpeedEngine(Engine):
         if per_element:  # empty before the first optimizer step, as with a fresh torch optimizer
             self._link_state_fragments()
             for name, param in self.module.named_parameters():
-                entry = {k: torch.tensor(float(v)) for k, v in scalars.items()}  # CPU Adam counts in an int
-                for key in per_element:
-                    entry[key] = get_state(param, key).detach().to("cpu", copy=True)  # collective
-                state[name] = entry
+                moments = {key: get_state(param, key) for key in per_element}
+                if self.is_main:
+                    state[name] = {**{k: torch.tensor(float(v)) for k, v in scalars.items()},  # CPU Adam: int
+                                   **{k: v.detach().to("cpu", copy=True) for k, v in moments.items()}}
         return {"state": state, "param_groups": groups}
 
     def load_state(self, weights: dict[str, torch.Tensor], optimizer_state: OptimizerState | None) -> None:

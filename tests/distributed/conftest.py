@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -35,8 +34,10 @@ def launch_env() -> dict[str, str]:
 
 
 def launch(args: list[str], nproc: int, cwd: Path, timeout: float = LAUNCH_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
-    """`torchrun --standalone --nproc_per_node nproc ARGS` (nproc 0: plain `python ARGS`). On timeout the
-    whole process group goes, workers included: killing torchrun alone would leave them waiting."""
+    """`torchrun --standalone --nproc_per_node nproc ARGS` (nproc 0: plain `python ARGS`).
+
+    On timeout torchrun gets SIGTERM, on which it stops its workers (they run in sessions of their own,
+    so killing torchrun's process group would not reach them, and they would hold our pipes open)."""
     if nproc:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *args]
     else:
@@ -46,8 +47,8 @@ def launch(args: list[str], nproc: int, cwd: Path, timeout: float = LAUNCH_TIMEO
         try:
             stdout, stderr = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+            proc.terminate()
+            proc.communicate(timeout=60)
             raise
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 

@@ -13,7 +13,7 @@ import torch
 
 import reference_llm.train as train_mod
 from reference_llm.assets import corpus_path
-from reference_llm.checkpoint import load_checkpoint, load_model
+from reference_llm.checkpoint import list_checkpoints, load_checkpoint, load_model
 from reference_llm.cli import run_main
 from reference_llm.config import load_config
 from reference_llm.metrics import read_metrics
@@ -114,6 +114,17 @@ def test_staged_fit_and_resume_of_a_finished_run(tmp_path, cache_dir):
     again = Trainer(_config(run, cache_dir, train__max_steps=6), resume=True)
     again.fit()  # nothing left to train: evaluates, does not write another checkpoint
     assert again.step == 6 and len(_losses(run)) == 6
+
+
+def test_a_new_run_replaces_an_earlier_runs_checkpoints(tmp_path, cache_dir, capsys):
+    run = tmp_path / "run"
+    Trainer(_config(run, cache_dir, train__max_steps=6, checkpoint__interval=3)).fit()
+    assert [p.name for p in list_checkpoints(run)] == ["step_0000003", "step_0000006"]
+    fresh = Trainer(_config(run, cache_dir, train__max_steps=2))
+    assert "holds checkpoints of an earlier run" in capsys.readouterr().err
+    fresh.fit()
+    assert [p.name for p in list_checkpoints(run)] == ["step_0000002"]
+    assert (run / "latest").read_text().strip() == "step_0000002" and len(_losses(run)) == 2
 
 
 def test_max_minutes_stops_early_with_a_final_checkpoint(tmp_path, cache_dir):
