@@ -31,6 +31,7 @@ from generator.errors import TrackDataError
 from generator.estimate import Estimate, estimate_run, parse_hardware
 from generator.estimate.hardware import Hardware
 from generator.tracks import Step, Track, load_tracks
+from generator.units import duration, si
 from reference_llm.model import ModelConfig
 
 # Graph layout, in SVG user units.
@@ -196,26 +197,6 @@ def _totals_text(costs: list[dict[str, Any]], hardware: Hardware) -> str:
     hours = "CPU-hours" if hardware.is_cpu else "GPU-hours"
     cost = "no cost (your own machine)" if hardware.is_cpu else f"${sum(e['cost_usd'] for e in costs):,.2f}"
     return f"{gpu_hours:.3g} {hours}, {duration(wall)} on {hardware}, {cost}"
-
-
-def si(x: float) -> str:
-    """3 significant figures with an SI suffix: 6.74B, 1.2T, 835k."""
-    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(x) >= scale:
-            return f"{x / scale:.3g}{unit}"
-    return f"{x:.3g}"
-
-
-def duration(hours: float) -> str:
-    if hours < 1 / 3600:
-        return "under 1 s"
-    if hours < 1 / 60:
-        return f"{hours * 3600:.0f} s"
-    if hours < 1:
-        return f"{hours * 60:.1f} min"
-    if hours < 48:
-        return f"{hours:.1f} h"
-    return f"{hours / 24:.1f} days"
 
 
 # ----------------------------------------------------------------------------------------------------

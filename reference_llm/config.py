@@ -25,6 +25,7 @@ import dataclasses
 import tomllib
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,8 +114,14 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
-def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunConfig:
     """Read a TOML file (or start from defaults when `path` is None) and apply `key=value` overrides."""
+    return config_from_dict(read_config_file(path, overrides))
+
+
+def read_config_file(path: str | Path | None, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The raw sections of a TOML file (empty when `path` is None) with `section.key=value` overrides
+    applied, not yet checked against any schema."""
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -127,7 +134,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     for item in overrides:
         section, key, value = parse_override(item)
         raw.setdefault(section, {})[key] = value
-    return config_from_dict(raw)
+    return raw
 
 
 def config_from_dict(raw: dict[str, Any]) -> RunConfig:

@@ -52,7 +52,6 @@ import dataclasses
 import math
 import sys
 import time
-import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +63,7 @@ import torch.nn as nn
 from reference_llm.cli import ArgumentParser
 from reference_llm.chat import CHAT_TOKENS, add_chat_tokens, encode_chat
 from reference_llm.checkpoint import load_model, resolve_checkpoint, save_checkpoint
-from reference_llm.config import SECTIONS, RunConfig, build_section, coerce_value, parse_override, config_from_dict
+from reference_llm.config import SECTIONS, RunConfig, build_section, coerce_value, config_from_dict, read_config_file
 from reference_llm.distributed import build_engine
 from reference_llm.distributed.base import unique_state_dict
 from reference_llm.errors import CheckpointError, ConfigError, DataError, TokenizerError
@@ -190,18 +189,7 @@ def load_posttrain_config(path: str | Path | None, overrides: Sequence[str], sec
     `init`, when given (the CLI's --checkpoint), sets `<section>.init`. With an init checkpoint and no
     `checkpoint.dir`, the output goes next to the init run, in `<init run dir>-<section>`.
     """
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    for item in overrides:
-        name, key, value = parse_override(item)
-        raw.setdefault(name, {})[key] = value
+    raw = read_config_file(path, overrides)
     if init is not None:
         raw.setdefault(section, {})["init"] = init
     known = {section, "lora", "model", *SECTIONS}

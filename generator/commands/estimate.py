@@ -19,6 +19,7 @@ from generator.estimate import build_model, estimate_run, formulas, parse_budget
 from generator.estimate.api import Estimate
 from generator.estimate.budget import BudgetPlan, plan_budget
 from generator.estimate.parse import parse_tokens
+from generator.units import duration, si
 
 DEFAULT_BUDGET_HARDWARE = "8xH100"  # dollar and GPU-hour budgets need some GPU to price against
 
@@ -178,35 +179,17 @@ def register(app: typer.Typer) -> None:
 # ----------------------------------------------------------------------------------------------------
 
 
-def _num(x: float) -> str:
-    """3 significant figures with an SI suffix: 6.74B, 1.2T, 835k."""
-    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(x) >= scale:
-            return f"{x / scale:.3g}{unit}"
-    return f"{x:.3g}"
-
-
-def _duration(hours: float) -> str:
-    if hours < 1 / 60:
-        return f"{hours * 3600:.0f} s"
-    if hours < 1:
-        return f"{hours * 60:.1f} min"
-    if hours < 48:
-        return f"{hours:.1f} h"
-    return f"{hours / 24:.1f} days"
-
-
 def _budget_table(plan: BudgetPlan) -> Table:
     table = Table(title=f"What {plan.budget} buys", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("compute", f"{plan.flops:.3g} FLOPs ({_num(plan.gpu_hours)} GPU-hours on {plan.hardware}, "
+    table.add_row("compute", f"{plan.flops:.3g} FLOPs ({si(plan.gpu_hours)} GPU-hours on {plan.hardware}, "
                              f"MFU {plan.mfu:.2f})")
-    table.add_row("compute-optimal", f"{_num(plan.params)} parameters, {_num(plan.tokens)} tokens "
+    table.add_row("compute-optimal", f"{si(plan.params)} parameters, {si(plan.tokens)} tokens "
                                      "(Hoffmann et al. 2022, Table 3)")
-    table.add_row("20 tokens/param", f"{_num(plan.params_rule)} parameters, {_num(plan.tokens_rule)} tokens")
-    table.add_row("nearest preset", f"{plan.preset} ({_num(plan.preset_params)} parameters), "
-                                    f"{_num(plan.preset_tokens)} tokens in the same compute")
+    table.add_row("20 tokens/param", f"{si(plan.params_rule)} parameters, {si(plan.tokens_rule)} tokens")
+    table.add_row("nearest preset", f"{plan.preset} ({si(plan.preset_params)} parameters), "
+                                    f"{si(plan.preset_tokens)} tokens in the same compute")
     return table
 
 
@@ -215,12 +198,12 @@ def _estimate_table(est: Estimate) -> Table:
     table = Table(title=title, show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("parameters", f"{_num(est.params)} ({_num(est.params_non_embedding)} without embeddings)")
-    table.add_row("tokens", f"{_num(est.tokens)} at sequence length {est.seq_len}")
+    table.add_row("parameters", f"{si(est.params)} ({si(est.params_non_embedding)} without embeddings)")
+    table.add_row("tokens", f"{si(est.tokens)} at sequence length {est.seq_len}")
     table.add_row("training FLOPs", f"6·N·D {est.flops:.3g} + attention {est.flops_attention:.3g} "
                                     f"= {est.flops_total:.3g}")
-    table.add_row("GPU-hours", f"{_num(est.gpu_hours)} at MFU {est.mfu:.3f} of {est.peak_tflops:g} TFLOP/s")
-    table.add_row("wall time", f"{_duration(est.wall_hours)} on {est.n_gpus} device(s)")
+    table.add_row("GPU-hours", f"{si(est.gpu_hours)} at MFU {est.mfu:.3f} of {est.peak_tflops:g} TFLOP/s")
+    table.add_row("wall time", f"{duration(est.wall_hours)} on {est.n_gpus} device(s)")
     table.add_row("cost", f"${est.cost_usd:,.0f} at ${est.price_per_gpu_hour:.2f}/GPU-hour")
     layout = f"{est.strategy}, dp={est.dp}" + (f", tp={est.tp}" if est.tp > 1 else "") \
         + (f", pp={est.pp}" if est.pp > 1 else "") + (f", offload {est.offload}" if est.offload else "")

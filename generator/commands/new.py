@@ -26,6 +26,7 @@ from generator.plan import RunPlan, plan_run
 from generator.questions import ASKED, FLAGS, Question, load_questions, validate
 from generator.render import check_target, preview_files, render_project
 from generator.tracks import PARALLELISMS, Track, load_tracks
+from generator.units import duration, si
 
 # Answers a person may give (flags or --answers); the others are derived from these and the name.
 GIVEN = (*ASKED, "exercises", "micro_batch", "grad_accum", "precision", "tokens")
@@ -229,17 +230,17 @@ def estimate_panel(plan: RunPlan) -> Panel:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
-    grid.add_row("model", f"{a['model_preset']}: {_si(est.params)} parameters, context {est.seq_len}")
-    grid.add_row("tokens", f"{_si(a['tokens'])} ({plan.tokens_note})")
+    grid.add_row("model", f"{a['model_preset']}: {si(est.params)} parameters, context {est.seq_len}")
+    grid.add_row("tokens", f"{si(a['tokens'])} ({plan.tokens_note})")
     grid.add_row("hardware", f"{a['hardware']}: {devices} device{'s' if devices > 1 else ''}")
     grid.add_row("parallelism", plan.parallelism_reason)
     per_step = a["micro_batch"] * a["grad_accum"] * est.seq_len * devices
     grid.add_row("batch", f"{a['micro_batch']} x {a['grad_accum']} accumulation x {devices} device"
-                          f"{'s' if devices > 1 else ''} = {_si(per_step)} tokens per step, {a['max_steps']:,} steps")
+                          f"{'s' if devices > 1 else ''} = {si(per_step)} tokens per step, {a['max_steps']:,} steps")
     grid.add_row("compute", f"{est.flops_total:.3g} FLOPs at MFU {est.mfu:.2f} of {est.peak_tflops:g} TFLOP/s "
                             f"({est.precision})")
     grid.add_row("GPU-hours", f"{est.gpu_hours:,.3g}" + (" (CPU-hours)" if plan.hardware.is_cpu else ""))
-    grid.add_row("wall time", _duration(est.wall_hours))
+    grid.add_row("wall time", duration(est.wall_hours))
     grid.add_row("cost", f"${est.cost_usd:,.2f}" + (" (your own machine)" if plan.hardware.is_cpu else
                                                     f" at ${est.price_per_gpu_hour:.2f} per GPU-hour"))
     verdict = "[green]fits[/green]" if est.fits else "[red]does NOT fit[/red]"
@@ -257,18 +258,3 @@ def print_next_steps(out: Console, target: Path, files: list[str], git: bool) ->
     for command, why in ((f"cd {target}", ""), ("pip install -e .", "this project, in the environment with llmgen"),
                          ("make demo", "train briefly, then sample"), ("make test", "the checkpoint tests")):
         out.print(f"  {command:<20}" + (f"[dim]# {why}[/dim]" if why else ""))
-
-
-def _si(x: float) -> str:
-    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(x) >= scale:
-            return f"{x / scale:.3g}{unit}"
-    return f"{x:.3g}"
-
-
-def _duration(hours: float) -> str:
-    if hours < 1:
-        return f"{hours * 60:.1f} minutes"
-    if hours < 48:
-        return f"{hours:.1f} hours"
-    return f"{hours / 24:.1f} days"
