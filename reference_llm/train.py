@@ -32,8 +32,9 @@ from reference_llm.checkpoint import (capture_rng_state, latest_checkpoint, list
                                       restore_rng_state, save_checkpoint)
 from reference_llm.cli import run_main
 from reference_llm.config import RunConfig, load_config
+from reference_llm.data import TokenLoader, prepare_data
 from reference_llm.distributed import Engine, build_engine
-from reference_llm.errors import CheckpointError, ConfigError
+from reference_llm.errors import CheckpointError, ConfigError, DataError
 from reference_llm.metrics import MetricsFile, ProgressDisplay
 from reference_llm.model import Transformer
 from reference_llm.optim import CosineSchedule, optimizer_factory
@@ -111,8 +112,6 @@ class Trainer:
     """
 
     def __init__(self, config: RunConfig, resume: bool = False) -> None:
-        from reference_llm.data import TokenLoader, prepare_data
-
         self.config = config
         t = config.train
         seed_everything(t.seed)
@@ -262,6 +261,8 @@ class Trainer:
             display.note(f"checkpoint: {path}")
 
     def _log_eval(self, last: dict[str, Any], metrics_file: MetricsFile | None, display: ProgressDisplay) -> None:
+        if self.config.eval.iters <= 0:  # evaluation switched off
+            return
         result = self.evaluate()
         last.update(result)
         if metrics_file is not None:
@@ -286,7 +287,7 @@ def _tokens_per_byte(meta: dict[str, Any], split: str) -> float:
         info = meta["splits"][split]
         return info["tokens"] / info["bytes"]
     except (KeyError, TypeError, ZeroDivisionError):
-        raise ConfigError(f"data metadata lacks token and byte counts for the {split!r} split") from None
+        raise DataError(f"data metadata lacks token and byte counts for the {split!r} split") from None
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -101,7 +101,9 @@ def test_build_engine_single_and_clear_errors(monkeypatch):
     assert isinstance(engine, SingleDeviceEngine) and engine.is_main and engine.world_size == 1
 
     config.distributed.strategy = "zero2"
-    monkeypatch.setitem(sys.modules, "deepspeed", None)  # as if DeepSpeed were not installed
+    # As if DeepSpeed were not installed; earlier tests may have imported its submodules already.
+    for name in [n for n in sys.modules if n == "deepspeed" or n.startswith("deepspeed.")] + ["deepspeed"]:
+        monkeypatch.setitem(sys.modules, name, None)
     monkeypatch.setitem(engine_base.ENGINES, "zero2", ("deepspeed.runtime", "Engine"))
     with pytest.raises(DistributedError, match=r"zero2 needs DeepSpeed: pip install 'llmgen\[deepspeed\]'"):
         build_engine(config, Transformer(config.model), optimizer_factory(config.train))
