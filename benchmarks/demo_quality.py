@@ -50,10 +50,9 @@ NANOGPT = {
     "train.dtype": "float32",
 }
 DEMO = {
-    "model.preset": "demo", "model.n_layer": 4, "model.d_model": 256, "model.n_head": 4, "model.n_kv_head": 4,
-    "model.ffn_hidden": 768,
+    "model.preset": "demo",
     "data.tokenizer": "bpe", "data.vocab_size": 1024,
-    "train.micro_batch": 16, "train.lr": 2e-3, "train.min_lr": 2e-4, "train.warmup_steps": 50,
+    "train.micro_batch": 8, "train.lr": 3e-3, "train.min_lr": 3e-4, "train.warmup_steps": 50,
     "train.beta2": 0.99, "train.weight_decay": 0.1, "train.grad_clip": 1.0, "train.dtype": "auto",
 }
 NANOGPT_REFERENCE_NATS_PER_CHAR = 1.60  # nanoGPT itself, 3 minutes on ~1 MB of Shakespeare, this machine kind

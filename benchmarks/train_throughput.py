@@ -50,7 +50,7 @@ class Shape:
     seq_len: int
 
 
-SHAPES = (Shape("nanogpt-cpu", 12, 64), Shape("nanogpt-shakespeare", 8, 256), Shape("demo", 16, 256))
+SHAPES = (Shape("nanogpt-cpu", 12, 64), Shape("nanogpt-shakespeare", 8, 256), Shape("demo", 8, 256))
 
 
 @dataclass(frozen=True)
