@@ -146,20 +146,26 @@ def load_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
     """Copy `weights` into `model`; CheckpointError names the first missing, unexpected or
     wrongly shaped tensor."""
     expected = unique_state_dict(model)
-    for name, tensor in expected.items():
+    check_weight_shapes({name: tensor.shape for name, tensor in expected.items()}, weights)
+    with torch.no_grad():
+        for name, tensor in expected.items():
+            tensor.copy_(weights[name])
+
+
+def check_weight_shapes(expected: dict[str, torch.Size], weights: dict[str, torch.Tensor]) -> None:
+    """Checkpoint `weights` against the model's tensor names and full shapes: CheckpointError names the
+    first missing, unexpected or wrongly shaped tensor. Engines that shard pass the unsharded shapes."""
+    for name, shape in expected.items():
         if name not in weights:
             raise CheckpointError(f"checkpoint has no tensor {name!r} that the model needs "
                                   f"(is it for a different model config?)")
-        if weights[name].shape != tensor.shape:
+        if weights[name].shape != shape:
             raise CheckpointError(f"tensor {name!r} has shape {tuple(weights[name].shape)} in the checkpoint "
-                                  f"but {tuple(tensor.shape)} in the model (different model config?)")
+                                  f"but {tuple(shape)} in the model (different model config?)")
     for name in weights:
         if name not in expected:
             raise CheckpointError(f"checkpoint tensor {name!r} does not exist in the model "
                                   f"(is it for a different model config?)")
-    with torch.no_grad():
-        for name, tensor in expected.items():
-            tensor.copy_(weights[name])
 
 
 def _param_names(model: nn.Module) -> dict[int, str]:

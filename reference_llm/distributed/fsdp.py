@@ -29,8 +29,8 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 from reference_llm.config import RunConfig
 from reference_llm.distributed import runtime
-from reference_llm.distributed.base import OptimizerState, SingleDeviceEngine
-from reference_llm.errors import CheckpointError, DistributedError
+from reference_llm.distributed.base import OptimizerState, SingleDeviceEngine, check_weight_shapes
+from reference_llm.errors import DistributedError
 from reference_llm.optim import OptimizerFactory
 from reference_llm.perf import resolve_dtype
 
@@ -109,15 +109,5 @@ def _tied_aliases(model: nn.Module) -> dict[str, str]:
 
 def _check_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
     """Names and full (unsharded) shapes, with the messages `base.load_weights` gives a plain model."""
-    expected = {name: p.shape for name, p in model.named_parameters()}  # DTensor.shape is the full shape
-    for name, shape in expected.items():
-        if name not in weights:
-            raise CheckpointError(f"checkpoint has no tensor {name!r} that the model needs "
-                                  f"(is it for a different model config?)")
-        if weights[name].shape != shape:
-            raise CheckpointError(f"tensor {name!r} has shape {tuple(weights[name].shape)} in the checkpoint "
-                                  f"but {tuple(shape)} in the model (different model config?)")
-    for name in weights:
-        if name not in expected:
-            raise CheckpointError(f"checkpoint tensor {name!r} does not exist in the model "
-                                  f"(is it for a different model config?)")
+    # DTensor.shape is the full shape
+    check_weight_shapes({name: p.shape for name, p in model.named_parameters()}, weights)
