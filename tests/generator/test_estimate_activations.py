@@ -57,7 +57,7 @@ def estimated_step_bytes(config: ModelConfig, batch: int, bf16: bool) -> float:
     ("tiny", {}),  # llama: RMSNorm, RoPE, SwiGLU, GQA
     ("tiny-gpt2", {}),
     ("nanogpt-cpu", {}),
-    ("demo", {"n_layer": 1, "n_kv_head": 2, "block_size": 128}),  # GQA; fused kernel in fp32, manual in bf16
+    ("demo", {"n_layer": 1, "n_head": 4, "n_kv_head": 2, "block_size": 128}),  # GQA; fused kernel in fp32, manual in bf16
 ])
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
 def test_activation_estimate_matches_measured_peak_on_cpu(preset, overrides, bf16):
