@@ -188,7 +188,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "tiny-gpt2": ("gpt2", dict(vocab_size=512, block_size=64, n_layer=2, n_head=4, d_model=64)),
     # demo: tuned for 3 minutes of training on 2 CPU cores (benchmarks/demo_quality.py); vocab_size is
     # replaced by the tokenizer's when training.
-    "demo": ("llama", dict(vocab_size=1024, block_size=256, n_layer=4, n_head=3, n_kv_head=3, d_model=192,
+    "demo": ("llama", dict(vocab_size=1024, block_size=256, n_layer=4, n_head=4, n_kv_head=4, d_model=192,
                            ffn_hidden=512, tie_embeddings=True)),
     "nanogpt-cpu": ("gpt2", dict(vocab_size=65, block_size=64, n_layer=4, n_head=4, d_model=128, bias=False)),
     "nanogpt-shakespeare": ("gpt2", dict(vocab_size=65, block_size=256, n_layer=6, n_head=6, d_model=384,
