@@ -29,7 +29,6 @@ from generator.plan import resolve_precision
 from reference_llm.config import RunConfig, load_config
 from reference_llm.distributed import ds_config
 from reference_llm.errors import ReferenceLLMError
-from reference_llm.perf import cpu_has_native_bf16
 
 ANSWERS = ".copier-answers.yml"
 TRAIN_CONFIG = "configs/train.toml"
@@ -182,6 +181,8 @@ def expected_bf16(p: Project) -> bool | None:
     if dtype != "auto":
         return dtype == "bfloat16"
     if p.hardware.is_cpu:
+        from reference_llm.perf import cpu_has_native_bf16  # here: perf imports torch, every llmgen command would pay
+
         return cpu_has_native_bf16()
     return resolve_precision("auto", p.hardware) == "bf16"
 

@@ -1,4 +1,4 @@
-"""The accelerators the estimator knows, and the CPU measured on the spot.
+"""The accelerators the estimator knows, and this CPU as one (its peak from cpu_peak.py).
 
 Peak figures are the vendors' dense (no structured sparsity) tensor-core numbers for the precision a
 training step runs its matmuls in. Memory is what the device reports as usable (nvidia-smi / rocm-smi),
@@ -17,8 +17,9 @@ datasheet (2023).
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
+
+from generator.estimate.cpu_peak import CPU_TFLOPS_ENV, cpu_tflops
 
 PRICES_AS_OF = "2025-06"
 
@@ -71,8 +72,6 @@ ALIASES: dict[str, str] = {
 
 # CPU: peak is measured (or given), memory is the machine's RAM, and a laptop costs nothing per hour.
 _MFU_CPU = 0.35
-CPU_TFLOPS_ENV = "LLMGEN_CPU_TFLOPS"
-_measured_cpu_tflops: dict[str, float] = {}
 
 
 def lookup_gpu(name: str) -> GPUSpec | None:
@@ -87,40 +86,6 @@ def lookup_gpu(name: str) -> GPUSpec | None:
     return None
 
 
-def measure_cpu_tflops(precision: str = "bf16", size: int = 1024, repeats: int = 5) -> float:
-    """Median matmul throughput of this CPU in TFLOP/s for `precision`, measured once per process.
-
-    A square (size x size) @ (size x size) matmul costs 2·size³ FLOPs. The env var LLMGEN_CPU_TFLOPS
-    (one number, used for every precision) skips the measurement, so tests and scripts stay fast and
-    repeatable.
-    """
-    given = os.environ.get(CPU_TFLOPS_ENV)
-    if given:
-        try:
-            value = float(given)
-        except ValueError:
-            value = -1.0
-        if value <= 0:
-            from generator.errors import EstimateError
-            raise EstimateError(f"{CPU_TFLOPS_ENV}={given!r} must be a positive number of TFLOP/s")
-        return value
-    if precision not in _measured_cpu_tflops:
-        import torch  # imported here: the rest of the estimator does not need torch loaded
-
-        dtype = torch.float32 if precision == "fp32" else torch.bfloat16  # no fp8 matmul on CPU
-        a = torch.randn(size, size, dtype=dtype)
-        b = torch.randn(size, size, dtype=dtype)
-        a @ b  # warm-up: first call pays for thread-pool start and kernel selection
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            a @ b
-            times.append(time.perf_counter() - start)
-        median = sorted(times)[len(times) // 2]
-        _measured_cpu_tflops[precision] = 2 * size**3 / median / 1e12
-    return _measured_cpu_tflops[precision]
-
-
 def cpu_memory_gib() -> float:
     """Physical memory of this machine in GiB (what a single CPU process could at most use)."""
     try:
@@ -130,11 +95,11 @@ def cpu_memory_gib() -> float:
 
 
 def cpu_spec(tflops: float | None = None) -> GPUSpec:
-    """The CPU as a device: peak from `tflops`, else LLMGEN_CPU_TFLOPS, else measured matmuls."""
+    """The CPU as a device: peak from `tflops`, else LLMGEN_CPU_TFLOPS, else measured (see cpu_peak.py)."""
     if tflops is not None:
         bf16 = fp32 = tflops
     else:
-        bf16, fp32 = measure_cpu_tflops("bf16"), measure_cpu_tflops("fp32")
+        bf16, fp32 = cpu_tflops("bf16"), cpu_tflops("fp32")
     source = "given" if tflops is not None or os.environ.get(CPU_TFLOPS_ENV) else "measured"
     return GPUSpec("cpu", bf16_tflops=bf16, fp32_tflops=fp32, fp8_tflops=None, memory_gib=cpu_memory_gib(),
                    price_per_hour=0.0, mfu=_MFU_CPU,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from generator.errors import EstimateError, LLMGenError
 from generator.estimate import KNOWN_GPUS, parse_budget, parse_count, parse_hardware, parse_tokens
-from generator.estimate.hardware import measure_cpu_tflops
+from generator.estimate import cpu_peak
 
 
 @pytest.fixture(autouse=True)
@@ -61,11 +63,39 @@ def test_cpu_hardware_uses_given_peak():
     assert parse_hardware("cpu", cpu_tflops=2.0).gpu.fp32_tflops == 2.0
 
 
-def test_cpu_peak_is_measured_once_per_process(monkeypatch):
+def test_cpu_peak_is_measured_once_per_machine(monkeypatch, tmp_path):
     monkeypatch.delenv("LLMGEN_CPU_TFLOPS")
-    first = measure_cpu_tflops("fp32", size=128, repeats=3)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(cpu_peak, "_in_process", {})
+    first = cpu_peak.cpu_tflops("fp32", size=128, repeats=3)
     assert first > 0
-    assert measure_cpu_tflops("fp32", size=128, repeats=3) == first  # cached, not re-measured
+    cache = tmp_path / "llmgen" / "cpu_peak.json"
+    assert list(json.loads(cache.read_text()).values()) == [first]
+
+    def no_measuring(*args):
+        raise AssertionError("measured again although the peak is cached")
+
+    monkeypatch.setattr(cpu_peak, "measure", no_measuring)
+    assert cpu_peak.cpu_tflops("fp32", size=128, repeats=3) == first  # this process
+    monkeypatch.setattr(cpu_peak, "_in_process", {})
+    assert cpu_peak.cpu_tflops("fp32", size=128, repeats=3) == first  # a later process: from the file
+
+
+def test_cpu_peak_cache_is_per_machine_and_survives_corruption(monkeypatch, tmp_path):
+    monkeypatch.delenv("LLMGEN_CPU_TFLOPS")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(cpu_peak, "_in_process", {})
+    monkeypatch.setattr(cpu_peak, "measure", lambda precision, size, repeats: 0.25)
+    cache = tmp_path / "llmgen" / "cpu_peak.json"
+    cache.parent.mkdir(parents=True)
+    cache.write_text("{not json")
+    assert cpu_peak.cpu_tflops("bf16") == 0.25  # a broken cache is ignored and rewritten
+    assert json.loads(cache.read_text()) == {f"{cpu_peak.machine_key()}|bf16|1024": 0.25}
+    monkeypatch.setattr(cpu_peak, "_in_process", {})
+    monkeypatch.setenv("OMP_NUM_THREADS", "17")  # another thread count is another machine as far as the peak goes
+    monkeypatch.setattr(cpu_peak, "measure", lambda precision, size, repeats: 0.5)
+    assert cpu_peak.cpu_tflops("bf16") == 0.5
+    assert len(json.loads(cache.read_text())) == 2
 
 
 def test_bad_cpu_peak_env_is_reported(monkeypatch):
