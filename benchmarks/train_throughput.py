@@ -6,13 +6,16 @@
 
 Shapes: nanoGPT's README CPU shape (4 layers, 4 heads, 128 wide, context 64, batch 12), its
 Shakespeare-char shape (6/6/384, context 256, batch 8), both with nanoGPT's character vocabulary of
-65, and our demo preset. Each shape runs in each recipe in the same process, interleaved round by
-round so that machine noise hits all alike, and each row reports its best round (the median step
-of that round), as the matmul peak does:
+65, and our demo preset. Each (shape, recipe) row lives in a worker process of its own (malloc
+settings are process-wide, and a row must not inherit another's), and the rows take turns round by
+round so that machine noise hits all alike; each row reports its best round (the median step of
+that round), as the matmul peak does:
 
-- "nanoGPT recipe": what nanoGPT does on a CPU: fp32, eager, SDPA attention, AdamW;
+- "nanoGPT recipe": what nanoGPT does on a CPU: fp32, eager, SDPA attention, AdamW, glibc's
+  default malloc;
 - "ours": the library's defaults for this device (train.dtype="auto": bf16 autocast where the CPU
-  has native bf16; attention="auto": the manual path where SDPA's bf16 backward is slow).
+  has native bf16; attention="auto": the manual path where SDPA's bf16 backward is slow) and what
+  `reference_llm.train` does on a CPU (`perf.keep_freed_memory`: no page faults between steps).
 
 A step is the real training step (`reference_llm.train.train_step`: forward, backward, clip, AdamW)
 on a fixed random batch. MFU divides achieved model FLOP/s (6N + 12·L·C·T per token, see
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import os
 import statistics
 import time
@@ -37,7 +41,7 @@ from reference_llm.config import RunConfig
 from reference_llm.distributed import SingleDeviceEngine
 from reference_llm.model import ModelConfig, Transformer
 from reference_llm.optim import optimizer_factory
-from reference_llm.perf import measure_matmul_peak, mfu, resolve_dtype
+from reference_llm.perf import keep_freed_memory, measure_matmul_peak, mfu, resolve_dtype
 from reference_llm.train import train_step
 
 NANOGPT_REFERENCE = {"nanogpt-cpu": 23_000, "nanogpt-shakespeare": 1_900}  # tokens/s, nanoGPT on 2 cores
@@ -59,17 +63,20 @@ class Recipe:
     dtype: str  # train.dtype
     attention: str  # model.attention
     compile: bool
+    keep_freed_memory: bool  # what reference_llm.train does on a CPU
 
 
-BASELINE = Recipe("nanoGPT recipe", dtype="float32", attention="sdpa", compile=False)
-OURS = Recipe("ours", dtype="auto", attention="auto", compile=False)
-OURS_COMPILED = Recipe("ours + compile", dtype="auto", attention="auto", compile=True)
+BASELINE = Recipe("nanoGPT recipe", dtype="float32", attention="sdpa", compile=False, keep_freed_memory=False)
+OURS = Recipe("ours", dtype="auto", attention="auto", compile=False, keep_freed_memory=True)
+OURS_COMPILED = Recipe("ours + compile", dtype="auto", attention="auto", compile=True, keep_freed_memory=True)
 
 
 class Runner:
     """One (shape, recipe) pair: model, engine and batch built once, timed in several rounds."""
 
     def __init__(self, shape: Shape, recipe: Recipe) -> None:
+        if recipe.keep_freed_memory:
+            keep_freed_memory()
         torch.manual_seed(0)
         self.shape, self.recipe = shape, recipe
         config = RunConfig(model=ModelConfig.preset(shape.preset, attention=recipe.attention))
@@ -109,6 +116,41 @@ class Runner:
         }
 
 
+class Worker:
+    """A `Runner` in a process of its own, driven over a pipe: `call("run", steps, warmup)`."""
+
+    def __init__(self, shape: Shape, recipe: Recipe) -> None:
+        context = mp.get_context("spawn")  # not fork: the parent's torch thread pools must not be copied
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_serve, args=(child, shape, recipe), daemon=True)
+        self.process.start()
+        child.close()
+
+    def call(self, method: str, *args: object) -> object:
+        self.conn.send((method, args))
+        ok, value = self.conn.recv()
+        if not ok:
+            raise RuntimeError(f"benchmark worker failed: {value}")
+        return value
+
+    def close(self) -> None:
+        self.conn.close()
+        self.process.join(timeout=10)
+
+
+def _serve(conn, shape: Shape, recipe: Recipe) -> None:
+    runner = Runner(shape, recipe)
+    while True:
+        try:
+            method, args = conn.recv()
+        except EOFError:
+            return
+        try:
+            conn.send((True, getattr(runner, method)(*args)))
+        except Exception as exc:  # reported to the parent, which stops the benchmark with it
+            conn.send((False, f"{type(exc).__name__}: {exc}"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few steps per row: checks that it runs")
@@ -128,12 +170,16 @@ def main() -> None:
     device = torch.device("cpu")
     peak_repeats = 3 if args.quick else 7
     peaks = {dt: 0.0 for dt in (torch.float32, torch.bfloat16)}
-    runners = [Runner(shape, recipe) for shape in shapes for recipe in recipes]
-    for round_ in range(rounds):  # peaks are re-measured every round; the best round's figure counts
-        peaks = {dt: max(p, measure_matmul_peak(dt, device, 2048, peak_repeats)) for dt, p in peaks.items()}
-        for runner in runners:
-            runner.run(steps, warmup if round_ == 0 else 1)
-    rows = [r.result(peaks) for r in runners]
+    workers = [Worker(shape, recipe) for shape in shapes for recipe in recipes]
+    try:
+        for round_ in range(rounds):  # peaks are re-measured every round; the best round's figure counts
+            peaks = {dt: max(p, measure_matmul_peak(dt, device, 2048, peak_repeats)) for dt, p in peaks.items()}
+            for worker in workers:
+                worker.call("run", steps, warmup if round_ == 0 else 1)
+        rows = [w.call("result", peaks) for w in workers]
+    finally:
+        for worker in workers:
+            worker.close()
     report = {
         "machine": {"threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                     "torch": torch.__version__,

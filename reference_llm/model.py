@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from reference_llm.model_config import PRESETS, ModelConfig
 
 __all__ = ["IGNORE_INDEX", "PRESETS", "ModelConfig", "KVCache", "Transformer", "Block", "Attention", "MLP",
-           "RMSNorm", "make_norm", "rope_tables", "apply_rope"]
+           "RMSNorm", "make_norm", "rope_tables", "apply_rope", "gelu_tanh"]
 
 IGNORE_INDEX = -100  # targets with this value add nothing to the loss (prompt tokens in SFT, padding)
 
@@ -189,8 +189,20 @@ class MLP(nn.Module):
             gate, up = h.chunk(2, dim=-1)
             h = F.silu(gate) * up
         else:
-            h = F.gelu(h, approximate="tanh")  # GPT-2's GELU
+            h = gelu_tanh(h)  # GPT-2's GELU
         return self.proj(h)
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GPT-2's GELU: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), as `F.gelu(x, approximate="tanh")`.
+
+    Under torch.compile it is written with the identity 0.5·(1 + tanh(z)) = sigmoid(2z): the same
+    function (within fp32 rounding), but the kernel inductor generates for the CPU is then 2-3x faster,
+    because its vectorised tanh is much slower than its exp. Eager mode keeps PyTorch's one fused kernel.
+    """
+    if torch.compiler.is_compiling():
+        return x * torch.sigmoid(1.5957691216057308 * (x + 0.044715 * x * x * x))  # 1.5957... = 2·√(2/π)
+    return F.gelu(x, approximate="tanh")
 
 
 class Block(nn.Module):
