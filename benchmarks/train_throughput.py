@@ -126,6 +126,12 @@ class Worker:
         self.process.start()
         child.close()
 
+    def wait_ready(self) -> None:
+        """Block until the worker has built its model (workers start in parallel; timing waits for all)."""
+        ok, value = self.conn.recv()
+        if not ok:
+            raise RuntimeError(f"benchmark worker failed: {value}")
+
     def call(self, method: str, *args: object) -> object:
         self.conn.send((method, args))
         ok, value = self.conn.recv()
@@ -139,7 +145,12 @@ class Worker:
 
 
 def _serve(conn, shape: Shape, recipe: Recipe) -> None:
-    runner = Runner(shape, recipe)
+    try:
+        runner = Runner(shape, recipe)
+    except Exception as exc:
+        conn.send((False, f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send((True, "ready"))
     while True:
         try:
             method, args = conn.recv()
@@ -172,6 +183,8 @@ def main() -> None:
     peaks = {dt: 0.0 for dt in (torch.float32, torch.bfloat16)}
     workers = [Worker(shape, recipe) for shape in shapes for recipe in recipes]
     try:
+        for worker in workers:
+            worker.wait_ready()
         for round_ in range(rounds):  # peaks are re-measured every round; the best round's figure counts
             peaks = {dt: max(p, measure_matmul_peak(dt, device, 2048, peak_repeats)) for dt, p in peaks.items()}
             for worker in workers:
