@@ -3,7 +3,8 @@
 GPT-2 (Radford et al. 2019): LayerNorm, learned absolute positions, GELU MLP, biases, tied embeddings.
 Llama (Touvron et al. 2023): RMSNorm, rotary positions (RoPE), SwiGLU MLP, no biases, grouped-query
 attention (Ainslie et al. 2023) and an untied output head. The differences are fields of one
-`ModelConfig`, not two model classes, so every component is written once.
+`ModelConfig`, not two model classes, so every component is written once. `ModelConfig` and the named
+presets live in `model_config.py`, which does not import torch, so that the estimator can use them.
 
 Shape legend used in comments: B batch, T tokens in this call, S tokens attended to (cache + new),
 C = d_model, H query heads, K key/value heads, D = C // H head size, V vocabulary, F MLP hidden size.

@@ -32,7 +32,7 @@ class ModelConfig:
     bias: bool = True  # biases in Linear and LayerNorm layers
     tie_embeddings: bool = True  # output head shares the token embedding matrix
     dropout: float = 0.0
-    attention: str = "auto"  # "auto" | "sdpa" | "manual" (see `Attention._use_sdpa`)
+    attention: str = "auto"  # "auto" | "sdpa" | "manual" (see `reference_llm.model.Attention._use_sdpa`)
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
