@@ -20,7 +20,7 @@ that round), as the matmul peak does:
 A step is the real training step (`reference_llm.train.train_step`: forward, backward, clip, AdamW)
 on a fixed random batch. MFU divides achieved model FLOP/s (6N + 12·L·C·T per token, see
 `ModelConfig.flops_per_token`) by this machine's matmul peak in the row's dtype, measured here as the
-median of several 2048x2048 matmuls. The nanoGPT figures quoted are those measured with nanoGPT itself
+fastest of several 2048x2048 matmuls. The nanoGPT figures quoted are those measured with nanoGPT itself
 on this kind of machine (2 cores): 23,000 and 1,900 tokens/s.
 """
 

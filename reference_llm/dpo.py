@@ -22,7 +22,6 @@ The config is an SFT config (see reference_llm.sft) with a [dpo] section instead
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import sys
@@ -189,7 +188,8 @@ class DPOObjective:
         return {key: sum(s[key] for s in stats) / len(stats) for key in stats[0]} if stats else {}
 
 
-def train_dpo(config_path: str | None, overrides: Sequence[str] = (), init: str | None = None) -> dict:
+def train_dpo(config_path: str | None, overrides: Sequence[str] = (), init: str | None = None,
+              resume: bool = False) -> dict:
     """Run DPO as configured (`init` overrides dpo.init); returns the final logged metrics."""
     config = load_posttrain_config(config_path, overrides, "dpo", DPOConfig, DPO_TRAIN_DEFAULTS, init)
     dpo, run = config.method, config.run
@@ -201,13 +201,11 @@ def train_dpo(config_path: str | None, overrides: Sequence[str] = (), init: str 
         return [t for p in pairs for t in (*(m["content"] for m in p.prompt), p.chosen, p.rejected)]
 
     # The reference is the starting policy, frozen before any update (and before LoRA wraps it).
-    job = PostTrainRun(config, texts, keep_reference=True)
+    job = PostTrainRun(config, texts, keep_reference=True, resume=resume)
     encoded = encode_pairs(pairs, job.tokenizer, run.seq_len + 1)
     objective = DPOObjective(job.model, job.reference, dpo.beta)
-    generator = torch.Generator().manual_seed(run.train.seed)
-
     def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
-        chosen = torch.randint(len(encoded), (run.train.micro_batch,), generator=generator).tolist()
+        chosen = job.rows.draw(len(encoded), run.train.micro_batch).tolist()
         return pair_batch([encoded[i] for i in chosen])
 
     source = "DEMO DATA (chitchat-dataset ratings + mismatched replies)" if dpo.data == "demo" else dpo.data
@@ -221,7 +219,7 @@ def main(argv: list[str]) -> int:
     args = posttrain_parser("dpo", "Direct Preference Optimization against a frozen reference model.").parse_args(argv)
     if args.config is None and args.checkpoint is None:
         raise ConfigError("give --checkpoint DIR (the SFT model to align), --config FILE, or both")
-    last = train_dpo(args.config, args.overrides, args.checkpoint)
+    last = train_dpo(args.config, args.overrides, args.checkpoint, resume=args.resume)
     print("done: " + " | ".join(f"{k} {v:.4g}" for k, v in last.items()
                                 if k in ("step", "loss", "reward_margin", "accuracy")))
     return 0

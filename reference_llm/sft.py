@@ -38,10 +38,12 @@ What SFT does:
   conversation can attend to the one packed before it, as in GPT-style pretraining on concatenated
   documents. The extra context is unrelated text that the model learns to ignore; `pack = false` puts
   each conversation in its own padded row when that matters more than speed.
-- The checkpoint has the pretraining layout (model.safetensors + state.json + tokenizer.json) and
-  loads with `reference_llm.checkpoint.load_model`. It has no optimizer state: SFT and DPO runs are
-  short and restart rather than resume. With LoRA, model.safetensors holds the merged weights and
-  adapter.safetensors the adapters alone.
+- The checkpoint has the pretraining layout (model.safetensors + optimizer.safetensors + state.json +
+  tokenizer.json) and loads with `reference_llm.checkpoint.load_model`. With LoRA, model.safetensors
+  holds the merged weights and adapter.safetensors the adapters alone. `--resume` continues from the
+  run's latest checkpoint: optimizer state, step, RNG and the batch sampler's position are restored, so
+  on a CPU the resumed run logs the same losses as an uninterrupted one. With LoRA the base weights
+  come again from `init` and only the adapters from the checkpoint.
 """
 
 from __future__ import annotations
@@ -59,15 +61,20 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from reference_llm.cli import ArgumentParser
 from reference_llm.chat import CHAT_TOKENS, add_chat_tokens, encode_chat
-from reference_llm.checkpoint import load_model, resolve_checkpoint, save_checkpoint
+from reference_llm.checkpoint import (
+    capture_rng_state, latest_checkpoint, load_checkpoint, load_model, resolve_checkpoint, restore_rng_state,
+    save_checkpoint,
+)
 from reference_llm.config import SECTIONS, RunConfig, build_section, coerce_value, config_from_dict, read_config_file
 from reference_llm.distributed import build_engine
 from reference_llm.distributed.base import unique_state_dict
 from reference_llm.errors import CheckpointError, ConfigError, DataError, TokenizerError
-from reference_llm.lora import LoRAConfig, apply_lora, merged_state_dict, save_lora
+from reference_llm.lora import LoRAConfig, apply_lora, lora_state_dict, merged_state_dict, save_lora
 from reference_llm.metrics import MetricsFile, ProgressDisplay
 from reference_llm.model import IGNORE_INDEX, Transformer
 from reference_llm.optim import CosineSchedule, optimizer_factory
@@ -238,6 +245,30 @@ def _lora_section(values: Any) -> LoRAConfig | None:
 # ----------------------------------------------------------------------------------------------------
 
 
+class RowSampler:
+    """Which rows each micro-batch takes: uniform draws from a seeded generator. Its state goes into
+    every checkpoint, so a resumed run draws the rows the uninterrupted one would have."""
+
+    def __init__(self, seed: int) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def draw(self, n_rows: int, batch: int) -> torch.Tensor:
+        return torch.randint(n_rows, (batch,), generator=self.generator)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state().tolist()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
+
+
+def _read_adapters(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (OSError, SafetensorError) as exc:
+        raise CheckpointError(f"cannot read LoRA adapters {path}: {exc}") from None
+
+
 class PostTrainRun:
     """Model, tokenizer, LoRA, engine, schedule, metrics and checkpoints of an SFT or DPO run.
 
@@ -246,8 +277,9 @@ class PostTrainRun:
     """
 
     def __init__(self, config: PostTrainConfig, tokenizer_texts: Callable[[], list[str]],
-                 keep_reference: bool = False) -> None:
+                 keep_reference: bool = False, resume: bool = False) -> None:
         self.config = config
+        self.section = type(config.method).__name__.removesuffix("Config").lower()  # "sft" or "dpo"
         run = config.run
         seed_everything(run.train.seed)
         init = config.method.init
@@ -274,7 +306,11 @@ class PostTrainRun:
         self.dtype = resolve_dtype(run.train.dtype, self.device)
         self.run_dir = Path(run.checkpoint.dir)
         self.pad_id = tokenizer.eot_id if tokenizer.eot_id is not None else 0
-        self.display = ProgressDisplay(run.train.max_steps)
+        self.rows = RowSampler(run.train.seed)
+        self.start_step, self.elapsed = 0, 0.0
+        if resume:
+            self._resume()
+        self.display = ProgressDisplay(run.train.max_steps, start_step=self.start_step)
 
     @property
     def model(self) -> nn.Module:
@@ -282,14 +318,13 @@ class PostTrainRun:
 
     def _from_checkpoint(self, init: str) -> tuple[Transformer, Any]:
         model, tokenizer, stored = load_model(init, "cpu")
-        section = type(self.config.method).__name__.removesuffix("Config").lower()
         # A preset fixes every shape field; otherwise only the fields the [model] section names are checked.
         given = self.config.model_section
         check = _SHAPE_FIELDS if "preset" in given else [k for k in _SHAPE_FIELDS if k in given]
         wanted = self.config.run.model
         for key in check:
             if getattr(wanted, key) != getattr(stored.model, key):
-                raise CheckpointError(f"{section}.init={init} has model.{key}={getattr(stored.model, key)!r} but the "
+                raise CheckpointError(f"{self.section}.init={init} has model.{key}={getattr(stored.model, key)!r} but the "
                                       f"config's [model] gives {getattr(wanted, key)!r}; remove [model] (the "
                                       f"checkpoint fixes the model) or use a matching checkpoint")
         tokenizer = add_chat_tokens(tokenizer)
@@ -300,6 +335,34 @@ class PostTrainRun:
         if overrides:
             model.config = dataclasses.replace(model.config, **overrides)
         return model, tokenizer
+
+    def _resume(self) -> None:
+        """Continue from the run's latest checkpoint (a fresh start, with a note, when there is none)."""
+        found = latest_checkpoint(self.run_dir)
+        if found is None:
+            print(f"note: --resume but {self.run_dir} has no checkpoint yet; starting from step 0", file=sys.stderr)
+            return
+        ckpt = load_checkpoint(found)
+        state = ckpt.state
+        if self.section not in state:
+            raise CheckpointError(f"{found} was not written by {self.section.upper()} (its state has no "
+                                  f"{self.section} settings); resume it with the command that wrote it")
+        if state.get("tokenizer_fingerprint") != self.tokenizer.fingerprint():
+            raise CheckpointError(f"{found}: written with a different tokenizer than this run builds "
+                                  f"(fingerprints differ); check {self.section}.init and [data]")
+        weights = ckpt.weights
+        if self.config.lora is not None:
+            # The checkpoint's weights are merged; the run trains base + adapters, so rebuild that.
+            adapters = ckpt.path / ADAPTER_FILE
+            saved = _read_adapters(adapters)
+            expected = lora_state_dict(self.model)
+            if set(saved) != set(expected):
+                raise CheckpointError(f"{adapters} does not match [lora] of this run (adapter tensors differ)")
+            weights = {**unique_state_dict(self.model), **saved}
+        self.engine.load_state(weights, ckpt.optimizer_state)
+        self.rows.load_state_dict(state["rows"])
+        restore_rng_state(state["rng"])
+        self.start_step, self.elapsed = int(state["step"]), float(state.get("elapsed_s", 0.0))
 
     def note(self, text: str) -> None:
         self.display.note(text)
@@ -317,13 +380,13 @@ class PostTrainRun:
         t = run.train
         schedule = CosineSchedule.from_config(t)
         budget = t.max_minutes * 60 if t.max_minutes > 0 else math.inf
-        metrics_file = MetricsFile(self.run_dir / t.metrics_file)
+        metrics_file = MetricsFile(self.run_dir / t.metrics_file, keep_through_step=self.start_step or None)
         peak = matmul_peak(self.dtype, self.device)
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         self.note(f"{self.model.num_params() / 1e6:.2f}M params ({trainable / 1e6:.3f}M trained), vocab "
                   f"{run.model.vocab_size}; {self.device.type} {str(self.dtype).removeprefix('torch.')}")
-        last: dict[str, Any] = {"step": 0}
-        step, elapsed, window_tokens, window_start = 0, 0.0, 0, time.perf_counter()
+        last: dict[str, Any] = {"step": self.start_step}
+        step, elapsed, window_tokens, window_start = self.start_step, self.elapsed, 0, time.perf_counter()
         self.model.train()
         try:
             while step < t.max_steps and elapsed < budget:
@@ -347,10 +410,10 @@ class PostTrainRun:
                 if validate and run.eval.interval and step % run.eval.interval == 0 and step < t.max_steps:
                     self._validate(validate, step, last, metrics_file)
                 if run.checkpoint.interval and step % run.checkpoint.interval == 0 and step < t.max_steps:
-                    self.save(step, last, extra_state)
+                    self.save(step, last, extra_state, elapsed)
             if validate:
                 self._validate(validate, step, last, metrics_file)
-            self.save(step, last, extra_state)
+            self.save(step, last, extra_state, elapsed)
         finally:
             self.display.close()
             metrics_file.close()
@@ -363,14 +426,15 @@ class PostTrainRun:
         metrics_file.write({"step": step, **result})
         self.note(f"step {step}: " + " | ".join(f"{k} {v:.4f}" for k, v in result.items()))
 
-    def save(self, step: int, metrics: dict[str, Any], extra_state: dict[str, Any] | None) -> Path:
-        """A checkpoint in the pretraining layout; with LoRA, merged weights plus adapter.safetensors."""
+    def save(self, step: int, metrics: dict[str, Any], extra_state: dict[str, Any] | None, elapsed: float) -> Path:
+        """A checkpoint in the pretraining layout, resumable; with LoRA, merged weights plus adapter.safetensors."""
         lora = self.config.lora
         weights = merged_state_dict(self.model) if lora else unique_state_dict(self.model)
-        state = {"step": step, "config": self.config.run.to_dict(),
+        state = {"step": step, "elapsed_s": elapsed, "config": self.config.run.to_dict(),
                  "tokenizer_fingerprint": self.tokenizer.fingerprint(), "metrics": metrics,
-                 "lora": dataclasses.asdict(lora) if lora else None, **(extra_state or {})}
-        path = save_checkpoint(self.run_dir, step, weights, None, state, self.tokenizer,
+                 "lora": dataclasses.asdict(lora) if lora else None, "rng": capture_rng_state(),
+                 "rows": self.rows.state_dict(), **(extra_state or {})}
+        path = save_checkpoint(self.run_dir, step, weights, self.engine.optimizer_state(), state, self.tokenizer,
                                keep=self.config.run.checkpoint.keep)
         if lora:
             save_lora(self.model, path / ADAPTER_FILE)
@@ -402,14 +466,15 @@ def encode_examples(conversations: Sequence[Sequence[Message]], tokenizer) -> tu
     return examples, skipped
 
 
-def train_sft(config_path: str | Path | None, overrides: Sequence[str] = (), init: str | None = None) -> dict:
+def train_sft(config_path: str | Path | None, overrides: Sequence[str] = (), init: str | None = None,
+              resume: bool = False) -> dict:
     """Run SFT as configured (`init` overrides sft.init); returns the final logged metrics."""
     config = load_posttrain_config(config_path, overrides, "sft", SFTConfig, SFT_TRAIN_DEFAULTS, init)
     sft, run = config.method, config.run
     conversations = load_sft_conversations(sft, run.train.seed)
     n_val = int(len(conversations) * run.data.val_fraction) if len(conversations) > 1 else 0
     train_convs, val_convs = conversations[n_val:], conversations[:n_val]
-    job = PostTrainRun(config, lambda: [m["content"] for c in train_convs for m in c])
+    job = PostTrainRun(config, lambda: [m["content"] for c in train_convs for m in c], resume=resume)
     examples, skipped = encode_examples(train_convs, job.tokenizer)
     if skipped:
         job.note(f"skipped {skipped} conversations with characters the tokenizer cannot encode")
@@ -418,10 +483,8 @@ def train_sft(config_path: str | Path | None, overrides: Sequence[str] = (), ini
     source = "DEMO DATA (chatterbot-corpus + chitchat-dataset)" if sft.data == "demo" else sft.data
     job.note(f"SFT on {len(examples)} conversations from {source}: {x.shape[0]} rows of {seq_len} tokens, "
              f"{int((y != IGNORE_INDEX).sum())} trained (assistant) tokens")
-    generator = torch.Generator().manual_seed(run.train.seed)
-
     def next_batch() -> Batch:
-        rows = torch.randint(x.shape[0], (run.train.micro_batch,), generator=generator)
+        rows = job.rows.draw(x.shape[0], run.train.micro_batch)
         return x[rows], y[rows]
 
     validate = None
@@ -444,6 +507,8 @@ def posttrain_parser(section: str, description: str) -> argparse.ArgumentParser:
     parser = ArgumentParser(prog=f"python -m reference_llm.{section}", description=description)
     parser.add_argument("--config", help=f"TOML file: [{section}], optional [lora], and run config sections")
     parser.add_argument("--checkpoint", help=f"the checkpoint to start from (sets {section}.init)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the latest checkpoint in checkpoint.dir (the same config and overrides)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",
                         help=f"config overrides in TOML syntax, e.g. train.max_steps=100 {section}.max_examples=500")
     return parser
@@ -454,7 +519,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.config is None and args.checkpoint is None:
         raise ConfigError("give --checkpoint DIR (the model to fine-tune), --config FILE, or both")
-    last = train_sft(args.config, args.overrides, args.checkpoint)
+    last = train_sft(args.config, args.overrides, args.checkpoint, resume=args.resume)
     print("done: " + " | ".join(f"{k} {v:.4g}" for k, v in last.items() if k in ("step", "loss", "val_loss")))
     return 0
 

@@ -13,12 +13,14 @@ import torch.nn.functional as F
 from reference_llm.chat import add_chat_tokens, encode_prompt
 from reference_llm.checkpoint import load_model
 from reference_llm.cli import run_main
-from reference_llm.dpo import dpo_loss, dpo_step_loss, encode_pairs, main, pair_batch, sequence_logprobs
+from reference_llm import sft
+from reference_llm.dpo import dpo_loss, dpo_step_loss, encode_pairs, main, pair_batch, sequence_logprobs, train_dpo
 from reference_llm.errors import DataError
 from reference_llm.metrics import read_metrics
 from reference_llm.model import IGNORE_INDEX, ModelConfig, Transformer
 from reference_llm.posttrain_data import PreferencePair, demo_preference_pairs, load_preference_pairs
 from reference_llm.tokenizer import train_tokenizer
+from reference_llm.train import train_step
 
 PROMPTS = ["ab", "ba", "abc", "cab", "bca", "cc", "aab", "bb", "ca", "acb"]
 
@@ -154,3 +156,38 @@ def test_cli_bad_beta_is_exit_2(tmp_path, capsys):
     config.write_text(DPO_CONFIG.format(data="demo", run=tmp_path / "run", extra=""))
     assert run_main(main, ["--config", str(config), "dpo.beta=0"]) == 2
     assert capsys.readouterr().err.strip() == "error: dpo.beta must be positive, got 0.0"
+
+
+def test_resumed_run_continues_the_uninterrupted_one(tmp_path, monkeypatch):
+    """Stopped after its step-2 checkpoint and resumed, DPO logs what the uninterrupted run logs: the
+    reference stays the starting policy (not the resumed weights) and the pair sampler picks up."""
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p, "chosen": "yes", "rejected": "no"}) + "\n" for p in PROMPTS))
+    args = ["train.log_interval=1", "checkpoint.interval=2"]
+
+    def config(name: str):
+        path = tmp_path / f"{name}.toml"
+        path.write_text(DPO_CONFIG.format(data=data, run=tmp_path / name, extra=""))
+        return str(path)
+
+    assert run_main(main, ["--config", config("whole"), *args]) == 0
+
+    def crash_at_step_three(*a, **kw):
+        if crash_at_step_three.calls == 2:
+            raise RuntimeError("interrupted")
+        crash_at_step_three.calls += 1
+        return train_step(*a, **kw)
+
+    crash_at_step_three.calls = 0
+    monkeypatch.setattr(sft, "train_step", crash_at_step_three)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        train_dpo(config("staged"), args)
+    monkeypatch.setattr(sft, "train_step", train_step)
+    assert run_main(main, ["--config", config("staged"), *args, "--resume"]) == 0
+
+    def logged(name: str) -> list[tuple[int, float, float]]:
+        return [(r["step"], r["loss"], r["reward_margin"]) for r in read_metrics(tmp_path / name / "metrics.jsonl")
+                if "loss" in r]
+
+    assert [step for step, _, _ in logged("whole")] == [1, 2, 3, 4]
+    assert logged("staged")[2:] == logged("whole")[2:]

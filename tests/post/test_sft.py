@@ -19,9 +19,10 @@ from reference_llm.lora import load_lora
 from reference_llm.metrics import read_metrics
 from reference_llm.model import IGNORE_INDEX, ModelConfig, Transformer
 from reference_llm.posttrain_data import demo_conversations
+from reference_llm import sft
 from reference_llm.sft import main, pack_examples, resize_vocab
 from reference_llm.tokenizer import train_tokenizer
-from reference_llm.train import padded_vocab_size
+from reference_llm.train import padded_vocab_size, train_step
 
 I = IGNORE_INDEX  # noqa: E741
 
@@ -177,3 +178,58 @@ def test_bad_data_files(tmp_path, capsys, lines, message):
     config = write_config(tmp_path, data=str(data), extra=RANDOM_INIT)
     assert run_main(main, ["--config", str(config)]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_resumed_run_logs_the_losses_of_an_uninterrupted_one(tmp_path, base_checkpoint, monkeypatch, lora):
+    """Interrupted after its step-3 checkpoint and resumed with --resume, a run must continue exactly
+    where it was: same rows drawn, same optimizer state, same losses (bit-exact on CPU)."""
+    extra = '[lora]\nr = 2\ndropout = 0.1' if lora else RANDOM_INIT  # dropout: the RNG state must come back too
+    init = str(base_checkpoint) if lora else ""
+
+    def run_dir(name: str):
+        folder = tmp_path / name
+        folder.mkdir()
+        return write_config(folder, init=init, n=60, steps=6, extra=extra)
+
+    whole = run_dir("whole")
+    assert run_main(main, ["--config", str(whole), "checkpoint.interval=3"]) == 0
+    expected = [r["loss"] for r in read_metrics(tmp_path / "whole" / "run" / "metrics.jsonl") if "loss" in r]
+
+    staged = run_dir("staged")
+    calls = {"n": 0}
+
+    def crash_after_three_steps(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise RuntimeError("interrupted")
+        return train_step(*args, **kwargs)
+
+    monkeypatch.setattr(sft, "train_step", crash_after_three_steps)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        sft.train_sft(staged, ["checkpoint.interval=3"])
+    monkeypatch.setattr(sft, "train_step", train_step)
+    assert run_main(main, ["--config", str(staged), "checkpoint.interval=3", "--resume"]) == 0
+    resumed = [r["loss"] for r in read_metrics(tmp_path / "staged" / "run" / "metrics.jsonl") if "loss" in r]
+    assert len(expected) == 6 and resumed == expected
+    if lora:  # the adapters, not the merged weights, were resumed: both runs end with the same model
+        a, _, _ = load_model(tmp_path / "whole" / "run")
+        b, _, _ = load_model(tmp_path / "staged" / "run")
+        assert all(torch.equal(a.state_dict()[k], v) for k, v in b.state_dict().items())
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda state: state.update(dpo=state.pop("sft")), "was not written by SFT"),
+    (lambda state: state.update(tokenizer_fingerprint="0" * 16), "written with a different tokenizer"),
+])
+def test_resume_refuses_a_checkpoint_this_run_cannot_continue(tmp_path, capsys, edit, message):
+    config = write_config(tmp_path, n=40, steps=1, extra=RANDOM_INIT)
+    assert run_main(main, ["--config", str(config)]) == 0
+    capsys.readouterr()
+    state_file = tmp_path / "run" / "step_0000001" / "state.json"
+    state = json.loads(state_file.read_text())
+    edit(state)
+    state_file.write_text(json.dumps(state))
+    assert run_main(main, ["--config", str(config), "--resume", "train.max_steps=2"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
