@@ -78,7 +78,7 @@ from reference_llm.lora import LoRAConfig, apply_lora, lora_state_dict, merged_s
 from reference_llm.metrics import MetricsFile, ProgressDisplay
 from reference_llm.model import IGNORE_INDEX, Transformer
 from reference_llm.optim import CosineSchedule, optimizer_factory
-from reference_llm.perf import keep_freed_memory, mfu, resolve_dtype
+from reference_llm.perf import mfu, resolve_dtype
 from reference_llm.posttrain_data import Message, demo_conversations, load_conversations
 from reference_llm.tokenizer import EOT, train_tokenizer
 from reference_llm.train import evaluate, matmul_peak, padded_vocab_size, seed_everything, train_step
@@ -301,8 +301,6 @@ class PostTrainRun:
         self.device = self.engine.device
         if self.reference is not None:
             self.reference.to(self.device)
-        if self.device.type == "cpu":
-            keep_freed_memory()  # without it every CPU step page-faults its activations back in
         self.dtype = resolve_dtype(run.train.dtype, self.device)
         self.run_dir = Path(run.checkpoint.dir)
         self.pad_id = tokenizer.eot_id if tokenizer.eot_id is not None else 0

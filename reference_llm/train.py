@@ -38,7 +38,7 @@ from reference_llm.errors import CheckpointError, ConfigError, DataError
 from reference_llm.metrics import MetricsFile, ProgressDisplay
 from reference_llm.model import Transformer
 from reference_llm.optim import CosineSchedule, optimizer_factory
-from reference_llm.perf import autocast, keep_freed_memory, measure_matmul_peak, mfu, resolve_dtype
+from reference_llm.perf import autocast, measure_matmul_peak, mfu, resolve_dtype
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # token ids (B, T) and targets (B, T)
 
@@ -123,8 +123,6 @@ class Trainer:
         config.model = dataclasses.replace(config.model, vocab_size=padded_vocab_size(self.tokenizer.vocab_size))
         self.engine = build_engine(config, Transformer(config.model), optimizer_factory(t))
         self.device = self.engine.device
-        if self.device.type == "cpu":
-            keep_freed_memory()  # without it every CPU step page-faults its activations back in
         self.dtype = resolve_dtype(t.dtype, self.device)
         self.schedule = CosineSchedule.from_config(t)
         self.seq_len = config.seq_len

@@ -40,7 +40,7 @@ import torch.nn as nn
 from reference_llm.config import RunConfig
 from reference_llm.errors import CheckpointError, DistributedError
 from reference_llm.optim import OptimizerFactory
-from reference_llm.perf import resolve_device
+from reference_llm.perf import keep_freed_memory, resolve_device
 
 OptimizerState = dict[str, Any]
 
@@ -230,4 +230,7 @@ def build_engine(run_config: RunConfig, model: nn.Module, make_optimizer: Optimi
         raise DistributedError(f"distributed.strategy={strategy} is not available: module {exc.name} "
                                f"is missing from this installation") from None
     engine_class: type[Engine] = getattr(module, class_name)
-    return engine_class(run_config, model, make_optimizer)
+    engine = engine_class(run_config, model, make_optimizer)
+    if engine.device.type == "cpu":
+        keep_freed_memory()  # without it every CPU training step page-faults its activations back in
+    return engine
