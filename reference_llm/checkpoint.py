@@ -235,6 +235,16 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Tr
     return model.to(device).eval(), tokenizer, config
 
 
+def save_model(model: Transformer, tokenizer: Tokenizer, run_dir: str | Path, note: str = "") -> Path:
+    """Write `model` and `tokenizer` as step 0 of a run directory (no optimizer state): the inverse of
+    `load_model`, for models that come from elsewhere (an import, a test) rather than a training run."""
+    from reference_llm.distributed.base import unique_state_dict
+
+    state = {"step": 0, "config": RunConfig(model=model.config).to_dict(),
+             "tokenizer_fingerprint": tokenizer.fingerprint(), "note": note}
+    return save_checkpoint(run_dir, 0, unique_state_dict(model), None, state, tokenizer)
+
+
 def _read_state(path: Path) -> dict[str, Any]:
     try:
         state = json.loads(path.read_text(encoding="utf-8"))

@@ -42,6 +42,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from reference_llm.checkpoint import load_model, save_model
 from reference_llm.cli import ArgumentParser
 from reference_llm.errors import CheckpointError, ConfigError, TokenizerError
 from reference_llm.model import ModelConfig, Transformer
@@ -408,18 +409,6 @@ def _load_hf_tokenizer(path: Path):
 # ----------------------------------------------------------------------------------------------------
 
 
-def save_as_checkpoint(model: Transformer, tokenizer, run_dir: str | Path, note: str = "") -> Path:
-    """Write `model` and `tokenizer` as step 0 of a checkpoint run directory (no optimizer state), the
-    form `reference_llm.checkpoint.load_model` and every `--checkpoint` flag read."""
-    from reference_llm.checkpoint import save_checkpoint
-    from reference_llm.config import RunConfig
-    from reference_llm.distributed.base import unique_state_dict
-
-    state = {"step": 0, "config": RunConfig(model=model.config).to_dict(),
-             "tokenizer_fingerprint": tokenizer.fingerprint(), "note": note}
-    return save_checkpoint(run_dir, 0, unique_state_dict(model), None, state, tokenizer)
-
-
 def main(argv: list[str]) -> int:
     parser = ArgumentParser(
         prog="python -m reference_llm.export",
@@ -431,8 +420,6 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--dtype", default="float32", choices=tuple(DTYPES), help="export weight dtype")
     args = parser.parse_args(argv)
     if args.checkpoint:
-        from reference_llm.checkpoint import load_model
-
         model, tokenizer, _ = load_model(args.checkpoint, "cpu")
         out = export_hf(model, tokenizer, args.out, args.dtype)
         kind = "GPT2LMHeadModel" if model.config.arch == "gpt2" else "LlamaForCausalLM"
@@ -441,7 +428,7 @@ def main(argv: list[str]) -> int:
     model, tokenizer = import_hf(args.import_hf)
     if tokenizer is None:
         raise TokenizerError(f"{args.import_hf} has no {TOKENIZER_FILE}; a checkpoint needs its tokenizer")
-    path = save_as_checkpoint(model, tokenizer, args.out, note=f"imported from {args.import_hf}")
+    path = save_model(model, tokenizer, args.out, note=f"imported from {args.import_hf}")
     print(f"imported {args.import_hf} into {path}")
     return 0
 

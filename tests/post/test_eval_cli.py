@@ -15,7 +15,7 @@ from reference_llm.checkpoint import load_model
 from reference_llm.cli import run_main
 from reference_llm.evaluate.__main__ import main
 from reference_llm.evaluate.perplexity import evaluate_text
-from reference_llm.export import save_as_checkpoint
+from reference_llm.checkpoint import save_model
 from reference_llm.model import ModelConfig, Transformer
 from reference_llm.tokenizer import train_tokenizer
 
@@ -29,7 +29,7 @@ def run_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     model = Transformer(ModelConfig.preset("tiny", vocab_size=tokenizer.vocab_size, block_size=128))
     path = tmp_path_factory.mktemp("eval") / "run"
-    save_as_checkpoint(model, tokenizer, path)
+    save_model(model, tokenizer, path)
     return path
 
 

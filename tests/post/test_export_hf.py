@@ -13,7 +13,8 @@ import torch
 from reference_llm.assets import corpus_path
 from reference_llm.chat import CHAT_TOKENS, encode_prompt
 from reference_llm.errors import CheckpointError, ConfigError
-from reference_llm.export import export_hf, import_hf, save_as_checkpoint
+from reference_llm.checkpoint import save_model
+from reference_llm.export import export_hf, import_hf
 from reference_llm.model import ModelConfig, Transformer
 from reference_llm.quantize import quantize_model
 from reference_llm.tokenizer import EOT, train_tokenizer
@@ -171,7 +172,7 @@ def test_import_refuses_what_it_cannot_represent(tmp_path: Path, char_tokenizer)
 
 def test_cli_exports_and_imports_a_checkpoint(tmp_path: Path, char_tokenizer) -> None:
     model = random_model("llama", char_tokenizer.vocab_size)
-    save_as_checkpoint(model, char_tokenizer, tmp_path / "run")
+    save_model(model, char_tokenizer, tmp_path / "run")
     run = [sys.executable, "-m", "reference_llm.export"]
     done = subprocess.run(run + ["--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "hf")],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -194,7 +195,7 @@ def test_cli_refuses_a_custom_architecture_in_one_line(tmp_path: Path, char_toke
 
     custom = Transformer(ModelConfig.llama_style(vocab_size=char_tokenizer.vocab_size, block_size=32, n_layer=1,
                                                  n_head=2, d_model=32, mlp="gelu"))
-    save_as_checkpoint(custom, char_tokenizer, tmp_path / "custom")
+    save_model(custom, char_tokenizer, tmp_path / "custom")
     code = run_main(main, ["--checkpoint", str(tmp_path / "custom"), "--out", str(tmp_path / "x")])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: cannot export to Hugging Face") and err.count("\n") == 1

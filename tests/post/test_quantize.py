@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from reference_llm.errors import CheckpointError, ConfigError
-from reference_llm.export import save_as_checkpoint
+from reference_llm.checkpoint import save_model
 from reference_llm.model import ModelConfig, Transformer
 from reference_llm.quantize import (
     QuantizedLinear, load_quantized, quantizable_layers, quantize_model, save_quantized,
@@ -132,7 +132,7 @@ def test_cli_quantizes_a_checkpoint(tmp_path: Path) -> None:
     tokenizer = train_tokenizer("char", [text], None)
     torch.manual_seed(0)
     model = Transformer(ModelConfig.preset("tiny", vocab_size=tokenizer.vocab_size))
-    save_as_checkpoint(model, tokenizer, tmp_path / "run")
+    save_model(model, tokenizer, tmp_path / "run")
     cmd = [sys.executable, "-m", "reference_llm.quantize", "--checkpoint", str(tmp_path / "run"), "--bits", "4",
            "--group-size", "32", "--out", str(tmp_path / "q")]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -148,7 +148,7 @@ def test_cli_bad_group_size_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
     from reference_llm.quantize import main
 
     tokenizer = train_tokenizer("char", ["abc"], None)
-    save_as_checkpoint(Transformer(ModelConfig.preset("tiny", vocab_size=tokenizer.vocab_size)), tokenizer,
+    save_model(Transformer(ModelConfig.preset("tiny", vocab_size=tokenizer.vocab_size)), tokenizer,
                        tmp_path / "run")
     code = run_main(main, ["--checkpoint", str(tmp_path / "run"), "--bits", "4", "--group-size", "48",
                            "--out", str(tmp_path / "q")])

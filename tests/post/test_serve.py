@@ -23,7 +23,7 @@ uvicorn = pytest.importorskip("uvicorn", reason="the 'serve' extra is not instal
 from reference_llm.assets import corpus_path  # noqa: E402
 from reference_llm.chat import CHAT_TOKENS, encode_prompt  # noqa: E402
 from reference_llm.errors import ConfigError  # noqa: E402
-from reference_llm.export import save_as_checkpoint  # noqa: E402
+from reference_llm.checkpoint import save_model  # noqa: E402
 from reference_llm.generate import generate  # noqa: E402
 from reference_llm.model import ModelConfig, Transformer  # noqa: E402
 from reference_llm.serve import ServeLimits, create_app, iter_sse  # noqa: E402
@@ -263,7 +263,7 @@ def test_bad_limits_are_refused() -> None:
 
 
 def test_cli_serves_a_checkpoint(tmp_path: Path, model, tokenizer) -> None:
-    save_as_checkpoint(model, tokenizer, tmp_path / "demo")
+    save_model(model, tokenizer, tmp_path / "demo")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
