@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from generator.plan import plan_run
+from generator.render import render_into
+
 REPO = Path(__file__).resolve().parents[2]
 
 Snapshot = dict[str, tuple[int, str]]
@@ -52,3 +55,20 @@ def subprocess_env(fixed_cpu: None, template_cache: Path) -> dict[str, str]:
     env["NO_COLOR"] = "1"
     env["COLUMNS"] = "200"
     return env
+
+
+@pytest.fixture(scope="session")
+def render_projects(tmp_path_factory: pytest.TempPathFactory) -> Callable[[dict[str, dict]], dict[str, Path]]:
+    """Render practitioner projects, name -> the answers `llmgen new` is given, each into a folder of this
+    session; the CPU peak is fixed so that the CPU project's plan does not measure matmuls."""
+    def render(projects: dict[str, dict]) -> dict[str, Path]:
+        rendered = {}
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("LLMGEN_CPU_TFLOPS", "0.5")
+            for name, given in projects.items():
+                plan = plan_run(f"proj-{name}", {"track": "practitioner", "budget": "200 gpu-hours",
+                                                 "exercises": False, "tokens": 10**9, **given})
+                rendered[name] = tmp_path_factory.mktemp(name)
+                render_into(plan.answers, rendered[name])
+        return rendered
+    return render

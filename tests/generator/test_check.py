@@ -13,8 +13,6 @@ import pytest
 from typer.testing import CliRunner
 
 from generator.cli import app
-from generator.plan import plan_run
-from generator.render import render_into
 
 PROJECTS = {
     "zero3-4x8": {"hardware": "4x8xH100", "parallelism": "zero3", "model_preset": "llama-8b"},
@@ -24,16 +22,8 @@ PROJECTS = {
 
 
 @pytest.fixture(scope="module")
-def rendered(tmp_path_factory) -> dict[str, Path]:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LLMGEN_CPU_TFLOPS", "0.5")
-        out = {}
-        for name, given in PROJECTS.items():
-            plan = plan_run(f"proj-{name}", {"track": "practitioner", "budget": "200 gpu-hours",
-                                             "exercises": False, "tokens": 10**9, **given})
-            out[name] = tmp_path_factory.mktemp(name)
-            render_into(plan.answers, out[name])
-    return out
+def rendered(render_projects) -> dict[str, Path]:
+    return render_projects(PROJECTS)
 
 
 @pytest.fixture

@@ -17,8 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from generator.plan import plan_run
-from generator.render import render_into
 from reference_llm.config import load_config
 from reference_llm.distributed import ds_config
 
@@ -43,16 +41,8 @@ if sys.argv[1:3] == ["show", "hostnames"]:  # scontrol: expand the allocation's 
 
 
 @pytest.fixture(scope="module")
-def projects(tmp_path_factory) -> dict[str, Path]:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LLMGEN_CPU_TFLOPS", "0.5")  # the CPU project's plan: no matmul measurement
-        rendered = {}
-        for name, given in PROJECTS.items():
-            plan = plan_run(f"proj-{name}", {"track": "practitioner", "budget": "200 gpu-hours",
-                                             "exercises": False, "tokens": 10**9, **given})
-            rendered[name] = tmp_path_factory.mktemp(name)
-            render_into(plan.answers, rendered[name])
-    return rendered
+def projects(render_projects) -> dict[str, Path]:
+    return render_projects(PROJECTS)
 
 
 @pytest.fixture(scope="module")
