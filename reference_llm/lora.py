@@ -188,9 +188,18 @@ def read_lora_config(path: str | Path) -> LoRAConfig:
 
 def load_lora(model: nn.Module, path: str | Path) -> list[str]:
     """Wrap `model` as the adapter file says and load its weights; shapes must match the model."""
-    config = read_lora_config(path)
-    names = apply_lora(model, config)
-    tensors = load_file(str(path))
+    names = apply_lora(model, read_lora_config(path))
+    load_lora_weights(model, path)
+    return names
+
+
+def load_lora_weights(model: nn.Module, path: str | Path) -> None:
+    """Copy an adapter file's tensors into `model`'s LoRA layers (already wrapped); every name and
+    shape must match."""
+    try:
+        tensors = load_file(str(path))
+    except (OSError, SafetensorError) as exc:
+        raise CheckpointError(f"cannot read LoRA adapter {path}: {exc}") from None
     expected = lora_state_dict(model)
     missing, unexpected = set(expected) - set(tensors), set(tensors) - set(expected)
     if missing or unexpected:
@@ -205,7 +214,6 @@ def load_lora(model: nn.Module, path: str | Path) -> list[str]:
         for name, layer in lora_layers(model).items():
             layer.lora_A.copy_(tensors[f"{name}.lora_A"])
             layer.lora_B.copy_(tensors[f"{name}.lora_B"])
-    return names
 
 
 def merge_lora(model: nn.Module) -> None:

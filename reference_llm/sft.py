@@ -61,8 +61,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from reference_llm.cli import ArgumentParser
 from reference_llm.chat import CHAT_TOKENS, add_chat_tokens, encode_chat
@@ -74,7 +72,7 @@ from reference_llm.config import SECTIONS, RunConfig, build_section, coerce_valu
 from reference_llm.distributed import build_engine
 from reference_llm.distributed.base import unique_state_dict
 from reference_llm.errors import CheckpointError, ConfigError, DataError, TokenizerError
-from reference_llm.lora import LoRAConfig, apply_lora, lora_state_dict, merged_state_dict, save_lora
+from reference_llm.lora import LoRAConfig, apply_lora, load_lora_weights, merged_state_dict, save_lora
 from reference_llm.metrics import MetricsFile, ProgressDisplay
 from reference_llm.model import IGNORE_INDEX, Transformer
 from reference_llm.optim import CosineSchedule, optimizer_factory
@@ -262,13 +260,6 @@ class RowSampler:
         self.generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
 
 
-def _read_adapters(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(path))
-    except (OSError, SafetensorError) as exc:
-        raise CheckpointError(f"cannot read LoRA adapters {path}: {exc}") from None
-
-
 class PostTrainRun:
     """Model, tokenizer, LoRA, engine, schedule, metrics and checkpoints of an SFT or DPO run.
 
@@ -350,13 +341,9 @@ class PostTrainRun:
                                   f"(fingerprints differ); check {self.section}.init and [data]")
         weights = ckpt.weights
         if self.config.lora is not None:
-            # The checkpoint's weights are merged; the run trains base + adapters, so rebuild that.
-            adapters = ckpt.path / ADAPTER_FILE
-            saved = _read_adapters(adapters)
-            expected = lora_state_dict(self.model)
-            if set(saved) != set(expected):
-                raise CheckpointError(f"{adapters} does not match [lora] of this run (adapter tensors differ)")
-            weights = {**unique_state_dict(self.model), **saved}
+            # The checkpoint's weights are merged; the run trains base (from init) + adapters, so load those.
+            load_lora_weights(self.model, ckpt.path / ADAPTER_FILE)
+            weights = unique_state_dict(self.model)
         self.engine.load_state(weights, ckpt.optimizer_state)
         self.rows.load_state_dict(state["rows"])
         restore_rng_state(state["rng"])
