@@ -21,7 +21,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from reference_llm.generate import generate
+from reference_llm.deploy.generate import generate
 from reference_llm.model import ModelConfig, Transformer
 
 PROMPT_LEN = 64

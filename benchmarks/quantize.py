@@ -37,9 +37,9 @@ from safetensors.torch import save_file
 
 from reference_llm.assets import corpus_path
 from reference_llm.evaluate.perplexity import evaluate_text
-from reference_llm.generate import generate
+from reference_llm.deploy.generate import generate
 from reference_llm.model import ModelConfig, Transformer
-from reference_llm.quantize import quantizable_layers, quantize_model, save_quantized
+from reference_llm.deploy.quantize import quantizable_layers, quantize_model, save_quantized
 from reference_llm.tokenizer import train_tokenizer
 
 SCHEMES = [("float32", None, None), ("int8", 8, None), ("int4 g128", 4, 128), ("int4 g64", 4, 64), ("int4 g32", 4, 32)]
@@ -144,7 +144,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
     if args.checkpoint:
-        from reference_llm.checkpoint import load_model
+        from reference_llm.train.checkpoint import load_model
 
         model, tokenizer, _ = load_model(args.checkpoint, "cpu")
         heldout = corpus_path().read_text(encoding="utf-8")

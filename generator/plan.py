@@ -19,7 +19,7 @@ from generator.estimate.budget import Budget, plan_budget
 from generator.estimate.hardware import Hardware
 from generator.questions import load_questions, validate
 from generator.roadmap import roadmap_for_answers
-from reference_llm.model_config import ModelConfig
+from reference_llm.model.config import ModelConfig
 
 CPU_MICRO_BATCH = 8  # 8 x 256 tokens keeps a demo step well under a second on a laptop CPU
 # Tokens per optimizer step on GPUs: GPT-3 (Brown et al. 2020, Table 2.1) used 0.5M for its small models.

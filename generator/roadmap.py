@@ -32,7 +32,7 @@ from generator.estimate import Estimate, estimate_run, parse_hardware
 from generator.estimate.hardware import Hardware
 from generator.tracks import Step, Track, load_tracks
 from generator.units import duration, si
-from reference_llm.model_config import ModelConfig
+from reference_llm.model.config import ModelConfig
 
 # Graph layout, in SVG user units.
 NODE_WIDTH, NODE_HEIGHT = 210, 44

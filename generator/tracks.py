@@ -40,7 +40,7 @@ from typing import Any
 
 from generator.errors import TrackDataError
 from generator.resources import tracks_dir
-from reference_llm.model_config import PRESETS
+from reference_llm.model.config import PRESETS
 
 SCHEMA_VERSION = 1
 DEPTHS = ("read", "build", "extend")

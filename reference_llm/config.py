@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from reference_llm.errors import ConfigError
-from reference_llm.model_config import ModelConfig
+from reference_llm.model.config import ModelConfig
 
 
 @dataclass

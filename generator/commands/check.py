@@ -181,7 +181,7 @@ def expected_bf16(p: Project) -> bool | None:
     if dtype != "auto":
         return dtype == "bfloat16"
     if p.hardware.is_cpu:
-        from reference_llm.perf import cpu_has_native_bf16  # here: perf imports torch, every llmgen command would pay
+        from reference_llm.train.perf import cpu_has_native_bf16  # here: perf imports torch, every llmgen command would pay
 
         return cpu_has_native_bf16()
     return resolve_precision("auto", p.hardware) == "bf16"

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from reference_llm.model_config import PRESETS, ModelConfig
+from reference_llm.model.config import PRESETS, ModelConfig
 
 from generator.errors import EstimateError
 from generator.estimate import formulas

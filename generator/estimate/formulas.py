@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from reference_llm.model_config import ModelConfig
+from reference_llm.model.config import ModelConfig
 
 GIB = 2**30
 ACT_BYTES = {"bf16": 2, "fp8": 2, "fp32": 4}  # bytes per saved activation element (fp8 keeps bf16 activations)

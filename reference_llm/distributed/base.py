@@ -39,8 +39,9 @@ import torch.nn as nn
 
 from reference_llm.config import RunConfig
 from reference_llm.errors import CheckpointError, DistributedError
-from reference_llm.optim import OptimizerFactory
-from reference_llm.perf import keep_freed_memory, resolve_device
+from reference_llm.train.checkpoint import load_weights, unique_state_dict
+from reference_llm.train.optim import OptimizerFactory
+from reference_llm.train.perf import keep_freed_memory, resolve_device
 
 OptimizerState = dict[str, Any]
 
@@ -127,45 +128,6 @@ class SingleDeviceEngine(Engine):
 # ----------------------------------------------------------------------------------------------------
 # Consolidated state, by name
 # ----------------------------------------------------------------------------------------------------
-
-
-def unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """`model.state_dict()` with each shared tensor once, under its first name. safetensors refuses
-    aliased tensors, and a tied head is restored by the model's own construction."""
-    seen: set[int] = set()
-    out: dict[str, torch.Tensor] = {}
-    for name, tensor in model.state_dict().items():
-        if tensor.data_ptr() in seen:
-            continue
-        seen.add(tensor.data_ptr())
-        out[name] = tensor
-    return out
-
-
-def load_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
-    """Copy `weights` into `model`; CheckpointError names the first missing, unexpected or
-    wrongly shaped tensor."""
-    expected = unique_state_dict(model)
-    check_weight_shapes({name: tensor.shape for name, tensor in expected.items()}, weights)
-    with torch.no_grad():
-        for name, tensor in expected.items():
-            tensor.copy_(weights[name])
-
-
-def check_weight_shapes(expected: dict[str, torch.Size], weights: dict[str, torch.Tensor]) -> None:
-    """Checkpoint `weights` against the model's tensor names and full shapes: CheckpointError names the
-    first missing, unexpected or wrongly shaped tensor. Engines that shard pass the unsharded shapes."""
-    for name, shape in expected.items():
-        if name not in weights:
-            raise CheckpointError(f"checkpoint has no tensor {name!r} that the model needs "
-                                  f"(is it for a different model config?)")
-        if weights[name].shape != shape:
-            raise CheckpointError(f"tensor {name!r} has shape {tuple(weights[name].shape)} in the checkpoint "
-                                  f"but {tuple(shape)} in the model (different model config?)")
-    for name in weights:
-        if name not in expected:
-            raise CheckpointError(f"checkpoint tensor {name!r} does not exist in the model "
-                                  f"(is it for a different model config?)")
 
 
 def _param_names(model: nn.Module) -> dict[int, str]:

@@ -21,11 +21,10 @@ from reference_llm.distributed.base import (
     OptimizerState,
     SingleDeviceEngine,
     load_optimizer_state_by_name,
-    load_weights,
     optimizer_state_by_name,
-    unique_state_dict,
 )
-from reference_llm.optim import OptimizerFactory
+from reference_llm.train.checkpoint import load_weights, unique_state_dict
+from reference_llm.train.optim import OptimizerFactory
 
 
 class _ModelDDP(DistributedDataParallel):

@@ -29,10 +29,11 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 from reference_llm.config import RunConfig
 from reference_llm.distributed import runtime
-from reference_llm.distributed.base import OptimizerState, SingleDeviceEngine, check_weight_shapes
+from reference_llm.distributed.base import OptimizerState, SingleDeviceEngine
+from reference_llm.train.checkpoint import check_weight_shapes
 from reference_llm.errors import DistributedError
-from reference_llm.optim import OptimizerFactory
-from reference_llm.perf import resolve_dtype
+from reference_llm.train.optim import OptimizerFactory
+from reference_llm.train.perf import resolve_dtype
 
 # Consolidated state: gathered in full, moved to the CPU; only rank 0 receives it (so 8 ranks do not
 # each hold a full copy). Loading expects the full dict on every rank, as the training loop provides.
@@ -108,6 +109,6 @@ def _tied_aliases(model: nn.Module) -> dict[str, str]:
 
 
 def _check_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
-    """Names and full (unsharded) shapes, with the messages `base.load_weights` gives a plain model."""
+    """Names and full (unsharded) shapes, with the messages `checkpoint.load_weights` gives a plain model."""
     # DTensor.shape is the full shape
     check_weight_shapes({name: p.shape for name, p in model.named_parameters()}, weights)

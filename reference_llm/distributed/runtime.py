@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from reference_llm.errors import DistributedError
-from reference_llm.perf import resolve_device
+from reference_llm.train.perf import resolve_device
 
 LAUNCH_HINT = ("run scripts/train_torchrun.sh, or torchrun --nproc_per_node N -m reference_llm.train "
                "--config configs/train.toml; use distributed.strategy=single for one process without a launcher")

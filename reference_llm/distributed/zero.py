@@ -37,10 +37,11 @@ import torch.nn as nn
 
 from reference_llm.config import RunConfig
 from reference_llm.distributed import ds_config, runtime
-from reference_llm.distributed.base import Engine, OptimizerState, load_weights
+from reference_llm.distributed.base import Engine, OptimizerState
+from reference_llm.train.checkpoint import load_weights
 from reference_llm.errors import CheckpointError, DistributedError
-from reference_llm.optim import OptimizerFactory
-from reference_llm.perf import resolve_dtype
+from reference_llm.train.optim import OptimizerFactory
+from reference_llm.train.perf import resolve_dtype
 
 INSTALL_HINT = "pip install 'llmgen[deepspeed]'"
 
@@ -151,7 +152,7 @@ class DeepSpeedEngine(Engine):
         out: dict[str, torch.Tensor] = {}
         seen: set[int] = set()
         for name, tensor in self.module.state_dict(keep_vars=True).items():
-            if id(tensor) in seen:  # a tied weight: once, under its first name (as base.unique_state_dict)
+            if id(tensor) in seen:  # a tied weight: once, under its first name (as checkpoint.unique_state_dict)
                 continue
             seen.add(id(tensor))
             if isinstance(tensor, nn.Parameter):

@@ -67,7 +67,7 @@ def main(argv: list[str]) -> int:
 
 
 def _load(args: argparse.Namespace):
-    from reference_llm.checkpoint import load_model
+    from reference_llm.train.checkpoint import load_model
 
     model, tokenizer, _ = load_model(args.checkpoint, args.device)
     return model, tokenizer

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from reference_llm.errors import ConfigError, DataError
 from reference_llm.evaluate.sandbox import SandboxLimits, run_many
-from reference_llm.generate import generate_text
+from reference_llm.deploy.generate import generate_text
 
 # Chen et al. 2021, section 3.3: a completion ends where the model starts a new top-level statement.
 STOP_SEQUENCES = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")

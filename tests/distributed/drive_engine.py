@@ -9,7 +9,7 @@ floating-point summation order.
 
 Rank 0 writes a JSON report: the global mean training loss of each step, gradient norms, and the loss
 of the consolidated final weights on a fixed batch. `--save DIR --save-at K` writes a real checkpoint
-(reference_llm.checkpoint) after step K, and `--load` resumes from one, so that resuming across
+(reference_llm.train.checkpoint) after step K, and `--load` resumes from one, so that resuming across
 strategies can be tested.
 """
 
@@ -23,12 +23,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from reference_llm.checkpoint import load_checkpoint, save_checkpoint
+from reference_llm.train.checkpoint import load_checkpoint, save_checkpoint
 from reference_llm.config import RunConfig, config_from_dict
 from reference_llm.distributed import Engine, build_engine
-from reference_llm.distributed.base import load_weights
+from reference_llm.train.checkpoint import load_weights
 from reference_llm.model import Transformer
-from reference_llm.optim import optimizer_factory
+from reference_llm.train.optim import optimizer_factory
 
 SEQ_LEN = 32
 
@@ -126,7 +126,7 @@ def train(engine: Engine, cfg: RunConfig, args: argparse.Namespace) -> dict:
 
 
 def save(engine: Engine, cfg: RunConfig, run_dir: str, step: int) -> None:
-    """A real checkpoint (reference_llm.checkpoint), as the training loop writes it: rank 0 writes."""
+    """A real checkpoint (reference_llm.train.checkpoint), as the training loop writes it: rank 0 writes."""
     weights, opt_state = engine.full_state_dict(), engine.optimizer_state()
     if engine.is_main:
         save_checkpoint(run_dir, step, weights, opt_state, {"step": step, "config": cfg.to_dict()}, tokenizer=None)

@@ -18,7 +18,7 @@ from reference_llm.config import config_from_dict
 from reference_llm.distributed import build_engine, ds_config
 from reference_llm.errors import DistributedError
 from reference_llm.model import Transformer
-from reference_llm.optim import optimizer_factory
+from reference_llm.train.optim import optimizer_factory
 
 REPO = Path(__file__).resolve().parents[2]
 

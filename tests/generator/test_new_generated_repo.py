@@ -42,7 +42,7 @@ def test_generated_checkpoint_tests_pass(tmp_path, subprocess_env, track):
 @pytest.mark.slow
 def test_generated_config_trains_and_samples(tmp_path, subprocess_env):
     """The generated config, cut to a tiny model and two steps, runs reference_llm.train end to end and
-    reference_llm.generate samples from the checkpoint it wrote (the commands of the generated Makefile)."""
+    reference_llm.deploy.generate samples from the checkpoint it wrote (the commands of the generated Makefile)."""
     project = generate(tmp_path, "beginner")
     train = subprocess.run([sys.executable, "-m", "reference_llm.train", "--config", "configs/train.toml",
                             "model.preset=tiny", "train.max_steps=2", "train.micro_batch=2", "eval.iters=1"],
@@ -50,7 +50,7 @@ def test_generated_config_trains_and_samples(tmp_path, subprocess_env):
     assert train.returncode == 0, train.stderr[-3000:]
     run_dir = project / "runs" / "beginner-llm"
     assert (run_dir / "latest").is_file()
-    sample = subprocess.run([sys.executable, "-m", "reference_llm.generate", "--checkpoint", str(run_dir),
+    sample = subprocess.run([sys.executable, "-m", "reference_llm.deploy.generate", "--checkpoint", str(run_dir),
                              "--prompt", "ROMEO:", "--max-new-tokens", "8", "--seed", "0"],
                             cwd=project, env=subprocess_env, capture_output=True, text=True, timeout=300)
     assert sample.returncode == 0, sample.stderr[-3000:]

@@ -10,15 +10,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reference_llm.chat import add_chat_tokens, encode_prompt
-from reference_llm.checkpoint import load_model
+from reference_llm.tokenizer.chat import add_chat_tokens, encode_prompt
+from reference_llm.train.checkpoint import load_model
 from reference_llm.cli import run_main
-from reference_llm import sft
-from reference_llm.dpo import dpo_loss, dpo_step_loss, encode_pairs, main, pair_batch, sequence_logprobs, train_dpo
+from reference_llm.posttrain import run as posttrain_run
+from reference_llm.posttrain.dpo import dpo_loss, dpo_step_loss, encode_pairs, main, pair_batch, sequence_logprobs, train_dpo
 from reference_llm.errors import DataError
-from reference_llm.metrics import read_metrics
+from reference_llm.train.metrics import read_metrics
 from reference_llm.model import IGNORE_INDEX, ModelConfig, Transformer
-from reference_llm.posttrain_data import PreferencePair, demo_preference_pairs, load_preference_pairs
+from reference_llm.posttrain.data import PreferencePair, demo_preference_pairs, load_preference_pairs
 from reference_llm.tokenizer import train_tokenizer
 from reference_llm.train import train_step
 
@@ -179,10 +179,10 @@ def test_resumed_run_continues_the_uninterrupted_one(tmp_path, monkeypatch):
         return train_step(*a, **kw)
 
     crash_at_step_three.calls = 0
-    monkeypatch.setattr(sft, "train_step", crash_at_step_three)
+    monkeypatch.setattr(posttrain_run, "train_step", crash_at_step_three)
     with pytest.raises(RuntimeError, match="interrupted"):
         train_dpo(config("staged"), args)
-    monkeypatch.setattr(sft, "train_step", train_step)
+    monkeypatch.setattr(posttrain_run, "train_step", train_step)
     assert run_main(main, ["--config", config("staged"), *args, "--resume"]) == 0
 
     def logged(name: str) -> list[tuple[int, float, float]]:

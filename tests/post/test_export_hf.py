@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from reference_llm.assets import corpus_path
-from reference_llm.chat import CHAT_TOKENS, encode_prompt
+from reference_llm.tokenizer.chat import CHAT_TOKENS, encode_prompt
 from reference_llm.errors import CheckpointError, ConfigError
-from reference_llm.checkpoint import save_model
-from reference_llm.export import export_hf, import_hf
+from reference_llm.train.checkpoint import save_model
+from reference_llm.deploy.export import export_hf, import_hf
 from reference_llm.model import ModelConfig, Transformer
-from reference_llm.quantize import quantize_model
+from reference_llm.deploy.quantize import quantize_model
 from reference_llm.tokenizer import EOT, train_tokenizer
 
 transformers = pytest.importorskip("transformers", reason="the 'hf' extra (transformers) is not installed")
@@ -173,7 +173,7 @@ def test_import_refuses_what_it_cannot_represent(tmp_path: Path, char_tokenizer)
 def test_cli_exports_and_imports_a_checkpoint(tmp_path: Path, char_tokenizer) -> None:
     model = random_model("llama", char_tokenizer.vocab_size)
     save_model(model, char_tokenizer, tmp_path / "run")
-    run = [sys.executable, "-m", "reference_llm.export"]
+    run = [sys.executable, "-m", "reference_llm.deploy.export"]
     done = subprocess.run(run + ["--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "hf")],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -181,7 +181,7 @@ def test_cli_exports_and_imports_a_checkpoint(tmp_path: Path, char_tokenizer) ->
     done = subprocess.run(run + ["--import-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "back")],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    from reference_llm.checkpoint import load_model
+    from reference_llm.train.checkpoint import load_model
 
     back, tokenizer, _ = load_model(tmp_path / "back")
     ids = torch.tensor([char_tokenizer.encode(TEXT[:32])])
@@ -191,7 +191,7 @@ def test_cli_exports_and_imports_a_checkpoint(tmp_path: Path, char_tokenizer) ->
 
 def test_cli_refuses_a_custom_architecture_in_one_line(tmp_path: Path, char_tokenizer, capsys) -> None:
     from reference_llm.cli import run_main
-    from reference_llm.export import main
+    from reference_llm.deploy.export import main
 
     custom = Transformer(ModelConfig.llama_style(vocab_size=char_tokenizer.vocab_size, block_size=32, n_layer=1,
                                                  n_head=2, d_model=32, mlp="gelu"))

@@ -11,9 +11,9 @@ import torch
 import torch.nn as nn
 
 from reference_llm.errors import CheckpointError, ConfigError
-from reference_llm.checkpoint import save_model
+from reference_llm.train.checkpoint import save_model
 from reference_llm.model import ModelConfig, Transformer
-from reference_llm.quantize import (
+from reference_llm.deploy.quantize import (
     QuantizedLinear, load_quantized, quantizable_layers, quantize_model, save_quantized,
 )
 from reference_llm.tokenizer import train_tokenizer
@@ -97,7 +97,7 @@ def test_quantized_model_stays_close_and_round_trips_through_safetensors(tmp_pat
 
 
 def test_quantized_model_generates(tmp_path: Path) -> None:
-    from reference_llm.generate import generate
+    from reference_llm.deploy.generate import generate
 
     torch.manual_seed(0)
     model = Transformer(ModelConfig.preset("tiny")).eval()
@@ -133,7 +133,7 @@ def test_cli_quantizes_a_checkpoint(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = Transformer(ModelConfig.preset("tiny", vocab_size=tokenizer.vocab_size))
     save_model(model, tokenizer, tmp_path / "run")
-    cmd = [sys.executable, "-m", "reference_llm.quantize", "--checkpoint", str(tmp_path / "run"), "--bits", "4",
+    cmd = [sys.executable, "-m", "reference_llm.deploy.quantize", "--checkpoint", str(tmp_path / "run"), "--bits", "4",
            "--group-size", "32", "--out", str(tmp_path / "q")]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -145,7 +145,7 @@ def test_cli_quantizes_a_checkpoint(tmp_path: Path) -> None:
 
 def test_cli_bad_group_size_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
     from reference_llm.cli import run_main
-    from reference_llm.quantize import main
+    from reference_llm.deploy.quantize import main
 
     tokenizer = train_tokenizer("char", ["abc"], None)
     save_model(Transformer(ModelConfig.preset("tiny", vocab_size=tokenizer.vocab_size)), tokenizer,

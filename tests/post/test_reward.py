@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from reference_llm.chat import add_chat_tokens
-from reference_llm.dpo import encode_pairs
+from reference_llm.tokenizer.chat import add_chat_tokens
+from reference_llm.posttrain.dpo import encode_pairs
 from reference_llm.model import ModelConfig, Transformer
-from reference_llm.posttrain_data import PreferencePair
-from reference_llm.reward import RewardModel, pairwise_loss
+from reference_llm.posttrain.data import PreferencePair
+from reference_llm.posttrain.reward import RewardModel, pairwise_loss
 from reference_llm.tokenizer import train_tokenizer
 
 

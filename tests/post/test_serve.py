@@ -21,12 +21,12 @@ httpx = pytest.importorskip("httpx", reason="the 'serve' extra is not installed"
 uvicorn = pytest.importorskip("uvicorn", reason="the 'serve' extra is not installed")
 
 from reference_llm.assets import corpus_path  # noqa: E402
-from reference_llm.chat import CHAT_TOKENS, encode_prompt  # noqa: E402
+from reference_llm.tokenizer.chat import CHAT_TOKENS, encode_prompt  # noqa: E402
 from reference_llm.errors import ConfigError  # noqa: E402
-from reference_llm.checkpoint import save_model  # noqa: E402
-from reference_llm.generate import generate  # noqa: E402
+from reference_llm.train.checkpoint import save_model  # noqa: E402
+from reference_llm.deploy.generate import generate  # noqa: E402
 from reference_llm.model import ModelConfig, Transformer  # noqa: E402
-from reference_llm.serve import ServeLimits, create_app, iter_sse  # noqa: E402
+from reference_llm.deploy.serve import ServeLimits, create_app, iter_sse  # noqa: E402
 from reference_llm.tokenizer import EOT, train_tokenizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -268,7 +268,7 @@ def test_cli_serves_a_checkpoint(tmp_path: Path, model, tokenizer) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "reference_llm.serve", "--checkpoint", str(tmp_path / "demo"),
+    proc = subprocess.Popen([sys.executable, "-m", "reference_llm.deploy.serve", "--checkpoint", str(tmp_path / "demo"),
                              "--port", str(port), "--max-tokens", "8"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -293,7 +293,7 @@ def test_cli_serves_a_checkpoint(tmp_path: Path, model, tokenizer) -> None:
 
 
 def test_cli_bad_checkpoint_is_one_line_exit_2(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "reference_llm.serve", "--checkpoint", str(tmp_path / "nope")],
+    done = subprocess.run([sys.executable, "-m", "reference_llm.deploy.serve", "--checkpoint", str(tmp_path / "nope")],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.startswith("error: checkpoint not found") and done.stderr.count("\n") == 1

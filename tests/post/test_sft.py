@@ -7,20 +7,21 @@ import json
 import pytest
 import torch
 
-from reference_llm.chat import CHAT_TOKENS
-from reference_llm.checkpoint import load_model, save_checkpoint
+from reference_llm.tokenizer.chat import CHAT_TOKENS
+from reference_llm.train.checkpoint import load_model, save_checkpoint
 from reference_llm.cli import run_main
 from reference_llm.config import RunConfig
-from reference_llm.distributed.base import unique_state_dict
+from reference_llm.train.checkpoint import unique_state_dict
 from reference_llm.errors import DataError
-from reference_llm.generate import generate
-from reference_llm.generate import main as generate_main
-from reference_llm.lora import load_lora
-from reference_llm.metrics import read_metrics
+from reference_llm.deploy.generate import generate
+from reference_llm.deploy.generate import main as generate_main
+from reference_llm.posttrain.lora import load_lora
+from reference_llm.train.metrics import read_metrics
 from reference_llm.model import IGNORE_INDEX, ModelConfig, Transformer
-from reference_llm.posttrain_data import demo_conversations
-from reference_llm import sft
-from reference_llm.sft import main, pack_examples, resize_vocab
+from reference_llm.posttrain.data import demo_conversations
+from reference_llm.posttrain import run as posttrain_run
+from reference_llm.posttrain.run import resize_vocab
+from reference_llm.posttrain.sft import main, pack_examples, train_sft
 from reference_llm.tokenizer import train_tokenizer
 from reference_llm.train import padded_vocab_size, train_step
 
@@ -205,10 +206,10 @@ def test_resumed_run_logs_the_losses_of_an_uninterrupted_one(tmp_path, base_chec
             raise RuntimeError("interrupted")
         return train_step(*args, **kwargs)
 
-    monkeypatch.setattr(sft, "train_step", crash_after_three_steps)
+    monkeypatch.setattr(posttrain_run, "train_step", crash_after_three_steps)
     with pytest.raises(RuntimeError, match="interrupted"):
-        sft.train_sft(staged, ["checkpoint.interval=3"])
-    monkeypatch.setattr(sft, "train_step", train_step)
+        train_sft(staged, ["checkpoint.interval=3"])
+    monkeypatch.setattr(posttrain_run, "train_step", train_step)
     assert run_main(main, ["--config", str(staged), "checkpoint.interval=3", "--resume"]) == 0
     resumed = [r["loss"] for r in read_metrics(tmp_path / "staged" / "run" / "metrics.jsonl") if "loss" in r]
     assert len(expected) == 6 and resumed == expected

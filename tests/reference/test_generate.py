@@ -8,12 +8,12 @@ import sys
 import pytest
 import torch
 
-from reference_llm.checkpoint import save_checkpoint
+from reference_llm.train.checkpoint import save_checkpoint
 from reference_llm.cli import run_main
 from reference_llm.config import RunConfig
-from reference_llm.distributed.base import unique_state_dict
+from reference_llm.train.checkpoint import unique_state_dict
 from reference_llm.errors import ConfigError
-from reference_llm.generate import generate, generate_text, main, sample_next
+from reference_llm.deploy.generate import generate, generate_text, main, sample_next
 from reference_llm.model import ModelConfig, Transformer
 from reference_llm.tokenizer import train_tokenizer
 
@@ -169,7 +169,7 @@ def test_cli_streams_the_greedy_continuation(char_model, checkpoint_dir, capsys)
 
 
 def test_cli_bad_input_is_one_line_and_exit_2(checkpoint_dir, tmp_path):
-    missing = subprocess.run([sys.executable, "-m", "reference_llm.generate", "--checkpoint", str(tmp_path / "nope"),
+    missing = subprocess.run([sys.executable, "-m", "reference_llm.deploy.generate", "--checkpoint", str(tmp_path / "nope"),
                               "--prompt", "x"], capture_output=True, text=True)
     assert missing.returncode == 2
     assert missing.stderr.startswith("error: ") and missing.stderr.count("\n") == 1

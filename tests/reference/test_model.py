@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from reference_llm.errors import ConfigError
-from reference_llm.model import (
+from reference_llm.model.transformer import (
     IGNORE_INDEX, PRESETS, KVCache, ModelConfig, Transformer, apply_rope, gelu_tanh, rope_tables,
 )
 

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import reference_llm.train as train_mod
+import reference_llm.train.pretrain as train_mod
 from reference_llm.assets import corpus_path
-from reference_llm.checkpoint import list_checkpoints, load_checkpoint, load_model
+from reference_llm.train.checkpoint import list_checkpoints, load_checkpoint, load_model
 from reference_llm.cli import run_main
 from reference_llm.config import load_config
-from reference_llm.metrics import read_metrics
+from reference_llm.train.metrics import read_metrics
 from reference_llm.train import Trainer, main
 
 

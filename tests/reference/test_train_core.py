@@ -16,10 +16,10 @@ from reference_llm.config import RunConfig
 from reference_llm.distributed import SingleDeviceEngine, build_engine
 from reference_llm.distributed import base as engine_base
 from reference_llm.errors import ConfigError, DistributedError
-from reference_llm.metrics import MetricsFile, ProgressDisplay, read_metrics
+from reference_llm.train.metrics import MetricsFile, ProgressDisplay, read_metrics
 from reference_llm.model import ModelConfig, Transformer
-from reference_llm.optim import CosineSchedule, optimizer_factory, param_groups
-from reference_llm.perf import resolve_device
+from reference_llm.train.optim import CosineSchedule, optimizer_factory, param_groups
+from reference_llm.train.perf import resolve_device
 from reference_llm.train import padded_vocab_size, train_step
 
 REPO = Path(__file__).resolve().parents[2]
@@ -164,7 +164,7 @@ import resource, sys, torch
 from reference_llm.config import RunConfig
 from reference_llm.distributed import SingleDeviceEngine, build_engine
 from reference_llm.model import ModelConfig, Transformer
-from reference_llm.optim import optimizer_factory
+from reference_llm.train.optim import optimizer_factory
 from reference_llm.train import train_step
 if sys.argv[1] == "mmap_always":  # glibc's behaviour for large blocks, fixed: each is mmap'ed and unmapped
     import ctypes

@@ -10,9 +10,9 @@ beta * (log pi(y|x) - log pi_ref(y|x)) is the policy's implicit reward for y; we
 chosen and rejected answers, their margin, and the preference accuracy (how often the chosen answer's
 implicit reward is the higher). With pi == pi_ref every reward is 0 and the loss is log 2.
 
-    python -m reference_llm.dpo --checkpoint runs/demo-sft [--config configs/dpo.toml] [section.key=value ...]
+    python -m reference_llm.posttrain.dpo --checkpoint runs/demo-sft [--config configs/dpo.toml] [section.key=value ...]
 
-The config is an SFT config (see reference_llm.sft) with a [dpo] section instead of [sft]:
+The config is an SFT config (see reference_llm.posttrain.sft) with a [dpo] section instead of [sft]:
 
     [dpo]
     init = "runs/sft"      # the SFT checkpoint: the starting policy and the frozen reference
@@ -32,14 +32,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from reference_llm.chat import END, chat_token_ids, encode_prompt
+from reference_llm.tokenizer.chat import END, chat_token_ids, encode_prompt
 from reference_llm.errors import ConfigError, DataError, TokenizerError
 from reference_llm.model import IGNORE_INDEX
-from reference_llm.posttrain_data import PreferencePair, demo_preference_pairs, load_preference_pairs
-from reference_llm.sft import PostTrainRun, load_posttrain_config, posttrain_parser
+from reference_llm.posttrain.data import PreferencePair, demo_preference_pairs, load_preference_pairs
+from reference_llm.posttrain.run import PostTrainRun, load_posttrain_config, posttrain_parser
 
 
-# Fewer, smaller steps than pretraining: DPO only nudges the SFT model (see reference_llm.sft).
+# Fewer, smaller steps than pretraining: DPO only nudges the SFT model (see reference_llm.posttrain.sft).
 DPO_TRAIN_DEFAULTS = {"max_steps": 200, "lr": 1e-4, "min_lr": 1e-5, "warmup_steps": 10}
 
 

@@ -19,13 +19,34 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Any
 
 from reference_llm.errors import DataError, TokenizerError
-from reference_llm.posttrain_data import Message, check_conversation
+
+Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
+ROLES = ("system", "user", "assistant")
 
 SYSTEM, USER, ASSISTANT, END = "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"
 CHAT_TOKENS = (SYSTEM, USER, ASSISTANT, END)
 ROLE_TOKENS = {"system": SYSTEM, "user": USER, "assistant": ASSISTANT}
+
+
+def check_conversation(messages: Any, where: str, require_assistant: bool = True) -> list[Message]:
+    """Validate one conversation; errors name `where` (e.g. "chat.jsonl line 3")."""
+    if not isinstance(messages, list) or not messages:
+        raise DataError(f"{where}: a conversation must be a non-empty list of messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or set(message) != {"role", "content"}:
+            raise DataError(f"{where}: message {i} must be an object with exactly 'role' and 'content'")
+        if message["role"] not in ROLES:
+            raise DataError(f"{where}: message {i} has role {message['role']!r}; expected one of {', '.join(ROLES)}")
+        if not isinstance(message["content"], str):
+            raise DataError(f"{where}: message {i} content must be a string")
+        if message["role"] == "system" and i != 0:
+            raise DataError(f"{where}: a system message may only come first (found at message {i})")
+    if require_assistant and not any(m["role"] == "assistant" for m in messages):
+        raise DataError(f"{where}: the conversation has no assistant turn, so there is nothing to train on")
+    return messages
 
 
 def chat_token_ids(tokenizer) -> dict[str, int]:
@@ -34,7 +55,7 @@ def chat_token_ids(tokenizer) -> dict[str, int]:
     missing = [t for t in CHAT_TOKENS if t not in specials]
     if missing:
         raise TokenizerError(f"the tokenizer has no chat tokens {', '.join(missing)}; SFT adds them "
-                             f"(reference_llm.chat.add_chat_tokens), so use an SFT checkpoint")
+                             f"(reference_llm.tokenizer.chat.add_chat_tokens), so use an SFT checkpoint")
     return {t: specials[t] for t in CHAT_TOKENS}
 
 

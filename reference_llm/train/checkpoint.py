@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+import torch.nn as nn
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
@@ -159,6 +160,50 @@ def _flatten_optimizer_state(opt: dict[str, Any]) -> tuple[dict[str, torch.Tenso
 # ----------------------------------------------------------------------------------------------------
 
 
+# ----------------------------------------------------------------------------------------------------
+# State dicts: each tensor once, checked by name and shape before anything is copied
+# ----------------------------------------------------------------------------------------------------
+
+
+def unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """`model.state_dict()` with each shared tensor once, under its first name. safetensors refuses
+    aliased tensors, and a tied head is restored by the model's own construction."""
+    seen: set[int] = set()
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in model.state_dict().items():
+        if tensor.data_ptr() in seen:
+            continue
+        seen.add(tensor.data_ptr())
+        out[name] = tensor
+    return out
+
+
+def load_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Copy `weights` into `model`; CheckpointError names the first missing, unexpected or
+    wrongly shaped tensor."""
+    expected = unique_state_dict(model)
+    check_weight_shapes({name: tensor.shape for name, tensor in expected.items()}, weights)
+    with torch.no_grad():
+        for name, tensor in expected.items():
+            tensor.copy_(weights[name])
+
+
+def check_weight_shapes(expected: dict[str, torch.Size], weights: dict[str, torch.Tensor]) -> None:
+    """Checkpoint `weights` against the model's tensor names and full shapes: CheckpointError names the
+    first missing, unexpected or wrongly shaped tensor. Engines that shard pass the unsharded shapes."""
+    for name, shape in expected.items():
+        if name not in weights:
+            raise CheckpointError(f"checkpoint has no tensor {name!r} that the model needs "
+                                  f"(is it for a different model config?)")
+        if weights[name].shape != shape:
+            raise CheckpointError(f"tensor {name!r} has shape {tuple(weights[name].shape)} in the checkpoint "
+                                  f"but {tuple(shape)} in the model (different model config?)")
+    for name in weights:
+        if name not in expected:
+            raise CheckpointError(f"checkpoint tensor {name!r} does not exist in the model "
+                                  f"(is it for a different model config?)")
+
+
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
     """Complete step directories of a run, oldest first (temporary ones are ignored)."""
     run_dir = Path(run_dir)
@@ -215,7 +260,6 @@ def load_checkpoint(path: str | Path, with_optimizer: bool = True) -> Checkpoint
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Transformer, Tokenizer, RunConfig]:
     """The trained model (in eval mode, on `device`), its tokenizer and run config, for generation,
     evaluation and export."""
-    from reference_llm.distributed.base import load_weights
     from reference_llm.tokenizer import load_tokenizer
 
     ckpt = load_checkpoint(path, with_optimizer=False)
@@ -238,7 +282,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Tr
 def save_model(model: Transformer, tokenizer: Tokenizer, run_dir: str | Path, note: str = "") -> Path:
     """Write `model` and `tokenizer` as step 0 of a run directory (no optimizer state): the inverse of
     `load_model`, for models that come from elsewhere (an import, a test) rather than a training run."""
-    from reference_llm.distributed.base import unique_state_dict
 
     state = {"step": 0, "config": RunConfig(model=model.config).to_dict(),
              "tokenizer_fingerprint": tokenizer.fingerprint(), "note": note}

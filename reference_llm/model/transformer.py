@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from reference_llm.model_config import PRESETS, ModelConfig
+from reference_llm.model.config import PRESETS, ModelConfig
 
 __all__ = ["IGNORE_INDEX", "PRESETS", "ModelConfig", "KVCache", "Transformer", "Block", "Attention", "MLP",
            "RMSNorm", "make_norm", "rope_tables", "apply_rope", "gelu_tanh"]

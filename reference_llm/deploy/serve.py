@@ -1,6 +1,6 @@
 """An OpenAI-compatible inference server for a checkpoint.
 
-    python -m reference_llm.serve --checkpoint runs/demo [--host 127.0.0.1 --port 8000]
+    python -m reference_llm.deploy.serve --checkpoint runs/demo [--host 127.0.0.1 --port 8000]
 
 Endpoints (the subset of the OpenAI API that a single local model can honour):
 
@@ -172,7 +172,7 @@ class Generator:
     def run(self, req: GenerationRequest, emit: Callable[[str], None] | None = None,
             cancelled: threading.Event | None = None) -> tuple[str, int, str]:
         """Generate; returns (text, completion tokens, finish reason "stop" | "length")."""
-        from reference_llm.generate import TextStream, generate
+        from reference_llm.deploy.generate import TextStream, generate
 
         stream = TextStream(self.tokenizer, req.stop, emit)
         state = {"tokens": 0, "stopped": False}
@@ -213,7 +213,7 @@ def create_app(model, tokenizer, model_name: str, limits: ServeLimits | None = N
     from fastapi.responses import JSONResponse, StreamingResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    from reference_llm.generate import default_stop_ids
+    from reference_llm.deploy.generate import default_stop_ids
 
     limits = limits or ServeLimits()
     block_size = model.config.block_size
@@ -300,7 +300,7 @@ def create_app(model, tokenizer, model_name: str, limits: ServeLimits | None = N
         opts = validate(body, CHAT_FIELDS, model_name, limits)
         if "messages" not in body:
             raise APIError(400, "'messages' is required", param="messages")
-        from reference_llm.chat import chat_token_ids, encode_prompt
+        from reference_llm.tokenizer.chat import chat_token_ids, encode_prompt
 
         try:
             ids = encode_prompt(body["messages"], tokenizer)
@@ -393,7 +393,7 @@ def iter_sse(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
 
 
 def main(argv: list[str]) -> int:
-    parser = ArgumentParser(prog="python -m reference_llm.serve",
+    parser = ArgumentParser(prog="python -m reference_llm.deploy.serve",
                                      description="Serve a checkpoint over an OpenAI-compatible HTTP API.")
     parser.add_argument("--checkpoint", required=True, help="a step directory or a run directory")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
@@ -411,7 +411,7 @@ def main(argv: list[str]) -> int:
     _require_fastapi()
     import uvicorn
 
-    from reference_llm.checkpoint import load_model, resolve_checkpoint
+    from reference_llm.train.checkpoint import load_model, resolve_checkpoint
 
     step_dir = resolve_checkpoint(args.checkpoint)
     model, tokenizer, _ = load_model(step_dir, args.device)

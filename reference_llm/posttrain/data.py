@@ -32,30 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from reference_llm.errors import DataError
-
-Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
-ROLES = ("system", "user", "assistant")
+from reference_llm.tokenizer.chat import Message, check_conversation
 
 HIGH_RATING, LOW_RATING = 7.0, 4.0  # mean chitchat ratings that count as a good / a bad conversation
 TURNS_PER_EXAMPLE = 4  # chitchat conversations are cut into windows of this many turns (2 exchanges)
-
-
-def check_conversation(messages: Any, where: str, require_assistant: bool = True) -> list[Message]:
-    """Validate one conversation; errors name `where` (e.g. "chat.jsonl line 3")."""
-    if not isinstance(messages, list) or not messages:
-        raise DataError(f"{where}: a conversation must be a non-empty list of messages")
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or set(message) != {"role", "content"}:
-            raise DataError(f"{where}: message {i} must be an object with exactly 'role' and 'content'")
-        if message["role"] not in ROLES:
-            raise DataError(f"{where}: message {i} has role {message['role']!r}; expected one of {', '.join(ROLES)}")
-        if not isinstance(message["content"], str):
-            raise DataError(f"{where}: message {i} content must be a string")
-        if message["role"] == "system" and i != 0:
-            raise DataError(f"{where}: a system message may only come first (found at message {i})")
-    if require_assistant and not any(m["role"] == "assistant" for m in messages):
-        raise DataError(f"{where}: the conversation has no assistant turn, so there is nothing to train on")
-    return messages
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ Library:
 
 CLI (streams the continuation to stdout):
 
-    python -m reference_llm.generate --checkpoint runs/demo --prompt "ROMEO:" --max-new-tokens 200
+    python -m reference_llm.deploy.generate --checkpoint runs/demo --prompt "ROMEO:" --max-new-tokens 200
 
 Batches of prompts of different lengths need no padding mask. As in Meta's reference Llama generation
 (github.com/meta-llama/llama, `generation.py`), every row is written into one (B, total_len) buffer; the
@@ -26,11 +26,11 @@ import torch
 import torch.nn.functional as F
 
 from reference_llm.cli import ArgumentParser
-from reference_llm.chat import END, encode_prompt
-from reference_llm.checkpoint import load_model
+from reference_llm.tokenizer.chat import END, encode_prompt
+from reference_llm.train.checkpoint import load_model
 from reference_llm.errors import ConfigError
 from reference_llm.model import KVCache, Transformer
-from reference_llm.perf import resolve_device
+from reference_llm.train.perf import resolve_device
 
 # on_token(row, token_id) is called for every generated token that is kept in the output, in order.
 # Returning True ends that row after this token (the text-level helper uses this for stop strings).
@@ -235,7 +235,7 @@ def generate_text(model: Transformer, tokenizer, prompts: Sequence[str | Sequenc
 
 
 def main(argv: list[str]) -> int:
-    parser = ArgumentParser(prog="python -m reference_llm.generate",
+    parser = ArgumentParser(prog="python -m reference_llm.deploy.generate",
                                      description="Continue a prompt with a trained checkpoint, streaming to stdout.")
     parser.add_argument("--checkpoint", required=True, help="a step directory or a run directory")
     parser.add_argument("--prompt", required=True, help="the text to continue")

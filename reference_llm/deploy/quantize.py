@@ -21,7 +21,7 @@ low-bit kernels), which the benchmark (benchmarks/quantize.py) shows. Embeddings
 head stay unquantized: the head is usually tied to the embedding table, and it is the layer whose
 rounding costs the most perplexity.
 
-CLI: `python -m reference_llm.quantize --checkpoint DIR --bits 4 --group-size 64 --out DIR`.
+CLI: `python -m reference_llm.deploy.quantize --checkpoint DIR --bits 4 --group-size 64 --out DIR`.
 """
 
 from __future__ import annotations
@@ -201,14 +201,14 @@ def _scheme_of(model: Transformer) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    parser = ArgumentParser(prog="python -m reference_llm.quantize",
+    parser = ArgumentParser(prog="python -m reference_llm.deploy.quantize",
                                      description="Quantize a checkpoint's Linear layers to int8 or int4.")
     parser.add_argument("--checkpoint", required=True, help="a step directory or a run directory")
     parser.add_argument("--bits", type=int, choices=BITS, default=8)
     parser.add_argument("--group-size", type=int, default=64, help="inputs per int4 scale (default 64)")
     parser.add_argument("--out", required=True, help="directory to write model.safetensors and tokenizer.json")
     args = parser.parse_args(argv)
-    from reference_llm.checkpoint import load_model
+    from reference_llm.train.checkpoint import load_model
 
     model, tokenizer, _ = load_model(args.checkpoint, "cpu")
     names = quantize_model(model, args.bits, args.group_size)

@@ -28,17 +28,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from reference_llm.checkpoint import (capture_rng_state, latest_checkpoint, list_checkpoints, load_checkpoint,
+from reference_llm.train.checkpoint import (capture_rng_state, latest_checkpoint, list_checkpoints, load_checkpoint,
                                       restore_rng_state, save_checkpoint)
-from reference_llm.cli import run_main
 from reference_llm.config import RunConfig, load_config
 from reference_llm.data import TokenLoader, prepare_data
 from reference_llm.distributed import Engine, build_engine
 from reference_llm.errors import CheckpointError, ConfigError, DataError
-from reference_llm.metrics import MetricsFile, ProgressDisplay
+from reference_llm.train.metrics import MetricsFile, ProgressDisplay
 from reference_llm.model import Transformer
-from reference_llm.optim import CosineSchedule, optimizer_factory
-from reference_llm.perf import autocast, measure_matmul_peak, mfu, resolve_dtype
+from reference_llm.train.optim import CosineSchedule, optimizer_factory
+from reference_llm.train.perf import autocast, measure_matmul_peak, mfu, resolve_dtype
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # token ids (B, T) and targets (B, T)
 
@@ -325,6 +324,3 @@ def main(argv: list[str]) -> int:
         print(f"done: {summary}; checkpoint in {trainer.run_dir}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(run_main(main))

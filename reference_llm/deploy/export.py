@@ -27,8 +27,8 @@ identically. tokenizer_config.json makes `AutoTokenizer` use it, with the chat t
 tokenizer has the chat tokens.
 
 CLI:
-    python -m reference_llm.export --checkpoint runs/demo --out hf/demo [--dtype bfloat16]
-    python -m reference_llm.export --import-hf hf/demo --out runs/imported
+    python -m reference_llm.deploy.export --checkpoint runs/demo --out hf/demo [--dtype bfloat16]
+    python -m reference_llm.deploy.export --import-hf hf/demo --out runs/imported
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from reference_llm.checkpoint import load_model, save_model
+from reference_llm.train.checkpoint import load_model, save_model
 from reference_llm.cli import ArgumentParser
 from reference_llm.errors import CheckpointError, ConfigError, TokenizerError
 from reference_llm.model import ModelConfig, Transformer
@@ -199,7 +199,7 @@ def _is_char_tokenizer_json(obj: dict[str, Any]) -> bool:
 
 
 def _tokenizer_config(tokenizer, config: ModelConfig) -> dict[str, Any]:
-    from reference_llm.chat import ASSISTANT, CHAT_TOKENS, END, ROLE_TOKENS
+    from reference_llm.tokenizer.chat import ASSISTANT, CHAT_TOKENS, END, ROLE_TOKENS
 
     eot = None
     if tokenizer.eot_id is not None:
@@ -208,7 +208,7 @@ def _tokenizer_config(tokenizer, config: ModelConfig) -> dict[str, Any]:
                            "bos_token": eot, "eos_token": eot, "unk_token": None, "pad_token": None,
                            "clean_up_tokenization_spaces": False, "add_prefix_space": False}
     if all(t in tokenizer.special_tokens for t in CHAT_TOKENS):
-        # The same text as reference_llm.chat.render_chat; HF splits out the markers as special tokens.
+        # The same text as reference_llm.tokenizer.chat.render_chat; HF splits out the markers as special tokens.
         roles = "".join(f"{{% {'if' if i == 0 else 'elif'} message['role'] == '{role}' %}}{token}"
                         for i, (role, token) in enumerate(ROLE_TOKENS.items()))
         out["chat_template"] = (f"{{% for message in messages %}}{roles}{{% endif %}}{{{{ message['content'] }}}}{END}"
@@ -240,7 +240,7 @@ def import_hf(path: str | Path, with_tokenizer: bool = True) -> tuple[Transforme
         config, weights = _from_llama(hf, tensors, config_path)
     else:
         raise ConfigError(f"{config_path}: model_type {model_type!r} cannot be imported; supported: gpt2, llama")
-    from reference_llm.distributed.base import load_weights  # names the first missing/mis-shaped tensor
+    from reference_llm.train.checkpoint import load_weights  # names the first missing/mis-shaped tensor
 
     model = Transformer(config)
     try:
@@ -411,7 +411,7 @@ def _load_hf_tokenizer(path: Path):
 
 def main(argv: list[str]) -> int:
     parser = ArgumentParser(
-        prog="python -m reference_llm.export",
+        prog="python -m reference_llm.deploy.export",
         description="Export a checkpoint to the Hugging Face transformers layout, or import one back.")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="export: a step directory or a run directory")
