@@ -35,12 +35,12 @@ import torch
 import torch.nn.functional as F
 
 from reference_llm.assets import corpus_path
-from reference_llm.train.checkpoint import load_model
 from reference_llm.config import RunConfig, load_config
 from reference_llm.data import load_prepared
 from reference_llm.data.shards import open_shards
-from reference_llm.train.perf import autocast, resolve_dtype
 from reference_llm.train import Trainer
+from reference_llm.train.checkpoint import load_model
+from reference_llm.train.perf import autocast, resolve_dtype
 
 NANOGPT = {
     "model.preset": "nanogpt-cpu", "model.dropout": 0.0, "model.attention": "sdpa",

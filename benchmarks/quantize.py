@@ -36,10 +36,10 @@ from rich.table import Table
 from safetensors.torch import save_file
 
 from reference_llm.assets import corpus_path
-from reference_llm.evaluate.perplexity import evaluate_text
 from reference_llm.deploy.generate import generate
-from reference_llm.model import ModelConfig, Transformer
 from reference_llm.deploy.quantize import quantizable_layers, quantize_model, save_quantized
+from reference_llm.evaluate.perplexity import evaluate_text
+from reference_llm.model import ModelConfig, Transformer
 from reference_llm.tokenizer import train_tokenizer
 
 SCHEMES = [("float32", None, None), ("int8", 8, None), ("int4 g128", 4, 128), ("int4 g64", 4, 64), ("int4 g32", 4, 32)]

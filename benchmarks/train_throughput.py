@@ -40,9 +40,9 @@ import torch
 from reference_llm.config import RunConfig
 from reference_llm.distributed import SingleDeviceEngine
 from reference_llm.model import ModelConfig, Transformer
+from reference_llm.train import train_step
 from reference_llm.train.optim import optimizer_factory
 from reference_llm.train.perf import keep_freed_memory, measure_matmul_peak, mfu, resolve_dtype
-from reference_llm.train import train_step
 
 NANOGPT_REFERENCE = {"nanogpt-cpu": 23_000, "nanogpt-shakespeare": 1_900}  # tokens/s, nanoGPT on 2 cores
 

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from generator.errors import AnswerError
-from generator.estimate import Estimate, choose_parallelism, estimate_run, parse_budget, parse_hardware
-from generator.estimate import formulas
+from generator.estimate import Estimate, choose_parallelism, estimate_run, formulas, parse_budget, parse_hardware
 from generator.estimate.budget import Budget, plan_budget
 from generator.estimate.hardware import Hardware
 from generator.questions import load_questions, validate

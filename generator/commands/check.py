@@ -15,7 +15,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 import yaml
@@ -60,7 +60,7 @@ class Project:
 
 
 def check(
-    overrides: Annotated[Optional[list[str]], typer.Argument(
+    overrides: Annotated[list[str] | None, typer.Argument(
         metavar="section.key=value", help="The config overrides you will launch with.",
         show_default=False)] = None,
     directory: Annotated[Path, typer.Option("--dir", help="The generated project (default: here).")] = Path("."),
@@ -181,7 +181,9 @@ def expected_bf16(p: Project) -> bool | None:
     if dtype != "auto":
         return dtype == "bfloat16"
     if p.hardware.is_cpu:
-        from reference_llm.train.perf import cpu_has_native_bf16  # here: perf imports torch, every llmgen command would pay
+        from reference_llm.train.perf import (
+            cpu_has_native_bf16,  # here: perf imports torch, every llmgen command would pay
+        )
 
         return cpu_has_native_bf16()
     return resolve_precision("auto", p.hardware) == "bf16"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from enum import Enum
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -66,34 +66,34 @@ MODEL, DATA, HW, PAR, OUT = "Model", "Data", "Hardware and cost", "Parallelism a
 
 
 def estimate(
-    model: Annotated[Optional[str], typer.Option("--model", help="A reference_llm preset (default: demo).",
+    model: Annotated[str | None, typer.Option("--model", help="A reference_llm preset (default: demo).",
                                                  rich_help_panel=MODEL)] = None,
-    params: Annotated[Optional[str], typer.Option("--params", help="Parameter count, e.g. 7B; picks a shape "
+    params: Annotated[str | None, typer.Option("--params", help="Parameter count, e.g. 7B; picks a shape "
                                                   "with d_model 64-128 x layers.", rich_help_panel=MODEL)] = None,
-    arch: Annotated[Optional[Arch], typer.Option("--arch", help="gpt2 or llama (default: the preset's; llama "
+    arch: Annotated[Arch | None, typer.Option("--arch", help="gpt2 or llama (default: the preset's; llama "
                                                  "for --params).", rich_help_panel=MODEL)] = None,
-    layers: Annotated[Optional[int], typer.Option("--layers", rich_help_panel=MODEL)] = None,
-    d_model: Annotated[Optional[int], typer.Option("--d-model", rich_help_panel=MODEL)] = None,
-    heads: Annotated[Optional[int], typer.Option("--heads", rich_help_panel=MODEL)] = None,
-    kv_heads: Annotated[Optional[int], typer.Option("--kv-heads", rich_help_panel=MODEL)] = None,
-    ffn: Annotated[Optional[int], typer.Option("--ffn", help="MLP hidden width.", rich_help_panel=MODEL)] = None,
-    vocab: Annotated[Optional[int], typer.Option("--vocab", rich_help_panel=MODEL)] = None,
-    seq_len: Annotated[Optional[int], typer.Option("--seq-len", help="Training sequence length (default: the "
+    layers: Annotated[int | None, typer.Option("--layers", rich_help_panel=MODEL)] = None,
+    d_model: Annotated[int | None, typer.Option("--d-model", rich_help_panel=MODEL)] = None,
+    heads: Annotated[int | None, typer.Option("--heads", rich_help_panel=MODEL)] = None,
+    kv_heads: Annotated[int | None, typer.Option("--kv-heads", rich_help_panel=MODEL)] = None,
+    ffn: Annotated[int | None, typer.Option("--ffn", help="MLP hidden width.", rich_help_panel=MODEL)] = None,
+    vocab: Annotated[int | None, typer.Option("--vocab", rich_help_panel=MODEL)] = None,
+    seq_len: Annotated[int | None, typer.Option("--seq-len", help="Training sequence length (default: the "
                                                    "model's context).", rich_help_panel=MODEL)] = None,
-    tied: Annotated[Optional[bool], typer.Option("--tied/--untied", help="Share input and output embeddings.",
+    tied: Annotated[bool | None, typer.Option("--tied/--untied", help="Share input and output embeddings.",
                                                  rich_help_panel=MODEL)] = None,
     tokens: Annotated[str, typer.Option("--tokens", help="Training tokens, e.g. 2T, or 'chinchilla' (20 per "
                                         "parameter).", rich_help_panel=DATA)] = "chinchilla",
-    hardware: Annotated[Optional[str], typer.Option("--hardware", help="cpu | 8xH100 | 4x8xA100-80GB (default: "
+    hardware: Annotated[str | None, typer.Option("--hardware", help="cpu | 8xH100 | 4x8xA100-80GB (default: "
                                                     f"cpu; {DEFAULT_BUDGET_HARDWARE} for a $ or GPU-hour "
                                                     "budget).", rich_help_panel=HW)] = None,
-    mfu: Annotated[Optional[float], typer.Option("--mfu", help="Model FLOPs utilisation (default: by hardware "
+    mfu: Annotated[float | None, typer.Option("--mfu", help="Model FLOPs utilisation (default: by hardware "
                                                  "and strategy, printed).", rich_help_panel=HW)] = None,
-    price: Annotated[Optional[float], typer.Option("--price", help="$ per GPU-hour (default: the catalogue's).",
+    price: Annotated[float | None, typer.Option("--price", help="$ per GPU-hour (default: the catalogue's).",
                                                    rich_help_panel=HW)] = None,
-    cpu_tflops: Annotated[Optional[float], typer.Option("--cpu-tflops", help="CPU peak instead of measuring "
+    cpu_tflops: Annotated[float | None, typer.Option("--cpu-tflops", help="CPU peak instead of measuring "
                                                         "(also env LLMGEN_CPU_TFLOPS).", rich_help_panel=HW)] = None,
-    budget: Annotated[Optional[str], typer.Option("--budget", help="'$50k' | '100k gpu-hours' | '8xH100 for 14 "
+    budget: Annotated[str | None, typer.Option("--budget", help="'$50k' | '100k gpu-hours' | '8xH100 for 14 "
                                                   "days' | 'laptop': the compute-optimal model it buys.",
                                                   rich_help_panel=HW)] = None,
     parallelism: Annotated[Parallelism, typer.Option("--parallelism", rich_help_panel=PAR)] = Parallelism.auto,
@@ -103,8 +103,8 @@ def estimate(
     sequence_parallel: Annotated[bool, typer.Option("--sequence-parallel/--no-sequence-parallel",
                                                     help="With --tp, shard norm/dropout activations too.",
                                                     rich_help_panel=PAR)] = True,
-    offload: Annotated[Optional[Offload], typer.Option("--offload", rich_help_panel=PAR)] = None,
-    micro_batch: Annotated[Optional[int], typer.Option("--micro-batch", help="Sequences per GPU per step "
+    offload: Annotated[Offload | None, typer.Option("--offload", rich_help_panel=PAR)] = None,
+    micro_batch: Annotated[int | None, typer.Option("--micro-batch", help="Sequences per GPU per step "
                                                        "(default: largest power of 2 up to 32 that fits).",
                                                        rich_help_panel=PAR)] = None,
     grad_accum: Annotated[int, typer.Option("--grad-accum", rich_help_panel=PAR)] = 1,

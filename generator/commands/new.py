@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 import yaml
@@ -35,25 +35,25 @@ GIVEN = (*ASKED, "exercises", "micro_batch", "grad_accum", "precision", "tokens"
 def new(
     name: Annotated[str, typer.Argument(help="Project name: its directory and, with - as _, its Python package.",
                                         show_default=False)],
-    directory: Annotated[Optional[Path], typer.Option("--dir", help="Directory to create (default: ./NAME).",
+    directory: Annotated[Path | None, typer.Option("--dir", help="Directory to create (default: ./NAME).",
                                                       show_default=False)] = None,
-    track: Annotated[Optional[str], typer.Option(help="beginner | practitioner | researcher.")] = None,
-    budget: Annotated[Optional[str], typer.Option(help="$500 | 200 gpu-hours | 8xH100 for 3 days | laptop.")] = None,
-    hardware: Annotated[Optional[str], typer.Option(help="cpu | 1xRTX4090 | 8xH100 | 4x8xH100 (nodes x GPUs).")] = None,
-    parallelism: Annotated[Optional[str], typer.Option(help="auto | single | ddp | fsdp | zero1 | zero2 | zero3.")] = None,
-    model_preset: Annotated[Optional[str], typer.Option("--model-preset", help="A reference_llm preset, e.g. demo, "
+    track: Annotated[str | None, typer.Option(help="beginner | practitioner | researcher.")] = None,
+    budget: Annotated[str | None, typer.Option(help="$500 | 200 gpu-hours | 8xH100 for 3 days | laptop.")] = None,
+    hardware: Annotated[str | None, typer.Option(help="cpu | 1xRTX4090 | 8xH100 | 4x8xH100 (nodes x GPUs).")] = None,
+    parallelism: Annotated[str | None, typer.Option(help="auto | single | ddp | fsdp | zero1 | zero2 | zero3.")] = None,
+    model_preset: Annotated[str | None, typer.Option("--model-preset", help="A reference_llm preset, e.g. demo, "
                                                         "gpt2-124m, llama-1b.")] = None,
-    exercises: Annotated[Optional[bool], typer.Option("--exercises/--no-exercises", show_default=False,
+    exercises: Annotated[bool | None, typer.Option("--exercises/--no-exercises", show_default=False,
                                                       help="Learner stubs to fill in (default: the track's).")] = None,
-    micro_batch: Annotated[Optional[int], typer.Option("--micro-batch", help="Sequences per device per pass "
+    micro_batch: Annotated[int | None, typer.Option("--micro-batch", help="Sequences per device per pass "
                                                        "(default: 8 on CPU, the largest that fits on GPUs).")] = None,
-    grad_accum: Annotated[Optional[int], typer.Option("--grad-accum", help="Micro-batches per step (default: 1 "
+    grad_accum: Annotated[int | None, typer.Option("--grad-accum", help="Micro-batches per step (default: 1 "
                                                       "on CPU, about 0.5M tokens per step on GPUs).")] = None,
-    precision: Annotated[Optional[str], typer.Option(help="auto | bf16 | fp32 (default auto: bf16 on GPUs that "
+    precision: Annotated[str | None, typer.Option(help="auto | bf16 | fp32 (default auto: bf16 on GPUs that "
                                                      "have it).")] = None,
-    tokens: Annotated[Optional[str], typer.Option(help="Training tokens, e.g. 2B (default: from the budget, at "
+    tokens: Annotated[str | None, typer.Option(help="Training tokens, e.g. 2B (default: from the budget, at "
                                                   "most 20 per parameter).")] = None,
-    answers_file: Annotated[Optional[Path], typer.Option("--answers", help="Replay an answers file, e.g. another "
+    answers_file: Annotated[Path | None, typer.Option("--answers", help="Replay an answers file, e.g. another "
                                                          "project's .copier-answers.yml.", show_default=False)] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Take the track's defaults for every unanswered "
                                       "question (beginner, laptop CPU, demo model).")] = False,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -14,7 +14,7 @@ from generator.tracks import Track, load_tracks
 
 
 def tracks(
-    name: Annotated[Optional[str], typer.Argument(help="Show only this track.", show_default=False)] = None,
+    name: Annotated[str | None, typer.Argument(help="Show only this track.", show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout, nothing else.")] = False,
 ) -> None:
     """List the tracks: who each is for, its defaults for `llmgen new`, and its roadmap steps."""

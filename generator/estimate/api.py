@@ -11,13 +11,12 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
-from reference_llm.errors import ConfigError
-from reference_llm.model.config import PRESETS, ModelConfig
-
 from generator.errors import EstimateError
 from generator.estimate import formulas
 from generator.estimate.formulas import GIB, STRATEGIES
 from generator.estimate.hardware import KNOWN_GPUS, PRICES_AS_OF, Hardware
+from reference_llm.errors import ConfigError
+from reference_llm.model.config import PRESETS, ModelConfig
 
 PRECISIONS = ("bf16", "fp32", "fp8")
 OFFLOADS = ("optimizer", "params")

@@ -11,11 +11,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from reference_llm.model.config import PRESETS, ModelConfig
-
 from generator.errors import EstimateError
 from generator.estimate import formulas
 from generator.estimate.hardware import Hardware
+from reference_llm.model.config import PRESETS, ModelConfig
 
 LAPTOP_HOURS = 10 / 60  # "laptop": this CPU for ten minutes, long enough to see a loss curve fall
 

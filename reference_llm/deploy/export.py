@@ -42,10 +42,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from reference_llm.train.checkpoint import load_model, save_model
 from reference_llm.cli import ArgumentParser
 from reference_llm.errors import CheckpointError, ConfigError, TokenizerError
 from reference_llm.model import ModelConfig, Transformer
+from reference_llm.train.checkpoint import load_model, save_model
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"

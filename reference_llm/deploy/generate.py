@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 
 from reference_llm.cli import ArgumentParser
-from reference_llm.tokenizer.chat import END, encode_prompt
-from reference_llm.train.checkpoint import load_model
 from reference_llm.errors import ConfigError
 from reference_llm.model import KVCache, Transformer
+from reference_llm.tokenizer.chat import END, encode_prompt
+from reference_llm.train.checkpoint import load_model
 from reference_llm.train.perf import resolve_device
 
 # on_token(row, token_id) is called for every generated token that is kept in the output, in order.

@@ -30,8 +30,8 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from reference_llm.config import RunConfig
 from reference_llm.distributed import runtime
 from reference_llm.distributed.base import OptimizerState, SingleDeviceEngine
-from reference_llm.train.checkpoint import check_weight_shapes
 from reference_llm.errors import DistributedError
+from reference_llm.train.checkpoint import check_weight_shapes
 from reference_llm.train.optim import OptimizerFactory
 from reference_llm.train.perf import resolve_dtype
 

@@ -38,8 +38,8 @@ import torch.nn as nn
 from reference_llm.config import RunConfig
 from reference_llm.distributed import ds_config, runtime
 from reference_llm.distributed.base import Engine, OptimizerState
-from reference_llm.train.checkpoint import load_weights
 from reference_llm.errors import CheckpointError, DistributedError
+from reference_llm.train.checkpoint import load_weights
 from reference_llm.train.optim import OptimizerFactory
 from reference_llm.train.perf import resolve_dtype
 

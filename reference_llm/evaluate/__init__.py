@@ -6,10 +6,21 @@ CLI: `python -m reference_llm.evaluate {perplexity,humaneval,mc} --checkpoint DI
 """
 
 from reference_llm.evaluate.humaneval import (
-    HumanEvalReport, Problem, generate_samples, load_problems, pass_at_k, reference_samples, score_samples,
+    HumanEvalReport,
+    Problem,
+    generate_samples,
+    load_problems,
+    pass_at_k,
+    reference_samples,
+    score_samples,
 )
 from reference_llm.evaluate.multiple_choice import (
-    BUILTIN_ITEMS, MCItem, MCReport, choice_logprobs, evaluate_multiple_choice, load_items,
+    BUILTIN_ITEMS,
+    MCItem,
+    MCReport,
+    choice_logprobs,
+    evaluate_multiple_choice,
+    load_items,
 )
 from reference_llm.evaluate.perplexity import PerplexityResult, evaluate_text
 from reference_llm.evaluate.sandbox import SandboxLimits, SandboxResult, run_many, run_untrusted

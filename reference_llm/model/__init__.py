@@ -15,7 +15,16 @@ from reference_llm._lazy import lazy_exports
 if TYPE_CHECKING:
     from reference_llm.model.config import PRESETS, ModelConfig
     from reference_llm.model.transformer import (
-        IGNORE_INDEX, MLP, Attention, Block, KVCache, RMSNorm, Transformer, apply_rope, make_norm, rope_tables,
+        IGNORE_INDEX,
+        MLP,
+        Attention,
+        Block,
+        KVCache,
+        RMSNorm,
+        Transformer,
+        apply_rope,
+        make_norm,
+        rope_tables,
     )
 
 __getattr__, __all__ = lazy_exports(__name__, {

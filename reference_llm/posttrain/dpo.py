@@ -32,12 +32,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from reference_llm.tokenizer.chat import END, chat_token_ids, encode_prompt
 from reference_llm.errors import ConfigError, DataError, TokenizerError
 from reference_llm.model import IGNORE_INDEX
 from reference_llm.posttrain.data import PreferencePair, demo_preference_pairs, load_preference_pairs
 from reference_llm.posttrain.run import PostTrainRun, load_posttrain_config, posttrain_parser
-
+from reference_llm.tokenizer.chat import END, chat_token_ids, encode_prompt
 
 # Fewer, smaller steps than pretraining: DPO only nudges the SFT model (see reference_llm.posttrain.sft).
 DPO_TRAIN_DEFAULTS = {"max_steps": 200, "lr": 1e-4, "min_lr": 1e-5, "warmup_steps": 10}

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from reference_llm.train.checkpoint import unique_state_dict
 from reference_llm.errors import CheckpointError, ConfigError
+from reference_llm.train.checkpoint import unique_state_dict
 
 DEFAULT_TARGETS = ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")
 

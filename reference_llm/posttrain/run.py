@@ -39,8 +39,14 @@ from reference_llm.posttrain.lora import LoRAConfig, apply_lora, load_lora_weigh
 from reference_llm.tokenizer import EOT, train_tokenizer
 from reference_llm.tokenizer.chat import CHAT_TOKENS, add_chat_tokens
 from reference_llm.train.checkpoint import (
-    capture_rng_state, latest_checkpoint, load_checkpoint, load_model, resolve_checkpoint, restore_rng_state,
-    save_checkpoint, unique_state_dict,
+    capture_rng_state,
+    latest_checkpoint,
+    load_checkpoint,
+    load_model,
+    resolve_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+    unique_state_dict,
 )
 from reference_llm.train.metrics import MetricsFile, ProgressDisplay
 from reference_llm.train.optim import CosineSchedule, optimizer_factory

@@ -43,9 +43,8 @@ What SFT does:
 
 from __future__ import annotations
 
-import sys
-
 import dataclasses
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path

@@ -15,7 +15,13 @@ from reference_llm._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from reference_llm.train.pretrain import (
-        Trainer, evaluate, main, matmul_peak, padded_vocab_size, seed_everything, train_step,
+        Trainer,
+        evaluate,
+        main,
+        matmul_peak,
+        padded_vocab_size,
+        seed_everything,
+        train_step,
     )
 
 __getattr__, __all__ = lazy_exports(__name__, {

@@ -28,14 +28,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from reference_llm.train.checkpoint import (capture_rng_state, latest_checkpoint, list_checkpoints, load_checkpoint,
-                                      restore_rng_state, save_checkpoint)
 from reference_llm.config import RunConfig, load_config
 from reference_llm.data import TokenLoader, prepare_data
 from reference_llm.distributed import Engine, build_engine
 from reference_llm.errors import CheckpointError, ConfigError, DataError
-from reference_llm.train.metrics import MetricsFile, ProgressDisplay
 from reference_llm.model import Transformer
+from reference_llm.train.checkpoint import (
+    capture_rng_state,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from reference_llm.train.metrics import MetricsFile, ProgressDisplay
 from reference_llm.train.optim import CosineSchedule, optimizer_factory
 from reference_llm.train.perf import autocast, measure_matmul_peak, mfu, resolve_dtype
 
@@ -92,7 +98,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def matmul_peak(dtype: torch.dtype, device: torch.device) -> float:
     """This machine's matmul FLOP/s in `dtype`, measured once per process (MFU's denominator)."""
     return measure_matmul_peak(dtype, device, size=8192 if device.type == "cuda" else 2048, repeats=5)

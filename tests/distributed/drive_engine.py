@@ -23,11 +23,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from reference_llm.train.checkpoint import load_checkpoint, save_checkpoint
 from reference_llm.config import RunConfig, config_from_dict
 from reference_llm.distributed import Engine, build_engine
-from reference_llm.train.checkpoint import load_weights
 from reference_llm.model import Transformer
+from reference_llm.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from reference_llm.train.optim import optimizer_factory
 
 SEQ_LEN = 32

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from reference_llm.assets import corpus_path
-from reference_llm.train.checkpoint import load_checkpoint, load_model
 from reference_llm.config import load_config
 from reference_llm.distributed import ds_config
+from reference_llm.train.checkpoint import load_checkpoint, load_model
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 

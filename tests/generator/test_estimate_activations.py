@@ -13,9 +13,8 @@ import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from reference_llm.model import ModelConfig, Transformer
-
 from generator.estimate import formulas
+from reference_llm.model import ModelConfig, Transformer
 
 TOLERANCE = 0.15  # measured: within about 6% except 11% for GPT-2 124M shapes under bf16 (see the doc)
 

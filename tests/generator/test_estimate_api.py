@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import pytest
-from reference_llm.model import PRESETS, ModelConfig
 
 from generator.errors import EstimateError
 from generator.estimate import (
-    build_model, choose_parallelism, estimate_run, nearest_preset, parse_budget, parse_hardware, plan_budget,
+    build_model,
+    choose_parallelism,
+    estimate_run,
+    formulas,
+    nearest_preset,
+    parse_budget,
+    parse_hardware,
+    plan_budget,
 )
-from generator.estimate import formulas
+from reference_llm.model import PRESETS, ModelConfig
 
 
 @pytest.fixture(autouse=True)

@@ -8,9 +8,9 @@ import os
 import statistics
 
 import pytest
-from reference_llm.model import ModelConfig, Transformer
 
 from generator.estimate import estimate_run, formulas, parse_hardware
+from reference_llm.model import ModelConfig, Transformer
 
 GIB = 2**30
 

@@ -7,8 +7,7 @@ import json
 import pytest
 
 from generator.errors import EstimateError, LLMGenError
-from generator.estimate import KNOWN_GPUS, parse_budget, parse_count, parse_hardware, parse_tokens
-from generator.estimate import cpu_peak
+from generator.estimate import KNOWN_GPUS, cpu_peak, parse_budget, parse_count, parse_hardware, parse_tokens
 
 
 @pytest.fixture(autouse=True)

@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import pytest
 
-from reference_llm.tokenizer.chat import (ASSISTANT, CHAT_TOKENS, END, SYSTEM, USER, add_chat_tokens, chat_token_ids,
-                                decode_chat, encode_chat, encode_prompt, render_chat)
 from reference_llm.errors import DataError, TokenizerError
 from reference_llm.model import IGNORE_INDEX
 from reference_llm.posttrain.sft import sft_example
 from reference_llm.tokenizer import load_tokenizer, train_tokenizer
+from reference_llm.tokenizer.chat import (
+    ASSISTANT,
+    CHAT_TOKENS,
+    END,
+    SYSTEM,
+    USER,
+    add_chat_tokens,
+    chat_token_ids,
+    decode_chat,
+    encode_chat,
+    encode_prompt,
+    render_chat,
+)
 
 TEXTS = ["abcdefg hello there, how are you? I am fine. Be brief."]
 CONVERSATION = [

@@ -11,13 +11,12 @@ import pytest
 import torch
 
 from reference_llm.assets import corpus_path
-from reference_llm.train.checkpoint import load_model
 from reference_llm.cli import run_main
 from reference_llm.evaluate.__main__ import main
 from reference_llm.evaluate.perplexity import evaluate_text
-from reference_llm.train.checkpoint import save_model
 from reference_llm.model import ModelConfig, Transformer
 from reference_llm.tokenizer import train_tokenizer
+from reference_llm.train.checkpoint import load_model, save_model
 
 ROOT = Path(__file__).resolve().parents[2]
 

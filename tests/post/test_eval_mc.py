@@ -12,7 +12,11 @@ import torch.nn.functional as F
 from reference_llm.assets import corpus_path
 from reference_llm.errors import ConfigError, DataError
 from reference_llm.evaluate.multiple_choice import (
-    BUILTIN_ITEMS, MCItem, choice_logprobs, evaluate_multiple_choice, load_items,
+    BUILTIN_ITEMS,
+    MCItem,
+    choice_logprobs,
+    evaluate_multiple_choice,
+    load_items,
 )
 from reference_llm.model import ModelConfig, Transformer
 from reference_llm.tokenizer import train_tokenizer

@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from reference_llm.assets import corpus_path
-from reference_llm.tokenizer.chat import CHAT_TOKENS, encode_prompt
-from reference_llm.errors import CheckpointError, ConfigError
-from reference_llm.train.checkpoint import save_model
 from reference_llm.deploy.export import export_hf, import_hf
-from reference_llm.model import ModelConfig, Transformer
 from reference_llm.deploy.quantize import quantize_model
+from reference_llm.errors import CheckpointError, ConfigError
+from reference_llm.model import ModelConfig, Transformer
 from reference_llm.tokenizer import EOT, train_tokenizer
+from reference_llm.tokenizer.chat import CHAT_TOKENS, encode_prompt
+from reference_llm.train.checkpoint import save_model
 
 transformers = pytest.importorskip("transformers", reason="the 'hf' extra (transformers) is not installed")
 

@@ -7,11 +7,21 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file
 
-from reference_llm.train.checkpoint import unique_state_dict
 from reference_llm.errors import CheckpointError, ConfigError
-from reference_llm.posttrain.lora import (LoRAConfig, LoRALinear, apply_lora, load_lora, lora_state_dict, merge_and_unload,
-                                merge_lora, merged_state_dict, save_lora, unmerge_lora)
 from reference_llm.model import ModelConfig, Transformer
+from reference_llm.posttrain.lora import (
+    LoRAConfig,
+    LoRALinear,
+    apply_lora,
+    load_lora,
+    lora_state_dict,
+    merge_and_unload,
+    merge_lora,
+    merged_state_dict,
+    save_lora,
+    unmerge_lora,
+)
+from reference_llm.train.checkpoint import unique_state_dict
 
 
 def make(preset: str = "tiny", seed: int = 0) -> Transformer:

@@ -10,13 +10,17 @@ import pytest
 import torch
 import torch.nn as nn
 
-from reference_llm.errors import CheckpointError, ConfigError
-from reference_llm.train.checkpoint import save_model
-from reference_llm.model import ModelConfig, Transformer
 from reference_llm.deploy.quantize import (
-    QuantizedLinear, load_quantized, quantizable_layers, quantize_model, save_quantized,
+    QuantizedLinear,
+    load_quantized,
+    quantizable_layers,
+    quantize_model,
+    save_quantized,
 )
+from reference_llm.errors import CheckpointError, ConfigError
+from reference_llm.model import ModelConfig, Transformer
 from reference_llm.tokenizer import train_tokenizer
+from reference_llm.train.checkpoint import save_model
 
 ROOT = Path(__file__).resolve().parents[2]
 

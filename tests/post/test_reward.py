@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 
-from reference_llm.tokenizer.chat import add_chat_tokens
-from reference_llm.posttrain.dpo import encode_pairs
 from reference_llm.model import ModelConfig, Transformer
 from reference_llm.posttrain.data import PreferencePair
+from reference_llm.posttrain.dpo import encode_pairs
 from reference_llm.posttrain.reward import RewardModel, pairwise_loss
 from reference_llm.tokenizer import train_tokenizer
+from reference_llm.tokenizer.chat import add_chat_tokens
 
 
 def test_pairwise_loss_matches_a_hand_computation():

@@ -21,13 +21,13 @@ httpx = pytest.importorskip("httpx", reason="the 'serve' extra is not installed"
 uvicorn = pytest.importorskip("uvicorn", reason="the 'serve' extra is not installed")
 
 from reference_llm.assets import corpus_path  # noqa: E402
-from reference_llm.tokenizer.chat import CHAT_TOKENS, encode_prompt  # noqa: E402
-from reference_llm.errors import ConfigError  # noqa: E402
-from reference_llm.train.checkpoint import save_model  # noqa: E402
 from reference_llm.deploy.generate import generate  # noqa: E402
-from reference_llm.model import ModelConfig, Transformer  # noqa: E402
 from reference_llm.deploy.serve import ServeLimits, create_app, iter_sse  # noqa: E402
+from reference_llm.errors import ConfigError  # noqa: E402
+from reference_llm.model import ModelConfig, Transformer  # noqa: E402
 from reference_llm.tokenizer import EOT, train_tokenizer  # noqa: E402
+from reference_llm.tokenizer.chat import CHAT_TOKENS, encode_prompt  # noqa: E402
+from reference_llm.train.checkpoint import save_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 TEXT = corpus_path().read_text(encoding="utf-8")[:20_000]

@@ -7,23 +7,22 @@ import json
 import pytest
 import torch
 
-from reference_llm.tokenizer.chat import CHAT_TOKENS
-from reference_llm.train.checkpoint import load_model, save_checkpoint
 from reference_llm.cli import run_main
 from reference_llm.config import RunConfig
-from reference_llm.train.checkpoint import unique_state_dict
-from reference_llm.errors import DataError
 from reference_llm.deploy.generate import generate
 from reference_llm.deploy.generate import main as generate_main
-from reference_llm.posttrain.lora import load_lora
-from reference_llm.train.metrics import read_metrics
+from reference_llm.errors import DataError
 from reference_llm.model import IGNORE_INDEX, ModelConfig, Transformer
-from reference_llm.posttrain.data import demo_conversations
 from reference_llm.posttrain import run as posttrain_run
+from reference_llm.posttrain.data import demo_conversations
+from reference_llm.posttrain.lora import load_lora
 from reference_llm.posttrain.run import resize_vocab
 from reference_llm.posttrain.sft import main, pack_examples, train_sft
 from reference_llm.tokenizer import train_tokenizer
+from reference_llm.tokenizer.chat import CHAT_TOKENS
 from reference_llm.train import padded_vocab_size, train_step
+from reference_llm.train.checkpoint import load_model, save_checkpoint, unique_state_dict
+from reference_llm.train.metrics import read_metrics
 
 I = IGNORE_INDEX  # noqa: E741
 

@@ -11,13 +11,21 @@ import pytest
 import torch
 
 import reference_llm.train.checkpoint as ckpt_mod
-from reference_llm.train.checkpoint import (capture_rng_state, list_checkpoints, load_checkpoint, resolve_checkpoint,
-                                      restore_rng_state, run_config_from_dict, save_checkpoint)
-from reference_llm.train.checkpoint import load_weights, unique_state_dict
 from reference_llm.config import RunConfig
 from reference_llm.distributed.base import load_optimizer_state_by_name, optimizer_state_by_name
 from reference_llm.errors import CheckpointError
 from reference_llm.model import ModelConfig, Transformer
+from reference_llm.train.checkpoint import (
+    capture_rng_state,
+    list_checkpoints,
+    load_checkpoint,
+    load_weights,
+    resolve_checkpoint,
+    restore_rng_state,
+    run_config_from_dict,
+    save_checkpoint,
+    unique_state_dict,
+)
 from reference_llm.train.optim import build_optimizer
 
 

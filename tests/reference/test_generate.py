@@ -8,14 +8,13 @@ import sys
 import pytest
 import torch
 
-from reference_llm.train.checkpoint import save_checkpoint
 from reference_llm.cli import run_main
 from reference_llm.config import RunConfig
-from reference_llm.train.checkpoint import unique_state_dict
-from reference_llm.errors import ConfigError
 from reference_llm.deploy.generate import generate, generate_text, main, sample_next
+from reference_llm.errors import ConfigError
 from reference_llm.model import ModelConfig, Transformer
 from reference_llm.tokenizer import train_tokenizer
+from reference_llm.train.checkpoint import save_checkpoint, unique_state_dict
 
 PROMPTS = [[5, 17, 3, 99, 42, 7], [8], [250, 251, 252]]  # ragged on purpose
 

@@ -8,7 +8,14 @@ import torch.nn.functional as F
 
 from reference_llm.errors import ConfigError
 from reference_llm.model.transformer import (
-    IGNORE_INDEX, PRESETS, KVCache, ModelConfig, Transformer, apply_rope, gelu_tanh, rope_tables,
+    IGNORE_INDEX,
+    PRESETS,
+    KVCache,
+    ModelConfig,
+    Transformer,
+    apply_rope,
+    gelu_tanh,
+    rope_tables,
 )
 
 SMALL = [name for name in PRESETS if ModelConfig.preset(name).num_params() < 20e6]

@@ -13,11 +13,11 @@ import torch
 
 import reference_llm.train.pretrain as train_mod
 from reference_llm.assets import corpus_path
-from reference_llm.train.checkpoint import list_checkpoints, load_checkpoint, load_model
 from reference_llm.cli import run_main
 from reference_llm.config import load_config
-from reference_llm.train.metrics import read_metrics
 from reference_llm.train import Trainer, main
+from reference_llm.train.checkpoint import list_checkpoints, load_checkpoint, load_model
+from reference_llm.train.metrics import read_metrics
 
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,11 @@ from reference_llm.config import RunConfig
 from reference_llm.distributed import SingleDeviceEngine, build_engine
 from reference_llm.distributed import base as engine_base
 from reference_llm.errors import ConfigError, DistributedError
-from reference_llm.train.metrics import MetricsFile, ProgressDisplay, read_metrics
 from reference_llm.model import ModelConfig, Transformer
+from reference_llm.train import padded_vocab_size, train_step
+from reference_llm.train.metrics import MetricsFile, ProgressDisplay, read_metrics
 from reference_llm.train.optim import CosineSchedule, optimizer_factory, param_groups
 from reference_llm.train.perf import resolve_device
-from reference_llm.train import padded_vocab_size, train_step
 
 REPO = Path(__file__).resolve().parents[2]
 
