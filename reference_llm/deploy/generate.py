@@ -218,8 +218,12 @@ def generate_text(model: Transformer, tokenizer, prompts: Sequence[str | Sequenc
     defaults to `default_stop_ids(tokenizer)`. `on_text(row, piece)` streams each row's text.
     `sampling` is passed to `generate` (temperature, top_k, top_p, use_cache, seed).
     """
-    streams = [TextStream(tokenizer, stop, None if on_text is None else (lambda piece, r=row: on_text(r, piece)))
-               for row in range(len(prompts))]
+    def row_callback(row: int) -> Callable[[str], None] | None:
+        if on_text is None:
+            return None
+        return lambda piece: on_text(row, piece)
+
+    streams = [TextStream(tokenizer, stop, row_callback(row)) for row in range(len(prompts))]
     prompts_ids = [tokenizer.encode(p) if isinstance(p, str) else list(p) for p in prompts]
     generate(model, prompts_ids, max_new_tokens,
              stop_ids=default_stop_ids(tokenizer) if stop_ids is None else stop_ids,
@@ -251,14 +255,19 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     model, tokenizer, _ = load_model(args.checkpoint, resolve_device("auto"))
+    prompt: str | list[int] = args.prompt
     if args.chat:
-        prompt: str | list[int] = encode_prompt([{"role": "user", "content": args.prompt}], tokenizer)
+        prompt = encode_prompt([{"role": "user", "content": args.prompt}], tokenizer)
     else:
-        prompt = args.prompt
-        sys.stdout.write(prompt)
+        sys.stdout.write(args.prompt)
+
+    def write(_row: int, piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
     generate_text(model, tokenizer, [prompt], args.max_new_tokens, stop=args.stop, temperature=args.temperature,
                   top_k=args.top_k, top_p=args.top_p, use_cache=not args.no_cache, seed=args.seed,
-                  on_text=lambda _row, piece: (sys.stdout.write(piece), sys.stdout.flush()))
+                  on_text=write)
     sys.stdout.write("\n")
     return 0
 

@@ -48,14 +48,14 @@ class DDPEngine(SingleDeviceEngine):
         info = runtime.setup(run_config.distributed.strategy, run_config.train.device)
         self.rank, self.world_size, self.device = info.rank, info.world_size, info.device
         self.module = model.to(self.device)  # the unwrapped model: its names have no "module." prefix
-        self.model = _ModelDDP(
-            self.module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.ddp = _ModelDDP(self.module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.model = self.ddp
         self.optimizer = make_optimizer(self.module)
 
     def accumulating(self, is_last_micro_step: bool) -> contextlib.AbstractContextManager:
         # no_sync: gradients of non-final micro-steps accumulate locally; the last backward
         # all-reduces the accumulated sum once.
-        return contextlib.nullcontext() if is_last_micro_step else self.model.no_sync()
+        return contextlib.nullcontext() if is_last_micro_step else self.ddp.no_sync()
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         return unique_state_dict(self.module)

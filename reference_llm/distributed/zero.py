@@ -98,19 +98,21 @@ class DeepSpeedEngine(Engine):
         names = {id(p): name for name, p in self.module.named_parameters()}
         self._group_names = [[names[id(p)] for p in g["params"]] for g in optimizer.param_groups]
         self._base = optimizer  # DeepSpeed steps this object on its flat fp32 partitions
-        self.model, self._zero, _, _ = deepspeed.initialize(model=self.module, optimizer=optimizer, config=config)
+        # `ds` is DeepSpeed's engine: the module the loop calls, and the object that runs backward and step.
+        self.ds, self._zero, _, _ = deepspeed.initialize(model=self.module, optimizer=optimizer, config=config)
+        self.model = self.ds
         self._deepspeed = deepspeed
         # Until the loop says otherwise every backward ends a step (grad_accum=1 needs no context).
-        self.model.set_gradient_accumulation_boundary(True)
+        self.ds.set_gradient_accumulation_boundary(True)
 
     # -- training ------------------------------------------------------------------------------------
 
     def backward(self, loss: torch.Tensor) -> None:
-        self.model.backward(loss, scale_wrt_gas=False)  # the loop already divided by grad_accum
+        self.ds.backward(loss, scale_wrt_gas=False)  # the loop already divided by grad_accum
 
     def accumulating(self, is_last_micro_step: bool) -> contextlib.AbstractContextManager:
         # ZeRO reduces (stage 1) or reduce-scatters (stages 2, 3) accumulated gradients at the boundary.
-        self.model.set_gradient_accumulation_boundary(is_last_micro_step)
+        self.ds.set_gradient_accumulation_boundary(is_last_micro_step)
         return contextlib.nullcontext()
 
     def step(self, lr: float, grad_clip: float) -> float:
@@ -120,8 +122,8 @@ class DeepSpeedEngine(Engine):
                                    f"the DeepSpeed config was checked against")
         for group in self._base.param_groups:
             group["lr"] = lr
-        self.model.step()
-        norm = self.model.get_global_grad_norm()
+        self.ds.step()
+        norm = self.ds.get_global_grad_norm()
         return float(norm) if norm is not None else float("nan")
 
     # -- consolidated state --------------------------------------------------------------------------
@@ -248,7 +250,7 @@ class DeepSpeedEngine(Engine):
         runtime.barrier()
 
     def shutdown(self) -> None:
-        self.model.destroy()
+        self.ds.destroy()
         runtime.shutdown()
 
 

@@ -88,6 +88,7 @@ class KVCache:
     def allocate(cls, config: ModelConfig, batch_size: int, max_len: int | None = None,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> KVCache:
         max_len = config.block_size if max_len is None else max_len
+        assert config.n_kv_head is not None  # ModelConfig.__post_init__ resolves None to n_head
         shape = (batch_size, config.n_kv_head, max_len, config.head_dim)
         return cls(k=[torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)],
                    v=[torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)])
@@ -97,17 +98,22 @@ class KVCache:
         return self.k[0].shape[2]
 
 
+class ResidualProjection(nn.Linear):
+    """A Linear whose output is added to the residual stream (attention's and the MLP's `proj`); GPT-2
+    scales its initial weights by 1/sqrt(2·n_layer), see `Transformer._init_weights`."""
+
+
 class Attention(nn.Module):
     """Causal self-attention with H query heads sharing K key/value heads (K = H is multi-head)."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
+        assert config.n_kv_head is not None  # ModelConfig.__post_init__ resolves None to n_head
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
         kv_dim = self.n_kv_head * self.head_dim
         # One fused projection for q, k and v: one large matmul is faster than three small ones.
         self.qkv = nn.Linear(config.d_model, config.d_model + 2 * kv_dim, bias=config.bias)
-        self.proj = nn.Linear(config.d_model, config.d_model, bias=config.bias)
-        self.proj.residual_projection = True  # scaled at init, see Transformer._init_weights
+        self.proj = ResidualProjection(config.d_model, config.d_model, bias=config.bias)
         self.dropout = config.dropout
         self.mode = config.attention
 
@@ -180,9 +186,9 @@ class MLP(nn.Module):
         super().__init__()
         self.swiglu = config.mlp == "swiglu"
         hidden = config.ffn_hidden
+        assert hidden is not None  # ModelConfig.__post_init__ resolves None to the architecture's rule
         self.fc = nn.Linear(config.d_model, 2 * hidden if self.swiglu else hidden, bias=config.bias)
-        self.proj = nn.Linear(hidden, config.d_model, bias=config.bias)
-        self.proj.residual_projection = True
+        self.proj = ResidualProjection(hidden, config.d_model, bias=config.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc(x)  # (B, T, F) or (B, T, 2F)
@@ -229,6 +235,9 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
+    rope_cos: torch.Tensor  # (block_size, D/2) buffers, RoPE models only
+    rope_sin: torch.Tensor
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
@@ -252,7 +261,7 @@ class Transformer(nn.Module):
         residual stream's variance does not grow with depth."""
         if isinstance(module, nn.Linear):
             std = 0.02
-            if getattr(module, "residual_projection", False):
+            if isinstance(module, ResidualProjection):
                 std /= math.sqrt(2 * self.config.n_layer)
             nn.init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:

@@ -75,9 +75,9 @@ class LoRALinear(nn.Module):
         if self.bias is not None:
             self.bias.requires_grad_(False)
         self.scaling = alpha / r
-        factory = dict(device=base.weight.device, dtype=base.weight.dtype)
-        self.lora_A = nn.Parameter(torch.empty(r, self.in_features, **factory))
-        self.lora_B = nn.Parameter(torch.zeros(self.out_features, r, **factory))
+        device, dtype = base.weight.device, base.weight.dtype
+        self.lora_A = nn.Parameter(torch.empty(r, self.in_features, device=device, dtype=dtype))
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, r, device=device, dtype=dtype))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # nn.Linear's own weight init
         self.dropout = nn.Dropout(dropout)
         self._unmerged_weight: torch.Tensor | None = None  # the exact base weight while merged
@@ -109,7 +109,7 @@ class LoRALinear(nn.Module):
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        if self.merged:
+        if self._unmerged_weight is not None:
             self.weight.copy_(self._unmerged_weight)
             self._unmerged_weight = None
 
@@ -142,7 +142,7 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> list[str]:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, LoRALinear(linears[name], config.r, config.alpha, config.dropout))
-    model.lora_config = config  # remembered for save_lora
+    vars(model)["lora_config"] = config  # a plain attribute (not a submodule), remembered for save_lora
     return chosen
 
 
@@ -166,7 +166,7 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 def save_lora(model: nn.Module, path: str | Path) -> None:
     """Write the adapters to a safetensors file; its metadata carries the LoRA config as JSON."""
     tensors = {k: v.contiguous().cpu() for k, v in lora_state_dict(model).items()}
-    config = dataclasses.asdict(model.lora_config)
+    config = dataclasses.asdict(vars(model)["lora_config"])
     save_file(tensors, str(path), metadata={"lora_config": json.dumps(config)})
 
 
@@ -242,7 +242,7 @@ def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 def merge_and_unload(model: nn.Module) -> nn.Module:
     """Replace every LoRALinear by a plain nn.Linear holding the merged weight (no copy kept)."""
     for name, layer in _require_lora(model).items():
-        weight = layer._unmerged_weight if layer.merged else layer.weight
+        weight = layer.weight if layer._unmerged_weight is None else layer._unmerged_weight
         linear = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None,
                            device=weight.device, dtype=weight.dtype)
         linear.weight.copy_(weight + layer.delta_weight())
@@ -250,5 +250,5 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
             linear.bias.copy_(layer.bias)
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, linear)
-    del model.lora_config
+    del vars(model)["lora_config"]
     return model

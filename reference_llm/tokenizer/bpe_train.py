@@ -59,8 +59,8 @@ def train_bpe(
 
     words: list[list[int]] = []
     freqs: list[int] = []
-    for word, freq in word_counts.items():
-        ids = [byte_id[b] for b in word.encode("utf-8")]
+    for text, freq in word_counts.items():
+        ids = [byte_id[b] for b in text.encode("utf-8")]
         if len(ids) > 1:  # one-symbol words hold no pair
             words.append(ids)
             freqs.append(freq)

@@ -25,7 +25,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Two AdamW groups, as in nanoGPT: every tensor of 2 or more dimensions (matmul weights and
     embeddings) is decayed; vectors (biases, norm gains) are not, since shrinking them towards zero
     only fights the normalisation they implement."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for param in model.parameters():  # shared (tied) tensors are listed once
         if param.requires_grad:
             (decay if param.dim() >= 2 else no_decay).append(param)
