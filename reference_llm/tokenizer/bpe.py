@@ -12,7 +12,7 @@ import heapq
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from reference_llm.errors import TokenizerError
 from reference_llm.tokenizer.base import (
@@ -98,7 +98,7 @@ class BPETokenizer(Tokenizer):
         return cls.from_dict(read_json(path), path)
 
     @classmethod
-    def from_dict(cls, obj: dict[str, Any], source: str | os.PathLike[str]) -> BPETokenizer:
+    def from_dict(cls, obj: dict[str, Any], source: str | os.PathLike[str]) -> Self:
         """Build from a parsed tokenizer.json; `source` names the file in error messages."""
         data = from_json(obj, source)
         return cls(data.tokens, data.merges, data.special_tokens, data.ignore_merges)
