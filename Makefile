@@ -1,5 +1,5 @@
 # The two commands: `make demo` (set up, generate a project, train it briefly on CPU, sample from it)
-# and `make test` (set up, run the test suite). Both create .venv and install what they need.
+# and `make test` (set up, lint and type-check, run the test suite). Both create .venv and install what they need.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 DEMO_STEPS ?= 300
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: demo test install bench clean
+.PHONY: demo test lint install bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(BIN)/llmgen new demo --dir $(DEMO) --yes --force --no-git
 	$(MAKE) -C $(DEMO) demo PYTHON=$(CURDIR)/$(BIN)/python DEMO_STEPS=$(DEMO_STEPS)
+
+# ruff (lint + format) and mypy, configured in pyproject.toml; `make test` runs them before the suite.
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
