@@ -35,13 +35,27 @@ class Unplain(TypeError):
     """A value that is not plain data (only exact builtin types cross between processes)."""
 
 
+PLAIN = (bool, int, float, str, bytes, complex, list, tuple, dict, set, frozenset)
+
+
 def encode(value, depth=0):
     """Plain data -> JSON-able form keeping its exact type: lists are JSON arrays, other containers,
-    bytes, complex and huge ints are one-key objects. Anything else (a subclass, a custom object, a
-    function) raises Unplain: an object with its own __eq__ must never reach the evaluator."""
+    bytes, complex and huge ints are one-key objects. Only data crosses, never an object: an instance
+    of a subclass of a plain type (a namedtuple, a Counter, an IntEnum, an int with its own __eq__)
+    becomes its value as the base type, so that its methods stay behind; anything else (a custom
+    object, a function, a generator) raises Unplain."""
     if depth > 100:
         raise Unplain("nesting deeper than 100")
     kind = type(value)
+    if value is not None and kind not in PLAIN:
+        base = next((b for b in PLAIN if issubclass(kind, b)), None)
+        try:
+            value = base(value) if base is not None else None
+        except Exception:
+            value = None
+        if base is None or type(value) is not base:
+            raise Unplain(kind.__name__)
+        kind = base
     if value is None or kind in (bool, str, float):
         return value
     if kind is int:

@@ -79,6 +79,7 @@ class _Candidate:
         self.seen: Counter[str] = Counter()
         self.missing: list[PlannedCall] = []
         self.calls = 0
+        self.unsupported: str | None = None  # set, not only raised: planning's asserts swallow exceptions
 
     def __call__(self, *args, **kwargs):
         self.calls += 1
@@ -87,7 +88,8 @@ class _Candidate:
         try:
             args_data, kwargs_data = encode(list(args)), encode(dict(kwargs))
         except Unplain as exc:
-            raise UnsupportedCheck(f"check passes a {exc} to candidate; only plain data can cross") from None
+            self.unsupported = f"check passes a {exc} to candidate; only plain data can cross"
+            raise UnsupportedCheck(self.unsupported) from None
         text = json.dumps([args_data, kwargs_data], sort_keys=True)
         key = (text, self.seen[text])
         self.seen[text] += 1
@@ -164,10 +166,10 @@ def plan_calls(prompt: str, test: str, entry_point: str, known: dict[Key, list])
     candidate = _Candidate(known, planning=True)
     try:
         _run_check(prompt, test, entry_point, candidate, lenient=True)
-    except UnsupportedCheck:
-        raise
     except Exception:
         pass  # a statement outside an assert used a placeholder: the next round gets further
+    if candidate.unsupported:
+        raise UnsupportedCheck(candidate.unsupported)
     return candidate.missing
 
 
