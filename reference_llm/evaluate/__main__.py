@@ -4,6 +4,7 @@
     python -m reference_llm.evaluate humaneval --checkpoint runs/demo --n 10 --k 1 --k 10 --limit 20
     python -m reference_llm.evaluate humaneval --reference          # the harness on the canonical solutions
     python -m reference_llm.evaluate mc --checkpoint runs/demo [--items items.jsonl] [--normalize chars]
+    python -m reference_llm.evaluate sandbox-check                  # which isolation layers work here
 
 Figures go to stdout (add --json for one JSON object); errors are one line on stderr, exit code 2.
 """
@@ -55,9 +56,12 @@ def main(argv: list[str]) -> int:
 
     for p in (ppl, he, mc):
         p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    check = sub.add_parser("sandbox-check", help="which isolation layers of the HumanEval sandbox work here")
+    for p in (ppl, he, mc, check):
         p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
-    result = {"perplexity": _perplexity, "humaneval": _humaneval, "mc": _multiple_choice}[args.command](args)
+    result = {"perplexity": _perplexity, "humaneval": _humaneval, "mc": _multiple_choice,
+              "sandbox-check": _sandbox_check}[args.command](args)
     if args.json:
         print(json.dumps(result, indent=1))
     else:
@@ -121,6 +125,12 @@ def _humaneval(args: argparse.Namespace) -> dict[str, Any]:
     out["outcomes"] = ", ".join(f"{k}={v}" for k, v in sorted(report.statuses.items()))
     out["seconds"] = round(time.monotonic() - start, 1)
     return out
+
+
+def _sandbox_check(args: argparse.Namespace) -> dict[str, Any]:
+    from reference_llm.evaluate.sandbox_layers import report
+
+    return report()
 
 
 def _read_samples(path: Path, known: set[str]) -> dict[str, list[str]]:

@@ -194,8 +194,8 @@ def _describe(name: str) -> str:
         scope += ", no signals or abstract sockets outside the sandbox" if abi >= 6 else ""
         return f"ABI {abi}: read-only interpreter, read-write work dir only, no device/fifo/socket nodes{scope}"
     if name == "seccomp":
-        return f"libseccomp BPF filter refusing {len(SECCOMP_REFUSED) + 2} syscalls (other processes, namespaces, " \
-               f"mounts, device nodes, xattrs, fork/exec)"
+        return (f"libseccomp BPF filter: {len(SECCOMP_REFUSED)} syscalls refused where the kernel has them (other "
+                "processes, namespaces, mounts, device nodes, xattrs, fork/exec), clone of processes refused")
     if name == "netns":
         return "own network namespace (only loopback, down)"
     return "PEP 578 hook: no fork/exec/sockets/ctypes, no writes outside the work dir (Python-level)"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
 import sys
 import textwrap
 import time
@@ -12,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from reference_llm.errors import ConfigError
+from reference_llm.evaluate import sandbox_layers
 from reference_llm.evaluate.sandbox import SandboxLimits, run_many, run_untrusted
 
 FAST = SandboxLimits(timeout_s=2.0, memory_mb=256, output_bytes=64 * 1024)
@@ -161,11 +164,44 @@ def test_run_many_keeps_order_and_isolates_failures() -> None:
     assert results[3].stdout == "4\n"
 
 
+def test_calls_on_the_entry_point_come_back_as_plain_data() -> None:
+    code = "def f(x, scale=1):\n    if x is None:\n        raise KeyError(x)\n    return (x * scale, {x}, [x])\n"
+    result = run_untrusted(code, FAST, entry_point="f", calls=[((2,), {"scale": 3}), ((None,), {})])
+    assert result.passed
+    assert result.report["calls"] == [["ok", {"tuple": [6, {"set": [2]}, [2]]}], ["raise", "KeyError"]]
+
+
+def test_sandbox_check_prints_one_line_per_layer() -> None:
+    repo = Path(__file__).resolve().parents[2]
+    # Both at once: each pays for importing torch (through reference_llm.evaluate) and probing the layers.
+    plain, as_json = [subprocess.Popen([sys.executable, "-m", "reference_llm.evaluate", "sandbox-check", *extra],
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=repo)
+                      for extra in ([], ["--json"])]
+    (plain_out, plain_err), (json_out, json_err) = plain.communicate(timeout=120), as_json.communicate(timeout=120)
+    assert plain.returncode == as_json.returncode == 0, plain_err + json_err
+    layers = json.loads(json_out)
+    assert list(layers) == [*sandbox_layers.LAYERS, *sandbox_layers.ALWAYS]
+    assert all(line.startswith(("active: ", "unavailable: ")) for line in layers.values())
+    assert len(plain_out.splitlines()) == len(layers)
+    assert layers["audit"].startswith("active")  # needs nothing from the machine
+
+
+def test_a_missing_layer_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sandbox_layers, "bwrap_binary", lambda: None)
+    assert "apt-get install bubblewrap" in sandbox_layers._prerequisite("bwrap")
+    monkeypatch.setattr(sandbox_layers, "landlock_abi", lambda: 0)
+    assert "no Landlock" in sandbox_layers._prerequisite("landlock")
+
+
 def test_bad_limits_are_rejected() -> None:
     with pytest.raises(ConfigError, match="timeout_s"):
         SandboxLimits(timeout_s=0)
     with pytest.raises(ConfigError, match="workers"):
         run_many(["pass"], workers=0)
+    with pytest.raises(ConfigError, match="unknown sandbox layer"):
+        run_untrusted("pass", layers=("chroot",))
+    with pytest.raises(ConfigError, match="plain data"):
+        run_untrusted("def f(g): pass", entry_point="f", calls=[((len,), {})])
 
 
 def _processes_mentioning(text: str) -> list[int]:
