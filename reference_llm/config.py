@@ -6,7 +6,7 @@ A training config looks like this (every key optional except where the dataclass
     preset = "demo"          # any ModelConfig preset; other keys here override its fields
 
     [data]
-    corpus = "data/shakespeare.txt"   # a text file or a folder of .txt/.md files
+    corpus = "data/shakespeare.txt"   # a file, folder or glob: text, JSON Lines, Parquet, ... (docs/data.md)
     tokenizer = "bpe"                 # "char" | "bpe" (from scratch) | "hf-bpe" (HF tokenizers)
     vocab_size = 1024                 # for the BPE tokenizers; "char" takes the corpus' alphabet
 
@@ -35,12 +35,63 @@ from reference_llm.model.config import ModelConfig
 
 
 @dataclass
+class DataSource:
+    """One `[[data.sources]]` table: a file, folder or glob pattern, how to read it, and its share."""
+
+    path: str
+    weight: float | None = None  # share of the train split; None for every source: their natural sizes
+    text_field: str = "text"  # JSON/CSV/Parquet/Arrow field with the text; dots reach nested fields
+    format: str = ""  # "" infers it from each file name (see reference_llm.data.sources.FORMATS)
+    name: str = ""  # how reports and meta.json name the source ("": its path)
+
+    @property
+    def label(self) -> str:
+        return self.name or self.path
+
+
+@dataclass
 class DataConfig:
-    corpus: str = "data/shakespeare.txt"
+    corpus: str = "data/shakespeare.txt"  # a file, folder or glob; not used when `sources` is given
+    text_field: str = "text"  # for a corpus of records (JSON Lines, Parquet, ...)
+    format: str = ""  # "" infers each file's format from its name
+    sources: list[DataSource] = field(default_factory=list)  # [[data.sources]]: several, with weights
     tokenizer: str = "bpe"  # "char" | "bpe" | "hf-bpe"
     vocab_size: int = 1024
     cache_dir: str = "data/cache"  # tokenizer and token shards are built here once, keyed by content hash
     val_fraction: float = 0.1  # fraction of documents (or of the text, for a single document) held out
+    sampling: str = "random"  # "random": windows drawn with replacement; "epoch": each window once per epoch
+    skip_bad: bool = False  # leave out (and count) unreadable records instead of stopping at the first
+    strict: bool = False  # any file of the corpus that is not read is an error
+    workers: int = 0  # processes that clean and tokenise (0: one per CPU); the result does not depend on it
+    chunk_mb: float = 32.0  # text in flight at once, in MB: bounds memory; the result does not depend on it
+
+    def __post_init__(self) -> None:
+        self.sources = [_data_source(i, s) for i, s in enumerate(self.sources)]
+        weights = [s.weight for s in self.sources]
+        if any(w is not None for w in weights) and any(w is None for w in weights):
+            raise ConfigError("data.sources: give every source a weight, or none (natural proportions)")
+        if any(w is not None and not w > 0 for w in weights):
+            raise ConfigError(f"data.sources: weights must be positive, got {weights}")
+        if self.workers < 0 or not self.chunk_mb > 0:
+            raise ConfigError(f"data.workers must be >= 0 and data.chunk_mb > 0; got {self.workers}, {self.chunk_mb}")
+
+    def source_list(self) -> list[DataSource]:
+        """The configured sources, or the single `corpus` when there are none."""
+        return self.sources or [DataSource(self.corpus, text_field=self.text_field, format=self.format)]
+
+
+def _data_source(index: int, value: Any) -> DataSource:
+    """A DataSource from a `[[data.sources]]` table (or one already built), checked key by key."""
+    if isinstance(value, DataSource):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(f"data.sources[{index}] must be a table with a path, got {value!r}")
+    fields = {f.name: f for f in dataclasses.fields(DataSource)}
+    unknown = set(value) - set(fields)
+    if unknown or "path" not in value:
+        raise ConfigError(f"data.sources[{index}]: needs `path`; unknown key(s) {', '.join(sorted(unknown)) or 'none'};"
+                          f" known: {', '.join(fields)}")
+    return DataSource(**{k: coerce_value(f"data.sources[{index}].{k}", v, fields[k].type) for k, v in value.items()})
 
 
 @dataclass
@@ -108,6 +159,7 @@ SECTIONS: dict[str, type] = {
 }
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.tokenizer": ("char", "bpe", "hf-bpe"),
+    "data.sampling": ("random", "epoch"),
     "train.dtype": ("auto", "float32", "bfloat16"),
     "distributed.strategy": ("single", "ddp", "fsdp", "zero1", "zero2", "zero3"),
     "distributed.offload": ("none", "optimizer", "params"),
@@ -187,12 +239,13 @@ def coerce_value(key: str, value: Any, annotation: Any) -> Any:
     raise ConfigError(f"{key} must be {names}, got {value!r}")
 
 
-_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "None": type(None)}
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "None": type(None), "list": list}
 
 
 def _resolve(annotation: Any) -> tuple[type, ...]:
     if isinstance(annotation, str):
-        return tuple(_TYPES[part.strip()] for part in annotation.split("|"))
+        # "list[DataSource]" checks as a list; its items are checked by the dataclass that holds it
+        return tuple(_TYPES[part.strip().split("[")[0]] for part in annotation.split("|"))
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
         return typing.get_args(annotation)
     return (annotation,)

@@ -18,12 +18,14 @@ _EXPORTS = {
     "PreparedData": "build", "load_prepared": "build", "prepare_data": "build",
     "normalize_text": "clean",
     "DedupSettings": "dedup", "exact_dedup": "dedup", "near_dedup": "dedup",
-    "Document": "documents", "list_sources": "documents", "read_documents": "documents",
+    "Document": "documents",
     "FilterSettings": "filters", "apply_filters": "filters",
     "TokenLoader": "loader",
     "PII_KINDS": "pii", "Finding": "pii", "scan_pii": "pii", "scrub_pii": "pii",
     "PipelineSettings": "pipeline", "clean_documents": "pipeline", "split_documents": "pipeline",
+    "BadRecords": "readers", "iter_documents": "readers", "iter_records": "readers",
     "read_meta": "shards", "token_dtype": "shards",
+    "SourceFile": "sources", "discover": "sources",
 }
 __all__ = sorted(_EXPORTS)
 

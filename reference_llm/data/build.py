@@ -1,37 +1,43 @@
 """`prepare_data`: corpus -> cleaned documents -> tokenizer (trained on the train split) -> token shards,
 cached under `cache_dir/<tokenizer>-<vocab>-<key>/` where the key hashes the corpus bytes and every setting.
 
-A second call with the same corpus and settings finds the directory and returns at once. Directories are
-built under a temporary name and renamed into place, so an interrupted build leaves nothing that looks
-finished, and concurrent builders (several ranks, say) cannot leave a mixed result.
+A second call with the same corpus and settings finds the directory and returns at once. A build runs in
+`.<name>.partial/` and is renamed into place when meta.json is written, so nothing unfinished looks
+finished. It runs in two passes (reference_llm.data.collect, then reference_llm.data.encode); an
+interrupted build continues where it stopped: after pass 1 it is not redone, and finished shards are
+kept. A lock on the cache directory makes concurrent builders (several ranks, say) wait for one another.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
-import secrets
 import shutil
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from reference_llm.config import CHOICES, DataConfig
-from reference_llm.data.documents import Document, SourceFile, list_sources, read_documents
-from reference_llm.data.pipeline import PipelineSettings, clean_documents, split_documents
+from reference_llm.data.collect import Collected, collect
+from reference_llm.data.encode import encode_all, fit_tokenizer, plan
+from reference_llm.data.parallel import default_workers
+from reference_llm.data.pipeline import PipelineSettings
 from reference_llm.data.progress import Steps
-from reference_llm.data.shards import FORMAT, FORMAT_VERSION, ShardWriter, read_meta, token_dtype, write_meta
+from reference_llm.data.shards import FORMAT, FORMAT_VERSION, read_meta, token_dtype, write_json, write_meta
+from reference_llm.data.sources import Discovery, SourceFile, discover
 from reference_llm.errors import ConfigError, DataError
-from reference_llm.tokenizer import Tokenizer, load_tokenizer, train_tokenizer
-from reference_llm.tokenizer.base import EOT
+from reference_llm.tokenizer import Tokenizer, load_tokenizer
 
-PIPELINE_VERSION = 1  # bump when the same inputs would now produce different shards: old caches then miss
+PIPELINE_VERSION = 2  # bump when the same inputs would now produce different shards: old caches then miss
 TOKENIZER_FILE = "tokenizer.json"
-SPECIAL_TOKENS = (EOT,)
-ENCODE_BATCH = 64  # documents per encode_batch call (one progress-bar tick)
+STATE_FILE = "state.json"  # in the work directory: which passes are done
+SCRATCH = ("documents.bin", "names.bin", "signatures.bin", "collected.npz", "collected.json", "progress.json",
+           STATE_FILE)
 
 
 @dataclass
@@ -44,31 +50,32 @@ class PreparedData:
 
 def prepare_data(data_cfg: DataConfig, settings: PipelineSettings | None = None, *,
                  progress: bool | None = None) -> PreparedData:
-    """Build (or reuse) the tokenizer and token shards for `data_cfg`. `progress=None`: bars on a terminal."""
+    """Build (or reuse) the tokenizer and token shards for `data_cfg`. `progress=None`: bars on a terminal.
+
+    Files of the corpus that are not read (unknown format, broken links, ...) are listed on stderr.
+    """
     settings = settings or PipelineSettings()
     _check(data_cfg)
-    sources = list_sources(data_cfg.corpus)
+    found = discover(data_cfg.source_list(), strict=data_cfg.strict, skip_bad=data_cfg.skip_bad)
+    if summary := found.skip_summary():
+        print(f"note: {summary}", file=sys.stderr)
     cache_root = Path(data_cfg.cache_dir)
-    final = cache_root / cache_key(data_cfg, settings, sources)
+    final = cache_root / cache_key(data_cfg, settings, found.files)
     if final.exists():
         return load_prepared(final, from_cache=True)
-    try:
-        cache_root.mkdir(parents=True, exist_ok=True)
-        # Not tempfile.mkdtemp: its mode 0700 would survive the rename and hide the cache from other users.
-        tmp = cache_root / f".{final.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
-        tmp.mkdir()
-    except OSError as exc:
-        raise DataError(f"cannot create data.cache_dir {cache_root}: {exc.strerror or exc}") from None
-    try:
-        with Steps(progress) as steps:
-            build(sources, data_cfg, settings, tmp, steps)
+    work = cache_root / f".{final.name}.partial"
+    with _exclusive(cache_root):
+        if final.exists():  # another process built it while this one waited
+            return load_prepared(final, from_cache=True)
         try:
-            tmp.rename(final)
-        except OSError:
-            if not final.exists():  # not a lost race with another builder: a real failure
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            work.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise DataError(f"cannot create {work}: {exc.strerror or exc}") from None
+        with Steps(progress) as steps:
+            build(found, data_cfg, settings, work, steps)
+        for name in SCRATCH:
+            (work / name).unlink(missing_ok=True)
+        work.rename(final)
     return load_prepared(final, from_cache=False)
 
 
@@ -84,11 +91,11 @@ def load_prepared(data_dir: str | Path, from_cache: bool = True) -> PreparedData
     return PreparedData(data_dir, meta, tokenizer, from_cache)
 
 
-def cache_key(data_cfg: DataConfig, settings: PipelineSettings, sources: list[SourceFile]) -> str:
+def cache_key(data_cfg: DataConfig, settings: PipelineSettings, files: list[SourceFile]) -> str:
     """`<tokenizer>-<vocab>-<16 hex>`: a hash of the corpus bytes, file names and every setting."""
     blob = json.dumps({
         "pipeline_version": PIPELINE_VERSION,
-        "sources": [[s.name, s.sha256] for s in sources],
+        "sources": [[f.name, f.sha256, f.format, f.compression, f.text_field, f.source] for f in files],
         "data": _data_settings(data_cfg),
         "pipeline": settings.to_dict(),
     }, sort_keys=True)
@@ -96,26 +103,48 @@ def cache_key(data_cfg: DataConfig, settings: PipelineSettings, sources: list[So
     return f"{data_cfg.tokenizer}-{vocab}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
 
-def build(sources: list[SourceFile], data_cfg: DataConfig, settings: PipelineSettings, out_dir: Path,
+def build(found: Discovery, data_cfg: DataConfig, settings: PipelineSettings, work: Path,
           steps: Steps) -> dict[str, Any]:
-    """Run the whole pipeline into `out_dir`: tokenizer.json, shards and meta.json. Returns the meta."""
-    docs = read_documents(sources)
-    docs, report = clean_documents(docs, settings, steps)
-    if not docs:
-        raise DataError(_nothing_left_message(data_cfg.corpus, report))
-    docs, report["special_token_strings_removed"] = _remove_special_strings(docs)
-    train, val = split_documents(docs, data_cfg.val_fraction)
+    """Run (or continue) the whole pipeline in `work`: tokenizer.json, shards and meta.json. Returns the meta."""
+    workers = data_cfg.workers or default_workers()
+    if sum(f.size for f in found.files) < data_cfg.chunk_mb * 1e6 / 4:
+        workers = 1  # starting processes would cost more than the work they share
+    state = _read_state(work)
+    if state.get("collected"):
+        collected = Collected.load(work)
+        print(f"note: continuing the interrupted build in {work}", file=sys.stderr)
+    else:
+        for path in work.iterdir():  # scraps of a pass 1 that did not finish: it starts over
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        try:
+            collected = collect(found, data_cfg, settings, work, workers, steps)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        collected.save(work)
+        _write_state(work, {"collected": True})
 
-    with steps.step(f"training {data_cfg.tokenizer} tokenizer"):
-        tokenizer = train_tokenizer(data_cfg.tokenizer, [d.text for d in train], data_cfg.vocab_size,
-                                    special_tokens=SPECIAL_TOKENS)
-    tokenizer.save(out_dir / TOKENIZER_FILE)
+    sources = data_cfg.source_list()
+    labels = [s.label for s in sources]
+    split_plan = plan(collected, data_cfg.val_fraction, [s.weight for s in sources], labels)
+    tokenizer_path = work / TOKENIZER_FILE
+    fast = data_cfg.tokenizer == "hf-bpe"
+    if not _read_state(work).get("tokenizer"):
+        with steps.step(f"training {data_cfg.tokenizer} tokenizer"):
+            tokenizer = fit_tokenizer(work, data_cfg.tokenizer, data_cfg.vocab_size, split_plan, collected,
+                                      data_cfg.val_fraction, settings)
+        tokenizer.save(tokenizer_path)
+        _write_state(work, {"collected": True, "tokenizer": True})
+    tokenizer = load_tokenizer(tokenizer_path, fast=fast)
+
+    splits, dropped = encode_all(work, collected, split_plan, tokenizer_path, fast, data_cfg.val_fraction, settings,
+                                 labels, workers, data_cfg.chunk_mb, steps)
+    report = dict(collected.report)
     if tokenizer.kind == "char":
-        # The alphabet comes from the train split only; characters seen only in validation have no id.
-        val, report["val_chars_without_id"] = _drop_unknown_chars(val, set(tokenizer.chars))
-
-    splits = {name: write_split(out_dir, name, split_docs, tokenizer, settings.shard_tokens, steps)
-              for name, split_docs in (("train", train), ("val", val))}
+        report["val_chars_without_id"] = dropped
+    report["skipped_files"] = {reason: {"count": len(paths), "items": paths[:100]}
+                               for reason, paths in sorted(found.skipped.items())}
+    report["hidden_files"] = found.hidden
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -124,31 +153,44 @@ def build(sources: list[SourceFile], data_cfg: DataConfig, settings: PipelineSet
                       "fingerprint": tokenizer.fingerprint(), "file": TOKENIZER_FILE},
         "dtype": token_dtype(tokenizer.vocab_size).name,
         "splits": splits,
-        "sources": [{"name": s.name, "sha256": s.sha256, "bytes": s.size} for s in sources],
+        "sources": [{"name": f.name, "sha256": f.sha256, "bytes": f.size, "format": f.format,
+                     "compression": f.compression, "source": labels[f.source]} for f in found.files],
+        "mixture": split_plan.mixture,
         "settings": {"data": _data_settings(data_cfg), "pipeline": settings.to_dict()},
         "report": report,
     }
-    write_meta(out_dir, meta)
+    write_meta(work, meta)
     return meta
 
 
-def write_split(out_dir: Path, split: str, docs: list[Document], tokenizer: Tokenizer, shard_tokens: int,
-                steps: Steps | None = None) -> dict[str, Any]:
-    """Tokenise `docs` into `<split>_NNNN.bin` shards, the end-of-text id (if any) after each document.
+@contextmanager
+def _exclusive(cache_root: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the cache directory itself (waiting, with a note, while another process
+    builds there). A lock file could not be removed safely, and the directory outlives every build."""
+    try:
+        cache_root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(cache_root, os.O_RDONLY)
+    except OSError as exc:
+        raise DataError(f"cannot create data.cache_dir {cache_root}: {exc.strerror or exc}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"note: waiting for another process that is preparing data in {cache_root}", file=sys.stderr)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
-    Returns the split's meta entry: tokens, bytes (UTF-8 bytes of the text, for bits per byte),
-    documents and shards.
-    """
-    steps = steps or Steps(enabled=False)
-    writer = ShardWriter(out_dir, split, token_dtype(tokenizer.vocab_size), shard_tokens)
-    eot = [] if tokenizer.eot_id is None else [tokenizer.eot_id]
-    batches = [docs[i:i + ENCODE_BATCH] for i in range(0, len(docs), ENCODE_BATCH)]
-    for batch in steps.track(batches, f"tokenising {split}"):
-        for ids in tokenizer.encode_batch([d.text for d in batch]):
-            writer.write(np.asarray(ids + eot, dtype=np.int64))
-    shards = writer.close()
-    return {"tokens": sum(s["tokens"] for s in shards), "bytes": sum(len(d.text.encode("utf-8")) for d in docs),
-            "documents": len(docs), "shards": shards}
+
+def _read_state(work: Path) -> dict[str, Any]:
+    path = work / STATE_FILE
+    result: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return result
+
+
+def _write_state(work: Path, state: dict[str, Any]) -> None:
+    write_json(work / STATE_FILE, state)
 
 
 def _check(data_cfg: DataConfig) -> None:
@@ -160,37 +202,11 @@ def _check(data_cfg: DataConfig) -> None:
 
 
 def _data_settings(data_cfg: DataConfig) -> dict[str, Any]:
-    """The DataConfig fields that shape the result (not where the corpus or the cache live)."""
-    return {"tokenizer": data_cfg.tokenizer, "vocab_size": data_cfg.vocab_size,
-            "val_fraction": data_cfg.val_fraction}
-
-
-def _remove_special_strings(docs: list[Document]) -> tuple[list[Document], int]:
-    """Delete literal "<|endoftext|>" text: encoded, it would become a document boundary mid-document."""
-    removed = sum(d.text.count(s) for d in docs for s in SPECIAL_TOKENS)
-    if removed:
-        docs = [Document(d.source, _strip_all(d.text)) for d in docs]
-    return docs, removed
-
-
-def _strip_all(text: str) -> str:
-    for s in SPECIAL_TOKENS:
-        text = text.replace(s, "")
-    return text
-
-
-def _drop_unknown_chars(docs: list[Document], alphabet: set[str]) -> tuple[list[Document], int]:
-    dropped = sum(1 for d in docs for ch in d.text if ch not in alphabet)
-    if dropped:
-        docs = [Document(d.source, "".join(ch for ch in d.text if ch in alphabet)) for d in docs]
-    return docs, dropped
-
-
-def _nothing_left_message(corpus: str, report: dict[str, Any]) -> str:
-    if report["chars_after_normalising"] == 0:
-        return f"corpus {corpus} is empty (no text after normalisation)"
-    removed = [f"{name} {info['dropped']}" for name, info in report["filters"].items() if info["dropped"]]
-    removed += [f"{stage} {report[stage]['dropped']}" for stage in ("exact_dedup", "near_dedup")
-                if report.get(stage, {}).get("dropped")]
-    return (f"every document of corpus {corpus} was removed ({', '.join(removed)} of {report['documents_in']}); "
-            f"loosen the filters (e.g. --set filters.min_chars=0)")
+    """The DataConfig fields that shape the result (not where the corpus or the cache live, nor how many
+    workers or how much memory it took)."""
+    out: dict[str, Any] = {"tokenizer": data_cfg.tokenizer, "vocab_size": data_cfg.vocab_size,
+                           "val_fraction": data_cfg.val_fraction, "skip_bad": data_cfg.skip_bad}
+    weights = [s.weight for s in data_cfg.source_list()]
+    if weights[0] is not None:
+        out["weights"] = {s.label: s.weight for s in data_cfg.source_list()}
+    return out

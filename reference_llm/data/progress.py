@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -35,6 +35,13 @@ class Steps:
 
     def track(self, items: Sequence[T], description: str) -> Iterator[T]:
         yield from self._progress.track(items, total=len(items), description=description)
+
+    @contextmanager
+    def bar(self, description: str, total: float | None) -> Iterator[Callable[[float], None]]:
+        """A bar advanced by hand: `with steps.bar("reading", total=bytes) as advance: advance(n)`."""
+        task = self._progress.add_task(description, total=total)
+        yield lambda n: self._progress.advance(task, n)
+        self._progress.update(task, total=total or 1, completed=total or 1)
 
     @contextmanager
     def step(self, description: str) -> Iterator[None]:

@@ -8,6 +8,7 @@ else uint32), documents concatenated with the end-of-text id after each.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -30,43 +31,65 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 
 class ShardWriter:
-    """Appends token ids to `<split>_0000.bin`, `<split>_0001.bin`, ... of at most `shard_tokens` each."""
+    """Appends token ids to `<split>_0000.bin`, `<split>_0001.bin`, ... of at most `shard_tokens` each.
 
-    def __init__(self, out_dir: Path, split: str, dtype: np.dtype, shard_tokens: int):
+    A shard is closed and synced to disk the moment it is full, so that a journal written then can name
+    it as finished; `done` continues after shards an interrupted run finished (later files are replaced).
+    """
+
+    def __init__(self, out_dir: Path, split: str, dtype: np.dtype, shard_tokens: int,
+                 done: list[dict[str, Any]] | None = None):
         self.out_dir, self.split, self.dtype, self.shard_tokens = Path(out_dir), split, np.dtype(dtype), shard_tokens
-        self.shards: list[dict[str, Any]] = []
-        self._file = None
+        self.shards: list[dict[str, Any]] = [dict(s) for s in done or []]
+        self._file: Any = None
 
-    def write(self, ids: np.ndarray) -> None:
+    def write(self, ids: np.ndarray) -> list[int]:
+        """Append `ids`; returns, for each shard this call filled, how many of `ids` were written by then."""
         ids = np.asarray(ids)
         if ids.size and (ids.min() < 0 or ids.max() > np.iinfo(self.dtype).max):
             raise DataError(f"token id out of range for {self.dtype} shards: {int(ids.min())}..{int(ids.max())}")
         ids = ids.astype(self.dtype, copy=False)
-        while ids.size:
-            if self._file is None or self.shards[-1]["tokens"] == self.shard_tokens:
+        filled, written = [], 0
+        while written < ids.size:
+            if self._file is None:
                 self._open_next()
             room = self.shard_tokens - self.shards[-1]["tokens"]
-            ids[:room].tofile(self._file)
-            self.shards[-1]["tokens"] += min(room, ids.size)
-            ids = ids[room:]
+            part = ids[written:written + room]
+            part.tofile(self._file)
+            self.shards[-1]["tokens"] += part.size
+            written += part.size
+            if self.shards[-1]["tokens"] == self.shard_tokens:
+                self._close_file()
+                filled.append(written)
+        return filled
 
     def _open_next(self) -> None:
-        if self._file is not None:
-            self._file.close()
         name = f"{self.split}_{len(self.shards):04d}.bin"
         self._file = (self.out_dir / name).open("wb")
         self.shards.append({"file": name, "tokens": 0})
 
+    def _close_file(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._file = None
+
     def close(self) -> list[dict[str, Any]]:
         """Finish the last shard; returns [{"file", "tokens"}] per shard."""
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            self._close_file()
         return self.shards
 
 
 def write_meta(out_dir: Path, meta: dict[str, Any]) -> None:
-    (Path(out_dir) / META_FILE).write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json(Path(out_dir) / META_FILE, meta)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write through a temporary file and rename, so that a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def read_meta(data_dir: str | Path) -> dict[str, Any]:

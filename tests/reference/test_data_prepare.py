@@ -62,7 +62,10 @@ def test_meta_split_and_cache_reuse(corpus, tmp_path):
     assert names == ["letter.txt"] + [f"play{i}.txt" for i in range(8)] + ["sub/copy.md"]
     for source in meta["sources"]:
         assert source["sha256"] == hashlib.sha256((corpus / source["name"]).read_bytes()).hexdigest()
-    assert meta["settings"]["data"] == {"tokenizer": "char", "vocab_size": 1024, "val_fraction": 0.2}
+    assert meta["settings"]["data"] == {"tokenizer": "char", "vocab_size": 1024, "val_fraction": 0.2,
+                                        "skip_bad": False}
+    assert meta["report"]["skipped_files"] == {"unknown format (.rst)": {"count": 1, "items": ["notes.rst"]}}
+    assert meta["report"]["hidden_files"] == 1
     report = meta["report"]
     assert report["exact_dedup"]["items"] == [{"source": "sub/copy.md", "duplicate_of": "play0.txt",
                                                "similarity": 1.0}]
@@ -136,7 +139,7 @@ def test_literal_end_of_text_strings_are_removed(tmp_path):
 
 @pytest.mark.parametrize("setup, error, message", [
     (lambda d: d / "missing.txt", DataError, "corpus not found"),
-    (lambda d: d, DataError, "has no .txt or .md files"),
+    (lambda d: d, DataError, "has no files to read"),
     (lambda d: _write(d / "empty.txt", b" \n\r\n\t"), DataError, "is empty"),
     (lambda d: _write(d / "short.txt", b"too short"), DataError, "min_chars 1 of 1"),
     (lambda d: _write(d / "latin1.txt", "caf\u00e9 au lait".encode("latin-1")), DataError, "not UTF-8"),
