@@ -232,23 +232,25 @@ def _audit_hook(workdir):
 
 def _run(job):
     """Run the code, then the calls; returns the report."""
-    report = {"completed": False, "error": None, "calls": []}
-    namespace = {"__name__": "__main__", "__builtins__": __builtins__}
+    calls: list = []
+    report: dict = {"completed": False, "error": None, "calls": calls}
+    namespace: dict = {"__name__": "__main__", "__builtins__": __builtins__}
     try:
         exec(compile(job["code"], "candidate.py", "exec"), namespace)
-        function = namespace[job["entry_point"]] if job.get("entry_point") else None
+        wanted = job.get("calls", [])
+        function = namespace[job["entry_point"]] if wanted else None
     except BaseException as exc:  # SystemExit included: leaving early is not finishing
         import traceback
 
         traceback.print_exc()
         report["error"] = f"{type(exc).__name__}: {exc}"[:1000]
         return report
-    for args_data, kwargs_data in job.get("calls", []):
+    for args_data, kwargs_data in wanted:
         args, kwargs = decode(args_data), decode(kwargs_data)
         try:
-            value = function(*args, **kwargs)
+            value = function(*args, **kwargs)  # type: ignore[misc]  # not None: there are calls
         except BaseException as exc:
-            report["calls"].append(["raise", type(exc).__name__])
+            calls.append(["raise", type(exc).__name__])
             continue
         try:
             outcome = ["ok", encode(value)]
@@ -257,7 +259,7 @@ def _run(job):
                 outcome.append(after)
         except (Unplain, RecursionError, ValueError):
             outcome = ["unplain", type(value).__name__]
-        report["calls"].append(outcome)
+        calls.append(outcome)
     report["completed"] = True
     return report
 

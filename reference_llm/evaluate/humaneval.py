@@ -18,7 +18,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
@@ -103,12 +103,12 @@ def score_completion(problem: Problem, completion: str, limits: SandboxLimits | 
     def run_calls(calls: list[PlannedCall]) -> list | str:
         result = run_untrusted(program, limits, entry_point=problem.entry_point,
                                calls=[call.call for call in calls], layers=layers)
-        return result.report["calls"] if result.passed else result.status
+        return result.report["calls"] if result.passed and result.report else result.status
 
     return decide(problem.prompt, problem.test, problem.entry_point, run_calls)
 
 
-def score_samples(problems: Iterable[Problem], samples: dict[str, Sequence[str]], ks: Sequence[int] = (1,),
+def score_samples(problems: Iterable[Problem], samples: Mapping[str, Sequence[str]], ks: Sequence[int] = (1,),
                   limits: SandboxLimits | None = None, workers: int = 2) -> HumanEvalReport:
     """Score every completion (`score_completion`, `workers` sandboxes at a time) and estimate pass@k.
 

@@ -113,7 +113,10 @@ def run_untrusted(code: str, limits: SandboxLimits | None = None, *, entry_point
             os.chmod(workdir, 0o711)  # bwrap enters it as capability-less root before the child drops to 65534
         argv = [sandbox_layers.interpreter(), "-I", "-S", "-B", "-c", RUNNER_SOURCE, job_path]
         if "bwrap" in layers:
-            argv = sandbox_layers.bwrap_argv(sandbox_layers.bwrap_binary(), workdir, "uid" in layers) + argv
+            binary = sandbox_layers.bwrap_binary()
+            if binary is None:
+                raise ConfigError(f"sandbox layer bwrap: {sandbox_layers.BWRAP_MISSING}")
+            argv = sandbox_layers.bwrap_argv(binary, workdir, "uid" in layers) + argv
         report_r, report_w = os.pipe()
         env = {"HOME": workdir, "TMPDIR": workdir, "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8",
                "PYTHONIOENCODING": "utf-8"}
@@ -155,6 +158,7 @@ def _collect(proc: subprocess.Popen, report_fd: int, deadline: float,
     """Read stdout, stderr and the report pipe until the child exits, the deadline passes or a cap is
     passed. Returns (status or None if it ended by itself, stdout, stderr, report bytes). No buffer ever
     holds more than its cap plus one read."""
+    assert proc.stdout is not None and proc.stderr is not None  # Popen(stdout=PIPE, stderr=PIPE)
     out, err = proc.stdout.fileno(), proc.stderr.fileno()
     buffers = {out: bytearray(), err: bytearray(), report_fd: bytearray()}
     selector = selectors.DefaultSelector()

