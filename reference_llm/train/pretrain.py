@@ -134,7 +134,8 @@ class Trainer:
         self.tokens_per_step = t.micro_batch * self.seq_len * t.grad_accum * self.engine.world_size
         self.flops_per_token = config.model.flops_per_token(self.seq_len, training=True)
         self.train_loader = TokenLoader(self.data_dir, split="train", seq_len=self.seq_len, batch_size=t.micro_batch,
-                                        seed=t.seed, rank=self.engine.rank, world_size=self.engine.world_size)
+                                        seed=t.seed, rank=self.engine.rank, world_size=self.engine.world_size,
+                                        sampling=config.data.sampling)
         self.val_loader = TokenLoader(self.data_dir, split="val", seq_len=self.seq_len, batch_size=t.micro_batch,
                                       seed=t.seed)
         self.run_dir = Path(config.checkpoint.dir)

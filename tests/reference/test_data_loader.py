@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from reference_llm.data.loader import TokenLoader
+from reference_llm.data.loader import TokenLoader, permute
 from reference_llm.data.shards import FORMAT, FORMAT_VERSION, ShardWriter, write_meta
 from reference_llm.errors import ConfigError, DataError
 
@@ -132,3 +132,70 @@ def test_bad_arguments(data_dir):
         TokenLoader(data_dir, "train", seq_len=8, batch_size=1, seed=0, rank=2, world_size=2)
     with pytest.raises(ConfigError, match="seq_len"):
         TokenLoader(data_dir, "train", seq_len=0, batch_size=1, seed=0)
+
+
+# -- epoch mode ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def counting_dir(tmp_path):
+    """Train tokens 0..4999 in shards of 1200: a window's first token says where it starts."""
+    writer = ShardWriter(tmp_path, "train", np.dtype(np.uint16), 1200)
+    writer.write(np.arange(5000))
+    write_meta(tmp_path, {"format": FORMAT, "format_version": FORMAT_VERSION, "dtype": "uint16",
+                          "tokenizer": {"fingerprint": "f", "vocab_size": 5000},
+                          "splits": {"train": {"tokens": 5000, "shards": writer.close()}}})
+    return tmp_path
+
+
+def global_order(data_dir, seq_len: int, batch: int, world: int, steps: int, seed: int = 5) -> list[int]:
+    """First token of every window drawn, in global order: step k, then rank r, then batch slot."""
+    loaders = [TokenLoader(data_dir, "train", seq_len, batch, seed, rank=r, world_size=world, sampling="epoch")
+               for r in range(world)]
+    per_step = [[loader.next_batch()[0][:, 0].tolist() for loader in loaders] for _ in range(steps)]
+    return [t for step in per_step for rank in step for t in rank]
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_epoch_visits_every_window_once_per_epoch(counting_dir, world):
+    seq_len, batch = 16, 4
+    loader = TokenLoader(counting_dir, "train", seq_len, batch, seed=5, sampling="epoch")
+    n = loader.num_epoch_windows
+    # Non-overlapping windows of 17 tokens at stride 16 inside each shard (1200, 1200, 1200, 1200, 200).
+    windows = {shard * 1200 + w * 16 for shard in range(4) for w in range(1199 // 16)} | {
+        4800 + w * 16 for w in range(199 // 16)}
+    assert n == len(windows) == 4 * 74 + 12
+    steps = 2 * n // (world * batch) + 3  # two whole epochs and the start of a third
+    order = global_order(counting_dir, seq_len, batch, world, steps)
+    first, second = order[:n], order[n:2 * n]
+    assert sorted(first) == sorted(second) == sorted(windows)  # each window exactly once per epoch...
+    assert first != second  # ... in a different order each epoch
+    assert global_order(counting_dir, seq_len, batch, world, steps) == order  # and reproducibly
+
+
+def test_epoch_windows_are_contiguous(counting_dir):
+    x, y = TokenLoader(counting_dir, "train", seq_len=16, batch_size=8, seed=0, sampling="epoch").next_batch()
+    assert torch.equal(x + 1, y) and torch.equal(x[:, 1:], x[:, :-1] + 1)
+    assert all(int(start) % 1200 % 16 == 0 for start in x[:, 0])
+
+
+def test_epoch_state_resumes_exactly_and_seed_changes_order(counting_dir):
+    original = TokenLoader(counting_dir, "train", 16, 4, seed=7, rank=1, world_size=2, sampling="epoch")
+    batches(original, 50)  # past the first epoch boundary (308 windows, 8 per global step)
+    saved = json.loads(json.dumps(original.state_dict()))
+    assert saved["sampling"] == "epoch" and original.epoch > 1
+    expected = batches(original, 5)
+    restored = TokenLoader(counting_dir, "train", 16, 4, seed=7, rank=1, world_size=2, sampling="epoch")
+    restored.load_state_dict(saved)
+    assert same(expected, batches(restored, 5))
+    assert global_order(counting_dir, 16, 4, 1, 3, seed=7) != global_order(counting_dir, 16, 4, 1, 3, seed=8)
+    random_mode = TokenLoader(counting_dir, "train", 16, 4, seed=7, rank=1, world_size=2)
+    with pytest.raises(DataError, match="sampling"):
+        random_mode.load_state_dict(saved)
+    with pytest.raises(ConfigError, match="sampling"):
+        TokenLoader(counting_dir, "train", 16, 4, seed=7, sampling="shuffle")
+
+
+def test_permutation_is_a_bijection_for_any_size():
+    for n in (1, 2, 3, 17, 1000, 4097):
+        assert sorted(permute(np.arange(n), n, [3, 0]).tolist()) == list(range(n))
