@@ -90,6 +90,8 @@ def run_untrusted(code: str, limits: SandboxLimits | None = None, *, entry_point
     unknown = layers - set(sandbox_layers.LAYERS)
     if unknown:
         raise ConfigError(f"unknown sandbox layer(s) {sorted(unknown)}; known: {', '.join(sandbox_layers.LAYERS)}")
+    if "uid" in layers and os.geteuid() != 0:
+        raise ConfigError("sandbox layer uid needs a root evaluator (an unprivileged one cannot change uid)")
     encode = candidate_runner.encode
     try:
         encoded_calls = [[encode(list(args)), encode(dict(kwargs))] for args, kwargs in calls]

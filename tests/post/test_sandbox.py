@@ -198,6 +198,9 @@ def test_bad_limits_are_rejected() -> None:
         SandboxLimits(timeout_s=0)
     with pytest.raises(ConfigError, match="workers"):
         run_many(["pass"], workers=0)
+    if os.geteuid() != 0:
+        with pytest.raises(ConfigError, match="root evaluator"):
+            run_untrusted("pass", layers=("uid",))
     with pytest.raises(ConfigError, match="unknown sandbox layer"):
         run_untrusted("pass", layers=("chroot",))
     with pytest.raises(ConfigError, match="plain data"):
