@@ -100,12 +100,55 @@ def open_binary(path: Path, compression: str) -> IO[bytes]:
     if compression == "xz":
         return lzma.open(path, "rb")
     if compression == "zstd":
-        zstandard = _optional("zstandard", "zstd-compressed files")
-        raw = path.open("rb")
-        # read_across_frames: files made by `zstd` CLI may hold several frames back to back.
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True,
-                                                                             closefd=True), BLOCK)
+        return io.BufferedReader(_ZstdReader(path), BLOCK)
     return path.open("rb")
+
+
+class _ZstdReader(io.RawIOBase):
+    """zstd frames back to back (as `zstd` and `cat a.zst b.zst` make them), decompressed as a stream.
+
+    zstandard's own stream_reader reports a truncated file as a normal end; here a frame that has not
+    ended when the file does raises ZstdError, like gzip's EOFError. Input is fed 1 KiB at a time, so
+    that one call produces at most ~32 MiB even from a file built to expand (zstd's ratio is < 32768).
+    """
+
+    FEED = 1024
+
+    def __init__(self, path: Path):
+        self._zstd = _optional("zstandard", "zstd-compressed files")
+        self._file = path.open("rb")
+        self._frame = self._zstd.ZstdDecompressor().decompressobj()
+        self._fed = False  # compressed bytes given to the current frame
+        self._in, self._in_pos = b"", 0
+        self._out, self._out_pos = b"", 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while self._out_pos == len(self._out):
+            if self._in_pos == len(self._in):
+                self._in, self._in_pos = self._file.read(BLOCK), 0
+                if not self._in:
+                    if self._fed and not self._frame.eof:
+                        raise self._zstd.ZstdError("the file ends inside a frame")
+                    return 0
+            if self._frame.eof:  # the previous frame ended: what follows starts a new one
+                self._frame = self._zstd.ZstdDecompressor().decompressobj()
+                self._fed = False
+            piece = self._in[self._in_pos:self._in_pos + self.FEED]
+            self._out, self._out_pos = self._frame.decompress(piece), 0
+            self._fed = True
+            # Bytes after a frame's end are not consumed: they are the next frame's start.
+            self._in_pos += len(piece) - (len(self._frame.unused_data) if self._frame.eof else 0)
+        n = min(len(buffer), len(self._out) - self._out_pos)
+        buffer[:n] = self._out[self._out_pos:self._out_pos + n]
+        self._out_pos += n
+        return n
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
 
 
 def _compression_errors() -> tuple[type[BaseException], ...]:
