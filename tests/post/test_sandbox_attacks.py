@@ -234,16 +234,20 @@ def test_an_unprivileged_evaluator_is_fenced_too(name: str) -> None:
             os.chown(path, 65534, 65534)
         if name == "setxattr_outside" and not _user_xattrs_work(outside):
             pytest.skip("this filesystem has no user xattrs")
+        tmp = outside / "tmp"  # the evaluator's work dirs: a left-over one shows here, and goes with it
+        tmp.mkdir()
+        os.chown(tmp, 65534, 65534)
+        env = {**os.environ, "TMPDIR": str(tmp)}
         code = attacks.program(attack, outside=str(outside))
-        fenced = evaluate([{"code": code, "layers": None}], as_nobody=True)
+        fenced = evaluate([{"code": code, "layers": None}], env=env, as_nobody=True)
         assert fenced.returncode == 0, fenced.stderr
         report = json.loads(fenced.stdout)
         assert "uid" not in report["layers"] and "bwrap" in report["layers"], report["layers"]
         assert not damaged(attack, outside, report["stdout"]), report
-        assert report["nice"] != 19
-        control = evaluate([{"code": code, "layers": []}], as_nobody=True)
-        if name == "kill_evaluator":
-            assert control.returncode in (-9, 128 + 9), control  # bwrap reports its child's SIGKILL as 137
+        assert report["nice"] != 19 and not list(tmp.iterdir())
+        control = evaluate([{"code": code, "layers": []}], env=env, as_nobody=True)
+        if name == "kill_evaluator":  # bwrap reports its child's SIGKILL as 137
+            assert control.returncode in (-9, 128 + 9) and list(tmp.iterdir()), control
         elif name == "renice_evaluator":
             assert json.loads(control.stdout)["nice"] == 19
         else:
