@@ -46,19 +46,27 @@ def plan(collected: Collected, val_fraction: float, weights: list[float | None],
     val = np.zeros(n, dtype=bool) if single else validation_mask(collected.digests, val_fraction)
     copies = np.ones(n, dtype=np.uint32)
     natural = np.bincount(collected.sources[~val], weights=collected.nbytes[~val], minlength=len(labels))
+    empty = [labels[s] for s in range(len(labels)) if natural[s] == 0]
+    if weights[0] is not None and empty:
+        raise DataError(f"source(s) {', '.join(empty)} have a weight but no training text left after cleaning")
     if weights[0] is not None and not single:
         shares = np.asarray(weights, dtype=np.float64) / sum(w for w in weights if w is not None)
-        empty = [labels[s] for s in range(len(labels)) if natural[s] == 0]
-        if empty:
-            raise DataError(f"source(s) {', '.join(empty)} have a weight but no training text left after cleaning")
         ratio = shares * natural.sum() / natural  # repeat (ratio > 1) or subsample (ratio < 1) each source
-        # floor(ratio) copies of every document, plus one more for a hash-chosen fraction: the choice
-        # depends only on the text, like the split (bytes 8..16 of the digest, independent of the split's).
-        u = collected.digests[:, 8:16].copy().view(">u8")[:, 0] / 2.0**64
-        r = ratio[collected.sources]
-        copies = (np.floor(r) + (u < r - np.floor(r))).astype(np.uint32)
+        # floor(ratio) copies of every document, and one more for the documents that come first in an order
+        # set by their text (bytes 8..16 of the digest, independent of the split's) until the fraction
+        # left over is reached in bytes: the source then gets its share to within one document.
+        u = collected.digests[:, 8:16].copy().view(">u8")[:, 0]
+        for s in range(len(labels)):
+            members = np.flatnonzero((collected.sources == s) & ~val)
+            whole = np.floor(ratio[s])
+            copies[members] = whole
+            order = members[np.argsort(u[members], kind="stable")]
+            reach = np.cumsum(collected.nbytes[order], dtype=np.float64)
+            extra = np.searchsorted(reach, (ratio[s] - whole) * natural[s])  # documents that fit in the rest
+            copies[order[:extra]] += 1
         copies[val] = 1
-    weighted = np.bincount(collected.sources[~val], weights=(collected.nbytes * copies)[~val], minlength=len(labels))
+    weighted = np.bincount(collected.sources[~val], weights=(collected.nbytes.astype(np.float64) * copies)[~val],
+                           minlength=len(labels))
     mixture = [{"source": labels[s], "weight": weights[s], "train_bytes": int(natural[s]),
                 "weighted_bytes": int(weighted[s]), "share": round(float(weighted[s] / max(1, weighted.sum())), 6)}
                for s in range(len(labels))]
