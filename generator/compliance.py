@@ -8,7 +8,9 @@
   configs/train.toml, and hidden files are not data);
 - a PII scan (`reference_llm.data.scan_pii`: e-mail addresses, phone numbers, IP addresses, Luhn-valid
   card numbers, API keys and other secrets) finds at most `max_pii` items over all files; each finding is
-  reported as file, line, column and kind, never with the text itself;
+  reported as file, line, column and kind, never with the text itself. Compressed files are scanned
+  decompressed; JSON Lines, JSON arrays, CSV, Parquet and Arrow files in the field that training reads
+  (the entry's `text_field`, default `text`), where "line" is the record's line or 1-based number;
 - licences: share-alike and copyleft licences (CC-BY-SA-*, GPL-*, AGPL-*, ODbL-*, ...), non-commercial
   and no-derivatives terms give warnings, since they constrain how a model trained on the data may be
   shared; two different share-alike licences warn that they may not be combinable. A missing or
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import io
 import re
 import tomllib
 from collections import Counter
@@ -32,6 +35,11 @@ from typing import Any
 
 from generator.errors import ComplianceError
 from reference_llm.data import scan_pii  # loads only the PII module, not torch (reference_llm.data is lazy)
+from reference_llm.data.licenses import licence_note, parse_spdx
+from reference_llm.data.readers import BadRecords, iter_records, open_binary
+from reference_llm.data.sources import SourceFile, infer_format
+
+__all__ = ["ComplianceError", "ComplianceReport", "DataFile", "check_repository", "licence_note", "parse_spdx"]
 
 MANIFEST = Path("data") / "manifest.toml"
 TRAIN_CONFIG = Path("configs") / "train.toml"
@@ -40,30 +48,7 @@ MAX_LOCATIONS_PER_FILE = 100  # findings listed per file in the report; the coun
 SCAN_CHUNK_CHARS = 4 << 20  # the PII scan reads a file in pieces of whole lines of about this size
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-# One SPDX licence id (https://spdx.org/licenses/) or a LicenseRef-; expressions join them with AND/OR/WITH.
-_SPDX_ID = re.compile(r"^(?:LicenseRef-[A-Za-z0-9.-]+|[A-Za-z0-9][A-Za-z0-9.+-]*)$")
-_SPDX_OPERATORS = {"AND", "OR", "WITH"}
-_UNKNOWN_LICENSES = {"NOASSERTION", "NONE", "UNKNOWN"}
-
-# (prefix of an SPDX id, why it matters for a model trained on the data). Share-alike and copyleft terms
-# may require derived works to carry the same licence; whether model weights are a derived work is not
-# settled, so the decision belongs in COMPLIANCE.md.
-_LICENSE_NOTES: tuple[tuple[str, str], ...] = (
-    ("CC-BY-NC-SA-", "non-commercial and share-alike"),
-    ("CC-BY-NC-ND-", "non-commercial and no-derivatives"),
-    ("CC-BY-NC-", "non-commercial"),
-    ("CC-BY-ND-", "no-derivatives"),
-    ("CC-BY-SA-", "share-alike"),
-    ("AGPL-", "strong copyleft, network use counts as distribution"),
-    ("GPL-", "copyleft"),
-    ("LGPL-", "weak copyleft"),
-    ("MPL-", "weak copyleft"),
-    ("EUPL-", "copyleft"),
-    ("OSL-", "copyleft"),
-    ("ODbL-", "share-alike (database licence)"),
-    ("CDLA-Sharing-", "share-alike (data licence)"),
-    ("GFDL-", "copyleft (documentation licence)"),
-)
+RECORD_FORMATS = ("jsonl", "json", "csv", "tsv", "parquet", "arrow")  # scanned record by record, in text_field
 
 
 @dataclass(frozen=True)
@@ -87,6 +72,7 @@ class DataFile:
     sha256_expected: str
     sha256_actual: str | None = None  # None when the file is missing
     listed: bool = True  # False: found under data/ but not in the manifest (still scanned)
+    text_field: str = "text"  # records (JSON Lines, Parquet, ...): the field scanned for personal data
     pii_counts: dict[str, int] = field(default_factory=dict)
     pii_locations: list[PIIFinding] = field(default_factory=list)
 
@@ -152,7 +138,7 @@ def check_repository(root: Path, max_pii: int = 0) -> ComplianceReport:
     _check_licences(report)
     for data_file in report.files:
         if data_file.sha256_actual is not None:
-            _scan_file(root / data_file.path, data_file)
+            _scan_file(root / data_file.path, data_file, report)
     if report.pii_total > max_pii:
         counts = Counter()
         for data_file in report.files:
@@ -202,7 +188,8 @@ def _check_entry(entry: Any, index: int, data_dir: Path, root: Path, report: Com
     if sha and not _SHA256.match(sha):
         report.problems.append(f"{where}: sha256 must be 64 hexadecimal digits, got {entry['sha256']!r}")
     data_file = DataFile(path=_rel(target, root), source=str(entry.get("source", "")),
-                         license=str(entry.get("license", "")).strip(), sha256_expected=sha)
+                         license=str(entry.get("license", "")).strip(), sha256_expected=sha,
+                         text_field=str(entry.get("text_field", "text")))
     if not target.is_file():
         report.problems.append(f"{data_file.path}: listed in {MANIFEST} but missing")
         return data_file
@@ -259,29 +246,6 @@ def _check_licences(report: ComplianceReport) -> None:
                                f"their own terms and may not be combinable: check their compatibility")
 
 
-def parse_spdx(expression: str) -> tuple[list[str], str | None]:
-    """The licence ids of an SPDX expression such as "MIT OR Apache-2.0", and an error text if malformed."""
-    tokens = expression.replace("(", " ").replace(")", " ").split()
-    ids = [t for t in tokens if t not in _SPDX_OPERATORS]
-    if not ids:
-        return [], "is empty; use an SPDX id such as CC-BY-4.0 (https://spdx.org/licenses/)"
-    for spdx_id in ids:
-        if spdx_id.upper() in _UNKNOWN_LICENSES:
-            return ids, "says the licence is unknown: find it before training on the file"
-        if not _SPDX_ID.match(spdx_id):
-            return ids, (f"has {spdx_id!r}, which is not an SPDX licence id; use one from https://spdx.org/licenses/ "
-                         f"or LicenseRef-<name> for anything else")
-    return ids, None
-
-
-def licence_note(spdx_id: str) -> str | None:
-    """Why a licence needs a recorded decision (share-alike, copyleft, NC, ND), or None."""
-    for prefix, note in _LICENSE_NOTES:
-        if spdx_id.startswith(prefix):
-            return note
-    return None
-
-
 # ----------------------------------------------------------------------------------------------------
 # Files
 # ----------------------------------------------------------------------------------------------------
@@ -295,26 +259,55 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _scan_file(path: Path, data_file: DataFile) -> None:
-    """PII counts and locations; a file that is not UTF-8 text is scanned with undecodable bytes replaced."""
+def _scan_file(path: Path, data_file: DataFile, report: ComplianceReport) -> None:
+    """PII counts and locations. Records (JSON Lines, Parquet, ...) are scanned in their text field, a
+    finding's line being the record's line (JSON Lines, CSV) or its 1-based number (the others) and its
+    column counted in that field; text is scanned decompressed, undecodable bytes replaced."""
     counts: Counter[str] = Counter()
-    for first_line, text in _line_chunks(path):
+    fmt, compression = infer_format(path.name)
+    if fmt in RECORD_FORMATS:
+        bad = BadRecords(skip=True)
+        src = SourceFile(path, data_file.path, "", 0, fmt, compression, data_file.text_field)
+        scanned = _scan_chunks(_record_texts(src, bad), data_file, counts, records=True)
+        if bad.total and scanned:
+            report.warnings.append(f"{data_file.path}: {bad.total} record(s) could not be read and were not "
+                                   f"scanned ({bad.items[0]})")
+        if bad.total and not scanned:  # not records at all (dataset_info.json, say): scanned as text
+            _scan_chunks(_line_chunks(path, compression), data_file, counts, records=False)
+    else:
+        _scan_chunks(_line_chunks(path, compression), data_file, counts, records=False)
+    data_file.pii_counts = dict(sorted(counts.items()))
+
+
+def _scan_chunks(chunks: Iterator[tuple[int, str]], data_file: DataFile, counts: Counter[str], records: bool) -> int:
+    """Scan (first line, text) chunks into `counts` and `data_file.pii_locations`; returns how many."""
+    n = 0
+    for n, (first_line, text) in enumerate(chunks, 1):
         findings = scan_pii(text)
         if not findings:
             continue
-        line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
+        line_starts = [0] if records else [0] + [m.end() for m in re.finditer("\n", text)]
         for finding in findings:
             counts[finding.kind] += 1
             if len(data_file.pii_locations) < MAX_LOCATIONS_PER_FILE:
                 line = bisect.bisect_right(line_starts, finding.start) - 1
                 data_file.pii_locations.append(PIIFinding(data_file.path, first_line + line,
                                                           finding.start - line_starts[line] + 1, finding.kind))
-    data_file.pii_counts = dict(sorted(counts.items()))
+    return n
 
 
-def _line_chunks(path: Path) -> Iterator[tuple[int, str]]:
+def _record_texts(src: SourceFile, bad: BadRecords) -> Iterator[tuple[int, str]]:
+    """(line, or 1-based record number, text) of each record: `where` is `name:line` or `name[row]`."""
+    for where, text in iter_records(src, SCAN_CHUNK_CHARS * 4, bad):
+        if where.endswith("]"):
+            yield int(where[where.rindex("[") + 1:-1]) + 1, text
+        else:
+            yield int(where.rpartition(":")[2]), text
+
+
+def _line_chunks(path: Path, compression: str = "") -> Iterator[tuple[int, str]]:
     """(number of the first line, text) pieces of whole lines, so that a large file never sits in memory."""
-    with path.open(encoding="utf-8", errors="replace") as f:
+    with io.TextIOWrapper(open_binary(path, compression), encoding="utf-8", errors="replace") as f:
         first_line, lines, size = 1, [], 0
         for line in f:
             lines.append(line)
