@@ -17,7 +17,6 @@ has not changed since Unicode 6.3 removed U+180E).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -47,7 +46,7 @@ def unicode_database() -> ModuleType:
     if unicodedata.unidata_version == UNICODE_VERSION:
         return unicodedata
     try:
-        import unicodedata2  # type: ignore[import-not-found]
+        import unicodedata2
     except ImportError:
         found = "not installed"
     else:
@@ -87,7 +86,7 @@ def render_module() -> str:
     category: Callable[[str], str] = db.category
     letters = ranges(lambda cp: category(chr(cp)).startswith("L"))
     numbers = ranges(lambda cp: category(chr(cp)).startswith("N"))
-    header = f'''"""Unicode {UNICODE_VERSION} character classes of GPT-2's pre-tokeniser. Generated: do not edit by hand.
+    header = f'''"""Unicode {UNICODE_VERSION} character classes of GPT-2's pre-tokeniser. Generated: do not edit.
 
 Written by reference_llm/tokenizer/_gen_unicode_classes.py from the Unicode Character Database
 (Python's unicodedata or the unicodedata2 backport, at version {UNICODE_VERSION}); regenerate with
@@ -121,7 +120,7 @@ def write_new(path: Path, text: str, force: bool) -> None:
 def main(argv: list[str]) -> int:
     from reference_llm.cli import ArgumentParser
 
-    parser = ArgumentParser(prog="python -m reference_llm.tokenizer._gen_unicode_classes", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.split("\n")[0])
     parser.add_argument("out", type=Path, help="module to write (reference_llm/tokenizer/unicode_classes.py)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing file")
     args = parser.parse_args(argv)

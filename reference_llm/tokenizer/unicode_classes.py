@@ -1,4 +1,4 @@
-"""Unicode 16.0.0 character classes of GPT-2's pre-tokeniser. Generated: do not edit by hand.
+"""Unicode 16.0.0 character classes of GPT-2's pre-tokeniser. Generated: do not edit.
 
 Written by reference_llm/tokenizer/_gen_unicode_classes.py from the Unicode Character Database
 (Python's unicodedata or the unicodedata2 backport, at version 16.0.0); regenerate with

@@ -26,6 +26,8 @@ HARD_TEXTS = [
     "CJK 日本語のテキスト 中文 한국어",
     "combining e\u0301 a\u0308\u0308 \u0915\u094d\u0937 \u0301 alone",
     "numbers 123 4.56e-7 1,000,000 ٣٤ ⅷ",
+    # letters and digits of Unicode 17 (unassigned in 16, the version tiktoken and HF use), next to old ones
+    "\U000323b6\u6f50 ab\u0558cd x\u0c5cy 12\U00011de034 \U000323b6",
     "contractions don't I'll we've THEY'RE 's",
     f"a{EOT}b{EOT}{EOT} end {EOT}",
     "\x00\x01\x7f ÿ\u0100 \u00ad",
