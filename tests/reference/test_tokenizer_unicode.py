@@ -230,10 +230,10 @@ def test_split_follows_whatever_tables_it_is_given(probes, codes, pinned: Classe
 
 def test_short_long_and_ascii_texts_take_the_right_path() -> None:
     # The splitter checks short texts with a set, long ones with a lookup table, ASCII not at all.
-    hangul_as_other = tuple(r for r in to_ranges(expand(uc.LETTER) - set(range(0xAC00, 0xD7A4))))
-    splitter = GPT2Splitter(letters=hangul_as_other)
+    splitter = GPT2Splitter(letters=to_ranges(expand(uc.LETTER) - set(range(0xAC00, 0xD7A4))))  # Hangul: other
     assert 0xAC00 in splitter.corrections  # the installed tables call it a letter
     assert splitter.findall("a\uac00" + CJK) == ["a", "\uac00", CJK]
+    assert splitter.findall("a\u00e9" + CJK) == ["a\u00e9" + CJK]
     assert splitter.findall("x " * 200 + "a\uac00" + CJK)[-3:] == [" a", "\uac00", CJK]
     assert splitter.findall("x " * 200 + "a\u00e9" + CJK)[-1] == " a\u00e9" + CJK
     assert splitter.findall("don't stop" * 50) == GPT2_SPLIT.findall("don't stop" * 50)
@@ -297,10 +297,9 @@ def test_gpt2_ids_equal_tiktoken_on_every_code_point(gpt2: BPETokenizer, tiktoke
 
 def test_generated_module_is_what_the_generator_writes(tmp_path: Path) -> None:
     pytest.importorskip("unicodedata2", reason="unicodedata2 (the parity extra) is not installed")
-    command = GENERATE
-    assert command in (REPO / "docs" / "tokenizer.md").read_text(encoding="utf-8")
+    assert GENERATE in (REPO / "docs" / "tokenizer.md").read_text(encoding="utf-8")
     (tmp_path / "reference_llm" / "tokenizer").mkdir(parents=True)
-    argv = [sys.executable, *command.split()[1:]]
+    argv = [sys.executable, *GENERATE.split()[1:]]  # run as written, by this interpreter
     done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=120,
                           env={"PYTHONPATH": str(REPO), "PATH": ""})
     assert done.returncode == 0, done.stderr
