@@ -8,7 +8,8 @@ A GPT-2-style config (LayerNorm, learned positions, GELU) becomes `GPT2LMHeadMod
 `AutoModelForCausalLM.from_pretrained(dir, local_files_only=True)` and gives the same logits as our model
 (tests/post/test_export_hf.py checks a max abs difference of at most 1e-4 in float32).
 
-How the tensors map (our names are in docs/architecture.md):
+How the tensors map (our names are in docs/architecture.md; `hf_names(config)` is the one table that
+both directions read):
 
 - GPT-2: `transformers` uses `Conv1D`, which stores a Linear weight transposed (in, out), so every
   matrix is transposed; q|k|v stay fused in `c_attn` in the same row order. GPT-2's GELU is the tanh
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -118,47 +120,74 @@ def hf_config_dict(config: ModelConfig, tokenizer=None, dtype: str = "float32") 
             "rope_theta": config.rope_theta, **common}
 
 
-def _to_hf_tensors(model: Transformer) -> dict[str, torch.Tensor]:
-    config = model.config
-    sd = model.state_dict()
+@dataclass(frozen=True)
+class Link:
+    """One tensor of ours and the Hugging Face tensor(s) that hold it.
+
+    - `hf`: several names when our fused tensor is their row-wise concatenation (Llama's q|k|v and
+      SwiGLU gate|up); `rows` then gives each part's number of rows, in order.
+    - `ours` None: HF has a tensor our config lacks. Only GPT-2's biases of a `bias=False` model:
+      export writes zeros of length `rows[0]` (the same function), import drops them.
+    - `transpose`: GPT-2's `Conv1D` stores a Linear weight as (in, out).
+    """
+
+    ours: str | None
+    hf: tuple[str, ...]
+    rows: tuple[int, ...] = ()
+    transpose: bool = False
+
+
+def hf_names(config: ModelConfig) -> list[Link]:
+    """The name table for `config`: the one place export and import learn how our tensors map to
+    `GPT2LMHeadModel` / `LlamaForCausalLM` (the config must pass `check_exportable`)."""
+    # ModelConfig.__post_init__ fills in the defaults of these two.
+    assert config.n_kv_head is not None and config.ffn_hidden is not None
     C, kv, F = config.d_model, config.n_kv_head * config.head_dim, config.ffn_hidden
-    out: dict[str, torch.Tensor] = {}
+    links: list[Link] = []
     if config.arch == "gpt2":
         p = "transformer."
-        out[p + "wte.weight"] = sd["tok_emb.weight"]
-        out[p + "wpe.weight"] = sd["pos_emb.weight"]
+        links += [Link("tok_emb.weight", (p + "wte.weight",)), Link("pos_emb.weight", (p + "wpe.weight",))]
+        # (ours, theirs, output width) per block; the width sizes the zero bias of a bias-free model.
+        layers = [("attn_norm", "ln_1", C), ("attn.qkv", "attn.c_attn", C + 2 * kv), ("attn.proj", "attn.c_proj", C),
+                  ("mlp_norm", "ln_2", C), ("mlp.fc", "mlp.c_fc", F), ("mlp.proj", "mlp.c_proj", C)]
         for i in range(config.n_layer):
-            ours, hf = f"blocks.{i}.", f"{p}h.{i}."
-            pairs = [("attn_norm", "ln_1"), ("attn.qkv", "attn.c_attn"), ("attn.proj", "attn.c_proj"),
-                     ("mlp_norm", "ln_2"), ("mlp.fc", "mlp.c_fc"), ("mlp.proj", "mlp.c_proj")]
-            for src, dst in pairs:
-                weight = sd[f"{ours}{src}.weight"]
-                is_norm = src.endswith("norm")
-                out[f"{hf}{dst}.weight"] = weight if is_norm else weight.t()  # Conv1D stores (in, out)
-                bias = sd.get(f"{ours}{src}.bias")
-                out[f"{hf}{dst}.bias"] = bias if bias is not None else torch.zeros(weight.shape[0])
-        out[p + "ln_f.weight"] = sd["norm_f.weight"]
-        out[p + "ln_f.bias"] = sd.get("norm_f.bias", torch.zeros(C))
+            for ours, theirs, width in layers:
+                o, h = f"blocks.{i}.{ours}", f"{p}h.{i}.{theirs}"
+                links.append(Link(f"{o}.weight", (f"{h}.weight",), transpose=not ours.endswith("norm")))
+                links.append(Link(f"{o}.bias" if config.bias else None, (f"{h}.bias",), rows=(width,)))
+        links.append(Link("norm_f.weight", (p + "ln_f.weight",)))
+        links.append(Link("norm_f.bias" if config.bias else None, (p + "ln_f.bias",), rows=(C,)))
     else:
         p = "model."
-        out[p + "embed_tokens.weight"] = sd["tok_emb.weight"]
+        links.append(Link("tok_emb.weight", (p + "embed_tokens.weight",)))
         for i in range(config.n_layer):
-            ours, hf = f"blocks.{i}.", f"{p}layers.{i}."
-            out[hf + "input_layernorm.weight"] = sd[ours + "attn_norm.weight"]
-            out[hf + "post_attention_layernorm.weight"] = sd[ours + "mlp_norm.weight"]
+            o, h = f"blocks.{i}.", f"{p}layers.{i}."
+            links += [Link(o + "attn_norm.weight", (h + "input_layernorm.weight",)),
+                      Link(o + "mlp_norm.weight", (h + "post_attention_layernorm.weight",))]
             for kind in ("weight", "bias") if config.bias else ("weight",):
-                q, k, v = sd[f"{ours}attn.qkv.{kind}"].split([C, kv, kv], dim=0)
-                gate, up = sd[f"{ours}mlp.fc.{kind}"].split([F, F], dim=0)
-                out[f"{hf}self_attn.q_proj.{kind}"] = q
-                out[f"{hf}self_attn.k_proj.{kind}"] = k
-                out[f"{hf}self_attn.v_proj.{kind}"] = v
-                out[f"{hf}self_attn.o_proj.{kind}"] = sd[f"{ours}attn.proj.{kind}"]
-                out[f"{hf}mlp.gate_proj.{kind}"] = gate
-                out[f"{hf}mlp.up_proj.{kind}"] = up
-                out[f"{hf}mlp.down_proj.{kind}"] = sd[f"{ours}mlp.proj.{kind}"]
-        out[p + "norm.weight"] = sd["norm_f.weight"]
+                links += [
+                    Link(f"{o}attn.qkv.{kind}", tuple(f"{h}self_attn.{x}_proj.{kind}" for x in "qkv"),
+                         rows=(C, kv, kv)),
+                    Link(f"{o}attn.proj.{kind}", (f"{h}self_attn.o_proj.{kind}",)),
+                    Link(f"{o}mlp.fc.{kind}", (f"{h}mlp.gate_proj.{kind}", f"{h}mlp.up_proj.{kind}"), rows=(F, F)),
+                    Link(f"{o}mlp.proj.{kind}", (f"{h}mlp.down_proj.{kind}",)),
+                ]
+        links.append(Link("norm_f.weight", (p + "norm.weight",)))
     if not config.tie_embeddings:
-        out["lm_head.weight"] = sd["lm_head.weight"]
+        links.append(Link("lm_head.weight", ("lm_head.weight",)))
+    return links
+
+
+def _to_hf_tensors(model: Transformer) -> dict[str, torch.Tensor]:
+    sd = model.state_dict()
+    out: dict[str, torch.Tensor] = {}
+    for link in hf_names(model.config):
+        if link.ours is None:
+            out[link.hf[0]] = torch.zeros(link.rows[0])
+            continue
+        tensor = sd[link.ours].t() if link.transpose else sd[link.ours]
+        parts = tensor.split(list(link.rows)) if len(link.hf) > 1 else (tensor,)
+        out.update(zip(link.hf, parts, strict=True))
     return out
 
 
@@ -179,7 +208,7 @@ def _char_tokenizer_json(tokenizer) -> bytes:
     No pre-tokenizer (the whole text is one "word"), and a Fuse decoder to join tokens without spaces."""
     vocab = {c: i for i, c in enumerate(tokenizer.chars)}
     vocab.update(tokenizer.special_tokens)
-    obj = {
+    obj: dict[str, Any] = {
         "version": "1.0", "truncation": None, "padding": None,
         "added_tokens": [{"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False,
                           "normalized": False, "special": True}
@@ -235,11 +264,12 @@ def import_hf(path: str | Path, with_tokenizer: bool = True) -> tuple[Transforme
     tensors = _read_hf_weights(directory)
     model_type = hf.get("model_type")
     if model_type == "gpt2":
-        config, weights = _from_gpt2(hf, tensors, config_path)
+        config, tensors = _from_gpt2(hf, tensors, config_path)
     elif model_type == "llama":
-        config, weights = _from_llama(hf, tensors, config_path)
+        config, tensors = _from_llama(hf, tensors, config_path)
     else:
         raise ConfigError(f"{config_path}: model_type {model_type!r} cannot be imported; supported: gpt2, llama")
+    weights = _from_hf_tensors(config, tensors, config_path)
     from reference_llm.train.checkpoint import load_weights  # names the first missing/mis-shaped tensor
 
     model = Transformer(config)
@@ -289,7 +319,9 @@ def _ours(hf: dict[str, Any]) -> dict[str, Any]:
     return stored if isinstance(stored, dict) else {}
 
 
-def _from_gpt2(hf: dict[str, Any], tensors: dict[str, torch.Tensor], source: Path):
+def _from_gpt2(hf: dict[str, Any], tensors: dict[str, torch.Tensor],
+               source: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """Our config for a GPT-2 config.json, and its tensors under the names `hf_names` expects."""
     _require(hf, "activation_function", source, _TANH_GELU)
     if hf.get("scale_attn_by_inverse_layer_idx") or hf.get("scale_attn_weights", True) is not True:
         raise ConfigError(f"{source}: only scale_attn_weights=true and scale_attn_by_inverse_layer_idx=false "
@@ -306,31 +338,15 @@ def _from_gpt2(hf: dict[str, Any], tensors: dict[str, torch.Tensor], source: Pat
     if not any(name.startswith("transformer.") for name in tensors):
         tensors = {("lm_head.weight" if n == "lm_head.weight" else "transformer." + n): t for n, t in tensors.items()}
     tensors = {n: t for n, t in tensors.items() if not n.endswith((".attn.bias", ".attn.masked_bias"))}
-    p = "transformer."
     biases = [t for n, t in tensors.items() if n.endswith(".bias")]
     # bias=False was exported as zero biases; restore it only where they are zero, i.e. the same function.
     bias = not (_ours(hf).get("bias") is False and all(not t.any() for t in biases))
-    config = ModelConfig.gpt2_style(bias=bias, **config_fields)
-    weights = {"tok_emb.weight": _pop(tensors, p + "wte.weight", source),
-               "pos_emb.weight": _pop(tensors, p + "wpe.weight", source)}
-    pairs = [("attn_norm", "ln_1"), ("attn.qkv", "attn.c_attn"), ("attn.proj", "attn.c_proj"),
-             ("mlp_norm", "ln_2"), ("mlp.fc", "mlp.c_fc"), ("mlp.proj", "mlp.c_proj")]
-    for i in range(config.n_layer):
-        for ours, theirs in pairs:
-            weight = _pop(tensors, f"{p}h.{i}.{theirs}.weight", source)
-            weights[f"blocks.{i}.{ours}.weight"] = weight if ours.endswith("norm") else weight.t()
-            b = _pop(tensors, f"{p}h.{i}.{theirs}.bias", source)
-            if bias:
-                weights[f"blocks.{i}.{ours}.bias"] = b
-    weights["norm_f.weight"] = _pop(tensors, p + "ln_f.weight", source)
-    ln_f_bias = _pop(tensors, p + "ln_f.bias", source)
-    if bias:
-        weights["norm_f.bias"] = ln_f_bias
-    _take_head(config, tensors, weights, source)
-    return config, weights
+    return ModelConfig.gpt2_style(bias=bias, **config_fields), tensors
 
 
-def _from_llama(hf: dict[str, Any], tensors: dict[str, torch.Tensor], source: Path):
+def _from_llama(hf: dict[str, Any], tensors: dict[str, torch.Tensor],
+                source: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """Our config for a Llama config.json, and its tensors without the RoPE buffers we compute."""
     _require(hf, "hidden_act", source, ("silu",))
     rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
@@ -350,37 +366,24 @@ def _from_llama(hf: dict[str, Any], tensors: dict[str, torch.Tensor], source: Pa
         ffn_hidden=_require(hf, "intermediate_size", source), norm_eps=hf.get("rms_norm_eps", 1e-6),
         rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))), bias=bias,
         tie_embeddings=hf.get("tie_word_embeddings", False), name=_ours(hf).get("name", "custom"))
-    tensors = {n: t for n, t in tensors.items() if not n.endswith("rotary_emb.inv_freq")}
-    p = "model."
-    weights = {"tok_emb.weight": _pop(tensors, p + "embed_tokens.weight", source)}
-    for i in range(config.n_layer):
-        ours, theirs = f"blocks.{i}.", f"{p}layers.{i}."
-        weights[ours + "attn_norm.weight"] = _pop(tensors, theirs + "input_layernorm.weight", source)
-        weights[ours + "mlp_norm.weight"] = _pop(tensors, theirs + "post_attention_layernorm.weight", source)
-        for kind in ("weight", "bias") if bias else ("weight",):
-            weights[f"{ours}attn.qkv.{kind}"] = torch.cat(
-                [_pop(tensors, f"{theirs}self_attn.{x}_proj.{kind}", source) for x in "qkv"], dim=0)
-            weights[f"{ours}attn.proj.{kind}"] = _pop(tensors, f"{theirs}self_attn.o_proj.{kind}", source)
-            weights[f"{ours}mlp.fc.{kind}"] = torch.cat(
-                [_pop(tensors, f"{theirs}mlp.{x}_proj.{kind}", source) for x in ("gate", "up")], dim=0)
-            weights[f"{ours}mlp.proj.{kind}"] = _pop(tensors, f"{theirs}mlp.down_proj.{kind}", source)
-    weights["norm_f.weight"] = _pop(tensors, p + "norm.weight", source)
-    _take_head(config, tensors, weights, source)
-    return config, weights
+    return config, {n: t for n, t in tensors.items() if not n.endswith("rotary_emb.inv_freq")}
 
 
-def _take_head(config: ModelConfig, tensors: dict[str, torch.Tensor], weights: dict[str, torch.Tensor],
-               source: Path) -> None:
-    """The untied head, if any, then a check that no tensor was left over (a config/weights mismatch)."""
-    head = tensors.pop("lm_head.weight", None)
-    if not config.tie_embeddings:
-        if head is None:
-            raise CheckpointError(f"{source.parent}: tie_word_embeddings is false but lm_head.weight is missing")
-        weights["lm_head.weight"] = head
+def _from_hf_tensors(config: ModelConfig, tensors: dict[str, torch.Tensor], source: Path) -> dict[str, torch.Tensor]:
+    """Our state dict from HF's tensors, read through `hf_names`; every HF tensor must be used."""
+    weights: dict[str, torch.Tensor] = {}
+    for link in hf_names(config):
+        parts = [_pop(tensors, name, source) for name in link.hf]
+        if link.ours is not None:  # None: zero biases of a bias-free GPT-2, checked zero by _from_gpt2
+            tensor = torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]
+            weights[link.ours] = tensor.t() if link.transpose else tensor
+    if config.tie_embeddings:
+        tensors.pop("lm_head.weight", None)  # some writers store the tied head too
     if tensors:
         extra = ", ".join(sorted(tensors)[:3])
         raise CheckpointError(f"{source.parent}: {len(tensors)} tensor(s) that {source.name} does not describe, "
                               f"e.g. {extra} (does config.json match the weights?)")
+    return weights
 
 
 def _pop(tensors: dict[str, torch.Tensor], name: str, source: Path) -> torch.Tensor:

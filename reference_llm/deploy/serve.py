@@ -10,11 +10,12 @@ Endpoints (the subset of the OpenAI API that a single local model can honour):
     POST /v1/chat/completions    {"model", "messages", ...}; needs a tokenizer with the chat tokens (SFT)
 
 With "stream": true the reply is server-sent events: `data: {json chunk}\\n\\n` per piece of text, then
-`data: [DONE]\\n\\n`. Requests are checked before any work: body size, JSON syntax, unknown fields (named,
-with the accepted ones), types and ranges, the model name, prompt length and `max_tokens` against the
-server's limits. A bad request gets a 4xx with an OpenAI-style body, `{"error": {"message", "type",
-"param", "code"}}`, and the server carries on. One generation runs at a time (the model is shared);
-others wait their turn.
+`data: [DONE]\\n\\n`; with "stream_options": {"include_usage": true} a last chunk before [DONE] carries
+`usage` and no choices, as OpenAI's does. Requests are parsed and checked before any work by
+`reference_llm.deploy.openai_schema` (body size, JSON syntax and depth, unknown fields, types and ranges,
+the model name, prompt length and `max_tokens` against the server's limits): a bad request gets a 4xx
+with an OpenAI-style body, `{"error": {"message", "type", "param", "code"}}`, and the server carries
+on. One generation runs at a time (the model is shared); others wait their turn.
 
 FastAPI and uvicorn are the optional extra `serve` (pip install 'llmgen[serve]'); they are imported only
 when a server is built.
@@ -32,134 +33,32 @@ from pathlib import Path
 from typing import Any
 
 from reference_llm.cli import ArgumentParser
+from reference_llm.deploy.openai_schema import (
+    APIError,
+    ChatRequest,
+    CompletionRequest,
+    SamplingOptions,
+    ServeLimits,
+    check_lengths,
+    parse_body,
+    parse_chat,
+    parse_completion,
+)
 from reference_llm.errors import ConfigError, ReferenceLLMError
+
+__all__ = ["APIError", "Generator", "ServeLimits", "create_app", "iter_sse", "main"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Model access: one generation at a time on the shared model
+# ----------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class ServeLimits:
-    max_body_bytes: int = 1 << 20  # larger request bodies get 413
-    max_tokens: int = 512  # most tokens one request may ask for
-    max_prompt_tokens: int | None = None  # None: the model's block_size - 1
-    default_max_tokens: int = 16  # OpenAI's default for completions
-
-    def __post_init__(self) -> None:
-        for key in ("max_body_bytes", "max_tokens", "default_max_tokens"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"serve limit {key} must be a positive integer, got {getattr(self, key)}")
-        if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
-            raise ConfigError(f"serve limit max_prompt_tokens must be positive, got {self.max_prompt_tokens}")
-
-
-class APIError(Exception):
-    """A request the server refuses: HTTP status, message, the offending parameter, an error code."""
-
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
-
-    def body(self) -> dict[str, Any]:
-        kind = "invalid_request_error" if self.status < 500 else "server_error"
-        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
-
-
-# ----------------------------------------------------------------------------------------------------
-# Request validation (plain Python, so each message says exactly what is wrong and what is accepted)
-# ----------------------------------------------------------------------------------------------------
-
-_SAMPLING_FIELDS = ("model", "max_tokens", "temperature", "top_p", "top_k", "stream", "stop", "seed", "n", "user")
-COMPLETION_FIELDS = ("prompt", *_SAMPLING_FIELDS)
-CHAT_FIELDS = ("messages", "max_completion_tokens", *_SAMPLING_FIELDS)
-
-
-@dataclass
 class GenerationRequest:
     prompt_ids: list[int]
-    max_tokens: int
-    temperature: float
-    top_p: float | None
-    top_k: int | None
-    stop: list[str]
-    seed: int | None
-    stream: bool
     stop_ids: list[int]  # end-of-text and end-of-turn; for chat also the role markers (a new turn)
-
-
-def parse_body(raw: bytes) -> dict[str, Any]:
-    try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise APIError(400, f"the request body is not valid JSON ({exc})", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise APIError(400, "the request body must be a JSON object", code="invalid_json")
-    return body
-
-
-def _field(body: dict[str, Any], key: str, types: tuple[type, ...], default: Any, what: str) -> Any:
-    value = body.get(key, default)
-    if value is None and default is None:
-        return None
-    # bool is an int in Python; JSON true is not a number here.
-    if isinstance(value, bool) and bool not in types or not isinstance(value, types):
-        raise APIError(400, f"'{key}' must be {what}, got {json.dumps(value)}", param=key)
-    return value
-
-
-def validate(body: dict[str, Any], allowed: tuple[str, ...], model_name: str, limits: ServeLimits) -> dict[str, Any]:
-    """Check the fields every endpoint shares; returns them with defaults filled in."""
-    unknown = sorted(set(body) - set(allowed))
-    if unknown:
-        raise APIError(400, f"unknown field(s) {', '.join(map(repr, unknown))}; accepted: {', '.join(allowed)}",
-                       param=unknown[0], code="unknown_field")
-    if "model" not in body:
-        raise APIError(400, f"'model' is required; this server serves {model_name!r}", param="model")
-    if body["model"] != model_name:
-        raise APIError(404, f"model {body['model']!r} does not exist; this server serves {model_name!r}",
-                       param="model", code="model_not_found")
-    out: dict[str, Any] = {}
-    out["max_tokens"] = _field(body, "max_tokens", (int,), limits.default_max_tokens, "an integer")
-    if not 1 <= out["max_tokens"] <= limits.max_tokens:
-        raise APIError(400, f"'max_tokens' must be between 1 and {limits.max_tokens} (this server's limit), "
-                            f"got {out['max_tokens']}", param="max_tokens")
-    out["temperature"] = float(_field(body, "temperature", (int, float), 1.0, "a number"))
-    if not 0.0 <= out["temperature"] <= 2.0:
-        raise APIError(400, f"'temperature' must be between 0 and 2, got {out['temperature']}", param="temperature")
-    out["top_p"] = float(_field(body, "top_p", (int, float), 1.0, "a number"))
-    if not 0.0 < out["top_p"] <= 1.0:
-        raise APIError(400, f"'top_p' must be in (0, 1], got {out['top_p']}", param="top_p")
-    out["top_k"] = _field(body, "top_k", (int,), None, "a positive integer or null")
-    if out["top_k"] is not None and out["top_k"] < 1:
-        raise APIError(400, f"'top_k' must be a positive integer or null, got {out['top_k']}", param="top_k")
-    out["stream"] = _field(body, "stream", (bool,), False, "true or false")
-    out["seed"] = _field(body, "seed", (int,), None, "an integer or null")
-    n = _field(body, "n", (int,), 1, "an integer")
-    if n != 1:
-        raise APIError(400, f"'n' must be 1 (one choice per request), got {n}", param="n")
-    _field(body, "user", (str,), None, "a string")
-    stop = _field(body, "stop", (str, list), None, "a string, a list of up to 4 strings, or null")
-    stop = [stop] if isinstance(stop, str) else stop or []
-    if len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
-        raise APIError(400, "'stop' must be a non-empty string or a list of up to 4 of them", param="stop")
-    out["stop"] = stop
-    return out
-
-
-def check_lengths(prompt_ids: list[int], max_tokens: int, limits: ServeLimits, block_size: int, param: str) -> None:
-    most = min(limits.max_prompt_tokens or block_size - 1, block_size - 1)
-    if not prompt_ids:
-        raise APIError(400, f"'{param}' is empty and the tokenizer has no end-of-text token to start from",
-                       param=param)
-    if len(prompt_ids) > most:
-        raise APIError(400, f"'{param}' is {len(prompt_ids)} tokens; this server accepts at most {most}",
-                       param=param, code="context_length_exceeded")
-    if len(prompt_ids) + max_tokens > block_size:
-        raise APIError(400, f"the model's context is {block_size} tokens, but the prompt ({len(prompt_ids)}) "
-                            f"plus max_tokens ({max_tokens}) is {len(prompt_ids) + max_tokens}; lower max_tokens",
-                       param="max_tokens", code="context_length_exceeded")
-
-
-# ----------------------------------------------------------------------------------------------------
-# Generation, shared by both endpoints
-# ----------------------------------------------------------------------------------------------------
+    options: SamplingOptions
 
 
 class Generator:
@@ -174,197 +73,143 @@ class Generator:
         """Generate; returns (text, completion tokens, finish reason "stop" | "length")."""
         from reference_llm.deploy.generate import TextStream, generate
 
-        stream = TextStream(self.tokenizer, req.stop, emit)
-        state = {"tokens": 0, "stopped": False}
+        opts = req.options
+        stream = TextStream(self.tokenizer, opts.stop, emit)
+        tokens, stopped = 0, False
 
         def on_token(_row: int, token: int) -> bool:
-            state["tokens"] += 1
-            state["stopped"] = stream.push(token)
+            nonlocal tokens, stopped
+            tokens += 1
+            stopped = stream.push(token)
             # A streaming client that went away ends the generation early.
-            return state["stopped"] or (cancelled is not None and cancelled.is_set())
+            return stopped or (cancelled is not None and cancelled.is_set())
 
         with self.lock:
-            generate(self.model, [req.prompt_ids], req.max_tokens, temperature=req.temperature, top_k=req.top_k,
-                     top_p=req.top_p, stop_ids=req.stop_ids, on_token=on_token, seed=req.seed,
+            generate(self.model, [req.prompt_ids], opts.max_tokens, temperature=opts.temperature, top_k=opts.top_k,
+                     top_p=opts.top_p, stop_ids=req.stop_ids, on_token=on_token, seed=opts.seed,
                      vocab_size=self.tokenizer.vocab_size)
         stream.close()
-        used = len(req.prompt_ids) + state["tokens"]
-        full = state["tokens"] >= req.max_tokens or used >= self.model.config.block_size
-        return stream.text, state["tokens"], "length" if full and not state["stopped"] else "stop"
+        full = tokens >= opts.max_tokens or len(req.prompt_ids) + tokens >= self.model.config.block_size
+        return stream.text, tokens, "length" if full and not stopped else "stop"
 
 
-# ----------------------------------------------------------------------------------------------------
-# The application
-# ----------------------------------------------------------------------------------------------------
-
-
-def _require_fastapi():
-    try:
-        import fastapi
-        import uvicorn  # noqa: F401  (checked here so that the error comes before any work)
-    except ImportError:
-        raise ConfigError("serving needs the 'serve' extra: pip install 'llmgen[serve]' (fastapi, uvicorn)") from None
-    return fastapi
-
-
-def create_app(model, tokenizer, model_name: str, limits: ServeLimits | None = None):
-    """A FastAPI app serving `model` under the id `model_name`."""
-    fastapi = _require_fastapi()
-    from fastapi.responses import JSONResponse, StreamingResponse
-    from starlette.exceptions import HTTPException as StarletteHTTPException
-
+def completion_request(req: CompletionRequest, tokenizer, limits: ServeLimits, block_size: int) -> GenerationRequest:
+    """The prompt's token ids, checked against the limits, and the ids that end a document."""
     from reference_llm.deploy.generate import default_stop_ids
 
-    limits = limits or ServeLimits()
-    block_size = model.config.block_size
-    generator = Generator(model.eval(), tokenizer)
-    created = int(time.time())
-    app = fastapi.FastAPI(title="llmgen server", docs_url=None, redoc_url=None, openapi_url=None)
+    try:
+        ids = tokenizer.encode(req.prompt)
+    except ReferenceLLMError as exc:  # e.g. a character a char-level tokenizer has never seen
+        raise APIError(400, str(exc), param="prompt") from None
+    if not ids and tokenizer.eot_id is not None:
+        ids = [tokenizer.eot_id]  # an empty prompt starts a new document
+    check_lengths(ids, req.options.max_tokens, limits, block_size, "prompt")
+    return GenerationRequest(prompt_ids=ids, stop_ids=default_stop_ids(tokenizer), options=req.options)
 
-    def error_response(exc: APIError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
 
-    @app.exception_handler(APIError)
-    async def _api_error(_request, exc: APIError):
-        return error_response(exc)
+def chat_request(req: ChatRequest, tokenizer, limits: ServeLimits, block_size: int) -> GenerationRequest:
+    """The conversation through the chat template, checked against the limits; generation stops at the
+    end of the assistant's turn or at any role marker (the model starting a new turn)."""
+    from reference_llm.deploy.generate import default_stop_ids
+    from reference_llm.tokenizer.chat import chat_token_ids, encode_prompt
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request, exc):  # unknown path, wrong method
-        message = f"{request.method} {request.url.path}: {exc.detail}"
-        return error_response(APIError(exc.status_code, message, code="not_found" if exc.status_code == 404 else None))
+    try:
+        ids = encode_prompt(req.messages, tokenizer)
+    except ReferenceLLMError as exc:  # no chat tokens, or a conversation that does not end with the user
+        raise APIError(400, str(exc), param="messages") from None
+    check_lengths(ids, req.options.max_tokens, limits, block_size, "messages")
+    stop_ids = sorted(set(default_stop_ids(tokenizer)) | set(chat_token_ids(tokenizer).values()))
+    return GenerationRequest(prompt_ids=ids, stop_ids=stop_ids, options=req.options)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_request, exc):
-        return error_response(APIError(500, f"internal error: {type(exc).__name__}: {exc}"))
 
-    async def read_body(request) -> dict[str, Any]:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > limits.max_body_bytes):
-            raise APIError(413, f"the request body is {length} bytes; this server accepts at most "
-                                f"{limits.max_body_bytes}", code="request_too_large")
-        # A body sent in chunks has no Content-Length: count while reading, and stop at the limit.
-        raw = bytearray()
-        async for chunk in request.stream():
-            raw += chunk
-            if len(raw) > limits.max_body_bytes:
-                raise APIError(413, f"the request body exceeds this server's limit of {limits.max_body_bytes} bytes",
-                               code="request_too_large")
-        return parse_body(bytes(raw))
+# ----------------------------------------------------------------------------------------------------
+# Replies: whole, or streamed as server-sent events
+# ----------------------------------------------------------------------------------------------------
 
-    @app.get("/health")
-    async def health():
-        return {"status": "ok"}
 
-    @app.get("/v1/models")
-    async def models():
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created,
-                                            "owned_by": "llmgen"}]}
+@dataclass(frozen=True)
+class ReplyShape:
+    """How an endpoint words its replies: the choice's content for a whole reply, a streamed piece and
+    the last streamed chunk, and the chunk a stream opens with, if any."""
 
-    @app.post("/v1/completions")
-    async def completions(request: fastapi.Request):
-        body = await read_body(request)
-        opts = validate(body, COMPLETION_FIELDS, model_name, limits)
-        if "prompt" not in body:
-            raise APIError(400, "'prompt' is required", param="prompt")
-        prompt = body["prompt"]
-        if isinstance(prompt, list) and len(prompt) == 1:
-            prompt = prompt[0]  # OpenAI clients may send a batch of one
-        if not isinstance(prompt, str):
-            raise APIError(400, "'prompt' must be a string (or a list holding one string)", param="prompt")
-        try:
-            ids = tokenizer.encode(prompt)
-        except ReferenceLLMError as exc:  # e.g. a character a char-level tokenizer has never seen
-            raise APIError(400, str(exc), param="prompt") from None
-        if not ids and tokenizer.eot_id is not None:
-            ids = [tokenizer.eot_id]  # an empty prompt starts a new document
-        check_lengths(ids, opts["max_tokens"], limits, block_size, "prompt")
-        req = GenerationRequest(prompt_ids=ids, stop_ids=default_stop_ids(tokenizer), **opts)
-        ident = f"cmpl-{uuid.uuid4().hex}"
-        head = {"id": ident, "object": "text_completion", "created": int(time.time()), "model": model_name}
-        if req.stream:
-            def chunk(piece: str, finish: str | None) -> dict[str, Any]:
-                return {**head, "choices": [{"index": 0, "text": piece, "logprobs": None, "finish_reason": finish}]}
-            return sse_response(req, chunk, chunk)
-        text, n_tokens, finish = await asyncio.to_thread(generator.run, req)
-        return {**head, "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
-                "usage": _usage(len(ids), n_tokens)}
+    id_prefix: str
+    object: str
+    chunk_object: str
+    whole: Callable[[str], dict[str, Any]]
+    piece: Callable[[str], dict[str, Any]]
+    last: dict[str, Any]
+    opening: dict[str, Any] | None = None
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: fastapi.Request):
-        body = await read_body(request)
-        if "max_completion_tokens" in body:  # the newer name for max_tokens
-            if "max_tokens" in body:
-                raise APIError(400, "give either 'max_tokens' or 'max_completion_tokens', not both",
-                               param="max_completion_tokens")
-            body["max_tokens"] = body.pop("max_completion_tokens")
-        opts = validate(body, CHAT_FIELDS, model_name, limits)
-        if "messages" not in body:
-            raise APIError(400, "'messages' is required", param="messages")
-        from reference_llm.tokenizer.chat import chat_token_ids, encode_prompt
 
-        try:
-            ids = encode_prompt(body["messages"], tokenizer)
-        except ReferenceLLMError as exc:  # no chat tokens, or a malformed conversation
-            raise APIError(400, str(exc), param="messages") from None
-        check_lengths(ids, opts["max_tokens"], limits, block_size, "messages")
-        stop_ids = sorted(set(default_stop_ids(tokenizer)) | set(chat_token_ids(tokenizer).values()))
-        req = GenerationRequest(prompt_ids=ids, stop_ids=stop_ids, **opts)
-        ident = f"chatcmpl-{uuid.uuid4().hex}"
-        head = {"id": ident, "object": "chat.completion", "created": int(time.time()), "model": model_name}
-        if req.stream:
-            head["object"] = "chat.completion.chunk"
+COMPLETION = ReplyShape("cmpl", "text_completion", "text_completion",
+                        whole=lambda text: {"text": text, "logprobs": None},
+                        piece=lambda text: {"text": text, "logprobs": None}, last={"text": "", "logprobs": None})
+CHAT = ReplyShape("chatcmpl", "chat.completion", "chat.completion.chunk",
+                  whole=lambda text: {"message": {"role": "assistant", "content": text}},
+                  piece=lambda text: {"delta": {"content": text}}, last={"delta": {}},
+                  opening={"delta": {"role": "assistant", "content": ""}})  # OpenAI opens with the role alone
 
-            def chunk(piece: str, finish: str | None) -> dict[str, Any]:
-                delta = {"content": piece} if finish is None else {}
-                return {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
 
-            def first() -> dict[str, Any]:  # OpenAI opens a chat stream with the role alone
-                return {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                             "finish_reason": None}]}
-            return sse_response(req, chunk, chunk, opening=first)
-        text, n_tokens, finish = await asyncio.to_thread(generator.run, req)
-        return {**head, "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                     "finish_reason": finish}], "usage": _usage(len(ids), n_tokens)}
+async def reply(generator: Generator, req: GenerationRequest, shape: ReplyShape, model_name: str):
+    """The whole reply as a dict, or a StreamingResponse of chunks when the request streams."""
+    head = {"id": f"{shape.id_prefix}-{uuid.uuid4().hex}", "object": shape.object, "created": int(time.time()),
+            "model": model_name}
+    if req.options.stream:
+        return stream_reply(generator, req, shape, {**head, "object": shape.chunk_object})
+    text, n_tokens, finish = await asyncio.to_thread(generator.run, req)
+    return {**head, "choices": [{"index": 0, **shape.whole(text), "finish_reason": finish}],
+            "usage": _usage(len(req.prompt_ids), n_tokens)}
 
-    def sse_response(req: GenerationRequest, piece_chunk, final_chunk, opening=None):
-        async def events():
-            loop = asyncio.get_running_loop()
-            queue: asyncio.Queue = asyncio.Queue()
-            cancelled = threading.Event()
 
-            def emit(piece: str) -> None:
-                loop.call_soon_threadsafe(queue.put_nowait, ("piece", piece))
+def stream_reply(generator: Generator, req: GenerationRequest, shape: ReplyShape, head: dict[str, Any]):
+    """Server-sent events: the opening chunk, one chunk per piece of text, a chunk with the finish
+    reason, with `include_usage` a chunk with no choices and the token counts, then [DONE]."""
+    from fastapi.responses import StreamingResponse
 
-            def work() -> None:
-                try:
-                    result = generator.run(req, emit, cancelled)
-                    loop.call_soon_threadsafe(queue.put_nowait, ("done", result))
-                except Exception as exc:  # reported in the stream: the status line is already sent
-                    loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
+    # With include_usage, OpenAI gives every chunk a "usage" key, null until the last one.
+    usage_key = {"usage": None} if req.options.include_usage else {}
 
-            worker = loop.run_in_executor(None, work)
+    def chunk(content: dict[str, Any], finish: str | None) -> str:
+        return _sse({**head, "choices": [{"index": 0, **content, "finish_reason": finish}], **usage_key})
+
+    async def events():
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        cancelled = threading.Event()
+
+        def emit(piece: str) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, ("piece", piece))
+
+        def work() -> None:
             try:
-                if opening is not None:
-                    yield _sse(opening())
-                while True:
-                    kind, value = await queue.get()
-                    if kind == "piece":
-                        yield _sse(piece_chunk(value, None))
-                    elif kind == "done":
-                        yield _sse(final_chunk("", value[2]))
-                        break
-                    else:
-                        yield _sse(APIError(500, f"generation failed: {value}").body())
-                        break
-                yield "data: [DONE]\n\n"
-            finally:
-                cancelled.set()  # the client left (or we are done): let the worker stop
-                await worker
+                result = generator.run(req, emit, cancelled)
+                loop.call_soon_threadsafe(queue.put_nowait, ("done", result))
+            except Exception as exc:  # reported in the stream: the status line is already sent
+                loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
 
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        worker = loop.run_in_executor(None, work)
+        try:
+            if shape.opening is not None:
+                yield chunk(shape.opening, None)
+            while True:
+                kind, value = await queue.get()
+                if kind == "piece":
+                    yield chunk(shape.piece(value), None)
+                elif kind == "done":
+                    yield chunk(shape.last, value[2])
+                    if req.options.include_usage:
+                        yield _sse({**head, "choices": [], "usage": _usage(len(req.prompt_ids), value[1])})
+                    break
+                else:
+                    yield _sse(APIError(500, f"generation failed: {value}").body())
+                    break
+            yield "data: [DONE]\n\n"
+        finally:
+            cancelled.set()  # the client left (or we are done): let the worker stop
+            await worker
 
-    return app
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 def _sse(obj: dict[str, Any]) -> str:
@@ -385,6 +230,93 @@ def iter_sse(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
         if data == "[DONE]":
             return
         yield json.loads(data)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The application
+# ----------------------------------------------------------------------------------------------------
+
+
+def _require_fastapi():
+    try:
+        import fastapi
+        import uvicorn  # noqa: F401  (checked here so that the error comes before any work)
+    except ImportError:
+        raise ConfigError("serving needs the 'serve' extra: pip install 'llmgen[serve]' (fastapi, uvicorn)") from None
+    return fastapi
+
+
+async def read_body(request, max_body_bytes: int) -> dict[str, Any]:
+    """The request's JSON object; 413 past `max_body_bytes`, whether or not Content-Length says so."""
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or len(length) > 19 or int(length) > max_body_bytes):
+        raise APIError(413, f"the request body is {length[:40]} bytes; this server accepts at most {max_body_bytes}",
+                       code="request_too_large")
+    # A body sent in chunks has no Content-Length: count while reading, and stop at the limit.
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > max_body_bytes:
+            raise APIError(413, f"the request body exceeds this server's limit of {max_body_bytes} bytes",
+                           code="request_too_large")
+    return parse_body(bytes(raw))
+
+
+def _add_error_handlers(app) -> None:
+    """Every error becomes an OpenAI-style body; a bug is a 500 that names itself, never a traceback."""
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    def error_response(exc: APIError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(APIError)
+    async def _api_error(_request, exc: APIError):
+        return error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request, exc):  # unknown path, wrong method
+        message = f"{request.method} {request.url.path}: {exc.detail}"
+        return error_response(APIError(exc.status_code, message, code="not_found" if exc.status_code == 404 else None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request, exc):
+        return error_response(APIError(500, f"internal error: {type(exc).__name__}: {exc}"))
+
+
+def create_app(model, tokenizer, model_name: str, limits: ServeLimits | None = None):
+    """A FastAPI app serving `model` under the id `model_name`."""
+    fastapi = _require_fastapi()
+    from fastapi import Request
+
+    limits = limits or ServeLimits()
+    block_size = model.config.block_size
+    generator = Generator(model.eval(), tokenizer)
+    special_tokens = tuple(tokenizer.special_tokens)
+    created = int(time.time())
+    app = fastapi.FastAPI(title="llmgen server", docs_url=None, redoc_url=None, openapi_url=None)
+    _add_error_handlers(app)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created,
+                                            "owned_by": "llmgen"}]}
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        body = parse_completion(await read_body(request, limits.max_body_bytes), model_name, limits)
+        return await reply(generator, completion_request(body, tokenizer, limits, block_size), COMPLETION, model_name)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        body = parse_chat(await read_body(request, limits.max_body_bytes), model_name, limits, special_tokens)
+        return await reply(generator, chat_request(body, tokenizer, limits, block_size), CHAT, model_name)
+
+    return app
 
 
 # ----------------------------------------------------------------------------------------------------

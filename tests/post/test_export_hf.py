@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from reference_llm.assets import corpus_path
-from reference_llm.deploy.export import export_hf, import_hf
+from reference_llm.deploy.export import export_hf, hf_names, import_hf
 from reference_llm.deploy.quantize import quantize_model
 from reference_llm.errors import CheckpointError, ConfigError
 from reference_llm.model import ModelConfig, Transformer
 from reference_llm.tokenizer import EOT, train_tokenizer
 from reference_llm.tokenizer.chat import CHAT_TOKENS, encode_prompt
-from reference_llm.train.checkpoint import save_model
+from reference_llm.train.checkpoint import save_model, unique_state_dict
 
 transformers = pytest.importorskip("transformers", reason="the 'hf' extra (transformers) is not installed")
 
@@ -71,6 +71,20 @@ def test_transformers_loads_the_export_and_its_logits_match(tmp_path: Path, char
         ours, hf_logits = model(ids)[0], theirs(ids).logits
     assert ours.abs().max() > 1.0  # the logits vary: a real comparison
     assert (ours - hf_logits).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_the_one_name_table_names_every_tensor_of_both_models_once(tmp_path: Path, char_tokenizer,
+                                                                   variant: str) -> None:
+    arch, fields = VARIANTS[variant]
+    model = random_model(arch, char_tokenizer.vocab_size, **fields)
+    links = hf_names(model.config)
+    ours = [link.ours for link in links if link.ours is not None]
+    theirs = [name for link in links for name in link.hf]
+    assert sorted(ours) == sorted(unique_state_dict(model))
+    export_hf(model, None, tmp_path)
+    hf_tensors = set(hf_model(tmp_path).state_dict()) - ({"lm_head.weight"} if model.config.tie_embeddings else set())
+    assert len(theirs) == len(set(theirs)) and set(theirs) == hf_tensors
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
