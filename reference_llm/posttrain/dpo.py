@@ -202,6 +202,7 @@ def train_dpo(config_path: str | None, overrides: Sequence[str] = (), init: str 
     # The reference is the starting policy, frozen before any update (and before LoRA wraps it).
     job = PostTrainRun(config, texts, keep_reference=True, resume=resume)
     encoded = encode_pairs(pairs, job.tokenizer, run.seq_len + 1)
+    assert job.reference is not None  # narrows the type: keep_reference=True keeps one
     objective = DPOObjective(job.model, job.reference, dpo.beta)
     def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
         chosen = job.rows.draw(len(encoded), run.train.micro_batch).tolist()

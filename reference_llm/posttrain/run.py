@@ -1,6 +1,6 @@
 """What every post-training method shares: its config file, the run (model, tokenizer, LoRA, engine,
-schedule, metrics, checkpoints, resume) and its command line. SFT (`sft.py`) and DPO (`dpo.py`) add
-their data and loss on top.
+schedule, checkpoints, resume) and its command line. SFT (`sft.py`) and DPO (`dpo.py`) add their data
+and loss on top; the training loop itself is pretraining's (`reference_llm.train.loop.fit`).
 
 A post-training config is a run config (reference_llm/config.py: [model], [data], [train], [eval],
 [checkpoint]) plus the method's own section ([sft] or [dpo]) and an optional [lora] section. With an
@@ -19,9 +19,8 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import math
+import functools
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from reference_llm.model import Transformer
 from reference_llm.posttrain.lora import LoRAConfig, apply_lora, load_lora_weights, merged_state_dict, save_lora
 from reference_llm.tokenizer import EOT, train_tokenizer
 from reference_llm.tokenizer.chat import CHAT_TOKENS, add_chat_tokens
+from reference_llm.train import loop
 from reference_llm.train.checkpoint import (
     capture_rng_state,
     latest_checkpoint,
@@ -48,12 +48,10 @@ from reference_llm.train.checkpoint import (
     save_checkpoint,
     unique_state_dict,
 )
-from reference_llm.train.metrics import MetricsFile, ProgressDisplay
+from reference_llm.train.loop import Batch, Forward, LoopState, padded_vocab_size, seed_everything
 from reference_llm.train.optim import CosineSchedule, optimizer_factory
-from reference_llm.train.perf import mfu, resolve_dtype
-from reference_llm.train.pretrain import matmul_peak, padded_vocab_size, seed_everything, train_step
+from reference_llm.train.perf import resolve_dtype
 
-Batch = tuple[torch.Tensor, torch.Tensor]
 ADAPTER_FILE = "adapter.safetensors"
 
 
@@ -150,8 +148,10 @@ def _lora_section(values: Any) -> LoRAConfig | None:
     targets = values.pop("targets", None)
     if targets is not None and (not isinstance(targets, list) or not all(isinstance(t, str) for t in targets)):
         raise ConfigError(f"lora.targets must be a list of layer-name patterns, got {targets!r}")
-    typed = {k: coerce_value(f"lora.{k}", v, fields[k].type) for k, v in values.items()}
-    return LoRAConfig(**typed, **({"targets": tuple(targets)} if targets is not None else {}))
+    typed: dict[str, Any] = {k: coerce_value(f"lora.{k}", v, fields[k].type) for k, v in values.items()}
+    if targets is not None:
+        typed["targets"] = tuple(targets)
+    return LoRAConfig(**typed)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -212,10 +212,9 @@ class PostTrainRun:
         self.run_dir = Path(run.checkpoint.dir)
         self.pad_id = tokenizer.eot_id if tokenizer.eot_id is not None else 0
         self.rows = RowSampler(run.train.seed)
-        self.start_step, self.elapsed = 0, 0.0
+        self.state = LoopState()
         if resume:
             self._resume()
-        self.display = ProgressDisplay(run.train.max_steps, start_step=self.start_step)
 
     @property
     def model(self) -> nn.Module:
@@ -229,8 +228,8 @@ class PostTrainRun:
         wanted = self.config.run.model
         for key in check:
             if getattr(wanted, key) != getattr(stored.model, key):
-                raise CheckpointError(f"{self.section}.init={init} has model.{key}={getattr(stored.model, key)!r} but the "
-                                      f"config's [model] gives {getattr(wanted, key)!r}; remove [model] (the "
+                raise CheckpointError(f"{self.section}.init={init} has model.{key}={getattr(stored.model, key)!r} "
+                                      f"but the config's [model] gives {getattr(wanted, key)!r}; remove [model] (the "
                                       f"checkpoint fixes the model) or use a matching checkpoint")
         tokenizer = add_chat_tokens(tokenizer)
         resize_vocab(model, padded_vocab_size(tokenizer.vocab_size))
@@ -263,83 +262,44 @@ class PostTrainRun:
         self.engine.load_state(weights, ckpt.optimizer_state)
         self.rows.load_state_dict(state["rows"])
         restore_rng_state(state["rng"])
-        self.start_step, self.elapsed = int(state["step"]), float(state.get("elapsed_s", 0.0))
+        self.state = LoopState(step=ckpt.step, elapsed=float(state.get("elapsed_s", 0.0)), saved_step=ckpt.step)
 
     def note(self, text: str) -> None:
-        self.display.note(text)
+        """A line on stderr before training starts (what data the run trains on, what it skipped)."""
+        print(text, file=sys.stderr, flush=True)
 
-    def fit(self, forward: Callable[[torch.Tensor, torch.Tensor], Any], next_batch: Callable[[], Batch],
-            stats: Callable[[], dict[str, float]] | None = None,
-            validate: Callable[[], dict[str, float]] | None = None,
-            extra_state: dict[str, Any] | None = None) -> dict:
-        """Train for `train.max_steps` optimizer steps (or `train.max_minutes`); checkpoint at
-        `checkpoint.interval` and at the end. `forward(x, y)` returns (anything, loss), like the model;
-        `stats()` adds run-specific numbers to each log line; `validate()` runs at `eval.interval` and at
-        the end. Returns the last logged metrics. MFU counts the model's training FLOPs per input
-        token (padding included); DPO's extra forward pass through the reference is not counted."""
+    def fit(self, forward: Forward, next_batch: Callable[[], Batch],
+            stats: Callable[[], dict[str, float]] | None = None, validate: Callable[[], dict[str, float]] | None = None,
+            extra_state: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Train for `train.max_steps` optimizer steps (or `train.max_minutes`) with the shared loop
+        (`reference_llm.train.loop.fit`): checkpoints at `checkpoint.interval` and at the end.
+        `forward(x, y)` returns (anything, loss), like the model; `stats()` adds run-specific numbers
+        to each log line; `validate()` runs at `eval.interval` and at the end; `extra_state` goes into
+        every checkpoint's state.json. Returns the last logged metrics. MFU counts the model's training
+        FLOPs per input token (padding included); DPO's extra forward pass through the reference is not
+        counted."""
         run = self.config.run
-        t = run.train
-        schedule = CosineSchedule.from_config(t)
-        budget = t.max_minutes * 60 if t.max_minutes > 0 else math.inf
-        metrics_file = MetricsFile(self.run_dir / t.metrics_file, keep_through_step=self.start_step or None)
-        peak = matmul_peak(self.dtype, self.device)
+        total = sum(p.numel() for p in self.model.parameters())  # a tied head once, as num_params counts
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        self.note(f"{self.model.num_params() / 1e6:.2f}M params ({trainable / 1e6:.3f}M trained), vocab "
+        self.note(f"{total / 1e6:.2f}M params ({trainable / 1e6:.3f}M trained), vocab "
                   f"{run.model.vocab_size}; {self.device.type} {str(self.dtype).removeprefix('torch.')}")
-        last: dict[str, Any] = {"step": self.start_step}
-        step, elapsed, window_tokens, window_start = self.start_step, self.elapsed, 0, time.perf_counter()
-        self.model.train()
-        try:
-            while step < t.max_steps and elapsed < budget:
-                step_start = time.perf_counter()
-                lr = schedule(step)
-                micro = [next_batch() for _ in range(t.grad_accum)]
-                loss, grad_norm = train_step(self.engine, micro, t.grad_accum, lr, t.grad_clip, self.dtype, forward)
-                step += 1
-                window_tokens += sum(x.numel() for x, _ in micro)
-                elapsed += time.perf_counter() - step_start
-                if step % t.log_interval == 0 or step == t.max_steps:
-                    now = time.perf_counter()
-                    tokens_per_s = window_tokens / (now - window_start)
-                    last = {"step": step, "loss": loss.item(), "lr": lr, "grad_norm": grad_norm,
-                            "tokens_per_s": tokens_per_s,
-                            "mfu": mfu(tokens_per_s, run.model.flops_per_token(run.seq_len), peak),
-                            **(stats() if stats else {})}
-                    metrics_file.write(last)
-                    self.display.update(step, last, (t.max_steps - step) * elapsed / step)
-                    window_tokens, window_start = 0, time.perf_counter()
-                if validate and run.eval.interval and step % run.eval.interval == 0 and step < t.max_steps:
-                    self._validate(validate, step, last, metrics_file)
-                if run.checkpoint.interval and step % run.checkpoint.interval == 0 and step < t.max_steps:
-                    self.save(step, last, extra_state, elapsed)
-            if validate:
-                self._validate(validate, step, last, metrics_file)
-            self.save(step, last, extra_state, elapsed)
-        finally:
-            self.display.close()
-            metrics_file.close()
-        return last
+        return loop.fit(self.engine, CosineSchedule.from_config(run.train), next_batch, forward, self.state, run,
+                        self.dtype, functools.partial(self.save, extra_state=extra_state), validate=validate,
+                        stats=stats)
 
-    def _validate(self, validate: Callable[[], dict[str, float]], step: int, last: dict[str, Any],
-                  metrics_file: MetricsFile) -> None:
-        result = validate()
-        last.update(result)
-        metrics_file.write({"step": step, **result})
-        self.note(f"step {step}: " + " | ".join(f"{k} {v:.4f}" for k, v in result.items()))
-
-    def save(self, step: int, metrics: dict[str, Any], extra_state: dict[str, Any] | None, elapsed: float) -> Path:
-        """A checkpoint in the pretraining layout, resumable; with LoRA, merged weights plus adapter.safetensors."""
+    def save(self, metrics: dict[str, Any], extra_state: dict[str, Any] | None = None) -> Path:
+        """A checkpoint of the current step in the pretraining layout, resumable; with LoRA, merged
+        weights plus adapter.safetensors."""
         lora = self.config.lora
         weights = merged_state_dict(self.model) if lora else unique_state_dict(self.model)
-        state = {"step": step, "elapsed_s": elapsed, "config": self.config.run.to_dict(),
+        state = {"step": self.state.step, "elapsed_s": self.state.elapsed, "config": self.config.run.to_dict(),
                  "tokenizer_fingerprint": self.tokenizer.fingerprint(), "metrics": metrics,
                  "lora": dataclasses.asdict(lora) if lora else None, "rng": capture_rng_state(),
                  "rows": self.rows.state_dict(), **(extra_state or {})}
-        path = save_checkpoint(self.run_dir, step, weights, self.engine.optimizer_state(), state, self.tokenizer,
-                               keep=self.config.run.checkpoint.keep)
+        path = save_checkpoint(self.run_dir, self.state.step, weights, self.engine.optimizer_state(), state,
+                               self.tokenizer, keep=self.config.run.checkpoint.keep)
         if lora:
             save_lora(self.model, path / ADAPTER_FILE)
-        self.note(f"checkpoint: {path}")
         return path
 
 

@@ -54,9 +54,9 @@ import torch
 from reference_llm.errors import ConfigError, DataError, TokenizerError
 from reference_llm.model import IGNORE_INDEX
 from reference_llm.posttrain.data import Message, demo_conversations, load_conversations
-from reference_llm.posttrain.run import Batch, PostTrainRun, load_posttrain_config, posttrain_parser
+from reference_llm.posttrain.run import PostTrainRun, load_posttrain_config, posttrain_parser
 from reference_llm.tokenizer.chat import encode_chat
-from reference_llm.train.pretrain import evaluate
+from reference_llm.train.loop import Batch, evaluate
 
 Example = tuple[list[int], list[int]]  # one conversation's inputs and targets, the same length
 
@@ -174,9 +174,10 @@ def train_sft(config_path: str | Path | None, overrides: Sequence[str] = (), ini
     else:
         b = run.train.micro_batch
         val_batches = [(vx[i:i + b], vy[i:i + b]) for i in range(0, vx.shape[0], b)][:run.eval.iters]
+        if val_batches:  # none when eval.iters = 0, which switches validation off as in pretraining
 
-        def validate() -> dict[str, float]:
-            return {"val_loss": evaluate(job.model, val_batches, job.device, job.dtype)}
+            def validate() -> dict[str, float]:
+                return {"val_loss": evaluate(job.model, val_batches, job.device, job.dtype)}
 
     return job.fit(job.model, next_batch, validate=validate, extra_state={"sft": dataclasses.asdict(sft)})
 

@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from reference_llm.cli import run_main
 from reference_llm.errors import DataError
 from reference_llm.model import IGNORE_INDEX, ModelConfig, Transformer
-from reference_llm.posttrain import run as posttrain_run
 from reference_llm.posttrain.data import PreferencePair, demo_preference_pairs, load_preference_pairs
 from reference_llm.posttrain.dpo import (
     dpo_loss,
@@ -26,6 +25,7 @@ from reference_llm.posttrain.dpo import (
 )
 from reference_llm.tokenizer import train_tokenizer
 from reference_llm.tokenizer.chat import add_chat_tokens, encode_prompt
+from reference_llm.train import loop as posttrain_run
 from reference_llm.train import train_step
 from reference_llm.train.checkpoint import load_model
 from reference_llm.train.metrics import read_metrics

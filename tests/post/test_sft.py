@@ -13,15 +13,15 @@ from reference_llm.deploy.generate import generate
 from reference_llm.deploy.generate import main as generate_main
 from reference_llm.errors import DataError
 from reference_llm.model import IGNORE_INDEX, ModelConfig, Transformer
-from reference_llm.posttrain import run as posttrain_run
 from reference_llm.posttrain.data import demo_conversations
 from reference_llm.posttrain.lora import load_lora
 from reference_llm.posttrain.run import resize_vocab
 from reference_llm.posttrain.sft import main, pack_examples, train_sft
 from reference_llm.tokenizer import train_tokenizer
 from reference_llm.tokenizer.chat import CHAT_TOKENS
+from reference_llm.train import loop as posttrain_run
 from reference_llm.train import padded_vocab_size, train_step
-from reference_llm.train.checkpoint import load_model, save_checkpoint, unique_state_dict
+from reference_llm.train.checkpoint import list_checkpoints, load_model, save_checkpoint, unique_state_dict
 from reference_llm.train.metrics import read_metrics
 
 I = IGNORE_INDEX  # noqa: E741
@@ -216,6 +216,36 @@ def test_resumed_run_logs_the_losses_of_an_uninterrupted_one(tmp_path, base_chec
         a, _, _ = load_model(tmp_path / "whole" / "run")
         b, _, _ = load_model(tmp_path / "staged" / "run")
         assert all(torch.equal(a.state_dict()[k], v) for k, v in b.state_dict().items())
+
+
+def test_running_out_of_time_logs_the_last_step(tmp_path):
+    """train.max_minutes ends the run between log lines: its last step is logged all the same, then
+    validated and checkpointed (the shared loop does what pretraining does)."""
+    config = write_config(tmp_path, n=60, steps=50, extra=RANDOM_INIT)
+    last = train_sft(config, ["train.max_minutes=1e-6", "train.log_interval=10"])  # any step takes longer
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in records if "loss" in r] == [1] and last["step"] == 1
+    assert [r["step"] for r in records if "val_loss" in r] == [1]
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step_0000001"]
+
+
+def test_eval_iters_zero_switches_validation_off(tmp_path):
+    config = write_config(tmp_path, n=60, steps=2, extra=RANDOM_INIT)
+    last = train_sft(config, ["eval.iters=0", "eval.interval=1"])
+    assert last["step"] == 2 and "val_loss" not in last
+    assert not [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "val_loss" in r]
+
+
+def test_a_new_run_replaces_an_earlier_runs_checkpoints(tmp_path, capsys):
+    config = write_config(tmp_path, n=60, steps=4, extra=RANDOM_INIT)
+    assert run_main(main, ["--config", str(config), "checkpoint.interval=2"]) == 0
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step_0000002", "step_0000004"]
+    capsys.readouterr()
+    assert run_main(main, ["--config", str(config), "train.max_steps=1"]) == 0
+    assert "holds checkpoints of an earlier run" in capsys.readouterr().err
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step_0000001"]
+    assert (tmp_path / "run" / "latest").read_text().strip() == "step_0000001"
+    assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss" in r] == [1]
 
 
 @pytest.mark.parametrize("edit, message", [
