@@ -129,16 +129,17 @@ def build(found: Discovery, data_cfg: DataConfig, settings: PipelineSettings, wo
     split_plan = plan(collected, data_cfg.val_fraction, [s.weight for s in sources], labels)
     tokenizer_path = work / TOKENIZER_FILE
     fast = data_cfg.tokenizer == "hf-bpe"
-    if not _read_state(work).get("tokenizer"):
+    if _read_state(work).get("tokenizer"):
+        tokenizer = load_tokenizer(tokenizer_path, fast=fast)
+    else:
         with steps.step(f"training {data_cfg.tokenizer} tokenizer"):
             tokenizer = fit_tokenizer(work, data_cfg.tokenizer, data_cfg.vocab_size, split_plan, collected,
                                       data_cfg.val_fraction, settings)
         tokenizer.save(tokenizer_path)
         _write_state(work, {"collected": True, "tokenizer": True})
-    tokenizer = load_tokenizer(tokenizer_path, fast=fast)
 
-    splits, dropped = encode_all(work, collected, split_plan, tokenizer_path, fast, data_cfg.val_fraction, settings,
-                                 labels, workers, data_cfg.chunk_mb, steps)
+    splits, dropped = encode_all(work, collected, split_plan, tokenizer_path, fast, token_dtype(tokenizer.vocab_size),
+                                 data_cfg.val_fraction, settings, labels, workers, data_cfg.chunk_mb, steps)
     report = dict(collected.report)
     if tokenizer.kind == "char":
         report["val_chars_without_id"] = dropped

@@ -115,17 +115,14 @@ class MinHasher:
     def _word_hashes(self, words: list[str]) -> np.ndarray:
         if len(self._words) > _WORD_CACHE_MAX:
             self._words.clear()
-        get = self._words.get
-        ids = [get(w) for w in words]
-        for i, value in enumerate(ids):
-            if value is None:
-                word = words[i]
-                ids[i] = self._words[word] = int.from_bytes(
-                    hashlib.blake2b(word.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
-        return np.array(ids, dtype=np.uint64)
+        for word in set(words).difference(self._words):
+            self._words[word] = int.from_bytes(
+                hashlib.blake2b(word.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+        return np.fromiter(map(self._words.__getitem__, words), dtype=np.uint64, count=len(words))
 
     def shingles(self, text: str) -> np.ndarray:
-        """Distinct 32-bit hashes of the lower-cased word n-grams (the whole text when shorter than n words)."""
+        """32-bit hashes of the lower-cased word n-grams (the whole text when shorter than n words). Repeats
+        are kept: they cannot change a minimum, and removing them costs more than hashing them."""
         ids = self._word_hashes(_WORD.findall(text.lower()))
         if ids.size == 0:
             return ids.astype(np.uint32)
@@ -136,7 +133,7 @@ class MinHasher:
             h *= _MIX
             h ^= ids[j:j + n]
         h *= _MIX  # the high half depends on every bit of the n-gram
-        return np.unique((h >> np.uint64(32)).astype(np.uint32))
+        return (h >> np.uint64(32)).astype(np.uint32)
 
     def signature(self, text: str) -> np.ndarray | None:
         """The MinHash signature (uint32), or None for a text without words (nothing to compare)."""

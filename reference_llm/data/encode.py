@@ -187,14 +187,13 @@ class _Split:
                 "bytes": self.bytes, "dropped_chars": self.dropped_chars, "source_tokens": self.source_tokens}
 
 
-def encode_all(work_dir: Path, collected: Collected, plan: Plan, tokenizer_path: Path, fast: bool,
+def encode_all(work_dir: Path, collected: Collected, plan: Plan, tokenizer_path: Path, fast: bool, dtype: np.dtype,
                val_fraction: float, settings: PipelineSettings, labels: list[str], workers: int, chunk_mb: float,
                steps: Steps) -> tuple[dict[str, Any], int]:
     """Tokenise every kept document into `<split>_NNNN.bin`: meta's "splits" entry, and the characters
     dropped from validation (a char tokenizer's unknown characters)."""
     journal_path = work_dir / JOURNAL_FILE
     journal = read_json(journal_path) if journal_path.is_file() else {}
-    dtype = token_dtype(load_tokenizer(tokenizer_path, fast=fast).vocab_size)
     splits = [_Split(work_dir, name, dtype, settings.shard_tokens, journal.get(name, {})) for name in SPLITS]
     first = min(splits, key=lambda s: s.record)
     batch_chars = max(1 << 16, int(chunk_mb * 1e6) // (2 * max(1, workers)))

@@ -101,10 +101,13 @@ class _Rule(NamedTuple):
     pattern: re.Pattern[str]
     check: Callable[[str], bool] | None = None  # extra test of the matched text
     needle: str | None = None  # a substring every match contains: texts without it skip the regex
+    min_run: int = 0  # every match is a run of this many characters without whitespace
+    digits: bool = False  # every match holds a digit
 
 
-def _rule(kind: str, pattern: str, check: Callable[[str], bool] | None = None, needle: str | None = None) -> _Rule:
-    return _Rule(kind, re.compile(pattern), check, needle)
+def _rule(kind: str, pattern: str, check: Callable[[str], bool] | None = None, needle: str | None = None,
+          min_run: int = 0, digits: bool = False) -> _Rule:
+    return _Rule(kind, re.compile(pattern), check, needle, min_run, digits)
 
 
 # Rules in priority order: where two matches overlap, the one earlier in this list wins, so a specific
@@ -119,27 +122,30 @@ _RULES: list[_Rule] = [
     _rule("github_token",
           r"g(?<![A-Za-z0-9_]g)(?:h[pousr]_[A-Za-z0-9]{36,255}|ithub_pat_[A-Za-z0-9_]{22,255})(?![A-Za-z0-9_])"),
     # OpenAI/Anthropic-style sk-..., Stripe secret and restricted keys, Slack tokens, Google API keys
-    _rule("api_key", r"s(?<![\w-]s)k-[A-Za-z0-9_-]{20,}(?![\w-])", _has_digit),
-    _rule("api_key", r"[sr](?<![\w-].)k_(?:live|test)_[A-Za-z0-9]{16,}(?![\w-])"),
+    _rule("api_key", r"s(?<![\w-]s)k-[A-Za-z0-9_-]{20,}(?![\w-])", _has_digit, min_run=23),
+    _rule("api_key", r"[sr](?<![\w-].)k_(?:live|test)_[A-Za-z0-9]{16,}(?![\w-])", needle="k_", min_run=24),
     _rule("api_key", r"x(?<![\w-]x)ox[abposr]-[A-Za-z0-9-]{10,}(?![\w-])", _has_digit),
     _rule("api_key", r"A(?<![\w-]A)Iza[A-Za-z0-9_-]{35}(?![\w-])"),
     _rule("email", r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+"
                    r"[A-Za-z]{2,}(?![\w-])", needle="@"),
     _rule("credit_card",  # 13-19 digits, optionally grouped; the major networks' numbers start with 2-6
-          r"[2-6](?<![\d-].)\d(?:[ -]?\d){11,17}(?![ -]?\d)", _card),
+          r"[2-6](?<![\d-].)\d(?:[ -]?\d){11,17}(?![ -]?\d)", _card, digits=True),
     _rule("ipv6", r"(?<![0-9A-Za-z:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|\d{1,3}(?:\.\d{1,3}){3})?"
                   r"(?![0-9A-Za-z:])", _ipv6, needle=":"),
-    _rule("ipv4", r"\d(?<![\d.]\d)\d{0,2}(?:\.\d{1,3}){3}(?!\d|\.\d)", _global_ip),  # checks octets too
+    _rule("ipv4", r"\d(?<![\d.]\d)\d{0,2}(?:\.\d{1,3}){3}(?!\d|\.\d)", _global_ip, needle=".", min_run=7,
+          digits=True),  # _global_ip checks the octets too
     _rule("phone",  # international: +CC then groups, e.g. +44 20 7946 0958, +1 (555) 123-4567
           r"\+(?<![\w+]\+)[1-9]\d{0,2}(?:[ .-]?(?:\(\d{1,4}\)|\d{1,5})){1,6}(?!\w|[.,]\d)", _phone),
     _rule("phone", r"\((?<![\w+.-]\()\d{3}\) ?\d{3}[-. ]\d{4}(?![\w-]|\.\d)"),  # (555) 123-4567
-    _rule("phone", r"\d(?<![\w+.-]\d)\d{2}(?P<sep>[-.])\d{3}(?P=sep)\d{4}(?![\w-]|\.\d)"),  # 555-123-4567
+    _rule("phone", r"\d(?<![\w+.-]\d)\d{2}(?P<sep>[-.])\d{3}(?P=sep)\d{4}(?![\w-]|\.\d)", min_run=12,
+          digits=True),  # 555-123-4567
     _rule("phone",  # national numbers with trunk prefix 0: 020 7946 0958, 030-1234-5678
           r"0(?<![\w+.-]0)\d{1,4}[ -]\d{3,4}[ -]\d{3,4}(?![\w-]|\.\d)", _phone),
-    _rule("secret", r"[0-9A-Fa-f](?<![0-9A-Za-z_].)[0-9A-Fa-f]{31,}(?![0-9A-Za-z_])", _random_hex),
+    _rule("secret", r"[0-9A-Fa-f](?<![0-9A-Za-z_].)[0-9A-Fa-f]{31,}(?![0-9A-Za-z_])", _random_hex, min_run=32,
+          digits=True),
     # No lookbehind needed: a match starts at the beginning of a run, since one starting later would be
     # shorter and the run was already too short. "=" may precede it (KEY=...) but only ends base64.
-    _rule("secret", r"[A-Za-z0-9+/_-]{40,}={0,2}(?![A-Za-z0-9+/=_-])", _random_base64),
+    _rule("secret", r"[A-Za-z0-9+/_-]{40,}={0,2}(?![A-Za-z0-9+/=_-])", _random_base64, min_run=40, digits=True),
 ]
 
 PII_KINDS: tuple[str, ...] = tuple(dict.fromkeys(rule.kind for rule in _RULES))
@@ -154,8 +160,13 @@ def scan_pii(text: str, kinds: Iterable[str] | None = None) -> list[Finding]:
     starts: list[int] = []  # accepted spans, sorted by start, for the overlap test
     ends: list[int] = []
     findings: list[Finding] = []
-    for kind, pattern, check, needle in _RULES:
-        if kind not in wanted or (needle is not None and needle not in text):
+    # Cheap tests that let a rule skip its regex (which tries a character class at every position) when no
+    # match is possible: the longest run without whitespace, and whether there is a digit at all.
+    longest = max(map(len, text.split()), default=0)
+    has_digit = any(d in text for d in "0123456789")
+    for kind, pattern, check, needle, min_run, digits in _RULES:
+        if (kind not in wanted or (needle is not None and needle not in text) or longest < min_run
+                or (digits and not has_digit)):
             continue
         for m in pattern.finditer(text):
             start, end = m.span()
