@@ -59,7 +59,12 @@ def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int | Non
     """
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
+    # Shift each row's maximum to 0 before dividing, and keep the temperature a normal float32: a tiny
+    # temperature then sends the other logits towards -inf instead of the maximum to +inf or 0/0, which
+    # would make the softmax NaN. Its limit is greedy decoding, which is what it gives.
+    logits = logits.float()
+    temperature = max(temperature, torch.finfo(torch.float32).tiny)
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
     if top_k is not None and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1) the smallest logit that survives
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -68,6 +73,7 @@ def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int | Non
         sorted_probs = sorted_logits.softmax(dim=-1)
         # Drop a token when the tokens ranked above it already reach top_p; the most likely always stays.
         drop_sorted = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p
+        drop_sorted[:, 0] = False  # explicitly: cumsum rounding must not drop it for a top_p near 0
         drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
         logits = logits.masked_fill(drop, float("-inf"))
     probs = F.softmax(logits, dim=-1)

@@ -74,6 +74,18 @@ def test_sample_next_keeps_only_the_top_k_and_the_nucleus():
     assert set(sample_next(logits, 1.0, generator=g).tolist()) == {0, 1, 2, 3}
 
 
+def test_extreme_temperature_and_top_p_still_pick_the_most_likely_token():
+    # Dividing raw logits by 1e-300 overflows them to +-inf and the softmax to NaN; a top_p that rounds to
+    # 0 in float32 used to drop every token. Both limits are greedy decoding.
+    logits = torch.tensor([[2.0, 5.0, -1.0, 4.9], [0.0, 0.0, 3.0, -7.0]])
+    naive = torch.softmax(logits / 1e-300, dim=-1)
+    assert torch.isnan(naive).any()  # the failure the shift before dividing avoids
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        assert sample_next(logits, 1e-300, generator=g).tolist() == [1, 2]
+        assert sample_next(logits, 1.0, top_p=5e-324, generator=g).tolist() == [1, 2]
+
+
 def test_stop_id_ends_the_row_and_is_not_returned(model):
     free = generate(model, PROMPTS, 10)
     stop = free[0][3]
