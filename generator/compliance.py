@@ -140,7 +140,7 @@ def check_repository(root: Path, max_pii: int = 0) -> ComplianceReport:
         if data_file.sha256_actual is not None:
             _scan_file(root / data_file.path, data_file, report)
     if report.pii_total > max_pii:
-        counts = Counter()
+        counts: Counter[str] = Counter()
         for data_file in report.files:
             counts.update(data_file.pii_counts)
         summary = ", ".join(f"{kind} {n}" for kind, n in sorted(counts.items()))
@@ -282,7 +282,8 @@ def _scan_file(path: Path, data_file: DataFile, report: ComplianceReport) -> Non
 def _scan_chunks(chunks: Iterator[tuple[int, str]], data_file: DataFile, counts: Counter[str], records: bool) -> int:
     """Scan (first line, text) chunks into `counts` and `data_file.pii_locations`; returns how many."""
     n = 0
-    for n, (first_line, text) in enumerate(chunks, 1):
+    for first_line, text in chunks:
+        n += 1
         findings = scan_pii(text)
         if not findings:
             continue

@@ -32,6 +32,11 @@ from reference_llm.data.documents import Document
 from reference_llm.errors import ConfigError
 
 _WORD = re.compile(r"\w+")
+# For ASCII text, \w is [A-Za-z0-9_]: every other byte becomes a space and bytes.split finds the words,
+# in C, several times faster than the regex.
+_ASCII_NON_WORD = bytes.maketrans(
+    bytes(b for b in range(128) if not (chr(b).isalnum() or chr(b) == "_")),
+    b" " * sum(1 for b in range(128) if not (chr(b).isalnum() or chr(b) == "_")))
 _CHUNK = 2048  # shingles hashed at once: a (chunk, num_perm) uint64 temporary of 2 MiB for 128 perms
 _WORD_CACHE_MAX = 1 << 21  # word hashes remembered per process before the cache starts over
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio: an odd multiplier that spreads bits
@@ -108,22 +113,32 @@ class MinHasher:
         self.a = rng.integers(0, 1 << 63, size=num_perm, dtype=np.uint64) | np.uint64(1)
         self.b = rng.integers(0, 1 << 63, size=num_perm, dtype=np.uint64)
         self.shingle_words = shingle_words
-        # Word -> 64-bit hash. blake2b, not hash(): Python salts str hashes per process, and signatures
-        # computed by different worker processes must agree.
-        self._words: dict[str, int] = {}
+        # Word (str, or bytes for ASCII text) -> 64-bit blake2b of its UTF-8 bytes. Not hash(): Python salts
+        # str hashes per process, and signatures computed by different worker processes must agree.
+        self._words: dict[str | bytes, int] = {}
 
-    def _word_hashes(self, words: list[str]) -> np.ndarray:
-        if len(self._words) > _WORD_CACHE_MAX:
-            self._words.clear()
-        for word in set(words).difference(self._words):
-            self._words[word] = int.from_bytes(
-                hashlib.blake2b(word.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
-        return np.fromiter(map(self._words.__getitem__, words), dtype=np.uint64, count=len(words))
+    def _word_hashes(self, words: list[str] | list[bytes]) -> np.ndarray:
+        cache = self._words
+        if len(cache) > _WORD_CACHE_MAX:
+            cache.clear()
+        new: set[str | bytes] = set(words)
+        new.difference_update(cache)
+        for word in new:
+            data = word if isinstance(word, bytes) else word.encode("utf-8", "surrogatepass")
+            cache[word] = int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+        return np.fromiter(map(cache.__getitem__, words), dtype=np.uint64, count=len(words))
+
+    def words(self, text: str) -> list[str] | list[bytes]:
+        """The lower-cased words (\\w+ runs) of `text`; as bytes when it is ASCII."""
+        lower = text.lower()
+        if lower.isascii():
+            return lower.encode("ascii").translate(_ASCII_NON_WORD).split()
+        return _WORD.findall(lower)
 
     def shingles(self, text: str) -> np.ndarray:
         """32-bit hashes of the lower-cased word n-grams (the whole text when shorter than n words). Repeats
         are kept: they cannot change a minimum, and removing them costs more than hashing them."""
-        ids = self._word_hashes(_WORD.findall(text.lower()))
+        ids = self._word_hashes(self.words(text))
         if ids.size == 0:
             return ids.astype(np.uint32)
         k = min(self.shingle_words, ids.size)

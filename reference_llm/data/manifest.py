@@ -62,7 +62,8 @@ def main(argv: list[str]) -> int:
     entries = add_files(manifest, [Path(p) for p in args.paths], licence=args.licence, source=args.source.strip(),
                         text_field=args.text_field, force=args.force)
     for entry, what in entries:
-        print(f"{what} {entry['path']} ({entry['license']}, {entry['bytes']:,} bytes, sha256 {entry['sha256'][:12]}...)")
+        size, digest = entry["bytes"], entry["sha256"][:12]
+        print(f"{what} {entry['path']} ({entry['license']}, {size:,} bytes, sha256 {digest}...)")
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     return 0

@@ -217,7 +217,7 @@ class Collector:
         index = self._index
         sigs = [r.signature for r in results]
         with_sig = [i for i, s in enumerate(sigs) if s is not None]
-        keys = index.band_keys(np.stack([sigs[i] for i in with_sig])) if index and with_sig else None
+        keys = index.band_keys(np.stack([s for s in sigs if s is not None])) if index and with_sig else None
         candidates = index.run_candidates(keys) if index and keys is not None else []
         row_of = {i: row for row, i in enumerate(with_sig)}
         keep = []

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, BinaryIO, cast
 
 from reference_llm.data.sources import SourceFile, display
 from reference_llm.errors import DataError
@@ -91,17 +91,20 @@ def iter_records(src: SourceFile, limit_bytes: int, bad: BadRecords) -> Iterator
 # ----------------------------------------------------------------------------------------------------
 
 
-def open_binary(path: Path, compression: str) -> IO[bytes]:
+def open_binary(path: Path, compression: str) -> BinaryIO:
     """The file's bytes, decompressed on the fly."""
+    stream: io.BufferedIOBase
     if compression == "gzip":
-        return gzip.open(path, "rb")
-    if compression == "bz2":
-        return bz2.open(path, "rb")
-    if compression == "xz":
-        return lzma.open(path, "rb")
-    if compression == "zstd":
-        return io.BufferedReader(_ZstdReader(path), BLOCK)
-    return path.open("rb")
+        stream = gzip.open(path, "rb")
+    elif compression == "bz2":
+        stream = bz2.open(path, "rb")
+    elif compression == "xz":
+        stream = lzma.open(path, "rb")
+    elif compression == "zstd":
+        stream = io.BufferedReader(_ZstdReader(path), BLOCK)
+    else:
+        stream = path.open("rb")
+    return cast(BinaryIO, stream)  # every one is a buffered binary stream
 
 
 class _ZstdReader(io.RawIOBase):
@@ -151,8 +154,9 @@ class _ZstdReader(io.RawIOBase):
         super().close()
 
 
-def _compression_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError]
+def _damage_errors() -> tuple[type[Exception], ...]:
+    """What reading a damaged file raises (OSError also for an unreadable plain file)."""
+    errors: list[type[Exception]] = [OSError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError]
     try:
         import zstandard
         errors.append(zstandard.ZstdError)
@@ -172,7 +176,7 @@ def _guard(src: SourceFile, bad: BadRecords) -> Iterator[None]:
         yield
     except _Stop:
         return
-    except (*_compression_errors(), OSError) as exc:
+    except _damage_errors() as exc:
         if not src.compression and isinstance(exc, OSError):
             raise DataError(f"cannot read corpus file {display(src.path)}: {exc.strerror or exc}") from None
         bad(src, "", f"truncated or corrupt {src.compression} data ({exc or type(exc).__name__}; what came before "
@@ -336,7 +340,7 @@ def _json_array(src: SourceFile, limit: int, bad: BadRecords) -> Iterator[tuple[
             eof = not block
             try:
                 buf = buf[pos:] + utf8.decode(block, final=eof)
-            except UnicodeDecodeError as exc:
+            except UnicodeDecodeError:
                 bad(src, f"[{index}]", "not UTF-8; the rest of the array is unreadable", "not UTF-8")
                 raise _Stop from None
             pos = 0

@@ -236,7 +236,7 @@ def _check_entry(path: Path, rel: str, found: Discovery, skip_bad: bool) -> bool
     try:
         mode = os.stat(path).st_mode
     except OSError as exc:
-        reason = {errno.ELOOP: "symlink loop", errno.ENOENT: "broken symlink"}.get(exc.errno, "unreadable")
+        reason = {errno.ELOOP: "symlink loop", errno.ENOENT: "broken symlink"}.get(exc.errno or 0, "unreadable")
         if not skip_bad and reason == "unreadable":
             raise DataError(f"cannot read corpus file {display(path)}: {exc.strerror or exc}") from None
         _skip(found, reason, display(rel))

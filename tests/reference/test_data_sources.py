@@ -206,8 +206,10 @@ def test_bad_records_name_file_and_line(tmp_path):
 @pytest.mark.parametrize("make, message", [
     (lambda d: (d / "t.txt").write_bytes(b"line one\nline two caf\xe9\n"),
      r"t.txt: not UTF-8 text \(bad byte near offset 21, line 2\)"),
-    (lambda d: pq.write_table(pa.table({"body": ["x"]}), d / "t.parquet"), r"t.parquet: no column 'text' \(columns: body\)"),
-    (lambda d: pq.write_table(pa.table({"text": [1]}), d / "t.parquet"), "t.parquet: column 'text' holds int64, not text"),
+    (lambda d: pq.write_table(pa.table({"body": ["x"]}), d / "t.parquet"),
+     r"t.parquet: no column 'text' \(columns: body\)"),
+    (lambda d: pq.write_table(pa.table({"text": [1]}), d / "t.parquet"),
+     "t.parquet: column 'text' holds int64, not text"),
     (lambda d: (d / "t.parquet").write_bytes(b"PAR1 not really"), "t.parquet: not a readable Parquet file"),
     (lambda d: (d / "t.csv").write_text("a,b\n1,2\n"), r"t.csv: no column 'text' \(columns: a, b\)"),
     (lambda d: (d / "t.json").write_text('[{"text": "a"}, {"text": "b"'), r"t.json\[1\]: not JSON"),
