@@ -1,6 +1,7 @@
 """The `llmgen` command line (console script `llmgen = generator.cli:main`).
 
-Each command lives in `generator/commands/<name>.py` and adds itself with `register(app)`. This module
+Each command lives in `generator/commands/<name>.py` and adds itself with `register(app)`; this module
+imports every one of them by name (a test checks that none in that folder is left out). This module
 is the one place where user errors become output: an `LLMGenError` or `ReferenceLLMError` raised by any
 command, and any usage error (unknown flag, missing argument), prints `error: <message>` as one line on
 stderr and exits with code 2, without a traceback.
@@ -8,8 +9,6 @@ stderr and exits with code 2, without a traceback.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -17,12 +16,12 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
+from generator.commands import check, compliance, estimate, new, tracks, update
 from generator.errors import LLMGenError
 from reference_llm.errors import ReferenceLLMError
 
-# Commands in the order `llmgen --help` lists them. A module that is not there yet (each is written
-# separately) is simply not offered; one that is there but fails to import raises as usual.
-COMMANDS = ("new", "tracks", "estimate", "check", "update", "compliance")
+# Commands in the order `llmgen --help` lists them.
+COMMANDS = (new, tracks, estimate, check, update, compliance)
 
 
 class _Group(TyperGroup):
@@ -61,9 +60,8 @@ def _root(ctx: typer.Context) -> None:
         typer.echo(ctx.get_help())
 
 
-for _name in COMMANDS:
-    if importlib.util.find_spec(f"generator.commands.{_name}") is not None:
-        importlib.import_module(f"generator.commands.{_name}").register(app)
+for _command in COMMANDS:
+    _command.register(app)
 
 
 def main() -> None:

@@ -4,27 +4,43 @@
 budget, turns the budget into training tokens for the chosen model (the estimator's budget logic),
 resolves `auto` parallelism (`choose_parallelism`, with its reason), picks micro-batch, accumulation,
 precision and learning rate, and returns the estimate for the run it describes.
+
+Every answer is in reference_llm's own vocabulary (`reference_llm.config`: Strategy, Dtype names), so
+the template writes values as they are. Files with structure are built here by the library function
+that owns them and handed to the template as data: configs/deepspeed.json is `deepspeed_for_answers`,
+i.e. `reference_llm.distributed.ds_config.build`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from generator.errors import AnswerError
-from generator.estimate import Estimate, choose_parallelism, estimate_run, formulas, parse_budget, parse_hardware
+from generator.estimate import (
+    Estimate,
+    RunSpec,
+    choose_parallelism,
+    estimate_run,
+    formulas,
+    parse_budget,
+    parse_hardware,
+)
+from generator.estimate.api import AUTO
 from generator.estimate.budget import Budget, plan_budget
 from generator.estimate.hardware import Hardware
+from generator.estimate.precision import canonical_precision
 from generator.questions import load_questions, validate
 from generator.roadmap import roadmap_for_answers
+from reference_llm.config import Dtype, Strategy, config_from_dict
+from reference_llm.distributed import ds_config
 from reference_llm.model.config import ModelConfig
 
 CPU_MICRO_BATCH = 8  # 8 x 256 tokens keeps a demo step well under a second on a laptop CPU
 # Tokens per optimizer step on GPUs: GPT-3 (Brown et al. 2020, Table 2.1) used 0.5M for its small models.
 GPU_BATCH_TOKENS = 2**19
-# GPUs without bf16 tensor cores (bf16 needs NVIDIA Ampere or newer); they train in fp32 here.
-NO_BF16 = frozenset({"T4"})
 # Peak learning rate by parameter count, from GPT-3 (Brown et al. 2020, Table 2.1); below 100M params,
 # nanoGPT's 1e-3 for its small Shakespeare models.
 LEARNING_RATES = ((1e8, 1e-3), (2e8, 6e-4), (5e8, 3e-4), (1e9, 2.5e-4), (2e9, 2e-4), (4e9, 1.6e-4),
@@ -49,13 +65,13 @@ def plan_run(project_name: str, given: dict[str, Any]) -> RunPlan:
     budget = parse_budget(given["budget"])
     model = ModelConfig.preset(given["model_preset"])
     seq_len = model.block_size
-    precision = resolve_precision(given.get("precision") or "auto", hardware)
-    est_precision = precision if precision != "auto" else _faster_cpu_precision(hardware)
+    precision = resolve_precision(given.get("precision") or Dtype.AUTO.value, hardware)
+    est_precision = hardware.compute_precision(precision)
 
     parallelism = given["parallelism"]
-    if parallelism == "auto":
-        parallelism, reason = choose_parallelism(model, hardware, given.get("micro_batch") or 1, seq_len,
-                                                 est_precision)
+    if parallelism == AUTO:
+        parallelism, reason = choose_parallelism(RunSpec(model, hardware, micro_batch=given.get("micro_batch"),
+                                                         seq_len=seq_len, precision=est_precision))
         reason = f"auto chose {parallelism}: {reason}"
     else:
         reason = f"{parallelism}, as given"
@@ -68,13 +84,13 @@ def plan_run(project_name: str, given: dict[str, Any]) -> RunPlan:
 
     micro_batch = given.get("micro_batch") or (CPU_MICRO_BATCH if hardware.is_cpu else None)
     # First pass: the estimator picks the largest micro-batch that fits when none is given.
-    est = estimate_run(model, tokens, hardware, parallelism=parallelism, micro_batch=micro_batch, seq_len=seq_len,
-                       precision=est_precision)
+    spec = RunSpec(model, hardware, tokens, parallelism=parallelism, micro_batch=micro_batch, seq_len=seq_len,
+                   precision=est_precision)
+    est = estimate_run(spec)
     micro_batch = est.micro_batch
     grad_accum = given.get("grad_accum") or default_grad_accum(hardware, micro_batch, seq_len)
     if grad_accum != 1:
-        est = estimate_run(model, tokens, hardware, parallelism=parallelism, micro_batch=micro_batch,
-                           seq_len=seq_len, grad_accum=grad_accum, precision=est_precision)
+        est = estimate_run(spec.but(micro_batch=micro_batch, grad_accum=grad_accum))
     tokens_per_step = micro_batch * grad_accum * seq_len * hardware.n_gpus
     answers = {
         "project_name": project_name,
@@ -85,7 +101,7 @@ def plan_run(project_name: str, given: dict[str, Any]) -> RunPlan:
         "gpu": hardware.gpu.name,
         "nodes": hardware.nodes,
         "gpus_per_node": hardware.gpus_per_node,
-        "parallelism": parallelism,
+        "parallelism": Strategy(parallelism).value,  # a plain str, whatever the caller passed
         "model_preset": model.name,
         "vocab_size": model.vocab_size,
         "precision": precision,
@@ -96,7 +112,8 @@ def plan_run(project_name: str, given: dict[str, Any]) -> RunPlan:
         "learning_rate": learning_rate(model.num_params()),
         "exercises": bool(given["exercises"]),
     }
-    # Last: the roadmap is computed from every other answer (its per-step estimates need them all).
+    # Last: what is computed from the other answers (the roadmap's per-step estimates need them all).
+    answers["deepspeed"] = deepspeed_for_answers(answers, hardware)
     answers["roadmap"] = roadmap_for_answers(answers, hardware=hardware)
     check_answers(answers)
     return RunPlan(answers=answers, estimate=est, hardware=hardware, budget=budget, parallelism_reason=reason,
@@ -116,18 +133,31 @@ def check_answers(answers: dict[str, Any]) -> None:
 
 
 def resolve_precision(precision: str, hardware: Hardware) -> str:
-    """GPUs: bf16 where the GPU has it, else fp32. CPU: "auto" (reference_llm picks bf16 autocast at run
-    time where it is faster), unless bf16 or fp32 is given."""
-    if precision not in ("auto", "bf16", "fp32"):
-        raise AnswerError(f"--precision must be one of auto, bf16, fp32; got {precision!r}")
-    if precision != "auto" or hardware.is_cpu:
+    """The precision answer (a Dtype name; the short names bf16 and fp32 are accepted). "auto" on GPUs
+    becomes what auto means there (`Hardware.auto_dtype`), so that the project's train.toml names it; on
+    a CPU it stays "auto": reference_llm applies the same rule at run time, on the machine that trains."""
+    precision = canonical_precision(precision)
+    if precision not in tuple(Dtype):
+        raise AnswerError(f"--precision must be one of {', '.join(Dtype)}; got {precision!r}")
+    if precision != Dtype.AUTO or hardware.is_cpu:
         return precision
-    return "fp32" if hardware.gpu.name in NO_BF16 else "bf16"
+    return hardware.auto_dtype().value
 
 
-def _faster_cpu_precision(hardware: Hardware) -> str:
-    """What reference_llm's dtype "auto" will run in on this CPU: the precision with the higher matmul peak."""
-    return "bf16" if hardware.gpu.bf16_tflops >= hardware.gpu.fp32_tflops else "fp32"
+def deepspeed_for_answers(answers: Mapping[str, Any], hardware: Hardware | None = None) -> dict[str, Any]:
+    """configs/deepspeed.json for a project's answers (`ds_config.build` on the run config its train.toml
+    describes); empty for strategies that do not run DeepSpeed, which get no such file."""
+    if not Strategy(answers["parallelism"]).zero_stage:
+        return {}
+    hardware = hardware or parse_hardware(str(answers["hardware"]))
+    run_config = config_from_dict({
+        "model": {"preset": answers["model_preset"]},
+        "train": {"micro_batch": answers["micro_batch"], "grad_accum": answers["grad_accum"],
+                  "dtype": answers["precision"]},
+        "distributed": {"strategy": answers["parallelism"]},
+    })
+    bf16 = hardware.compute_precision(run_config.train.dtype) == Dtype.BFLOAT16
+    return ds_config.build(run_config, world_size=hardware.n_gpus, bf16=bf16)
 
 
 def budget_tokens(budget: Budget, hardware: Hardware, model: ModelConfig, precision: str) -> tuple[float, str]:

@@ -28,7 +28,7 @@ from typing import Any
 
 import reference_llm
 from generator.errors import TrackDataError
-from generator.estimate import Estimate, estimate_run, parse_hardware
+from generator.estimate import Estimate, RunSpec, estimate_run, parse_hardware
 from generator.estimate.hardware import Hardware
 from generator.tracks import Step, Track, load_tracks
 from generator.units import duration, si
@@ -91,7 +91,7 @@ def roadmap_for_answers(answers: Mapping[str, Any], tracks: Mapping[str, Track] 
 def build_roadmap(track: Track, answers: Mapping[str, Any], hardware: Hardware) -> dict[str, Any]:
     """Steps in dependency order with their estimates, code pointers, exercises and graph positions."""
     model = ModelConfig.preset(answers["model_preset"])
-    precision = _estimator_precision(str(answers["precision"]), hardware)
+    precision = hardware.compute_precision(str(answers["precision"]))
     run_dir = f"runs/{answers['project_name']}"
     steps = track.ordered_steps()
     ids = {step.id for step in steps}
@@ -152,9 +152,9 @@ def step_estimate(step: Step, model: ModelConfig, answers: Mapping[str, Any], ha
         return {"kind": "none", "tokens": None, "flops": None, "gpu_hours": 0.0, "wall_hours": 0.0,
                 "cost_usd": 0.0, "text": spec.note, "note": spec.note}
     tokens = float(answers["tokens"]) if spec.tokens == "budget" else float(spec.tokens)  # type: ignore[arg-type]
-    est = estimate_run(model, tokens, hardware, parallelism=str(answers["parallelism"]),
-                       micro_batch=int(answers["micro_batch"]), seq_len=model.block_size,
-                       grad_accum=int(answers["grad_accum"]), precision=precision)
+    est = estimate_run(RunSpec(model, hardware, tokens, parallelism=str(answers["parallelism"]),
+                               micro_batch=int(answers["micro_batch"]), seq_len=model.block_size,
+                               grad_accum=int(answers["grad_accum"]), precision=precision))
     scale = 1.0
     if spec.kind == "forward":
         scale = (model.flops_per_token(model.block_size, training=False)
@@ -164,16 +164,6 @@ def step_estimate(step: Step, model: ModelConfig, answers: Mapping[str, Any], ha
                "cost_usd": est.cost_usd * scale, "note": spec.note}
     figures["text"] = _estimate_text(figures, est if spec.kind == "train" else None, hardware)
     return figures
-
-
-def _estimator_precision(precision: str, hardware: Hardware) -> str:
-    """The answers' precision as the estimator names it; "auto" (CPU) is whichever matmul is faster,
-    which is what reference_llm's dtype "auto" runs in."""
-    if precision == "fp32":
-        return "fp32"
-    if precision == "auto" and hardware.gpu.fp32_tflops > hardware.gpu.bf16_tflops:
-        return "fp32"
-    return "bf16"
 
 
 def _estimate_text(figures: dict[str, Any], est: Estimate | None, hardware: Hardware) -> str:

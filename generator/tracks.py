@@ -12,7 +12,7 @@ against the schema below on load; an error names the file, the step and the key.
     model_preset = "demo"          # a reference_llm preset
     hardware = "cpu"               # e.g. "cpu", "1xRTX4090", "8xH100", "4x8xH100"
     budget = "laptop"              # e.g. "laptop", "$500", "200 gpu-hours", "8xH100 for 3 days"
-    parallelism = "auto"           # auto | single | ddp | fsdp | zero1 | zero2 | zero3
+    parallelism = "auto"           # auto, or a reference_llm.config.Strategy: single, ddp, fsdp, zero1-3
     exercises = true               # generate learner stubs (exercise mode) by default
 
     [[steps]]                      # one table per roadmap step
@@ -39,13 +39,13 @@ from pathlib import Path
 from typing import Any
 
 from generator.errors import TrackDataError
+from generator.estimate.api import PARALLELISMS
 from generator.resources import tracks_dir
 from reference_llm.model.config import PRESETS
 
 SCHEMA_VERSION = 1
 DEPTHS = ("read", "build", "extend")
 ESTIMATE_KINDS = ("none", "train", "forward")
-PARALLELISMS = ("auto", "single", "ddp", "fsdp", "zero1", "zero2", "zero3")
 COMMAND_PLACEHOLDERS = ("run",)
 
 _ID = re.compile(r"^[a-z][a-z0-9_-]*$")
@@ -156,7 +156,8 @@ class _Reader:
     def fail(self, where: str, message: str) -> TrackDataError:
         return TrackDataError(f"{self.path}: {where}: {message}")
 
-    def keys(self, table: Any, where: str, required: set[str], optional: set[str] | frozenset[str] = frozenset()) -> dict:
+    def keys(self, table: Any, where: str, required: set[str],
+             optional: set[str] | frozenset[str] = frozenset()) -> dict:
         if not isinstance(table, dict):
             raise self.fail(where, f"must be a table, got {type(table).__name__}")
         missing = sorted(required - set(table))

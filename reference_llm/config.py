@@ -25,13 +25,80 @@ import dataclasses
 import tomllib
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from reference_llm.errors import ConfigError
 from reference_llm.model.config import ModelConfig
+
+
+# The vocabulary every stage shares: the training config, llmgen's questions and estimator, the Copier
+# template and the distributed engines all take their names from these (a test holds copier.yml to them).
+class Strategy(StrEnum):
+    """How training is split over devices: `distributed.strategy`."""
+
+    SINGLE = "single"  # one process, one device
+    DDP = "ddp"  # PyTorch DistributedDataParallel: everything replicated
+    FSDP = "fsdp"  # PyTorch FSDP2 full sharding
+    ZERO1 = "zero1"  # DeepSpeed ZeRO stage 1: optimizer states sharded
+    ZERO2 = "zero2"  # ... and gradients
+    ZERO3 = "zero3"  # ... and parameters
+
+    @property
+    def zero_stage(self) -> int:
+        """The DeepSpeed ZeRO stage this strategy runs, 0 when it does not use DeepSpeed."""
+        return int(self[-1]) if self.startswith("zero") else 0
+
+
+class Dtype(StrEnum):
+    """The precision training computes in: `train.dtype`, spelt as torch spells its dtypes."""
+
+    AUTO = "auto"  # what `auto_dtype` says for the device the run lands on
+    FLOAT32 = "float32"
+    BFLOAT16 = "bfloat16"  # autocast: matmuls in bf16, weights and optimizer states in fp32
+
+
+class Offload(StrEnum):
+    """What a sharded run keeps in host memory: `distributed.offload` (DeepSpeed ZeRO; llmgen's estimator
+    also models FSDP's)."""
+
+    NONE = "none"
+    OPTIMIZER = "optimizer"
+    PARAMS = "params"
+
+
+# CPU flags (as Linux's /proc/cpuinfo names them) of the instructions that compute bf16 dot products:
+# AVX512-BF16 (Intel Cooper Lake and later, AMD Zen 4 and later) and AMX-BF16 (Sapphire Rapids and later).
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def auto_dtype(device_type: str, gpu_bf16: bool = False, cpu_flags: Collection[str] = ()) -> Dtype:
+    """What `train.dtype = "auto"` trains in: bfloat16 where the device computes in bf16 natively, else
+    float32. The one rule for both the run (reference_llm.train.perf.resolve_dtype) and llmgen's plans.
+
+    `device_type` "cuda" (NVIDIA or ROCm): `gpu_bf16` says whether the GPU has bf16 tensor cores (NVIDIA
+    compute capability 8.0 and later: A100, H100, RTX 30xx/40xx, L40S; AMD MI200/MI300). Any other
+    device is a CPU, judged by `cpu_flags` (`BF16_CPU_FLAGS`), where native bf16 matmuls run 2-3x faster
+    than fp32. Without native support bf16 is emulated, slower than fp32, and fp16 instead would need
+    loss scaling, which the training loop does not do.
+    """
+    if device_type == "cuda":
+        native = gpu_bf16
+    else:
+        native = not BF16_CPU_FLAGS.isdisjoint(cpu_flags)
+    return Dtype.BFLOAT16 if native else Dtype.FLOAT32
+
+
+def host_cpu_flags() -> frozenset[str] | None:
+    """This machine's CPU flags from /proc/cpuinfo, or None where there is none (not Linux)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    return frozenset(text.split())
 
 
 @dataclass
@@ -109,7 +176,7 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
-    dtype: str = "auto"  # "auto" | "float32" | "bfloat16": auto is bf16 autocast where it is faster
+    dtype: str = Dtype.AUTO.value  # a Dtype: auto is bf16 autocast where the device has native bf16
     compile: bool = False
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     log_interval: int = 10
@@ -131,9 +198,9 @@ class CheckpointConfig:
 
 @dataclass
 class DistributedConfig:
-    strategy: str = "single"  # "single" | "ddp" | "fsdp" | "zero1" | "zero2" | "zero3"
+    strategy: str = Strategy.SINGLE.value  # a Strategy
     deepspeed_config: str = "configs/deepspeed.json"
-    offload: str = "none"  # "none" | "optimizer" | "params" (DeepSpeed ZeRO only)
+    offload: str = Offload.NONE.value  # an Offload (DeepSpeed ZeRO only)
 
 
 @dataclass
@@ -157,12 +224,13 @@ SECTIONS: dict[str, type] = {
     "data": DataConfig, "train": TrainConfig, "eval": EvalConfig,
     "checkpoint": CheckpointConfig, "distributed": DistributedConfig,
 }
+# Values stay plain strings in a RunConfig (so that it serialises anywhere); these say which are allowed.
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.tokenizer": ("char", "bpe", "hf-bpe"),
     "data.sampling": ("random", "epoch"),
-    "train.dtype": ("auto", "float32", "bfloat16"),
-    "distributed.strategy": ("single", "ddp", "fsdp", "zero1", "zero2", "zero3"),
-    "distributed.offload": ("none", "optimizer", "params"),
+    "train.dtype": tuple(Dtype),
+    "distributed.strategy": tuple(Strategy),
+    "distributed.offload": tuple(Offload),
 }
 
 

@@ -23,10 +23,9 @@ from rich.console import Console
 from rich.table import Table
 
 from generator.errors import LLMGenError
-from generator.estimate import estimate_run, parse_hardware
+from generator.estimate import RunSpec, estimate_run, parse_hardware
 from generator.estimate.hardware import Hardware
-from generator.plan import resolve_precision
-from reference_llm.config import RunConfig, load_config
+from reference_llm.config import Dtype, Offload, RunConfig, Strategy, load_config
 from reference_llm.distributed import ds_config
 from reference_llm.errors import ReferenceLLMError
 
@@ -139,7 +138,7 @@ def check_world_size(p: Project) -> Check:
     if p.world_size != hw.n_gpus:
         return Check("world size", FAIL, f"WORLD_SIZE={p.world_size} but the project is planned for {plan} "
                      f"processes ({ANSWERS}); launch {hw.n_gpus} processes or regenerate for this hardware")
-    if strategy == "single" and p.world_size > 1:
+    if strategy == Strategy.SINGLE and p.world_size > 1:
         return Check("world size", FAIL, f"distributed.strategy=single runs one process, but the world size is "
                      f"{p.world_size}; use ddp, fsdp or zero1-3")
     source = "WORLD_SIZE" if "WORLD_SIZE" in os.environ else ANSWERS
@@ -175,18 +174,10 @@ def check_sequence(p: Project) -> Check:
     return Check("sequence", OK, f"seq_len {p.config.seq_len} <= block_size {p.config.model.block_size}")
 
 
-def expected_bf16(p: Project) -> bool | None:
-    """Whether training runs in bf16 on the target devices (what train.dtype "auto" will pick there)."""
-    dtype = p.config.train.dtype
-    if dtype != "auto":
-        return dtype == "bfloat16"
-    if p.hardware.is_cpu:
-        from reference_llm.train.perf import (
-            cpu_has_native_bf16,  # here: perf imports torch, every llmgen command would pay
-        )
-
-        return cpu_has_native_bf16()
-    return resolve_precision("auto", p.hardware) == "bf16"
+def expected_bf16(p: Project) -> bool:
+    """Whether training runs in bf16 on the target devices (train.dtype, "auto" resolved by reference_llm's
+    rule for them; a CPU project's device is this machine)."""
+    return p.hardware.compute_precision(p.config.train.dtype) == Dtype.BFLOAT16
 
 
 def check_deepspeed(p: Project) -> list[Check]:
@@ -211,14 +202,13 @@ def check_deepspeed(p: Project) -> list[Check]:
 
 def check_memory(p: Project) -> Check:
     cfg, t = p.config, p.config.train
-    bf16 = expected_bf16(p)
-    precision = "bf16" if bf16 or bf16 is None else "fp32"
-    offload = None if cfg.distributed.offload == "none" else cfg.distributed.offload
+    precision = p.hardware.compute_precision(t.dtype)
+    offload = None if cfg.distributed.offload == Offload.NONE else cfg.distributed.offload
     tokens = float(t.max_steps * t.micro_batch * t.grad_accum * cfg.seq_len * p.planned_world)
     try:
-        est = estimate_run(cfg.model, tokens, p.hardware, parallelism=cfg.distributed.strategy,
-                           micro_batch=t.micro_batch, seq_len=cfg.seq_len, grad_accum=t.grad_accum,
-                           offload=offload, precision=precision)
+        est = estimate_run(RunSpec(cfg.model, p.hardware, tokens, parallelism=cfg.distributed.strategy,
+                                   micro_batch=t.micro_batch, seq_len=cfg.seq_len, grad_accum=t.grad_accum,
+                                   offload=offload, precision=precision))
     except (LLMGenError, ReferenceLLMError) as exc:
         return Check("memory", FAIL, f"cannot estimate: {exc}")
     device = "of RAM" if p.hardware.is_cpu else f"per {p.hardware.gpu.name}"
@@ -252,7 +242,7 @@ def print_checks(checks: list[Check], project: Project | None) -> None:
 
 
 def launch_command(p: Project) -> str:
-    if p.config.distributed.strategy == "single":
+    if p.config.distributed.strategy == Strategy.SINGLE:
         return "bash scripts/train.sh"
     if p.hardware.nodes > 1:
         return "sbatch scripts/slurm.sbatch (or scripts/train_torchrun.sh on every node)"

@@ -7,7 +7,7 @@ the CLI prints them. With `--json` stdout holds exactly one JSON document.
 from __future__ import annotations
 
 import json
-from enum import Enum
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 import typer
@@ -15,54 +15,39 @@ from rich.console import Console
 from rich.table import Table
 
 from generator.errors import EstimateError
-from generator.estimate import build_model, estimate_run, formulas, parse_budget, parse_count, parse_hardware
-from generator.estimate.api import Estimate
+from generator.estimate import (
+    RunSpec,
+    build_model,
+    estimate_run,
+    formulas,
+    parse_budget,
+    parse_count,
+    parse_hardware,
+)
+from generator.estimate.api import ARCHS, ATTENTION, AUTO, OFFLOADS, PARALLELISMS, Estimate
 from generator.estimate.budget import BudgetPlan, plan_budget
 from generator.estimate.parse import parse_tokens
+from generator.estimate.precision import PRECISIONS, SHORT_NAMES, canonical_precision
 from generator.units import duration, si
 
 DEFAULT_BUDGET_HARDWARE = "8xH100"  # dollar and GPU-hour budgets need some GPU to price against
 
 
-class Arch(str, Enum):
-    gpt2 = "gpt2"
-    llama = "llama"
-
-
-class Parallelism(str, Enum):
-    auto = "auto"
-    single = "single"
-    ddp = "ddp"
-    fsdp = "fsdp"
-    zero1 = "zero1"
-    zero2 = "zero2"
-    zero3 = "zero3"
-
-
-class Offload(str, Enum):
-    optimizer = "optimizer"
-    params = "params"
-
-
-class Checkpointing(str, Enum):
-    none = "none"
-    selective = "selective"
-    full = "full"
-
-
-class Precision(str, Enum):
-    bf16 = "bf16"
-    fp32 = "fp32"
-    fp8 = "fp8"
-
-
-class Attention(str, Enum):
-    auto = "auto"
-    flash = "flash"
-    manual = "manual"
-
-
 MODEL, DATA, HW, PAR, OUT = "Model", "Data", "Hardware and cost", "Parallelism and memory", "Output"
+
+
+def _one_of(choices: Sequence[str]) -> Callable[[str], str]:
+    """A flag's parser that accepts exactly `choices` (the estimator's own tuples, so that --help and the
+    checks cannot drift apart); anything else is a usage error."""
+    def parse(value: str) -> str:
+        if value not in choices:
+            raise typer.BadParameter(f"must be one of {', '.join(choices)}; got {value!r}")
+        return value
+    return parse
+
+
+def _metavar(choices: Sequence[str]) -> str:
+    return f"[{'|'.join(choices)}]"
 
 
 def estimate(
@@ -70,8 +55,9 @@ def estimate(
                                                  rich_help_panel=MODEL)] = None,
     params: Annotated[str | None, typer.Option("--params", help="Parameter count, e.g. 7B; picks a shape "
                                                   "with d_model 64-128 x layers.", rich_help_panel=MODEL)] = None,
-    arch: Annotated[Arch | None, typer.Option("--arch", help="gpt2 or llama (default: the preset's; llama "
-                                                 "for --params).", rich_help_panel=MODEL)] = None,
+    arch: Annotated[str | None, typer.Option("--arch", parser=_one_of(ARCHS), metavar=_metavar(ARCHS),
+                                                help="Model family (default: the preset's; llama for --params).",
+                                                rich_help_panel=MODEL)] = None,
     layers: Annotated[int | None, typer.Option("--layers", rich_help_panel=MODEL)] = None,
     d_model: Annotated[int | None, typer.Option("--d-model", rich_help_panel=MODEL)] = None,
     heads: Annotated[int | None, typer.Option("--heads", rich_help_panel=MODEL)] = None,
@@ -96,30 +82,38 @@ def estimate(
     budget: Annotated[str | None, typer.Option("--budget", help="'$50k' | '100k gpu-hours' | '8xH100 for 14 "
                                                   "days' | 'laptop': the compute-optimal model it buys.",
                                                   rich_help_panel=HW)] = None,
-    parallelism: Annotated[Parallelism, typer.Option("--parallelism", rich_help_panel=PAR)] = Parallelism.auto,
+    parallelism: Annotated[str, typer.Option("--parallelism", parser=_one_of(PARALLELISMS),
+                                             metavar=_metavar(PARALLELISMS), rich_help_panel=PAR)] = AUTO,
     tp: Annotated[int, typer.Option("--tp", help="Tensor-parallel degree (within a node).",
                                     rich_help_panel=PAR)] = 1,
     pp: Annotated[int, typer.Option("--pp", help="Pipeline stages.", rich_help_panel=PAR)] = 1,
     sequence_parallel: Annotated[bool, typer.Option("--sequence-parallel/--no-sequence-parallel",
                                                     help="With --tp, shard norm/dropout activations too.",
                                                     rich_help_panel=PAR)] = True,
-    offload: Annotated[Offload | None, typer.Option("--offload", rich_help_panel=PAR)] = None,
+    offload: Annotated[str | None, typer.Option("--offload", parser=_one_of(OFFLOADS), metavar=_metavar(OFFLOADS),
+                                                   rich_help_panel=PAR)] = None,
     micro_batch: Annotated[int | None, typer.Option("--micro-batch", help="Sequences per GPU per step "
                                                        "(default: largest power of 2 up to 32 that fits).",
                                                        rich_help_panel=PAR)] = None,
     grad_accum: Annotated[int, typer.Option("--grad-accum", rich_help_panel=PAR)] = 1,
-    activation_checkpointing: Annotated[Checkpointing, typer.Option("--activation-checkpointing",
-                                                                    rich_help_panel=PAR)] = Checkpointing.none,
-    precision: Annotated[Precision, typer.Option("--precision", rich_help_panel=PAR)] = Precision.bf16,
-    attention: Annotated[Attention, typer.Option("--attention", help="Attention kernel: auto follows "
-                                                 "reference_llm (fused except CPU bf16 short contexts).",
-                                                 rich_help_panel=PAR)] = Attention.auto,
+    activation_checkpointing: Annotated[str, typer.Option("--activation-checkpointing",
+                                                          parser=_one_of(formulas.CHECKPOINTING),
+                                                          metavar=_metavar(formulas.CHECKPOINTING),
+                                                          rich_help_panel=PAR)] = formulas.CHECKPOINTING[0],
+    precision: Annotated[str, typer.Option("--precision", help=f"{' | '.join(PRECISIONS)} (or "
+                                           f"{', '.join(SHORT_NAMES)}).", rich_help_panel=PAR)] = PRECISIONS[0],
+    attention: Annotated[str, typer.Option("--attention", parser=_one_of(ATTENTION), metavar=_metavar(ATTENTION),
+                                           help="Attention kernel: auto follows reference_llm (fused except "
+                                           "CPU bf16 short contexts).", rich_help_panel=PAR)] = ATTENTION[0],
     as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout, nothing else.",
                                           rich_help_panel=OUT)] = False,
 ) -> None:
     """Estimate FLOPs, GPU-hours, wall time, dollars and memory per GPU for a training run, or (with
     --budget) the compute-optimal model a budget buys. Every assumption is printed."""
     plan: BudgetPlan | None = None
+    precision = canonical_precision(precision)
+    if precision not in PRECISIONS:
+        raise EstimateError(f"--precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     budget_obj = parse_budget(budget, cpu_tflops) if budget is not None else None
     if hardware is not None:
         hw = parse_hardware(hardware, cpu_tflops)
@@ -134,28 +128,28 @@ def estimate(
         if model is not None or params is not None or tokens != "chinchilla":
             raise EstimateError("--budget chooses the model and tokens; leave out --model, --params and --tokens")
         gpu = (budget_obj.hardware or hw).gpu
-        peak = gpu.peak_tflops(precision.value)
+        peak = gpu.peak_tflops(precision)
         if peak is None:
-            raise EstimateError(f"--precision {precision.value}: {gpu.name} has no fp8 tensor cores")
-        budget_mfu = mfu if mfu is not None else formulas.default_mfu(gpu.mfu, precision.value, 1.0, 1, 1, None)[0]
+            raise EstimateError(f"--precision {precision}: {gpu.name} has no fp8 tensor cores")
+        budget_mfu = mfu if mfu is not None else formulas.default_mfu(gpu.mfu, precision, 1.0, 1, 1, None)[0]
         plan = plan_budget(budget_obj, hw, budget_mfu, peak, price)
         if budget_obj.kind != "time" and hardware is None:
             plan.notes.append(f"hardware: {DEFAULT_BUDGET_HARDWARE} assumed (give --hardware to change)")
-        config = build_model(preset=plan.preset, arch=arch.value if arch else None, seq_len=seq_len)
+        config = build_model(preset=plan.preset, arch=arch, seq_len=seq_len)
         run_hw = budget_obj.hardware or hw
         token_count: float | str = plan.preset_tokens
     else:
         config = build_model(preset=model, params=parse_count(params, "--params") if params is not None else None,
-                             arch=arch.value if arch else None, layers=layers, d_model=d_model, heads=heads,
+                             arch=arch, layers=layers, d_model=d_model, heads=heads,
                              kv_heads=kv_heads, ffn=ffn, vocab=vocab, seq_len=seq_len, tied=tied)
         run_hw = hw
         token_count = parse_tokens(tokens)
 
-    est = estimate_run(config, token_count, run_hw, parallelism=parallelism.value, micro_batch=micro_batch,
-                       seq_len=seq_len, grad_accum=grad_accum, tp=tp, pp=pp,
-                       offload=offload.value if offload else None,
-                       activation_checkpointing=activation_checkpointing.value, precision=precision.value,
-                       mfu=mfu, price=price, sequence_parallel=sequence_parallel, attention=attention.value)
+    est = estimate_run(RunSpec(config, run_hw, token_count, parallelism=parallelism, micro_batch=micro_batch,
+                               seq_len=seq_len, grad_accum=grad_accum, tp=tp, pp=pp, offload=offload,
+                               activation_checkpointing=activation_checkpointing, precision=precision,
+                               mfu=mfu, price=price, sequence_parallel=sequence_parallel,
+                               attention=attention))
     if as_json:
         document: dict[str, Any] = est.to_dict()
         if plan is not None:

@@ -8,6 +8,7 @@ again; anything else (flags, files, piped answers) fails at once with exit code 
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,11 +23,14 @@ from rich.table import Table
 
 from generator.errors import AnswerError, LLMGenError
 from generator.estimate import parse_budget, parse_count, parse_hardware
+from generator.estimate.api import AUTO, PARALLELISMS
+from generator.estimate.precision import canonical_precision
 from generator.plan import RunPlan, plan_run
 from generator.questions import ASKED, FLAGS, Question, load_questions, validate
 from generator.render import check_target, preview_files, render_project
-from generator.tracks import PARALLELISMS, Track, load_tracks
+from generator.tracks import Track, load_tracks
 from generator.units import duration, si
+from reference_llm.config import Dtype
 
 # Answers a person may give (flags or --answers); the others are derived from these and the name.
 GIVEN = (*ASKED, "exercises", "micro_batch", "grad_accum", "precision", "tokens")
@@ -40,7 +44,7 @@ def new(
     track: Annotated[str | None, typer.Option(help="beginner | practitioner | researcher.")] = None,
     budget: Annotated[str | None, typer.Option(help="$500 | 200 gpu-hours | 8xH100 for 3 days | laptop.")] = None,
     hardware: Annotated[str | None, typer.Option(help="cpu | 1xRTX4090 | 8xH100 | 4x8xH100 (nodes x GPUs).")] = None,
-    parallelism: Annotated[str | None, typer.Option(help="auto | single | ddp | fsdp | zero1 | zero2 | zero3.")] = None,
+    parallelism: Annotated[str | None, typer.Option(help=f"{' | '.join(PARALLELISMS)}.")] = None,
     model_preset: Annotated[str | None, typer.Option("--model-preset", help="A reference_llm preset, e.g. demo, "
                                                         "gpt2-124m, llama-1b.")] = None,
     exercises: Annotated[bool | None, typer.Option("--exercises/--no-exercises", show_default=False,
@@ -49,8 +53,8 @@ def new(
                                                        "(default: 8 on CPU, the largest that fits on GPUs).")] = None,
     grad_accum: Annotated[int | None, typer.Option("--grad-accum", help="Micro-batches per step (default: 1 "
                                                       "on CPU, about 0.5M tokens per step on GPUs).")] = None,
-    precision: Annotated[str | None, typer.Option(help="auto | bf16 | fp32 (default auto: bf16 on GPUs that "
-                                                     "have it).")] = None,
+    precision: Annotated[str | None, typer.Option(help=f"{' | '.join(Dtype)} (default auto: bfloat16 "
+                                                     "where the device computes it natively).")] = None,
     tokens: Annotated[str | None, typer.Option(help="Training tokens, e.g. 2B (default: from the budget, at "
                                                   "most 20 per parameter).")] = None,
     answers_file: Annotated[Path | None, typer.Option("--answers", help="Replay an answers file, e.g. another "
@@ -123,8 +127,8 @@ def gather(questions: dict[str, Question], flags: dict[str, Any], replay: dict[s
             accept(name, default)
             continue
         missing = [FLAGS[n] for n in ASKED if n not in given and supplied(n) is None]
-        given[name] = prompter.ask(questions[name], default, lambda text, n=name: check_given(
-            n, text, questions, tracks, context), missing)
+        check = functools.partial(check_given, name, questions=questions, tracks=tracks, context=context)
+        given[name] = prompter.ask(questions[name], default, check, missing)
 
     track = tracks[given["track"]]
     for name in GIVEN[len(ASKED):]:
@@ -158,9 +162,10 @@ def check_given(name: str, value: Any, questions: dict[str, Question], tracks: d
     elif name == "parallelism":
         if value not in PARALLELISMS:
             raise AnswerError(f"--parallelism must be one of {', '.join(PARALLELISMS)}; got {value!r}")
-        if value != "auto":
+        if value != AUTO:
             validate(questions["parallelism"], value, context)
     elif name == "precision":
+        value = canonical_precision(str(value))
         if value not in questions["precision"].choices:
             raise AnswerError(f"--precision must be one of {', '.join(questions['precision'].choices)}; got {value!r}")
     else:  # model_preset, exercises, micro_batch, grad_accum: copier.yml's type, choices and validator

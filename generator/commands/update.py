@@ -27,6 +27,8 @@ import yaml
 from rich.console import Console
 
 from generator.errors import UpdateError
+from generator.estimate.precision import canonical_precision
+from generator.plan import deepspeed_for_answers
 from generator.roadmap import roadmap_for_answers
 from generator.template_repo import (
     INDEX_FILE,
@@ -139,10 +141,20 @@ def check_clean_git(root: Path) -> None:
         raise UpdateError(f"{root} has no commit yet; commit the generated files first")
 
 
+def current_answers(answers: dict[str, Any]) -> dict[str, Any]:
+    """The answers in today's vocabulary, with what llmgen computes from them recomputed by the installed
+    llmgen (the roadmap's estimates and steps, the DeepSpeed config), so that the merge brings those in as
+    template changes. llmgen before 1.1 recorded precision as bf16 or fp32."""
+    current = {k: v for k, v in answers.items() if not k.startswith("_")}
+    current["precision"] = canonical_precision(str(current["precision"]))
+    current["deepspeed"] = deepspeed_for_answers(current)
+    current["roadmap"] = roadmap_for_answers(current)
+    return current
+
+
 def _run_copier_update(root: Path, ref: TemplateRef, answers: dict[str, Any]) -> None:
-    # The roadmap is data llmgen computes (estimates, steps of the track): recompute it with the new
-    # llmgen, so that the merge brings in the new roadmap as a template change.
-    data = {"roadmap": roadmap_for_answers({k: v for k, v in answers.items() if not k.startswith("_")})}
+    current = current_answers(answers)
+    data = {name: current[name] for name in ("precision", "deepspeed", "roadmap")}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Copier's warnings are about options llmgen does not use

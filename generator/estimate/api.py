@@ -1,32 +1,42 @@
-"""The estimator's public seam: `estimate_run`, `choose_parallelism`, `build_model`, `Estimate`.
+"""The estimator's public seam: `RunSpec`, `estimate_run`, `choose_parallelism`, `build_model`, `Estimate`.
 
-Given a model shape, a token count and hardware, say what a training run costs (FLOPs, GPU-hours, wall
-time, dollars) and whether it fits (memory per GPU, broken down), with every assumption spelled out.
-The arithmetic lives in `formulas`; this module validates inputs, picks defaults and assembles results.
+Given a model shape, a token count and hardware (a `RunSpec`), say what a training run costs (FLOPs,
+GPU-hours, wall time, dollars) and whether it fits (memory per GPU, broken down), with every assumption
+spelled out. The arithmetic lives in `formulas`; this module validates inputs, picks defaults and
+assembles results.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
 from generator.errors import EstimateError
 from generator.estimate import formulas
-from generator.estimate.formulas import GIB, STRATEGIES
+from generator.estimate.formulas import GIB
 from generator.estimate.hardware import KNOWN_GPUS, PRICES_AS_OF, Hardware
+from generator.estimate.precision import FLOAT8, PRECISIONS
+from reference_llm.config import Dtype, Offload, Strategy
 from reference_llm.errors import ConfigError
 from reference_llm.model.config import PRESETS, ModelConfig
 
-PRECISIONS = ("bf16", "fp32", "fp8")
-OFFLOADS = ("optimizer", "params")
+# Names are plain strings here and in every result (Strategy members are str, but YAML cannot write them).
+AUTO = "auto"  # parallelism: let `choose_parallelism` pick the strategy
+PARALLELISMS: tuple[str, ...] = (AUTO, *(s.value for s in Strategy))
+# What can be offloaded (the estimator says None for no offload).
+OFFLOADS: tuple[str, ...] = tuple(o.value for o in Offload if o != Offload.NONE)
 ATTENTION = ("auto", "flash", "manual")
+ARCHS = ("gpt2", "llama")  # the ModelConfig families `--arch` switches between
 GPU_RESERVED_GIB = 1.0  # CUDA context, cuBLAS/NCCL workspaces: never available to tensors
 CPU_USABLE_FRACTION = 0.75  # leave the OS and other programs a quarter of RAM
 MAX_AUTO_MICRO_BATCH = 32
 # The order `auto` tries strategies in: cheapest communication first. Stage-3 sharding is FSDP2 (no
 # extra dependency, PyTorch's maintained path); zero3 remains available by name.
-AUTO_ORDER = ("ddp", "zero1", "zero2", "fsdp")
+AUTO_ORDER = (Strategy.DDP, Strategy.ZERO1, Strategy.ZERO2, Strategy.FSDP)
+# Strategies that shard parameters, so that they can offload them.
+_SHARDS_PARAMS = (Strategy.ZERO3, Strategy.FSDP)
 
 
 @dataclass
@@ -89,42 +99,73 @@ class Estimate:
 
 
 @dataclass(frozen=True)
-class _Plan:
-    """Everything that decides memory per GPU; `_memory` is a pure function of it."""
+class RunSpec:
+    """One training run to estimate: what is trained, on what, on how much data, and how it is laid out.
+
+    Every field after `hardware` defaults to what `llmgen estimate` assumes without flags. `estimate_run`
+    validates the spec (errors name `llmgen estimate`'s flags), then resolves parallelism "auto"
+    (`choose_parallelism`) and a missing micro-batch; the memory arithmetic works on resolved specs.
+    """
 
     model: ModelConfig
     hardware: Hardware
-    strategy: str
-    seq_len: int
-    micro_batch: int
-    precision: str
-    checkpointing: str
-    tp: int
-    pp: int
-    offload: str | None
-    flash: bool
-    sequence_parallel: bool
+    tokens: float | str = "chinchilla"  # a count, or "chinchilla": 20 per parameter (Hoffmann et al. 2022)
+    parallelism: str = AUTO  # a Strategy, or "auto"
+    micro_batch: int | None = None  # sequences per GPU per pass; None: the largest power of 2 up to 32 that fits
+    seq_len: int | None = None  # None: the model's context
+    grad_accum: int = 1
+    tp: int = 1  # tensor-parallel degree (within a node)
+    pp: int = 1  # pipeline stages
+    offload: str | None = None  # one of OFFLOADS, or None
+    activation_checkpointing: str = "none"  # one of formulas.CHECKPOINTING
+    precision: str = Dtype.BFLOAT16.value  # one of precision.PRECISIONS
+    mfu: float | None = None  # None: by hardware and strategy (formulas.default_mfu)
+    price: float | None = None  # $ per GPU-hour; None: the catalogue's
+    sequence_parallel: bool = True  # with tp > 1, shard the norm and dropout activations too
+    attention: str = "auto"  # one of ATTENTION
+
+    @property
+    def seq(self) -> int:
+        """The training sequence length."""
+        return self.model.block_size if self.seq_len is None else self.seq_len
+
+    @property
+    def batch(self) -> int:
+        """The micro-batch the memory arithmetic uses (1 until one is chosen)."""
+        return self.micro_batch or 1
 
     @property
     def dp(self) -> int:
+        """The data-parallel degree: GPUs / (tp x pp)."""
         return self.hardware.n_gpus // (self.tp * self.pp)
 
-    def but(self, **changes: Any) -> _Plan:
-        return _Plan(**{**self.__dict__, **changes})
+    @property
+    def flash(self) -> bool:
+        """Whether the attention kernel keeps no score matrix. `auto` mirrors `Attention._use_sdpa` in
+        reference_llm.model: SDPA (fused) everywhere except CPU bf16 with short contexts (manual)."""
+        if self.attention != "auto":
+            return self.attention == "flash"
+        return not (self.hardware.is_cpu and self.precision != Dtype.FLOAT32 and self.seq <= 512)
+
+    def but(self, **changes: Any) -> RunSpec:
+        """A copy with `changes` applied."""
+        return dataclasses.replace(self, **changes)
 
 
-def _memory(plan: _Plan) -> tuple[dict[str, float], float, float]:
-    """(breakdown in bytes per GPU, host bytes per node for offload, ZeRO-paper model states)."""
-    act_bytes = formulas.ACT_BYTES[plan.precision]
-    states = formulas.model_states(plan.model, plan.strategy, plan.dp, plan.precision, plan.offload,
-                                   shard=plan.tp * plan.pp, gpus_per_node=plan.hardware.gpus_per_node)
-    activations = formulas.activation_bytes(plan.model, plan.seq_len, plan.micro_batch, act_bytes, plan.flash,
-                                            plan.tp, plan.sequence_parallel, plan.checkpointing,
-                                            formulas.residual_bytes(plan.strategy, plan.precision))
-    logits = formulas.logits_bytes(plan.model, plan.seq_len, plan.micro_batch, act_bytes, plan.tp)
+def _memory(spec: RunSpec) -> tuple[dict[str, float], float, float]:
+    """(breakdown in bytes per GPU, host bytes per node for offload, ZeRO-paper model states) of a spec
+    whose parallelism is a strategy (not "auto")."""
+    act_bytes = formulas.ACT_BYTES[spec.precision]
+    strategy = spec.parallelism
+    states = formulas.model_states(spec.model, strategy, spec.dp, spec.precision, spec.offload,
+                                   shard=spec.tp * spec.pp, gpus_per_node=spec.hardware.gpus_per_node)
+    activations = formulas.activation_bytes(spec.model, spec.seq, spec.batch, act_bytes, spec.flash, spec.tp,
+                                            spec.sequence_parallel, spec.activation_checkpointing,
+                                            formulas.residual_bytes(strategy, spec.precision))
+    logits = formulas.logits_bytes(spec.model, spec.seq, spec.batch, act_bytes, spec.tp)
     breakdown = {"weights": states.weights, "gradients": states.gradients, "optimizer": states.optimizer,
                  "activations": activations, "logits": logits, "buffers": states.buffers}
-    paper = formulas.zero_paper_bytes(plan.model.num_params() / (plan.tp * plan.pp), plan.strategy, plan.dp)
+    paper = formulas.zero_paper_bytes(spec.model.num_params() / (spec.tp * spec.pp), strategy, spec.dp)
     return breakdown, states.cpu, paper
 
 
@@ -134,12 +175,12 @@ def _usable_gib(hardware: Hardware) -> float:
     return hardware.gpu.memory_gib - GPU_RESERVED_GIB
 
 
-def _total_gib(plan: _Plan) -> float:
-    return sum(_memory(plan)[0].values()) / GIB
+def _total_gib(spec: RunSpec) -> float:
+    return sum(_memory(spec)[0].values()) / GIB
 
 
-def _fits(plan: _Plan) -> bool:
-    return _total_gib(plan) <= _usable_gib(plan.hardware)
+def _fits(spec: RunSpec) -> bool:
+    return _total_gib(spec) <= _usable_gib(spec.hardware)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -159,8 +200,8 @@ def build_model(preset: str | None = None, params: float | None = None, arch: st
                         ("--kv-heads", kv_heads), ("--ffn", ffn), ("--vocab", vocab), ("--seq-len", seq_len)):
         if value is not None and value <= 0:
             raise EstimateError(f"{flag} must be a positive integer, got {value}")
-    if arch is not None and arch not in ("gpt2", "llama"):
-        raise EstimateError(f"--arch must be gpt2 or llama, got {arch!r}")
+    if arch is not None and arch not in ARCHS:
+        raise EstimateError(f"--arch must be {' or '.join(ARCHS)}, got {arch!r}")
     if preset is not None and preset not in PRESETS:
         close = difflib.get_close_matches(preset, list(PRESETS), n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
@@ -199,25 +240,25 @@ def build_model(preset: str | None = None, params: float | None = None, arch: st
         raise EstimateError(f"model shape: {err}") from None
 
 
-def _validate(model: ModelConfig, hardware: Hardware, parallelism: str, tp: int, pp: int, precision: str,
-              offload: str | None, checkpointing: str, micro_batch: int | None, grad_accum: int,
-              seq_len: int, attention: str) -> None:
-    if parallelism not in ("auto", *STRATEGIES):
-        raise EstimateError(f"--parallelism must be one of auto, {', '.join(STRATEGIES)}; got {parallelism!r}")
+def _validate(spec: RunSpec) -> None:
+    model, hardware, parallelism, offload = spec.model, spec.hardware, spec.parallelism, spec.offload
+    tp, pp, precision = spec.tp, spec.pp, spec.precision
+    if parallelism not in PARALLELISMS:
+        raise EstimateError(f"--parallelism must be one of {', '.join(PARALLELISMS)}; got {parallelism!r}")
     if precision not in PRECISIONS:
         raise EstimateError(f"--precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
-    if checkpointing not in formulas.CHECKPOINTING:
+    if spec.activation_checkpointing not in formulas.CHECKPOINTING:
         raise EstimateError(f"--activation-checkpointing must be one of {', '.join(formulas.CHECKPOINTING)}; "
-                            f"got {checkpointing!r}")
-    if attention not in ATTENTION:
-        raise EstimateError(f"attention must be one of {', '.join(ATTENTION)}; got {attention!r}")
-    for flag, value in (("--tp", tp), ("--pp", pp), ("--grad-accum", grad_accum), ("--seq-len", seq_len)):
+                            f"got {spec.activation_checkpointing!r}")
+    if spec.attention not in ATTENTION:
+        raise EstimateError(f"attention must be one of {', '.join(ATTENTION)}; got {spec.attention!r}")
+    for flag, value in (("--tp", tp), ("--pp", pp), ("--grad-accum", spec.grad_accum), ("--seq-len", spec.seq)):
         if value <= 0:
             raise EstimateError(f"{flag} must be a positive integer, got {value}")
-    if micro_batch is not None and micro_batch <= 0:
-        raise EstimateError(f"--micro-batch must be a positive integer, got {micro_batch}")
-    if seq_len > model.block_size:
-        raise EstimateError(f"--seq-len {seq_len} exceeds the model's context of {model.block_size} tokens")
+    if spec.micro_batch is not None and spec.micro_batch <= 0:
+        raise EstimateError(f"--micro-batch must be a positive integer, got {spec.micro_batch}")
+    if spec.seq > model.block_size:
+        raise EstimateError(f"--seq-len {spec.seq} exceeds the model's context of {model.block_size} tokens")
     if tp > hardware.gpus_per_node:
         raise EstimateError(f"--tp {tp} is larger than the {hardware.gpus_per_node} GPU(s) per node of "
                             f"{hardware}; tensor parallelism stays inside a node")
@@ -231,36 +272,35 @@ def _validate(model: ModelConfig, hardware: Hardware, parallelism: str, tp: int,
         raise EstimateError(f"--tp {tp} must divide the model's {model.n_head} attention heads")
     if offload is not None:
         if offload not in OFFLOADS:
-            raise EstimateError(f"--offload must be optimizer or params; got {offload!r}")
-        if parallelism in ("single", "ddp"):
+            raise EstimateError(f"--offload must be {' or '.join(OFFLOADS)}; got {offload!r}")
+        if parallelism in (Strategy.SINGLE, Strategy.DDP):
             raise EstimateError(f"--offload needs --parallelism zero1, zero2, zero3 or fsdp, not {parallelism}")
-        if offload == "params" and parallelism in ("zero1", "zero2"):
+        if offload == Offload.PARAMS and parallelism in (Strategy.ZERO1, Strategy.ZERO2):
             raise EstimateError("--offload params needs --parallelism zero3 or fsdp")
-        if offload == "optimizer" and parallelism == "fsdp":
+        if offload == Offload.OPTIMIZER and parallelism == Strategy.FSDP:
             raise EstimateError("--offload optimizer: FSDP offloads parameters and optimizer together; "
                                 "use --offload params (or --parallelism zero1/zero2/zero3)")
     if hardware.is_cpu:
-        if parallelism not in ("auto", "single"):
+        if parallelism not in (AUTO, Strategy.SINGLE):
             raise EstimateError(f"--parallelism {parallelism} needs GPUs; on cpu the estimator models one "
                                 "process (single)")
-        if precision == "fp8" or tp > 1 or pp > 1 or offload:
-            raise EstimateError("--hardware cpu supports bf16 or fp32 on one process, without --tp, --pp, "
+        if precision == FLOAT8 or tp > 1 or pp > 1 or offload:
+            raise EstimateError("--hardware cpu supports bfloat16 or float32 on one process, without --tp, --pp, "
                                 "--offload")
-    elif parallelism == "single" and hardware.n_gpus > 1:
+    elif parallelism == Strategy.SINGLE and hardware.n_gpus > 1:
         raise EstimateError(f"--parallelism single uses one device, but --hardware {hardware} has "
                             f"{hardware.n_gpus}; use ddp, zero1-3, fsdp or auto")
-    if precision == "fp8" and hardware.gpu.fp8_tflops is None:
+    if precision == FLOAT8 and hardware.gpu.fp8_tflops is None:
         fp8 = [name for name, gpu in KNOWN_GPUS.items() if gpu.fp8_tflops]
-        raise EstimateError(f"--precision fp8: {hardware.gpu.name} has no fp8 tensor cores; "
+        raise EstimateError(f"--precision {FLOAT8}: {hardware.gpu.name} has no fp8 tensor cores; "
                             f"fp8 GPUs: {', '.join(fp8)}")
-
-
-def _flash(hardware: Hardware, precision: str, seq_len: int, attention: str) -> bool:
-    """Whether the attention kernel keeps no score matrix. `auto` mirrors `Attention._use_sdpa` in
-    reference_llm.model: SDPA (fused) everywhere except CPU bf16 with short contexts (manual)."""
-    if attention != "auto":
-        return attention == "flash"
-    return not (hardware.is_cpu and precision != "fp32" and seq_len <= 512)
+    if spec.mfu is not None and not 0 < spec.mfu <= 1:
+        raise EstimateError(f"--mfu must be in (0, 1], got {spec.mfu}")
+    if spec.price is not None and spec.price < 0:
+        raise EstimateError(f"--price must be zero or positive, got {spec.price}")
+    tokens = spec.tokens
+    if tokens != "chinchilla" and (isinstance(tokens, str) or tokens <= 0):
+        raise EstimateError(f"--tokens must be positive or 'chinchilla', got {tokens!r}")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -268,96 +308,101 @@ def _flash(hardware: Hardware, precision: str, seq_len: int, attention: str) -> 
 # ----------------------------------------------------------------------------------------------------
 
 
-def choose_parallelism(model: ModelConfig, hardware: Hardware, micro_batch: int = 1, seq_len: int | None = None,
-                       precision: str = "bf16", activation_checkpointing: str = "none", tp: int = 1, pp: int = 1,
-                       offload: str | None = None, sequence_parallel: bool = True,
-                       attention: str = "auto") -> tuple[str, str]:
-    """What `auto` means: (strategy, one-sentence reason).
+def _can_offload(strategy: str, offload: str | None) -> bool:
+    """Whether `strategy` can offload `offload` (see `_validate`'s rules)."""
+    if offload is None:
+        return True
+    if offload == Offload.PARAMS:
+        return strategy in _SHARDS_PARAMS
+    return strategy not in (Strategy.SINGLE, Strategy.DDP, Strategy.FSDP)
+
+
+def choose_parallelism(spec: RunSpec) -> tuple[str, str]:
+    """What parallelism `auto` means for `spec` (whose own parallelism is ignored): (strategy, one-sentence
+    reason).
 
     One device (or the CPU): single. Otherwise ddp when model states and activations fit replicated,
     else the lowest ZeRO stage that fits (zero1, zero2), else FSDP full sharding.
     """
-    seq = seq_len or model.block_size
+    hardware = spec.hardware
     if hardware.is_cpu or hardware.n_gpus == 1:
         what = "the CPU" if hardware.is_cpu else f"one {hardware.gpu.name}"
-        return "single", f"{what} is one device, so no data parallelism is needed"
-    base = _Plan(model, hardware, "ddp", seq, micro_batch, precision, activation_checkpointing, tp, pp, offload,
-                 _flash(hardware, precision, seq, attention), sequence_parallel)
+        return Strategy.SINGLE.value, f"{what} is one device, so no data parallelism is needed"
     usable = _usable_gib(hardware)
     previous: tuple[str, float] | None = None
     for strategy in AUTO_ORDER:
-        if offload and strategy == "ddp" or offload == "params" and strategy in ("zero1", "zero2") \
-                or offload == "optimizer" and strategy == "fsdp":
+        if not _can_offload(strategy, spec.offload):
             continue
-        need = _total_gib(base.but(strategy=strategy))
+        need = _total_gib(spec.but(parallelism=strategy.value))
         if need <= usable:
             if previous is None:
-                return strategy, (f"model states and activations ({need:.1f} GiB per GPU) fit replicated in the "
-                                  f"{usable:.0f} GiB usable on each {hardware.gpu.name}")
-            return strategy, (f"{previous[0]} would need {previous[1]:.1f} GiB per GPU, more than the {usable:.0f} "
-                              f"GiB usable; {strategy} is the least sharding that fits ({need:.1f} GiB)")
-        previous = (strategy, need)
+                return strategy.value, (f"model states and activations ({need:.1f} GiB per GPU) fit replicated "
+                                        f"in the {usable:.0f} GiB usable on each {hardware.gpu.name}")
+            return strategy.value, (f"{previous[0]} would need {previous[1]:.1f} GiB per GPU, more than the "
+                                    f"{usable:.0f} GiB usable; {strategy} is the least sharding that fits "
+                                    f"({need:.1f} GiB)")
+        previous = (strategy.value, need)
     assert previous is not None
-    return "fsdp", (f"even full sharding needs {previous[1]:.1f} GiB per GPU, more than the {usable:.0f} GiB "
-                    "usable; see the suggestions")
+    return Strategy.FSDP.value, (f"even full sharding needs {previous[1]:.1f} GiB per GPU, more than the "
+                                 f"{usable:.0f} GiB usable; see the suggestions")
 
 
-def _suggestions(plan: _Plan, grad_accum: int) -> list[str]:
-    """Single changes that make a plan that does not fit, fit; least disruptive first."""
+def _suggestions(spec: RunSpec) -> list[str]:
+    """Single changes that make a resolved spec that does not fit, fit; least disruptive first."""
     tips: list[str] = []
-    usable = _usable_gib(plan.hardware)
+    usable = _usable_gib(spec.hardware)
+    strategy = spec.parallelism
 
-    def add(change: _Plan, text: str) -> None:
+    def add(change: RunSpec, text: str) -> None:
         need = _total_gib(change)
         if need <= usable:
             tips.append(f"{text} ({need:.1f} GiB per GPU)")
 
-    if not plan.hardware.is_cpu and plan.hardware.n_gpus > 1:
-        order = ("ddp", "zero1", "zero2", "zero3", "fsdp")
-        for strategy in order[order.index(plan.strategy) + 1 if plan.strategy in order else 0:]:
-            if plan.offload == "params" and strategy not in ("zero3", "fsdp") or plan.offload == "optimizer" \
-                    and strategy == "fsdp":
+    if not spec.hardware.is_cpu and spec.hardware.n_gpus > 1:
+        order = (Strategy.DDP, Strategy.ZERO1, Strategy.ZERO2, Strategy.ZERO3, Strategy.FSDP)
+        for other in order[order.index(Strategy(strategy)) + 1 if strategy in order else 0:]:
+            if not _can_offload(other, spec.offload):
                 continue
             before = len(tips)
-            add(plan.but(strategy=strategy), f"--parallelism {strategy}")
+            add(spec.but(parallelism=other.value), f"--parallelism {other}")
             if len(tips) > before:
                 break
-    if plan.checkpointing == "none":
-        add(plan.but(checkpointing="selective"), "--activation-checkpointing selective")
-    mb = plan.micro_batch // 2
+    if spec.activation_checkpointing == "none":
+        add(spec.but(activation_checkpointing="selective"), "--activation-checkpointing selective")
+    mb = spec.batch // 2
     while mb >= 1:
         before = len(tips)
-        add(plan.but(micro_batch=mb), f"--micro-batch {mb} --grad-accum {grad_accum * plan.micro_batch // mb}")
+        add(spec.but(micro_batch=mb), f"--micro-batch {mb} --grad-accum {spec.grad_accum * spec.batch // mb}")
         if len(tips) > before:
             break
         mb //= 2
-    if plan.checkpointing != "full":
-        add(plan.but(checkpointing="full"), "--activation-checkpointing full")
-    tp = plan.tp * 2
-    while tp <= plan.hardware.gpus_per_node and not plan.hardware.is_cpu:
-        if plan.hardware.gpus_per_node % tp == 0 and plan.model.n_head % tp == 0:
+    if spec.activation_checkpointing != "full":
+        add(spec.but(activation_checkpointing="full"), "--activation-checkpointing full")
+    tp = spec.tp * 2
+    while tp <= spec.hardware.gpus_per_node and not spec.hardware.is_cpu:
+        if spec.hardware.gpus_per_node % tp == 0 and spec.model.n_head % tp == 0:
             before = len(tips)
-            add(plan.but(tp=tp), f"--tp {tp}")
+            add(spec.but(tp=tp), f"--tp {tp}")
             if len(tips) > before:
                 break
         tp *= 2
-    if plan.strategy in ("zero1", "zero2", "zero3") and not plan.offload:
-        add(plan.but(offload="optimizer"), "--offload optimizer")
-    if not plan.hardware.is_cpu:
-        sharded = plan.strategy if plan.strategy in ("zero3", "fsdp") else "fsdp"
-        per_node = plan.hardware.gpus_per_node
+    if strategy in (Strategy.ZERO1, Strategy.ZERO2, Strategy.ZERO3) and not spec.offload:
+        add(spec.but(offload=Offload.OPTIMIZER.value), "--offload optimizer")
+    if not spec.hardware.is_cpu:
+        sharded = strategy if strategy in _SHARDS_PARAMS else Strategy.FSDP.value
+        per_node = spec.hardware.gpus_per_node
         for nodes in (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024):
-            if nodes <= plan.hardware.nodes:
+            if nodes <= spec.hardware.nodes:
                 continue
-            more = Hardware(nodes, per_node, plan.hardware.gpu)
-            grown = plan.but(hardware=more, strategy=sharded)
+            more = Hardware(nodes, per_node, spec.hardware.gpu)
+            grown = spec.but(hardware=more, parallelism=sharded)
             if _fits(grown):
-                change = f"--hardware {more}" + (f" --parallelism {sharded}" if sharded != plan.strategy else "")
+                change = f"--hardware {more}" + (f" --parallelism {sharded}" if sharded != strategy else "")
                 add(grown, change)
                 break
     if not tips:
-        smallest = plan.but(strategy="fsdp" if plan.hardware.n_gpus > 1 else plan.strategy,
-                            checkpointing="full", micro_batch=1)
+        smallest = spec.but(parallelism=Strategy.FSDP.value if spec.hardware.n_gpus > 1 else strategy,
+                            activation_checkpointing="full", micro_batch=1)
         tips.append(f"no single change fits; even fsdp (when several GPUs) with full checkpointing and micro-batch 1 "
                     f"needs {_total_gib(smallest):.1f} GiB per GPU: use a bigger GPU or more of them")
     return tips
@@ -368,96 +413,86 @@ def _suggestions(plan: _Plan, grad_accum: int) -> list[str]:
 # ----------------------------------------------------------------------------------------------------
 
 
-def estimate_run(model: ModelConfig, tokens: float | str, hardware: Hardware, parallelism: str = "auto",
-                 micro_batch: int | None = None, seq_len: int | None = None, grad_accum: int = 1, tp: int = 1,
-                 pp: int = 1, offload: str | None = None, activation_checkpointing: str = "none",
-                 precision: str = "bf16", mfu: float | None = None, price: float | None = None,
-                 sequence_parallel: bool = True, attention: str = "auto") -> Estimate:
-    """Cost and memory of training `model` on `tokens` tokens (a number, or "chinchilla" for 20 per
-    parameter) on `hardware`. `parallelism="auto"` calls `choose_parallelism`; `micro_batch=None` picks the
-    largest power of two up to 32 that fits (1 if none does)."""
-    seq = model.block_size if seq_len is None else seq_len
-    _validate(model, hardware, parallelism, tp, pp, precision, offload, activation_checkpointing, micro_batch,
-              grad_accum, seq, attention)
-    if mfu is not None and not 0 < mfu <= 1:
-        raise EstimateError(f"--mfu must be in (0, 1], got {mfu}")
-    if price is not None and price < 0:
-        raise EstimateError(f"--price must be zero or positive, got {price}")
+def estimate_run(spec: RunSpec) -> Estimate:
+    """Cost and memory of the training run `spec` describes. Parallelism "auto" is resolved by
+    `choose_parallelism`; a missing micro-batch becomes the largest power of two up to 32 that fits (1 if
+    none does). Raises EstimateError, naming `llmgen estimate`'s flag, for an impossible spec."""
+    _validate(spec)
+    model, hardware, precision = spec.model, spec.hardware, spec.precision
     n_params = model.num_params()
     notes: list[str] = []
-    if tokens == "chinchilla":
+    if spec.tokens == "chinchilla":
         tokens = formulas.TOKENS_PER_PARAM * n_params
         notes.append("tokens: 20 per parameter (Hoffmann et al. 2022)")
-    if isinstance(tokens, str) or tokens <= 0:
-        raise EstimateError(f"--tokens must be positive or 'chinchilla', got {tokens!r}")
-
-    flash = _flash(hardware, precision, seq, attention)
-    if parallelism == "auto":
-        strategy, reason = choose_parallelism(model, hardware, micro_batch or 1, seq, precision,
-                                              activation_checkpointing, tp, pp, offload, sequence_parallel,
-                                              attention)
     else:
-        strategy, reason = parallelism, "chosen with --parallelism"
-    plan = _Plan(model, hardware, strategy, seq, micro_batch or 1, precision, activation_checkpointing, tp, pp,
-                 offload, flash, sequence_parallel)
-    if micro_batch is None:
+        tokens = float(spec.tokens)
+
+    if spec.parallelism == AUTO:
+        strategy, reason = choose_parallelism(spec)
+    else:
+        strategy, reason = spec.parallelism, "chosen with --parallelism"
+    run = spec.but(parallelism=strategy, seq_len=spec.seq)
+    if spec.micro_batch is None:
         mb = MAX_AUTO_MICRO_BATCH
-        while mb > 1 and not _fits(plan.but(micro_batch=mb)):
+        while mb > 1 and not _fits(run.but(micro_batch=mb)):
             mb //= 2
-        plan = plan.but(micro_batch=mb)
+        run = run.but(micro_batch=mb)
         notes.append(f"micro-batch {mb}: the largest power of two up to {MAX_AUTO_MICRO_BATCH} that fits")
+    seq, tp, pp = run.seq, run.tp, run.pp
 
     # Time and cost
     dense, attention_flops = formulas.training_flops(model, tokens, seq)
     peak = hardware.gpu.peak_tflops(precision)
-    assert peak is not None  # fp8 without fp8 cores was refused in _validate
-    recompute = formulas.recompute_flops_factor(model, seq, activation_checkpointing)
-    base_mfu = hardware.gpu.mfu
-    if mfu is None:
-        mfu, mfu_notes = formulas.default_mfu(base_mfu, precision, recompute, pp, grad_accum, offload)
+    assert peak is not None  # float8 without fp8 cores was refused in _validate
+    recompute = formulas.recompute_flops_factor(model, seq, run.activation_checkpointing)
+    if run.mfu is None:
+        mfu, mfu_notes = formulas.default_mfu(hardware.gpu.mfu, precision, recompute, pp, run.grad_accum,
+                                              run.offload)
         notes.append("MFU (default) " + "; ".join(mfu_notes) + f" -> {mfu:.3f}")
     else:
+        mfu = run.mfu
         notes.append(f"MFU {mfu:.3f} (given with --mfu)")
     gpu_hours = formulas.gpu_seconds(dense + attention_flops, peak, mfu) / 3600.0
-    rate = hardware.gpu.price_per_hour if price is None else price
+    rate = hardware.gpu.price_per_hour if run.price is None else run.price
     if hardware.is_cpu:
         notes.append(f"cpu: {hardware.gpu.note}; your own machine, so no price unless --price")
     else:
         notes.append(f"{hardware.gpu.name}: {peak:g} TFLOP/s dense {precision} peak"
                      + (f" ({hardware.gpu.note})" if hardware.gpu.note else "") + ", "
-                     + (f"${rate:.2f}/GPU-hour (given)" if price is not None
+                     + (f"${rate:.2f}/GPU-hour (given)" if run.price is not None
                         else f"${rate:.2f}/GPU-hour (typical on-demand, {PRICES_AS_OF}; override with --price)"))
     notes.append("time = (6·N·D + attention FLOPs) / (GPUs x peak x MFU); N excludes the embedding lookup")
 
     # Memory
-    breakdown, cpu_bytes, paper = _memory(plan)
+    breakdown, cpu_bytes, paper = _memory(run)
     breakdown_gib = {k: v / GIB for k, v in breakdown.items()}
     total_gib = sum(breakdown_gib.values())
     usable = _usable_gib(hardware)
     fits = total_gib <= usable
     act_bytes = formulas.ACT_BYTES[precision]
+    checkpointing = run.activation_checkpointing
     notes.append(f"activations: Korthikanti et al. 2022, {act_bytes}-byte elements, "
-                 + ("fused attention (no score matrix)" if flash else "manual attention (score matrix kept)")
-                 + (f", sequence parallel over tp={tp}" if tp > 1 and sequence_parallel else "")
-                 + (f", checkpointing {activation_checkpointing}" if activation_checkpointing != "none" else ""))
+                 + ("fused attention (no score matrix)" if run.flash else "manual attention (score matrix kept)")
+                 + (f", sequence parallel over tp={tp}" if tp > 1 and run.sequence_parallel else "")
+                 + (f", checkpointing {checkpointing}" if checkpointing != "none" else ""))
     notes.append("memory usable: " + (f"{CPU_USABLE_FRACTION:.0%} of {hardware.gpu.memory_gib:.0f} GiB RAM"
                                       if hardware.is_cpu else
                                       f"{hardware.gpu.memory_gib:g} GiB less {GPU_RESERVED_GIB:g} GiB for the CUDA "
                                       "context and library workspaces"))
-    if strategy in ("zero1", "zero2", "zero3"):
+    if Strategy(strategy).zero_stage:
         notes.append("model states follow DeepSpeed's own accounting (fp32 gradient partitions included); "
                      "the ZeRO paper's 2+2+12 bytes/param figure is shown beside it")
-    kv = formulas.kv_cache_bytes(model, plan.micro_batch, seq, 2, tp)
+    kv = formulas.kv_cache_bytes(model, run.batch, seq, 2, tp)
     inference = {"weights_bf16": 2.0 * n_params / (tp * pp) / GIB, "kv_cache": kv / GIB,
                  "total": (2.0 * n_params / (tp * pp) + kv) / GIB}
     return Estimate(
         model=model.name, params=n_params, params_non_embedding=model.num_params(include_embeddings=False),
-        tokens=float(tokens), seq_len=seq, flops=dense, flops_attention=attention_flops,
+        tokens=tokens, seq_len=seq, flops=dense, flops_attention=attention_flops,
         flops_total=dense + attention_flops, hardware=str(hardware), n_gpus=hardware.n_gpus, strategy=strategy,
-        strategy_reason=reason, tp=tp, pp=pp, dp=plan.dp, micro_batch=plan.micro_batch, grad_accum=grad_accum,
-        precision=precision, activation_checkpointing=activation_checkpointing, offload=offload, peak_tflops=peak,
+        strategy_reason=reason, tp=tp, pp=pp, dp=run.dp, micro_batch=run.batch, grad_accum=run.grad_accum,
+        precision=precision, activation_checkpointing=checkpointing, offload=run.offload, peak_tflops=peak,
         mfu=mfu, price_per_gpu_hour=rate, gpu_hours=gpu_hours, wall_hours=gpu_hours / hardware.n_gpus,
         cost_usd=gpu_hours * rate, memory_breakdown_gib=breakdown_gib, memory_per_gpu_gib=total_gib,
         memory_usable_gib=usable, fits=fits, model_states_paper_gib=paper / GIB,
         cpu_offload_gib_per_node=cpu_bytes / GIB, inference_gib=inference, assumptions=notes,
-        suggestions=[] if fits else _suggestions(plan, grad_accum))
+        suggestions=[] if fits else _suggestions(run))

@@ -23,13 +23,14 @@ import time
 from pathlib import Path
 
 from generator.errors import EstimateError
+from reference_llm.config import Dtype
 
 CPU_TFLOPS_ENV = "LLMGEN_CPU_TFLOPS"
 _in_process: dict[str, float] = {}
 
 
-def cpu_tflops(precision: str = "bf16", size: int = 1024, repeats: int = 5) -> float:
-    """Matmul peak of this CPU in TFLOP/s for `precision` ("bf16" or "fp32"; fp8 runs as bf16 here)."""
+def cpu_tflops(precision: str = Dtype.BFLOAT16, size: int = 1024, repeats: int = 5) -> float:
+    """Matmul peak of this CPU in TFLOP/s for `precision` (bfloat16 or float32; float8 runs as bf16 here)."""
     given = os.environ.get(CPU_TFLOPS_ENV)
     if given:
         try:
@@ -54,7 +55,7 @@ def measure(precision: str, size: int = 1024, repeats: int = 5) -> float:
     """Best of `repeats` square matmuls (2·size³ FLOPs each): the peak, least disturbed by other load."""
     import torch  # here: nothing else in the estimator needs torch, and importing it costs over a second
 
-    dtype = torch.float32 if precision == "fp32" else torch.bfloat16  # no fp8 matmul on CPU
+    dtype = torch.float32 if precision == Dtype.FLOAT32 else torch.bfloat16  # no fp8 matmul on CPU
     a = torch.randn(size, size, dtype=dtype)
     b = torch.randn(size, size, dtype=dtype)
     a @ b  # warm-up: the first call pays for thread-pool start and kernel selection

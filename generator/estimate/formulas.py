@@ -28,11 +28,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from generator.estimate.precision import FLOAT8
+from generator.units import si
+from reference_llm.config import Dtype, Strategy
 from reference_llm.model.config import ModelConfig
 
 GIB = 2**30
-ACT_BYTES = {"bf16": 2, "fp8": 2, "fp32": 4}  # bytes per saved activation element (fp8 keeps bf16 activations)
-STRATEGIES = ("single", "ddp", "zero1", "zero2", "zero3", "fsdp")
+# Bytes per saved activation element, by precision (float8 keeps bf16 activations).
+ACT_BYTES: dict[str, int] = {Dtype.BFLOAT16: 2, FLOAT8: 2, Dtype.FLOAT32: 4}
 CHECKPOINTING = ("none", "selective", "full")
 
 
@@ -141,7 +144,7 @@ def shape_for_params(target: float, arch: str = "llama", vocab_size: int | None 
             if d_model % head:
                 continue
             config = build(vocab_size=vocab, block_size=block, n_layer=n_layer, d_model=d_model,
-                           n_head=d_model // head, name=f"~{_short(target)}")
+                           n_head=d_model // head, name=f"~{si(target)}")
             smallest = min(smallest, config.num_params())
             error = abs(math.log(config.num_params() / target))
             key = (0.0, -d_model / n_layer) if error <= math.log(1.05) else (1.0, error)
@@ -151,13 +154,6 @@ def shape_for_params(target: float, arch: str = "llama", vocab_size: int | None 
             break  # deeper shapes are only larger
     assert best is not None
     return best[2]
-
-
-def _short(n: float) -> str:
-    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.3g}{unit}"
-    return f"{n:.3g}"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -201,7 +197,7 @@ def block_params(config: ModelConfig) -> int:
     return (config.num_params(include_embeddings=False) - final_norm) // config.n_layer
 
 
-def model_states(config: ModelConfig, strategy: str, dp: int, precision: str = "bf16",
+def model_states(config: ModelConfig, strategy: str, dp: int, precision: str = Dtype.BFLOAT16,
                  offload: str | None = None, shard: int = 1, gpus_per_node: int = 1) -> ModelStates:
     """Weights, gradients, AdamW states and step buffers per GPU, as each engine allocates them.
 
@@ -223,22 +219,23 @@ def model_states(config: ModelConfig, strategy: str, dp: int, precision: str = "
     parameters too, leaving the gathered layers on the GPU.
     """
     N = config.num_params() / shard
-    mixed = precision != "fp32"
-    cast = {"bf16": 2.0, "fp8": 3.0, "fp32": 0.0}[precision]  # fp8 keeps bf16 and fp8 casts of weights
+    mixed = precision != Dtype.FLOAT32
+    # bytes per weight of 16- and 8-bit casts: float8 keeps bf16 and fp8 casts of the weights
+    cast = {Dtype.BFLOAT16: 2.0, FLOAT8: 3.0, Dtype.FLOAT32: 0.0}[precision]
     largest = largest_module_params(config) / shard
-    if strategy in ("single", "ddp"):
-        buckets = 4.0 * N if strategy == "ddp" else 0.0
+    if strategy in (Strategy.SINGLE, Strategy.DDP):
+        buckets = 4.0 * N if strategy == Strategy.DDP else 0.0
         return ModelStates(4.0 * N, 4.0 * N, 8.0 * N, cast * matmul_params(config) / shard + buckets)
-    if strategy == "fsdp":
+    if strategy == Strategy.FSDP:
         unit = 2.0 if mixed else 4.0
         gathered = unit * (config.num_params() - config.n_layer * block_params(config) + 2 * block_params(config))
         buffers = (gathered + 4.0 * block_params(config)) / shard
         if offload == "params":  # CPUOffloadPolicy: sharded params, grads and optimizer live on the host
             return ModelStates(0.0, 0.0, 0.0, buffers, cpu=16.0 * N / dp * gpus_per_node)
         return ModelStates(4.0 * N / dp, 4.0 * N / dp, 8.0 * N / dp, buffers)
-    if strategy not in ("zero1", "zero2", "zero3"):
+    stage = Strategy(strategy).zero_stage if strategy in tuple(Strategy) else 0
+    if not stage:
         raise ValueError(f"unknown strategy {strategy!r}")
-    stage = int(strategy[-1])
     if not mixed:  # fp32 ZeRO: no 16-bit copies, no separate master weights [ZeRO sec. 5 with K = 8]
         w, g = (4.0 * N / dp if stage == 3 else 4.0 * N), (4.0 * N / dp if stage >= 2 else 4.0 * N)
         if offload:
@@ -262,9 +259,9 @@ def zero_paper_bytes(n_params: float, strategy: str, dp: int) -> float:
     """Model states per GPU in the ZeRO paper's accounting for mixed-precision Adam, 2 + 2 + 12 bytes
     per parameter [ZeRO sec. 5.1, Figure 1]: DDP 16Ψ, stage 1 4Ψ + 12Ψ/Nd, stage 2 2Ψ + 14Ψ/Nd,
     stage 3 (and FSDP full sharding) 16Ψ/Nd."""
-    per_param = {"single": 16.0, "ddp": 16.0, "zero1": 4.0 + 12.0 / dp, "zero2": 2.0 + 14.0 / dp,
-                 "zero3": 16.0 / dp, "fsdp": 16.0 / dp}[strategy]
-    return per_param * n_params
+    per_param: dict[str, float] = {Strategy.SINGLE: 16.0, Strategy.DDP: 16.0, Strategy.ZERO1: 4.0 + 12.0 / dp,
+                                   Strategy.ZERO2: 2.0 + 14.0 / dp, Strategy.ZERO3: 16.0 / dp, Strategy.FSDP: 16.0 / dp}
+    return per_param[strategy] * n_params
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -289,7 +286,7 @@ def residual_bytes(strategy: str, precision: str) -> int:
     """Bytes per element of the residual stream: fp32 under autocast (single and ddp keep fp32 weights,
     so embeddings and residual adds stay fp32) and in fp32 runs; 2 when the engine computes with bf16
     weights (DeepSpeed bf16, FSDP2 with param_dtype=bf16)."""
-    if precision == "fp32" or strategy in ("single", "ddp"):
+    if precision == Dtype.FLOAT32 or strategy in (Strategy.SINGLE, Strategy.DDP):
         return 4
     return 2
 
@@ -437,7 +434,7 @@ def default_mfu(base: float, precision: str, checkpointing_factor: float, pp: in
     Returns the MFU and one line per adjustment made.
     """
     mfu, notes = base, [f"base MFU {base:.2f} for this hardware"]
-    if precision == "fp8":
+    if precision == FLOAT8:
         mfu *= 0.7
         notes.append("fp8: x0.70 of the fp8 peak (~1.4x bf16 speed)")
     if checkpointing_factor > 1.0:

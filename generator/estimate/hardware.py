@@ -20,6 +20,8 @@ import os
 from dataclasses import dataclass
 
 from generator.estimate.cpu_peak import CPU_TFLOPS_ENV, cpu_tflops
+from generator.estimate.precision import FLOAT8
+from reference_llm.config import Dtype, auto_dtype, host_cpu_flags
 
 PRICES_AS_OF = "2025-06"
 
@@ -37,9 +39,14 @@ class GPUSpec:
     mfu: float  # default MFU for bf16 training on this family (see formulas.default_mfu)
     note: str = ""
     is_cpu: bool = False
+    # bf16 tensor cores (NVIDIA compute capability 8.0 and later, AMD CDNA); a CPU's come from its flags
+    # (`Hardware.auto_dtype`)
+    native_bf16: bool = True
 
     def peak_tflops(self, precision: str) -> float | None:
-        return {"bf16": self.bf16_tflops, "fp32": self.fp32_tflops, "fp8": self.fp8_tflops}[precision]
+        """The dense peak for a `precision.PRECISIONS` name."""
+        peaks = {Dtype.BFLOAT16: self.bf16_tflops, Dtype.FLOAT32: self.fp32_tflops, FLOAT8: self.fp8_tflops}
+        return peaks[precision]
 
 
 # Default MFU by family. A100: the LLaMA and Llama 2 runs imply 0.42-0.54 (median 0.46, see
@@ -58,7 +65,8 @@ KNOWN_GPUS: dict[str, GPUSpec] = {g.name: g for g in (
     GPUSpec("MI300X", 1307.4, 163.4, 2614.9, 192.0, 2.99, _MFU_NEWER),
     GPUSpec("L40S", 362.1, 91.6, 733.0, 44.5, 0.99, _MFU_SMALL),
     GPUSpec("A10", 125.0, 31.2, None, 22.5, 0.75, _MFU_SMALL),
-    GPUSpec("T4", 65.0, 8.1, None, 15.0, 0.35, _MFU_SMALL, note="no bf16: runs fp16 with loss scaling"),
+    GPUSpec("T4", 65.0, 8.1, None, 15.0, 0.35, _MFU_SMALL, note="no bf16: runs fp16 with loss scaling",
+            native_bf16=False),
     GPUSpec("RTX4090", 165.2, 82.6, 330.3, 24.0, 0.59, _MFU_SMALL),
 )}
 
@@ -99,7 +107,7 @@ def cpu_spec(tflops: float | None = None) -> GPUSpec:
     if tflops is not None:
         bf16 = fp32 = tflops
     else:
-        bf16, fp32 = cpu_tflops("bf16"), cpu_tflops("fp32")
+        bf16, fp32 = cpu_tflops(Dtype.BFLOAT16), cpu_tflops(Dtype.FLOAT32)
     source = "given" if tflops is not None or os.environ.get(CPU_TFLOPS_ENV) else "measured"
     return GPUSpec("cpu", bf16_tflops=bf16, fp32_tflops=fp32, fp8_tflops=None, memory_gib=cpu_memory_gib(),
                    price_per_hour=0.0, mfu=_MFU_CPU,
@@ -121,6 +129,18 @@ class Hardware:
     @property
     def n_gpus(self) -> int:
         return self.nodes * self.gpus_per_node
+
+    def auto_dtype(self) -> Dtype:
+        """What `train.dtype = "auto"` trains in here, by reference_llm's own rule (`config.auto_dtype`).
+        A CPU is this machine's, judged by its flags; where they cannot be read (not Linux) it counts as
+        having no native bf16."""
+        if self.is_cpu:
+            return auto_dtype("cpu", cpu_flags=host_cpu_flags() or ())
+        return auto_dtype("cuda", gpu_bf16=self.gpu.native_bf16)
+
+    def compute_precision(self, precision: str) -> str:
+        """`precision` (a `precision.PRECISIONS` name or "auto") with "auto" resolved by `auto_dtype`."""
+        return self.auto_dtype().value if precision == Dtype.AUTO else precision
 
     def __str__(self) -> str:
         if self.is_cpu:

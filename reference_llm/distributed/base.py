@@ -37,7 +37,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from reference_llm.config import RunConfig
+from reference_llm.config import RunConfig, Strategy
 from reference_llm.errors import CheckpointError, DistributedError
 from reference_llm.train.checkpoint import load_weights, unique_state_dict
 from reference_llm.train.optim import OptimizerFactory
@@ -168,12 +168,10 @@ def load_optimizer_state_by_name(optimizer: torch.optim.Optimizer, model: nn.Mod
 
 # strategy -> (module, class); imported only when chosen, so that a CPU install without DeepSpeed works.
 ENGINES: dict[str, tuple[str, str]] = {
-    "single": (__name__, "SingleDeviceEngine"),
-    "ddp": ("reference_llm.distributed.ddp", "DDPEngine"),
-    "fsdp": ("reference_llm.distributed.fsdp", "FSDPEngine"),
-    "zero1": ("reference_llm.distributed.zero", "DeepSpeedEngine"),
-    "zero2": ("reference_llm.distributed.zero", "DeepSpeedEngine"),
-    "zero3": ("reference_llm.distributed.zero", "DeepSpeedEngine"),
+    Strategy.SINGLE: (__name__, "SingleDeviceEngine"),
+    Strategy.DDP: ("reference_llm.distributed.ddp", "DDPEngine"),
+    Strategy.FSDP: ("reference_llm.distributed.fsdp", "FSDPEngine"),
+    **{s: ("reference_llm.distributed.zero", "DeepSpeedEngine") for s in Strategy if s.zero_stage},
 }
 
 

@@ -15,23 +15,25 @@ import json
 from pathlib import Path
 from typing import Any
 
-from reference_llm.config import RunConfig
+from reference_llm.config import Offload, RunConfig, Strategy
 from reference_llm.errors import DistributedError
 
-STAGES = {"zero1": 1, "zero2": 2, "zero3": 3}
+# strategy -> ZeRO stage, for the strategies DeepSpeed runs.
+STAGES = {strategy.value: strategy.zero_stage for strategy in Strategy if strategy.zero_stage}
 
 # The training loop logs; DeepSpeed's own progress line every `steps_per_print` steps would duplicate it.
 QUIET_STEPS_PER_PRINT = 1_000_000_000
 
 
 def build(run_config: RunConfig, world_size: int, bf16: bool) -> dict[str, Any]:
-    """The config `templates/project/configs/deepspeed.json.jinja` renders, for one run config."""
+    """The DeepSpeed config for one run config: what a generated project's configs/deepspeed.json holds
+    (llmgen calls this and the template only writes the result out)."""
     t, d = run_config.train, run_config.distributed
     stage = STAGES[d.strategy]
     zero: dict[str, Any] = {"stage": stage, "overlap_comm": True, "contiguous_gradients": True,
-                            "offload_optimizer": _offload(d.offload in ("optimizer", "params"))}
+                            "offload_optimizer": _offload(d.offload != Offload.NONE)}
     if stage == 3:  # only stage 3 partitions the parameters, so only it can offload them
-        zero["offload_param"] = _offload(d.offload == "params")
+        zero["offload_param"] = _offload(d.offload == Offload.PARAMS)
     return {
         "train_batch_size": t.micro_batch * t.grad_accum * world_size,
         "train_micro_batch_size_per_gpu": t.micro_batch,
@@ -109,14 +111,14 @@ def disagreements(ds: dict[str, Any], run_config: RunConfig, world_size: int, bf
     if bf16 is not None and _enabled(ds.get("bf16")) != bf16:
         problems.append(f"{name} bf16.enabled={_enabled(ds.get('bf16'))} but train.dtype={t.dtype} trains in "
                         f"{'bf16' if bf16 else 'fp32'} here")
-    want_opt = "cpu" if d.offload in ("optimizer", "params") else "none"
-    want_param = "cpu" if d.offload == "params" else "none"
+    want_opt = "cpu" if d.offload != Offload.NONE else "none"
+    want_param = "cpu" if d.offload == Offload.PARAMS else "none"
     for key, want in (("offload_optimizer", want_opt), ("offload_param", want_param)):
         have = _offload_device(zero, key)
         if have != want:
             problems.append(f"{name} zero_optimization.{key}.device={have!r} but distributed.offload="
                             f"{d.offload} needs {want!r}")
-    if d.offload == "params" and d.strategy != "zero3":
+    if d.offload == Offload.PARAMS and d.strategy != Strategy.ZERO3:
         problems.append(f"distributed.offload=params needs strategy zero3 (parameters are only partitioned "
                         f"there); got {d.strategy}")
     for key in ("optimizer", "scheduler"):

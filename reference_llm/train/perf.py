@@ -1,9 +1,9 @@
 """Device and precision choice, and speed accounting: measured matmul peak and model FLOPs utilisation.
 
 `train.device = "auto"` picks CUDA when present, else the CPU. `train.dtype = "auto"` picks bf16
-autocast where the hardware computes in bf16 natively (CUDA with bf16 support; CPUs with AVX512-BF16
-or AMX), where it trains 2-3x faster than fp32, and fp32 elsewhere: emulated bf16 on an older CPU is
-slower than fp32, and fp16 would need loss scaling.
+autocast where the hardware computes in bf16 natively (GPUs with bf16 tensor cores; CPUs with
+AVX512-BF16 or AMX), where it trains 2-3x faster than fp32, and fp32 elsewhere: the rule is
+`reference_llm.config.auto_dtype`, which llmgen's plans apply too; this module only gathers its inputs.
 
 MFU (model FLOPs utilisation, Chowdhery et al. 2022, appendix B) is achieved model FLOP/s over the
 device's peak. We measure that peak in the same process, as a large square matmul in the dtype
@@ -17,10 +17,10 @@ import contextlib
 import ctypes
 import platform
 import time
-from pathlib import Path
 
 import torch
 
+from reference_llm.config import Dtype, auto_dtype, host_cpu_flags
 from reference_llm.errors import ConfigError
 
 
@@ -39,28 +39,29 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU has bf16 dot-product instructions (x86 AVX512-BF16 or AMX-BF16)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        # Not Linux: ask PyTorch's (private, hence guarded) CPU feature probe.
+def cpu_flags() -> frozenset[str]:
+    """This CPU's flags: /proc/cpuinfo's on Linux; elsewhere the AVX512-BF16 flag when PyTorch's
+    (private, hence guarded) CPU feature probe reports it."""
+    flags = host_cpu_flags()
+    if flags is None:
         probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
-        return bool(probe and probe())
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        flags = frozenset({"avx512_bf16"} if probe and probe() else ())
+    return flags
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """The compute dtype for autocast: "float32", "bfloat16" or "auto" (see the module docstring)."""
-    if name == "float32":
-        return torch.float32
-    if name == "bfloat16":
-        return torch.bfloat16
-    if name != "auto":
-        raise ConfigError(f"train.dtype must be auto, float32 or bfloat16; got {name!r}")
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    """The compute dtype for autocast on `device`: a `Dtype` name, "auto" resolved by `auto_dtype`."""
+    if name not in tuple(Dtype):
+        raise ConfigError(f"train.dtype must be one of {', '.join(Dtype)}; got {name!r}")
+    dtype = Dtype(name)
+    if dtype is Dtype.AUTO:
+        if device.type == "cuda":
+            # Native bf16 only: emulated bf16 (what the default including_emulation=True also counts)
+            # runs slower than fp32 on GPUs without bf16 tensor cores.
+            dtype = auto_dtype("cuda", gpu_bf16=torch.cuda.is_bf16_supported(including_emulation=False))
+        else:
+            dtype = auto_dtype(device.type, cpu_flags=cpu_flags())
+    return getattr(torch, dtype.value)  # Dtype names are torch's: torch.float32, torch.bfloat16
 
 
 def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:

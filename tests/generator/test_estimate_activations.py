@@ -14,6 +14,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from generator.estimate import formulas
+from reference_llm.config import Dtype
 from reference_llm.model import ModelConfig, Transformer
 
 TOLERANCE = 0.15  # measured: within about 6% except 11% for GPT-2 124M shapes under bf16 (see the doc)
@@ -42,7 +43,7 @@ def measured_step_peak(config: ModelConfig, batch: int, bf16: bool) -> int:
 
 
 def estimated_step_bytes(config: ModelConfig, batch: int, bf16: bool) -> float:
-    precision = "bf16" if bf16 else "fp32"
+    precision = Dtype.BFLOAT16 if bf16 else Dtype.FLOAT32
     act = formulas.ACT_BYTES[precision]
     seq = config.block_size
     flash = not (bf16 and seq <= 512)  # the model's own rule (Attention._use_sdpa) on CPU
@@ -56,7 +57,8 @@ def estimated_step_bytes(config: ModelConfig, batch: int, bf16: bool) -> float:
     ("tiny", {}),  # llama: RMSNorm, RoPE, SwiGLU, GQA
     ("tiny-gpt2", {}),
     ("nanogpt-cpu", {}),
-    ("demo", {"n_layer": 1, "n_head": 4, "n_kv_head": 2, "block_size": 128}),  # GQA; fused kernel in fp32, manual in bf16
+    # GQA; fused kernel in fp32, manual in bf16
+    ("demo", {"n_layer": 1, "n_head": 4, "n_kv_head": 2, "block_size": 128}),
 ])
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
 def test_activation_estimate_matches_measured_peak_on_cpu(preset, overrides, bf16):

@@ -1,11 +1,14 @@
-"""estimate_run, choose_parallelism, build_model and budget plans: the seam `llmgen new` uses."""
+"""RunSpec, estimate_run, choose_parallelism, build_model and budget plans: the seam `llmgen new` uses."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
 from generator.errors import EstimateError
 from generator.estimate import (
+    RunSpec,
     build_model,
     choose_parallelism,
     estimate_run,
@@ -15,6 +18,7 @@ from generator.estimate import (
     parse_hardware,
     plan_budget,
 )
+from generator.estimate.precision import FLOAT8
 from reference_llm.model import PRESETS, ModelConfig
 
 
@@ -26,7 +30,7 @@ def _fixed_cpu_peak(monkeypatch):
 def test_time_and_cost_follow_flops_peak_and_mfu():
     cfg = ModelConfig.preset("gpt2-124m")
     hw = parse_hardware("8xA100-80GB")
-    est = estimate_run(cfg, 10e9, hw, mfu=0.5, price=2.0, micro_batch=8)
+    est = estimate_run(RunSpec(cfg, hw, 10e9, mfu=0.5, price=2.0, micro_batch=8))
     expected_hours = est.flops_total / (8 * 312e12 * 0.5) / 3600
     assert est.wall_hours == pytest.approx(expected_hours)
     assert est.gpu_hours == pytest.approx(8 * expected_hours)
@@ -37,18 +41,20 @@ def test_time_and_cost_follow_flops_peak_and_mfu():
 def test_default_mfu_is_printed_and_adjusted_for_recompute_and_pipeline():
     cfg = ModelConfig.preset("llama-7b")
     hw = parse_hardware("4x8xH100")
-    plain = estimate_run(cfg, 1e12, hw, parallelism="zero3", micro_batch=1)
+    spec = RunSpec(cfg, hw, 1e12, parallelism="zero3", micro_batch=1)
+    plain = estimate_run(spec)
     assert plain.mfu == pytest.approx(0.40)
     assert any("MFU" in note and "0.40" in note for note in plain.assumptions)
-    full = estimate_run(cfg, 1e12, hw, parallelism="zero3", micro_batch=1, activation_checkpointing="full")
+    full = estimate_run(spec.but(activation_checkpointing="full"))
     assert full.mfu == pytest.approx(0.30)  # 4/3 more hardware FLOPs for the same model FLOPs
-    piped = estimate_run(cfg, 1e12, hw, parallelism="zero1", pp=4, grad_accum=8, micro_batch=1)
+    piped = estimate_run(spec.but(parallelism="zero1", pp=4, grad_accum=8))
     assert piped.mfu == pytest.approx(0.40 / (1 + 3 / 8))
-    assert estimate_run(cfg, 1e12, hw, parallelism="zero3", micro_batch=1, mfu=0.55).mfu == 0.55
+    assert estimate_run(spec.but(mfu=0.55)).mfu == 0.55
 
 
 def test_memory_breakdown_adds_up_and_fits_against_usable_memory():
-    est = estimate_run(ModelConfig.preset("llama-7b"), 1e9, parse_hardware("8xH100"), parallelism="ddp", micro_batch=1)
+    est = estimate_run(RunSpec(ModelConfig.preset("llama-7b"), parse_hardware("8xH100"), 1e9, parallelism="ddp",
+                               micro_batch=1))
     parts = est.memory_breakdown_gib
     assert set(parts) == {"weights", "gradients", "optimizer", "activations", "logits", "buffers"}
     assert est.memory_per_gpu_gib == pytest.approx(sum(parts.values()))
@@ -57,68 +63,67 @@ def test_memory_breakdown_adds_up_and_fits_against_usable_memory():
     assert est.suggestions and est.suggestions[0].startswith("--parallelism zero")
 
 
-def _apply(suggestion: str, kwargs: dict) -> dict:
-    """Turn a suggestion's flags ("--micro-batch 1 --grad-accum 2 (76.1 GiB per GPU)") into kwargs."""
+def _apply(suggestion: str, spec: RunSpec) -> RunSpec:
+    """Apply a suggestion's flags ("--micro-batch 1 --grad-accum 2 (76.1 GiB per GPU)") to `spec`."""
     names = {"--micro-batch": ("micro_batch", int), "--grad-accum": ("grad_accum", int), "--tp": ("tp", int),
              "--activation-checkpointing": ("activation_checkpointing", str), "--parallelism": ("parallelism", str),
              "--offload": ("offload", str), "--hardware": ("hardware", parse_hardware)}
     words = suggestion.split(" (")[0].split()
-    changed = dict(kwargs)
+    changed = {}
     for flag, value in zip(words[::2], words[1::2]):
         key, kind = names[flag]
         changed[key] = kind(value)
-    return changed
+    return spec.but(**changed)
 
 
 def test_suggestions_each_make_it_fit():
-    kwargs = dict(model=ModelConfig.preset("llama-8b"), tokens=1e12, hardware=parse_hardware("4x8xH100"),
-                  parallelism="zero3", micro_batch=2)
-    est = estimate_run(**kwargs)
+    spec = RunSpec(ModelConfig.preset("llama-8b"), parse_hardware("4x8xH100"), 1e12, parallelism="zero3",
+                   micro_batch=2)
+    est = estimate_run(spec)
     assert not est.fits
     assert any(s.startswith("--activation-checkpointing") for s in est.suggestions)
     assert any(s.startswith("--micro-batch") for s in est.suggestions)
     for suggestion in est.suggestions:
-        assert estimate_run(**_apply(suggestion, kwargs)).fits, suggestion
+        assert estimate_run(_apply(suggestion, spec)).fits, suggestion
 
 
 def test_more_gpus_suggested_when_sharding_needs_them():
-    est = estimate_run(ModelConfig.preset("llama-70b"), 1e12, parse_hardware("8xH100"), parallelism="fsdp",
-                       micro_batch=1, activation_checkpointing="full")
+    spec = RunSpec(ModelConfig.preset("llama-70b"), parse_hardware("8xH100"), 1e12, parallelism="fsdp",
+                   micro_batch=1, activation_checkpointing="full")
+    est = estimate_run(spec)
     assert not est.fits  # 70B x 16 B/param / 8 = 140 GB of states per GPU
     grown = [s for s in est.suggestions if s.startswith("--hardware")]
     assert grown
-    kwargs = dict(model=ModelConfig.preset("llama-70b"), tokens=1e12, hardware=parse_hardware("8xH100"),
-                  parallelism="fsdp", micro_batch=1, activation_checkpointing="full")
-    assert estimate_run(**_apply(grown[0], kwargs)).fits
+    assert estimate_run(_apply(grown[0], spec)).fits
 
 
 def test_choose_parallelism():
     small, big = ModelConfig.preset("gpt2-124m"), ModelConfig.preset("llama-8b")
-    assert choose_parallelism(small, parse_hardware("cpu"))[0] == "single"
-    assert choose_parallelism(big, parse_hardware("1xH100"))[0] == "single"
-    strategy, reason = choose_parallelism(small, parse_hardware("8xH100"))
+    assert choose_parallelism(RunSpec(small, parse_hardware("cpu")))[0] == "single"
+    assert choose_parallelism(RunSpec(big, parse_hardware("1xH100")))[0] == "single"
+    strategy, reason = choose_parallelism(RunSpec(small, parse_hardware("8xH100")))
     assert strategy == "ddp" and "fit" in reason
-    strategy, reason = choose_parallelism(big, parse_hardware("8xH100"), micro_batch=1,
-                                          activation_checkpointing="full")
+    strategy, reason = choose_parallelism(RunSpec(big, parse_hardware("8xH100"), micro_batch=1,
+                                                  activation_checkpointing="full"))
     assert strategy in ("zero1", "zero2") and "ddp would need" in reason
-    strategy, _ = choose_parallelism(ModelConfig.preset("llama-70b"), parse_hardware("8xH100"), micro_batch=1,
-                                     activation_checkpointing="full")
+    strategy, _ = choose_parallelism(RunSpec(ModelConfig.preset("llama-70b"), parse_hardware("8xH100"),
+                                             micro_batch=1, activation_checkpointing="full"))
     assert strategy == "fsdp"
 
 
 def test_auto_picks_strategy_and_micro_batch_that_fit():
-    est = estimate_run(ModelConfig.preset("llama-8b"), "chinchilla", parse_hardware("8xH100"),
-                       activation_checkpointing="full")
+    spec = RunSpec(ModelConfig.preset("llama-8b"), parse_hardware("8xH100"), activation_checkpointing="full")
+    assert spec.tokens == "chinchilla" and spec.parallelism == "auto" and spec.micro_batch is None
+    est = estimate_run(spec)
     assert est.fits and est.strategy in ("zero1", "zero2", "fsdp")
     assert est.tokens == pytest.approx(20 * est.params)
     assert est.micro_batch >= 1 and est.micro_batch & (est.micro_batch - 1) == 0
-    bigger = estimate_run(ModelConfig.preset("llama-8b"), 1e9, parse_hardware("8xH100"), parallelism=est.strategy,
-                          activation_checkpointing="full", micro_batch=est.micro_batch * 2)
+    bigger = estimate_run(spec.but(tokens=1e9, parallelism=est.strategy, micro_batch=est.micro_batch * 2))
     assert est.micro_batch == 32 or not bigger.fits
 
 
 def test_cpu_run_is_single_and_free():
-    est = estimate_run(ModelConfig.preset("demo"), 1e6, parse_hardware("cpu"), micro_batch=8)
+    est = estimate_run(RunSpec(ModelConfig.preset("demo"), parse_hardware("cpu"), 1e6, micro_batch=8))
     assert est.strategy == "single" and est.cost_usd == 0 and est.fits
     assert est.wall_hours == est.gpu_hours
     assert any("cpu" in note for note in est.assumptions)
@@ -126,8 +131,8 @@ def test_cpu_run_is_single_and_free():
 
 def test_inference_memory_includes_kv_cache():
     cfg = ModelConfig.preset("llama-8b")
-    est = estimate_run(cfg, 1e9, parse_hardware("1xH100"), micro_batch=1, seq_len=8192,
-                       activation_checkpointing="full")
+    est = estimate_run(RunSpec(cfg, parse_hardware("1xH100"), 1e9, micro_batch=1, seq_len=8192,
+                               activation_checkpointing="full"))
     assert est.inference_gib["kv_cache"] == pytest.approx(formulas.kv_cache_bytes(cfg, 1, 8192) / 2**30)
     assert est.inference_gib["weights_bf16"] == pytest.approx(2 * cfg.num_params() / 2**30)
 
@@ -136,25 +141,26 @@ def test_inference_memory_includes_kv_cache():
     (dict(tp=16), "--tp"), (dict(tp=3), "--tp"), (dict(pp=0), "--pp"), (dict(parallelism="zero4"), "--parallelism"),
     (dict(parallelism="ddp", offload="optimizer"), "--offload"),
     (dict(parallelism="zero2", offload="params"), "--offload"),
-    (dict(precision="fp16"), "--precision"), (dict(micro_batch=0), "--micro-batch"),
+    (dict(precision="fp16"), "--precision"), (dict(precision="bf16"), "--precision"),
+    (dict(micro_batch=0), "--micro-batch"), (dict(tokens="lots"), "--tokens"),
     (dict(seq_len=100000), "--seq-len"),
     (dict(activation_checkpointing="some"), "--activation-checkpointing"), (dict(mfu=1.5), "--mfu"),
     (dict(price=-1.0), "--price"), (dict(parallelism="single"), "--parallelism"),
 ])
 def test_bad_run_options_are_one_line_errors(kwargs, flag):
     with pytest.raises(EstimateError, match=flag) as err:
-        estimate_run(ModelConfig.preset("llama-7b"), 1e9, parse_hardware("8xH100"), **kwargs)
+        estimate_run(RunSpec(ModelConfig.preset("llama-7b"), parse_hardware("8xH100"), **{"tokens": 1e9, **kwargs}))
     assert "\n" not in str(err.value)
 
 
 def test_fp8_needs_fp8_hardware_and_cpu_refuses_gpu_options():
     cfg = ModelConfig.preset("gpt2-124m")
-    with pytest.raises(EstimateError, match="fp8"):
-        estimate_run(cfg, 1e9, parse_hardware("8xA100"), precision="fp8")
-    fp8 = estimate_run(cfg, 1e9, parse_hardware("8xH100"), precision="fp8", micro_batch=1)
+    with pytest.raises(EstimateError, match="no fp8 tensor cores"):
+        estimate_run(RunSpec(cfg, parse_hardware("8xA100"), 1e9, precision=FLOAT8))
+    fp8 = estimate_run(RunSpec(cfg, parse_hardware("8xH100"), 1e9, precision=FLOAT8, micro_batch=1))
     assert fp8.peak_tflops == 1979.0
     with pytest.raises(EstimateError, match="cpu"):
-        estimate_run(cfg, 1e9, parse_hardware("cpu"), parallelism="zero2")
+        estimate_run(RunSpec(cfg, parse_hardware("cpu"), 1e9, parallelism="zero2"))
 
 
 def test_build_model():
@@ -209,3 +215,14 @@ def test_budget_plan_defaults_to_the_hardwares_peak_and_mfu():
     hw = parse_hardware("8xA100")
     plan = plan_budget(parse_budget("1000 gpu-hours"), hw)
     assert plan.flops == pytest.approx(1000 * 3600 * 312e12 * 0.45)
+
+
+def test_the_python_example_in_the_docs_runs():
+    """docs/estimator.md's "From Python" example, executed as written."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "estimator.md").read_text(encoding="utf-8")
+    example = text.split("From Python", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(example, "docs/estimator.md", "exec"), namespace)
+    est, spec = namespace["est"], namespace["spec"]
+    assert (est.strategy, est.tokens, est.activation_checkpointing) == ("zero3", 1e12, "full")
+    assert est.gpu_hours == estimate_run(spec).gpu_hours and isinstance(spec, RunSpec)

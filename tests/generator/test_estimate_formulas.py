@@ -9,7 +9,7 @@ import statistics
 
 import pytest
 
-from generator.estimate import estimate_run, formulas, parse_hardware
+from generator.estimate import RunSpec, estimate_run, formulas, parse_hardware
 from reference_llm.model import ModelConfig, Transformer
 
 GIB = 2**30
@@ -47,7 +47,7 @@ def test_training_flops_match_published_totals(config, tokens, published):
 
 
 def test_estimate_reports_both_flop_terms():
-    est = estimate_run(gpt3_175b(), 300e9, parse_hardware("128x8xA100-80GB"), micro_batch=1)
+    est = estimate_run(RunSpec(gpt3_175b(), parse_hardware("128x8xA100-80GB"), 300e9, micro_batch=1))
     assert est.flops == pytest.approx(3.14e23, rel=0.01)
     assert est.flops_total == pytest.approx(est.flops + est.flops_attention)
     d = est.to_dict()
@@ -84,7 +84,7 @@ PUBLISHED_RUNS = [
 
 def _relative_error(run) -> float:
     _, config, tokens, hardware, published = run
-    est = estimate_run(config, tokens, parse_hardware(hardware), micro_batch=1)
+    est = estimate_run(RunSpec(config, parse_hardware(hardware), tokens, micro_batch=1))
     return est.gpu_hours / published - 1
 
 
@@ -151,7 +151,7 @@ def test_sharding_divides_by_data_parallel_degree_not_gpu_count():
     by_dp = formulas.model_states(cfg, "zero3", dp=8).total
     with_tp = formulas.model_states(cfg, "zero3", dp=8, shard=4).total  # 32 GPUs as tp=4 x dp=8
     assert with_tp == pytest.approx(by_dp / 4)
-    est = estimate_run(cfg, 1e9, parse_hardware("4x8xH100"), parallelism="zero3", tp=4, micro_batch=1)
+    est = estimate_run(RunSpec(cfg, parse_hardware("4x8xH100"), 1e9, parallelism="zero3", tp=4, micro_batch=1))
     assert est.dp == 8
 
 

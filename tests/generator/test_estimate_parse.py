@@ -8,6 +8,7 @@ import pytest
 
 from generator.errors import EstimateError, LLMGenError
 from generator.estimate import KNOWN_GPUS, cpu_peak, parse_budget, parse_count, parse_hardware, parse_tokens
+from reference_llm.config import Dtype
 
 
 @pytest.fixture(autouse=True)
@@ -66,7 +67,7 @@ def test_cpu_peak_is_measured_once_per_machine(monkeypatch, tmp_path):
     monkeypatch.delenv("LLMGEN_CPU_TFLOPS")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(cpu_peak, "_in_process", {})
-    first = cpu_peak.cpu_tflops("fp32", size=128, repeats=3)
+    first = cpu_peak.cpu_tflops(Dtype.FLOAT32, size=128, repeats=3)
     assert first > 0
     cache = tmp_path / "llmgen" / "cpu_peak.json"
     assert list(json.loads(cache.read_text()).values()) == [first]
@@ -75,9 +76,9 @@ def test_cpu_peak_is_measured_once_per_machine(monkeypatch, tmp_path):
         raise AssertionError("measured again although the peak is cached")
 
     monkeypatch.setattr(cpu_peak, "measure", no_measuring)
-    assert cpu_peak.cpu_tflops("fp32", size=128, repeats=3) == first  # this process
+    assert cpu_peak.cpu_tflops(Dtype.FLOAT32, size=128, repeats=3) == first  # this process
     monkeypatch.setattr(cpu_peak, "_in_process", {})
-    assert cpu_peak.cpu_tflops("fp32", size=128, repeats=3) == first  # a later process: from the file
+    assert cpu_peak.cpu_tflops(Dtype.FLOAT32, size=128, repeats=3) == first  # a later process: from the file
 
 
 def test_cpu_peak_cache_is_per_machine_and_survives_corruption(monkeypatch, tmp_path):
@@ -88,12 +89,12 @@ def test_cpu_peak_cache_is_per_machine_and_survives_corruption(monkeypatch, tmp_
     cache = tmp_path / "llmgen" / "cpu_peak.json"
     cache.parent.mkdir(parents=True)
     cache.write_text("{not json")
-    assert cpu_peak.cpu_tflops("bf16") == 0.25  # a broken cache is ignored and rewritten
-    assert json.loads(cache.read_text()) == {f"{cpu_peak.machine_key()}|bf16|1024": 0.25}
+    assert cpu_peak.cpu_tflops(Dtype.BFLOAT16) == 0.25  # a broken cache is ignored and rewritten
+    assert json.loads(cache.read_text()) == {f"{cpu_peak.machine_key()}|bfloat16|1024": 0.25}
     monkeypatch.setattr(cpu_peak, "_in_process", {})
     monkeypatch.setenv("OMP_NUM_THREADS", "17")  # another thread count is another machine as far as the peak goes
     monkeypatch.setattr(cpu_peak, "measure", lambda precision, size, repeats: 0.5)
-    assert cpu_peak.cpu_tflops("bf16") == 0.5
+    assert cpu_peak.cpu_tflops(Dtype.BFLOAT16) == 0.5
     assert len(json.loads(cache.read_text())) == 2
 
 

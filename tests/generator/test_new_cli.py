@@ -56,7 +56,7 @@ def test_flags_answer_every_question(workdir):
     answers = answers_of(workdir / "gpt")
     assert (answers["gpu"], answers["nodes"], answers["gpus_per_node"]) == ("H100-SXM", 1, 8)
     assert answers["parallelism"] in ("ddp", "zero1", "zero2", "fsdp")  # auto is resolved, never recorded
-    assert answers["precision"] == "bf16" and answers["exercises"] is False
+    assert answers["precision"] == "bfloat16" and answers["exercises"] is False  # H100: what auto means there
     assert f"auto chose {answers['parallelism']}" in result.stdout
     per_step = answers["micro_batch"] * answers["grad_accum"] * 1024 * 8
     assert 2**18 <= per_step <= 2**20  # about 0.5M tokens per step
@@ -204,7 +204,7 @@ BAD = {
     "ddp on one gpu": (["x", "--yes", "--hardware", "1xA100", "--parallelism", "ddp"], "--parallelism: ddp replicates"),
     "unknown preset": (["x", "--yes", "--model-preset", "gpt5"], "--model-preset: must be one of tiny"),
     "zero micro-batch": (["x", "--yes", "--micro-batch", "0"], "--micro-batch: must be at least 1"),
-    "bad precision": (["x", "--yes", "--precision", "fp16"], "--precision must be one of auto, bf16, fp32"),
+    "bad precision": (["x", "--yes", "--precision", "fp16"], "--precision must be one of auto, float32, bfloat16"),
     "bad tokens": (["x", "--yes", "--tokens", "many"], "--tokens 'many' is not a number"),
     "missing answers file": (["x", "--answers", "nope.yml"], "--answers nope.yml: cannot read"),
     "unknown flag": (["x", "--yes", "--colour"], "No such option: --colour"),
@@ -236,6 +236,14 @@ def test_non_empty_directory_without_force(workdir, snapshot):
     assert result.stderr.strip() == ("error: directory proj exists and is not empty; pass --force to write into it "
                                      "(files with the same names are replaced, others are kept)")
     assert snapshot(workdir) == before
+
+
+def test_precision_is_recorded_in_reference_llms_spelling(workdir):
+    """The short name a person types is recorded, and reaches train.toml, as reference_llm spells it."""
+    result = run("short", "--yes", "--precision", "fp32", "--no-git")
+    assert result.exit_code == 0, result.output
+    assert answers_of(workdir / "short")["precision"] == "float32"
+    assert 'dtype = "float32"' in (workdir / "short" / "configs" / "train.toml").read_text()
 
 
 def test_answers_file_with_unknown_key(workdir, snapshot):

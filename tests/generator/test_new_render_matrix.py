@@ -13,9 +13,10 @@ import pytest
 import yaml
 
 from generator.errors import LLMGenError
+from generator.estimate.api import PARALLELISMS
 from generator.plan import plan_run
 from generator.render import render_into
-from generator.tracks import PARALLELISMS, load_tracks
+from generator.tracks import load_tracks
 from reference_llm.config import load_config
 
 pytestmark = pytest.mark.usefixtures("fixed_cpu", "template_cache")

@@ -3,17 +3,22 @@ validators hold both at llmgen's prompts and inside Copier itself."""
 
 from __future__ import annotations
 
+import json
 import keyword
 
 import copier
 import pytest
+import yaml
 
+from generator.commands.new import Prompter
 from generator.errors import AnswerError
-from generator.estimate.formulas import STRATEGIES
+from generator.estimate.api import PARALLELISMS
 from generator.plan import plan_run
 from generator.questions import ASKED, FLAGS, load_questions, validate
 from generator.resources import templates_dir
 from generator.tracks import load_tracks
+from reference_llm.config import CHOICES, Dtype, Strategy, load_config
+from reference_llm.distributed import ds_config
 from reference_llm.model import PRESETS
 
 
@@ -21,7 +26,17 @@ def test_choices_match_the_code_they_name():
     q = load_questions()
     assert list(q["model_preset"].choices) == list(PRESETS)
     assert list(q["track"].choices) == list(load_tracks())
-    assert set(q["parallelism"].choices) == set(STRATEGIES)  # "auto" is resolved before Copier sees it
+
+
+def test_strategy_and_precision_choices_are_reference_llms_vocabulary():
+    """copier.yml lists the strategies and precisions that reference_llm.config declares, in its order and
+    spelling; `llmgen new` offers the same, plus "auto" parallelism, which it resolves before Copier runs."""
+    raw = yaml.safe_load((templates_dir() / "copier.yml").read_text(encoding="utf-8"))
+    assert raw["parallelism"]["choices"] == list(Strategy) == list(CHOICES["distributed.strategy"])
+    assert raw["precision"]["choices"] == list(Dtype) == list(CHOICES["train.dtype"])
+    q = load_questions()
+    assert Prompter.choices(q["parallelism"]) == PARALLELISMS == ("auto", *Strategy)
+    assert Prompter.choices(q["precision"]) == tuple(Dtype)
 
 
 def test_every_asked_question_has_a_flag_and_help():
@@ -37,7 +52,7 @@ def test_copier_defaults_are_the_yes_answers(fixed_cpu):
                             "model_preset": "demo", "exercises": True}).answers
     q = load_questions()
     for name, question in q.items():
-        if name in ("project_name", "tokens", "max_steps", "roadmap"):
+        if name in ("project_name", "tokens", "max_steps", "roadmap"):  # (deepspeed: {} on cpu, its default)
             continue
         assert question.default_for(yes) == yes[name], name
 
@@ -69,6 +84,22 @@ def test_copier_itself_enforces_the_validators(tmp_path):
                         data={"project_name": "ok", "parallelism": "zero3", "tokens": 1, "max_steps": 1},
                         defaults=True, unsafe=False, quiet=True)
     assert not destination.exists()
+
+
+def test_copier_writes_deepspeed_json_as_ds_config_builds_it(tmp_path, fixed_cpu):
+    """configs/deepspeed.json is the `deepspeed` answer, which llmgen computes with ds_config.build; plain
+    Copier renders it from that answer and refuses a ZeRO project without one (or another with one)."""
+    answers = plan_run("ds", {"track": "practitioner", "budget": "200 gpu-hours", "hardware": "8xH100",
+                              "parallelism": "zero2", "model_preset": "gpt2-124m", "exercises": False,
+                              "tokens": 10**9}).answers
+    copier.run_copy(str(templates_dir()), tmp_path / "ok", data=answers, defaults=True, unsafe=False, quiet=True)
+    written = json.loads((tmp_path / "ok" / "configs" / "deepspeed.json").read_text())
+    assert written == ds_config.build(load_config(tmp_path / "ok" / "configs" / "train.toml"), 8, bf16=True)
+    for wrong in ({"deepspeed": {}}, {"parallelism": "ddp"}):
+        with pytest.raises(ValueError, match="deepspeed"):
+            copier.run_copy(str(templates_dir()), tmp_path / "bad", data={**answers, **wrong}, defaults=True,
+                            unsafe=False, quiet=True)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_parallelism_rules():

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from markupsafe import escape
 
-from generator.estimate import estimate_run, parse_hardware
+from generator.estimate import RunSpec, estimate_run, parse_hardware
 from generator.plan import plan_run
 from generator.render import render_into
 from generator.roadmap import EXERCISES, step_estimate
@@ -74,21 +74,19 @@ def test_estimates_come_from_the_estimator():
     answers, track = plan.answers, load_tracks()["practitioner"]
     model = ModelConfig.preset(answers["model_preset"])
     hardware = parse_hardware(answers["hardware"])
-    pretrain = step_estimate(track.step("pretrain"), model, answers, hardware, "bf16")
-    est = estimate_run(model, float(answers["tokens"]), hardware, parallelism=answers["parallelism"],
-                       micro_batch=answers["micro_batch"], seq_len=model.block_size,
-                       grad_accum=answers["grad_accum"], precision="bf16")
+    pretrain = step_estimate(track.step("pretrain"), model, answers, hardware, "bfloat16")
+    spec = RunSpec(model, hardware, float(answers["tokens"]), parallelism=answers["parallelism"],
+                   micro_batch=answers["micro_batch"], seq_len=model.block_size, grad_accum=answers["grad_accum"],
+                   precision="bfloat16")
+    est = estimate_run(spec)
     assert pretrain["gpu_hours"] == pytest.approx(est.gpu_hours) and pretrain["cost_usd"] == pytest.approx(est.cost_usd)
     assert f"{est.gpu_hours:.3g} GPU-hours" in pretrain["text"] and f"${est.cost_usd:,.2f}" in pretrain["text"]
     # a forward-only step costs the training run's time scaled by forward / training FLOPs per token
-    evaluate = step_estimate(track.step("evaluate"), model, answers, hardware, "bf16")
-    tokens = track.step("evaluate").estimate.tokens
-    training = estimate_run(model, tokens, hardware, parallelism=answers["parallelism"],
-                            micro_batch=answers["micro_batch"], seq_len=model.block_size,
-                            grad_accum=answers["grad_accum"], precision="bf16")
+    evaluate = step_estimate(track.step("evaluate"), model, answers, hardware, "bfloat16")
+    training = estimate_run(spec.but(tokens=track.step("evaluate").estimate.tokens))
     ratio = model.flops_per_token(training=False) / model.flops_per_token(training=True)
     assert evaluate["gpu_hours"] == pytest.approx(training.gpu_hours * ratio)
-    data = step_estimate(track.step("data"), model, answers, hardware, "bf16")
+    data = step_estimate(track.step("data"), model, answers, hardware, "bfloat16")
     assert data["text"] == track.step("data").estimate.note and data["gpu_hours"] == 0
     required = [s for s in plan.answers["roadmap"]["steps"] if not s["optional"]]
     assert "GPU-hours" in plan.answers["roadmap"]["total"] and len(required) < len(track.steps)
