@@ -1,7 +1,7 @@
 """Data preparation speed and memory: MB/s and peak RSS of `prepare_data` on a generated corpus.
 
     python benchmarks/data_prepare.py            # ~200 MB corpus, JSON Lines and Parquet, 1 and 2 workers
-    python benchmarks/data_prepare.py --quick    # ~4 MB: checks that the script runs
+    python benchmarks/data_prepare.py --quick    # ~1 MB: checks that the script runs
     python benchmarks/data_prepare.py --json     # JSON on stdout instead of tables
 
 The corpus is synthetic prose: documents of 0.5-8 kB whose words follow a Zipf law over 50,000 made-up
@@ -9,10 +9,13 @@ words, with 2% exact copies, 2% near copies and an e-mail address in 1% (so ever
 written once as JSON Lines and as Parquet (row groups of 10,000 documents) and reused by every row.
 
 Each row runs prepare_data in a fresh process on one format, with 1 or 2 workers, "plain" (exact and
-near dedup off) or "dedup" (both on), and the byte-level BPE tokenizer (vocab 4096). MB/s is corpus file
-bytes over wall time, the whole pipeline included (reading, cleaning, tokenizer training on its sample,
-encoding, writing shards). Peak RSS is sampled every 50 ms over the process and its workers, summed;
-the baseline is the same processes idle after imports. A second measurement gives what the dedup index
+near dedup off) or "dedup" (both on), and the byte-level BPE tokenizer (vocab 4096). Two more rows read
+the same text written as one line of one file (corpus.txt, with filters.max_mean_line_length off),
+with the BPE and the char tokenizer. "text
+MB/s" is the corpus' text over wall time, the same work for every format; "file MB/s" counts the file's
+bytes (JSON adds quoting, Parquet compresses). The whole pipeline is timed: reading, cleaning, tokenizer
+training on its sample, encoding, writing shards. Peak RSS is sampled every 50 ms over the process and its
+workers, summed; the baseline is the same processes idle after imports. A second measurement gives what the dedup index
 costs per document: RSS growth while a Collector takes synthetic documents with distinct signatures.
 """
 
@@ -52,7 +55,7 @@ def make_corpus(folder: Path, target_bytes: int, seed: int = 0) -> dict[str, Any
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    jsonl, parquet = folder / "corpus.jsonl", folder / "corpus.parquet"
+    jsonl, parquet, line = folder / "corpus.jsonl", folder / "corpus.parquet", folder / "corpus.txt"
     info_path = folder / "corpus.json"
     if info_path.exists() and json.loads(info_path.read_text())["target_bytes"] == target_bytes:
         return json.loads(info_path.read_text())
@@ -83,8 +86,12 @@ def make_corpus(folder: Path, target_bytes: int, seed: int = 0) -> dict[str, Any
         for i, text in enumerate(docs):
             f.write(json.dumps({"id": i, "text": text}) + "\n")
     pq.write_table(pa.table({"id": np.arange(len(docs)), "text": docs}), parquet, row_group_size=10_000)
+    with line.open("w", encoding="utf-8") as f:  # the same text as one line: one document, no line break
+        for text in docs:
+            f.write(text.replace("\n", " ") + " ")
     info = {"target_bytes": target_bytes, "documents": len(docs), "jsonl_bytes": jsonl.stat().st_size,
-            "parquet_bytes": parquet.stat().st_size, "text_mb": round(sum(map(len, docs)) / 1e6, 2)}
+            "parquet_bytes": parquet.stat().st_size, "txt_bytes": line.stat().st_size,
+            "text_mb": round(sum(map(len, docs)) / 1e6, 2)}
     info_path.write_text(json.dumps(info))
     return info
 
@@ -131,7 +138,7 @@ class PeakSampler:
         self._thread.join()
 
 
-def one_run(corpus: Path, workers: int, dedup: bool, chunk_mb: float, cache: Path) -> dict[str, Any]:
+def one_run(corpus: Path, workers: int, dedup: bool, chunk_mb: float, cache: Path, tokenizer: str) -> dict[str, Any]:
     """In a fresh process: prepare `corpus` once, report wall time and memory."""
     from reference_llm.data import prepare_data
     from reference_llm.data.parallel import ordered_map
@@ -140,8 +147,11 @@ def one_run(corpus: Path, workers: int, dedup: bool, chunk_mb: float, cache: Pat
     with PeakSampler() as idle:
         list(ordered_map(_import_pipeline, range(workers), workers))
         time.sleep(0.2)
-    settings = PipelineSettings().with_overrides({"dedup.exact": dedup, "dedup.near": dedup})
-    data_cfg = DataConfig(corpus=str(corpus), tokenizer="bpe", vocab_size=4096, cache_dir=str(cache),
+    overrides: dict[str, Any] = {"dedup.exact": dedup, "dedup.near": dedup}
+    if corpus.suffix == ".txt":  # one line of hundreds of MB: the line-length filter would drop all of it
+        overrides["filters.max_mean_line_length"] = 0.0
+    settings = PipelineSettings().with_overrides(overrides)
+    data_cfg = DataConfig(corpus=str(corpus), tokenizer=tokenizer, vocab_size=4096, cache_dir=str(cache),
                           workers=workers, chunk_mb=chunk_mb)
     start = time.perf_counter()
     with PeakSampler() as sampler:
@@ -211,19 +221,21 @@ def child(args: list[str]) -> dict[str, Any]:
 
 
 def run(quick: bool, workdir: Path, chunk_mb: float) -> dict[str, Any]:
-    target = 4_000_000 if quick else 200_000_000
+    target = 1_000_000 if quick else 200_000_000
     corpus = make_corpus(workdir, target)
     before = machine()
+    runs = [(fmt, workers, dedup, "bpe") for fmt in ("jsonl", "parquet") for dedup in (False, True)
+            for workers in (1, 2)]
+    runs += [("txt", 2, True, tokenizer) for tokenizer in ("bpe", "char")]  # the whole corpus as one line
     rows = []
-    for fmt in ("jsonl", "parquet"):
-        path = workdir / f"corpus.{fmt}"
-        for dedup in (False, True):
-            for workers in (1, 2):
-                with tempfile.TemporaryDirectory(dir=workdir) as cache:
-                    row = child(["--one", str(path), str(workers), str(int(dedup)), str(chunk_mb), cache])
-                size = corpus[f"{fmt}_bytes"]
-                rows.append({"format": fmt, "workers": workers, "dedup": dedup, "mb": round(size / 1e6, 1),
-                             "mb_per_s": round(size / 1e6 / row["wall_s"], 2), **row})
+    for fmt, workers, dedup, tokenizer in runs:
+        with tempfile.TemporaryDirectory(dir=workdir) as cache:
+            row = child(["--one", str(workdir / f"corpus.{fmt}"), str(workers), str(int(dedup)), str(chunk_mb), cache,
+                         tokenizer])
+        size = corpus[f"{fmt}_bytes"]
+        rows.append({"format": fmt, "workers": workers, "dedup": dedup, "tokenizer": tokenizer,
+                     "file_mb": round(size / 1e6, 1), "file_mb_per_s": round(size / 1e6 / row["wall_s"], 2),
+                     "mb_per_s": round(corpus["text_mb"] / row["wall_s"], 2), **row})
     index = child(["--index", str(20_000 if quick else 1_000_000)])
     return {"machine": before, "load_average_after": [round(x, 2) for x in os.getloadavg()],
             "corpus": corpus, "chunk_mb": chunk_mb, "rows": rows, "dedup_index": index}
@@ -241,11 +253,12 @@ def print_tables(report: dict[str, Any]) -> None:
     console.print(f"corpus: {c['documents']:,} documents, {c['text_mb']} MB of text; JSON Lines "
                   f"{c['jsonl_bytes'] / 1e6:.1f} MB, Parquet {c['parquet_bytes'] / 1e6:.1f} MB; chunk_mb "
                   f"{report['chunk_mb']:g}")
-    table = Table("format", "workers", "dedup", "MB/s", "wall s", "peak RSS MB", "idle RSS MB", "index MB")
+    table = Table("file", "tokenizer", "workers", "dedup", "text MB/s", "file MB/s", "wall s", "peak RSS MB",
+                  "idle RSS MB", "index MB")
     for r in report["rows"]:
-        table.add_row(r["format"], str(r["workers"]), "on" if r["dedup"] else "off", f"{r['mb_per_s']:.2f}",
-                      f"{r['wall_s']:.1f}", f"{r['peak_rss_mb']:.0f}", f"{r['idle_rss_mb']:.0f}",
-                      f"{r['dedup_index_mb']:.1f}")
+        table.add_row(f"corpus.{r['format']}", r["tokenizer"], str(r["workers"]), "on" if r["dedup"] else "off",
+                      f"{r['mb_per_s']:.2f}", f"{r['file_mb_per_s']:.2f}", f"{r['wall_s']:.1f}",
+                      f"{r['peak_rss_mb']:.0f}", f"{r['idle_rss_mb']:.0f}", f"{r['dedup_index_mb']:.1f}")
     console.print(table)
     i = report["dedup_index"]
     console.print(f"dedup index: {i['bytes_per_document']} bytes per document ({i['mb_per_million']} MB per "
@@ -254,23 +267,23 @@ def print_tables(report: dict[str, Any]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a ~4 MB corpus: checks that the script runs")
+    parser.add_argument("--quick", action="store_true", help="a ~1 MB corpus: checks that the script runs")
     parser.add_argument("--json", action="store_true", help="JSON on stdout instead of tables")
     parser.add_argument("--workdir", type=Path, help="where the corpus is generated and kept (default: a temp dir)")
     parser.add_argument("--chunk-mb", type=float, help=f"data.chunk_mb for every run (default "
-                                                        f"{DataConfig().chunk_mb:g}; 1 with --quick, so that "
+                                                        f"{DataConfig().chunk_mb:g}; 0.25 with --quick, so that "
                                                         f"2 workers have several chunks to share)")
-    parser.add_argument("--one", nargs=5, help=argparse.SUPPRESS)  # internal: one row, in a fresh process
+    parser.add_argument("--one", nargs=6, help=argparse.SUPPRESS)  # internal: one row, in a fresh process
     parser.add_argument("--index", type=int, help=argparse.SUPPRESS)  # internal: the dedup index's cost
     args = parser.parse_args()
     if args.one:
-        corpus, workers, dedup, chunk_mb, cache = args.one
-        print(json.dumps(one_run(Path(corpus), int(workers), dedup == "1", float(chunk_mb), Path(cache))))
+        corpus, workers, dedup, chunk_mb, cache, tokenizer = args.one
+        print(json.dumps(one_run(Path(corpus), int(workers), dedup == "1", float(chunk_mb), Path(cache), tokenizer)))
         return 0
     if args.index:
         print(json.dumps(index_cost(args.index)))
         return 0
-    chunk_mb = args.chunk_mb or (1.0 if args.quick else DataConfig().chunk_mb)
+    chunk_mb = args.chunk_mb or (0.25 if args.quick else DataConfig().chunk_mb)
     if args.workdir:
         args.workdir.mkdir(parents=True, exist_ok=True)
         report = run(args.quick, args.workdir, chunk_mb)

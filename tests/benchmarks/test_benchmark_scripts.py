@@ -71,6 +71,18 @@ def test_render(tmp_path):
     assert all(row["median_s"] > 0 for row in report["results"])
 
 
+def test_data_prepare(tmp_path):
+    report = run_benchmark(tmp_path, "data_prepare.py", "--quick")
+    rows = {(r["format"], r["workers"], r["dedup"]): r for r in report["rows"] if r["format"] != "txt"}
+    assert set(rows) == {(f, w, d) for f in ("jsonl", "parquet") for w in (1, 2) for d in (False, True)}
+    assert [r["tokenizer"] for r in report["rows"] if r["format"] == "txt"] == ["bpe", "char"]
+    for (fmt, _, dedup), row in rows.items():
+        assert row["mb_per_s"] > 0 and row["peak_rss_mb"] > 0
+        assert row["train_tokens"] == rows[(fmt, 1, dedup)]["train_tokens"]  # workers do not change the result
+        assert (row["documents_out"] < row["documents_in"]) == dedup  # the corpus has duplicates
+    assert report["dedup_index"]["bytes_per_document"] > 0 and report["machine"]["cpus_usable"] >= 1
+
+
 def test_demo_quality(tmp_path):
     report = run_benchmark(tmp_path, "demo_quality.py", "--steps", "3")
     rows = {row["recipe"]: row for row in report["rows"]}
