@@ -1,4 +1,4 @@
-"""Weight-only quantization: size on disk, speed and perplexity of int8 and int4 against float32.
+"""Weight-only quantization: size on disk, speed and perplexity of int8, int4, NF4 and MXFP4 against float32.
 
     python benchmarks/quantize.py                          # train a small model for 300 steps, then measure
     python benchmarks/quantize.py --quick                  # a 2-layer model, 20 steps: checks that it runs
@@ -42,7 +42,10 @@ from reference_llm.evaluate.perplexity import evaluate_text
 from reference_llm.model import ModelConfig, Transformer
 from reference_llm.tokenizer import train_tokenizer
 
-SCHEMES = [("float32", None, None), ("int8", 8, None), ("int4 g128", 4, 128), ("int4 g64", 4, 64), ("int4 g32", 4, 32)]
+# (label, bits, group size, format); None bits is the float32 model itself.
+SCHEMES = [("float32", None, None, "int"), ("int8", 8, None, "int"), ("int4 g128", 4, 128, "int"),
+           ("int4 g64", 4, 64, "int"), ("int4 g32", 4, 32, "int"), ("nf4 g64", 4, 64, "nf4"),
+           ("nf4 g32", 4, 32, "nf4"), ("mxfp4 g32", 4, 32, "mxfp4")]
 
 
 def train_small_model(steps: int, small: bool = False, seed: int = 0) -> tuple[Transformer, Any, str]:
@@ -93,7 +96,7 @@ def tokens_per_second(model: Transformer, new_tokens: int, repeats: int) -> tupl
 def measure(model: Transformer, tokenizer, heldout: str, repeats: int, new_tokens: int) -> list[dict[str, Any]]:
     state = {name: t.clone() for name, t in model.state_dict().items()}
     rows = []
-    for label, bits, group in SCHEMES:
+    for label, bits, group, fmt in SCHEMES:
         candidate = Transformer(model.config)
         candidate.load_state_dict(state)
         candidate.eval()
@@ -105,7 +108,7 @@ def measure(model: Transformer, tokenizer, heldout: str, repeats: int, new_token
                            if not (model.config.tie_embeddings and n == "lm_head.weight")}
                 save_file({n: t.contiguous() for n, t in weights.items()}, str(path))
             else:
-                quantize_model(candidate, bits, group or 64)
+                quantize_model(candidate, bits, group, fmt)
                 path = save_quantized(candidate, tmp)
             size = path.stat().st_size
         layers = _layer_bytes(candidate, names)
@@ -121,7 +124,7 @@ def measure(model: Transformer, tokenizer, heldout: str, repeats: int, new_token
 
 
 def _layer_bytes(model: Transformer, names: list[str]) -> int:
-    """Bytes held by the blocks' Linear layers: weights (or codes, scales and offsets) and biases."""
+    """Bytes held by the blocks' Linear layers: weights (or codes and every level of scales) and biases."""
     total = 0
     for name in names:
         module = model.get_submodule(name)
