@@ -63,13 +63,13 @@ def make_corpus(folder: Path, target_bytes: int, seed: int = 0) -> dict[str, Any
     syllables = np.array(["ka", "lo", "mi", "ten", "ar", "shu", "ve", "no", "ri", "del", "oss", "um", "pra", "ith"])
     vocab = np.array(["".join(rng.choice(syllables, size=rng.integers(1, 4))) + str(i % 7 if i % 9 == 0 else "")
                       for i in range(50_000)])
-    weights = 1.0 / np.arange(1, vocab.size + 1)
-    weights /= weights.sum()
+    cdf = np.cumsum(1.0 / np.arange(1, vocab.size + 1))  # Zipf: word k has weight 1/k
+    cdf /= cdf[-1]
     docs: list[str] = []
     size = 0
     while size < target_bytes:
         n_words = int(rng.integers(80, 1300))
-        words = vocab[rng.choice(vocab.size, size=n_words, p=weights)]
+        words = vocab[np.searchsorted(cdf, rng.random(n_words))]
         lines = [" ".join(words[i:i + 12]).capitalize() + "." for i in range(0, n_words, 12)]
         roll = rng.random()
         if roll < 0.02 and docs:
