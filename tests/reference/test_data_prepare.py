@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import json
 import random
 import subprocess
 import sys
@@ -207,3 +209,43 @@ def test_cli_module_exit_code_and_one_line_error(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: corpus not found") and proc.stderr.count("\n") == 1
     assert proc.stdout == ""
+
+
+def test_cli_strict_and_skip_bad(tmp_path, capsys):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for i in range(6):
+        (folder / f"p{i}.txt").write_text(play(i), encoding="utf-8")
+    (folder / "pic.png").write_bytes(b"\x89PNG")
+    lines = [json.dumps({"text": play(20 + i)}) for i in range(4)] + ["{broken", json.dumps({"body": "x"})]
+    (folder / "extra.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    base = ["--corpus", str(folder), "--tokenizer", "char", "--out", str(tmp_path / "out")]
+
+    assert run_main(prepare_main, base + ["--strict"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: --strict: skipped 1 file(s): unknown format (.png): 1 (pic.png)\n"
+
+    assert run_main(prepare_main, base) == 2  # the bad JSON line stops the run, naming file and line
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "note: skipped 1 file(s): unknown format (.png): 1 (pic.png)"
+    assert err[1].startswith(f"error: {folder / 'extra.jsonl'}:5: not JSON (") and len(err) == 2
+
+    assert run_main(prepare_main, base + ["--skip-bad"]) == 0
+    out = capsys.readouterr().out
+    assert "1 file(s) (jsonl 1, text 6)" not in out and "7 file(s) (jsonl 1, text 6)" in out
+    assert "bad records" in out and "2 left out (missing field 1, not JSON 1)" in out
+    assert "unknown format (.png) 1" in out
+    assert not list((tmp_path / "out").glob(".*"))  # no lock file, no unfinished build left
+
+
+@pytest.mark.parametrize("name, data, message", [
+    ("bad.jsonl", b'{"text": "fine"}\n{"text": \n', "bad.jsonl:2: not JSON"),
+    ("bad.txt.gz", gzip.compress(b"some text\n" * 1000)[:40], "bad.txt.gz: truncated or corrupt gzip data"),
+])
+def test_cli_bad_input_is_one_line_without_traceback(tmp_path, name, data, message):
+    (tmp_path / name).write_bytes(data)
+    proc = subprocess.run([sys.executable, "-m", "reference_llm.data.prepare", "--corpus", str(tmp_path / name),
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.startswith("error: ") and message in proc.stderr and proc.stderr.count("\n") == 1
+    assert not any(p.is_dir() for p in (tmp_path / "out").iterdir())  # no shard set, finished or not
