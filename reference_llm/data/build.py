@@ -179,6 +179,9 @@ def _exclusive(cache_root: Path) -> Iterator[None]:
         except BlockingIOError:
             print(f"note: waiting for another process that is preparing data in {cache_root}", file=sys.stderr)
             fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:  # a file system without locks: builders must not run at once
+            print(f"note: cannot lock {cache_root} ({exc.strerror}); do not prepare the same data from several "
+                  f"processes at once", file=sys.stderr)
         yield
     finally:
         os.close(fd)
