@@ -128,9 +128,10 @@ def encode_batch(task: tuple[str, bool, list[tuple[int, str]]]) -> list[tuple[np
     (split, text) of the task. A char tokenizer has no id for a character seen only in validation: such
     characters are dropped."""
     path, fast, items = task
-    tokenizer = _tokenizers.get(path)
+    key = f"{path}@{os.stat(path).st_mtime_ns}"  # a rebuilt tokenizer at the same path is another one
+    tokenizer = _tokenizers.get(key)
     if tokenizer is None:
-        tokenizer = _tokenizers[path] = load_tokenizer(path, fast=fast)
+        tokenizer = _tokenizers[key] = load_tokenizer(path, fast=fast)
     dtype = token_dtype(tokenizer.vocab_size)
     known = set(tokenizer.chars) if isinstance(tokenizer, CharTokenizer) else None
     texts, dropped = [], []
@@ -231,6 +232,7 @@ def encode_all(work_dir: Path, collected: Collected, plan: Plan, tokenizer_path:
                 for done in split.add(ids, copies, skip):
                     journal[split.name] = split.state(index, offset, done)
                     write_json(journal_path, journal)
+    _tokenizers.clear()  # with one worker they lived in this process, word caches and all
     result: dict[str, Any] = {}
     for split in splits:
         shards = split.writer.close()
