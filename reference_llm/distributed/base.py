@@ -40,6 +40,7 @@ import torch.nn as nn
 from reference_llm.config import RunConfig, Strategy
 from reference_llm.errors import CheckpointError, DistributedError
 from reference_llm.train.checkpoint import load_weights, unique_state_dict
+from reference_llm.train.checkpoint_checks import check_optimizer_state
 from reference_llm.train.optim import OptimizerFactory
 from reference_llm.train.perf import keep_freed_memory, resolve_device
 
@@ -145,6 +146,7 @@ def optimizer_state_by_name(optimizer: torch.optim.Optimizer, model: nn.Module) 
 
 def load_optimizer_state_by_name(optimizer: torch.optim.Optimizer, model: nn.Module, saved: OptimizerState) -> None:
     """Inverse of `optimizer_state_by_name`; the groups must hold the same parameter names."""
+    check_optimizer_state(saved, {name: p.shape for name, p in model.named_parameters()}, "optimizer state")
     names = _param_names(model)
     current = [[names[id(p)] for p in g["params"]] for g in optimizer.param_groups]
     stored = [list(g["params"]) for g in saved["param_groups"]]

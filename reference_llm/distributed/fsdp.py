@@ -14,6 +14,7 @@ parameters, the gradient reduction and the optimizer stay in fp32.
 from __future__ import annotations
 
 import contextlib
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -32,6 +33,7 @@ from reference_llm.distributed import runtime
 from reference_llm.distributed.base import OptimizerState, SingleDeviceEngine
 from reference_llm.errors import DistributedError
 from reference_llm.train.checkpoint import check_weight_shapes
+from reference_llm.train.checkpoint_checks import check_optimizer_state
 from reference_llm.train.optim import OptimizerFactory
 from reference_llm.train.perf import resolve_dtype
 
@@ -59,34 +61,37 @@ class FSDPEngine(SingleDeviceEngine):
             policy = MixedPrecisionPolicy()
         # No model.to(device) first: each fully_shard call moves its own module's tensors to the mesh's
         # device and shards them there, so a GPU never holds more than one full block at a time.
-        for block in model.blocks:
+        for block in cast(nn.ModuleList, model.blocks):
             fully_shard(block, mesh=mesh, mp_policy=policy)
         # The root group holds what is left: embeddings, final norm and output head (tied or not).
         fully_shard(model, mesh=mesh, mp_policy=policy)
-        self.model: FSDPModule = model  # type: ignore[assignment]  # fully_shard changes the class in place
+        self.model = model  # fully_shard changed its class in place: it is also an FSDPModule now
         # Built after sharding, so the optimizer's state is allocated per shard.
         self.optimizer = make_optimizer(model)
 
     def accumulating(self, is_last_micro_step: bool) -> contextlib.AbstractContextManager:
         # Non-final micro-steps keep unsharded gradients locally; the last one reduce-scatters the sum.
-        self.model.set_requires_gradient_sync(is_last_micro_step)
+        cast(FSDPModule, self.model).set_requires_gradient_sync(is_last_micro_step)
         return contextlib.nullcontext()
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         full = get_model_state_dict(self.model, options=_SAVE)
         aliases = _tied_aliases(self.model)
-        return {name: tensor for name, tensor in full.items() if name not in aliases}
+        return {name: cast(torch.Tensor, tensor) for name, tensor in full.items() if name not in aliases}
 
     def optimizer_state(self) -> OptimizerState:
         return get_optimizer_state_dict(self.model, self.optimizer, options=_SAVE)
 
     def load_state(self, weights: dict[str, torch.Tensor], optimizer_state: OptimizerState | None) -> None:
         _check_weights(self.model, weights)
-        full = dict(weights)
+        full: dict[str, Any] = dict(weights)
         for alias, first in _tied_aliases(self.model).items():
             full[alias] = weights[first]  # state-dict loading expects every name, tied ones included
         set_model_state_dict(self.model, full, options=_LOAD)
         if optimizer_state is not None:
+            # DTensor.shape is the full shape, as the consolidated state has it
+            check_optimizer_state(optimizer_state, {name: p.shape for name, p in self.model.named_parameters()},
+                                  "optimizer state")
             set_optimizer_state_dict(self.model, self.optimizer, optimizer_state, options=_LOAD)
 
     def barrier(self) -> None:

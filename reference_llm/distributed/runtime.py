@@ -9,9 +9,11 @@ follows the device: NCCL between GPUs, gloo between CPU processes.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from dataclasses import dataclass
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -132,10 +134,36 @@ def shutdown() -> None:
     waiting in some other collective and would wait forever (gloo's timeout is 30 minutes).
     Destroying the group instead breaks their connections, so they fail at once and the launcher
     stops the job with this rank's error.
+
+    After a clean shutdown the process ends through `exit_cleanly_on_success`.
     """
     if dist.is_initialized():
-        if sys.exc_info()[0] is None:
+        clean = sys.exc_info()[0] is None
+        if clean:
             dist.barrier()
         dist.destroy_process_group()
+        if clean and launched():
+            exit_cleanly_on_success()
     sys.stdout.flush()
     sys.stderr.flush()
+
+
+def exit_cleanly_on_success() -> None:
+    """Make this process's `sys.exit(0)` (how every entry point ends: `sys.exit(run_main(main))`)
+    flush stdout, stderr and logging, then leave with `os._exit(0)`, skipping the interpreter's and
+    PyTorch's native teardown. That teardown aborts now and then after an FSDP2 run on gloo
+    ("terminate called without an active exception", SIGABRT: about 1 torchrun launch in 6 with
+    torch 2.13, reproduced with a plain FSDP2 script, so PyTorch's), which made torchrun report a
+    finished job as failed. Any other exit status goes through the normal `sys.exit`.
+    """
+    normal_exit = sys.exit
+
+    def exit_fast_when_zero(status: str | int | None = None) -> NoReturn:
+        if status is None or status == 0:
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
+        normal_exit(status)
+
+    sys.exit = exit_fast_when_zero

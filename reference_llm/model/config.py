@@ -7,10 +7,32 @@ estimator, `llmgen new`) does not have to import torch, which costs over a secon
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from reference_llm.errors import ConfigError
+
+# Upper bounds on the shape fields, checked before anything is built from a config (a hostile or
+# mistyped checkpoint must not make the first allocation take the machine down). Each is far above
+# any published model: Llama 3's vocabulary is 128,256, the longest contexts are around 1M tokens,
+# the widest models 16,384 (d_model) with 53,248 hidden units and 126 layers (Llama 3.1 405B).
+MAX_DIMENSIONS: dict[str, int] = {
+    "vocab_size": 1 << 22,  # 4,194,304
+    "block_size": 1 << 20,  # 1,048,576
+    "n_layer": 1024,
+    "n_head": 1024,
+    "n_kv_head": 1024,
+    "d_model": 1 << 16,  # 65,536
+    "ffn_hidden": 1 << 18,  # 262,144
+}
+# Real-valued fields: (lowest, highest) allowed, both exclusive; NaN and infinities are refused.
+REAL_RANGES: dict[str, tuple[float, float]] = {
+    "norm_eps": (0.0, 1.0),
+    "rope_theta": (1.0, 1e12),  # RoPE frequencies are theta^(-2i/D): they fall with i only for theta > 1
+}
 
 
 @dataclass
@@ -39,6 +61,7 @@ class ModelConfig:
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
         if self.ffn_hidden is None:
+            _check_dimension("d_model", self.d_model)  # before arithmetic on it
             self.ffn_hidden = _default_ffn_hidden(self.d_model, self.mlp)
         self.validate()
 
@@ -90,11 +113,20 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> None:
-        positive = ("vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "d_model", "ffn_hidden")
-        for key in positive:
+        """Types, bounds (`MAX_DIMENSIONS`, `REAL_RANGES`) and consistency of every field; ConfigError
+        names the first field that is wrong. Runs on construction, so on every config read from a file."""
+        for key in MAX_DIMENSIONS:
+            _check_dimension(key, getattr(self, key))
+        for key, (low, high) in REAL_RANGES.items():
             value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"model.{key} must be a positive integer, got {value!r}")
+            if not _is_real(value) or not low < value < high:
+                raise ConfigError(f"model.{key} must be a finite number between {low:g} and {high:g} "
+                                  f"(exclusive), got {value!r}")
+        for key in ("bias", "tie_embeddings"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"model.{key} must be true or false, got {getattr(self, key)!r}")
+        if not isinstance(self.name, str) or len(self.name) > 200:
+            raise ConfigError(f"model.name must be a string of at most 200 characters, got {self.name!r:.60}")
         if self.d_model % self.n_head:
             raise ConfigError(f"model.n_head={self.n_head} must divide model.d_model={self.d_model}")
         if self.n_head % self.n_kv_head:  # type: ignore[operator]
@@ -106,8 +138,25 @@ class ModelConfig:
                 raise ConfigError(f"model.{key} must be one of {', '.join(allowed)}; got {getattr(self, key)!r}")
         if self.position == "rope" and self.head_dim % 2:
             raise ConfigError(f"RoPE needs an even head size; d_model/n_head = {self.head_dim}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if not _is_real(self.dropout) or not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
+
+    def memory_bytes(self, bytes_per_param: int = 4) -> int:
+        """Bytes that building `Transformer(self)` allocates: the parameters at `bytes_per_param` each,
+        plus the float32 RoPE tables (cos and sin, block_size x head_dim each)."""
+        rope = 2 * self.block_size * self.head_dim * 4 if self.position == "rope" else 0
+        return self.num_params() * bytes_per_param + rope
+
+    def check_memory(self, bytes_per_param: int = 4, extra_bytes: int = 0, what: str = "building the model") -> None:
+        """ConfigError when `memory_bytes(bytes_per_param) + extra_bytes` exceeds the memory this
+        process can still get (`available_memory_bytes`); call it before allocating the model, so that a
+        config too large for the machine is one line rather than the kernel's OOM killer."""
+        needed = self.memory_bytes(bytes_per_param) + extra_bytes
+        free = available_memory_bytes()
+        if free is not None and needed > free:
+            raise ConfigError(f"{what} needs about {_gib(needed)} of memory ({self.num_params():,} parameters of "
+                              f"{bytes_per_param} bytes{' and more' if extra_bytes else ''}) but only {_gib(free)} "
+                              f"is available")
 
     # -- derived quantities ------------------------------------------------------------------------------
 
@@ -155,6 +204,46 @@ class ModelConfig:
         n_matmul = self.num_params(include_embeddings=False) + self.vocab_size * self.d_model
         forward = 2 * n_matmul + 4 * self.n_layer * self.d_model * T
         return float(3 * forward if training else forward)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_dimension(key: str, value: Any) -> None:
+    limit = MAX_DIMENSIONS[key]
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= limit:
+        raise ConfigError(f"model.{key} must be a positive integer of at most {limit:,}, got {value!r:.60}")
+
+
+def available_memory_bytes() -> int | None:
+    """Memory this process can still allocate: the kernel's MemAvailable, lowered to what is left of
+    the cgroup (container, Slurm job) limit when there is one; the free physical pages where there is
+    no /proc; None when neither can be read."""
+    free: int | None = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                free = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    if free is None:
+        try:
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    try:
+        cgroup = Path("/sys/fs/cgroup")
+        limit = (cgroup / "memory.max").read_text().strip()
+        if limit != "max":
+            free = min(free, int(limit) - int((cgroup / "memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return free
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB"
 
 
 def _default_ffn_hidden(d_model: int, mlp: str) -> int:

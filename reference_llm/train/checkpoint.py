@@ -11,16 +11,23 @@ Layout (docs/architecture.md):
             tokenizer.json       the tokenizer, so that a checkpoint is usable on its own
 
 A step directory is written under a temporary name and renamed into place, and `latest` is replaced
-by rename too, so a crash at any moment leaves the previous checkpoint and pointer intact. Pickle-based
-formats (.pt, .pkl, .bin) are never read, not even with `torch.load(weights_only=True)`: loading a
-checkpoint from someone else must not be able to run code.
+by rename too, so a crash at any moment leaves the previous checkpoint and pointer intact; old step
+directories are renamed away before they are deleted. Temporaries left by killed processes are removed
+by the next run that writes to the directory (see `files.py`). A full disk or a directory that cannot
+be written is a CheckpointError that says how much space a checkpoint needs.
+
+Reading trusts nothing (checkpoint_checks.py): JSON has size and depth limits, every value is typed
+and range-checked, every tensor's dtype, values and shape are checked, and the model config is checked
+against its bounds and the free memory before a model is built. Pickle-based formats (.pt, .pkl, .bin)
+are never read, not even with `torch.load(weights_only=True)`: loading a checkpoint from someone else
+must not be able to run code.
 """
 
 from __future__ import annotations
 
 import base64
+import errno
 import json
-import os
 import random
 import shutil
 from dataclasses import dataclass
@@ -34,8 +41,19 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from reference_llm.config import SECTIONS, RunConfig
-from reference_llm.errors import CheckpointError, ReferenceLLMError
+from reference_llm.errors import CheckpointError, ReferenceLLMError, TokenizerError
 from reference_llm.model import ModelConfig, Transformer
+from reference_llm.train import files
+from reference_llm.train.checkpoint_checks import (
+    MAX_METADATA_BYTES,
+    STEP_DIR,
+    check_optimizer_state,
+    check_param_groups,
+    check_state,
+    check_weights,
+    parse_json,
+    read_json,
+)
 
 if TYPE_CHECKING:
     from reference_llm.tokenizer import Tokenizer
@@ -46,7 +64,7 @@ STATE_FILE = "state.json"
 TOKENIZER_FILE = "tokenizer.json"
 LATEST = "latest"
 FORMAT_VERSION = 1
-_TMP_PREFIX = ".tmp-"
+MAX_TOKENIZER_BYTES = 256 << 20  # a 128k-token BPE tokenizer.json is about 10 MB
 _PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt")
 
 
@@ -78,67 +96,83 @@ class Checkpoint:
 def save_checkpoint(run_dir: str | Path, step: int, weights: dict[str, torch.Tensor],
                     optimizer_state: dict[str, Any] | None, state: dict[str, Any],
                     tokenizer: Tokenizer | None, keep: int = 2) -> Path:
-    """Write `run_dir/step_XXXXXXX/` atomically, point `latest` at it, keep the newest `keep`."""
+    """Write `run_dir/step_XXXXXXX/` atomically, point `latest` at it, keep the newest `keep`.
+
+    A directory that cannot be written (full, read-only, not ours) is a CheckpointError that names the
+    space a checkpoint needs; the previous checkpoint and `latest` are left as they were."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     final = run_dir / step_dir_name(step)
-    tmp = run_dir / f"{_TMP_PREFIX}{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    weights = _cpu_contiguous(weights)
+    tensors, metadata = _flatten_optimizer_state(optimizer_state) if optimizer_state is not None else ({}, {})
+    needed = sum(t.numel() * t.element_size() for t in (*weights.values(), *tensors.values())) + (1 << 20)
     try:
-        save_file(_cpu_contiguous(weights), str(tmp / MODEL_FILE), metadata={"format": "pt"})
-        if optimizer_state is not None:
-            tensors, metadata = _flatten_optimizer_state(optimizer_state)
-            save_file(tensors, str(tmp / OPTIMIZER_FILE), metadata=metadata)
-        _write_text(tmp / STATE_FILE, json.dumps({"format_version": FORMAT_VERSION, **state}, indent=1))
-        if tokenizer is not None:
-            tokenizer.save(tmp / TOKENIZER_FILE)
-        for written in tmp.iterdir():
-            _fsync(written)
-        _fsync(tmp)
-        if final.exists():  # the same step saved again (e.g. a resumed run that had nothing left to do)
-            old = run_dir / f"{_TMP_PREFIX}old-{final.name}-{os.getpid()}"
-            final.rename(old)
-            shutil.rmtree(old)
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _write_text(run_dir / LATEST, final.name + "\n")
-    _fsync(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        clean_run_dir(run_dir)  # a killed run's leftovers would hold space this checkpoint needs
+        free = shutil.disk_usage(run_dir).free
+        if free < needed:
+            raise OSError(errno.ENOSPC, f"only {_size(free)} free")
+        _write_step_dir(run_dir, final, weights, tensors, metadata, state, tokenizer)
+        files.write_text_atomic(run_dir / LATEST, final.name + "\n")
+    except (OSError, SafetensorError, TokenizerError) as exc:
+        try:
+            previous = _read_latest(run_dir)
+        except CheckpointError:
+            previous = None
+        kept = f"{previous.name} is intact" if previous is not None else "no earlier checkpoint exists"
+        reason = getattr(exc, "strerror", None) or exc
+        raise CheckpointError(f"cannot write checkpoint {final} ({reason}): a checkpoint of this run "
+                              f"needs about {_size(needed)} (and room for checkpoint.keep={keep} of them plus the "
+                              f"one being written); {kept}") from None
     _prune(run_dir, keep, protect=final)
     return final
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Write to a sibling temp file, flush it to disk, then rename over `path` (atomic on POSIX)."""
-    tmp = path.with_name(f"{_TMP_PREFIX}{path.name}-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _write_step_dir(run_dir: Path, final: Path, weights: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor],
+                    metadata: dict[str, str], state: dict[str, Any], tokenizer: Tokenizer | None) -> None:
+    tmp = run_dir / files.temp_name(final.name)
+    tmp.mkdir()
+    try:
+        save_file(weights, str(tmp / MODEL_FILE), metadata={"format": "pt"})
+        if metadata:
+            save_file(tensors, str(tmp / OPTIMIZER_FILE), metadata=metadata)
+        files.write_text_atomic(tmp / STATE_FILE, json.dumps({"format_version": FORMAT_VERSION, **state}, indent=1))
+        if tokenizer is not None:
+            tokenizer.save(tmp / TOKENIZER_FILE)
+        for written in tmp.iterdir():
+            files.fsync_path(written)
+        files.fsync_path(tmp)
+        if final.exists():  # the same step saved again (e.g. a resumed run that had nothing left to do)
+            files.remove(final)
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    files.fsync_path(run_dir)
 
 
-def _fsync(path: Path) -> None:
-    """Flush a file's data, or a directory's entries (new files, renames), to disk where the platform
-    allows it: a rename is only as durable as what it points at."""
+def clean_run_dir(run_dir: str | Path) -> None:
+    """Remove what killed runs left in `run_dir`: temporaries whose writer is dead, and step directories
+    that lack their state or weights (a deletion cut short). Called by the run that writes to the
+    directory, at its start (`latest_checkpoint`) and before each save; never by readers."""
+    run_dir = Path(run_dir)
+    files.remove_stale_temps(run_dir)
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        pointed = _read_latest(run_dir)
+    except CheckpointError:
+        pointed = None
+    for path in _step_dirs(run_dir):
+        if path != pointed and not _complete(path):
+            files.remove(path)
 
 
 def _prune(run_dir: Path, keep: int, protect: Path) -> None:
     for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         if old != protect:
-            shutil.rmtree(old, ignore_errors=True)
+            files.remove(old)
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def _cpu_contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -150,14 +184,9 @@ def _flatten_optimizer_state(opt: dict[str, Any]) -> tuple[dict[str, torch.Tenso
     tensors: dict[str, torch.Tensor] = {}
     for name, per_param in opt["state"].items():
         for key, value in per_param.items():
-            tensors[f"{name}:{key}"] = value if isinstance(value, torch.Tensor) else torch.tensor(value)
+            tensors[f"{name}:{key}"] = value if isinstance(value, torch.Tensor) else torch.tensor(float(value))
     groups = [{k: list(v) if isinstance(v, tuple) else v for k, v in g.items()} for g in opt["param_groups"]]
     return _cpu_contiguous(tensors), {"param_groups": json.dumps(groups)}
-
-
-# ----------------------------------------------------------------------------------------------------
-# Finding and reading
-# ----------------------------------------------------------------------------------------------------
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -204,24 +233,51 @@ def check_weight_shapes(expected: dict[str, torch.Size], weights: dict[str, torc
                                   f"(is it for a different model config?)")
 
 
+# ----------------------------------------------------------------------------------------------------
+# Finding and reading
+# ----------------------------------------------------------------------------------------------------
+
+
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete step directories of a run, oldest first (temporary ones are ignored)."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
+    """Complete step directories of a run, oldest first (temporary and half-deleted ones are ignored)."""
+    return sorted((p for p in _step_dirs(Path(run_dir)) if _complete(p)), key=lambda p: int(p.name[5:]))
+
+
+def _step_dirs(run_dir: Path) -> list[Path]:
+    try:
+        return [p for p in run_dir.iterdir() if STEP_DIR.fullmatch(p.name) and p.is_dir() and not p.is_symlink()]
+    except OSError:
         return []
-    steps = [p for p in run_dir.iterdir() if p.is_dir() and p.name.startswith("step_") and p.name[5:].isdigit()]
-    return sorted(steps, key=lambda p: int(p.name[5:]))
+
+
+def _complete(step_dir: Path) -> bool:
+    return (step_dir / STATE_FILE).is_file() and (step_dir / MODEL_FILE).is_file()
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The step directory that `run_dir/latest` names, or None when the run has none yet."""
-    pointer = Path(run_dir) / LATEST
+    """The step directory that `run_dir/latest` names, or None when the run has none yet. For the run
+    that writes to `run_dir` (it resumes from what this returns): first removes what killed runs left
+    there (`clean_run_dir`)."""
+    if Path(run_dir).is_dir():
+        clean_run_dir(run_dir)
+    return _read_latest(Path(run_dir))
+
+
+def _read_latest(run_dir: Path) -> Path | None:
+    """`latest` may name nothing but a complete step directory of this run: a plain `step_NNNNNNN`,
+    not a path, and not a link that leads elsewhere."""
+    pointer = run_dir / LATEST
     if not pointer.is_file():
         return None
-    name = pointer.read_text(encoding="utf-8").strip()
-    target = Path(run_dir) / name
-    if not name.startswith("step_") or not (target / STATE_FILE).is_file():
-        raise CheckpointError(f"{pointer} names {name!r}, which is not a complete checkpoint directory")
+    try:
+        with pointer.open("rb") as f:
+            name = f.read(64).decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{pointer} is not readable ({exc})") from None
+    target = run_dir / name
+    if not STEP_DIR.fullmatch(name) or target.is_symlink() or not _complete(target):
+        raise CheckpointError(f"{pointer} names {name!r:.40}, which is not a complete checkpoint directory of "
+                              f"this run (step_NNNNNNN)")
     return target
 
 
@@ -233,7 +289,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if (path / STATE_FILE).is_file():
         return path
     if path.is_dir():
-        found = latest_checkpoint(path)
+        found = _read_latest(path)
         if found is not None:
             return found
         planted = sorted(p.name for p in path.iterdir() if p.suffix in _PICKLE_SUFFIXES)
@@ -244,16 +300,22 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path, with_optimizer: bool = True) -> Checkpoint:
-    """Read a checkpoint (step directory, run directory or `latest` file) into CPU tensors."""
+    """Read a checkpoint (step directory, run directory or `latest` file) into CPU tensors, each checked
+    (checkpoint_checks.py): CheckpointError names the first thing that is wrong."""
     step_dir = resolve_checkpoint(path)
     state = _read_state(step_dir / STATE_FILE)
     weights, _ = _read_safetensors(step_dir / MODEL_FILE)
+    check_weights(weights, step_dir / MODEL_FILE)
     optimizer_state = None
     if with_optimizer:
         opt_path = step_dir / OPTIMIZER_FILE
         if not opt_path.is_file():
             raise CheckpointError(f"{opt_path} is missing: this checkpoint has no optimizer state to resume from")
         optimizer_state = _unflatten_optimizer_state(opt_path)
+        # Against the weights stored beside it; engines check again against the model's parameters,
+        # which also covers parameters that are not in model.safetensors (LoRA adapters).
+        check_optimizer_state(optimizer_state, {name: t.shape for name, t in weights.items()}, str(opt_path),
+                              complete=False)
     return Checkpoint(path=step_dir, weights=weights, optimizer_state=optimizer_state, state=state)
 
 
@@ -262,17 +324,28 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Tr
     evaluation and export."""
     from reference_llm.tokenizer import load_tokenizer
 
-    ckpt = load_checkpoint(path, with_optimizer=False)
-    config = ckpt.run_config
-    model = Transformer(config.model)
-    load_weights(model, ckpt.weights)
-    tok_path = ckpt.path / TOKENIZER_FILE
+    step_dir = resolve_checkpoint(path)
+    config = run_config_from_dict(_read_state(step_dir / STATE_FILE)["config"], step_dir / STATE_FILE)
+    tok_path = step_dir / TOKENIZER_FILE
     if not tok_path.is_file():
         raise CheckpointError(f"{tok_path} is missing: a checkpoint must carry its tokenizer")
+    if tok_path.stat().st_size > MAX_TOKENIZER_BYTES:
+        raise CheckpointError(f"{tok_path} is larger than {MAX_TOKENIZER_BYTES >> 20} MiB, which no tokenizer is")
+    # Before anything large is read or built: the model, and the weights read to fill it.
+    try:
+        config.model.check_memory(extra_bytes=(step_dir / MODEL_FILE).stat().st_size,
+                                  what=f"loading {step_dir}")
+    except (ReferenceLLMError, OSError) as exc:
+        raise CheckpointError(str(exc)) from None
+    ckpt = load_checkpoint(step_dir, with_optimizer=False)
+    model = Transformer(config.model)
+    load_weights(model, ckpt.weights)
     try:
         tokenizer = load_tokenizer(tok_path)
     except ReferenceLLMError as exc:
         raise CheckpointError(f"{tok_path}: {exc}") from None
+    except RecursionError:
+        raise CheckpointError(f"{tok_path} is nested too deeply to be a tokenizer") from None
     expected = ckpt.state.get("tokenizer_fingerprint")
     if expected and tokenizer.fingerprint() != expected:
         raise CheckpointError(f"{tok_path} is not the tokenizer this model was trained with (fingerprint differs)")
@@ -289,16 +362,13 @@ def save_model(model: Transformer, tokenizer: Tokenizer, run_dir: str | Path, no
 
 
 def _read_state(path: Path) -> dict[str, Any]:
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path} is not readable JSON ({exc})") from None
-    if not isinstance(state, dict) or not {"step", "config"} <= set(state):
-        raise CheckpointError(f"{path} lacks the keys 'step' and 'config'")
-    if state.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format {state.get('format_version')!r} is not supported "
-                              f"(this version reads {FORMAT_VERSION})")
-    return state
+    """state.json, its values checked and its run config buildable."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing")
+    state = read_json(path)
+    check_state(state, path, FORMAT_VERSION)
+    run_config_from_dict(state["config"], path)
+    return state  # check_state made sure it is a dict
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -314,13 +384,16 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
 
 def _unflatten_optimizer_state(path: Path) -> dict[str, Any]:
     tensors, metadata = _read_safetensors(path)
-    try:
-        groups = json.loads(metadata["param_groups"])
-    except (KeyError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path} has no valid 'param_groups' metadata ({exc})") from None
+    text = metadata.get("param_groups")
+    if text is None or len(text) > MAX_METADATA_BYTES:
+        raise CheckpointError(f"{path} has no valid 'param_groups' metadata")
+    groups = parse_json(text, f"{path} param_groups")
+    check_param_groups(groups, str(path))
     state: dict[str, dict[str, torch.Tensor]] = {}
     for flat, tensor in tensors.items():
         name, _, key = flat.rpartition(":")
+        if not name:
+            raise CheckpointError(f"{path}: tensor {flat!r:.80} is not named '<parameter>:<state key>'")
         state.setdefault(name, {})[key] = tensor
     for group in groups:
         if "betas" in group:  # JSON has no tuples; AdamW unpacks betas either way, but keep its own type
@@ -348,7 +421,7 @@ def capture_rng_state() -> dict[str, Any]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
         "python": [version, list(internal), gauss],
-        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "numpy": [kind, np.asarray(keys).tolist(), int(pos), int(has_gauss), float(cached)],
         "torch": _b64(torch.get_rng_state()),
     }
     if torch.cuda.is_available():
@@ -365,7 +438,7 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.set_rng_state(_unb64(state["torch"]))
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([_unb64(s) for s in state["cuda"]])
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+    except (KeyError, TypeError, ValueError, RuntimeError, OverflowError) as exc:
         raise CheckpointError(f"stored RNG state is invalid ({exc})") from None
 
 
@@ -378,6 +451,6 @@ def _unb64(s: str) -> torch.Tensor:
 
 
 __all__ = [
-    "Checkpoint", "capture_rng_state", "latest_checkpoint", "list_checkpoints", "load_checkpoint", "load_model",
-    "resolve_checkpoint", "restore_rng_state", "run_config_from_dict", "save_checkpoint", "step_dir_name",
+    "Checkpoint", "capture_rng_state", "clean_run_dir", "latest_checkpoint", "list_checkpoints", "load_checkpoint",
+    "load_model", "resolve_checkpoint", "restore_rng_state", "run_config_from_dict", "save_checkpoint", "step_dir_name",
 ]

@@ -16,20 +16,28 @@ from typing import Any, TextIO
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from reference_llm.errors import CheckpointError
+from reference_llm.train.files import write_text_atomic
+
 
 class MetricsFile:
     """Appends records to a JSONL file. On resume, `keep_through_step` first drops the records of
-    steps after the checkpoint, which the resumed run is about to log again."""
+    steps after the checkpoint, which the resumed run is about to log again. That rewrite goes to a
+    temporary file that replaces the old one only once it is on disk, so a crash during it loses nothing."""
 
     def __init__(self, path: str | Path, keep_through_step: int | None = None) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if keep_through_step is None:
-            self.path.write_text("")
-        elif self.path.exists():
-            kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= keep_through_step]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        self._file = self.path.open("a", encoding="utf-8")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if keep_through_step is None:
+                write_text_atomic(self.path, "")
+            elif self.path.exists():
+                kept = [r for r in read_metrics(self.path) if _step(r) <= keep_through_step]
+                write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+            self._file = self.path.open("a", encoding="utf-8")
+        except OSError as exc:
+            raise CheckpointError(f"cannot write the metrics file {self.path} ({exc.strerror or exc}); "
+                                  f"checkpoint.dir must be writable") from None
 
     def write(self, record: dict[str, Any]) -> None:
         self._file.write(json.dumps(record) + "\n")
@@ -40,16 +48,26 @@ class MetricsFile:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """All records of a metrics file, in order. A last line cut short by a crash is skipped."""
-    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    """All records of a metrics file, in order. A last line cut short by a crash is skipped; any other
+    line that is not a JSON object is a CheckpointError naming it."""
+    path = Path(path)
+    lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
     records = []
     for i, line in enumerate(lines):
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i != len(lines) - 1:
-                raise
+            record = json.loads(line)
+        except (ValueError, RecursionError):
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        elif i != len(lines) - 1:
+            raise CheckpointError(f"{path} line {i + 1} is not a JSON object; move the file away to start a new one")
     return records
+
+
+def _step(record: dict[str, Any]) -> float:
+    step = record.get("step", 0)
+    return step if isinstance(step, (int, float)) else math.inf  # a step that is not a number: dropped
 
 
 def format_duration(seconds: float) -> str:

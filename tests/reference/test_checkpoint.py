@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import pickle
 import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 import reference_llm.train.checkpoint as ckpt_mod
+from reference_llm.assets import corpus_path
 from reference_llm.config import RunConfig
 from reference_llm.distributed.base import load_optimizer_state_by_name, optimizer_state_by_name
 from reference_llm.errors import CheckpointError
 from reference_llm.model import ModelConfig, Transformer
+from reference_llm.train import files
 from reference_llm.train.checkpoint import (
     capture_rng_state,
+    clean_run_dir,
+    latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
     load_weights,
@@ -26,7 +39,10 @@ from reference_llm.train.checkpoint import (
     save_checkpoint,
     unique_state_dict,
 )
+from reference_llm.train.metrics import MetricsFile, read_metrics
 from reference_llm.train.optim import build_optimizer
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _trained_pair(preset: str = "tiny", steps: int = 2) -> tuple[Transformer, torch.optim.Optimizer]:
@@ -97,7 +113,7 @@ def test_save_interrupted_half_way_leaves_previous_checkpoint_and_latest(tmp_pat
         real_save_file(tensors, filename, metadata=metadata)
 
     monkeypatch.setattr(ckpt_mod, "save_file", crash_on_second_file)
-    with pytest.raises(OSError, match="simulated"):
+    with pytest.raises(CheckpointError, match=r"\(disk full \(simulated\)\).*step_0000001 is intact"):
         _save(tmp_path, 2, model, opt)
 
     assert (tmp_path / "latest").read_text().strip() == "step_0000001"
@@ -188,3 +204,242 @@ def test_stored_run_config_round_trips_and_rejects_garbage():
     bad["train"]["no_such_key"] = 1
     with pytest.raises(CheckpointError, match="stored run config is invalid"):
         run_config_from_dict(bad)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Nothing lost, nothing left: killed writers, half-deleted directories, full disks, metrics
+# ----------------------------------------------------------------------------------------------------
+
+_KILLED_WRITER = """
+import sys, time
+import torch
+import reference_llm.train.checkpoint as c
+real = c.save_file
+def stall(tensors, filename, metadata=None):
+    real(tensors, filename, metadata=metadata)
+    print("written", flush=True)
+    time.sleep(600)  # killed here, half-way through its checkpoint
+c.save_file = stall
+c.save_checkpoint(sys.argv[1], 5, {"w": torch.ones(4)}, None, {"step": 5, "config": {}}, None)
+"""
+
+
+def test_a_killed_writers_temporary_is_removed_by_the_next_run(tmp_path):
+    model, opt = _trained_pair(steps=1)
+    _save(tmp_path, 1, model, opt)
+    writer = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    assert writer.stdout is not None and writer.stdout.readline() == "written\n"
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    # Control: a killed writer leaves its temporary directory behind.
+    leftover = [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+    assert len(leftover) == 1 and leftover[0].startswith(".tmp-step_0000005@") and str(writer.pid) in leftover[0]
+    assert latest_checkpoint(tmp_path).name == "step_0000001"  # the run that resumes cleans up first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step_0000001"]
+
+
+def _temp_of(run_dir: Path, step: int, host: str, pid: int, start: int) -> Path:
+    path = run_dir / f".tmp-step_{step:07d}@{host}.{pid}.{start}"
+    path.mkdir()
+    (path / "model.safetensors").write_bytes(b"partial")
+    return path
+
+
+def test_only_temporaries_of_dead_writers_are_removed(tmp_path):
+    host = files._host()
+    with subprocess.Popen(["sleep", "60"]) as live:
+        try:
+            start = files._start_time(live.pid)
+            assert start  # this test needs /proc
+            alive = _temp_of(tmp_path, 3, host, live.pid, start)
+            reused = _temp_of(tmp_path, 4, host, live.pid, start + 1)
+            clean_run_dir(tmp_path)
+            assert alive.exists()  # another live run's checkpoint in the making
+            assert not reused.exists()  # same pid, another start time: its writer died and the pid was reused
+        finally:
+            live.kill()
+    clean_run_dir(tmp_path)
+    assert not alive.exists()  # now its writer is dead too
+
+
+def test_temporaries_from_other_hosts_are_removed_once_untouched_for_a_day(tmp_path):
+    fresh = _temp_of(tmp_path, 3, "other-node", 123, 456)
+    old = tmp_path / ".tmp-step_0000004@other-node.124.457"
+    legacy = tmp_path / ".tmp-step_0000005-999"  # the name this library used before the owner tag
+    for path in (old, legacy):
+        path.mkdir()
+        (path / "model.safetensors").write_bytes(b"partial")
+        two_days_ago = time.time() - 2 * 24 * 3600
+        for p in (path / "model.safetensors", path):
+            os.utime(p, (two_days_ago, two_days_ago))
+    clean_run_dir(tmp_path)
+    assert fresh.exists() and not old.exists() and not legacy.exists()
+
+
+def test_half_deleted_step_directories_are_never_chosen_and_are_removed(tmp_path):
+    model, opt = _trained_pair(steps=1)
+    for step in (1, 2, 3):
+        _save(tmp_path, step, model, opt, keep=3)
+    (tmp_path / "step_0000001" / "state.json").unlink()  # a deletion cut short, or the old rmtree-in-place
+    (tmp_path / "step_0000002" / "model.safetensors").unlink()
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_0000003"]
+    (tmp_path / "latest").write_text("step_0000002\n")
+    with pytest.raises(CheckpointError, match="not a complete checkpoint directory"):
+        load_checkpoint(tmp_path)
+    (tmp_path / "latest").write_text("step_0000003\n")
+    clean_run_dir(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step_0000003"]
+
+
+def test_pruning_renames_a_directory_away_before_deleting_it(tmp_path, monkeypatch):
+    model, opt = _trained_pair(steps=1)
+    _save(tmp_path, 1, model, opt, keep=1)
+
+    def killed(path, ignore_errors=False):
+        raise KeyboardInterrupt  # the process dies during the deletion
+
+    monkeypatch.setattr(files.shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _save(tmp_path, 2, model, opt, keep=1)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names[:2] == [f".tmp-removing-step_0000001@{files.owner_tag()}", "latest"] and names[2:] == ["step_0000002"]
+    assert load_checkpoint(tmp_path).step == 2
+
+
+def test_full_disk_is_one_error_naming_the_space_needed_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    model, opt = _trained_pair(steps=1)
+    _save(tmp_path, 1, model, opt)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "step_0000001").iterdir()}
+    real_save_file = ckpt_mod.save_file
+
+    def full(tensors, filename, metadata=None):
+        real_save_file(tensors, filename, metadata=metadata)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(ckpt_mod, "save_file", full)
+    with pytest.raises(CheckpointError, match=r"\(No space left on device\): a checkpoint of this run needs about "
+                                              r"[0-9.]+ MiB .*; step_0000001 is intact"):
+        _save(tmp_path, 2, model, opt)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step_0000001"]
+    assert {p.name: p.read_bytes() for p in (tmp_path / "step_0000001").iterdir()} == before
+
+    # Not enough room to begin with: refused before anything is written.
+    monkeypatch.setattr(ckpt_mod, "save_file", real_save_file)
+    monkeypatch.setattr(ckpt_mod.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 4096))
+    with pytest.raises(CheckpointError, match=r"\(only 0.0 MiB free\).*step_0000001 is intact"):
+        _save(tmp_path, 2, model, opt)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step_0000001"]
+
+
+def _mount_tmpfs(path: Path, size: str) -> None:
+    path.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tiny tmpfs needs root")
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+
+
+def test_a_real_full_disk_is_one_error(tmp_path, monkeypatch):
+    """The kernel's ENOSPC, from a 1 MiB tmpfs, reaching the write itself (the free-space check is told
+    there is room, as it can be on a filesystem that others fill at the same time)."""
+    mount = tmp_path / "small"
+    _mount_tmpfs(mount, "1m")
+    try:
+        model, opt = _trained_pair(steps=1)
+        monkeypatch.setattr(ckpt_mod.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 0, 10**9))
+        with pytest.raises(CheckpointError, match=r"No space left on device.*needs about [0-9.]+ MiB.*no earlier "
+                                                  r"checkpoint exists"):
+            _save(mount, 1, model, opt)
+        assert list(mount.iterdir()) == []  # the partial step directory is gone: the space is free again
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.mark.slow  # two training processes
+def test_unwritable_run_directory_is_one_error_and_keeps_the_previous_checkpoint(tmp_path):
+    """Through the real CLI, resuming into a run directory this user may read but not write. Root ignores
+    permissions, so the run is made as root and resumed as `nobody` (setpriv)."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run the resume as an unprivileged user")
+    shared = Path(tempfile.mkdtemp(prefix="ckpt-perm-"))  # pytest's own tmp_path is private to root
+    try:
+        shared.chmod(0o755)
+        writable = shared / "home"
+        writable.mkdir(mode=0o777)
+        writable.chmod(0o777)
+        run = shared / "run"
+        values = {"data.corpus": str(corpus_path()), "data.tokenizer": "char", "data.cache_dir": str(shared / "cache"),
+                  "model.preset": "tiny", "train.micro_batch": 2, "train.seq_len": 16, "train.max_steps": 2,
+                  "train.warmup_steps": 1, "train.dtype": "float32", "eval.interval": 0, "eval.iters": 1,
+                  "checkpoint.dir": str(run), "checkpoint.interval": 0,
+                  "train.metrics_file": str(writable / "metrics.jsonl")}
+        overrides = [f"{key}={json.dumps(value)}" for key, value in values.items()]
+        config = shared / "train.toml"
+        config.write_text("")
+        env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HOME": str(writable), "OMP_NUM_THREADS": "1"}
+        cmd = [sys.executable, "-m", "reference_llm.train", "--config", str(config), *overrides]
+        subprocess.run(cmd, check=True, capture_output=True, env=env, timeout=600)  # as root
+        subprocess.run(["chmod", "-R", "a+rX", str(shared)], check=True)
+        before = {p.name: p.read_bytes() for p in (run / "step_0000002").iterdir()}
+        nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        importable = subprocess.run([*nobody, sys.executable, "-c", "from reference_llm.train import main"],
+                                    capture_output=True, text=True, env=env)
+        if importable.returncode != 0:
+            pytest.skip(f"user nobody cannot import this checkout: {importable.stderr.strip().splitlines()[-1]}")
+        # Control: `nobody` really cannot write there.
+        denied = subprocess.run([*nobody, "touch", str(run / "x")], capture_output=True, text=True)
+        assert denied.returncode != 0 and "Permission denied" in denied.stderr
+
+        result = subprocess.run([*nobody, *cmd, "train.max_steps=3", "--resume"], capture_output=True, text=True,
+                                env=env, timeout=600)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"error: cannot write checkpoint {run}/step_0000003 (Permission denied): a checkpoint "
+                               f"of this run needs about ") and last.endswith("step_0000002 is intact"), last
+        assert {p.name: p.read_bytes() for p in (run / "step_0000002").iterdir()} == before
+        assert (run / "latest").read_text() == "step_0000002\n"
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+class _FailingWrites:
+    """Files opened for writing fail half-way through their first write, as on a full disk."""
+
+    def __init__(self, monkeypatch, path: Path) -> None:
+        real_open = Path.open
+
+        def open_(self_, mode="r", *args, **kwargs):
+            f = real_open(self_, mode, *args, **kwargs)
+            if "w" in mode and self_.parent == path.parent:
+                def write(text):
+                    f.__class__.write(f, text[: len(text) // 2])
+                    f.flush()
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                f.write = write
+            return f
+
+        monkeypatch.setattr(Path, "open", open_)
+
+
+def test_metrics_rewrite_at_resume_loses_nothing_when_it_fails(tmp_path, monkeypatch):
+    path = tmp_path / "metrics.jsonl"
+    records = [{"step": s, "loss": 1.0 / s} for s in range(1, 301)]
+    original = "".join(json.dumps(r) + "\n" for r in records)
+    path.write_text(original)
+    _FailingWrites(monkeypatch, path)
+    # Control: the plain rewrite this replaced truncates first, so the failure loses the history.
+    with pytest.raises(OSError):
+        path.write_text("".join(json.dumps(r) + "\n" for r in records[:270]))
+    assert len(read_metrics(path)) < 270
+    with open(path, "w", encoding="utf-8") as f:  # builtins.open: not the failing Path.open
+        f.write(original)
+
+    with pytest.raises(CheckpointError, match="cannot write the metrics file .*No space left on device"):
+        MetricsFile(path, keep_through_step=270)
+    assert path.read_text() == original  # every record is still there
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]  # and no temporary is left
+    monkeypatch.undo()
+    metrics = MetricsFile(path, keep_through_step=270)
+    metrics.close()
+    assert read_metrics(path) == records[:270]
