@@ -10,14 +10,14 @@ written once as JSON Lines and as Parquet (row groups of 10,000 documents) and r
 
 Each row runs prepare_data in a fresh process on one format, with 1 or 2 workers, "plain" (exact and
 near dedup off) or "dedup" (both on), and the byte-level BPE tokenizer (vocab 4096). Two more rows read
-the same text written as one line of one file (corpus.txt, with filters.max_mean_line_length off),
-with the BPE and the char tokenizer. "text
-MB/s" is the corpus' text over wall time, the same work for every format; "file MB/s" counts the file's
-bytes (JSON adds quoting, Parquet compresses); "MB/CPU-s" divides by the CPU time of the process and its
-workers instead, which a busy machine changes less than wall time. The whole pipeline is timed: reading, cleaning, tokenizer
-training on its sample, encoding, writing shards. Peak RSS is sampled every 50 ms over the process and its
-workers, summed; the baseline is the same processes idle after imports. A second measurement gives what the dedup index
-costs per document: RSS growth while a Collector takes synthetic documents with distinct signatures.
+the same text written as one line of one file (corpus.txt, with filters.max_mean_line_length off), with
+the BPE and the char tokenizer. "text MB/s" is the corpus' text over wall time, the same work for every
+format; "file MB/s" counts the file's bytes (JSON adds quoting, Parquet compresses); "MB/CPU-s" divides
+by the CPU time of the process and its workers instead, which a busy machine changes less than wall
+time. The whole pipeline is timed: reading, cleaning, tokenizer training on its sample, encoding,
+writing shards. Peak RSS is sampled every 50 ms over the process and its workers, summed; the baseline
+is the same processes idle after imports. A second measurement gives what the dedup index costs per
+document: RSS growth while a Collector takes synthetic documents with distinct signatures.
 """
 
 from __future__ import annotations
