@@ -38,7 +38,7 @@ _ASCII_NON_WORD = bytes.maketrans(
     bytes(b for b in range(128) if not (chr(b).isalnum() or chr(b) == "_")),
     b" " * sum(1 for b in range(128) if not (chr(b).isalnum() or chr(b) == "_")))
 _CHUNK = 2048  # shingles hashed at once: a (chunk, num_perm) uint64 temporary of 2 MiB for 128 perms
-_WORD_CACHE_MAX = 1 << 21  # word hashes remembered per process before the cache starts over
+_WORD_CACHE_MAX = 1 << 18  # word hashes remembered per process (~30 MB) before the cache starts over
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio: an odd multiplier that spreads bits
 
 
