@@ -16,12 +16,12 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from generator.commands import check, compliance, estimate, new, tracks, update
+from generator.commands import check, compliance, estimate, new, roadmap, tracks, update
 from generator.errors import LLMGenError
 from reference_llm.errors import ReferenceLLMError
 
 # Commands in the order `llmgen --help` lists them.
-COMMANDS = (new, tracks, estimate, check, update, compliance)
+COMMANDS = (new, tracks, estimate, check, update, compliance, roadmap)
 
 
 class _Group(TyperGroup):

@@ -26,6 +26,7 @@ from typing import Any
 import copier
 
 from generator.errors import RenderError, TargetError
+from generator.roadmap_pdf import write_roadmap_pdf
 from generator.template_repo import TemplateRef, ensure_template_repo
 from reference_llm.assets import corpus_path, manifest
 
@@ -93,6 +94,7 @@ def render_into(answers: dict[str, Any], directory: Path, template: TemplateRef 
     except (ValueError, copier.errors.CopierError) as exc:
         raise RenderError(f"template rendering failed: {' '.join(str(exc).split())}") from None
     add_corpus(directory / DATA_DIR)
+    write_roadmap_pdf(directory, answers)  # ROADMAP.pdf, drawn from the same roadmap data (ReportLab)
     return sorted(str(p.relative_to(directory)) for p in directory.rglob("*")
                   if p.is_file() and ".git" not in p.relative_to(directory).parts)
 

@@ -72,7 +72,7 @@ def test_stubs_in_exercise_mode_solutions_in_complete_mode(tmp_path):
     # Everything else is the same in both modes: only the learner's files differ.
     differing = {p.relative_to(exercise).as_posix() for p in exercise.rglob("*") if p.is_file()
                  and (complete / p.relative_to(exercise)).read_bytes() != p.read_bytes()}
-    assert differing == {".copier-answers.yml", "ROADMAP.md", "roadmap.html"} | {
+    assert differing == {".copier-answers.yml", "ROADMAP.md", "roadmap.html", "ROADMAP.pdf"} | {
         f"src/{PACKAGE}/{e.file}" for e in EXERCISES}
 
 
