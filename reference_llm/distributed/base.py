@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -191,7 +192,7 @@ def build_engine(run_config: RunConfig, model: nn.Module, make_optimizer: Optimi
                                    f"pip install 'llmgen[deepspeed]'") from None
         raise DistributedError(f"distributed.strategy={strategy} is not available: module {exc.name} "
                                f"is missing from this installation") from None
-    engine_class: type[Engine] = getattr(module, class_name)
+    engine_class: Callable[[RunConfig, nn.Module, OptimizerFactory], Engine] = getattr(module, class_name)
     engine = engine_class(run_config, model, make_optimizer)
     if engine.device.type == "cpu":
         keep_freed_memory()  # without it every CPU training step page-faults its activations back in

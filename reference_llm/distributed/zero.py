@@ -40,6 +40,7 @@ from reference_llm.distributed import ds_config, runtime
 from reference_llm.distributed.base import Engine, OptimizerState
 from reference_llm.errors import CheckpointError, DistributedError
 from reference_llm.train.checkpoint import load_weights
+from reference_llm.train.checkpoint_checks import check_optimizer_state
 from reference_llm.train.optim import OptimizerFactory
 from reference_llm.train.perf import resolve_dtype
 
@@ -194,6 +195,9 @@ class DeepSpeedEngine(Engine):
             self._load_optimizer_state(optimizer_state)
 
     def _load_optimizer_state(self, saved: OptimizerState) -> None:
+        # Full shapes: under ZeRO-3 a parameter holds only its partition and keeps the full shape in ds_shape.
+        full_shapes = {name: getattr(p, "ds_shape", p.shape) for name, p in self.module.named_parameters()}
+        check_optimizer_state(saved, full_shapes, "optimizer state")
         stored = [list(g["params"]) for g in saved["param_groups"]]
         if stored != self._group_names:
             raise CheckpointError("optimizer state does not match the model's parameter groups "

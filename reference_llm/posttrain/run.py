@@ -195,7 +195,9 @@ class PostTrainRun:
         else:
             tokenizer = train_tokenizer(run.data.tokenizer, tokenizer_texts(), run.data.vocab_size,
                                         special_tokens=(EOT, *CHAT_TOKENS))
-            model = Transformer(dataclasses.replace(run.model, vocab_size=padded_vocab_size(tokenizer.vocab_size)))
+            model_config = dataclasses.replace(run.model, vocab_size=padded_vocab_size(tokenizer.vocab_size))
+            model_config.check_memory()  # one line, not the OOM killer, for a model too large for this machine
+            model = Transformer(model_config)
         self.tokenizer = tokenizer
         run.model = model.config  # what the checkpoint's state.json records
         if run.seq_len > model.config.block_size:  # the file's check ran against [model], not the checkpoint

@@ -114,6 +114,7 @@ def write_new(path: Path, text: str, force: bool) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
+    os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a module must be readable by every user that imports it
     os.replace(tmp, path)
 
 

@@ -98,6 +98,8 @@ def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
         data = json.loads(path.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise TokenizerError(f"tokenizer file {path} is not valid UTF-8 JSON: {exc}") from None
+    except RecursionError:
+        raise TokenizerError(f"tokenizer file {path} nests JSON deeper than Python can parse") from None
     if not isinstance(data, dict):
         raise TokenizerError(f"tokenizer file {path}: expected a JSON object at the top level")
     return data

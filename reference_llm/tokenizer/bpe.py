@@ -149,7 +149,8 @@ class BPETokenizer(Tokenizer):
         return out
 
     def decode(self, ids: Iterable[int]) -> str:
-        data = b"".join(lookup_ids(self._decoder, ids, self._vocab_size))
+        pieces: list[bytes] = lookup_ids(self._decoder, ids, self._vocab_size)
+        data = b"".join(pieces)
         # Ids cut mid-character (e.g. half of an emoji) decode to U+FFFD, as in HF and tiktoken.
         return data.decode("utf-8", errors="replace")
 

@@ -2,15 +2,16 @@
 
 Only the subset that byte-level BPE uses is accepted: model type BPE without dropout, unknown token,
 subword prefix/suffix or byte fallback; no normalizer, truncation or padding; a ByteLevel
-pre-tokenizer with GPT-2's regex and no prefix space; no post-processor that adds ids. Anything else raises a TokenizerError that names the key and what is accepted, so a
-file is never loaded into something that would tokenize differently from HF.
+pre-tokenizer with GPT-2's regex and no prefix space; no post-processor that adds ids. Anything else
+raises a TokenizerError that names the key and what is accepted, so a file is never loaded into
+something that would tokenize differently from HF.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from reference_llm.errors import TokenizerError
@@ -70,7 +71,7 @@ def to_json(data: BPEData) -> bytes:
     return (json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
 
 
-def from_json(obj: dict[str, Any], source: str | Path) -> BPEData:
+def from_json(obj: dict[str, Any], source: str | os.PathLike[str]) -> BPEData:
     """Validate a parsed tokenizer.json and turn it into BPEData; `source` names the file in errors."""
 
     def fail(key: str, accepted: str) -> TokenizerError:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import math
 import random
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -34,6 +33,7 @@ import torch
 
 from reference_llm.config import RunConfig
 from reference_llm.distributed import Engine
+from reference_llm.train import files
 from reference_llm.train.checkpoint import list_checkpoints
 from reference_llm.train.metrics import MetricsFile, ProgressDisplay
 from reference_llm.train.optim import CosineSchedule
@@ -177,7 +177,7 @@ def fit(engine: Engine, schedule: CosineSchedule, next_batch: Callable[[], Batch
             return
         for old in earlier:
             if old != path:
-                shutil.rmtree(old, ignore_errors=True)
+                files.remove(old)  # renamed away first: a kill mid-removal never leaves a half step dir
         earlier.clear()
         display.note(f"checkpoint: {path}")
 

@@ -57,6 +57,7 @@ class Trainer:
         self.tokens_per_byte = _tokens_per_byte(prepared.meta, "val")
         # The model's vocabulary follows the tokenizer's; the stored config records the value used.
         config.model = dataclasses.replace(config.model, vocab_size=padded_vocab_size(self.tokenizer.vocab_size))
+        config.model.check_memory()  # one line, not the OOM killer, for a model too large for this machine
         self.engine = build_engine(config, Transformer(config.model), optimizer_factory(t))
         self.device = self.engine.device
         self.dtype = resolve_dtype(t.dtype, self.device)
