@@ -116,3 +116,14 @@ def test_beginners_find_the_section_after_the_demo(tmp_path):
     section = own_data_section(readme, "After the demo: your own data")
     assert readme.index("## After the demo") > readme.index("## Commands")
     assert "python -m reference_llm.data.manifest add data/mycorpus.jsonl" in section
+
+
+def test_compliance_doc_command_runs_as_written(tmp_path, subprocess_env):
+    project = generate(tmp_path, "beginner")
+    text = (project / "COMPLIANCE.md").read_text()
+    [(kind, block)] = [(k, b) for k, b in FENCE.findall(text) if k == "bash"]
+    (project / "data" / "my_corpus.txt").write_text("A corpus of my own, written for this test.\n")
+    run_block(project, block, subprocess_env)
+    entries = tomllib.loads((project / "data" / "manifest.toml").read_text())["file"]
+    assert entries[-1]["path"] == "my_corpus.txt" and entries[-1]["license"] == "CC-BY-4.0"
+    run_block(project, "llmgen compliance", subprocess_env)
