@@ -186,6 +186,7 @@ STYLES = {
     "label": ParagraphStyle("label", _BASE, fontName="Helvetica-Bold", spaceBefore=7, spaceAfter=1.5),
     "body": _BASE,
     "small": ParagraphStyle("small", _BASE, fontSize=8, leading=10),
+    "note": ParagraphStyle("note", _BASE, fontSize=8, leading=10, spaceBefore=5),
     "code": ParagraphStyle("code", _BASE, fontName="Courier", fontSize=8.5, leading=10.5, backColor="#f3f4f6",
                            borderPadding=(3, 4, 3, 4), leftIndent=4, rightIndent=4, spaceBefore=1, spaceAfter=3),
     "excerpt": ParagraphStyle("excerpt", _BASE, fontName="Courier", fontSize=7.2, leading=8.6, backColor="#f6f8fa",
@@ -264,7 +265,7 @@ def _step_page(project: Path, answers: Mapping[str, Any], step: Mapping[str, Any
     out += [_label(f"Code: {where}" if where else "Code"),
             XPreformatted(escape(_pdf_text(excerpt)), STYLES["excerpt"]),
             Paragraph("All of it: " + ", ".join(f"<font face='Courier'>{_t(p)}</font>" for p in step["code"])
-                      + " in reference_llm (installed with llmgen).", STYLES["small"])]
+                      + " in reference_llm (installed with llmgen).", STYLES["note"])]
     test = step["checkpoint_test"]
     out += [_label("Checkpoint test"), Paragraph(_code(f'python -m pytest "{test}"'), STYLES["code"]),
             Paragraph(f"<b>Expected:</b> {_t(expected_output(project, test))} pytest then reports "
