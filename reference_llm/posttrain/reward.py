@@ -11,16 +11,30 @@ A batch holds sequences of different lengths padded on the right; `lengths` says
 so the padding value never matters (it is never read by the head, and causal attention keeps real
 tokens from seeing the padding after them).
 
-This module is the building block only; see docs/post_training.md for how PPO would use it.
+`save_reward_model` writes a trained one as a checkpoint of its body (loadable by `load_model`) plus
+`reward_head.safetensors`; `load_reward_model` reads it back, and PPO/GRPO use it as their reward
+(`reward = "model:DIR"`, reference_llm/posttrain/rl.py).
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
+from reference_llm.errors import CheckpointError
 from reference_llm.model import Transformer
+from reference_llm.tokenizer import Tokenizer
+from reference_llm.train.checkpoint import load_model, load_weights, resolve_checkpoint, save_model
+from reference_llm.train.checkpoint_checks import check_weights
+from reference_llm.train.files import temp_name
+
+HEAD_FILE = "reward_head.safetensors"
 
 
 class RewardModel(nn.Module):
@@ -42,3 +56,29 @@ def pairwise_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) 
     """Bradley-Terry loss (mean over pairs) and accuracy (fraction with chosen scored higher)."""
     diff = chosen_rewards - rejected_rewards
     return -F.logsigmoid(diff).mean(), (diff > 0).float().mean()
+
+
+def save_reward_model(model: RewardModel, tokenizer: Tokenizer, run_dir: str | Path) -> Path:
+    """The body as step 0 of `run_dir` (pretraining layout), the head beside it; returns the step directory."""
+    path = save_model(model.backbone, tokenizer, run_dir, note=f"reward model: the body; its head is {HEAD_FILE}")
+    tmp = path / temp_name(HEAD_FILE)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()}, str(tmp))
+    os.replace(tmp, path / HEAD_FILE)  # a crash leaves no half-written head under the real name
+    return path
+
+
+def load_reward_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[RewardModel, Tokenizer]:
+    """A reward model written by `save_reward_model` (run or step directory), in eval mode on `device`."""
+    backbone, tokenizer, _ = load_model(path, device)
+    head_file = resolve_checkpoint(path) / HEAD_FILE
+    if not head_file.is_file():
+        raise CheckpointError(f"{path} is not a reward model: {head_file} is missing (write one with "
+                              f"reference_llm.posttrain.reward.save_reward_model)")
+    try:
+        tensors = load_file(str(head_file))
+    except (OSError, SafetensorError) as exc:
+        raise CheckpointError(f"cannot read {head_file}: {exc}") from None
+    check_weights(tensors, head_file)
+    model = RewardModel(backbone)
+    load_weights(model.head, tensors)
+    return model.to(device).eval(), tokenizer
