@@ -48,7 +48,10 @@ def roadmap(
         raise TargetError(f"{target} exists; pass --force to replace it")
     if not target.parent.is_dir():
         raise TargetError(f"{target.parent} is not a directory")
-    info = write_roadmap_pdf(directory, answers, target)
+    try:
+        info = write_roadmap_pdf(directory, answers, target)
+    except OSError as exc:  # e.g. a read-only directory
+        raise TargetError(f"cannot write {target}: {exc.strerror or exc}") from None
     typer.echo(f"wrote {info.path} ({info.pages} pages, {info.size / 1024:.0f} KiB) in {info.seconds:.2f} s")
 
 
