@@ -356,9 +356,6 @@ def train_rl(section: str, config_class: type[RLConfig], make_algorithm: Callabl
     config = load_posttrain_config(config_path, overrides, section, config_class, RL_TRAIN_DEFAULTS, init)
     method, run = config.method, config.run
     method.check()
-    if method.max_new_tokens >= run.seq_len:
-        raise ConfigError(f"{section}.max_new_tokens={method.max_new_tokens} leaves no room for a prompt in "
-                          f"train.seq_len={run.seq_len}")
     prompts = load_prompts(method, run.train.seed)
     extra_texts = reward_texts(method.reward) if reward is None else []
 
@@ -367,6 +364,9 @@ def train_rl(section: str, config_class: type[RLConfig], make_algorithm: Callabl
 
     # The reference is the starting policy, frozen before any update (and before LoRA wraps it).
     job = PostTrainRun(config, texts, keep_reference=True, resume=resume)
+    if method.max_new_tokens >= run.seq_len:  # run.seq_len: now of the model the checkpoint gave
+        raise ConfigError(f"{section}.max_new_tokens={method.max_new_tokens} leaves no room for a prompt in "
+                          f"train.seq_len={run.seq_len}")
     encoded = encode_prompts(prompts, job.tokenizer, run.seq_len - method.max_new_tokens)
     max_len = max(map(len, encoded)) + method.max_new_tokens
     reward_fn = reward or build_reward(method.reward, job.tokenizer, job.device, job.dtype, max_len)

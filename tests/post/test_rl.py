@@ -239,6 +239,10 @@ def test_a_reward_model_without_its_head_or_with_another_tokenizer_is_refused(tm
     config = write_config(tmp_path, "grpo", reward=f"model:{tmp_path / 'rm'}", steps=1)
     assert run_main(grpo.main, ["--config", config]) == 2
     assert "uses another tokenizer than the policy" in capsys.readouterr().err
+    # The answer's room is checked against the checkpoint's block size, not the config's default model.
+    args = ["--checkpoint", str(tmp_path / "plain"), f"grpo.data={tmp_path / 'prompts.jsonl'}"]
+    assert run_main(grpo.main, args) == 2
+    assert "grpo.max_new_tokens=32 leaves no room for a prompt in train.seq_len=32" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------------------------------
