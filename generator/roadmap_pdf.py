@@ -162,7 +162,7 @@ def write_roadmap_pdf(project: Path, answers: Mapping[str, Any], out: Path | Non
 
 def roadmap_pdf_bytes(project: Path, answers: Mapping[str, Any]) -> tuple[bytes, int]:
     """The PDF and its page count."""
-    if not answers.get("roadmap"):  # answers from before roadmaps were recorded
+    if "steps" not in (answers.get("roadmap") or {}):  # a project's answers record a compact roadmap, or none
         answers = {**answers, "roadmap": roadmap_for_answers(answers)}
     roadmap = answers["roadmap"]
     target = io.BytesIO()

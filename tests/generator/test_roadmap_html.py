@@ -3,8 +3,7 @@ reachable again after a click on a node (sticky beside the steps, and a link bac
 exercise nodes marked, and, in headless Chromium where it is installed, nothing cut off or out of reach
 at 800, 1400 and 1920 px.
 
-The template is rendered with Jinja from the answers `llmgen new` computes (`plan_run`), as Copier would;
-tests/generator/test_roadmap.py checks the same file in a project rendered through Copier.
+Projects are rendered as `llmgen new` renders them (`plan_run`, then `render_into`: Copier).
 """
 
 from __future__ import annotations
@@ -16,28 +15,27 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import jinja2
 import pytest
 
 from generator.plan import plan_run
+from generator.render import render_into
 from generator.roadmap_pdf import DEPTH_COLOURS
 from generator.tracks import load_tracks
 
-pytestmark = pytest.mark.usefixtures("fixed_cpu")
+pytestmark = pytest.mark.usefixtures("fixed_cpu", "template_cache")
 
-REPO = Path(__file__).resolve().parents[2]
-TEMPLATE = REPO / "templates" / "project" / "roadmap.html.jinja"
 TRACKS = list(load_tracks())
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def render(track: str, exercises: bool) -> tuple[str, dict]:
+def render(track: str, exercises: bool, directory: Path) -> tuple[str, dict]:
+    """(roadmap.html, roadmap data) of a project of `track` rendered into `directory`."""
     defaults = load_tracks()[track].defaults
     answers = plan_run(f"{track}-llm", {"track": track, "budget": defaults.budget, "hardware": defaults.hardware,
                                          "parallelism": defaults.parallelism, "model_preset": defaults.model_preset,
                                          "exercises": exercises}).answers
-    env = jinja2.Environment(keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
-    return env.from_string(TEMPLATE.read_text(encoding="utf-8")).render(**answers), answers["roadmap"]
+    render_into(answers, directory)
+    return (directory / "roadmap.html").read_text(encoding="utf-8"), answers["roadmap"]
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +43,8 @@ def pages(tmp_path_factory) -> dict[str, tuple[str, dict]]:
     """track -> (roadmap.html in exercise mode, roadmap data)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LLMGEN_CPU_TFLOPS", "0.5")
-        return {track: render(track, exercises=True) for track in TRACKS}
+        mp.setenv("LLMGEN_TEMPLATE_CACHE", str(tmp_path_factory.getbasetemp() / "llmgen-template-cache"))
+        return {track: render(track, True, tmp_path_factory.mktemp(track)) for track in TRACKS}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -108,8 +107,13 @@ def test_every_step_links_back_to_the_graph_and_exercises_are_marked(pages, trac
         marked = "exercise" in node.group(1).split()
         assert marked == bool(step["exercises"]), step["id"]  # exercise mode: the steps that have one
         assert ('<span class="tag exercise">' in section) == marked
-    complete, _ = render(track, exercises=False)
-    assert '<rect class="badge"' not in complete  # complete mode has no exercise to do
+
+
+
+def test_complete_mode_marks_no_exercise(tmp_path) -> None:
+    complete, roadmap = render("beginner", False, tmp_path)
+    assert any(step["exercises"] for step in roadmap["steps"])  # the steps that have one in exercise mode
+    assert '<rect class="badge"' not in complete and 'class="tag exercise"' not in complete
 
 
 # ----------------------------------------------------------------------------------------------------
