@@ -7,8 +7,10 @@ last cell that asserts what the notes say, so that a notebook that runs to the e
 In exercise mode the cells that call a learner stub catch its NotImplementedError, print its message and
 go on, so every notebook runs end to end before the exercises are written.
 
-The cells of each step are Python data (`pipeline.py`: data to distributed training, `posttrain.py`: SFT
-to deployment, `cells.py`: what they share), rendered with the project's answers. The files are written
+The cells of each step are Python data (`pipeline.py`: data to model, `training.py`: pretraining,
+sampling, evaluation and distributed training, `posttrain.py`: SFT, LoRA, DPO and reward model,
+`serving.py`: quantization, export and deployment, `cells.py`: what they share), rendered with the
+project's answers. The files are written
 by the generator after Copier renders (`generator.render.render_into`) rather than by Copier templates,
 because an .ipynb is JSON holding each cell's source as a list of strings: a Jinja template of that is
 unreadable, and one Python description gives both the .ipynb and the .py twin. The .ipynb is written as
@@ -26,15 +28,16 @@ from pathlib import Path
 from typing import Any
 
 from generator.errors import RenderError
-from generator.notebooks import pipeline, posttrain
+from generator.notebooks import pipeline, posttrain, serving, training
 from generator.notebooks.cells import Cell, Project, notebook_stem
 
 NOTEBOOK_DIR = "notebooks"
 
 # step id -> the cells of its notebook (after the shared introduction and setup).
-STEPS: dict[str, Callable[[Project], list[Cell]]] = {**pipeline.STEPS, **posttrain.STEPS}
+STEPS: dict[str, Callable[[Project], list[Cell]]] = {**pipeline.STEPS, **training.STEPS, **posttrain.STEPS,
+                                                      **serving.STEPS}
 # step id -> modules a notebook needs beyond llmgen's own dependencies (its tests skip without them).
-REQUIRES: dict[str, list[str]] = posttrain.REQUIRES
+REQUIRES: dict[str, list[str]] = serving.REQUIRES
 
 __all__ = ["NOTEBOOK_DIR", "STEPS", "notebook_stem", "notebook_cells", "write_notebooks", "to_ipynb", "to_script"]
 
