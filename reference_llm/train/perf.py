@@ -49,6 +49,16 @@ def cpu_flags() -> frozenset[str]:
     return flags
 
 
+def cpu_features() -> str:
+    """This CPU's bf16 matmul hardware, as benchmarks report it next to their figures: "AMX" (tile
+    matmul units, Sapphire Rapids and later), "AVX512-BF16" (bf16 dot products in vector registers
+    only) or "neither" (bf16 is emulated, slower than fp32)."""
+    flags = cpu_flags()
+    if {"amx_bf16", "amx_tile"} <= flags:
+        return "AMX"
+    return "AVX512-BF16" if "avx512_bf16" in flags else "neither"
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """The compute dtype for autocast on `device`: a `Dtype` name, "auto" resolved by `auto_dtype`."""
     if name not in tuple(Dtype):

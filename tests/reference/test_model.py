@@ -13,6 +13,7 @@ from reference_llm.model.transformer import (
     KVCache,
     ModelConfig,
     Transformer,
+    _manual_attention,
     apply_rope,
     gelu_tanh,
     rope_tables,
@@ -68,9 +69,9 @@ def test_param_counts_match_published_models(name: str, published: float) -> Non
 def test_family_fields() -> None:
     gpt2, llama = ModelConfig.preset("tiny-gpt2"), ModelConfig.preset("tiny")
     assert (gpt2.arch, llama.arch) == ("gpt2", "llama")
-    g, l = Transformer(gpt2), Transformer(llama)
-    assert g.pos_emb is not None and l.pos_emb is None
-    assert isinstance(l.norm_f, torch.nn.Module) and type(l.norm_f).__name__ == "RMSNorm"
+    g, lm = Transformer(gpt2), Transformer(llama)
+    assert g.pos_emb is not None and lm.pos_emb is None
+    assert isinstance(lm.norm_f, torch.nn.Module) and type(lm.norm_f).__name__ == "RMSNorm"
     assert g.lm_head.weight is g.tok_emb.weight  # tied
     untied = Transformer(ModelConfig.preset("tiny", tie_embeddings=False))
     assert untied.lm_head.weight is not untied.tok_emb.weight
@@ -147,6 +148,66 @@ def test_sdpa_and_manual_attention_agree() -> None:
     manual.load_state_dict(sdpa.state_dict())
     idx = torch.randint(0, 512, (2, 30))
     assert torch.allclose(sdpa(idx)[0], manual(idx)[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("start", [0, 5])
+def test_manual_attention_is_softmax_of_masked_scaled_scores(start: int) -> None:
+    """The manual path (one baddbmm with an additive causal bias, softmax in the input dtype) is the
+    textbook formula softmax(q·kᵀ/√D, masked) @ v, in fp32 and, with a new-token offset, for the cache."""
+    torch.manual_seed(0)
+    B, H, T, D = 2, 3, 7, 8
+    q = torch.randn(B, H, T, D)
+    k, v = torch.randn(B, H, start + T, D), torch.randn(B, H, start + T, D)
+    scores = q @ k.transpose(-2, -1) / D**0.5
+    visible = torch.arange(start + T)[None, :] <= start + torch.arange(T)[:, None]  # key j seen by query i
+    want = scores.masked_fill(~visible, float("-inf")).softmax(-1) @ v
+    torch.testing.assert_close(_manual_attention(q, k, v, start, dropout=0.0), want, rtol=1e-5, atol=1e-6)
+
+
+def test_manual_attention_bf16_softmax_forward_equals_the_float32_one() -> None:
+    """Why the manual path may skip the float32 round trip: on the CPU, softmax over bf16 scores gives
+    bit for bit what casting to float32, softmax and casting back gives."""
+    torch.manual_seed(0)
+    scores = (3 * torch.randn(4, 64, 64)).bfloat16().masked_fill(~torch.ones(64, 64, dtype=torch.bool).tril(),
+                                                                 float("-inf"))
+    assert torch.equal(F.softmax(scores, dim=-1), F.softmax(scores.float(), dim=-1).bfloat16())
+
+
+@pytest.mark.parametrize("dtype, T, want_sdpa", [
+    (torch.float32, 64, True),  # fp32: SDPA's flash kernel is as fast or faster at every length
+    (torch.float32, 2048, True),
+    (torch.bfloat16, 64, False),  # CPU bf16: the manual path is faster up to 1024 tokens
+    (torch.bfloat16, 1024, False),
+    (torch.bfloat16, 2048, True),
+])
+def test_auto_attention_choice_on_the_cpu(dtype: torch.dtype, T: int, want_sdpa: bool) -> None:
+    attention = Transformer(ModelConfig.preset("tiny")).blocks[0].attn
+    x = torch.zeros(1, T, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        assert attention._use_sdpa(x, T) is want_sdpa
+    assert attention._use_sdpa(x.to(dtype), T) is want_sdpa  # a bf16 model without autocast alike
+    for mode, want in (("sdpa", True), ("manual", False)):  # an explicit mode is never overridden
+        attention.mode = mode
+        assert attention._use_sdpa(x, T) is want
+
+
+def test_sdpa_and_manual_attention_train_alike_under_bf16_autocast() -> None:
+    """Either path computes the same function: the loss and the gradients of a bf16 training step agree
+    within bf16 rounding, so the automatic choice changes speed, not what is learned."""
+    torch.manual_seed(0)
+    models = {mode: Transformer(ModelConfig.preset("tiny", attention=mode)) for mode in ("sdpa", "manual")}
+    models["manual"].load_state_dict(models["sdpa"].state_dict())
+    idx, targets = torch.randint(0, 512, (2, 48)), torch.randint(0, 512, (2, 48))
+    losses, grads = {}, {}
+    for mode, model in models.items():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _, loss = model(idx, targets)
+        loss.backward()
+        losses[mode] = loss.item()
+        grads[mode] = torch.cat([p.grad.flatten() for p in model.parameters()])
+    assert losses["manual"] == pytest.approx(losses["sdpa"], rel=1e-2)
+    cosine = F.cosine_similarity(grads["manual"], grads["sdpa"], dim=0).item()
+    assert cosine > 0.99 and not torch.equal(grads["manual"], grads["sdpa"])  # two kernels, not one path twice
 
 
 def test_causality() -> None:
