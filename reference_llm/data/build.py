@@ -24,8 +24,8 @@ from typing import Any
 
 from reference_llm.config import CHOICES, DataConfig
 from reference_llm.data.collect import Collected, collect
-from reference_llm.data.encode import encode_all, fit_tokenizer, plan
-from reference_llm.data.parallel import default_workers
+from reference_llm.data.encode import TOKENIZER_FILE, encode_all, fit_and_save, plan
+from reference_llm.data.parallel import default_workers, run_apart
 from reference_llm.data.pipeline import PipelineSettings
 from reference_llm.data.progress import Steps
 from reference_llm.data.shards import FORMAT, FORMAT_VERSION, read_meta, token_dtype, write_json, write_meta
@@ -34,7 +34,6 @@ from reference_llm.errors import ConfigError, DataError
 from reference_llm.tokenizer import Tokenizer, load_tokenizer
 
 PIPELINE_VERSION = 2  # bump when the same inputs would now produce different shards: old caches then miss
-TOKENIZER_FILE = "tokenizer.json"
 STATE_FILE = "state.json"  # in the work directory: which passes are done
 SCRATCH = ("documents.bin", "names.bin", "signatures.bin", "collected.npz", "collected.json", "progress.json",
            STATE_FILE)
@@ -129,14 +128,17 @@ def build(found: Discovery, data_cfg: DataConfig, settings: PipelineSettings, wo
     split_plan = plan(collected, data_cfg.val_fraction, [s.weight for s in sources], labels)
     tokenizer_path = work / TOKENIZER_FILE
     fast = data_cfg.tokenizer == "hf-bpe"
-    if _read_state(work).get("tokenizer"):
-        tokenizer = load_tokenizer(tokenizer_path, fast=fast)
-    else:
+    if not _read_state(work).get("tokenizer"):
+        task = (work, data_cfg.tokenizer, data_cfg.vocab_size, split_plan, collected, data_cfg.val_fraction, settings)
         with steps.step(f"training {data_cfg.tokenizer} tokenizer"):
-            tokenizer = fit_tokenizer(work, data_cfg.tokenizer, data_cfg.vocab_size, split_plan, collected,
-                                      data_cfg.val_fraction, settings)
-        tokenizer.save(tokenizer_path)
+            # With workers to spare, in a process of its own: the training texts' memory then goes back to
+            # the system instead of staying with this process while the workers tokenise.
+            if workers > 1:
+                run_apart(fit_and_save, task)
+            else:
+                fit_and_save(task)
         _write_state(work, {"collected": True, "tokenizer": True})
+    tokenizer = load_tokenizer(tokenizer_path, fast=fast)
 
     splits, dropped = encode_all(work, collected, split_plan, tokenizer_path, fast, token_dtype(tokenizer.vocab_size),
                                  data_cfg.val_fraction, settings, labels, workers, data_cfg.chunk_mb, steps)

@@ -1,9 +1,9 @@
 """Pass 1 of `prepare_data`: read every source, clean in worker processes, decide in corpus order, and
 write the documents that stay to a spill file that pass 2 (reference_llm.data.encode) tokenises.
 
-Memory: documents travel in batches of about chunk_mb / (2 * workers) MB, and at most 2 * workers batches
-are in flight, so about chunk_mb of text is held at once whatever the corpus size; what grows with the
-corpus is the dedup index (`Collector`) and 42 bytes per kept document (the arrays of `Collected`).
+Memory: documents travel in batches (parallel.batch_chars) sized so that the text in flight, with all its
+copies, stays near 2 * chunk_mb whatever the corpus size; what grows with the corpus is the dedup index
+(`Collector`) and 42 bytes per kept document (the arrays of `Collected`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from reference_llm.config import DataConfig
-from reference_llm.data.parallel import ordered_map
+from reference_llm.data.parallel import batch_chars, ordered_map
 from reference_llm.data.pipeline import Collector, PipelineSettings, clean_batch, split_digest
 from reference_llm.data.progress import Steps
 from reference_llm.data.readers import BadRecords, iter_documents
@@ -59,7 +59,7 @@ def collect(found: Discovery, data_cfg: DataConfig, settings: PipelineSettings, 
             steps: Steps) -> Collected:
     """Run pass 1 into `work_dir`: the spill file, and the kept documents' columns and report."""
     chunk = int(data_cfg.chunk_mb * 1e6)
-    batch_chars = max(1 << 16, chunk // (2 * max(1, workers)))
+    size_limit = batch_chars(data_cfg.chunk_mb, workers)
     bad = BadRecords(skip=data_cfg.skip_bad)
     collector = Collector(settings, work_dir)
     pending: deque[tuple[list[str], list[int]]] = deque()  # names and sources of the batches in flight
@@ -75,7 +75,7 @@ def collect(found: Discovery, data_cfg: DataConfig, settings: PipelineSettings, 
                 sources.append(src.source)
                 texts.append(text)
                 size += len(text)
-                if size >= batch_chars:
+                if size >= size_limit:
                     pending.append((names, sources))
                     yield settings, texts
                     names, sources, texts, size = [], [], [], 0

@@ -173,7 +173,7 @@ class LshIndex:
     back only to confirm candidates), else stay in memory.
     """
 
-    def __init__(self, num_perm: int, threshold: float, sig_path: Path | None = None, buffer_max: int = 1 << 17):
+    def __init__(self, num_perm: int, threshold: float, sig_path: Path | None = None, buffer_max: int = 1 << 15):
         self.bands, self.rows = choose_bands(num_perm, threshold)
         self.num_perm, self.threshold, self.buffer_max = num_perm, threshold, buffer_max
         self.count = 0

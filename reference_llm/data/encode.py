@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from reference_llm.data.collect import Collected, read_spill
-from reference_llm.data.parallel import ordered_map
+from reference_llm.data.parallel import batch_chars, ordered_map
 from reference_llm.data.pipeline import SPECIAL_TOKENS, PipelineSettings, split_text, validation_mask
 from reference_llm.data.progress import Steps
 from reference_llm.data.shards import ShardWriter, token_dtype, write_json
@@ -27,6 +27,8 @@ from reference_llm.tokenizer import CharTokenizer, Tokenizer, load_tokenizer, tr
 from reference_llm.tokenizer.base import read_json
 
 JOURNAL_FILE = "progress.json"
+TOKENIZER_FILE = "tokenizer.json"
+ENCODE_BATCH = 64  # documents given to the tokenizer at once
 SPLITS = ("train", "val")
 
 
@@ -84,6 +86,11 @@ def outputs(plan: Plan, val_fraction: float, index: int, text: str) -> list[tupl
 # ----------------------------------------------------------------------------------------------------
 # Tokenizer
 # ----------------------------------------------------------------------------------------------------
+
+
+def fit_and_save(task: tuple[Path, str, int, Plan, Collected, float, PipelineSettings]) -> None:
+    """fit_tokenizer(*task), saved to `tokenizer.json` in the work directory (for run_apart)."""
+    fit_tokenizer(*task).save(task[0] / TOKENIZER_FILE)
 
 
 def fit_tokenizer(work_dir: Path, kind: str, vocab_size: int, plan: Plan, collected: Collected, val_fraction: float,
@@ -144,8 +151,13 @@ def encode_batch(task: tuple[str, bool, list[tuple[int, str]]]) -> list[tuple[np
             dropped.append(0)
         texts.append(text)
     eot = [] if tokenizer.eot_id is None else [tokenizer.eot_id]
-    return [(np.asarray(ids + eot, dtype=dtype), d, len(t.encode("utf-8")))
-            for ids, d, t in zip(tokenizer.encode_batch(texts), dropped, texts)]
+    out = []
+    # A few documents at a time: a list of Python ints costs ~36 bytes a token, the array 2 or 4.
+    for i in range(0, len(texts), ENCODE_BATCH):
+        part = texts[i:i + ENCODE_BATCH]
+        out += [(np.asarray(ids + eot, dtype=dtype), d, len(t.encode("utf-8")))
+                for ids, d, t in zip(tokenizer.encode_batch(part), dropped[i:i + ENCODE_BATCH], part)]
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -197,7 +209,7 @@ def encode_all(work_dir: Path, collected: Collected, plan: Plan, tokenizer_path:
     journal = read_json(journal_path) if journal_path.is_file() else {}
     splits = [_Split(work_dir, name, dtype, settings.shard_tokens, journal.get(name, {})) for name in SPLITS]
     first = min(splits, key=lambda s: s.record)
-    batch_chars = max(1 << 16, int(chunk_mb * 1e6) // (2 * max(1, workers)))
+    size_limit = batch_chars(chunk_mb, workers)
     pending: deque[list[tuple[int, int, int, int, int]]] = deque()  # (record, offset, split, copies, source)
 
     def tasks() -> Iterator[tuple[str, bool, list[tuple[int, str]]]]:
@@ -210,7 +222,7 @@ def encode_all(work_dir: Path, collected: Collected, plan: Plan, tokenizer_path:
                     items.append((split, part))
                     where.append((index, offset, split, copies, source))
                     size += len(part)
-            if size >= batch_chars:
+            if size >= size_limit:
                 pending.append(where)
                 yield str(tokenizer_path), fast, items
                 items, where, size = [], [], 0

@@ -39,7 +39,7 @@ class PipelineSettings:
     scrub_pii: bool = True
     shard_tokens: int = 100_000_000  # tokens per shard file (nanoGPT's FineWeb shards hold 1e8)
     piece_chars: int = 4 << 20  # longer documents are cut into pieces of at most this many characters
-    tokenizer_sample_chars: int = 32_000_000  # BPE tokenizers train on about this much of a larger train split
+    tokenizer_sample_chars: int = 16_000_000  # BPE tokenizers train on about this much of a larger train split
 
     def __post_init__(self) -> None:
         for name in ("shard_tokens", "piece_chars", "tokenizer_sample_chars"):
