@@ -179,6 +179,7 @@ class TrainConfig:
     dtype: str = Dtype.AUTO.value  # a Dtype: auto is bf16 autocast where the device has native bf16
     compile: bool = False
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
+    activation_checkpointing: str = "none"  # "none" | "selective" (attention scores) | "full" (whole blocks)
     log_interval: int = 10
     metrics_file: str = "metrics.jsonl"  # relative to checkpoint.dir
 
@@ -229,6 +230,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.tokenizer": ("char", "bpe", "hf-bpe"),
     "data.sampling": ("random", "epoch"),
     "train.dtype": tuple(Dtype),
+    "train.activation_checkpointing": ("none", "selective", "full"),
     "distributed.strategy": tuple(Strategy),
     "distributed.offload": tuple(Offload),
 }

@@ -39,6 +39,8 @@ import torch
 import torch.nn as nn
 
 from reference_llm.config import RunConfig, Strategy
+from reference_llm.distributed.parallelize import ModelFactory, apply_activation_checkpointing
+from reference_llm.distributed.runtime import return_freed_memory
 from reference_llm.errors import CheckpointError, DistributedError
 from reference_llm.train.checkpoint import load_weights, unique_state_dict
 from reference_llm.train.checkpoint_checks import check_optimizer_state
@@ -97,9 +99,10 @@ class Engine(ABC):
 class SingleDeviceEngine(Engine):
     """One process, one device: `train.device` ("auto" picks CUDA when there is one)."""
 
-    def __init__(self, run_config: RunConfig, model: nn.Module, make_optimizer: OptimizerFactory) -> None:
+    def __init__(self, run_config: RunConfig, model: nn.Module | ModelFactory,
+                 make_optimizer: OptimizerFactory) -> None:
         self.device = resolve_device(run_config.train.device)
-        self.model = model.to(self.device)
+        self.model = build_model(model, run_config).to(self.device)
         self.optimizer = make_optimizer(self.model)
 
     def backward(self, loss: torch.Tensor) -> None:
@@ -169,6 +172,9 @@ def load_optimizer_state_by_name(optimizer: torch.optim.Optimizer, model: nn.Mod
 # Dispatch
 # ----------------------------------------------------------------------------------------------------
 
+# Strategies that shard the model's state over ranks (and checkpoint it in shards).
+SHARDED = frozenset({Strategy.FSDP, Strategy.ZERO1, Strategy.ZERO2, Strategy.ZERO3})
+
 # strategy -> (module, class); imported only when chosen, so that a CPU install without DeepSpeed works.
 ENGINES: dict[str, tuple[str, str]] = {
     Strategy.SINGLE: (__name__, "SingleDeviceEngine"),
@@ -178,8 +184,19 @@ ENGINES: dict[str, tuple[str, str]] = {
 }
 
 
-def build_engine(run_config: RunConfig, model: nn.Module, make_optimizer: OptimizerFactory) -> Engine:
-    """The engine for `run_config.distributed.strategy`."""
+def build_model(model: nn.Module | ModelFactory, run_config: RunConfig) -> nn.Module:
+    """For the engines that hold the whole model: `model`, or `model()` for a factory, with the run's
+    activation checkpointing applied to its blocks."""
+    module = model if isinstance(model, nn.Module) else model()
+    apply_activation_checkpointing(module, run_config.train.activation_checkpointing)
+    return module
+
+
+def build_engine(run_config: RunConfig, model: nn.Module | ModelFactory, make_optimizer: OptimizerFactory) -> Engine:
+    """The engine for `run_config.distributed.strategy`. `model` is a built model, or a factory
+    (`functools.partial(Transformer, config)`) that sharded engines call on the meta device or under
+    DeepSpeed's zero.Init, so that no rank ever holds the whole model; the others simply call it.
+    Call it with the run's seed set: the weights are then those `factory()` gives in one process."""
     strategy = run_config.distributed.strategy
     if strategy not in ENGINES:
         raise DistributedError(f"distributed.strategy must be one of {', '.join(ENGINES)}; got {strategy!r}")
@@ -192,8 +209,13 @@ def build_engine(run_config: RunConfig, model: nn.Module, make_optimizer: Optimi
                                    f"pip install 'llmgen[deepspeed]'") from None
         raise DistributedError(f"distributed.strategy={strategy} is not available: module {exc.name} "
                                f"is missing from this installation") from None
-    engine_class: Callable[[RunConfig, nn.Module, OptimizerFactory], Engine] = getattr(module, class_name)
+    engine_class: Callable[[RunConfig, nn.Module | ModelFactory, OptimizerFactory], Engine]
+    engine_class = getattr(module, class_name)
+    on_cpu = resolve_device(run_config.train.device).type == "cpu"
+    if on_cpu and strategy in SHARDED:
+        # Before anything large is allocated: a sharded rank's memory should follow its tensors.
+        return_freed_memory()
     engine = engine_class(run_config, model, make_optimizer)
-    if engine.device.type == "cpu":
+    if on_cpu and strategy not in SHARDED:
         keep_freed_memory()  # without it every CPU training step page-faults its activations back in
     return engine

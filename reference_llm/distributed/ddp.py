@@ -20,9 +20,11 @@ from reference_llm.distributed import runtime
 from reference_llm.distributed.base import (
     OptimizerState,
     SingleDeviceEngine,
+    build_model,
     load_optimizer_state_by_name,
     optimizer_state_by_name,
 )
+from reference_llm.distributed.parallelize import ModelFactory
 from reference_llm.train.checkpoint import load_weights, unique_state_dict
 from reference_llm.train.optim import OptimizerFactory
 
@@ -44,10 +46,12 @@ class DDPEngine(SingleDeviceEngine):
     """One device per process, gradients all-reduced by DDP. The optimizer step (`step`) is the
     single-device engine's: after DDP's averaging every rank sees the same gradient."""
 
-    def __init__(self, run_config: RunConfig, model: nn.Module, make_optimizer: OptimizerFactory) -> None:
+    def __init__(self, run_config: RunConfig, model: nn.Module | ModelFactory,
+                 make_optimizer: OptimizerFactory) -> None:
         info = runtime.setup(run_config.distributed.strategy, run_config.train.device)
         self.rank, self.world_size, self.device = info.rank, info.world_size, info.device
-        self.module = model.to(self.device)  # the unwrapped model: its names have no "module." prefix
+        # The unwrapped model: its names have no "module." prefix.
+        self.module = build_model(model, run_config).to(self.device)
         self.ddp = _ModelDDP(self.module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.model = self.ddp
         self.optimizer = make_optimizer(self.module)

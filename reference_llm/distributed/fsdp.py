@@ -26,11 +26,13 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy
 
 from reference_llm.config import RunConfig
 from reference_llm.distributed import runtime
 from reference_llm.distributed.base import OptimizerState, SingleDeviceEngine
+from reference_llm.distributed.deferred_init import record_init
+from reference_llm.distributed.parallelize import ModelFactory, materialize, parallelize
 from reference_llm.errors import DistributedError
 from reference_llm.train.checkpoint import check_weight_shapes
 from reference_llm.train.checkpoint_checks import check_optimizer_state
@@ -48,7 +50,8 @@ class FSDPEngine(SingleDeviceEngine):
     are DTensor shards, and `clip_grad_norm_` over them sums squares across ranks, so the norm it clips
     with and returns is the global one."""
 
-    def __init__(self, run_config: RunConfig, model: nn.Module, make_optimizer: OptimizerFactory) -> None:
+    def __init__(self, run_config: RunConfig, model: nn.Module | ModelFactory,
+                 make_optimizer: OptimizerFactory) -> None:
         if run_config.distributed.offload != "none":
             raise DistributedError(f"distributed.offload={run_config.distributed.offload} is for the DeepSpeed "
                                    f"strategies (zero1, zero2, zero3); use offload=none with strategy=fsdp")
@@ -59,12 +62,16 @@ class FSDPEngine(SingleDeviceEngine):
             policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         else:
             policy = MixedPrecisionPolicy()
-        # No model.to(device) first: each fully_shard call moves its own module's tensors to the mesh's
-        # device and shards them there, so a GPU never holds more than one full block at a time.
-        for block in cast(nn.ModuleList, model.blocks):
-            fully_shard(block, mesh=mesh, mp_policy=policy)
-        # The root group holds what is left: embeddings, final norm and output head (tied or not).
-        fully_shard(model, mesh=mesh, mp_policy=policy)
+        # Given a factory, the model is built on the meta device (no memory), sharded, and only then
+        # allocated: each rank holds its shards, never the whole model (deferred_init.py).
+        record = None
+        if not isinstance(model, nn.Module):
+            model, record = record_init(model)
+        # With a built model there is no model.to(device) first: each fully_shard call moves its own
+        # module's tensors to the mesh's device and shards them there.
+        parallelize(model, run_config, mesh, policy)
+        if record is not None:
+            materialize(model, record, self.device)
         self.model = model  # fully_shard changed its class in place: it is also an FSDPModule now
         # Built after sharding, so the optimizer's state is allocated per shard.
         self.optimizer = make_optimizer(model)

@@ -9,8 +9,10 @@ follows the device: NCCL between GPUs, gloo between CPU processes.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import platform
 import sys
 from dataclasses import dataclass
 from typing import NoReturn
@@ -146,6 +148,33 @@ def shutdown() -> None:
             exit_cleanly_on_success()
     sys.stdout.flush()
     sys.stderr.flush()
+
+
+# mallopt(3) parameter numbers from <malloc.h>.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_OWN_MAPPING_ABOVE = 1 << 20
+
+
+def return_freed_memory() -> bool:
+    """Make glibc serve every allocation above 1 MiB with a mapping of its own and unmap it when the
+    tensor is freed, with a fixed threshold. The opposite of `perf.keep_freed_memory`, for sharded
+    engines on the CPU: their tensors come and go in many sizes (gathered blocks, reduce-scatter
+    buffers, gloo's buffers allocated on gloo's own threads, each with its own malloc arena), and a
+    heap that keeps what it once held grows with that fragmentation. Measured on a 101M-parameter
+    model, fp32, FSDP2 over 2 gloo ranks, 4 steps: a rank's peak RSS above its start was 2.70 GiB
+    with the heap kept and 1.06 GiB with this, against 0.93-1.00 GiB of tensors at the peak
+    (torch.profiler). The price is page faults for large tensors each step, small beside a sharded
+    model's all-gathers. Returns whether it was applied (Linux with glibc only)."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    # Setting the threshold also turns off glibc's dynamic threshold, which would otherwise rise to the
+    # size of the largest block freed (up to 32 MiB) and send those back to the heap.
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, _OWN_MAPPING_ABOVE)
+                and libc.mallopt(_M_TRIM_THRESHOLD, _OWN_MAPPING_ABOVE))
 
 
 def exit_cleanly_on_success() -> None:

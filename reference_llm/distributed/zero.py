@@ -37,7 +37,9 @@ import torch.nn as nn
 
 from reference_llm.config import RunConfig
 from reference_llm.distributed import ds_config, runtime
-from reference_llm.distributed.base import Engine, OptimizerState
+from reference_llm.distributed.base import Engine, OptimizerState, build_model
+from reference_llm.distributed.deferred_init import record_init
+from reference_llm.distributed.parallelize import ModelFactory, apply_activation_checkpointing
 from reference_llm.errors import CheckpointError, DistributedError
 from reference_llm.train.checkpoint import load_weights
 from reference_llm.train.checkpoint_checks import check_optimizer_state
@@ -68,7 +70,8 @@ def import_deepspeed(device: torch.device) -> ModuleType:
 
 
 class DeepSpeedEngine(Engine):
-    def __init__(self, run_config: RunConfig, model: nn.Module, make_optimizer: OptimizerFactory) -> None:
+    def __init__(self, run_config: RunConfig, model: nn.Module | ModelFactory,
+                 make_optimizer: OptimizerFactory) -> None:
         strategy = run_config.distributed.strategy
         if strategy not in ds_config.STAGES:
             raise DistributedError(f"DeepSpeedEngine runs zero1, zero2 or zero3, not {strategy!r}")
@@ -88,9 +91,13 @@ class DeepSpeedEngine(Engine):
         config = ds_config.complete(config, run_config, self.world_size)
         deepspeed = import_deepspeed(self.device)
         runtime.init_process_group(info)  # deepspeed.comm adopts this torch.distributed group
+        self._deepspeed = deepspeed
 
-        self.module = model.to(self.device)
-        optimizer = make_optimizer(self.module)
+        if self.stage == 3 and not isinstance(model, nn.Module):
+            self.module, optimizer = self._build_partitioned(model, make_optimizer, config, run_config)
+        else:
+            self.module = build_model(model, run_config).to(self.device)
+            optimizer = make_optimizer(self.module)
         self.offload = run_config.distributed.offload != "none"
         if self.offload:
             optimizer = _cpu_adam(optimizer)
@@ -102,9 +109,49 @@ class DeepSpeedEngine(Engine):
         # `ds` is DeepSpeed's engine: the module the loop calls, and the object that runs backward and step.
         self.ds, self._zero, _, _ = deepspeed.initialize(model=self.module, optimizer=optimizer, config=config)
         self.model = self.ds
-        self._deepspeed = deepspeed
         # Until the loop says otherwise every backward ends a step (grad_accum=1 needs no context).
         self.ds.set_gradient_accumulation_boundary(True)
+
+    def _build_partitioned(self, factory: ModelFactory, make_optimizer: OptimizerFactory, config: dict[str, Any],
+                           run_config: RunConfig) -> tuple[nn.Module, torch.optim.Optimizer]:
+        """ZeRO-3's deferred initialisation: build the model under `deepspeed.zero.Init`, which partitions
+        each module's parameters as soon as its constructor returns (so a rank holds at most one full
+        module at a time), then give every partition the value a single process would have.
+
+        zero.Init alone does not give those values: the constructor's draws after a module is built
+        (our `_init_weights`) meet partitioned, empty tensors. So the model is first recorded on the
+        meta device (deferred_init.py), and each parameter is replayed in full, one at a time, and cut
+        to this rank's partition. The optimizer's groups are built on the recorded model, whose
+        parameters still have their shapes (the groups depend on them), then pointed at the
+        partitioned parameters of the same names."""
+        recorded, record = record_init(factory)
+        # zero.Init partitions over deepspeed.comm's world, which must adopt our process group first.
+        self._deepspeed.init_distributed(dist_backend=runtime.backend_for(self.device), verbose=False)
+        after_init = torch.get_rng_state()  # where the single-process construction leaves the generator
+        # No dtype argument: zero.Init then takes it from the config (bf16 or fp32). Given one, DeepSpeed
+        # 0.19 ignores it on a CPU accelerator and picks bf16 (an operator-precedence slip in _set_dtype).
+        with self._deepspeed.zero.Init(config_dict_or_path=config):
+            module = factory()
+        torch.set_rng_state(after_init)
+        with torch.no_grad():
+            for name in record.tensors:
+                full = record.value(name)
+                module_name, _, attr = name.rpartition(".")
+                target = getattr(module.get_submodule(module_name), attr)
+                if hasattr(target, "ds_tensor"):  # a partitioned parameter: rank r holds [r*size, (r+1)*size)
+                    part = target.ds_tensor
+                    start = self.rank * part.numel()
+                    count = max(0, min(part.numel(), full.numel() - start))
+                    part[:count].copy_(full.reshape(-1)[start:start + count])
+                else:  # buffers are not partitioned
+                    target.copy_(full)
+        apply_activation_checkpointing(module, run_config.train.activation_checkpointing)
+        optimizer = make_optimizer(recorded)
+        partitioned = dict(module.named_parameters())
+        by_id = {id(p): partitioned[name] for name, p in recorded.named_parameters()}
+        for group in optimizer.param_groups:
+            group["params"] = [by_id[id(p)] for p in group["params"]]
+        return module, optimizer
 
     # -- training ------------------------------------------------------------------------------------
 

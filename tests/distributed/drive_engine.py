@@ -16,6 +16,7 @@ strategies can be tested.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -70,9 +71,11 @@ def main() -> int:
     parser.add_argument("--out", required=True, help="JSON report written by rank 0")
     args = parser.parse_args()
 
-    torch.manual_seed(0)  # identical initial weights on every rank, as the training loop guarantees
+    torch.manual_seed(0)  # the seed the training loop sets before building the model
     cfg = run_config(args)
-    engine = build_engine(cfg, Transformer(cfg.model), optimizer_factory(cfg.train))
+    # A factory, as the training loop passes: FSDP2 and ZeRO-3 build the model deferred, each rank only
+    # its shards, with the weights one process would have.
+    engine = build_engine(cfg, functools.partial(Transformer, cfg.model), optimizer_factory(cfg.train))
     try:  # as reference_llm.train does: shut down on every rank, on success and on error alike
         report = train(engine, cfg, args)
         if engine.is_main:

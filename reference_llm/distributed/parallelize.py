@@ -1,0 +1,149 @@
+"""How a model is laid out for training, applied from outside the model (as torchtitan does):
+activation checkpointing per block, then FSDP2 sharding per block and root, and deferred
+initialisation for sharded runs.
+
+    parallelize(model, run_config, mesh, mp_policy)      # FSDP2: checkpointing, then sharding
+    apply_activation_checkpointing(model, mode)          # every other engine: checkpointing only
+    materialize(model, record)                           # after sharding a meta-built model
+
+Order matters: tensor and pipeline parallelism (not implemented yet) split each block's weights or
+the block list, so they come first, in the marked place in `parallelize`; checkpointing wraps each
+block's forward as it will run; FSDP2 shards last, one unit per block, so that its all-gathers and
+reduce-scatters surround exactly the (possibly recomputed) block.
+
+Activation checkpointing (Chen et al. 2016, "Training Deep Nets with Sublinear Memory Cost") keeps
+fewer activations for the backward and recomputes the rest:
+
+- "full": each block keeps only its input; its whole forward runs again during the backward
+  (about a third more compute).
+- "selective": only the attention core is recomputed (Korthikanti et al. 2022, sec. 5): the score
+  matrix, its mask, softmax and dropout, whose memory grows with the square of the context, while
+  everything whose recomputation would cost matmul FLOPs is kept. With a fused attention kernel
+  (SDPA) there is no score matrix to drop, and selective keeps what no checkpointing keeps.
+
+Both wrap each block's `forward` in `torch.utils.checkpoint` (non-reentrant), in place: the module
+tree, hence parameter names, optimizer state and checkpoints, stays the same, and FSDP2's and
+DeepSpeed's per-module hooks still run around the block, also when it is recomputed.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, cast
+
+import torch
+import torch.nn as nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor, distribute_tensor
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+
+from reference_llm.config import RunConfig
+from reference_llm.distributed.deferred_init import InitRecord
+from reference_llm.errors import ConfigError
+
+ModelFactory = Callable[[], nn.Module]
+CHECKPOINTING = ("none", "selective", "full")
+
+
+def parallelize(model: nn.Module, run_config: RunConfig, mesh: DeviceMesh, mp_policy: MixedPrecisionPolicy) -> None:
+    """Lay `model` out for FSDP2 training, in place: (tensor/pipeline parallelism: not yet) ->
+    activation checkpointing -> FSDP2 per block and root. `model` may be on the meta device."""
+    # Tensor and pipeline parallelism go here, before checkpointing and sharding: they change what a
+    # block holds (DTensor weights on a "tp" mesh dimension) or which blocks this rank holds.
+    apply_activation_checkpointing(model, run_config.train.activation_checkpointing)
+    for block in _blocks(model):
+        fully_shard(block, mesh=mesh, mp_policy=mp_policy)
+    # The root group holds what is left: embeddings, final norm and output head (tied or not).
+    fully_shard(model, mesh=mesh, mp_policy=mp_policy)
+
+
+def _blocks(model: nn.Module) -> nn.ModuleList:
+    blocks = getattr(model, "blocks", None)
+    if not isinstance(blocks, nn.ModuleList):
+        raise ConfigError(f"{type(model).__name__} has no `blocks` list of transformer blocks to shard or "
+                          f"checkpoint one at a time")
+    return blocks
+
+
+# ----------------------------------------------------------------------------------------------------
+# Activation checkpointing
+# ----------------------------------------------------------------------------------------------------
+
+
+def apply_activation_checkpointing(model: nn.Module, mode: str) -> None:
+    """Checkpoint every block of `model` ("none", "selective" or "full"; see the module docstring)."""
+    if mode not in CHECKPOINTING:
+        raise ConfigError(f"train.activation_checkpointing must be one of {', '.join(CHECKPOINTING)}; got {mode!r}")
+    if mode == "none":
+        return
+    for block in _blocks(model):
+        block.forward = _checkpointed(block.forward, mode)  # in place, on purpose: see the module docstring
+
+
+def _checkpointed(forward: Callable[..., Any], mode: str) -> Callable[..., Any]:
+    context_fn = _selective_contexts if mode == "selective" else None
+
+    @functools.wraps(forward)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if context_fn is None:
+            return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+        return checkpoint(forward, *args, use_reentrant=False, context_fn=context_fn, **kwargs)
+
+    return run
+
+
+def _selective_contexts() -> tuple[Any, Any]:
+    """A fresh policy per checkpointed call: it counts operations, so it must start at zero."""
+    return create_selective_checkpoint_contexts(_AttentionCorePolicy())
+
+
+class _AttentionCorePolicy:
+    """Recompute the attention core, keep everything else.
+
+    The core is what runs from the batched matmul that makes the scores (Q·Kᵀ) to the one that
+    applies them (softmax·V): scaling, masking, softmax, casts and dropout of a (B, H, T, S) tensor.
+    Linear layers run as `mm`/`addmm`, and a fused SDPA kernel has no batched matmul at all, so the
+    two `bmm`s of the manual attention path mark the core's ends. The forward and its recomputation
+    call this in the same order, each with its own count.
+    """
+
+    def __init__(self) -> None:
+        self.bmm_calls = {False: 0, True: 0}
+
+    def __call__(self, ctx: Any, func: Any, *args: Any, **kwargs: Any) -> CheckpointPolicy:
+        calls = self.bmm_calls[ctx.is_recompute]
+        if func is torch.ops.aten.bmm.default:
+            self.bmm_calls[ctx.is_recompute] = calls + 1
+            return CheckpointPolicy.PREFER_RECOMPUTE
+        inside_core = calls % 2 == 1  # after a score matmul, before the matmul that applies the scores
+        return CheckpointPolicy.PREFER_RECOMPUTE if inside_core else CheckpointPolicy.MUST_SAVE
+
+
+# ----------------------------------------------------------------------------------------------------
+# Deferred initialisation of a sharded model
+# ----------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def materialize(model: nn.Module, record: InitRecord, device: torch.device) -> None:
+    """Allocate a meta-built, already sharded `model` on `device` (each rank only its shards) and give
+    every tensor its recorded initial value: one full tensor at a time is replayed, and each rank
+    copies its own shard out of it, so the weights equal a single process's for the same seed."""
+    model.to_empty(device=device)
+    for name in record.tensors:
+        full = record.value(name)
+        target = _tensor(model, name)
+        if isinstance(target, DTensor):
+            # src_data_rank=None: every rank holds the same full value, so each cuts its own piece
+            # locally, without sending anything.
+            piece = distribute_tensor(full, target.device_mesh, target.placements, src_data_rank=None)
+            target.to_local().copy_(piece.to_local())
+        else:
+            target.copy_(full)
+
+
+def _tensor(model: nn.Module, name: str) -> torch.Tensor:
+    module_name, _, attr = name.rpartition(".")
+    return cast(torch.Tensor, getattr(model.get_submodule(module_name), attr))
