@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperGroup
 
 from generator.commands import check, compliance, estimate, new, roadmap, tracks, update
 from generator.errors import LLMGenError
+from generator.template_repo import llmgen_version
 from reference_llm.errors import ReferenceLLMError
 
 # Commands in the order `llmgen --help` lists them.
@@ -51,11 +52,19 @@ class _Group(TyperGroup):
 app = typer.Typer(
     name="llmgen", cls=_Group, add_completion=False, pretty_exceptions_enable=False,
     help="Generate a repository that builds, trains and tests a language model from scratch.",
+    context_settings={"help_option_names": ["-h", "--help"]},  # commands inherit it from the group
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"llmgen {llmgen_version()}")
+        raise typer.Exit()
+
+
 @app.callback(invoke_without_command=True)
-def _root(ctx: typer.Context) -> None:
+def _root(ctx: typer.Context, version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True, help="Print llmgen's version and exit.")] = False) -> None:
     if ctx.invoked_subcommand is None:  # plain `llmgen`: the help, as a successful run
         typer.echo(ctx.get_help())
 

@@ -119,7 +119,7 @@ def check_repository(root: Path, max_pii: int = 0) -> ComplianceReport:
     manifest_path = root / MANIFEST
     if not manifest_path.is_file():
         raise ComplianceError(f"{manifest_path} not found: run `llmgen compliance` in a repository made by "
-                              f"`llmgen new` (or pass --path), whose data files are listed in {MANIFEST}")
+                              f"`llmgen new` (or pass --dir), whose data files are listed in {MANIFEST}")
     report = ComplianceReport(root=root, max_pii=max_pii)
     entries = _read_manifest(manifest_path, report)
     data_dir = manifest_path.parent

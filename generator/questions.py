@@ -3,23 +3,29 @@
 copier.yml is the single declarative source: each question's type, help, choices, default and Jinja
 validator. `llmgen new` evaluates the same validators at its prompts (so a bad answer is refused when it
 is typed, not after the last question), and Copier evaluates them again when it renders. A few checks
-need Python and live here: the project name must not shadow a standard-library module.
+need Python and live here (`_name_problem`): the project name must not shadow a standard-library module
+or an installed distribution, nor be a name Windows reserves, in any case (a project made on Linux is
+also checked out on macOS and Windows, whose file systems ignore case).
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.metadata
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from jinja2 import TemplateError
+from jinja2 import Template, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
 from generator.errors import AnswerError
 from generator.resources import templates_dir
+
+T = TypeVar("T")
 
 # The questions `llmgen new` prompts for, in order; every other answer has a flag or is derived.
 ASKED = ("track", "budget", "hardware", "parallelism", "model_preset")
@@ -27,10 +33,27 @@ ASKED = ("track", "budget", "hardware", "parallelism", "model_preset")
 # How a user names each answer: the flag (or argument) of `llmgen new`.
 FLAGS = {
     "project_name": "NAME", "track": "--track", "budget": "--budget", "hardware": "--hardware",
-    "parallelism": "--parallelism", "model_preset": "--model-preset", "exercises": "--exercises",
+    "parallelism": "--parallelism", "model_preset": "--model", "exercises": "--exercises",
     "micro_batch": "--micro-batch", "grad_accum": "--grad-accum", "precision": "--precision",
     "tokens": "--tokens",
 }
+
+# Old spellings that every command still accepts, with a deprecation line on stderr: old -> new.
+DEPRECATED_FLAGS = {"--model-preset": "--model", "--path": "--dir"}
+DIR_HELP = "The project folder"  # every command names it --dir
+
+
+def deprecated(old: str, old_value: T | None, new_value: T | None) -> T | None:
+    """The value of a flag given under its new name or its deprecated `old` one (see DEPRECATED_FLAGS),
+    which prints a deprecation line on stderr; both at once is an error."""
+    new = DEPRECATED_FLAGS[old]
+    if old_value is None:
+        return new_value
+    if new_value is not None:
+        raise AnswerError(f"{old} and {new} are the same flag ({old} is its old name); give only {new}")
+    print(f"warning: {old} is deprecated; use {new}", file=sys.stderr)
+    return old_value
+
 
 _TYPES: dict[str, type] = {"str": str, "int": int, "float": float, "bool": bool}
 _KIND = {"str": "a string", "int": "an integer", "float": "a number", "bool": "yes or no", "yaml": "YAML data"}
@@ -73,7 +96,7 @@ class Question:
         if not self.validator:
             return None
         try:
-            message = _jinja().from_string(self.validator).render({**answers, self.name: value}).strip()
+            message = _template(self.validator).render({**answers, self.name: value}).strip()
         except TemplateError as exc:  # a validator that refers to an answer not given yet, or a template bug
             return f"cannot be checked ({exc})"
         return message or None
@@ -81,7 +104,7 @@ class Question:
     def default_for(self, answers: dict[str, Any]) -> Any:
         """The default, with any Jinja in it rendered over the earlier `answers`."""
         if isinstance(self.default, str) and "{{" in self.default:
-            return self.parse(_jinja().from_string(self.default).render(answers))
+            return self.parse(_template(self.default).render(answers))
         return self.default
 
 
@@ -97,7 +120,7 @@ def validate(question: Question, value: Any, answers: dict[str, Any]) -> Any:
     """`value` if it is valid (with the Python-only checks), else AnswerError naming the flag."""
     problem = question.check(value, answers)
     if question.name == "project_name":
-        problem = problem or _shadowed_module(value)
+        problem = problem or _name_problem(value)
         if problem:  # the validator's messages read as a sentence about the name
             raise AnswerError(f"project name {value!r} {problem}")
     elif problem:
@@ -105,11 +128,51 @@ def validate(question: Question, value: Any, answers: dict[str, Any]) -> Any:
     return value
 
 
-def _shadowed_module(project_name: str) -> str | None:
+# Names Windows reserves for devices, in any case and with any extension (Microsoft, "Naming Files, Paths,
+# and Namespaces"): a folder or module with one of them cannot be created or checked out there.
+_WINDOWS_RESERVED = re.compile(r"(con|prn|aux|nul|com[0-9¹²³]|lpt[0-9¹²³])", re.IGNORECASE)
+# Standard-library packages that sys.stdlib_module_names leaves out (it excludes the test suite).
+_STDLIB_EXTRA = ("test",)
+
+
+def _name_problem(project_name: str) -> str | None:
+    """Why a project name that passed copier.yml's validator would still break something, or None."""
     package = project_name.replace("-", "_")
-    if package in sys.stdlib_module_names:
-        return f"would shadow the standard-library module {package}; choose another name"
+    if _WINDOWS_RESERVED.fullmatch(package):
+        return (f"is a device name Windows reserves ({package.upper()}), so its folder cannot exist there; "
+                "choose another name")
+    lower = package.lower()
+    case = " (names that differ only in case clash on macOS and Windows)"
+    stdlib = {name.lower(): name for name in (*sys.stdlib_module_names, *_STDLIB_EXTRA)}
+    if lower in stdlib:
+        return (f"would shadow the standard-library module {stdlib[lower]}"
+                f"{case if stdlib[lower] != package else ''}; choose another name")
+    owners = _installed_modules().get(lower)
+    if owners:
+        module, dist = owners
+        return (f"would shadow the module {module} of the installed distribution {dist}"
+                f"{case if module != package else ''}; choose another name")
+    dist_name = _installed_distributions().get(re.sub(r"[-_.]+", "-", project_name).lower())
+    if dist_name:
+        return f"is the name of the installed distribution {dist_name}: installing the project would replace it; " \
+               "choose another name"
     return None
+
+
+@functools.cache
+def _installed_modules() -> dict[str, tuple[str, str]]:
+    """Top-level modules of the installed distributions, lower-cased -> (module, distribution)."""
+    out: dict[str, tuple[str, str]] = {}
+    for module, dists in importlib.metadata.packages_distributions().items():
+        out.setdefault(module.lower(), (module, dists[0]))
+    return out
+
+
+@functools.cache
+def _installed_distributions() -> dict[str, str]:
+    """Installed distribution names, normalised as PEP 503 does -> as written."""
+    names = (dist.metadata["Name"] for dist in importlib.metadata.distributions())
+    return {re.sub(r"[-_.]+", "-", name).lower(): name for name in names if name}
 
 
 @functools.cache
@@ -133,3 +196,9 @@ def load_questions(template: Path | None = None) -> dict[str, Question]:
 def _jinja() -> SandboxedEnvironment:
     # Sandboxed, like Copier's own environment: a validator can compute but never reach Python objects.
     return SandboxedEnvironment(autoescape=False)
+
+
+@functools.cache
+def _template(source: str) -> Template:
+    """A validator or default compiled once: `llmgen new` checks each answer at every prompt and plan."""
+    return _jinja().from_string(source)

@@ -1,11 +1,14 @@
 """`llmgen check`: pre-flight checks inside a generated project, before anything is launched.
 
 A cluster job that fails after queueing for hours on a batch-size typo is expensive. This reads what
-the launch would read (configs/train.toml, configs/deepspeed.json, the WORLD_SIZE a launcher sets) and
-what the project was generated for (.copier-answers.yml: nodes, GPUs per node, GPU model), and checks
-that they agree: world size, strategy, batch sizes, the DeepSpeed config, sequence length, memory per
-device (`generator.estimate.estimate_run`) and whether DeepSpeed is installed where it is needed.
-Prints a table, or one JSON document with `--json`; exits 2 when any check fails.
+the launch would read (configs/train.toml, configs/deepspeed.json, the WORLD_SIZE a launcher sets, the
+corpus data.corpus names) and what the project was generated for (.copier-answers.yml: nodes, GPUs per
+node, GPU model, budget), and checks that they agree: world size, strategy, batch sizes, the DeepSpeed
+config, sequence length, whether DeepSpeed is installed where it is needed; then the plan itself, with
+the invariants `llmgen new` warns about (`generator.estimate.invariants.problems`, the same function):
+memory per device, tokens per step, steps and warm-up, learning rate, epochs of the corpus, budget.
+"ready" exactly when none fails. Prints a table, or one JSON document with `--json`; exits 2 when any
+check fails.
 """
 
 from __future__ import annotations
@@ -23,9 +26,12 @@ from rich.console import Console
 from rich.table import Table
 
 from generator.errors import LLMGenError
-from generator.estimate import RunSpec, estimate_run, parse_hardware
+from generator.estimate import Estimate, parse_budget, parse_hardware, recipe
+from generator.estimate.budget import Budget
 from generator.estimate.hardware import Hardware
-from reference_llm.config import Dtype, Offload, RunConfig, Strategy, load_config
+from generator.estimate.invariants import corpus_size, facts_for, problems
+from generator.questions import DIR_HELP
+from reference_llm.config import Dtype, RunConfig, Strategy, load_config
 from reference_llm.distributed import ds_config
 from reference_llm.errors import ReferenceLLMError
 
@@ -52,6 +58,7 @@ class Project:
     config: RunConfig
     hardware: Hardware
     world_size: int  # WORLD_SIZE from the environment when set, else nodes x GPUs per node
+    cpu_peak_known: bool = True  # a CPU project recorded the peak its plan was made with
 
     @property
     def planned_world(self) -> int:
@@ -62,10 +69,10 @@ def check(
     overrides: Annotated[list[str] | None, typer.Argument(
         metavar="section.key=value", help="The config overrides you will launch with.",
         show_default=False)] = None,
-    directory: Annotated[Path, typer.Option("--dir", help="The generated project (default: here).")] = Path("."),
+    directory: Annotated[Path, typer.Option("--dir", help=f"{DIR_HELP} (default: here).")] = Path("."),
     as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout, nothing else.")] = False,
 ) -> None:
-    """Check, before launching, that world size, batch sizes, DeepSpeed config and memory agree."""
+    """Check, before launching, that world size, batch sizes, DeepSpeed config, memory and the plan hold."""
     project, checks = load_project(directory, overrides or [])
     if project is not None:
         checks += run_checks(project)
@@ -100,7 +107,9 @@ def load_project(directory: Path, overrides: list[str]) -> tuple[Project | None,
         answers = yaml.safe_load(answers_path.read_text(encoding="utf-8"))
         if not isinstance(answers, dict):
             raise ValueError("not a mapping")
-        hardware = parse_hardware(str(answers["hardware"]), cpu_tflops=_MEMORY_ONLY_TFLOPS)
+        # A CPU project's plan (and its budget) used the peak recorded with its roadmap.
+        recorded = (answers.get("roadmap") or {}).get("cpu_tflops")
+        hardware = parse_hardware(str(answers["hardware"]), cpu_tflops=recorded or _MEMORY_ONLY_TFLOPS)
     except (yaml.YAMLError, ValueError, KeyError, LLMGenError) as exc:
         checks.append(Check("answers", FAIL, f"{answers_path} is unreadable ({exc}); regenerate with llmgen update"))
         return None, checks
@@ -118,7 +127,7 @@ def load_project(directory: Path, overrides: list[str]) -> tuple[Project | None,
     except ValueError:
         checks.append(Check("world size", FAIL, f"WORLD_SIZE={env_world!r} is not an integer"))
         return None, checks
-    return Project(directory, answers, config, hardware, world), checks
+    return Project(directory, answers, config, hardware, world, cpu_peak_known=bool(recorded)), checks
 
 
 
@@ -129,7 +138,7 @@ def load_project(directory: Path, overrides: list[str]) -> tuple[Project | None,
 
 def run_checks(p: Project) -> list[Check]:
     return [check_world_size(p), check_strategy(p), check_batch(p), check_sequence(p), *check_deepspeed(p),
-            check_memory(p)]
+            *check_plan(p)]
 
 
 def check_world_size(p: Project) -> Check:
@@ -200,23 +209,68 @@ def check_deepspeed(p: Project) -> list[Check]:
                   f"{full['gradient_accumulation_steps']} x {p.world_size}")]
 
 
-def check_memory(p: Project) -> Check:
-    cfg, t = p.config, p.config.train
-    precision = p.hardware.compute_precision(t.dtype)
-    offload = None if cfg.distributed.offload == Offload.NONE else cfg.distributed.offload
-    tokens = float(t.max_steps * t.micro_batch * t.grad_accum * cfg.seq_len * p.planned_world)
+# The invariants' names, in the order the rows are shown, with what an "ok" row says.
+PLAN_ROWS = ("memory", "batch", "steps", "warm-up", "learning rate", "data", "budget")
+
+
+def check_plan(p: Project) -> list[Check]:
+    """One row per invariant of the plan (`invariants.problems`): failed with the figures and the fix,
+    or ok with what holds."""
+    corpus = corpus_size(p.root, p.config.data)
     try:
-        est = estimate_run(RunSpec(cfg.model, p.hardware, tokens, parallelism=cfg.distributed.strategy,
-                                   micro_batch=t.micro_batch, seq_len=cfg.seq_len, grad_accum=t.grad_accum,
-                                   offload=offload, precision=precision))
+        facts = facts_for(p.config, p.hardware, p.world_size, corpus, _budget(p))
     except (LLMGenError, ReferenceLLMError) as exc:
-        return Check("memory", FAIL, f"cannot estimate: {exc}")
+        return [Check("memory", FAIL, f"cannot estimate: {exc}")]
+    failed = {problem.name: problem for problem in problems(facts)}
+    est, t = facts.estimate, p.config.train
     device = "of RAM" if p.hardware.is_cpu else f"per {p.hardware.gpu.name}"
-    text = f"{est.memory_per_gpu_gib:.1f} GiB needed {device}, {est.memory_usable_gib:.1f} GiB usable ({precision})"
-    if est.fits:
-        return Check("memory", OK, text)
-    hint = f"; try: {est.suggestions[0]}" if est.suggestions else ""
-    return Check("memory", FAIL, f"does not fit: {text}{hint}")
+    memory = (f"{est.memory_per_gpu_gib:.1f} GiB needed {device}, {est.memory_usable_gib:.1f} GiB usable "
+              f"({est.precision})")
+    ok = {
+        "memory": memory,
+        "batch": f"{facts.tokens_per_step:,} tokens per step, near DeepSeek LLM's B_opt for {est.flops_total:.2g} "
+                 "FLOPs",
+        "steps": f"{t.max_steps:,} steps, at least the {recipe.MIN_STEPS} a run needs",
+        "warm-up": f"{t.warmup_steps} warm-up steps of {t.max_steps:,}",
+        "learning rate": f"lr {t.lr:g} decaying to {t.min_lr:g} for {est.flops_params / 1e6:,.0f}M parameters",
+        "data": (f"{facts.tokens / facts.corpus_tokens:.2g} epochs of {facts.corpus}" if facts.corpus_tokens
+                 else f"{p.config.data.corpus} not found"),
+        "budget": (f"{_spent(facts.estimate, facts.budget)} of {facts.budget.describe()}" if facts.budget
+                   else "no budget recorded, or a CPU peak unknown: not checked"),
+    }
+    rows = []
+    for name in PLAN_ROWS:
+        if name == "warm-up" and "steps" in failed:
+            continue  # the warm-up is judged against a run long enough to have one
+        if name in failed:
+            problem = failed[name]
+            prefix = "does not fit: " if name == "memory" else ""
+            detail = memory if name == "memory" else problem.message
+            rows.append(Check(name, FAIL, f"{prefix}{detail}; fix: {problem.fix_config}"))
+        elif name == "data" and corpus is None:
+            rows.append(Check(name, FAIL, f"corpus {p.config.data.corpus} not found (data.corpus in {TRAIN_CONFIG}); "
+                                          "put the training text there or point data.corpus at it"))
+        else:
+            rows.append(Check(name, OK, ok[name]))
+    return rows
+
+
+def _budget(p: Project) -> Budget | None:
+    """The budget the project was planned for, when it can be checked here."""
+    if p.hardware.is_cpu and not p.cpu_peak_known:
+        return None
+    try:
+        return parse_budget(str(p.answers["budget"]))
+    except (KeyError, LLMGenError):
+        return None
+
+
+def _spent(est: Estimate, budget: Budget) -> str:
+    if budget.kind == "usd":
+        return f"${est.cost_usd:,.2f}"
+    if budget.kind == "gpu_hours":
+        return f"{est.gpu_hours:,.3g} GPU-hours"
+    return f"{est.wall_hours:,.3g} hours"
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -16,20 +16,22 @@ from rich.console import Console
 from rich.table import Table
 
 from generator.compliance import MANIFEST, ComplianceReport, check_repository
+from generator.questions import DIR_HELP, deprecated
 
 FAILED_EXIT_CODE = 2
 
 
 def compliance(
-    path: Annotated[Path, typer.Option("--path", help="The generated repository (default: the current "
-                                       "directory).", file_okay=False)] = Path("."),
+    directory: Annotated[Path | None, typer.Option("--dir", help=f"{DIR_HELP} (default: the current directory).",
+                                                      file_okay=False, show_default=False)] = None,
+    path: Annotated[Path | None, typer.Option("--path", hidden=True, file_okay=False)] = None,
     max_pii: Annotated[int, typer.Option("--max-pii", help="Personal-data findings allowed over all data files "
                                          "before the check fails.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
 ) -> None:
     """Check data/manifest.toml (source, SPDX licence and sha256 of every data file, nothing unlisted),
     scan the data for personal data, and warn about share-alike or copyleft licences."""
-    report = check_repository(path, max_pii=max_pii)
+    report = check_repository(deprecated("--path", path, directory) or Path("."), max_pii=max_pii)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))

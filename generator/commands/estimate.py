@@ -25,13 +25,10 @@ from generator.estimate import (
     parse_hardware,
 )
 from generator.estimate.api import ARCHS, ATTENTION, AUTO, OFFLOADS, PARALLELISMS, Estimate
-from generator.estimate.budget import BudgetPlan, plan_budget
+from generator.estimate.budget import DEFAULT_BUDGET_HARDWARE, BudgetPlan, plan_budget
 from generator.estimate.parse import parse_tokens
 from generator.estimate.precision import PRECISIONS, SHORT_NAMES, canonical_precision
 from generator.units import duration, si
-
-DEFAULT_BUDGET_HARDWARE = "8xH100"  # dollar and GPU-hour budgets need some GPU to price against
-
 
 MODEL, DATA, HW, PAR, OUT = "Model", "Data", "Hardware and cost", "Parallelism and memory", "Output"
 
@@ -124,28 +121,25 @@ def estimate(
     else:
         hw = parse_hardware("cpu", cpu_tflops)
 
+    given_params: float | None = None
     if budget_obj is not None:
         if model is not None or params is not None or tokens != "chinchilla":
             raise EstimateError("--budget chooses the model and tokens; leave out --model, --params and --tokens")
-        gpu = (budget_obj.hardware or hw).gpu
-        peak = gpu.peak_tflops(precision)
-        if peak is None:
-            raise EstimateError(f"--precision {precision}: {gpu.name} has no fp8 tensor cores")
-        budget_mfu = mfu if mfu is not None else formulas.default_mfu(gpu.mfu, precision, 1.0, 1, 1, None)[0]
-        plan = plan_budget(budget_obj, hw, budget_mfu, peak, price)
+        plan = plan_budget(budget_obj, hw, mfu, None, price, precision)
         if budget_obj.kind != "time" and hardware is None:
             plan.notes.append(f"hardware: {DEFAULT_BUDGET_HARDWARE} assumed (give --hardware to change)")
         config = build_model(preset=plan.preset, arch=arch, seq_len=seq_len)
         run_hw = budget_obj.hardware or hw
         token_count: float | str = plan.preset_tokens
     else:
-        config = build_model(preset=model, params=parse_count(params, "--params") if params is not None else None,
-                             arch=arch, layers=layers, d_model=d_model, heads=heads,
-                             kv_heads=kv_heads, ffn=ffn, vocab=vocab, seq_len=seq_len, tied=tied)
+        given_params = parse_count(params, "--params") if params is not None else None
+        config = build_model(preset=model, params=given_params, arch=arch, layers=layers, d_model=d_model,
+                             heads=heads, kv_heads=kv_heads, ffn=ffn, vocab=vocab, seq_len=seq_len, tied=tied)
         run_hw = hw
         token_count = parse_tokens(tokens)
 
-    est = estimate_run(RunSpec(config, run_hw, token_count, parallelism=parallelism, micro_batch=micro_batch,
+    est = estimate_run(RunSpec(config, run_hw, token_count, params=given_params, parallelism=parallelism,
+                               micro_batch=micro_batch,
                                seq_len=seq_len, grad_accum=grad_accum, tp=tp, pp=pp, offload=offload,
                                activation_checkpointing=activation_checkpointing, precision=precision,
                                mfu=mfu, price=price, sequence_parallel=sequence_parallel,
@@ -192,12 +186,14 @@ def _estimate_table(est: Estimate) -> Table:
     table = Table(title=title, show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("parameters", f"{si(est.params)} ({si(est.params_non_embedding)} without embeddings)")
+    table.add_row("parameters", f"{si(est.params)} in the shape; 6·N·D uses N = {si(est.flops_params)} "
+                                f"({est.flops_params_source})")
     table.add_row("tokens", f"{si(est.tokens)} at sequence length {est.seq_len}")
     table.add_row("training FLOPs", f"6·N·D {est.flops:.3g} + attention {est.flops_attention:.3g} "
                                     f"= {est.flops_total:.3g}")
     table.add_row("GPU-hours", f"{si(est.gpu_hours)} at MFU {est.mfu:.3f} of {est.peak_tflops:g} TFLOP/s")
-    table.add_row("wall time", f"{duration(est.wall_hours)} on {est.n_gpus} device(s)")
+    table.add_row("wall time", f"{duration(est.wall_hours)} on {est.n_gpus} device(s)"
+                  + (f"; {est.faster}" if est.faster else ""))
     table.add_row("cost", f"${est.cost_usd:,.0f} at ${est.price_per_gpu_hour:.2f}/GPU-hour")
     layout = f"{est.strategy}, dp={est.dp}" + (f", tp={est.tp}" if est.tp > 1 else "") \
         + (f", pp={est.pp}" if est.pp > 1 else "") + (f", offload {est.offload}" if est.offload else "")

@@ -17,7 +17,9 @@ from generator.errors import EstimateError
 from generator.estimate import formulas
 from generator.estimate.formulas import GIB
 from generator.estimate.hardware import KNOWN_GPUS, PRICES_AS_OF, Hardware
+from generator.estimate.mfu import default_mfu
 from generator.estimate.precision import FLOAT8, PRECISIONS
+from generator.units import duration
 from reference_llm.config import Dtype, Offload, Strategy
 from reference_llm.errors import ConfigError
 from reference_llm.model.config import PRESETS, ModelConfig
@@ -37,6 +39,8 @@ MAX_AUTO_MICRO_BATCH = 32
 AUTO_ORDER = (Strategy.DDP, Strategy.ZERO1, Strategy.ZERO2, Strategy.FSDP)
 # Strategies that shard parameters, so that they can offload them.
 _SHARDS_PARAMS = (Strategy.ZERO3, Strategy.FSDP)
+# A run longer than this gets a suggestion of the hardware that would finish it in about this time.
+LONG_RUN_HOURS = 30 * 24.0
 
 
 @dataclass
@@ -44,8 +48,10 @@ class Estimate:
     """One training run's cost and memory. `to_dict()` is the JSON form (`llmgen estimate --json`)."""
 
     model: str
-    params: int
+    params: int  # every parameter of the shape
     params_non_embedding: int
+    flops_params: float  # N in 6·N·D: the matmul weights (blocks and output head), or what --params gave
+    flops_params_source: str  # which of the two, in words
     tokens: float
     seq_len: int
     flops: float  # 6·N·D, the convention published totals use
@@ -77,11 +83,13 @@ class Estimate:
     cpu_offload_gib_per_node: float
     inference_gib: dict[str, float]
     assumptions: list[str] = field(default_factory=list)
-    suggestions: list[str] = field(default_factory=list)
+    suggestions: list[str] = field(default_factory=list)  # single changes that make it fit
+    faster: str | None = None  # for a run longer than LONG_RUN_HOURS: the hardware that finishes it sooner
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.model, "params": self.params, "params_non_embedding": self.params_non_embedding,
+            "flops_params": self.flops_params, "flops_params_source": self.flops_params_source,
             "tokens": self.tokens, "seq_len": self.seq_len, "flops": self.flops,
             "flops_attention": self.flops_attention, "flops_total": self.flops_total,
             "hardware": self.hardware, "n_gpus": self.n_gpus, "parallelism": self.strategy,
@@ -94,7 +102,7 @@ class Estimate:
             "memory_usable_gib": self.memory_usable_gib, "fits": self.fits,
             "model_states_zero_paper_gib": self.model_states_paper_gib,
             "cpu_offload_gib_per_node": self.cpu_offload_gib_per_node, "inference_gib": dict(self.inference_gib),
-            "assumptions": list(self.assumptions), "suggestions": list(self.suggestions),
+            "assumptions": list(self.assumptions), "suggestions": list(self.suggestions), "faster": self.faster,
         }
 
 
@@ -110,6 +118,7 @@ class RunSpec:
     model: ModelConfig
     hardware: Hardware
     tokens: float | str = "chinchilla"  # a count, or "chinchilla": 20 per parameter (Hoffmann et al. 2022)
+    params: float | None = None  # N in 6·N·D (what --params gave); None: the model's matmul weights
     parallelism: str = AUTO  # a Strategy, or "auto"
     micro_batch: int | None = None  # sequences per GPU per pass; None: the largest power of 2 up to 32 that fits
     seq_len: int | None = None  # None: the model's context
@@ -209,7 +218,10 @@ def build_model(preset: str | None = None, params: float | None = None, arch: st
     if params is not None:
         if params <= 0:
             raise EstimateError(f"--params must be positive, got {params}")
-        base = formulas.shape_for_params(params, arch or "llama", vocab, seq_len)
+        try:
+            base = formulas.shape_for_params(params, arch or "llama", vocab, seq_len)
+        except ValueError as err:
+            raise EstimateError(f"--params {params:.3g}: {err}; give a smaller --vocab") from None
     elif preset is not None:
         base = ModelConfig.preset(preset)
     else:
@@ -319,32 +331,46 @@ def _can_offload(strategy: str, offload: str | None) -> bool:
 
 def choose_parallelism(spec: RunSpec) -> tuple[str, str]:
     """What parallelism `auto` means for `spec` (whose own parallelism is ignored): (strategy, one-sentence
-    reason).
+    reason), judged at the spec's micro-batch (1 when it has none).
 
     One device (or the CPU): single. Otherwise ddp when model states and activations fit replicated,
     else the lowest ZeRO stage that fits (zero1, zero2), else FSDP full sharding.
     """
+    strategy = _auto_strategy(spec)
+    return strategy, explain_auto(spec.but(parallelism=strategy), spec.batch)
+
+
+def _auto_strategy(spec: RunSpec) -> str:
     hardware = spec.hardware
     if hardware.is_cpu or hardware.n_gpus == 1:
-        what = "the CPU" if hardware.is_cpu else f"one {hardware.gpu.name}"
-        return Strategy.SINGLE.value, f"{what} is one device, so no data parallelism is needed"
-    usable = _usable_gib(hardware)
-    previous: tuple[str, float] | None = None
+        return Strategy.SINGLE.value
     for strategy in AUTO_ORDER:
-        if not _can_offload(strategy, spec.offload):
-            continue
-        need = _total_gib(spec.but(parallelism=strategy.value))
-        if need <= usable:
-            if previous is None:
-                return strategy.value, (f"model states and activations ({need:.1f} GiB per GPU) fit replicated "
-                                        f"in the {usable:.0f} GiB usable on each {hardware.gpu.name}")
-            return strategy.value, (f"{previous[0]} would need {previous[1]:.1f} GiB per GPU, more than the "
-                                    f"{usable:.0f} GiB usable; {strategy} is the least sharding that fits "
-                                    f"({need:.1f} GiB)")
-        previous = (strategy.value, need)
-    assert previous is not None
-    return Strategy.FSDP.value, (f"even full sharding needs {previous[1]:.1f} GiB per GPU, more than the "
-                                 f"{usable:.0f} GiB usable; see the suggestions")
+        if _can_offload(strategy, spec.offload) and _fits(spec.but(parallelism=strategy.value)):
+            return strategy.value
+    return Strategy.FSDP.value
+
+
+def explain_auto(run: RunSpec, chosen_at: int) -> str:
+    """Why `auto` chose `run.parallelism` (at micro-batch `chosen_at`), with the memory figures of `run`
+    itself, so that the reason and the estimate's memory row state the same numbers."""
+    hardware, strategy = run.hardware, run.parallelism
+    if hardware.is_cpu or hardware.n_gpus == 1:
+        what = "the CPU" if hardware.is_cpu else f"one {hardware.gpu.name}"
+        return f"{what} is one device, so no data parallelism is needed"
+    usable, need = _usable_gib(hardware), _total_gib(run)
+    at = f"at micro-batch {run.batch}"
+    tried = [s.value for s in AUTO_ORDER if _can_offload(s, run.offload)]
+    lower = tried[:tried.index(strategy)] if strategy in tried else tried
+    if not lower:
+        return (f"model states and activations replicated on every GPU need {need:.1f} GiB per GPU {at}, "
+                f"within the {usable:.1f} GiB usable on each {hardware.gpu.name}")
+    previous = lower[-1]
+    previous_need = _total_gib(run.but(parallelism=previous, micro_batch=chosen_at))
+    if need > usable:
+        return (f"even full sharding needs {need:.1f} GiB per GPU {at}, more than the {usable:.1f} GiB usable "
+                f"on each {hardware.gpu.name}; see the suggestions")
+    return (f"{previous} would need {previous_need:.1f} GiB per GPU at micro-batch {chosen_at}, more than the "
+            f"{usable:.1f} GiB usable; {strategy} is the least sharding that fits ({need:.1f} GiB per GPU {at})")
 
 
 def _suggestions(spec: RunSpec) -> list[str]:
@@ -420,34 +446,34 @@ def estimate_run(spec: RunSpec) -> Estimate:
     _validate(spec)
     model, hardware, precision = spec.model, spec.hardware, spec.precision
     n_params = model.num_params()
+    flops_params = float(spec.params) if spec.params is not None else float(formulas.matmul_params(model))
     notes: list[str] = []
     if spec.tokens == "chinchilla":
-        tokens = formulas.TOKENS_PER_PARAM * n_params
+        tokens = formulas.TOKENS_PER_PARAM * (spec.params or n_params)
         notes.append("tokens: 20 per parameter (Hoffmann et al. 2022)")
     else:
         tokens = float(spec.tokens)
 
-    if spec.parallelism == AUTO:
-        strategy, reason = choose_parallelism(spec)
-    else:
-        strategy, reason = spec.parallelism, "chosen with --parallelism"
+    strategy = _auto_strategy(spec) if spec.parallelism == AUTO else spec.parallelism
     run = spec.but(parallelism=strategy, seq_len=spec.seq)
     if spec.micro_batch is None:
         mb = MAX_AUTO_MICRO_BATCH
         while mb > 1 and not _fits(run.but(micro_batch=mb)):
             mb //= 2
         run = run.but(micro_batch=mb)
-        notes.append(f"micro-batch {mb}: the largest power of two up to {MAX_AUTO_MICRO_BATCH} that fits")
+        notes.append(f"micro-batch {mb}: the largest power of two up to {MAX_AUTO_MICRO_BATCH} that fits"
+                     if _fits(run) else "micro-batch 1: even one sequence per GPU does not fit (see the suggestions)")
+    # The reason states the memory of the run as estimated (its final micro-batch), as the table does.
+    reason = explain_auto(run, spec.batch) if spec.parallelism == AUTO else "chosen with --parallelism"
     seq, tp, pp = run.seq, run.tp, run.pp
 
     # Time and cost
-    dense, attention_flops = formulas.training_flops(model, tokens, seq)
+    dense = 6.0 * flops_params * tokens
+    attention_flops = formulas.training_flops(model, tokens, seq)[1]
     peak = hardware.gpu.peak_tflops(precision)
     assert peak is not None  # float8 without fp8 cores was refused in _validate
-    recompute = formulas.recompute_flops_factor(model, seq, run.activation_checkpointing)
     if run.mfu is None:
-        mfu, mfu_notes = formulas.default_mfu(hardware.gpu.mfu, precision, recompute, pp, run.grad_accum,
-                                              run.offload)
+        mfu, mfu_notes = _default_mfu(run)
         notes.append("MFU (default) " + "; ".join(mfu_notes) + f" -> {mfu:.3f}")
     else:
         mfu = run.mfu
@@ -461,7 +487,9 @@ def estimate_run(spec: RunSpec) -> Estimate:
                      + (f" ({hardware.gpu.note})" if hardware.gpu.note else "") + ", "
                      + (f"${rate:.2f}/GPU-hour (given)" if run.price is not None
                         else f"${rate:.2f}/GPU-hour (typical on-demand, {PRICES_AS_OF}; override with --price)"))
-    notes.append("time = (6·N·D + attention FLOPs) / (GPUs x peak x MFU); N excludes the embedding lookup")
+    n_text = ("as given with --params" if spec.params is not None
+              else "the matmul weights: blocks and output head, not the embedding lookup")
+    notes.append(f"time = (6·N·D + attention FLOPs) / (GPUs x peak x MFU), N = {flops_params:,.0f} ({n_text})")
 
     # Memory
     breakdown, cpu_bytes, paper = _memory(run)
@@ -475,7 +503,7 @@ def estimate_run(spec: RunSpec) -> Estimate:
                  + ("fused attention (no score matrix)" if run.flash else "manual attention (score matrix kept)")
                  + (f", sequence parallel over tp={tp}" if tp > 1 and run.sequence_parallel else "")
                  + (f", checkpointing {checkpointing}" if checkpointing != "none" else ""))
-    notes.append("memory usable: " + (f"{CPU_USABLE_FRACTION:.0%} of {hardware.gpu.memory_gib:.0f} GiB RAM"
+    notes.append("memory usable: " + (f"{CPU_USABLE_FRACTION:.0%} of {hardware.gpu.memory_gib:.1f} GiB RAM"
                                       if hardware.is_cpu else
                                       f"{hardware.gpu.memory_gib:g} GiB less {GPU_RESERVED_GIB:g} GiB for the CUDA "
                                       "context and library workspaces"))
@@ -485,14 +513,43 @@ def estimate_run(spec: RunSpec) -> Estimate:
     kv = formulas.kv_cache_bytes(model, run.batch, seq, 2, tp)
     inference = {"weights_bf16": 2.0 * n_params / (tp * pp) / GIB, "kv_cache": kv / GIB,
                  "total": (2.0 * n_params / (tp * pp) + kv) / GIB}
+    wall_hours = gpu_hours / hardware.n_gpus
     return Estimate(
         model=model.name, params=n_params, params_non_embedding=model.num_params(include_embeddings=False),
-        tokens=tokens, seq_len=seq, flops=dense, flops_attention=attention_flops,
+        flops_params=flops_params, flops_params_source=n_text, tokens=tokens, seq_len=seq, flops=dense,
+        flops_attention=attention_flops,
         flops_total=dense + attention_flops, hardware=str(hardware), n_gpus=hardware.n_gpus, strategy=strategy,
         strategy_reason=reason, tp=tp, pp=pp, dp=run.dp, micro_batch=run.batch, grad_accum=run.grad_accum,
         precision=precision, activation_checkpointing=checkpointing, offload=run.offload, peak_tflops=peak,
-        mfu=mfu, price_per_gpu_hour=rate, gpu_hours=gpu_hours, wall_hours=gpu_hours / hardware.n_gpus,
+        mfu=mfu, price_per_gpu_hour=rate, gpu_hours=gpu_hours, wall_hours=wall_hours,
         cost_usd=gpu_hours * rate, memory_breakdown_gib=breakdown_gib, memory_per_gpu_gib=total_gib,
         memory_usable_gib=usable, fits=fits, model_states_paper_gib=paper / GIB,
         cpu_offload_gib_per_node=cpu_bytes / GIB, inference_gib=inference, assumptions=notes,
-        suggestions=[] if fits else _suggestions(run))
+        suggestions=[] if fits else _suggestions(run),
+        faster=_faster(run, dense + attention_flops, peak) if wall_hours > LONG_RUN_HOURS else None)
+
+
+def _default_mfu(run: RunSpec) -> tuple[float, list[str]]:
+    """`mfu.default_mfu` for a resolved spec."""
+    recompute = formulas.recompute_flops_factor(run.model, run.seq, run.activation_checkpointing)
+    return default_mfu(run.hardware.gpu, run.model, run.seq, run.hardware.nodes, run.precision, recompute,
+                       run.pp, run.grad_accum, run.offload)
+
+
+def _faster(run: RunSpec, flops: float, peak: float) -> str:
+    """The smallest hardware of the same kind (full nodes of at least 8 GPUs, doubling the node count)
+    that trains `run` in about LONG_RUN_HOURS, with its wall time at its own MFU; from a CPU, one H100."""
+    def wall(hardware: Hardware, peak_tflops: float, precision: str) -> float:
+        grown = run.but(hardware=hardware, precision=precision)
+        mfu = run.mfu if run.mfu is not None and not run.hardware.is_cpu else _default_mfu(grown)[0]
+        return formulas.gpu_seconds(flops, peak_tflops, mfu) / 3600.0 / hardware.n_gpus
+
+    if run.hardware.is_cpu:
+        h100 = Hardware(1, 1, KNOWN_GPUS["H100-SXM"])
+        hours = wall(h100, h100.gpu.bf16_tflops, Dtype.BFLOAT16.value)
+        return f"--hardware {h100} would take about {duration(hours)}"
+    per_node = max(run.hardware.gpus_per_node, 8)
+    candidates = [Hardware(2**k, per_node, run.hardware.gpu) for k in range(13)]
+    larger = [hw for hw in candidates if hw.n_gpus > run.hardware.n_gpus]
+    best = next((hw for hw in larger if wall(hw, peak, run.precision) <= LONG_RUN_HOURS), larger[-1])
+    return f"--hardware {best} would take about {duration(wall(best, peak, run.precision))}"

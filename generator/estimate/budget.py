@@ -2,7 +2,8 @@
 model and token count, and the nearest preset.
 
 Compute C = GPU-hours x 3600 x peak x MFU; then N_opt, D_opt from Hoffmann et al. 2022 Table 3, with the
-~20 tokens per parameter rule beside it (both in `formulas`).
+~20 tokens per parameter rule beside it (both in `formulas`). `llmgen new` asks the other way round, what a
+budget buys for a chosen model, in `generator.plan`.
 """
 
 from __future__ import annotations
@@ -14,9 +15,14 @@ from typing import Any
 from generator.errors import EstimateError
 from generator.estimate import formulas
 from generator.estimate.hardware import Hardware
+from generator.estimate.mfu import default_mfu
+from reference_llm.config import Dtype
 from reference_llm.model.config import PRESETS, ModelConfig
 
 LAPTOP_HOURS = 10 / 60  # "laptop": this CPU for ten minutes, long enough to see a loss curve fall
+# Dollar and GPU-hour budgets need a GPU to price against when none is named (`llmgen estimate --budget`,
+# and `llmgen new` when the track's default hardware is the CPU).
+DEFAULT_BUDGET_HARDWARE = "8xH100"
 
 
 @dataclass(frozen=True)
@@ -42,14 +48,17 @@ class Budget:
         return self.amount / rate
 
     def describe(self) -> str:
+        if self.text.strip().lower() == "laptop":
+            return f"laptop (this CPU for {hours_text(self.amount)})"
         if self.kind == "usd":
             return f"${self.amount:,.0f}"
         if self.kind == "gpu_hours":
             return f"{self.amount:,.0f} GPU-hours"
-        return f"{self.hardware} for {_hours_text(self.amount)}"
+        return f"{self.hardware} for {hours_text(self.amount)}"
 
 
-def _hours_text(hours: float) -> str:
+def hours_text(hours: float) -> str:
+    """'10 minutes', '12 hours', '3 days': how a time budget is written."""
     if hours < 1:
         return f"{hours * 60:.0f} minutes"
     if hours < 48:
@@ -97,21 +106,33 @@ def nearest_preset(params: float, presets: dict[str, tuple[str, dict[str, Any]]]
 
 
 def plan_budget(budget: Budget, hardware: Hardware, mfu: float | None = None, peak_tflops: float | None = None,
-                price: float | None = None) -> BudgetPlan:
-    """Turn `budget` into compute on `hardware` (a 'time' budget brings its own) at `mfu` of
-    `peak_tflops` (default: the hardware's bf16 peak and default MFU), then into N_opt and D_opt."""
+                price: float | None = None, precision: str = Dtype.BFLOAT16.value) -> BudgetPlan:
+    """Turn `budget` into compute on `hardware` (a 'time' budget brings its own) at `mfu` of `peak_tflops`
+    (default: the hardware's peak in `precision`, and the default MFU of the preset the compute buys,
+    so that the preset's own estimate spends exactly the budget), then into N_opt and D_opt."""
     if budget.kind == "time":
         assert budget.hardware is not None
         hardware = budget.hardware
-    peak_tflops = hardware.gpu.bf16_tflops if peak_tflops is None else peak_tflops
-    mfu = hardware.gpu.mfu if mfu is None else mfu
+    peak = hardware.gpu.peak_tflops(precision) if peak_tflops is None else peak_tflops
+    if peak is None:
+        raise EstimateError(f"--precision {precision}: {hardware.gpu.name} has no fp8 tensor cores")
     gpu_hours = budget.gpu_hours(hardware, price)
-    flops = gpu_hours * 3600.0 * peak_tflops * 1e12 * mfu
+    seconds = gpu_hours * 3600.0 * peak * 1e12
+    mfu_note = f"MFU {mfu:.2f} (given)" if mfu is not None else ""
+    if mfu is None:
+        # The default MFU depends on the model, and the model on the compute: start from the family's base,
+        # then take the MFU of the preset that compute buys, twice (the preset rarely changes again).
+        mfu = hardware.gpu.mfu
+        for _ in range(2):
+            preset = nearest_preset(formulas.chinchilla_optimal(seconds * mfu)[0])
+            mfu = default_mfu(hardware.gpu, preset, preset.block_size, hardware.nodes, precision)[0]
+        mfu_note = f"MFU {mfu:.2f} (the default for {preset.name} on {hardware})"
+    flops = seconds * mfu
     n_opt, d_opt = formulas.chinchilla_optimal(flops)
     n_rule, d_rule = formulas.rule_of_thumb_optimal(flops)
     preset = nearest_preset(n_opt)
     rate = hardware.gpu.price_per_hour if price is None else price
-    notes = [f"compute = {gpu_hours:,.4g} GPU-hours x {peak_tflops:g} TFLOP/s peak x MFU {mfu:.2f}",
+    notes = [f"compute = {gpu_hours:,.4g} GPU-hours x {peak:g} TFLOP/s peak x {mfu_note}",
              "compute-optimal N, D: Hoffmann et al. 2022 Table 3 (Approach 1), log-log interpolated; "
              "beside it D = 20 N"]
     if budget.note:

@@ -20,7 +20,6 @@ Sources:
   Models", sec. 4 (activation memory sbh(34 + 5as/h) per layer and its TP/SP/recompute variants).
 - [Narayanan] Narayanan et al. 2021, "Efficient Large-Scale Language Model Training on GPU Clusters
   Using Megatron-LM", sec. 2.2 (pipeline bubble (p-1)/m; 1F1B keeps p micro-batches in flight).
-- [Llama3] Llama Team 2024, "The Llama 3 Herd of Models", Table 4 (38-43% BF16 MFU on H100).
 """
 
 from __future__ import annotations
@@ -123,37 +122,57 @@ def rule_of_thumb_optimal(flops: float) -> tuple[float, float]:
     return n, TOKENS_PER_PARAM * n
 
 
+SHAPE_TOLERANCE = 0.01  # `shape_for_params` lands within 1% of the count asked for
+
+
 def shape_for_params(target: float, arch: str = "llama", vocab_size: int | None = None,
                      block_size: int | None = None) -> ModelConfig:
-    """A model shape with about `target` parameters (embeddings included), by an aspect-ratio rule.
+    """A model shape with `target` parameters (embeddings included) to within SHAPE_TOLERANCE.
 
     Rule: d_model a multiple of 64 between 64·n_layer and 128·n_layer (GPT-2 small has 64, LLaMA 7B and
     13B have 128; Kaplan et al. 2020 sec. 3.1 find loss nearly flat for d_model/n_layer between ~20 and
-    ~200), head size 64 up to d_model 1024 and 128 above, the architecture's default MLP width and a
-    32000 (llama) or 50257 (gpt2) vocabulary unless given. Among shapes within 5% of the target the
-    widest (aspect nearest 128) wins, else the closest count.
+    ~200), head size 64 up to d_model 1024 and 128 above, a 32000 (llama) or 50257 (gpt2) vocabulary
+    unless given. The MLP width, which the count is linear in, is then solved for the target and rounded
+    (to a multiple of 64 where that stays within the tolerance, else of 8), within half to twice the
+    architecture's default. Among the shapes that land within the tolerance, the one whose MLP width is
+    nearest the default wins, then the widest (aspect nearest 128); if none lands, the closest count.
     """
     vocab = vocab_size or (32000 if arch == "llama" else 50257)
     block = block_size or (4096 if arch == "llama" else 1024)
     build = ModelConfig.gpt2_style if arch == "gpt2" else ModelConfig.llama_style
-    best: tuple[float, float, ModelConfig] | None = None  # (not within 5%, |log error| or -aspect, config)
+    best: tuple[tuple[float, float, float], ModelConfig] | None = None
     for n_layer in range(1, 257):
         smallest = math.inf
         for d_model in range(128 * n_layer, 64 * n_layer - 1, -64):
             head = 64 if d_model <= 1024 else 128
             if d_model % head:
                 continue
-            config = build(vocab_size=vocab, block_size=block, n_layer=n_layer, d_model=d_model,
-                           n_head=d_model // head, name=f"~{si(target)}")
-            smallest = min(smallest, config.num_params())
+            fields = dict(vocab_size=vocab, block_size=block, n_layer=n_layer, d_model=d_model,
+                          n_head=d_model // head, name=f"~{si(target)}")
+            default = build(**fields)
+            width = default.ffn_hidden
+            assert width is not None  # ModelConfig fills in the architecture's default
+            slim = build(**fields, ffn_hidden=max(1, width // 2))
+            smallest = min(smallest, slim.num_params())
+            per_unit = build(**fields, ffn_hidden=width + 1).num_params() - default.num_params()
+            exact = width + (target - default.num_params()) / per_unit
+            if not width / 2 <= exact <= 2 * width:
+                continue
+            for step in (64, 8, 1):
+                config = build(**fields, ffn_hidden=max(step, round(exact / step) * step))
+                if abs(config.num_params() / target - 1) <= SHAPE_TOLERANCE:
+                    break
             error = abs(math.log(config.num_params() / target))
-            key = (0.0, -d_model / n_layer) if error <= math.log(1.05) else (1.0, error)
-            if best is None or key < best[:2]:
-                best = (*key, config)
-        if smallest > 2 * target:
+            off_default = abs(math.log(config.ffn_hidden / width))  # type: ignore[operator]
+            key = ((0.0, off_default, -d_model / n_layer) if error <= math.log1p(SHAPE_TOLERANCE)
+                   else (1.0, error, 0.0))
+            if best is None or key < best[0]:
+                best = (key, config)
+        if smallest > target:
             break  # deeper shapes are only larger
-    assert best is not None
-    return best[2]
+    if best is None:
+        raise ValueError(f"no shape has about {target:.3g} parameters with a {vocab}-token vocabulary")
+    return best[1]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -412,40 +431,3 @@ def kv_cache_bytes(config: ModelConfig, batch: int, seq_len: int, bytes_per: int
     size D, so GQA shrinks it by H/K) [Ainslie et al. 2023, sec. 2]; split across t with TP."""
     kv = config.n_kv_head * config.head_dim  # type: ignore[operator]
     return 2.0 * config.n_layer * batch * seq_len * kv * bytes_per / tp
-
-
-# ----------------------------------------------------------------------------------------------------
-# Default MFU
-# ----------------------------------------------------------------------------------------------------
-
-
-def default_mfu(base: float, precision: str, checkpointing_factor: float, pp: int, microbatches: int,
-                offload: str | None) -> tuple[float, list[str]]:
-    """MFU to assume when none is given: the hardware family's base (hardware.GPUSpec.mfu) times
-
-    - fp8: x0.7 of the fp8 peak, i.e. 1.4x bf16 throughput (only the linear layers run in fp8);
-      an llmgen assumption, in line with the 1.3-1.5x speed-ups NVIDIA reports for Transformer Engine.
-    - recomputation: x 1/factor (MFU counts model FLOPs only) [PaLM appendix B].
-    - pipeline: x 1/(1 + (p-1)/m) for the 1F1B bubble [Narayanan].
-    - offload: x0.7 optimizer, x0.5 params: host transfers and the CPU step; an llmgen assumption,
-      not a measurement.
-    Tensor parallelism inside a node, ZeRO and FSDP are assumed to run at the base MFU: the published runs
-    the bases come from (LLaMA, Llama 2, Llama 3) used them.
-    Returns the MFU and one line per adjustment made.
-    """
-    mfu, notes = base, [f"base MFU {base:.2f} for this hardware"]
-    if precision == FLOAT8:
-        mfu *= 0.7
-        notes.append("fp8: x0.70 of the fp8 peak (~1.4x bf16 speed)")
-    if checkpointing_factor > 1.0:
-        mfu /= checkpointing_factor
-        notes.append(f"recomputation: x{1 / checkpointing_factor:.2f}")
-    if pp > 1:
-        bubble = pipeline_bubble_fraction(pp, microbatches)
-        mfu /= 1.0 + bubble
-        notes.append(f"pipeline bubble (p-1)/m = {bubble:.2f}: x{1 / (1 + bubble):.2f}")
-    if offload:
-        factor = 0.7 if offload == "optimizer" else 0.5
-        mfu *= factor
-        notes.append(f"{offload} offload: x{factor}")
-    return mfu, notes

@@ -5,8 +5,8 @@ training step runs its matmuls in. Memory is what the device reports as usable (
 in GiB. Prices are round, representative on-demand cloud prices per GPU-hour, dated in `PRICES_AS_OF`;
 they move every quarter, so every printout says which price it used and `--price` replaces it.
 
-Default MFU (model FLOPs utilisation, PaLM's definition: model FLOPs / time / peak) per family comes from
-published runs where there are any; `formulas.default_mfu` documents each choice.
+The MFU base (model FLOPs utilisation, PaLM's definition: model FLOPs / time / peak) per family is fitted
+to published runs where there are any; `mfu.default_mfu` scales it by model shape and node count.
 
 Sources for the peaks: NVIDIA A100 datasheet (2021), H100 datasheet (2023), H200 product brief (2024),
 HGX B200 datasheet (2024), L40S datasheet (2023), A10 datasheet (2021), T4 datasheet (2019),
@@ -36,7 +36,7 @@ class GPUSpec:
     fp8_tflops: float | None
     memory_gib: float
     price_per_hour: float  # USD per GPU-hour, as of PRICES_AS_OF
-    mfu: float  # default MFU for bf16 training on this family (see formulas.default_mfu)
+    mfu: float  # MFU base of this family for bf16 training (see mfu.default_mfu)
     note: str = ""
     is_cpu: bool = False
     # bf16 tensor cores (NVIDIA compute capability 8.0 and later, AMD CDNA); a CPU's come from its flags
@@ -49,15 +49,17 @@ class GPUSpec:
         return peaks[precision]
 
 
-# Default MFU by family. A100: the LLaMA and Llama 2 runs imply 0.42-0.54 (median 0.46, see
-# docs/estimator.md); H100/H200: the Llama 3 paper reports 38-43% BF16 MFU at scale. B200 and MI300X
-# have no published large-run MFU that we could cite: we assume a margin below H100. Inference-class and
-# consumer cards run small single-node jobs, where kernels are smaller and less efficient.
-_MFU_A100, _MFU_HOPPER, _MFU_NEWER, _MFU_SMALL = 0.45, 0.40, 0.35, 0.35
+# MFU bases by family: fitted to published runs where there are any (generator/estimate/mfu.py,
+# docs/estimator.md): A100-80GB 0.78, A100-40GB 0.70, H100 0.54. Assumed where there are none: H200 and
+# H100-PCIe as H100 (same chip); B200 and MI300X as H100 (newer, faster chips have so far reached a
+# lower share of their peak, not a higher one); the 16-48 GB Ampere/Ada cards as the A100-40GB (small
+# memory limits the micro-batch; nanoGPT issue #182 reports 0.55 of an RTX 4090's peak for GPT-2 124M,
+# the model gives 0.49).
+_MFU_A100_80, _MFU_A100_40, _MFU_HOPPER, _MFU_NEWER, _MFU_SMALL = 0.78, 0.70, 0.54, 0.54, 0.70
 
 KNOWN_GPUS: dict[str, GPUSpec] = {g.name: g for g in (
-    GPUSpec("A100-40GB", 312.0, 19.5, None, 40.0, 1.29, _MFU_A100),
-    GPUSpec("A100-80GB", 312.0, 19.5, None, 80.0, 1.79, _MFU_A100),
+    GPUSpec("A100-40GB", 312.0, 19.5, None, 40.0, 1.29, _MFU_A100_40),
+    GPUSpec("A100-80GB", 312.0, 19.5, None, 80.0, 1.79, _MFU_A100_80),
     GPUSpec("H100-SXM", 989.0, 67.0, 1979.0, 79.6, 2.99, _MFU_HOPPER),
     GPUSpec("H100-PCIe", 756.0, 51.0, 1513.0, 79.6, 2.49, _MFU_HOPPER),
     GPUSpec("H200", 989.0, 67.0, 1979.0, 140.4, 3.79, _MFU_HOPPER),

@@ -1,6 +1,7 @@
-"""`llmgen check` inside generated projects: a consistent project passes; each kind of disagreement
-(world size, DeepSpeed config, sequence length, memory, a missing DeepSpeed) fails with a row that says
-what is wrong, and exit code 2."""
+"""`llmgen check` inside generated projects: a consistent project with enough data is ready; each kind of
+disagreement (world size, DeepSpeed config, sequence length, a missing DeepSpeed) and each broken
+invariant of the plan (memory, batch, steps, warm-up, learning rate, data, budget) fails with a row that
+says what is wrong and how to fix it, and exit code 2."""
 
 from __future__ import annotations
 
@@ -21,9 +22,20 @@ PROJECTS = {
 }
 
 
+# These projects plan 1e9 tokens, far more than 4 epochs of the bundled 1.1 MB corpus. "Bringing data" in
+# these tests is a corpus file of the size a real one would have: check reads sizes, not text, so a sparse
+# file of 16 GiB stands for it without taking the space.
+BIG_CORPUS = "data/big.txt"
+WITH_DATA = f"data.corpus={BIG_CORPUS}"
+
+
 @pytest.fixture(scope="module")
 def rendered(render_projects) -> dict[str, Path]:
-    return render_projects(PROJECTS)
+    projects = render_projects(PROJECTS)
+    for root in projects.values():
+        with open(root / BIG_CORPUS, "wb") as f:
+            f.truncate(2**34)
+    return projects
 
 
 @pytest.fixture
@@ -47,6 +59,10 @@ def check(directory: Path, *args: str):
     return result
 
 
+def failed(found: dict[str, list[dict]]) -> dict[str, str]:
+    return {name: r["message"] for name, group in found.items() for r in group if r["status"] == "fail"}
+
+
 def rows(directory: Path, *args: str) -> tuple[int, dict[str, list[dict]]]:
     result = check(directory, "--json", *args)
     doc = json.loads(result.stdout)
@@ -58,20 +74,48 @@ def rows(directory: Path, *args: str) -> tuple[int, dict[str, list[dict]]]:
 
 
 @pytest.mark.parametrize("name", list(PROJECTS))
-def test_generated_project_passes(rendered, name):
+def test_generated_project_is_ready_once_it_has_the_data_its_plan_needs(rendered, name):
     code, found = rows(rendered[name])
-    assert code == 0, found
-    assert {"train config", "world size", "strategy", "batch", "sequence", "memory"} <= set(found)
+    assert code == 2 and set(failed(found)) == {"data"}, found
+    message = failed(found)["data"]
+    assert message.startswith("1B tokens are ") and "epochs of data/shakespeare.txt" in message
+    assert "fix: bring more text: python -m reference_llm.data.manifest add" in message
+
+    code, found = rows(rendered[name], WITH_DATA)
+    assert code == 0, failed(found)
+    assert {"train config", "world size", "strategy", "batch", "sequence", "memory", "steps", "warm-up",
+            "learning rate", "data", "budget"} <= set(found)
     assert all(r["status"] == "ok" for group in found.values() for r in group), found
     assert ("deepspeed config" in found) == name.startswith("zero")
+    assert found["data"][0]["message"].endswith(f"epochs of {BIG_CORPUS}")
 
 
 def test_table_output_names_the_launch_command(rendered):
-    result = check(rendered["zero3-4x8"])
+    result = check(rendered["zero3-4x8"], WITH_DATA)
     assert result.exit_code == 0, result.output
     assert "deepspeed config" in result.stdout and "stage 3" in result.stdout
     assert "ready: sbatch scripts/slurm.sbatch" in result.stdout
-    assert "ready: bash scripts/train.sh" in check(rendered["cpu"]).stdout
+    assert "ready: bash scripts/train.sh" in check(rendered["cpu"], WITH_DATA).stdout
+    assert "ready" not in check(rendered["cpu"]).stdout.splitlines()[-1]  # no data: not ready
+
+
+@pytest.mark.parametrize("overrides, row, fix", [
+    # 409,600 tokens per step where DeepSeek LLM's fit gives ~42k for this run's compute
+    (["train.grad_accum=200", "train.max_steps=1000", "train.warmup_steps=20"], "batch",
+     "fix: train.micro_batch = 8, train.grad_accum = 20"),
+    (["train.grad_accum=1", "train.max_steps=36"], "steps",
+     "fix: train.max_steps = 200 (410k tokens), or a smaller batch"),
+    (["train.warmup_steps=1"], "warm-up", "fix: train.warmup_steps = "),
+    (["train.lr=0.5"], "learning rate", "fix: train.lr = 0.001, train.min_lr = 0.0001"),
+    (["train.max_steps=181000"], "budget", "more than the budget 200 GPU-hours; fix: train.max_steps = "),
+    (["data.corpus=data/missing.txt"], "data", "corpus data/missing.txt not found"),
+])
+def test_a_broken_invariant_fails_with_its_fix(rendered, overrides, row, fix):
+    """Each invariant of a signable plan, broken by overrides of the CPU project (which has data), fails
+    its own row alone and says how to fix it."""
+    code, found = rows(rendered["cpu"], WITH_DATA, *overrides)
+    assert code == 2 and set(failed(found)) == {row}, failed(found)
+    assert fix in failed(found)[row]
 
 
 def test_world_size_from_the_launcher_must_match_the_plan(rendered, monkeypatch):

@@ -132,7 +132,7 @@ def test_spdx_helpers():
 def test_outside_a_generated_repository(tmp_path):
     with pytest.raises(ComplianceError, match="data/manifest.toml not found"):
         check_repository(tmp_path)
-    result = run("--path", str(tmp_path))
+    result = run("--dir", str(tmp_path))
     assert result.exit_code == 2
     assert result.output.count("\n") == 1 and result.output.startswith("error: ")
 
@@ -140,7 +140,7 @@ def test_outside_a_generated_repository(tmp_path):
 def test_cli_json_and_exit_codes(tmp_path):
     root = make_repo(tmp_path, {"verse.txt": CLEAN_TEXT, "notes.txt": "call +44 20 7946 0958\n"},
                      entries=[{"path": "verse.txt", "source": "s", "license": "CC0-1.0", "sha256": sha(CLEAN_TEXT)}])
-    result = run("--path", str(root), "--json")
+    result = run("--dir", str(root), "--json")
     assert result.exit_code == 2
     report = json.loads(result.stdout)
     assert report["ok"] is False and report["pii_total"] == 1
@@ -149,7 +149,7 @@ def test_cli_json_and_exit_codes(tmp_path):
     assert len(errors) == len(report["problems"]) == 2
 
     (root / "data" / "notes.txt").unlink()
-    result = run("--path", str(root))
+    result = run("--dir", str(root))
     assert result.exit_code == 0, result.output
     assert "data/verse.txt" in result.stdout and "compliance: 1 data file(s)" in result.stderr
 

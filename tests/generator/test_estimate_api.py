@@ -13,6 +13,7 @@ from generator.estimate import (
     choose_parallelism,
     estimate_run,
     formulas,
+    mfu,
     nearest_preset,
     parse_budget,
     parse_hardware,
@@ -43,12 +44,13 @@ def test_default_mfu_is_printed_and_adjusted_for_recompute_and_pipeline():
     hw = parse_hardware("4x8xH100")
     spec = RunSpec(cfg, hw, 1e12, parallelism="zero3", micro_batch=1)
     plain = estimate_run(spec)
-    assert plain.mfu == pytest.approx(0.40)
-    assert any("MFU" in note and "0.40" in note for note in plain.assumptions)
+    fitted = mfu.fitted_mfu(hw.gpu.mfu, cfg, cfg.block_size, hw.nodes)
+    assert plain.mfu == pytest.approx(fitted)
+    assert any("MFU" in note and f"{hw.gpu.mfu:.2f}" in note and "4 nodes" in note for note in plain.assumptions)
     full = estimate_run(spec.but(activation_checkpointing="full"))
-    assert full.mfu == pytest.approx(0.30)  # 4/3 more hardware FLOPs for the same model FLOPs
+    assert full.mfu == pytest.approx(fitted * 3 / 4)  # 4/3 more hardware FLOPs for the same model FLOPs
     piped = estimate_run(spec.but(parallelism="zero1", pp=4, grad_accum=8))
-    assert piped.mfu == pytest.approx(0.40 / (1 + 3 / 8))
+    assert piped.mfu == pytest.approx(fitted / (1 + 3 / 8))
     assert estimate_run(spec.but(mfu=0.55)).mfu == 0.55
 
 
@@ -102,7 +104,7 @@ def test_choose_parallelism():
     assert choose_parallelism(RunSpec(small, parse_hardware("cpu")))[0] == "single"
     assert choose_parallelism(RunSpec(big, parse_hardware("1xH100")))[0] == "single"
     strategy, reason = choose_parallelism(RunSpec(small, parse_hardware("8xH100")))
-    assert strategy == "ddp" and "fit" in reason
+    assert strategy == "ddp" and "replicated on every GPU" in reason
     strategy, reason = choose_parallelism(RunSpec(big, parse_hardware("8xH100"), micro_batch=1,
                                                   activation_checkpointing="full"))
     assert strategy in ("zero1", "zero2") and "ddp would need" in reason
@@ -211,10 +213,16 @@ def test_time_budget_brings_its_own_hardware_and_laptop_is_small():
     assert any("10 minutes" in note for note in small.notes)
 
 
-def test_budget_plan_defaults_to_the_hardwares_peak_and_mfu():
+def test_budget_plan_defaults_to_the_peak_and_the_mfu_of_the_preset_it_buys():
+    """The default MFU depends on the model, so the plan uses the one of the preset the compute buys: that
+    preset's own estimate then spends exactly the budget."""
     hw = parse_hardware("8xA100")
     plan = plan_budget(parse_budget("1000 gpu-hours"), hw)
-    assert plan.flops == pytest.approx(1000 * 3600 * 312e12 * 0.45)
+    preset = ModelConfig.preset(plan.preset)
+    assert plan.mfu == pytest.approx(mfu.fitted_mfu(hw.gpu.mfu, preset, preset.block_size, hw.nodes))
+    assert plan.flops == pytest.approx(1000 * 3600 * 312e12 * plan.mfu)
+    est = estimate_run(RunSpec(preset, hw, plan.preset_tokens, micro_batch=1))
+    assert est.gpu_hours == pytest.approx(1000)
 
 
 def test_the_python_example_in_the_docs_runs():
@@ -226,3 +234,37 @@ def test_the_python_example_in_the_docs_runs():
     est, spec = namespace["est"], namespace["spec"]
     assert (est.strategy, est.tokens, est.activation_checkpointing) == ("zero3", 1e12, "full")
     assert est.gpu_hours == estimate_run(spec).gpu_hours and isinstance(spec, RunSpec)
+
+
+# ---- The estimate never contradicts itself ---------------------------------------------------------------
+
+
+def test_params_means_the_count_given():
+    """--params N: 6·N·D uses N itself, and the shape sized for memory is within 1% of it."""
+    for target in (124e6, 1e9, 7e9, 70e9, 175e9):
+        model = build_model(params=target)
+        assert abs(model.num_params() / target - 1) <= 0.01, (target, model.num_params())
+        est = estimate_run(RunSpec(model, parse_hardware("64x8xA100"), 300e9, params=target, micro_batch=1))
+        assert est.flops == pytest.approx(6 * target * 300e9)
+        assert est.flops_params == target and "as given" in est.flops_params_source
+    gpt3 = estimate_run(RunSpec(build_model(params=175e9), parse_hardware("64x8xA100"), 300e9, params=175e9,
+                                micro_batch=1))
+    assert gpt3.flops == pytest.approx(3.14e23, rel=0.01)  # GPT-3's published 6ND (Brown et al. 2020, Table D.1)
+
+
+def test_auto_reason_states_the_memory_of_the_run_as_estimated():
+    """The reason names the final micro-batch's memory and the same usable figure as the memory row."""
+    for hardware, preset in (("8xH100", "gpt2-124m"), ("8xH100", "llama-8b"), ("8xA100-40GB", "llama-7b")):
+        est = estimate_run(RunSpec(ModelConfig.preset(preset), parse_hardware(hardware), 1e9))
+        assert f"{est.memory_per_gpu_gib:.1f} GiB per GPU at micro-batch {est.micro_batch}" in est.strategy_reason
+        assert f"{est.memory_usable_gib:.1f} GiB usable" in est.strategy_reason
+
+
+def test_a_run_of_years_suggests_the_hardware_that_finishes_it_in_a_month():
+    spec = RunSpec(ModelConfig.preset("llama-70b"), parse_hardware("8xH100"), 1.4e12, micro_batch=1)
+    est = estimate_run(spec)
+    assert est.wall_hours > 365 * 24 and est.faster is not None
+    hardware = parse_hardware(est.faster.split()[1])
+    faster = estimate_run(spec.but(hardware=hardware, parallelism=est.strategy))
+    assert faster.wall_hours <= 30 * 24 and f"about {faster.wall_hours / 24:.1f} days" in est.faster
+    assert estimate_run(spec.but(tokens=1e9)).faster is None  # a short run needs no suggestion

@@ -26,20 +26,22 @@ def llmgen(args: list[str], cwd: Path, env: dict[str, str], stdin: str = "") -> 
 
 def test_answers_on_stdin(tmp_path, subprocess_env):
     result = llmgen(["new", "piped", "--no-git"], tmp_path, subprocess_env,
-                    stdin="practitioner\n$200\n2x4xA100\nfsdp\ngpt2-350m\n")
+                    stdin="practitioner\n$200\n2x4xA100\nfsdp\ngpt2-350m\ny\n")  # y: render despite the warning
     assert result.returncode == 0, result.stderr
     answers = yaml.safe_load((tmp_path / "piped" / ".copier-answers.yml").read_text())
     assert (answers["track"], answers["gpu"], answers["nodes"], answers["gpus_per_node"]) == (
         "practitioner", "A100-80GB", 2, 4)
     assert (answers["parallelism"], answers["model_preset"]) == ("fsdp", "gpt2-350m")
-    assert "Estimate for piped" in result.stdout and "Next steps" in result.stdout
+    assert "Plan for piped" in result.stdout and "Next steps" in result.stdout
 
 
 def test_piped_bad_answer_fails_at_once(tmp_path, subprocess_env):
-    result = llmgen(["new", "piped"], tmp_path, subprocess_env, stdin="beginner\nlaptop\ncpu\nzero3\ndemo\n")
+    # laptop names the CPU, so the next line answers the parallelism
+    result = llmgen(["new", "piped"], tmp_path, subprocess_env, stdin="beginner\nlaptop\nzero3\ndemo\n")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == ("error: --parallelism: zero3 needs several processes or GPUs; "
-                                                      "on cpu (one process) use single")
+                                                      "on cpu (one process) use single (--hardware cpu; "
+                                                      "--parallelism auto picks for you)")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -48,7 +50,7 @@ def test_no_terminal_and_nothing_on_stdin_names_the_missing_flags(tmp_path, subp
                             env=subprocess_env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
-        "error: no answer for --budget, --parallelism, --model-preset (input ended); pass them as flags, "
+        "error: no answer for --budget, --parallelism, --model (input ended); pass them as flags, "
         "or --yes for the defaults")
     assert list(tmp_path.iterdir()) == []
 
@@ -67,26 +69,45 @@ def test_bad_name_as_a_process(tmp_path, subprocess_env):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_terminal_asks_again_after_a_bad_answer(tmp_path, subprocess_env):
-    """On a terminal, a bad hardware answer is explained and the question asked again."""
+def run_on_terminal(args: list[str], typed: bytes, cwd: Path, env: dict[str, str]) -> tuple[int, str]:
+    """`llmgen new` with a real terminal as stdin, answers typed all at once; (exit code, stderr)."""
     controller, terminal = pty.openpty()
     try:
-        process = subprocess.Popen([*LLMGEN, "new", "asked", "--no-git", "--track", "beginner", "--budget", "laptop",
-                                    "--model-preset", "demo"],
-                                   cwd=tmp_path, env=subprocess_env, stdin=terminal, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True)
-        # hardware: a GPU that does not exist, then cpu; parallelism: zero3 (refused on cpu), then single
-        os.write(controller, b"8xZ100\ncpu\nzero3\nsingle\n")
-        stdout, stderr = process.communicate(timeout=120)
+        process = subprocess.Popen([*LLMGEN, "new", *args], cwd=cwd, env=env, stdin=terminal,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        os.write(controller, typed)
+        _, stderr = process.communicate(timeout=120)
     finally:
         os.close(controller)
         os.close(terminal)
-    assert process.returncode == 0, stderr
-    assert "unknown GPU 'Z100'" in stderr and "zero3 needs several processes or GPUs" in stderr
+    return process.returncode, stderr
+
+
+def test_terminal_asks_again_after_a_bad_answer(tmp_path, subprocess_env):
+    """On a terminal, a bad hardware answer is explained and the question asked again."""
+    # hardware: a GPU that does not exist, then one GPU; parallelism: ddp (refused on one GPU), then single
+    code, stderr = run_on_terminal(["asked", "--no-git", "--track", "beginner", "--budget", "2 gpu-hours",
+                                    "--model", "demo"], b"8xZ100\n1xRTX4090\nddp\nsingle\n", tmp_path,
+                                   subprocess_env)
+    assert code == 0, stderr
+    assert "unknown GPU 'Z100'" in stderr and "ddp replicates the model over several GPUs" in stderr
     assert stderr.count("hardware (") == 0 and stderr.count("hardware [") == 2  # asked twice
     assert stderr.count("parallelism (") == 2
     answers = yaml.safe_load((tmp_path / "asked" / ".copier-answers.yml").read_text())
-    assert (answers["hardware"], answers["parallelism"]) == ("cpu", "single")
+    assert (answers["hardware"], answers["parallelism"]) == ("1xRTX4090", "single")
+
+
+def test_terminal_goes_back_from_a_conflict(tmp_path, subprocess_env):
+    """Budget $100, hardware cpu: refused (a CPU has no hourly price) with the way out, `back`, which
+    reopens the budget; laptop there names the CPU."""
+    code, stderr = run_on_terminal(["back", "--no-git", "--track", "beginner", "--model", "demo",
+                                    "--parallelism", "auto"], b"$100\ncpu\nback\nlaptop\n", tmp_path,
+                                   subprocess_env)
+    assert code == 0, stderr
+    assert "--budget '$100' is in dollars but --hardware cpu has no hourly price" in stderr
+    assert "or type back to change the previous answer" in stderr and stderr.count("budget [") == 2
+    answers = yaml.safe_load((tmp_path / "back" / ".copier-answers.yml").read_text())
+    assert (answers["budget"], answers["hardware"]) == ("laptop", "cpu")
 
 
 # ----------------------------------------------------------------------------------------------------
