@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import importlib.util
 import re
 import sys
 from dataclasses import dataclass
@@ -147,32 +148,35 @@ def _name_problem(project_name: str) -> str | None:
     if lower in stdlib:
         return (f"would shadow the standard-library module {stdlib[lower]}"
                 f"{case if stdlib[lower] != package else ''}; choose another name")
-    owners = _installed_modules().get(lower)
-    if owners:
-        module, dist = owners
-        return (f"would shadow the module {module} of the installed distribution {dist}"
-                f"{case if module != package else ''}; choose another name")
-    dist_name = _installed_distributions().get(re.sub(r"[-_.]+", "-", project_name).lower())
-    if dist_name:
-        return f"is the name of the installed distribution {dist_name}: installing the project would replace it; " \
-               "choose another name"
-    return None
+    for module in dict.fromkeys((package, lower)):
+        if _installed(module):
+            return (f"would shadow the installed module {module}{case if module != package else ''}; "
+                    "choose another name")
+    try:
+        dist = importlib.metadata.distribution(project_name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    return (f"is the name of the installed distribution {dist.metadata['Name']}: installing the project would "
+            "replace it; choose another name")
 
 
-@functools.cache
-def _installed_modules() -> dict[str, tuple[str, str]]:
-    """Top-level modules of the installed distributions, lower-cased -> (module, distribution)."""
-    out: dict[str, tuple[str, str]] = {}
-    for module, dists in importlib.metadata.packages_distributions().items():
-        out.setdefault(module.lower(), (module, dists[0]))
-    return out
-
-
-@functools.cache
-def _installed_distributions() -> dict[str, str]:
-    """Installed distribution names, normalised as PEP 503 does -> as written."""
-    names = (dist.metadata["Name"] for dist in importlib.metadata.distributions())
-    return {re.sub(r"[-_.]+", "-", name).lower(): name for name in names if name}
+def _installed(module: str) -> bool:
+    """Whether Python imports `module` from somewhere other than the current directory (where the
+    project itself, or an unrelated folder of the same name, may be)."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return False
+    if spec is None:
+        return False
+    if spec.origin is not None and not spec.has_location:
+        return True  # built-in and frozen modules
+    here = Path.cwd().resolve()
+    places = [Path(spec.origin).parent] if spec.origin and spec.has_location else [
+        Path(p) for p in spec.submodule_search_locations or ()]
+    if spec.origin and Path(spec.origin).name == "__init__.py":
+        places = [Path(spec.origin).parent]  # a package: the folder it is
+    return any((place if place.name == module else place / module).resolve().parent != here for place in places)
 
 
 @functools.cache

@@ -12,7 +12,7 @@ def si(x: float) -> str:
 
 
 def duration(hours: float) -> str:
-    """A wall time in the largest unit that keeps it readable: 40 s, 12.5 min, 3.2 h, 53.0 days."""
+    """A wall time in the largest unit that keeps it readable: 40 s, 12.5 min, 3.2 h, 53.0 days, 7.3 years."""
     if hours < 1 / 3600:
         return "under 1 s"
     if hours < 1 / 60:
@@ -21,4 +21,6 @@ def duration(hours: float) -> str:
         return f"{hours * 60:.1f} min"
     if hours < 48:
         return f"{hours:.1f} h"
-    return f"{hours / 24:.1f} days"
+    if hours < 2 * 365 * 24:
+        return f"{hours / 24:.1f} days"
+    return f"{hours / (365 * 24):.1f} years"

@@ -155,8 +155,8 @@ def gather(questions: dict[str, Question], flags: dict[str, Any], replay: dict[s
             continue
         missing = [FLAGS[n] for n in ASKED if n not in given and supplied(n) is None]
         try:
-            given[name] = prompter.ask(questions[name], default, _checker(name, questions, tracks, given), missing,
-                                       can_go_back=bool(prompted))
+            given[name] = prompter.ask(questions[name], default, _checker(name, questions, tracks, given, supplied),
+                                       missing, can_go_back=bool(prompted))
         except GoBack:
             index = prompted.pop()
             for later in ASKED[index:]:
@@ -194,9 +194,15 @@ def default_answer(name: str, given: dict[str, Any], supplied: Callable[[str], A
     return getattr(defaults, name), []
 
 
-def _checker(name: str, questions: dict[str, Question], tracks: dict[str, Track],
-             given: dict[str, Any]) -> Callable[[str], Any]:
-    return lambda text: check_given(name, text, questions, tracks, given)
+def _checker(name: str, questions: dict[str, Question], tracks: dict[str, Track], given: dict[str, Any],
+             supplied: Callable[[str], Any]) -> Callable[[str], Any]:
+    """The check of one prompt's answer; a budget typed at the prompt must agree with a --hardware flag."""
+    def check(text: str) -> Any:
+        value = check_given(name, text, questions, tracks, given)
+        if name == "budget" and supplied("hardware") is not None:
+            check_agreement(str(value), str(supplied("hardware")))
+        return value
+    return check
 
 
 def check_given(name: str, value: Any, questions: dict[str, Question], tracks: dict[str, Track],

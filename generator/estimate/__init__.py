@@ -4,8 +4,9 @@
     spec = RunSpec(ModelConfig.preset("llama-8b"), parse_hardware("4x8xH100"), tokens=15e12, parallelism="zero3")
     estimate_run(spec).to_dict()
 
-Formulas and their sources: `generator.estimate.formulas`. GPU catalogue: `generator.estimate.hardware`.
-Precision names: `generator.estimate.precision`.
+Formulas and their sources: `generator.estimate.formulas`. The default MFU: `mfu` (fitted to the runs in
+`published`). GPU catalogue: `hardware`. Precision names: `precision`. The training recipe a plan follows:
+`recipe`; what makes a plan signable: `invariants` (used by `llmgen new` and `llmgen check`).
 """
 
 from generator.estimate.api import Estimate, RunSpec, build_model, choose_parallelism, estimate_run

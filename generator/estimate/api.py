@@ -128,7 +128,7 @@ class RunSpec:
     offload: str | None = None  # one of OFFLOADS, or None
     activation_checkpointing: str = "none"  # one of formulas.CHECKPOINTING
     precision: str = Dtype.BFLOAT16.value  # one of precision.PRECISIONS
-    mfu: float | None = None  # None: by hardware and strategy (formulas.default_mfu)
+    mfu: float | None = None  # None: the fitted model of mfu.default_mfu
     price: float | None = None  # $ per GPU-hour; None: the catalogue's
     sequence_parallel: bool = True  # with tp > 1, shard the norm and dropout activations too
     attention: str = "auto"  # one of ATTENTION

@@ -147,3 +147,32 @@ def test_registered_in_the_real_llmgen_app():
     assert ok.exit_code == 0 and json.loads(ok.stdout)["model"] == "tiny"
     bad = CliRunner().invoke(app, ["estimate", "--hardware", "8xH10"])
     assert bad.exit_code == 2 and bad.stderr.startswith("error: --hardware")
+
+
+def test_params_is_the_n_of_six_n_d():
+    """`--params 175e9` means 175B: 6·N·D uses it (was 169.6B, the shape's count), and the shape sized for
+    memory is within 1% of it."""
+    data = run_json("--params", "175e9", "--hardware", "64x8xA100", "--tokens", "300B")
+    assert data["flops_params"] == 175e9 and data["flops"] == pytest.approx(6 * 175e9 * 300e9)
+    assert abs(data["params"] / 175e9 - 1) <= 0.01
+    table = run("--params", "175e9", "--hardware", "64x8xA100", "--tokens", "300B")
+    text = " ".join(table.stdout.replace("│", " ").split())
+    assert "6·N·D uses N = 175B (as given with --params)" in text and "without embeddings" not in text
+
+
+def test_the_estimate_states_one_set_of_figures():
+    """The parallelism reason, the memory row and the usable figure agree (was: 3.7 GiB "replicated" at
+    micro-batch 1 beside 37.9 GiB per GPU, 79 beside 78.6 usable); a months-long run says what finishes
+    it sooner."""
+    data = run_json("--model", "gpt2-124m", "--hardware", "8xH100", "--tokens", "10B")
+    assert f"{data['memory_per_gpu_gib']:.1f} GiB per GPU at micro-batch {data['micro_batch']}" in \
+        data["parallelism_reason"]
+    assert f"{data['memory_usable_gib']:.1f} GiB usable" in data["parallelism_reason"] and data["faster"] is None
+    long = run_json("--model", "llama-70b", "--hardware", "8xH100", "--tokens", "1.4T", "--micro-batch", "1")
+    assert long["wall_hours"] > 1000 * 24 and long["faster"].startswith("--hardware ")
+
+
+def test_a_budget_is_spent_at_the_mfu_of_the_model_it_buys():
+    data = run_json("--budget", "$50k")
+    assert data["mfu"] == pytest.approx(data["budget"]["mfu"])
+    assert data["cost_usd"] == pytest.approx(50_000, rel=0.001)

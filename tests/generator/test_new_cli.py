@@ -379,3 +379,20 @@ def test_the_old_preset_flag_still_works_with_a_deprecation_line(workdir):
     assert result.exit_code == 0, result.output
     assert result.stderr.splitlines()[0] == "warning: --model-preset is deprecated; use --model"
     assert answers_of(workdir / "old")["model_preset"] == "tiny"
+
+
+def test_the_commands_in_docs_generator_md_run_as_written(workdir):
+    """docs/generator.md's first block, line by line, in one directory."""
+    import shlex
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "generator.md").read_text(encoding="utf-8")
+    block = text.split("## `llmgen new NAME`", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    lines = [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
+    assert len(lines) == 6 and all(line.startswith("llmgen ") for line in lines)
+    for line in lines:
+        result = CliRunner().invoke(app, shlex.split(line)[1:], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, (line, result.output)
+        if " check " in f"{line} ":
+            assert "ready: bash scripts/train.sh" in result.stdout
+    assert answers_of(workdir / "again")["budget"] == answers_of(workdir / "gpt")["budget"] == "$100"
+    assert not (workdir / "peek").exists()

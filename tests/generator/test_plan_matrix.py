@@ -236,3 +236,16 @@ def test_rendered_corner_agrees_with_its_plan_and_check(tmp_path, monkeypatch, c
     assert failed == {w.split(":")[1].strip() for w in warnings}, (failed, warnings)
     if corner == "researcher llama-70b 8xH100":
         assert "does NOT fit" in result.stdout and failed == {"memory", "data"}
+
+
+def test_answers_recorded_before_the_schedule_get_it_by_todays_rules():
+    """A project from before llmgen recorded warm-up, min_lr, intervals and tokenizer (its train.toml
+    computed them in Jinja): `llmgen update` fills them in as the planner would for its step count."""
+    from generator.commands.update import current_answers
+
+    plan = plan_run("old", given_for("practitioner", "8xH100", "$500", "gpt2-124m", "auto"), tracks=TRACKS)
+    schedule = ("warmup_steps", "min_lr", "eval_interval", "checkpoint_interval", "tokenizer")
+    old = {k: v for k, v in plan.answers.items() if k not in schedule}
+    current = current_answers(old)
+    assert {k: current[k] for k in schedule} == {k: plan.answers[k] for k in schedule}
+    assert current["deepspeed"] == plan.answers["deepspeed"]
