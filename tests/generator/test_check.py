@@ -24,18 +24,22 @@ PROJECTS = {
 
 # These projects plan 1e9 tokens, far more than 4 epochs of the bundled 1.1 MB corpus. "Bringing data" in
 # these tests is a corpus file of the size a real one would have: check reads sizes, not text, so a sparse
-# file of 16 GiB stands for it without taking the space.
-BIG_CORPUS = "data/big.txt"
-WITH_DATA = f"data.corpus={BIG_CORPUS}"
+# file of 16 GiB stands for it without taking the space. It lives outside the projects (copying a project
+# would write it out in full), and data.corpus names it by its absolute path.
+
+
+@pytest.fixture(scope="module")
+def with_data(tmp_path_factory) -> str:
+    """The override that points a project at the big corpus."""
+    big = tmp_path_factory.mktemp("corpus") / "big.txt"
+    with open(big, "wb") as f:
+        f.truncate(2**34)
+    return f"data.corpus={big}"
 
 
 @pytest.fixture(scope="module")
 def rendered(render_projects) -> dict[str, Path]:
-    projects = render_projects(PROJECTS)
-    for root in projects.values():
-        with open(root / BIG_CORPUS, "wb") as f:
-            f.truncate(2**34)
-    return projects
+    return render_projects(PROJECTS)
 
 
 @pytest.fixture
@@ -74,28 +78,28 @@ def rows(directory: Path, *args: str) -> tuple[int, dict[str, list[dict]]]:
 
 
 @pytest.mark.parametrize("name", list(PROJECTS))
-def test_generated_project_is_ready_once_it_has_the_data_its_plan_needs(rendered, name):
+def test_generated_project_is_ready_once_it_has_the_data_its_plan_needs(rendered, with_data, name):
     code, found = rows(rendered[name])
     assert code == 2 and set(failed(found)) == {"data"}, found
     message = failed(found)["data"]
     assert message.startswith("1B tokens are ") and "epochs of data/shakespeare.txt" in message
     assert "fix: bring more text: python -m reference_llm.data.manifest add" in message
 
-    code, found = rows(rendered[name], WITH_DATA)
+    code, found = rows(rendered[name], with_data)
     assert code == 0, failed(found)
     assert {"train config", "world size", "strategy", "batch", "sequence", "memory", "steps", "warm-up",
             "learning rate", "data", "budget"} <= set(found)
     assert all(r["status"] == "ok" for group in found.values() for r in group), found
     assert ("deepspeed config" in found) == name.startswith("zero")
-    assert found["data"][0]["message"].endswith(f"epochs of {BIG_CORPUS}")
+    assert found["data"][0]["message"].endswith(f"epochs of {with_data.split('=')[1]}")
 
 
-def test_table_output_names_the_launch_command(rendered):
-    result = check(rendered["zero3-4x8"], WITH_DATA)
+def test_table_output_names_the_launch_command(rendered, with_data):
+    result = check(rendered["zero3-4x8"], with_data)
     assert result.exit_code == 0, result.output
     assert "deepspeed config" in result.stdout and "stage 3" in result.stdout
     assert "ready: sbatch scripts/slurm.sbatch" in result.stdout
-    assert "ready: bash scripts/train.sh" in check(rendered["cpu"], WITH_DATA).stdout
+    assert "ready: bash scripts/train.sh" in check(rendered["cpu"], with_data).stdout
     assert "ready" not in check(rendered["cpu"]).stdout.splitlines()[-1]  # no data: not ready
 
 
@@ -110,10 +114,10 @@ def test_table_output_names_the_launch_command(rendered):
     (["train.max_steps=181000"], "budget", "more than the budget 200 GPU-hours; fix: train.max_steps = "),
     (["data.corpus=data/missing.txt"], "data", "corpus data/missing.txt not found"),
 ])
-def test_a_broken_invariant_fails_with_its_fix(rendered, overrides, row, fix):
+def test_a_broken_invariant_fails_with_its_fix(rendered, with_data, overrides, row, fix):
     """Each invariant of a signable plan, broken by overrides of the CPU project (which has data), fails
     its own row alone and says how to fix it."""
-    code, found = rows(rendered["cpu"], WITH_DATA, *overrides)
+    code, found = rows(rendered["cpu"], with_data, *overrides)
     assert code == 2 and set(failed(found)) == {row}, failed(found)
     assert fix in failed(found)[row]
 
