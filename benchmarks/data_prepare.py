@@ -63,8 +63,12 @@ def make_corpus(folder: Path, target_bytes: int, seed: int = 0) -> dict[str, Any
         return json.loads(info_path.read_text())
     rng = np.random.default_rng(seed)
     syllables = np.array(["ka", "lo", "mi", "ten", "ar", "shu", "ve", "no", "ri", "del", "oss", "um", "pra", "ith"])
-    vocab = np.array(["".join(rng.choice(syllables, size=rng.integers(1, 4))) + str(i % 7 if i % 9 == 0 else "")
-                      for i in range(50_000)])
+    vocab = np.array(
+        [
+            "".join(rng.choice(syllables, size=rng.integers(1, 4))) + str(i % 7 if i % 9 == 0 else "")
+            for i in range(50_000)
+        ]
+    )
     cdf = np.cumsum(1.0 / np.arange(1, vocab.size + 1))  # Zipf: word k has weight 1/k
     cdf /= cdf[-1]
     docs: list[str] = []
@@ -72,7 +76,7 @@ def make_corpus(folder: Path, target_bytes: int, seed: int = 0) -> dict[str, Any
     while size < target_bytes:
         n_words = int(rng.integers(80, 1300))
         words = vocab[np.searchsorted(cdf, rng.random(n_words))]
-        lines = [" ".join(words[i:i + 12]).capitalize() + "." for i in range(0, n_words, 12)]
+        lines = [" ".join(words[i : i + 12]).capitalize() + "." for i in range(0, n_words, 12)]
         roll = rng.random()
         if roll < 0.02 and docs:
             text = docs[int(rng.integers(len(docs)))]  # an exact copy
@@ -91,9 +95,14 @@ def make_corpus(folder: Path, target_bytes: int, seed: int = 0) -> dict[str, Any
     with line.open("w", encoding="utf-8") as f:  # the same text as one line: one document, no line break
         for text in docs:
             f.write(text.replace("\n", " ") + " ")
-    info = {"target_bytes": target_bytes, "documents": len(docs), "jsonl_bytes": jsonl.stat().st_size,
-            "parquet_bytes": parquet.stat().st_size, "txt_bytes": line.stat().st_size,
-            "text_mb": round(sum(map(len, docs)) / 1e6, 2)}
+    info = {
+        "target_bytes": target_bytes,
+        "documents": len(docs),
+        "jsonl_bytes": jsonl.stat().st_size,
+        "parquet_bytes": parquet.stat().st_size,
+        "txt_bytes": line.stat().st_size,
+        "text_mb": round(sum(map(len, docs)) / 1e6, 2),
+    }
     info_path.write_text(json.dumps(info))
     return info
 
@@ -153,17 +162,29 @@ def one_run(corpus: Path, workers: int, dedup: bool, chunk_mb: float, cache: Pat
     if corpus.suffix == ".txt":  # one line of hundreds of MB: the line-length filter would drop all of it
         overrides["filters.max_mean_line_length"] = 0.0
     settings = PipelineSettings().with_overrides(overrides)
-    data_cfg = DataConfig(corpus=str(corpus), tokenizer=tokenizer, vocab_size=4096, cache_dir=str(cache),
-                          workers=workers, chunk_mb=chunk_mb)
+    data_cfg = DataConfig(
+        corpus=str(corpus),
+        tokenizer=tokenizer,
+        vocab_size=4096,
+        cache_dir=str(cache),
+        workers=workers,
+        chunk_mb=chunk_mb,
+    )
     start, cpu_start = time.perf_counter(), _cpu_seconds()
     with PeakSampler() as sampler:
         prepared = prepare_data(data_cfg, settings, progress=False)
     wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
     report = prepared.meta["report"]
-    return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "peak_rss_mb": round(sampler.peak / 1e6, 1),
-            "idle_rss_mb": round(idle.peak / 1e6, 1), "documents_in": report["documents_in"],
-            "documents_out": report["documents_out"], "train_tokens": prepared.meta["splits"]["train"]["tokens"],
-            "dedup_index_mb": round(report.get("index_bytes", 0) / 1e6, 1)}
+    return {
+        "wall_s": round(wall, 2),
+        "cpu_s": round(cpu, 2),
+        "peak_rss_mb": round(sampler.peak / 1e6, 1),
+        "idle_rss_mb": round(idle.peak / 1e6, 1),
+        "documents_in": report["documents_in"],
+        "documents_out": report["documents_out"],
+        "train_tokens": prepared.meta["splits"]["train"]["tokens"],
+        "dedup_index_mb": round(report.get("index_bytes", 0) / 1e6, 1),
+    }
 
 
 def _cpu_seconds() -> float:
@@ -174,6 +195,7 @@ def _cpu_seconds() -> float:
 
 def _import_pipeline(_: int) -> int:
     import reference_llm.data.encode  # noqa: F401 (what a worker imports)
+
     return os.getpid()
 
 
@@ -190,14 +212,18 @@ def index_cost(documents: int) -> dict[str, Any]:
             n = min(10_000, documents - first)
             sigs = rng.integers(0, 1 << 32, size=(n, 128), dtype=np.uint32)
             digests = rng.bytes(16 * n)
-            results = [Cleaned(None, 1, 1, digests[16 * i:16 * i + 16], sigs[i], "") for i in range(n)]
+            results = [Cleaned(None, 1, 1, digests[16 * i : 16 * i + 16], sigs[i], "") for i in range(n)]
             collector.add_batch([f"corpus.jsonl:{first + i}" for i in range(n)], results)
         seconds = time.perf_counter() - start
         grown = tree_rss(os.getpid()) - before
         collector.close()
-    return {"documents": documents, "rss_growth_mb": round(grown / 1e6, 1),
-            "bytes_per_document": round(grown / documents), "mb_per_million": round(grown / documents * 1e6 / 1e6),
-            "us_per_document": round(seconds / documents * 1e6, 1)}
+    return {
+        "documents": documents,
+        "rss_growth_mb": round(grown / 1e6, 1),
+        "bytes_per_document": round(grown / documents),
+        "mb_per_million": round(grown / documents * 1e6 / 1e6),
+        "us_per_document": round(seconds / documents * 1e6, 1),
+    }
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -216,8 +242,13 @@ def machine() -> dict[str, Any]:
                 flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return {"cpu": name, "cpus_usable": default_workers(), "features": [f for f in FEATURES if f in flags],
-            "python": platform.python_version(), "load_average": [round(x, 2) for x in os.getloadavg()]}
+    return {
+        "cpu": name,
+        "cpus_usable": default_workers(),
+        "features": [f for f in FEATURES if f in flags],
+        "python": platform.python_version(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
 
 
 def child(args: list[str]) -> dict[str, Any]:
@@ -232,22 +263,47 @@ def run(quick: bool, workdir: Path, chunk_mb: float) -> dict[str, Any]:
     target = 1_000_000 if quick else 200_000_000
     corpus = make_corpus(workdir, target)
     before = machine()
-    runs = [(fmt, workers, dedup, "bpe") for fmt in ("jsonl", "parquet") for dedup in (False, True)
-            for workers in (1, 2)]
+    runs = [
+        (fmt, workers, dedup, "bpe") for fmt in ("jsonl", "parquet") for dedup in (False, True) for workers in (1, 2)
+    ]
     runs += [("txt", 2, True, tokenizer) for tokenizer in ("bpe", "char")]  # the whole corpus as one line
     rows = []
     for fmt, workers, dedup, tokenizer in runs:
         with tempfile.TemporaryDirectory(dir=workdir) as cache:
-            row = child(["--one", str(workdir / f"corpus.{fmt}"), str(workers), str(int(dedup)), str(chunk_mb), cache,
-                         tokenizer])
+            row = child(
+                [
+                    "--one",
+                    str(workdir / f"corpus.{fmt}"),
+                    str(workers),
+                    str(int(dedup)),
+                    str(chunk_mb),
+                    cache,
+                    tokenizer,
+                ]
+            )
         size = corpus[f"{fmt}_bytes"]
-        rows.append({"format": fmt, "workers": workers, "dedup": dedup, "tokenizer": tokenizer,
-                     "file_mb": round(size / 1e6, 1), "file_mb_per_s": round(size / 1e6 / row["wall_s"], 2),
-                     "mb_per_s": round(corpus["text_mb"] / row["wall_s"], 2),
-                     "mb_per_cpu_s": round(corpus["text_mb"] / row["cpu_s"], 2), **row})
+        rows.append(
+            {
+                "format": fmt,
+                "workers": workers,
+                "dedup": dedup,
+                "tokenizer": tokenizer,
+                "file_mb": round(size / 1e6, 1),
+                "file_mb_per_s": round(size / 1e6 / row["wall_s"], 2),
+                "mb_per_s": round(corpus["text_mb"] / row["wall_s"], 2),
+                "mb_per_cpu_s": round(corpus["text_mb"] / row["cpu_s"], 2),
+                **row,
+            }
+        )
     index = child(["--index", str(20_000 if quick else 1_000_000)])
-    return {"machine": before, "load_average_after": [round(x, 2) for x in os.getloadavg()],
-            "corpus": corpus, "chunk_mb": chunk_mb, "rows": rows, "dedup_index": index}
+    return {
+        "machine": before,
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "corpus": corpus,
+        "chunk_mb": chunk_mb,
+        "rows": rows,
+        "dedup_index": index,
+    }
 
 
 def print_tables(report: dict[str, Any]) -> None:
@@ -256,23 +312,49 @@ def print_tables(report: dict[str, Any]) -> None:
 
     m = report["machine"]
     console = Console()
-    console.print(f"{m['cpu']}, {m['cpus_usable']} CPUs usable, features {' '.join(m['features'])}, Python "
-                  f"{m['python']}; load average {m['load_average']} before, {report['load_average_after']} after")
+    console.print(
+        f"{m['cpu']}, {m['cpus_usable']} CPUs usable, features {' '.join(m['features'])}, Python "
+        f"{m['python']}; load average {m['load_average']} before, {report['load_average_after']} after"
+    )
     c = report["corpus"]
-    console.print(f"corpus: {c['documents']:,} documents, {c['text_mb']} MB of text; JSON Lines "
-                  f"{c['jsonl_bytes'] / 1e6:.1f} MB, Parquet {c['parquet_bytes'] / 1e6:.1f} MB; chunk_mb "
-                  f"{report['chunk_mb']:g}")
-    table = Table("file", "tokenizer", "workers", "dedup", "text MB/s", "file MB/s", "MB/CPU-s", "wall s",
-                  "peak RSS MB", "idle RSS MB", "index MB")
+    console.print(
+        f"corpus: {c['documents']:,} documents, {c['text_mb']} MB of text; JSON Lines "
+        f"{c['jsonl_bytes'] / 1e6:.1f} MB, Parquet {c['parquet_bytes'] / 1e6:.1f} MB; chunk_mb "
+        f"{report['chunk_mb']:g}"
+    )
+    table = Table(
+        "file",
+        "tokenizer",
+        "workers",
+        "dedup",
+        "text MB/s",
+        "file MB/s",
+        "MB/CPU-s",
+        "wall s",
+        "peak RSS MB",
+        "idle RSS MB",
+        "index MB",
+    )
     for r in report["rows"]:
-        table.add_row(f"corpus.{r['format']}", r["tokenizer"], str(r["workers"]), "on" if r["dedup"] else "off",
-                      f"{r['mb_per_s']:.2f}", f"{r['file_mb_per_s']:.2f}", f"{r['mb_per_cpu_s']:.2f}",
-                      f"{r['wall_s']:.1f}",
-                      f"{r['peak_rss_mb']:.0f}", f"{r['idle_rss_mb']:.0f}", f"{r['dedup_index_mb']:.1f}")
+        table.add_row(
+            f"corpus.{r['format']}",
+            r["tokenizer"],
+            str(r["workers"]),
+            "on" if r["dedup"] else "off",
+            f"{r['mb_per_s']:.2f}",
+            f"{r['file_mb_per_s']:.2f}",
+            f"{r['mb_per_cpu_s']:.2f}",
+            f"{r['wall_s']:.1f}",
+            f"{r['peak_rss_mb']:.0f}",
+            f"{r['idle_rss_mb']:.0f}",
+            f"{r['dedup_index_mb']:.1f}",
+        )
     console.print(table)
     i = report["dedup_index"]
-    console.print(f"dedup index: {i['bytes_per_document']} bytes per document ({i['mb_per_million']} MB per "
-                  f"million), {i['us_per_document']} µs per document, measured over {i['documents']:,} documents")
+    console.print(
+        f"dedup index: {i['bytes_per_document']} bytes per document ({i['mb_per_million']} MB per "
+        f"million), {i['us_per_document']} µs per document, measured over {i['documents']:,} documents"
+    )
 
 
 def main() -> int:
@@ -280,9 +362,13 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a ~1 MB corpus: checks that the script runs")
     parser.add_argument("--json", action="store_true", help="JSON on stdout instead of tables")
     parser.add_argument("--workdir", type=Path, help="where the corpus is generated and kept (default: a temp dir)")
-    parser.add_argument("--chunk-mb", type=float, help=f"data.chunk_mb for every run (default "
-                                                        f"{DataConfig().chunk_mb:g}; 0.25 with --quick, so that "
-                                                        f"2 workers have several chunks to share)")
+    parser.add_argument(
+        "--chunk-mb",
+        type=float,
+        help=f"data.chunk_mb for every run (default "
+        f"{DataConfig().chunk_mb:g}; 0.25 with --quick, so that "
+        f"2 workers have several chunks to share)",
+    )
     parser.add_argument("--one", nargs=6, help=argparse.SUPPRESS)  # internal: one row, in a fresh process
     parser.add_argument("--index", type=int, help=argparse.SUPPRESS)  # internal: the dedup index's cost
     args = parser.parse_args()

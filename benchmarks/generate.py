@@ -48,12 +48,27 @@ def run(lengths: list[int], preset: str, threads: int | None) -> dict:
     for n in lengths:
         cached = time_generation(model, prompt, n, use_cache=True)
         uncached = time_generation(model, prompt, n, use_cache=False)
-        rows.append({"new_tokens": n, "cached_s": cached, "uncached_s": uncached,
-                     "cached_tokens_per_s": n / cached, "uncached_tokens_per_s": n / uncached,
-                     "speedup": uncached / cached})
-    return {"preset": preset, "block_size": config.block_size, "params": model.num_params(),
-            "prompt_tokens": PROMPT_LEN, "dtype": "float32", "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "machine": platform.processor() or platform.machine(), "rows": rows}
+        rows.append(
+            {
+                "new_tokens": n,
+                "cached_s": cached,
+                "uncached_s": uncached,
+                "cached_tokens_per_s": n / cached,
+                "uncached_tokens_per_s": n / uncached,
+                "speedup": uncached / cached,
+            }
+        )
+    return {
+        "preset": preset,
+        "block_size": config.block_size,
+        "params": model.num_params(),
+        "prompt_tokens": PROMPT_LEN,
+        "dtype": "float32",
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+        "rows": rows,
+    }
 
 
 def main() -> None:
@@ -67,13 +82,19 @@ def main() -> None:
     if args.json:
         print(json.dumps(result, indent=1))
         return
-    table = Table(title=f"generation, {result['preset']} preset ({result['params'] / 1e6:.1f}M params), "
-                        f"prompt {PROMPT_LEN} tokens, fp32, {result['threads']} threads")
+    table = Table(
+        title=f"generation, {result['preset']} preset ({result['params'] / 1e6:.1f}M params), "
+        f"prompt {PROMPT_LEN} tokens, fp32, {result['threads']} threads"
+    )
     for column in ("new tokens", "KV cache tok/s", "no cache tok/s", "speed-up (target >= 5x at 1024)"):
         table.add_column(column, justify="right")
     for row in result["rows"]:
-        table.add_row(str(row["new_tokens"]), f"{row['cached_tokens_per_s']:,.1f}",
-                      f"{row['uncached_tokens_per_s']:,.1f}", f"{row['speedup']:.1f}x")
+        table.add_row(
+            str(row["new_tokens"]),
+            f"{row['cached_tokens_per_s']:,.1f}",
+            f"{row['uncached_tokens_per_s']:,.1f}",
+            f"{row['speedup']:.1f}x",
+        )
     Console().print(table)
 
 

@@ -43,9 +43,16 @@ from reference_llm.model import ModelConfig, Transformer
 from reference_llm.tokenizer import train_tokenizer
 
 # (label, bits, group size, format); None bits is the float32 model itself.
-SCHEMES = [("float32", None, None, "int"), ("int8", 8, None, "int"), ("int4 g128", 4, 128, "int"),
-           ("int4 g64", 4, 64, "int"), ("int4 g32", 4, 32, "int"), ("nf4 g64", 4, 64, "nf4"),
-           ("nf4 g32", 4, 32, "nf4"), ("mxfp4 g32", 4, 32, "mxfp4")]
+SCHEMES = [
+    ("float32", None, None, "int"),
+    ("int8", 8, None, "int"),
+    ("int4 g128", 4, 128, "int"),
+    ("int4 g64", 4, 64, "int"),
+    ("int4 g32", 4, 32, "int"),
+    ("nf4 g64", 4, 64, "nf4"),
+    ("nf4 g32", 4, 32, "nf4"),
+    ("mxfp4 g32", 4, 32, "mxfp4"),
+]
 
 
 def train_small_model(steps: int, small: bool = False, seed: int = 0) -> tuple[Transformer, Any, str]:
@@ -57,8 +64,16 @@ def train_small_model(steps: int, small: bool = False, seed: int = 0) -> tuple[T
     data = torch.tensor(tokenizer.encode(text[:split]))
     torch.manual_seed(seed)
     width, layers = (128, 2) if small else (256, 6)
-    config = ModelConfig.llama_style(vocab_size=tokenizer.vocab_size, block_size=128, n_layer=layers, n_head=8,
-                                     n_kv_head=4, d_model=width, ffn_hidden=3 * width, tie_embeddings=True)
+    config = ModelConfig.llama_style(
+        vocab_size=tokenizer.vocab_size,
+        block_size=128,
+        n_layer=layers,
+        n_head=8,
+        n_kv_head=4,
+        d_model=width,
+        ffn_hidden=3 * width,
+        tie_embeddings=True,
+    )
     model = Transformer(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.1, betas=(0.9, 0.95))
     T, B = config.block_size, 16
@@ -66,8 +81,8 @@ def train_small_model(steps: int, small: bool = False, seed: int = 0) -> tuple[T
         for group in optimizer.param_groups:  # linear warm-up over 10% of the steps, then constant
             group["lr"] = 2e-3 * min(1.0, (step + 1) / max(1, steps // 10))
         starts = torch.randint(0, len(data) - T - 1, (B,))
-        x = torch.stack([data[s:s + T] for s in starts])
-        y = torch.stack([data[s + 1:s + T + 1] for s in starts])
+        x = torch.stack([data[s : s + T] for s in starts])
+        y = torch.stack([data[s + 1 : s + T + 1] for s in starts])
         _, loss = model(x, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -104,8 +119,11 @@ def measure(model: Transformer, tokenizer, heldout: str, repeats: int, new_token
         with tempfile.TemporaryDirectory() as tmp:
             if bits is None:
                 path = Path(tmp) / "model.safetensors"
-                weights = {n: t for n, t in candidate.state_dict().items()
-                           if not (model.config.tie_embeddings and n == "lm_head.weight")}
+                weights = {
+                    n: t
+                    for n, t in candidate.state_dict().items()
+                    if not (model.config.tie_embeddings and n == "lm_head.weight")
+                }
                 save_file({n: t.contiguous() for n, t in weights.items()}, str(path))
             else:
                 quantize_model(candidate, bits, group, fmt)
@@ -114,8 +132,17 @@ def measure(model: Transformer, tokenizer, heldout: str, repeats: int, new_token
         layers = _layer_bytes(candidate, names)
         gen, prefill = tokens_per_second(candidate, new_tokens, repeats)
         ppl = evaluate_text(candidate, tokenizer, heldout)
-        rows.append({"scheme": label, "file_bytes": size, "layer_bytes": layers, "generate_tok_s": gen,
-                     "prefill_tok_s": prefill, "perplexity": ppl.perplexity, "bits_per_byte": ppl.bits_per_byte})
+        rows.append(
+            {
+                "scheme": label,
+                "file_bytes": size,
+                "layer_bytes": layers,
+                "generate_tok_s": gen,
+                "prefill_tok_s": prefill,
+                "perplexity": ppl.perplexity,
+                "bits_per_byte": ppl.bits_per_byte,
+            }
+        )
     base = rows[0]
     for row in rows:
         row["perplexity_change_pct"] = 100 * (row["perplexity"] / base["perplexity"] - 1)
@@ -138,8 +165,9 @@ def main() -> None:
     parser.add_argument("--checkpoint", help="a trained checkpoint to measure instead of training one")
     parser.add_argument("--text", help="held-out text file (default: the last 5%% of the bundled corpus)")
     parser.add_argument("--steps", type=int, default=300, help="training steps when no checkpoint is given")
-    parser.add_argument("--quick", action="store_true",
-                        help="a 2-layer model, 20 steps, 2,000 held-out characters, 1 repeat")
+    parser.add_argument(
+        "--quick", action="store_true", help="a 2-layer model, 20 steps, 2,000 held-out characters, 1 repeat"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args()
@@ -151,7 +179,7 @@ def main() -> None:
 
         model, tokenizer, _ = load_model(args.checkpoint, "cpu")
         heldout = corpus_path().read_text(encoding="utf-8")
-        heldout = heldout[int(len(heldout) * 0.95):]
+        heldout = heldout[int(len(heldout) * 0.95) :]
         source = f"checkpoint {args.checkpoint}"
     else:
         steps = 20 if args.quick else args.steps
@@ -161,23 +189,48 @@ def main() -> None:
         heldout = Path(args.text).read_text(encoding="utf-8")
     heldout = heldout[:2000] if args.quick else heldout
     rows = measure(model, tokenizer, heldout, repeats=1 if args.quick else 3, new_tokens=32 if args.quick else 128)
-    result = {"model": source, "params": model.num_params(), "config": model.config.to_dict(),
-              "heldout_chars": len(heldout), "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "machine": platform.processor() or platform.machine(), "seconds": time.perf_counter() - start,
-              "rows": rows}
+    result = {
+        "model": source,
+        "params": model.num_params(),
+        "config": model.config.to_dict(),
+        "heldout_chars": len(heldout),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+        "seconds": time.perf_counter() - start,
+        "rows": rows,
+    }
     if args.json:
         print(json.dumps(result, indent=1))
         return
-    table = Table(title=f"weight-only quantization: {source}, {result['params'] / 1e6:.2f}M params, "
-                        f"{len(heldout):,} held-out chars, {result['threads']} threads")
-    for column in ("scheme", "file MiB", "x fp32", "layers MiB", "generate tok/s", "prefill tok/s",
-                   "perplexity", "change", "bits/byte"):
+    table = Table(
+        title=f"weight-only quantization: {source}, {result['params'] / 1e6:.2f}M params, "
+        f"{len(heldout):,} held-out chars, {result['threads']} threads"
+    )
+    for column in (
+        "scheme",
+        "file MiB",
+        "x fp32",
+        "layers MiB",
+        "generate tok/s",
+        "prefill tok/s",
+        "perplexity",
+        "change",
+        "bits/byte",
+    ):
         table.add_column(column, justify="right")
     for row in rows:
-        table.add_row(row["scheme"], f"{row['file_bytes'] / 2**20:.2f}", f"{row['size_ratio']:.2f}",
-                      f"{row['layer_bytes'] / 2**20:.2f}", f"{row['generate_tok_s']:,.0f}",
-                      f"{row['prefill_tok_s']:,.0f}", f"{row['perplexity']:.3f}",
-                      f"{row['perplexity_change_pct']:+.2f}%", f"{row['bits_per_byte']:.4f}")
+        table.add_row(
+            row["scheme"],
+            f"{row['file_bytes'] / 2**20:.2f}",
+            f"{row['size_ratio']:.2f}",
+            f"{row['layer_bytes'] / 2**20:.2f}",
+            f"{row['generate_tok_s']:,.0f}",
+            f"{row['prefill_tok_s']:,.0f}",
+            f"{row['perplexity']:.3f}",
+            f"{row['perplexity_change_pct']:+.2f}%",
+            f"{row['bits_per_byte']:.4f}",
+        )
     Console(width=150).print(table)
 
 

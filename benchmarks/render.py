@@ -45,8 +45,9 @@ def time_subprocess(runs: int) -> list[float]:
     for _ in range(runs):
         with tempfile.TemporaryDirectory(prefix="llmgen-bench-") as scratch:
             start = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "generator.cli", *COMMAND], cwd=scratch, env=env, check=True,
-                           capture_output=True)
+            subprocess.run(
+                [sys.executable, "-m", "generator.cli", *COMMAND], cwd=scratch, env=env, check=True, capture_output=True
+            )
             times.append(time.perf_counter() - start)
     return times
 
@@ -56,6 +57,7 @@ def time_in_process(runs: int) -> list[float]:
     times = []
     start = time.perf_counter()
     from generator.cli import app  # timed with the first run: importing is part of a cold start
+
     for _ in range(runs):
         with tempfile.TemporaryDirectory(prefix="llmgen-bench-") as scratch:
             cwd = os.getcwd()
@@ -73,8 +75,14 @@ def time_in_process(runs: int) -> list[float]:
 
 
 def summary(name: str, times: list[float]) -> dict[str, Any]:
-    return {"mode": name, "runs": len(times), "median_s": statistics.median(times), "min_s": min(times),
-            "max_s": max(times), "under_target": statistics.median(times) < TARGET_SECONDS}
+    return {
+        "mode": name,
+        "runs": len(times),
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "max_s": max(times),
+        "under_target": statistics.median(times) < TARGET_SECONDS,
+    }
 
 
 def main() -> int:
@@ -91,11 +99,19 @@ def main() -> int:
         os.environ.pop("LLMGEN_CPU_TFLOPS", None)
         sub = time_subprocess(runs + 1)  # one extra: the first run on this machine is reported apart
         inproc = time_in_process(runs + 1)  # one extra: the first (cold) run is reported apart
-    rows = [summary("subprocess", sub[1:]), summary("subprocess, first on this machine", sub[:1]),
-            summary("in-process, first (imports)", inproc[:1]), summary("in-process, warm", inproc[1:])]
-    machine = {"python": platform.python_version(), "cpus": os.cpu_count(),
-               "load_avg_1m": round(os.getloadavg()[0], 2), "target_s": TARGET_SECONDS,
-               "command": "llmgen " + " ".join(COMMAND)}
+    rows = [
+        summary("subprocess", sub[1:]),
+        summary("subprocess, first on this machine", sub[:1]),
+        summary("in-process, first (imports)", inproc[:1]),
+        summary("in-process, warm", inproc[1:]),
+    ]
+    machine = {
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "target_s": TARGET_SECONDS,
+        "command": "llmgen " + " ".join(COMMAND),
+    }
     if args.json:
         print(json.dumps({"machine": machine, "results": rows}, indent=2))
         return 0
@@ -103,12 +119,20 @@ def main() -> int:
     for column in ("mode", "runs", "median s", "min s", "max s", "< target"):
         table.add_column(column, justify="left" if column == "mode" else "right")
     for row in rows:
-        table.add_row(row["mode"], str(row["runs"]), f"{row['median_s']:.2f}", f"{row['min_s']:.2f}",
-                      f"{row['max_s']:.2f}", "yes" if row["under_target"] else "NO")
+        table.add_row(
+            row["mode"],
+            str(row["runs"]),
+            f"{row['median_s']:.2f}",
+            f"{row['min_s']:.2f}",
+            f"{row['max_s']:.2f}",
+            "yes" if row["under_target"] else "NO",
+        )
     console = Console()
     console.print(table)
-    console.print(f"Python {machine['python']}, {machine['cpus']} CPUs, load average {machine['load_avg_1m']} "
-                  "(noisy on a shared machine: compare medians of runs taken together)")
+    console.print(
+        f"Python {machine['python']}, {machine['cpus']} CPUs, load average {machine['load_avg_1m']} "
+        "(noisy on a shared machine: compare medians of runs taken together)"
+    )
     return 0
 
 

@@ -85,8 +85,14 @@ def median_time(fn: Callable[[], Any], repeats: int) -> tuple[float, float, Any]
 
 
 def row(task: str, engine: str, wall: float, cpu: float, mb: float) -> dict[str, Any]:
-    return {"task": task, "engine": engine, "wall_s": wall, "cpu_s": cpu,
-            "mb_per_s": mb / wall, "mb_per_cpu_s": mb / cpu}
+    return {
+        "task": task,
+        "engine": engine,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "mb_per_s": mb / wall,
+        "mb_per_cpu_s": mb / cpu,
+    }
 
 
 def copy(tok: BPETokenizer, cls: type[BPETokenizer] = BPETokenizer) -> BPETokenizer:
@@ -165,13 +171,21 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report, indent=2))
         return 0
     c = report["corpus"]
-    table = Table(title=f"Tokenizer benchmark (Python {c['python']}, {c['files']} stdlib files, "
-                        f"list sha256 {c['file_list_sha256'][:12]}, one thread)")
+    table = Table(
+        title=f"Tokenizer benchmark (Python {c['python']}, {c['files']} stdlib files, "
+        f"list sha256 {c['file_list_sha256'][:12]}, one thread)"
+    )
     for column in ("task", "engine", "wall s", "CPU s", "MB/s (wall)", "MB/s (CPU)"):
         table.add_column(column, justify="left" if column in ("task", "engine") else "right")
     for r in report["results"]:
-        table.add_row(r["task"], r["engine"], f"{r['wall_s']:.3f}", f"{r['cpu_s']:.3f}", f"{r['mb_per_s']:.2f}",
-                      f"{r['mb_per_cpu_s']:.2f}")
+        table.add_row(
+            r["task"],
+            r["engine"],
+            f"{r['wall_s']:.3f}",
+            f"{r['cpu_s']:.3f}",
+            f"{r['mb_per_s']:.2f}",
+            f"{r['mb_per_cpu_s']:.2f}",
+        )
     Console(width=120).print(table)
     print(f"from-scratch and HF trainers learned identical tokenizers: {report['bpe_and_hf_bpe_identical']}")
     return 0

@@ -28,8 +28,14 @@ COMMANDS = (new, tracks, estimate, check, update, compliance, roadmap)
 class _Group(TyperGroup):
     """Typer's group with one-line errors (Typer's default draws a multi-line panel)."""
 
-    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,  # type: ignore[override]
-             complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,  # type: ignore[override]
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
         try:
             result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except typer.TyperException as exc:  # usage errors: unknown flag, missing argument, bad value
@@ -50,7 +56,10 @@ class _Group(TyperGroup):
 
 
 app = typer.Typer(
-    name="llmgen", cls=_Group, add_completion=False, pretty_exceptions_enable=False,
+    name="llmgen",
+    cls=_Group,
+    add_completion=False,
+    pretty_exceptions_enable=False,
     help="Generate a repository that builds, trains and tests a language model from scratch.",
     context_settings={"help_option_names": ["-h", "--help"]},  # commands inherit it from the group
 )
@@ -63,8 +72,12 @@ def _print_version(value: bool) -> None:
 
 
 @app.callback(invoke_without_command=True)
-def _root(ctx: typer.Context, version: Annotated[bool, typer.Option(
-        "--version", callback=_print_version, is_eager=True, help="Print llmgen's version and exit.")] = False) -> None:
+def _root(
+    ctx: typer.Context,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print llmgen's version and exit.")
+    ] = False,
+) -> None:
     if ctx.invoked_subcommand is None:  # plain `llmgen`: the help, as a successful run
         typer.echo(ctx.get_help())
 

@@ -77,11 +77,17 @@ class DataFile:
     pii_locations: list[PIIFinding] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "listed": self.listed, "source": self.source, "license": self.license,
-                "sha256_expected": self.sha256_expected, "sha256_actual": self.sha256_actual,
-                "sha256_ok": self.sha256_actual == self.sha256_expected,
-                "pii_counts": dict(self.pii_counts),
-                "pii_locations": [{"line": f.line, "column": f.column, "kind": f.kind} for f in self.pii_locations]}
+        return {
+            "path": self.path,
+            "listed": self.listed,
+            "source": self.source,
+            "license": self.license,
+            "sha256_expected": self.sha256_expected,
+            "sha256_actual": self.sha256_actual,
+            "sha256_ok": self.sha256_actual == self.sha256_expected,
+            "pii_counts": dict(self.pii_counts),
+            "pii_locations": [{"line": f.line, "column": f.column, "kind": f.kind} for f in self.pii_locations],
+        }
 
 
 @dataclass
@@ -101,9 +107,15 @@ class ComplianceReport:
         return sum(sum(f.pii_counts.values()) for f in self.files)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "root": str(self.root), "max_pii": self.max_pii, "pii_total": self.pii_total,
-                "files": [f.to_dict() for f in self.files], "problems": list(self.problems),
-                "warnings": list(self.warnings)}
+        return {
+            "ok": self.ok,
+            "root": str(self.root),
+            "max_pii": self.max_pii,
+            "pii_total": self.pii_total,
+            "files": [f.to_dict() for f in self.files],
+            "problems": list(self.problems),
+            "warnings": list(self.warnings),
+        }
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -118,8 +130,10 @@ def check_repository(root: Path, max_pii: int = 0) -> ComplianceReport:
     root = root.resolve()
     manifest_path = root / MANIFEST
     if not manifest_path.is_file():
-        raise ComplianceError(f"{manifest_path} not found: run `llmgen compliance` in a repository made by "
-                              f"`llmgen new` (or pass --dir), whose data files are listed in {MANIFEST}")
+        raise ComplianceError(
+            f"{manifest_path} not found: run `llmgen compliance` in a repository made by "
+            f"`llmgen new` (or pass --dir), whose data files are listed in {MANIFEST}"
+        )
     report = ComplianceReport(root=root, max_pii=max_pii)
     entries = _read_manifest(manifest_path, report)
     data_dir = manifest_path.parent
@@ -131,10 +145,20 @@ def check_repository(root: Path, max_pii: int = 0) -> ComplianceReport:
             report.files.append(data_file)
     for path in _data_files(root, data_dir):
         if path.resolve() not in listed:
-            report.problems.append(f"{_rel(path, root)}: not listed in {MANIFEST}; add an entry with its source, "
-                                   f"SPDX licence and sha256, or remove the file")
-            report.files.append(DataFile(path=_rel(path, root), source="", license="", sha256_expected="",
-                                         sha256_actual=_sha256(path), listed=False))
+            report.problems.append(
+                f"{_rel(path, root)}: not listed in {MANIFEST}; add an entry with its source, "
+                f"SPDX licence and sha256, or remove the file"
+            )
+            report.files.append(
+                DataFile(
+                    path=_rel(path, root),
+                    source="",
+                    license="",
+                    sha256_expected="",
+                    sha256_actual=_sha256(path),
+                    listed=False,
+                )
+            )
     _check_licences(report)
     for data_file in report.files:
         if data_file.sha256_actual is not None:
@@ -144,9 +168,11 @@ def check_repository(root: Path, max_pii: int = 0) -> ComplianceReport:
         for data_file in report.files:
             counts.update(data_file.pii_counts)
         summary = ", ".join(f"{kind} {n}" for kind, n in sorted(counts.items()))
-        report.problems.append(f"personal data scan: {report.pii_total} finding(s) ({summary}), more than the "
-                               f"{max_pii} allowed by --max-pii; scrub them (reference_llm.data.scrub_pii) or "
-                               f"remove the files")
+        report.problems.append(
+            f"personal data scan: {report.pii_total} finding(s) ({summary}), more than the "
+            f"{max_pii} allowed by --max-pii; scrub them (reference_llm.data.scrub_pii) or "
+            f"remove the files"
+        )
     return report
 
 
@@ -161,8 +187,7 @@ def _read_manifest(path: Path, report: ComplianceReport) -> list[Any]:
     if not isinstance(entries, list):
         raise ComplianceError(f"{path}: `file` must be an array of [[file]] tables")
     if not entries:
-        report.problems.append(f"{MANIFEST}: lists no data files ([[file]] tables with path, source, license, "
-                               f"sha256)")
+        report.problems.append(f"{MANIFEST}: lists no data files ([[file]] tables with path, source, license, sha256)")
     return entries
 
 
@@ -175,8 +200,9 @@ def _check_entry(entry: Any, index: int, data_dir: Path, root: Path, report: Com
         where = f"{MANIFEST} [[file]] {entry['path']!r}"
     missing = [k for k in REQUIRED_KEYS if not isinstance(entry.get(k), str) or not entry[k].strip()]
     if missing:
-        report.problems.append(f"{where}: missing or empty key(s) {', '.join(missing)} (every entry needs "
-                               f"{', '.join(REQUIRED_KEYS)})")
+        report.problems.append(
+            f"{where}: missing or empty key(s) {', '.join(missing)} (every entry needs {', '.join(REQUIRED_KEYS)})"
+        )
         if "path" in missing:
             return None
     relative = Path(entry["path"])
@@ -187,16 +213,22 @@ def _check_entry(entry: Any, index: int, data_dir: Path, root: Path, report: Com
     sha = str(entry.get("sha256", "")).strip().lower()
     if sha and not _SHA256.match(sha):
         report.problems.append(f"{where}: sha256 must be 64 hexadecimal digits, got {entry['sha256']!r}")
-    data_file = DataFile(path=_rel(target, root), source=str(entry.get("source", "")),
-                         license=str(entry.get("license", "")).strip(), sha256_expected=sha,
-                         text_field=str(entry.get("text_field", "text")))
+    data_file = DataFile(
+        path=_rel(target, root),
+        source=str(entry.get("source", "")),
+        license=str(entry.get("license", "")).strip(),
+        sha256_expected=sha,
+        text_field=str(entry.get("text_field", "text")),
+    )
     if not target.is_file():
         report.problems.append(f"{data_file.path}: listed in {MANIFEST} but missing")
         return data_file
     data_file.sha256_actual = _sha256(target)
     if _SHA256.match(sha) and data_file.sha256_actual != sha:
-        report.problems.append(f"{data_file.path}: sha256 is {data_file.sha256_actual}, the manifest says {sha}; "
-                               f"the file changed since it was recorded: check it and update the manifest")
+        report.problems.append(
+            f"{data_file.path}: sha256 is {data_file.sha256_actual}, the manifest says {sha}; "
+            f"the file changed since it was recorded: check it and update the manifest"
+        )
     return data_file
 
 
@@ -237,13 +269,17 @@ def _check_licences(report: ComplianceReport) -> None:
             note = licence_note(spdx_id)
             if note is None:
                 continue
-            report.warnings.append(f"{data_file.path}: {spdx_id} is {note}: record in COMPLIANCE.md whether and "
-                                   f"how a model trained on it may be shared")
+            report.warnings.append(
+                f"{data_file.path}: {spdx_id} is {note}: record in COMPLIANCE.md whether and "
+                f"how a model trained on it may be shared"
+            )
             if "share-alike" in note or "copyleft" in note:
                 share_alike.setdefault(spdx_id, []).append(data_file.path)
     if len(share_alike) > 1:
-        report.warnings.append(f"data licences {', '.join(sorted(share_alike))} each require derived works to keep "
-                               f"their own terms and may not be combinable: check their compatibility")
+        report.warnings.append(
+            f"data licences {', '.join(sorted(share_alike))} each require derived works to keep "
+            f"their own terms and may not be combinable: check their compatibility"
+        )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -270,8 +306,9 @@ def _scan_file(path: Path, data_file: DataFile, report: ComplianceReport) -> Non
         src = SourceFile(path, data_file.path, "", 0, fmt, compression, data_file.text_field)
         scanned = _scan_chunks(_record_texts(src, bad), data_file, counts, records=True)
         if bad.total and scanned:
-            report.warnings.append(f"{data_file.path}: {bad.total} record(s) could not be read and were not "
-                                   f"scanned ({bad.items[0]})")
+            report.warnings.append(
+                f"{data_file.path}: {bad.total} record(s) could not be read and were not scanned ({bad.items[0]})"
+            )
         if bad.total and not scanned:  # not records at all (dataset_info.json, say): scanned as text
             _scan_chunks(_line_chunks(path, compression), data_file, counts, records=False)
     else:
@@ -292,8 +329,9 @@ def _scan_chunks(chunks: Iterator[tuple[int, str]], data_file: DataFile, counts:
             counts[finding.kind] += 1
             if len(data_file.pii_locations) < MAX_LOCATIONS_PER_FILE:
                 line = bisect.bisect_right(line_starts, finding.start) - 1
-                data_file.pii_locations.append(PIIFinding(data_file.path, first_line + line,
-                                                          finding.start - line_starts[line] + 1, finding.kind))
+                data_file.pii_locations.append(
+                    PIIFinding(data_file.path, first_line + line, finding.start - line_starts[line] + 1, finding.kind)
+                )
     return n
 
 
@@ -301,7 +339,7 @@ def _record_texts(src: SourceFile, bad: BadRecords) -> Iterator[tuple[int, str]]
     """(line, or 1-based record number, text) of each record: `where` is `name:line` or `name[row]`."""
     for where, text in iter_records(src, SCAN_CHUNK_CHARS * 4, bad):
         if where.endswith("]"):
-            yield int(where[where.rindex("[") + 1:-1]) + 1, text
+            yield int(where[where.rindex("[") + 1 : -1]) + 1, text
         else:
             yield int(where.rpartition(":")[2]), text
 

@@ -88,8 +88,9 @@ def agree(budget: str | None, hardware: str | None, defaults: TrackDefaults) -> 
             return budget, str(named), notes
         chosen = defaults.hardware if not parse_hardware(defaults.hardware).is_cpu else DEFAULT_BUDGET_HARDWARE
         kind = "dollar" if parse_budget(budget).kind == "usd" else "GPU-hour"
-        notes.append(f"hardware {parse_hardware(chosen)}: a {kind} budget is priced on a GPU (pass --hardware to "
-                     "choose another)")
+        notes.append(
+            f"hardware {parse_hardware(chosen)}: a {kind} budget is priced on a GPU (pass --hardware to choose another)"
+        )
         return budget, chosen, notes
     if hardware is None:
         return defaults.budget, defaults.hardware, notes
@@ -101,8 +102,10 @@ def agree(budget: str | None, hardware: str | None, defaults: TrackDefaults) -> 
         notes.append(f"budget {text}: the track's '{defaults.budget}' on this hardware (pass --budget to change it)")
         return text, hardware, notes
     if default_budget.kind in ("usd", "gpu_hours") and chosen_hw.is_cpu:
-        notes.append(f"budget laptop: the track's {defaults.budget} is GPU money or time, not CPU time "
-                     "(pass --budget 'cpu for 2 hours' for longer)")
+        notes.append(
+            f"budget laptop: the track's {defaults.budget} is GPU money or time, not CPU time "
+            "(pass --budget 'cpu for 2 hours' for longer)"
+        )
         return "laptop", hardware, notes
     return defaults.budget, hardware, notes
 
@@ -111,11 +114,15 @@ def check_agreement(budget: str, hardware: str) -> None:
     """AnswerError when a given budget and given hardware contradict each other."""
     spent, hw = parse_budget(budget), parse_hardware(hardware)
     if spent.hardware is not None and str(spent.hardware) != str(hw):
-        raise AnswerError(f"--budget '{budget}' runs on {spent.hardware} but --hardware is {hw}; give one of them, "
-                          f"e.g. --hardware {hw} --budget '{hw} for {hours_text(spent.amount)}'")
+        raise AnswerError(
+            f"--budget '{budget}' runs on {spent.hardware} but --hardware is {hw}; give one of them, "
+            f"e.g. --hardware {hw} --budget '{hw} for {hours_text(spent.amount)}'"
+        )
     if spent.kind == "usd" and hw.gpu.price_per_hour <= 0:
-        raise AnswerError(f"--budget '{budget}' is in dollars but --hardware {hw} has no hourly price; use a GPU "
-                          f"(--hardware {DEFAULT_BUDGET_HARDWARE}) or a time budget (--budget 'cpu for 2 hours')")
+        raise AnswerError(
+            f"--budget '{budget}' is in dollars but --hardware {hw} has no hourly price; use a GPU "
+            f"(--hardware {DEFAULT_BUDGET_HARDWARE}) or a time budget (--budget 'cpu for 2 hours')"
+        )
 
 
 def check_parallelism(parallelism: str, hardware: Hardware) -> None:
@@ -143,8 +150,9 @@ def plan_run(project_name: str, given: Mapping[str, Any], tracks: Mapping[str, T
     tracks = load_tracks() if tracks is None else tracks
     if given.get("track") not in tracks:
         raise AnswerError(f"--track must be one of {', '.join(tracks)}; got {given.get('track')!r}")
-    budget_text, hardware_text, notes = agree(given.get("budget"), given.get("hardware"),
-                                              tracks[given["track"]].defaults)
+    budget_text, hardware_text, notes = agree(
+        given.get("budget"), given.get("hardware"), tracks[given["track"]].defaults
+    )
     hardware, budget = parse_hardware(hardware_text), parse_budget(budget_text)
     check_parallelism(str(given["parallelism"]), hardware)
     model = ModelConfig.preset(given["model_preset"])
@@ -154,15 +162,17 @@ def plan_run(project_name: str, given: Mapping[str, Any], tracks: Mapping[str, T
     base = RunSpec(model, hardware, 1.0, seq_len=seq, precision=compute_precision)
     chosen_at = given.get("micro_batch") or 1
     parallelism = str(given["parallelism"])
-    strategy = (estimate_run(base.but(micro_batch=chosen_at)).strategy if parallelism == AUTO
-                else Strategy(parallelism).value)
+    strategy = (
+        estimate_run(base.but(micro_batch=chosen_at)).strategy if parallelism == AUTO else Strategy(parallelism).value
+    )
     probe = estimate_run(base.but(parallelism=strategy, micro_batch=given.get("micro_batch")))
     fits_micro_batch = probe.micro_batch if not hardware.is_cpu else min(probe.micro_batch, recipe.CPU_MAX_MICRO_BATCH)
     per_token = probe.flops_total  # the probe trains one token
     devices = hardware.n_gpus
     tokenizer = tokenizer_for(model, hardware)
-    corpus_tokens = recipe.corpus_tokens(corpus_path().stat().st_size, tokenizer, model.vocab_size,
-                                         DataConfig().val_fraction)
+    corpus_tokens = recipe.corpus_tokens(
+        corpus_path().stat().st_size, tokenizer, model.vocab_size, DataConfig().val_fraction
+    )
 
     tokens, tokens_note, capped = plan_tokens(given, budget, hardware, model, probe, corpus_tokens, devices * seq)
     micro_batch, grad_accum = plan_batch(given, tokens, per_token, seq, devices, fits_micro_batch)
@@ -173,10 +183,12 @@ def plan_run(project_name: str, given: Mapping[str, Any], tracks: Mapping[str, T
         steps = recipe.MIN_STEPS
     steps = max(1, steps)
     lr = recipe.learning_rate(formulas.matmul_params(model))
-    spec = base.but(tokens=float(steps * per_step), parallelism=strategy, micro_batch=micro_batch,
-                    grad_accum=grad_accum)
-    reason = (f"auto chose {strategy}: {explain_auto(spec, chosen_at)}" if parallelism == AUTO
-              else f"{strategy}, as given")
+    spec = base.but(
+        tokens=float(steps * per_step), parallelism=strategy, micro_batch=micro_batch, grad_accum=grad_accum
+    )
+    reason = (
+        f"auto chose {strategy}: {explain_auto(spec, chosen_at)}" if parallelism == AUTO else f"{strategy}, as given"
+    )
     answers = {
         "project_name": project_name,
         "package_name": project_name.replace("-", "_"),
@@ -204,8 +216,9 @@ def plan_run(project_name: str, given: Mapping[str, Any], tracks: Mapping[str, T
     }
     # The facts the invariants judge come from the run config the answers describe, as `llmgen check`
     # reads them from the rendered configs/train.toml.
-    facts = invariants.facts_for(run_config_for(answers), hardware, devices,
-                                 (corpus_path().stat().st_size, CORPUS), budget)
+    facts = invariants.facts_for(
+        run_config_for(answers), hardware, devices, (corpus_path().stat().st_size, CORPUS), budget
+    )
     est = facts.estimate
     # Last: what is computed from the other answers (the roadmap's per-step estimates need them all).
     answers["deepspeed"] = deepspeed_for_answers(answers, hardware)
@@ -213,13 +226,29 @@ def plan_run(project_name: str, given: Mapping[str, Any], tracks: Mapping[str, T
     check_answers(answers)
     # The budget is not spent when the model's compute-optimal tokens or the corpus limit the run.
     offer = larger_preset(model, hardware, budget, compute_precision) if capped in ("compute", "data") else None
-    return RunPlan(answers=answers, estimate=est, hardware=hardware, budget=budget, parallelism_reason=reason,
-                   tokens_note=tokens_note, facts=facts, problems=invariants.problems(facts), notes=notes,
-                   offer=offer)
+    return RunPlan(
+        answers=answers,
+        estimate=est,
+        hardware=hardware,
+        budget=budget,
+        parallelism_reason=reason,
+        tokens_note=tokens_note,
+        facts=facts,
+        problems=invariants.problems(facts),
+        notes=notes,
+        offer=offer,
+    )
 
 
-def plan_tokens(given: Mapping[str, Any], budget: Budget, hardware: Hardware, model: ModelConfig, probe: Estimate,
-                corpus_tokens: float, smallest_step: int) -> tuple[float, str, str]:
+def plan_tokens(
+    given: Mapping[str, Any],
+    budget: Budget,
+    hardware: Hardware,
+    model: ModelConfig,
+    probe: Estimate,
+    corpus_tokens: float,
+    smallest_step: int,
+) -> tuple[float, str, str]:
     """(tokens, where they come from, what limited them: "given", "budget", "compute" or "data")."""
     if given.get("tokens"):
         return float(given["tokens"]), "as given", "given"
@@ -228,22 +257,29 @@ def plan_tokens(given: Mapping[str, Any], budget: Budget, hardware: Hardware, mo
     optimal = formulas.TOKENS_PER_PARAM * model.num_params()
     if affordable <= optimal:
         tokens, limit = affordable, "budget"
-        note = (f"what {budget.describe()} buys for {model.name}: {affordable / model.num_params():.3g} tokens per "
-                f"parameter at MFU {probe.mfu:.2f} (compute-optimal is {formulas.TOKENS_PER_PARAM:g})")
+        note = (
+            f"what {budget.describe()} buys for {model.name}: {affordable / model.num_params():.3g} tokens per "
+            f"parameter at MFU {probe.mfu:.2f} (compute-optimal is {formulas.TOKENS_PER_PARAM:g})"
+        )
     else:
         tokens, limit = optimal, "compute"
-        note = (f"compute-optimal {formulas.TOKENS_PER_PARAM:g} tokens per parameter (Hoffmann et al. 2022); "
-                f"{budget.describe()} would buy {si(affordable)} tokens of {model.name}")
+        note = (
+            f"compute-optimal {formulas.TOKENS_PER_PARAM:g} tokens per parameter (Hoffmann et al. 2022); "
+            f"{budget.describe()} would buy {si(affordable)} tokens of {model.name}"
+        )
     data_cap = recipe.MAX_EPOCHS * corpus_tokens
     if tokens > data_cap and data_cap >= recipe.MIN_STEPS * smallest_step:
-        note += (f"; capped at {recipe.MAX_EPOCHS:g} epochs of {CORPUS} ({si(data_cap)} tokens; past that, repeated "
-                 "text adds little: Muennighoff et al. 2023): bring data to train on more")
+        note += (
+            f"; capped at {recipe.MAX_EPOCHS:g} epochs of {CORPUS} ({si(data_cap)} tokens; past that, repeated "
+            "text adds little: Muennighoff et al. 2023): bring data to train on more"
+        )
         return data_cap, note, "data"
     return tokens, note, limit
 
 
-def plan_batch(given: Mapping[str, Any], tokens: float, per_token: float, seq: int, devices: int,
-               fits_micro_batch: int) -> tuple[int, int]:
+def plan_batch(
+    given: Mapping[str, Any], tokens: float, per_token: float, seq: int, devices: int, fits_micro_batch: int
+) -> tuple[int, int]:
     """(micro_batch, grad_accum): given ones are kept; the rest aim at B_opt for the run's compute, at most
     what leaves MIN_STEPS steps, at least one sequence per device."""
     smallest = devices * seq
@@ -278,9 +314,11 @@ def larger_preset(model: ModelConfig, hardware: Hardware, budget: Budget, precis
         return None
     candidate, est = best
     cost = "" if hardware.is_cpu else f", ${est.cost_usd:,.0f}"
-    return (f"{budget.describe()} trains {candidate.name} ({si(candidate.num_params())} parameters) compute-"
-            f"optimally: {si(est.tokens)} tokens in {duration(est.wall_hours)} on {hardware}{cost}; pass --model "
-            f"{candidate.name} (and bring that much text)")
+    return (
+        f"{budget.describe()} trains {candidate.name} ({si(candidate.num_params())} parameters) compute-"
+        f"optimally: {si(est.tokens)} tokens in {duration(est.wall_hours)} on {hardware}{cost}; pass --model "
+        f"{candidate.name} (and bring that much text)"
+    )
 
 
 def tokenizer_for(model: ModelConfig, hardware: Hardware) -> str:
@@ -319,14 +357,22 @@ def run_config_for(answers: Mapping[str, Any]) -> RunConfig:
     """The run config that a project's configs/train.toml describes, from its answers (those before
     llmgen 1.1 recorded no schedule: see `derived_answers`)."""
     a = {**derived_answers(answers), **answers} if "warmup_steps" not in answers else answers
-    return config_from_dict({
-        "model": {"preset": a["model_preset"]},
-        "data": {"corpus": CORPUS, "tokenizer": a["tokenizer"], "vocab_size": a["vocab_size"]},
-        "train": {"micro_batch": a["micro_batch"], "grad_accum": a["grad_accum"], "max_steps": a["max_steps"],
-                  "lr": a["learning_rate"], "min_lr": a["min_lr"], "warmup_steps": a["warmup_steps"],
-                  "dtype": a["precision"]},
-        "distributed": {"strategy": a["parallelism"]},
-    })
+    return config_from_dict(
+        {
+            "model": {"preset": a["model_preset"]},
+            "data": {"corpus": CORPUS, "tokenizer": a["tokenizer"], "vocab_size": a["vocab_size"]},
+            "train": {
+                "micro_batch": a["micro_batch"],
+                "grad_accum": a["grad_accum"],
+                "max_steps": a["max_steps"],
+                "lr": a["learning_rate"],
+                "min_lr": a["min_lr"],
+                "warmup_steps": a["warmup_steps"],
+                "dtype": a["precision"],
+            },
+            "distributed": {"strategy": a["parallelism"]},
+        }
+    )
 
 
 def deepspeed_for_answers(answers: Mapping[str, Any], hardware: Hardware | None = None) -> dict[str, Any]:
@@ -345,6 +391,10 @@ def derived_answers(answers: Mapping[str, Any]) -> dict[str, Any]:
     them in Jinja), from its step count and learning rate, by today's rules."""
     steps, lr = int(answers["max_steps"]), float(answers["learning_rate"])
     model = ModelConfig.preset(str(answers["model_preset"]))
-    return {"warmup_steps": recipe.warmup_steps(steps), "min_lr": recipe.min_learning_rate(lr),
-            "eval_interval": recipe.eval_interval(steps), "checkpoint_interval": recipe.checkpoint_interval(steps),
-            "tokenizer": tokenizer_for(model, parse_hardware(str(answers["hardware"]), cpu_tflops=1.0))}
+    return {
+        "warmup_steps": recipe.warmup_steps(steps),
+        "min_lr": recipe.min_learning_rate(lr),
+        "eval_interval": recipe.eval_interval(steps),
+        "checkpoint_interval": recipe.checkpoint_interval(steps),
+        "tokenizer": tokenizer_for(model, parse_hardware(str(answers["hardware"]), cpu_tflops=1.0)),
+    }

@@ -33,9 +33,16 @@ ASKED = ("track", "budget", "hardware", "parallelism", "model_preset")
 
 # How a user names each answer: the flag (or argument) of `llmgen new`.
 FLAGS = {
-    "project_name": "NAME", "track": "--track", "budget": "--budget", "hardware": "--hardware",
-    "parallelism": "--parallelism", "model_preset": "--model", "exercises": "--exercises",
-    "micro_batch": "--micro-batch", "grad_accum": "--grad-accum", "precision": "--precision",
+    "project_name": "NAME",
+    "track": "--track",
+    "budget": "--budget",
+    "hardware": "--hardware",
+    "parallelism": "--parallelism",
+    "model_preset": "--model",
+    "exercises": "--exercises",
+    "micro_batch": "--micro-batch",
+    "grad_accum": "--grad-accum",
+    "precision": "--precision",
     "tokens": "--tokens",
 }
 
@@ -140,24 +147,29 @@ def _name_problem(project_name: str) -> str | None:
     """Why a project name that passed copier.yml's validator would still break something, or None."""
     package = project_name.replace("-", "_")
     if _WINDOWS_RESERVED.fullmatch(package):
-        return (f"is a device name Windows reserves ({package.upper()}), so its folder cannot exist there; "
-                "choose another name")
+        return (
+            f"is a device name Windows reserves ({package.upper()}), so its folder cannot exist there; "
+            "choose another name"
+        )
     lower = package.lower()
     case = " (names that differ only in case clash on macOS and Windows)"
     stdlib = {name.lower(): name for name in (*sys.stdlib_module_names, *_STDLIB_EXTRA)}
     if lower in stdlib:
-        return (f"would shadow the standard-library module {stdlib[lower]}"
-                f"{case if stdlib[lower] != package else ''}; choose another name")
+        return (
+            f"would shadow the standard-library module {stdlib[lower]}"
+            f"{case if stdlib[lower] != package else ''}; choose another name"
+        )
     for module in dict.fromkeys((package, lower)):
         if _installed(module):
-            return (f"would shadow the installed module {module}{case if module != package else ''}; "
-                    "choose another name")
+            return f"would shadow the installed module {module}{case if module != package else ''}; choose another name"
     try:
         dist = importlib.metadata.distribution(project_name)
     except importlib.metadata.PackageNotFoundError:
         return None
-    return (f"is the name of the installed distribution {dist.metadata['Name']}: installing the project would "
-            "replace it; choose another name")
+    return (
+        f"is the name of the installed distribution {dist.metadata['Name']}: installing the project would "
+        "replace it; choose another name"
+    )
 
 
 def _installed(module: str) -> bool:
@@ -172,8 +184,11 @@ def _installed(module: str) -> bool:
     if spec.origin is not None and not spec.has_location:
         return True  # built-in and frozen modules
     here = Path.cwd().resolve()
-    places = [Path(spec.origin).parent] if spec.origin and spec.has_location else [
-        Path(p) for p in spec.submodule_search_locations or ()]
+    places = (
+        [Path(spec.origin).parent]
+        if spec.origin and spec.has_location
+        else [Path(p) for p in spec.submodule_search_locations or ()]
+    )
     if spec.origin and Path(spec.origin).name == "__init__.py":
         places = [Path(spec.origin).parent]  # a package: the folder it is
     return any((place if place.name == module else place / module).resolve().parent != here for place in places)
@@ -189,8 +204,11 @@ def load_questions(template: Path | None = None) -> dict[str, Question]:
         if name.startswith("_"):
             continue
         questions[name] = Question(
-            name=name, type=spec.get("type", "str"), help=spec.get("help", ""),
-            choices=tuple(spec.get("choices", ())), default=spec.get("default"),
+            name=name,
+            type=spec.get("type", "str"),
+            help=spec.get("help", ""),
+            choices=tuple(spec.get("choices", ())),
+            default=spec.get("default"),
             validator=spec.get("validator", ""),
         )
     return questions

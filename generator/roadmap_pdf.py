@@ -57,9 +57,11 @@ PDF_FILE = "ROADMAP.pdf"
 # Node fill and text colour per depth; roadmap.html uses the same (tests/generator/test_roadmap_html.py).
 DEPTH_COLOURS = {"read": ("#ffffff", "#1d2430"), "build": ("#4493f8", "#1d2430"), "extend": ("#512a97", "#ffffff")}
 EXERCISE_COLOURS = ("#9a3412", "#ffffff")
-DEPTH_TEXT = {"read": "read the code and run its checkpoint test",
-              "build": "write or rebuild it and run it at this project's scale",
-              "extend": "change it and measure the effect (an ablation)"}
+DEPTH_TEXT = {
+    "read": "read the code and run its checkpoint test",
+    "build": "write or rebuild it and run it at this project's scale",
+    "extend": "change it and measure the effect (an ablation)",
+}
 EXCERPT_LINES = 30
 
 # The code each step is about: "module:qualname" in reference_llm; the first one inside the step's own
@@ -84,34 +86,57 @@ EXCERPTS: dict[str, tuple[str, ...]] = {
 
 # Open-source tools that do the same job at scale, with their home pages.
 TOOLS: dict[str, tuple[tuple[str, str], ...]] = {
-    "data": (("Hugging Face datasets", "https://github.com/huggingface/datasets"),
-             ("DataTrove", "https://github.com/huggingface/datatrove")),
-    "clean": (("DataTrove", "https://github.com/huggingface/datatrove"),
-              ("text-dedup", "https://github.com/ChenghaoMou/text-dedup"),
-              ("Presidio (PII)", "https://github.com/microsoft/presidio")),
-    "tokenizer": (("Hugging Face tokenizers", "https://github.com/huggingface/tokenizers"),
-                  ("SentencePiece", "https://github.com/google/sentencepiece"),
-                  ("tiktoken", "https://github.com/openai/tiktoken")),
-    "model": (("nanoGPT", "https://github.com/karpathy/nanoGPT"),
-              ("Hugging Face transformers", "https://github.com/huggingface/transformers")),
-    "distributed": (("PyTorch distributed (DDP, FSDP)", "https://pytorch.org/docs/stable/distributed.html"),
-                    ("DeepSpeed", "https://github.com/deepspeedai/DeepSpeed"),
-                    ("Megatron-LM", "https://github.com/NVIDIA/Megatron-LM")),
-    "pretrain": (("torchtitan", "https://github.com/pytorch/torchtitan"),
-                 ("LitGPT", "https://github.com/Lightning-AI/litgpt")),
-    "generate": (("llama.cpp", "https://github.com/ggml-org/llama.cpp"),
-                 ("Hugging Face transformers", "https://github.com/huggingface/transformers")),
-    "evaluate": (("lm-evaluation-harness", "https://github.com/EleutherAI/lm-evaluation-harness"),
-                 ("HumanEval", "https://github.com/openai/human-eval")),
+    "data": (
+        ("Hugging Face datasets", "https://github.com/huggingface/datasets"),
+        ("DataTrove", "https://github.com/huggingface/datatrove"),
+    ),
+    "clean": (
+        ("DataTrove", "https://github.com/huggingface/datatrove"),
+        ("text-dedup", "https://github.com/ChenghaoMou/text-dedup"),
+        ("Presidio (PII)", "https://github.com/microsoft/presidio"),
+    ),
+    "tokenizer": (
+        ("Hugging Face tokenizers", "https://github.com/huggingface/tokenizers"),
+        ("SentencePiece", "https://github.com/google/sentencepiece"),
+        ("tiktoken", "https://github.com/openai/tiktoken"),
+    ),
+    "model": (
+        ("nanoGPT", "https://github.com/karpathy/nanoGPT"),
+        ("Hugging Face transformers", "https://github.com/huggingface/transformers"),
+    ),
+    "distributed": (
+        ("PyTorch distributed (DDP, FSDP)", "https://pytorch.org/docs/stable/distributed.html"),
+        ("DeepSpeed", "https://github.com/deepspeedai/DeepSpeed"),
+        ("Megatron-LM", "https://github.com/NVIDIA/Megatron-LM"),
+    ),
+    "pretrain": (
+        ("torchtitan", "https://github.com/pytorch/torchtitan"),
+        ("LitGPT", "https://github.com/Lightning-AI/litgpt"),
+    ),
+    "generate": (
+        ("llama.cpp", "https://github.com/ggml-org/llama.cpp"),
+        ("Hugging Face transformers", "https://github.com/huggingface/transformers"),
+    ),
+    "evaluate": (
+        ("lm-evaluation-harness", "https://github.com/EleutherAI/lm-evaluation-harness"),
+        ("HumanEval", "https://github.com/openai/human-eval"),
+    ),
     "sft": (("TRL", "https://github.com/huggingface/trl"), ("Axolotl", "https://github.com/axolotl-ai-cloud/axolotl")),
     "lora": (("PEFT", "https://github.com/huggingface/peft"),),
     "align": (("TRL", "https://github.com/huggingface/trl"), ("OpenRLHF", "https://github.com/OpenRLHF/OpenRLHF")),
     "reward": (("TRL", "https://github.com/huggingface/trl"), ("OpenRLHF", "https://github.com/OpenRLHF/OpenRLHF")),
-    "quantize": (("bitsandbytes", "https://github.com/bitsandbytes-foundation/bitsandbytes"),
-                 ("llama.cpp (GGUF)", "https://github.com/ggml-org/llama.cpp")),
-    "export": (("safetensors", "https://github.com/huggingface/safetensors"),
-               ("Hugging Face transformers", "https://github.com/huggingface/transformers")),
-    "deploy": (("vLLM", "https://github.com/vllm-project/vllm"), ("llama.cpp server", "https://github.com/ggml-org/llama.cpp")),
+    "quantize": (
+        ("bitsandbytes", "https://github.com/bitsandbytes-foundation/bitsandbytes"),
+        ("llama.cpp (GGUF)", "https://github.com/ggml-org/llama.cpp"),
+    ),
+    "export": (
+        ("safetensors", "https://github.com/huggingface/safetensors"),
+        ("Hugging Face transformers", "https://github.com/huggingface/transformers"),
+    ),
+    "deploy": (
+        ("vLLM", "https://github.com/vllm-project/vllm"),
+        ("llama.cpp server", "https://github.com/ggml-org/llama.cpp"),
+    ),
 }
 
 # Security notes per step, next to the track's compliance notes.
@@ -119,20 +144,48 @@ SECURITY: dict[str, tuple[str, ...]] = {
     "data": ("Check each downloaded file against the sha256 in data/manifest.toml before training on it.",),
     "clean": ("Personal data and secrets found by the scan must not reach the tokenizer or the model.",),
     "pretrain": ("Checkpoints are safetensors plus JSON: loading one never runs code (no pickle).",),
-    "distributed": ("PyTorch's rendezvous and collectives are unauthenticated: run multi-node jobs on a private "
-                    "network only.",),
+    "distributed": (
+        "PyTorch's rendezvous and collectives are unauthenticated: run multi-node jobs on a private network only.",
+    ),
     "evaluate": ("HumanEval executes model-written code: only ever inside the evaluator's sandbox.",),
     "lora": ("Adapters are saved as safetensors; load adapters only from sources you trust, like base models.",),
     "export": ("Exported weights are safetensors; do not convert them to pickle-based formats (.bin, .pt).",),
-    "deploy": ("The server has no authentication and listens on 127.0.0.1 by default: put an authenticating "
-               "proxy in front before exposing it.",),
+    "deploy": (
+        "The server has no authentication and listens on 127.0.0.1 by default: put an authenticating "
+        "proxy in front before exposing it.",
+    ),
 }
 
 # Characters the standard fonts' WinAnsi encoding lacks, as readable ASCII.
-_SPELLED = {"α": "alpha", "β": "beta", "γ": "gamma", "δ": "delta", "ε": "epsilon", "η": "eta", "θ": "theta",
-            "λ": "lambda", "μ": "mu", "π": "pi", "σ": "sigma", "τ": "tau", "→": "->", "←": "<-", "↔": "<->",
-            "≈": "~", "≤": "<=", "≥": ">=", "≠": "!=", "−": "-", "∞": "inf", "√": "sqrt", "∑": "sum", "∈": "in",
-            "↑": "^", "✓": "v", "✗": "x"}
+_SPELLED = {
+    "α": "alpha",
+    "β": "beta",
+    "γ": "gamma",
+    "δ": "delta",
+    "ε": "epsilon",
+    "η": "eta",
+    "θ": "theta",
+    "λ": "lambda",
+    "μ": "mu",
+    "π": "pi",
+    "σ": "sigma",
+    "τ": "tau",
+    "→": "->",
+    "←": "<-",
+    "↔": "<->",
+    "≈": "~",
+    "≤": "<=",
+    "≥": ">=",
+    "≠": "!=",
+    "−": "-",
+    "∞": "inf",
+    "√": "sqrt",
+    "∑": "sum",
+    "∈": "in",
+    "↑": "^",
+    "✓": "v",
+    "✗": "x",
+}
 
 
 @dataclass(frozen=True)
@@ -166,9 +219,19 @@ def roadmap_pdf_bytes(project: Path, answers: Mapping[str, Any]) -> tuple[bytes,
         answers = {**answers, "roadmap": roadmap_for_answers(answers)}
     roadmap = answers["roadmap"]
     target = io.BytesIO()
-    doc = BaseDocTemplate(target, pagesize=A4, leftMargin=18 * mm, rightMargin=18 * mm, topMargin=16 * mm,
-                          bottomMargin=18 * mm, title=f"Roadmap: {answers['project_name']}",
-                          author="llmgen", subject=roadmap["track_title"], creator="llmgen", invariant=True)
+    doc = BaseDocTemplate(
+        target,
+        pagesize=A4,
+        leftMargin=18 * mm,
+        rightMargin=18 * mm,
+        topMargin=16 * mm,
+        bottomMargin=18 * mm,
+        title=f"Roadmap: {answers['project_name']}",
+        author="llmgen",
+        subject=roadmap["track_title"],
+        creator="llmgen",
+        invariant=True,
+    )
     frame = Frame(doc.leftMargin, doc.bottomMargin, doc.width, doc.height, id="body")
     doc.addPageTemplates([PageTemplate("page", [frame], onPage=_footer(str(answers["project_name"])))])
     doc.build(_story(project, answers, doc.width, doc.height))
@@ -187,10 +250,30 @@ STYLES = {
     "body": _BASE,
     "small": ParagraphStyle("small", _BASE, fontSize=8, leading=10),
     "note": ParagraphStyle("note", _BASE, fontSize=8, leading=10, spaceBefore=5),
-    "code": ParagraphStyle("code", _BASE, fontName="Courier", fontSize=8.5, leading=10.5, backColor="#f3f4f6",
-                           borderPadding=(3, 4, 3, 4), leftIndent=4, rightIndent=4, spaceBefore=1, spaceAfter=3),
-    "excerpt": ParagraphStyle("excerpt", _BASE, fontName="Courier", fontSize=7.2, leading=8.6, backColor="#f6f8fa",
-                              borderPadding=(3, 4, 3, 4), leftIndent=4, rightIndent=4),
+    "code": ParagraphStyle(
+        "code",
+        _BASE,
+        fontName="Courier",
+        fontSize=8.5,
+        leading=10.5,
+        backColor="#f3f4f6",
+        borderPadding=(3, 4, 3, 4),
+        leftIndent=4,
+        rightIndent=4,
+        spaceBefore=1,
+        spaceAfter=3,
+    ),
+    "excerpt": ParagraphStyle(
+        "excerpt",
+        _BASE,
+        fontName="Courier",
+        fontSize=7.2,
+        leading=8.6,
+        backColor="#f6f8fa",
+        borderPadding=(3, 4, 3, 4),
+        leftIndent=4,
+        rightIndent=4,
+    ),
     "bullet": ParagraphStyle("bullet", _BASE, leftIndent=10, bulletIndent=2),
 }
 LINK = "#0969da"
@@ -199,18 +282,28 @@ LINK = "#0969da"
 def _story(project: Path, answers: Mapping[str, Any], width: float, height: float) -> list[Flowable]:
     roadmap = answers["roadmap"]
     steps = roadmap["steps"]
-    mode = ("Exercise mode: the parts marked <i>exercise</i> are yours to write." if roadmap["exercises"]
-            else "Complete mode: the learner modules hold a reference solution.")
+    mode = (
+        "Exercise mode: the parts marked <i>exercise</i> are yours to write."
+        if roadmap["exercises"]
+        else "Complete mode: the learner modules hold a reference solution."
+    )
     head = [
         Anchor("graph", "Graph of the steps"),
         Paragraph(_t(f"Roadmap: {answers['project_name']}"), STYLES["title"]),
-        Paragraph(f"<b>{_t(roadmap['track_title'])}.</b> Model {_t(roadmap['model'])} "
-                  f"({roadmap['params']:,} parameters) on {_t(roadmap['hardware'])}, {_t(roadmap['parallelism'])}, "
-                  f"{_t(roadmap['precision'])}. {mode}", STYLES["body"]),
-        Paragraph(f"<b>Required steps together:</b> {_t(roadmap['total'])}. Click a step to open its page; "
-                  f'every step page links back here. <a href="#plan" color="{LINK}">Plan and estimates</a>.',
-                  STYLES["body"]),
-        Spacer(0, 4), Legend(bool(roadmap["exercises"])), Spacer(0, 6),
+        Paragraph(
+            f"<b>{_t(roadmap['track_title'])}.</b> Model {_t(roadmap['model'])} "
+            f"({roadmap['params']:,} parameters) on {_t(roadmap['hardware'])}, {_t(roadmap['parallelism'])}, "
+            f"{_t(roadmap['precision'])}. {mode}",
+            STYLES["body"],
+        ),
+        Paragraph(
+            f"<b>Required steps together:</b> {_t(roadmap['total'])}. Click a step to open its page; "
+            f'every step page links back here. <a href="#plan" color="{LINK}">Plan and estimates</a>.',
+            STYLES["body"],
+        ),
+        Spacer(0, 4),
+        Legend(bool(roadmap["exercises"])),
+        Spacer(0, 6),
     ]
     used = sum(f.wrap(width, height)[1] for f in head) + 30
     story: list[Flowable] = [*head, Graph(roadmap, height - used), PageBreak(), *_plan_page(roadmap), PageBreak()]
@@ -221,69 +314,129 @@ def _story(project: Path, answers: Mapping[str, Any], width: float, height: floa
 
 
 def _plan_page(roadmap: Mapping[str, Any]) -> list[Flowable]:
-    rows: list[list[Any]] = [[Paragraph("<b>#</b>", STYLES["small"]), Paragraph("<b>step</b>", STYLES["small"]),
-                              Paragraph("<b>estimate for this plan</b>", STYLES["small"])]]
+    rows: list[list[Any]] = [
+        [
+            Paragraph("<b>#</b>", STYLES["small"]),
+            Paragraph("<b>step</b>", STYLES["small"]),
+            Paragraph("<b>estimate for this plan</b>", STYLES["small"]),
+        ]
+    ]
     for step in roadmap["steps"]:
         title = f'<a href="#step-{step["id"]}" color="{LINK}">{_t(step["title"])}</a>'
         if step["optional"]:
             title += " <i>(optional)</i>"
-        rows.append([Paragraph(str(step["number"]), STYLES["small"]), Paragraph(title, STYLES["small"]),
-                     Paragraph(_t(step["estimate"]["text"]), STYLES["small"])])
+        rows.append(
+            [
+                Paragraph(str(step["number"]), STYLES["small"]),
+                Paragraph(title, STYLES["small"]),
+                Paragraph(_t(step["estimate"]["text"]), STYLES["small"]),
+            ]
+        )
     table = Table(rows, colWidths=[8 * mm, 42 * mm, None], repeatRows=1)
-    table.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"), ("LINEBELOW", (0, 0), (-1, -1), 0.3, "#d0d7de"),
-                               ("BACKGROUND", (0, 0), (-1, 0), "#eaeef2")]))
-    return [Anchor("plan", "Plan and estimates"), Paragraph("Plan and estimates", STYLES["h1"]),
-            Paragraph(f"Track: {_t(roadmap['track_title'])}. Required steps together: <b>{_t(roadmap['total'])}</b>. "
-                      "Estimates come from llmgen's estimator (6ND training FLOPs plus attention, at a typical "
-                      "utilisation; <font face='Courier'>llmgen estimate</font> explains each assumption) and are a "
-                      "plan, not a measurement. Optional steps are not in the total.", STYLES["body"]),
-            Spacer(0, 6), table]
+    table.setStyle(
+        TableStyle(
+            [
+                ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                ("LINEBELOW", (0, 0), (-1, -1), 0.3, "#d0d7de"),
+                ("BACKGROUND", (0, 0), (-1, 0), "#eaeef2"),
+            ]
+        )
+    )
+    return [
+        Anchor("plan", "Plan and estimates"),
+        Paragraph("Plan and estimates", STYLES["h1"]),
+        Paragraph(
+            f"Track: {_t(roadmap['track_title'])}. Required steps together: <b>{_t(roadmap['total'])}</b>. "
+            "Estimates come from llmgen's estimator (6ND training FLOPs plus attention, at a typical "
+            "utilisation; <font face='Courier'>llmgen estimate</font> explains each assumption) and are a "
+            "plan, not a measurement. Optional steps are not in the total.",
+            STYLES["body"],
+        ),
+        Spacer(0, 6),
+        table,
+    ]
 
 
-def _step_page(project: Path, answers: Mapping[str, Any], step: Mapping[str, Any],
-               steps: Sequence[Mapping[str, Any]]) -> list[Flowable]:
+def _step_page(
+    project: Path, answers: Mapping[str, Any], step: Mapping[str, Any], steps: Sequence[Mapping[str, Any]]
+) -> list[Flowable]:
     exercise_mode = bool(answers["roadmap"]["exercises"])
-    tags = [step["depth"]] + (["OPTIONAL"] if step["optional"] else []) + (
-        ["exercise"] if exercise_mode and step["exercises"] else [])
+    tags = (
+        [step["depth"]]
+        + (["OPTIONAL"] if step["optional"] else [])
+        + (["exercise"] if exercise_mode and step["exercises"] else [])
+    )
     title = f"{step['number']}. {step['title']}" + (" (optional)" if step["optional"] else "")
     out: list[Flowable] = [
         Anchor(f"step-{step['id']}", title),
         Paragraph(f'<a href="#graph" color="{LINK}">&lt; Back to the graph</a>', STYLES["small"]),
         Paragraph(f"{_t(title)} <font size='9' color='#57606a'>[{', '.join(tags)}]</font>", STYLES["h1"]),
         Paragraph(_t(step["summary"]), STYLES["body"]),
-        Paragraph(f"<i>Depth {step['depth']}: {DEPTH_TEXT[step['depth']]}.</i>"
-                  + (" <b>Optional:</b> the plan's total leaves it out; skip it or come back later."
-                     if step["optional"] else ""), STYLES["body"]),
+        Paragraph(
+            f"<i>Depth {step['depth']}: {DEPTH_TEXT[step['depth']]}.</i>"
+            + (
+                " <b>Optional:</b> the plan's total leaves it out; skip it or come back later."
+                if step["optional"]
+                else ""
+            ),
+            STYLES["body"],
+        ),
     ]
     if step["requires"]:
         titles = {s["id"]: s["title"] for s in steps}
         links = ", ".join(f'<a href="#step-{d}" color="{LINK}">{_t(titles[d])}</a>' for d in step["requires"])
         out.append(Paragraph(f"<b>After:</b> {links}", STYLES["body"]))
-    out += [_label("Run"), Paragraph(_code(step["command"]), STYLES["code"]),
-            _label("Estimate for this plan"), Paragraph(_t(step["estimate"]["text"]), STYLES["body"])]
+    out += [
+        _label("Run"),
+        Paragraph(_code(step["command"]), STYLES["code"]),
+        _label("Estimate for this plan"),
+        Paragraph(_t(step["estimate"]["text"]), STYLES["body"]),
+    ]
     where, excerpt = code_excerpt(step["id"], step["code"])
-    out += [_label(f"Code: {where}" if where else "Code"),
-            XPreformatted(escape(_pdf_text(excerpt)), STYLES["excerpt"]),
-            Paragraph("All of it: " + ", ".join(f"<font face='Courier'>{_t(p)}</font>" for p in step["code"])
-                      + " in reference_llm (installed with llmgen).", STYLES["note"])]
+    out += [
+        _label(f"Code: {where}" if where else "Code"),
+        XPreformatted(escape(_pdf_text(excerpt)), STYLES["excerpt"]),
+        Paragraph(
+            "All of it: "
+            + ", ".join(f"<font face='Courier'>{_t(p)}</font>" for p in step["code"])
+            + " in reference_llm (installed with llmgen).",
+            STYLES["note"],
+        ),
+    ]
     test = step["checkpoint_test"]
-    out += [_label("Checkpoint test"), Paragraph(_code(f'python -m pytest "{test}"'), STYLES["code"]),
-            Paragraph(f"<b>Expected:</b> {_t(expected_output(project, test))} pytest then reports "
-                      "<font face='Courier'>1 passed</font>.", STYLES["body"])]
+    out += [
+        _label("Checkpoint test"),
+        Paragraph(_code(f'python -m pytest "{test}"'), STYLES["code"]),
+        Paragraph(
+            f"<b>Expected:</b> {_t(expected_output(project, test))} pytest then reports "
+            "<font face='Courier'>1 passed</font>.",
+            STYLES["body"],
+        ),
+    ]
     for ex in step["exercises"]:
         prefix = "Exercise" if exercise_mode else "Exercise (solved here: reference code)"
         tests = ", ".join(t.split("::")[-1] for t in ex["tests"])
-        out.append(Paragraph(f"<b>{prefix}:</b> {_t(ex['task'])}, <font face='Courier'>{_t(ex['symbol'])}</font> in "
-                             f"<font face='Courier'>{_t(ex['file'])}</font>; checked by {_t(tests)}.", STYLES["body"]))
+        out.append(
+            Paragraph(
+                f"<b>{prefix}:</b> {_t(ex['task'])}, <font face='Courier'>{_t(ex['symbol'])}</font> in "
+                f"<font face='Courier'>{_t(ex['file'])}</font>; checked by {_t(tests)}.",
+                STYLES["body"],
+            )
+        )
     tools = TOOLS.get(step["id"], ())
     if tools:
         out += [_label("Open-source tools for the same job")]
-        out += [Paragraph(f'<a href="{url}" color="{LINK}">{_t(name)}</a>: {_t(url)}', STYLES["bullet"],
-                          bulletText="\u2022") for name, url in tools]
+        out += [
+            Paragraph(
+                f'<a href="{url}" color="{LINK}">{_t(name)}</a>: {_t(url)}', STYLES["bullet"], bulletText="\u2022"
+            )
+            for name, url in tools
+        ]
     notes = [*SECURITY.get(step["id"], ()), *step["compliance"]]
     out.append(_label("Security and compliance"))
     out += [Paragraph(_t(n), STYLES["bullet"], bulletText="\u2022") for n in notes] or [
-        Paragraph("Nothing specific to this step; COMPLIANCE.md holds the project's checklist.", STYLES["body"])]
+        Paragraph("Nothing specific to this step; COMPLIANCE.md holds the project's checklist.", STYLES["body"])
+    ]
     return [KeepTogether(out[:5]), *out[5:]]
 
 
@@ -316,7 +469,7 @@ def code_excerpt(step_id: str, paths: Sequence[str]) -> tuple[str, str]:
         if node is None:
             raise LookupError(f"{spec} (generator/roadmap_pdf.py EXCERPTS) is not in {file}")
         first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
-        source = _without_docstring(node, lines[first - 1:node.end_lineno], first)
+        source = _without_docstring(node, lines[first - 1 : node.end_lineno], first)
         kept = textwrap.dedent("\n".join(source)).splitlines()
         if len(kept) > EXCERPT_LINES:
             kept = kept[:EXCERPT_LINES] + [f"    ... ({len(kept) - EXCERPT_LINES} more lines)"]
@@ -338,9 +491,14 @@ def _find(tree: ast.Module | Definition, names: list[str]) -> Definition | None:
 def _without_docstring(node: Definition, lines: list[str], first: int) -> list[str]:
     """`lines` (the definition's source, starting at line `first`) without its docstring."""
     body = node.body
-    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
-            and isinstance(body[0].value.value, str) and body[0].end_lineno is not None:
-        return lines[:body[0].lineno - first] + lines[body[0].end_lineno - first + 1:]
+    if (
+        body
+        and isinstance(body[0], ast.Expr)
+        and isinstance(body[0].value, ast.Constant)
+        and isinstance(body[0].value.value, str)
+        and body[0].end_lineno is not None
+    ):
+        return lines[: body[0].lineno - first] + lines[body[0].end_lineno - first + 1 :]
     return lines
 
 
@@ -459,8 +617,12 @@ class Graph(Flowable):
         sx = self.width / self.roadmap["width"]
         h = min(32.0, self.pitch * 0.62)
         row = self.rows.index(step["y"])
-        return step["x"] * sx, self.height - row * self.pitch - (self.pitch - h) / 2 - h, \
-            self.roadmap["node_width"] * sx, h
+        return (
+            step["x"] * sx,
+            self.height - row * self.pitch - (self.pitch - h) / 2 - h,
+            self.roadmap["node_width"] * sx,
+            h,
+        )
 
     def draw(self) -> None:
         c, steps = self.canv, self.roadmap["steps"]
@@ -515,6 +677,7 @@ class Graph(Flowable):
 
 def _footer(project_name: str) -> Any:
     """Page furniture: the project's name, the page number, and (after page 1) a link back to the graph."""
+
     def draw(canvas: Canvas, doc: BaseDocTemplate) -> None:
         canvas.saveState()
         canvas.setFont("Helvetica", 7.5)
@@ -527,7 +690,9 @@ def _footer(project_name: str) -> Any:
             x = doc.leftMargin + doc.width / 2 - canvas.stringWidth(text, "Helvetica", 7.5) / 2
             canvas.setFillColor(colors.HexColor(LINK))
             canvas.drawString(x, y, text)
-            canvas.linkRect("", "graph", (x, y - 2, x + canvas.stringWidth(text, "Helvetica", 7.5), y + 8),
-                            relative=0, thickness=0)
+            canvas.linkRect(
+                "", "graph", (x, y - 2, x + canvas.stringWidth(text, "Helvetica", 7.5), y + 8), relative=0, thickness=0
+            )
         canvas.restoreState()
+
     return draw

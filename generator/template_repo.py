@@ -44,9 +44,14 @@ INDEX_FILE = "llmgen-index.json"  # in .git/: content hash -> tag (an unchanged 
 # its presence also marks a repository as llmgen's template cache
 _SKIP = {"__pycache__", ".git", ".DS_Store"}
 # Commits are made by llmgen, not by the user: fixed identity, no hooks, no signing.
-_GIT_ENV = {"GIT_AUTHOR_NAME": "llmgen", "GIT_AUTHOR_EMAIL": "llmgen@localhost",
-            "GIT_COMMITTER_NAME": "llmgen", "GIT_COMMITTER_EMAIL": "llmgen@localhost",
-            "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0"}
+_GIT_ENV = {
+    "GIT_AUTHOR_NAME": "llmgen",
+    "GIT_AUTHOR_EMAIL": "llmgen@localhost",
+    "GIT_COMMITTER_NAME": "llmgen",
+    "GIT_COMMITTER_EMAIL": "llmgen@localhost",
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_TERMINAL_PROMPT": "0",
+}
 
 
 @dataclass(frozen=True)
@@ -70,8 +75,9 @@ def llmgen_version() -> str:
         try:
             return tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["version"]
         except (OSError, KeyError, tomllib.TOMLDecodeError):
-            raise TemplateRepoError("cannot tell llmgen's version: it is not installed and pyproject.toml "
-                                    "is unreadable; reinstall llmgen") from None
+            raise TemplateRepoError(
+                "cannot tell llmgen's version: it is not installed and pyproject.toml is unreadable; reinstall llmgen"
+            ) from None
 
 
 def tag_version(tag: str) -> Version:
@@ -89,8 +95,9 @@ def default_cache_dir() -> Path:
     return Path(base) / "llmgen" / "templates"
 
 
-def ensure_template_repo(version: str | None = None, source: Path | None = None,
-                         cache_dir: Path | None = None) -> TemplateRef:
+def ensure_template_repo(
+    version: str | None = None, source: Path | None = None, cache_dir: Path | None = None
+) -> TemplateRef:
     """Make sure the cache repository holds `source` (default: the bundled template) tagged for `version`
     (default: the installed llmgen's), and return where it is and the tag to render from."""
     version = version or llmgen_version()
@@ -100,8 +107,9 @@ def ensure_template_repo(version: str | None = None, source: Path | None = None,
     try:
         repo.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise TemplateRepoError(f"cannot create the template cache {repo} ({exc.strerror}); set {CACHE_ENV} "
-                                f"to a writable folder") from None
+        raise TemplateRepoError(
+            f"cannot create the template cache {repo} ({exc.strerror}); set {CACHE_ENV} to a writable folder"
+        ) from None
     with _locked(repo):
         if not (repo / ".git").is_dir():
             _git(repo, "init", "--quiet")
@@ -168,17 +176,18 @@ def _has_tag(repo: Path, tag: str) -> bool:
 
 
 def _files(source: Path) -> list[Path]:
-    return sorted(p for p in source.rglob("*")
-                  if p.is_file() and not _SKIP.intersection(p.relative_to(source).parts))
+    return sorted(p for p in source.rglob("*") if p.is_file() and not _SKIP.intersection(p.relative_to(source).parts))
 
 
 def _git(repo: Path, *args: str, check: bool = True) -> str:
     try:
-        result = subprocess.run(["git", *args], cwd=repo, env={**os.environ, **_GIT_ENV}, capture_output=True,
-                                text=True)
+        result = subprocess.run(
+            ["git", *args], cwd=repo, env={**os.environ, **_GIT_ENV}, capture_output=True, text=True
+        )
     except FileNotFoundError:
-        raise TemplateRepoError("git is not installed; llmgen keeps its template versions in a git repository "
-                                "(install git)") from None
+        raise TemplateRepoError(
+            "git is not installed; llmgen keeps its template versions in a git repository (install git)"
+        ) from None
     if check and result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["no message"])[-1]
         raise TemplateRepoError(f"git {' '.join(args)} failed in {repo}: {last}")

@@ -66,9 +66,12 @@ class Project:
 
 
 def check(
-    overrides: Annotated[list[str] | None, typer.Argument(
-        metavar="section.key=value", help="The config overrides you will launch with.",
-        show_default=False)] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="section.key=value", help="The config overrides you will launch with.", show_default=False
+        ),
+    ] = None,
     directory: Annotated[Path, typer.Option("--dir", help=f"{DIR_HELP} (default: here).")] = Path("."),
     as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout, nothing else.")] = False,
 ) -> None:
@@ -78,8 +81,16 @@ def check(
         checks += run_checks(project)
     failed = any(c.status == FAIL for c in checks)
     if as_json:
-        typer.echo(json.dumps({"ok": not failed, "world_size": project.world_size if project else None,
-                               "checks": [c.__dict__ for c in checks]}, indent=2))
+        typer.echo(
+            json.dumps(
+                {
+                    "ok": not failed,
+                    "world_size": project.world_size if project else None,
+                    "checks": [c.__dict__ for c in checks],
+                },
+                indent=2,
+            )
+        )
     else:
         print_checks(checks, project)
     if failed:
@@ -119,8 +130,9 @@ def load_project(directory: Path, overrides: list[str]) -> tuple[Project | None,
         # Includes train.seq_len > model.block_size: load_config refuses it.
         checks.append(Check("train config", FAIL, str(exc)))
         return None, checks
-    checks.append(Check("train config", OK, f"{config_path} loads: {config.model.name}, "
-                        f"strategy {config.distributed.strategy}"))
+    checks.append(
+        Check("train config", OK, f"{config_path} loads: {config.model.name}, strategy {config.distributed.strategy}")
+    )
     env_world = os.environ.get("WORLD_SIZE")
     try:
         world = int(env_world) if env_world is not None else hardware.n_gpus
@@ -130,26 +142,39 @@ def load_project(directory: Path, overrides: list[str]) -> tuple[Project | None,
     return Project(directory, answers, config, hardware, world, cpu_peak_known=bool(recorded)), checks
 
 
-
 # ----------------------------------------------------------------------------------------------------
 # The checks
 # ----------------------------------------------------------------------------------------------------
 
 
 def run_checks(p: Project) -> list[Check]:
-    return [check_world_size(p), check_strategy(p), check_batch(p), check_sequence(p), *check_deepspeed(p),
-            *check_plan(p)]
+    return [
+        check_world_size(p),
+        check_strategy(p),
+        check_batch(p),
+        check_sequence(p),
+        *check_deepspeed(p),
+        *check_plan(p),
+    ]
 
 
 def check_world_size(p: Project) -> Check:
     hw, strategy = p.hardware, p.config.distributed.strategy
     plan = f"{hw.nodes} node{'s' if hw.nodes > 1 else ''} x {hw.gpus_per_node} = {hw.n_gpus}"
     if p.world_size != hw.n_gpus:
-        return Check("world size", FAIL, f"WORLD_SIZE={p.world_size} but the project is planned for {plan} "
-                     f"processes ({ANSWERS}); launch {hw.n_gpus} processes or regenerate for this hardware")
+        return Check(
+            "world size",
+            FAIL,
+            f"WORLD_SIZE={p.world_size} but the project is planned for {plan} "
+            f"processes ({ANSWERS}); launch {hw.n_gpus} processes or regenerate for this hardware",
+        )
     if strategy == Strategy.SINGLE and p.world_size > 1:
-        return Check("world size", FAIL, f"distributed.strategy=single runs one process, but the world size is "
-                     f"{p.world_size}; use ddp, fsdp or zero1-3")
+        return Check(
+            "world size",
+            FAIL,
+            f"distributed.strategy=single runs one process, but the world size is "
+            f"{p.world_size}; use ddp, fsdp or zero1-3",
+        )
     source = "WORLD_SIZE" if "WORLD_SIZE" in os.environ else ANSWERS
     return Check("world size", OK, f"{p.world_size} process{'es' if p.world_size > 1 else ''} ({plan}, from {source})")
 
@@ -157,22 +182,32 @@ def check_world_size(p: Project) -> Check:
 def check_strategy(p: Project) -> Check:
     strategy, planned = p.config.distributed.strategy, p.answers.get("parallelism")
     if strategy in ds_config.STAGES and importlib.util.find_spec("deepspeed") is None:
-        return Check("strategy", FAIL, f"distributed.strategy={strategy} needs DeepSpeed, which is not installed: "
-                     f"pip install 'llmgen[deepspeed]'")
+        return Check(
+            "strategy",
+            FAIL,
+            f"distributed.strategy={strategy} needs DeepSpeed, which is not installed: pip install 'llmgen[deepspeed]'",
+        )
     if planned and strategy != planned:
-        return Check("strategy", WARN, f"{strategy} in {TRAIN_CONFIG}, but the project was generated for "
-                     f"{planned} (its scripts and estimates assume {planned})")
+        return Check(
+            "strategy",
+            WARN,
+            f"{strategy} in {TRAIN_CONFIG}, but the project was generated for "
+            f"{planned} (its scripts and estimates assume {planned})",
+        )
     return Check("strategy", OK, strategy + (" (DeepSpeed installed)" if strategy in ds_config.STAGES else ""))
 
 
 def check_batch(p: Project) -> Check:
     t = p.config.train
     per_step = t.micro_batch * t.grad_accum * p.world_size
-    text = (f"{t.micro_batch} x {t.grad_accum} accumulation x {p.world_size} = {per_step} sequences, "
-            f"{per_step * p.config.seq_len:,} tokens per step")
+    text = (
+        f"{t.micro_batch} x {t.grad_accum} accumulation x {p.world_size} = {per_step} sequences, "
+        f"{per_step * p.config.seq_len:,} tokens per step"
+    )
     planned = {k: p.answers.get(k) for k in ("micro_batch", "grad_accum")}
-    differ = [f"{k}={getattr(t, k)} (generated with {v})" for k, v in planned.items()
-              if v is not None and getattr(t, k) != v]
+    differ = [
+        f"{k}={getattr(t, k)} (generated with {v})" for k, v in planned.items() if v is not None and getattr(t, k) != v
+    ]
     if differ:
         return Check("batch", WARN, f"{text}; {', '.join(differ)}: the plan's token count and time assume the latter")
     return Check("batch", OK, text)
@@ -193,8 +228,14 @@ def check_deepspeed(p: Project) -> list[Check]:
     path = p.root / p.config.distributed.deepspeed_config
     if p.config.distributed.strategy not in ds_config.STAGES:
         if path.is_file():
-            return [Check("deepspeed config", WARN, f"{path.name} is ignored: distributed.strategy="
-                          f"{p.config.distributed.strategy} does not use DeepSpeed")]
+            return [
+                Check(
+                    "deepspeed config",
+                    WARN,
+                    f"{path.name} is ignored: distributed.strategy="
+                    f"{p.config.distributed.strategy} does not use DeepSpeed",
+                )
+            ]
         return []
     try:
         ds = ds_config.load(path)
@@ -204,9 +245,15 @@ def check_deepspeed(p: Project) -> list[Check]:
     if problems:
         return [Check("deepspeed config", FAIL, problem) for problem in problems]
     full = ds_config.complete(ds, p.config, p.world_size)
-    return [Check("deepspeed config", OK, f"{path.name}: stage {ds['zero_optimization']['stage']}, "
-                  f"train_batch_size {full['train_batch_size']} = {full['train_micro_batch_size_per_gpu']} x "
-                  f"{full['gradient_accumulation_steps']} x {p.world_size}")]
+    return [
+        Check(
+            "deepspeed config",
+            OK,
+            f"{path.name}: stage {ds['zero_optimization']['stage']}, "
+            f"train_batch_size {full['train_batch_size']} = {full['train_micro_batch_size_per_gpu']} x "
+            f"{full['gradient_accumulation_steps']} x {p.world_size}",
+        )
+    ]
 
 
 # The invariants' names, in the order the rows are shown, with what an "ok" row says.
@@ -224,19 +271,26 @@ def check_plan(p: Project) -> list[Check]:
     failed = {problem.name: problem for problem in problems(facts)}
     est, t = facts.estimate, p.config.train
     device = "of RAM" if p.hardware.is_cpu else f"per {p.hardware.gpu.name}"
-    memory = (f"{est.memory_per_gpu_gib:.1f} GiB needed {device}, {est.memory_usable_gib:.1f} GiB usable "
-              f"({est.precision})")
+    memory = (
+        f"{est.memory_per_gpu_gib:.1f} GiB needed {device}, {est.memory_usable_gib:.1f} GiB usable ({est.precision})"
+    )
     ok = {
         "memory": memory,
         "batch": f"{facts.tokens_per_step:,} tokens per step, near DeepSeek LLM's B_opt for {est.flops_total:.2g} "
-                 "FLOPs",
+        "FLOPs",
         "steps": f"{t.max_steps:,} steps, at least the {recipe.MIN_STEPS} a run needs",
         "warm-up": f"{t.warmup_steps} warm-up steps of {t.max_steps:,}",
         "learning rate": f"lr {t.lr:g} decaying to {t.min_lr:g} for {est.flops_params / 1e6:,.0f}M parameters",
-        "data": (f"{facts.tokens / facts.corpus_tokens:.2g} epochs of {facts.corpus}" if facts.corpus_tokens
-                 else f"{p.config.data.corpus} not found"),
-        "budget": (f"{_spent(facts.estimate, facts.budget)} of {facts.budget.describe()}" if facts.budget
-                   else "no budget recorded, or a CPU peak unknown: not checked"),
+        "data": (
+            f"{facts.tokens / facts.corpus_tokens:.2g} epochs of {facts.corpus}"
+            if facts.corpus_tokens
+            else f"{p.config.data.corpus} not found"
+        ),
+        "budget": (
+            f"{_spent(facts.estimate, facts.budget)} of {facts.budget.describe()}"
+            if facts.budget
+            else "no budget recorded, or a CPU peak unknown: not checked"
+        ),
     }
     rows = []
     for name in PLAN_ROWS:
@@ -248,8 +302,14 @@ def check_plan(p: Project) -> list[Check]:
             detail = memory if name == "memory" else problem.message
             rows.append(Check(name, FAIL, f"{prefix}{detail}; fix: {problem.fix_config}"))
         elif name == "data" and corpus is None:
-            rows.append(Check(name, FAIL, f"corpus {p.config.data.corpus} not found (data.corpus in {TRAIN_CONFIG}); "
-                                          "put the training text there or point data.corpus at it"))
+            rows.append(
+                Check(
+                    name,
+                    FAIL,
+                    f"corpus {p.config.data.corpus} not found (data.corpus in {TRAIN_CONFIG}); "
+                    "put the training text there or point data.corpus at it",
+                )
+            )
         else:
             rows.append(Check(name, OK, ok[name]))
     return rows

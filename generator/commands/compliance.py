@@ -22,11 +22,17 @@ FAILED_EXIT_CODE = 2
 
 
 def compliance(
-    directory: Annotated[Path | None, typer.Option("--dir", help=f"{DIR_HELP} (default: the current directory).",
-                                                      file_okay=False, show_default=False)] = None,
+    directory: Annotated[
+        Path | None,
+        typer.Option(
+            "--dir", help=f"{DIR_HELP} (default: the current directory).", file_okay=False, show_default=False
+        ),
+    ] = None,
     path: Annotated[Path | None, typer.Option("--path", hidden=True, file_okay=False)] = None,
-    max_pii: Annotated[int, typer.Option("--max-pii", help="Personal-data findings allowed over all data files "
-                                         "before the check fails.")] = 0,
+    max_pii: Annotated[
+        int,
+        typer.Option("--max-pii", help="Personal-data findings allowed over all data files before the check fails."),
+    ] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
 ) -> None:
     """Check data/manifest.toml (source, SPDX licence and sha256 of every data file, nothing unlisted),
@@ -48,8 +54,11 @@ def compliance(
             err.print(f"error: {problem}", markup=False)
         raise typer.Exit(FAILED_EXIT_CODE)
     if not as_json:
-        err.print(f"compliance: {len(report.files)} data file(s) listed, sha256 verified, "
-                  f"{report.pii_total} personal-data finding(s) (allowed {report.max_pii})", markup=False)
+        err.print(
+            f"compliance: {len(report.files)} data file(s) listed, sha256 verified, "
+            f"{report.pii_total} personal-data finding(s) (allowed {report.max_pii})",
+            markup=False,
+        )
 
 
 def register(app: typer.Typer) -> None:

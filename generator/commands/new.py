@@ -42,31 +42,65 @@ BACK = ("back", "<")  # typed at a prompt: return to the previous prompted quest
 
 
 def new(
-    name: Annotated[str, typer.Argument(help="Project name: its directory and, with - as _, its Python package.",
-                                        show_default=False)],
-    directory: Annotated[Path | None, typer.Option("--dir", help=f"{DIR_HELP} to create (default: ./NAME).",
-                                                      show_default=False)] = None,
+    name: Annotated[
+        str,
+        typer.Argument(help="Project name: its directory and, with - as _, its Python package.", show_default=False),
+    ],
+    directory: Annotated[
+        Path | None, typer.Option("--dir", help=f"{DIR_HELP} to create (default: ./NAME).", show_default=False)
+    ] = None,
     track: Annotated[str | None, typer.Option(help="beginner | practitioner | researcher.")] = None,
     budget: Annotated[str | None, typer.Option(help="$500 | 200 gpu-hours | 8xH100 for 3 days | laptop.")] = None,
     hardware: Annotated[str | None, typer.Option(help="cpu | 1xRTX4090 | 8xH100 | 4x8xH100 (nodes x GPUs).")] = None,
     parallelism: Annotated[str | None, typer.Option(help=f"{' | '.join(PARALLELISMS)}.")] = None,
-    model: Annotated[str | None, typer.Option("--model", help="A reference_llm preset, e.g. demo, gpt2-124m, "
-                                                 "llama-1b.")] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="A reference_llm preset, e.g. demo, gpt2-124m, llama-1b.")
+    ] = None,
     model_preset: Annotated[str | None, typer.Option("--model-preset", hidden=True)] = None,
-    exercises: Annotated[bool | None, typer.Option("--exercises/--no-exercises", show_default=False,
-                                                      help="Learner stubs to fill in (default: the track's).")] = None,
-    micro_batch: Annotated[int | None, typer.Option("--micro-batch", help="Sequences per device per pass "
-                                                       "(default: what the batch needs, at most what fits).")] = None,
-    grad_accum: Annotated[int | None, typer.Option("--grad-accum", help="Micro-batches per step (default: "
-                                                      "the rest of the batch, DeepSeek LLM's B_opt).")] = None,
-    precision: Annotated[str | None, typer.Option(help=f"{' | '.join(Dtype)} (default auto: bfloat16 "
-                                                     "where the device computes it natively).")] = None,
-    tokens: Annotated[str | None, typer.Option(help="Training tokens, e.g. 2B (default: what the budget buys, at "
-                                                  "most 20 per parameter and 4 epochs of the corpus).")] = None,
-    answers_file: Annotated[Path | None, typer.Option("--answers", help="Replay an answers file, e.g. another "
-                                                         "project's .copier-answers.yml.", show_default=False)] = None,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Take the defaults for every unanswered question and "
-                                      "render a plan with warnings (printed on stderr) without asking.")] = False,
+    exercises: Annotated[
+        bool | None,
+        typer.Option(
+            "--exercises/--no-exercises", show_default=False, help="Learner stubs to fill in (default: the track's)."
+        ),
+    ] = None,
+    micro_batch: Annotated[
+        int | None,
+        typer.Option(
+            "--micro-batch", help="Sequences per device per pass (default: what the batch needs, at most what fits)."
+        ),
+    ] = None,
+    grad_accum: Annotated[
+        int | None,
+        typer.Option(
+            "--grad-accum", help="Micro-batches per step (default: the rest of the batch, DeepSeek LLM's B_opt)."
+        ),
+    ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(help=f"{' | '.join(Dtype)} (default auto: bfloat16 where the device computes it natively)."),
+    ] = None,
+    tokens: Annotated[
+        str | None,
+        typer.Option(
+            help="Training tokens, e.g. 2B (default: what the budget buys, at "
+            "most 20 per parameter and 4 epochs of the corpus)."
+        ),
+    ] = None,
+    answers_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--answers", help="Replay an answers file, e.g. another project's .copier-answers.yml.", show_default=False
+        ),
+    ] = None,
+    yes: Annotated[
+        bool,
+        typer.Option(
+            "--yes",
+            "-y",
+            help="Take the defaults for every unanswered question and "
+            "render a plan with warnings (printed on stderr) without asking.",
+        ),
+    ] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the answers and the files, write nothing.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Write into a non-empty directory.")] = False,
     git: Annotated[bool, typer.Option("--git/--no-git", help="git init and a first commit.")] = True,
@@ -78,9 +112,18 @@ def new(
     target = directory if directory is not None else Path(name)
     check_target(target, force)
 
-    flags = {"track": track, "budget": budget, "hardware": hardware, "parallelism": parallelism,
-             "model_preset": model, "exercises": exercises, "micro_batch": micro_batch,
-             "grad_accum": grad_accum, "precision": precision, "tokens": tokens}
+    flags = {
+        "track": track,
+        "budget": budget,
+        "hardware": hardware,
+        "parallelism": parallelism,
+        "model_preset": model,
+        "exercises": exercises,
+        "micro_batch": micro_batch,
+        "grad_accum": grad_accum,
+        "precision": precision,
+        "tokens": tokens,
+    }
     replay = read_answers_file(answers_file, questions) if answers_file is not None else {}
     prompter = Prompter()
     given, notes = gather(questions, flags, replay, yes, prompter)
@@ -93,16 +136,18 @@ def new(
         err = Console(stderr=True, highlight=False, soft_wrap=True)
         for problem in plan.problems:
             err.print(f"warning: {problem.line(flags=True)}", markup=False)
-    elif plan.problems and not prompter.confirm(f"The plan has {len(plan.problems)} warning"
-                                                f"{'s' if len(plan.problems) > 1 else ''} (above). Render it anyway?"):
+    elif plan.problems and not prompter.confirm(
+        f"The plan has {len(plan.problems)} warning{'s' if len(plan.problems) > 1 else ''} (above). Render it anyway?"
+    ):
         prompter.console.print("nothing written; change the answers, or pass --yes to render the plan as it is")
         raise typer.Exit(1)
     if dry_run:
         out.print("[bold]Answers[/bold] (.copier-answers.yml)")
         shown = {k: v for k, v in plan.answers.items() if k != "roadmap"}
         out.print(yaml.safe_dump(shown, sort_keys=False).rstrip(), markup=False)
-        out.print(f"roadmap: {len(plan.answers['roadmap']['steps'])} steps with their estimates (ROADMAP.md)",
-                  markup=False)
+        out.print(
+            f"roadmap: {len(plan.answers['roadmap']['steps'])} steps with their estimates (ROADMAP.md)", markup=False
+        )
         out.print(f"[bold]Files[/bold] it would write in {target}/ (dry run: nothing written)")
         for path in preview_files(plan.answers):
             out.print(f"  {path}", markup=False)
@@ -124,8 +169,9 @@ class GoBack(Exception):
     """Raised by a prompt when the answer is `back`."""
 
 
-def gather(questions: dict[str, Question], flags: dict[str, Any], replay: dict[str, Any], yes: bool,
-           prompter: Prompter) -> tuple[dict[str, Any], list[str]]:
+def gather(
+    questions: dict[str, Question], flags: dict[str, Any], replay: dict[str, Any], yes: bool, prompter: Prompter
+) -> tuple[dict[str, Any], list[str]]:
     """(the given answers (see GIVEN), each validated, with notes on the defaults that budget and
     hardware settled); asks for what flags, file and --yes leave open."""
     tracks = load_tracks()
@@ -155,8 +201,13 @@ def gather(questions: dict[str, Question], flags: dict[str, Any], replay: dict[s
             continue
         missing = [FLAGS[n] for n in ASKED if n not in given and supplied(n) is None]
         try:
-            given[name] = prompter.ask(questions[name], default, _checker(name, questions, tracks, given, supplied),
-                                       missing, can_go_back=bool(prompted))
+            given[name] = prompter.ask(
+                questions[name],
+                default,
+                _checker(name, questions, tracks, given, supplied),
+                missing,
+                can_go_back=bool(prompted),
+            )
         except GoBack:
             index = prompted.pop()
             for later in ASKED[index:]:
@@ -167,7 +218,7 @@ def gather(questions: dict[str, Question], flags: dict[str, Any], replay: dict[s
         index += 1
 
     track = tracks[given["track"]]
-    for name in GIVEN[len(ASKED):]:
+    for name in GIVEN[len(ASKED) :]:
         value = supplied(name)
         if value is not None:
             given[name] = check_given(name, value, questions, tracks, given)
@@ -176,8 +227,9 @@ def gather(questions: dict[str, Question], flags: dict[str, Any], replay: dict[s
     return given, [note for name in ASKED for note in notes.get(name, [])]
 
 
-def default_answer(name: str, given: dict[str, Any], supplied: Callable[[str], Any],
-                   tracks: dict[str, Track]) -> tuple[Any, list[str]]:
+def default_answer(
+    name: str, given: dict[str, Any], supplied: Callable[[str], Any], tracks: dict[str, Track]
+) -> tuple[Any, list[str]]:
     """The default of one asked question given the answers before it (and a hardware flag, which the
     budget's default follows), with the notes that say how budget or hardware were settled."""
     first = next(iter(tracks))  # the first track (beginner) is the default track
@@ -194,19 +246,27 @@ def default_answer(name: str, given: dict[str, Any], supplied: Callable[[str], A
     return getattr(defaults, name), []
 
 
-def _checker(name: str, questions: dict[str, Question], tracks: dict[str, Track], given: dict[str, Any],
-             supplied: Callable[[str], Any]) -> Callable[[str], Any]:
+def _checker(
+    name: str,
+    questions: dict[str, Question],
+    tracks: dict[str, Track],
+    given: dict[str, Any],
+    supplied: Callable[[str], Any],
+) -> Callable[[str], Any]:
     """The check of one prompt's answer; a budget typed at the prompt must agree with a --hardware flag."""
+
     def check(text: str) -> Any:
         value = check_given(name, text, questions, tracks, given)
         if name == "budget" and supplied("hardware") is not None:
             check_agreement(str(value), str(supplied("hardware")))
         return value
+
     return check
 
 
-def check_given(name: str, value: Any, questions: dict[str, Question], tracks: dict[str, Track],
-                given: dict[str, Any]) -> Any:
+def check_given(
+    name: str, value: Any, questions: dict[str, Question], tracks: dict[str, Track], given: dict[str, Any]
+) -> Any:
     """One given answer, parsed and validated against the answers before it; raises AnswerError naming
     its flag (and, for a budget and hardware that contradict each other, both flags)."""
     flag = FLAGS[name]
@@ -264,17 +324,28 @@ class Prompter:
     def __init__(self) -> None:
         self.console = Console(stderr=True, highlight=False)
 
-    def ask(self, question: Question, default: Any, check: Callable[[str], Any], missing: list[str],
-            can_go_back: bool = False) -> Any:
+    def ask(
+        self,
+        question: Question,
+        default: Any,
+        check: Callable[[str], Any],
+        missing: list[str],
+        can_go_back: bool = False,
+    ) -> Any:
         choices = f" ({' | '.join(map(str, self.choices(question)))})" if self.choices(question) else ""
-        self.console.print(f"[dim]{escape(question.help)}"
-                           + (" Type back to change the previous answer." if can_go_back else "") + "[/dim]")
+        self.console.print(
+            f"[dim]{escape(question.help)}"
+            + (" Type back to change the previous answer." if can_go_back else "")
+            + "[/dim]"
+        )
         while True:
             self.console.print(f"[bold]{question.name}[/bold]{escape(choices)} {escape(f'[{default}]')}: ", end="")
             line = self.read_line()
             if not line:
-                raise AnswerError(f"no answer for {', '.join(missing)} (input ended); pass "
-                                  f"{'them' if len(missing) > 1 else 'it'} as flags, or --yes for the defaults")
+                raise AnswerError(
+                    f"no answer for {', '.join(missing)} (input ended); pass "
+                    f"{'them' if len(missing) > 1 else 'it'} as flags, or --yes for the defaults"
+                )
             text = line.strip() or str(default)
             if text.lower() in BACK and can_go_back:
                 raise GoBack
@@ -283,17 +354,20 @@ class Prompter:
             except LLMGenError as exc:  # AnswerError, or the estimator's EstimateError
                 if not sys.stdin.isatty():
                     raise
-                self.console.print(f"[red]{escape(str(exc))}[/red]"
-                                   + (" [dim](or type back to change the previous answer)[/dim]" if can_go_back
-                                      else ""))
+                self.console.print(
+                    f"[red]{escape(str(exc))}[/red]"
+                    + (" [dim](or type back to change the previous answer)[/dim]" if can_go_back else "")
+                )
 
     def confirm(self, question: str) -> bool:
         """A yes/no question, no by default; end of input is an error that names --yes."""
         self.console.print(escape(f"{question} [y/N]: "), end="")
         line = self.read_line()
         if not line:
-            raise AnswerError("the plan has warnings and no confirmation came (input ended); nothing written; "
-                              "pass --yes to render it anyway")
+            raise AnswerError(
+                "the plan has warnings and no confirmation came (input ended); nothing written; "
+                "pass --yes to render it anyway"
+            )
         return line.strip().lower() in ("y", "yes")
 
     def read_line(self) -> str:
@@ -320,27 +394,41 @@ def estimate_panel(plan: RunPlan) -> Panel:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
-    grid.add_row("model", f"{a['model_preset']}: {si(est.params)} parameters, context {est.seq_len}; 6·N·D uses "
-                          f"N = {si(est.flops_params)} ({est.flops_params_source})")
+    grid.add_row(
+        "model",
+        f"{a['model_preset']}: {si(est.params)} parameters, context {est.seq_len}; 6·N·D uses "
+        f"N = {si(est.flops_params)} ({est.flops_params_source})",
+    )
     epochs = f"; {epochs_text(a['tokens'] / f.corpus_tokens)} of {f.corpus}" if f.corpus_tokens else ""
     grid.add_row("tokens", f"{si(a['tokens'])} ({plan.tokens_note}){epochs}")
     grid.add_row("budget", plan.budget.describe())
     grid.add_row("hardware", f"{a['hardware']}: {devices} device{plural}")
     grid.add_row("parallelism", plan.parallelism_reason)
-    grid.add_row("batch", f"{a['micro_batch']} x {a['grad_accum']} accumulation x {devices} device{plural} x "
-                          f"{est.seq_len} = {f.tokens_per_step:,} tokens per step (DeepSeek LLM's B_opt for "
-                          f"{est.flops_total:.3g} FLOPs: {si(b_opt)})")
-    grid.add_row("schedule", f"{a['max_steps']:,} steps, warm-up {a['warmup_steps']:,}, learning rate "
-                             f"{a['learning_rate']:g} decaying to {a['min_lr']:g}")
-    grid.add_row("compute", f"{est.flops_total:.3g} FLOPs at MFU {est.mfu:.2f} of {est.peak_tflops:g} TFLOP/s "
-                            f"({est.precision})")
+    grid.add_row(
+        "batch",
+        f"{a['micro_batch']} x {a['grad_accum']} accumulation x {devices} device{plural} x "
+        f"{est.seq_len} = {f.tokens_per_step:,} tokens per step (DeepSeek LLM's B_opt for "
+        f"{est.flops_total:.3g} FLOPs: {si(b_opt)})",
+    )
+    grid.add_row(
+        "schedule",
+        f"{a['max_steps']:,} steps, warm-up {a['warmup_steps']:,}, learning rate "
+        f"{a['learning_rate']:g} decaying to {a['min_lr']:g}",
+    )
+    grid.add_row(
+        "compute", f"{est.flops_total:.3g} FLOPs at MFU {est.mfu:.2f} of {est.peak_tflops:g} TFLOP/s ({est.precision})"
+    )
     grid.add_row("GPU-hours", f"{est.gpu_hours:,.3g}" + (" (CPU-hours)" if plan.hardware.is_cpu else ""))
     grid.add_row("wall time", duration(est.wall_hours) + (f"; {est.faster}" if est.faster else ""))
-    grid.add_row("cost", f"${est.cost_usd:,.2f}" + (" (your own machine)" if plan.hardware.is_cpu else
-                                                    f" at ${est.price_per_gpu_hour:.2f} per GPU-hour"))
+    grid.add_row(
+        "cost",
+        f"${est.cost_usd:,.2f}"
+        + (" (your own machine)" if plan.hardware.is_cpu else f" at ${est.price_per_gpu_hour:.2f} per GPU-hour"),
+    )
     verdict = "[green]fits[/green]" if est.fits else "[red]does NOT fit[/red]"
-    grid.add_row("memory", f"{est.memory_per_gpu_gib:.1f} GiB per device of {est.memory_usable_gib:.1f} usable: "
-                           f"{verdict}")
+    grid.add_row(
+        "memory", f"{est.memory_per_gpu_gib:.1f} GiB per device of {est.memory_usable_gib:.1f} usable: {verdict}"
+    )
     for note in plan.notes:
         grid.add_row("note", escape(note))
     if plan.offer:
@@ -351,10 +439,13 @@ def estimate_panel(plan: RunPlan) -> Panel:
 
 
 def print_next_steps(out: Console, target: Path, files: list[str], git: bool) -> None:
-    out.print(f"Created [bold]{target}[/bold]/ with {len(files)} files"
-              + (" and a first git commit." if git else "."))
+    out.print(f"Created [bold]{target}[/bold]/ with {len(files)} files" + (" and a first git commit." if git else "."))
     out.print("Next steps (install llmgen from its own repository into this environment, not from PyPI):")
-    for command, why in ((f"cd {target}", ""), ("pip install -e .", "this project, in the environment with llmgen"),
-                         ("llmgen check", "the plan and the configs agree"),
-                         ("make demo", "train briefly, then sample"), ("make test", "the checkpoint tests")):
+    for command, why in (
+        (f"cd {target}", ""),
+        ("pip install -e .", "this project, in the environment with llmgen"),
+        ("llmgen check", "the plan and the configs agree"),
+        ("make demo", "train briefly, then sample"),
+        ("make test", "the checkpoint tests"),
+    ):
         out.print(f"  {command:<20}" + (f"[dim]# {why}[/dim]" if why else ""))

@@ -15,7 +15,20 @@ from generator.estimate.hardware import KNOWN_GPUS, GPUSpec, Hardware
 from generator.estimate.parse import parse_budget, parse_count, parse_hardware, parse_tokens
 
 __all__ = [
-    "Budget", "BudgetPlan", "Estimate", "GPUSpec", "Hardware", "KNOWN_GPUS", "RunSpec", "build_model",
-    "choose_parallelism", "estimate_run", "nearest_preset", "parse_budget", "parse_count", "parse_hardware",
-    "parse_tokens", "plan_budget",
+    "Budget",
+    "BudgetPlan",
+    "Estimate",
+    "GPUSpec",
+    "Hardware",
+    "KNOWN_GPUS",
+    "RunSpec",
+    "build_model",
+    "choose_parallelism",
+    "estimate_run",
+    "nearest_preset",
+    "parse_budget",
+    "parse_count",
+    "parse_hardware",
+    "parse_tokens",
+    "plan_budget",
 ]

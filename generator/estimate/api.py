@@ -88,21 +88,44 @@ class Estimate:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "model": self.model, "params": self.params, "params_non_embedding": self.params_non_embedding,
-            "flops_params": self.flops_params, "flops_params_source": self.flops_params_source,
-            "tokens": self.tokens, "seq_len": self.seq_len, "flops": self.flops,
-            "flops_attention": self.flops_attention, "flops_total": self.flops_total,
-            "hardware": self.hardware, "n_gpus": self.n_gpus, "parallelism": self.strategy,
-            "parallelism_reason": self.strategy_reason, "tp": self.tp, "pp": self.pp, "dp": self.dp,
-            "micro_batch": self.micro_batch, "grad_accum": self.grad_accum, "precision": self.precision,
-            "activation_checkpointing": self.activation_checkpointing, "offload": self.offload,
-            "peak_tflops": self.peak_tflops, "mfu": self.mfu, "price_per_gpu_hour": self.price_per_gpu_hour,
-            "gpu_hours": self.gpu_hours, "wall_hours": self.wall_hours, "cost_usd": self.cost_usd,
-            "memory_per_gpu_gib": self.memory_per_gpu_gib, "memory_breakdown_gib": dict(self.memory_breakdown_gib),
-            "memory_usable_gib": self.memory_usable_gib, "fits": self.fits,
+            "model": self.model,
+            "params": self.params,
+            "params_non_embedding": self.params_non_embedding,
+            "flops_params": self.flops_params,
+            "flops_params_source": self.flops_params_source,
+            "tokens": self.tokens,
+            "seq_len": self.seq_len,
+            "flops": self.flops,
+            "flops_attention": self.flops_attention,
+            "flops_total": self.flops_total,
+            "hardware": self.hardware,
+            "n_gpus": self.n_gpus,
+            "parallelism": self.strategy,
+            "parallelism_reason": self.strategy_reason,
+            "tp": self.tp,
+            "pp": self.pp,
+            "dp": self.dp,
+            "micro_batch": self.micro_batch,
+            "grad_accum": self.grad_accum,
+            "precision": self.precision,
+            "activation_checkpointing": self.activation_checkpointing,
+            "offload": self.offload,
+            "peak_tflops": self.peak_tflops,
+            "mfu": self.mfu,
+            "price_per_gpu_hour": self.price_per_gpu_hour,
+            "gpu_hours": self.gpu_hours,
+            "wall_hours": self.wall_hours,
+            "cost_usd": self.cost_usd,
+            "memory_per_gpu_gib": self.memory_per_gpu_gib,
+            "memory_breakdown_gib": dict(self.memory_breakdown_gib),
+            "memory_usable_gib": self.memory_usable_gib,
+            "fits": self.fits,
             "model_states_zero_paper_gib": self.model_states_paper_gib,
-            "cpu_offload_gib_per_node": self.cpu_offload_gib_per_node, "inference_gib": dict(self.inference_gib),
-            "assumptions": list(self.assumptions), "suggestions": list(self.suggestions), "faster": self.faster,
+            "cpu_offload_gib_per_node": self.cpu_offload_gib_per_node,
+            "inference_gib": dict(self.inference_gib),
+            "assumptions": list(self.assumptions),
+            "suggestions": list(self.suggestions),
+            "faster": self.faster,
         }
 
 
@@ -166,14 +189,35 @@ def _memory(spec: RunSpec) -> tuple[dict[str, float], float, float]:
     whose parallelism is a strategy (not "auto")."""
     act_bytes = formulas.ACT_BYTES[spec.precision]
     strategy = spec.parallelism
-    states = formulas.model_states(spec.model, strategy, spec.dp, spec.precision, spec.offload,
-                                   shard=spec.tp * spec.pp, gpus_per_node=spec.hardware.gpus_per_node)
-    activations = formulas.activation_bytes(spec.model, spec.seq, spec.batch, act_bytes, spec.flash, spec.tp,
-                                            spec.sequence_parallel, spec.activation_checkpointing,
-                                            formulas.residual_bytes(strategy, spec.precision))
+    states = formulas.model_states(
+        spec.model,
+        strategy,
+        spec.dp,
+        spec.precision,
+        spec.offload,
+        shard=spec.tp * spec.pp,
+        gpus_per_node=spec.hardware.gpus_per_node,
+    )
+    activations = formulas.activation_bytes(
+        spec.model,
+        spec.seq,
+        spec.batch,
+        act_bytes,
+        spec.flash,
+        spec.tp,
+        spec.sequence_parallel,
+        spec.activation_checkpointing,
+        formulas.residual_bytes(strategy, spec.precision),
+    )
     logits = formulas.logits_bytes(spec.model, spec.seq, spec.batch, act_bytes, spec.tp)
-    breakdown = {"weights": states.weights, "gradients": states.gradients, "optimizer": states.optimizer,
-                 "activations": activations, "logits": logits, "buffers": states.buffers}
+    breakdown = {
+        "weights": states.weights,
+        "gradients": states.gradients,
+        "optimizer": states.optimizer,
+        "activations": activations,
+        "logits": logits,
+        "buffers": states.buffers,
+    }
     paper = formulas.zero_paper_bytes(spec.model.num_params() / (spec.tp * spec.pp), strategy, spec.dp)
     return breakdown, states.cpu, paper
 
@@ -197,16 +241,32 @@ def _fits(spec: RunSpec) -> bool:
 # ----------------------------------------------------------------------------------------------------
 
 
-def build_model(preset: str | None = None, params: float | None = None, arch: str | None = None,
-                layers: int | None = None, d_model: int | None = None, heads: int | None = None,
-                kv_heads: int | None = None, ffn: int | None = None, vocab: int | None = None,
-                seq_len: int | None = None, tied: bool | None = None) -> ModelConfig:
+def build_model(
+    preset: str | None = None,
+    params: float | None = None,
+    arch: str | None = None,
+    layers: int | None = None,
+    d_model: int | None = None,
+    heads: int | None = None,
+    kv_heads: int | None = None,
+    ffn: int | None = None,
+    vocab: int | None = None,
+    seq_len: int | None = None,
+    tied: bool | None = None,
+) -> ModelConfig:
     """A ModelConfig from `--model PRESET`, `--params 7B` (aspect-ratio rule) or an exact shape; the shape
     flags override the preset's fields. Errors name the flag."""
     if preset is not None and params is not None:
         raise EstimateError("give --model or --params, not both")
-    for flag, value in (("--layers", layers), ("--d-model", d_model), ("--heads", heads),
-                        ("--kv-heads", kv_heads), ("--ffn", ffn), ("--vocab", vocab), ("--seq-len", seq_len)):
+    for flag, value in (
+        ("--layers", layers),
+        ("--d-model", d_model),
+        ("--heads", heads),
+        ("--kv-heads", kv_heads),
+        ("--ffn", ffn),
+        ("--vocab", vocab),
+        ("--seq-len", seq_len),
+    ):
         if value is not None and value <= 0:
             raise EstimateError(f"{flag} must be a positive integer, got {value}")
     if arch is not None and arch not in ARCHS:
@@ -228,10 +288,23 @@ def build_model(preset: str | None = None, params: float | None = None, arch: st
         base = ModelConfig.preset("demo")
     fields = base.to_dict()
     if arch is not None and arch != base.arch:  # switch the family, keep the preset's sizes
-        fields.update({k: v for k, v in ModelConfig.for_arch(arch).to_dict().items()
-                       if k in ("norm", "position", "mlp", "bias", "tie_embeddings")})
-    overrides = {"n_layer": layers, "d_model": d_model, "n_head": heads, "n_kv_head": kv_heads,
-                 "ffn_hidden": ffn, "vocab_size": vocab, "block_size": seq_len, "tie_embeddings": tied}
+        fields.update(
+            {
+                k: v
+                for k, v in ModelConfig.for_arch(arch).to_dict().items()
+                if k in ("norm", "position", "mlp", "bias", "tie_embeddings")
+            }
+        )
+    overrides = {
+        "n_layer": layers,
+        "d_model": d_model,
+        "n_head": heads,
+        "n_kv_head": kv_heads,
+        "ffn_hidden": ffn,
+        "vocab_size": vocab,
+        "block_size": seq_len,
+        "tie_embeddings": tied,
+    }
     changed = {k: v for k, v in overrides.items() if v is not None}
     fields.update(changed)
     if ("d_model" in changed or "n_head" in changed) and "n_kv_head" not in changed:
@@ -260,8 +333,10 @@ def _validate(spec: RunSpec) -> None:
     if precision not in PRECISIONS:
         raise EstimateError(f"--precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     if spec.activation_checkpointing not in formulas.CHECKPOINTING:
-        raise EstimateError(f"--activation-checkpointing must be one of {', '.join(formulas.CHECKPOINTING)}; "
-                            f"got {spec.activation_checkpointing!r}")
+        raise EstimateError(
+            f"--activation-checkpointing must be one of {', '.join(formulas.CHECKPOINTING)}; "
+            f"got {spec.activation_checkpointing!r}"
+        )
     if spec.attention not in ATTENTION:
         raise EstimateError(f"attention must be one of {', '.join(ATTENTION)}; got {spec.attention!r}")
     for flag, value in (("--tp", tp), ("--pp", pp), ("--grad-accum", spec.grad_accum), ("--seq-len", spec.seq)):
@@ -272,8 +347,10 @@ def _validate(spec: RunSpec) -> None:
     if spec.seq > model.block_size:
         raise EstimateError(f"--seq-len {spec.seq} exceeds the model's context of {model.block_size} tokens")
     if tp > hardware.gpus_per_node:
-        raise EstimateError(f"--tp {tp} is larger than the {hardware.gpus_per_node} GPU(s) per node of "
-                            f"{hardware}; tensor parallelism stays inside a node")
+        raise EstimateError(
+            f"--tp {tp} is larger than the {hardware.gpus_per_node} GPU(s) per node of "
+            f"{hardware}; tensor parallelism stays inside a node"
+        )
     if hardware.gpus_per_node % tp:
         raise EstimateError(f"--tp {tp} must divide the {hardware.gpus_per_node} GPUs per node of {hardware}")
     if pp > model.n_layer:
@@ -290,22 +367,29 @@ def _validate(spec: RunSpec) -> None:
         if offload == Offload.PARAMS and parallelism in (Strategy.ZERO1, Strategy.ZERO2):
             raise EstimateError("--offload params needs --parallelism zero3 or fsdp")
         if offload == Offload.OPTIMIZER and parallelism == Strategy.FSDP:
-            raise EstimateError("--offload optimizer: FSDP offloads parameters and optimizer together; "
-                                "use --offload params (or --parallelism zero1/zero2/zero3)")
+            raise EstimateError(
+                "--offload optimizer: FSDP offloads parameters and optimizer together; "
+                "use --offload params (or --parallelism zero1/zero2/zero3)"
+            )
     if hardware.is_cpu:
         if parallelism not in (AUTO, Strategy.SINGLE):
-            raise EstimateError(f"--parallelism {parallelism} needs GPUs; on cpu the estimator models one "
-                                "process (single)")
+            raise EstimateError(
+                f"--parallelism {parallelism} needs GPUs; on cpu the estimator models one process (single)"
+            )
         if precision == FLOAT8 or tp > 1 or pp > 1 or offload:
-            raise EstimateError("--hardware cpu supports bfloat16 or float32 on one process, without --tp, --pp, "
-                                "--offload")
+            raise EstimateError(
+                "--hardware cpu supports bfloat16 or float32 on one process, without --tp, --pp, --offload"
+            )
     elif parallelism == Strategy.SINGLE and hardware.n_gpus > 1:
-        raise EstimateError(f"--parallelism single uses one device, but --hardware {hardware} has "
-                            f"{hardware.n_gpus}; use ddp, zero1-3, fsdp or auto")
+        raise EstimateError(
+            f"--parallelism single uses one device, but --hardware {hardware} has "
+            f"{hardware.n_gpus}; use ddp, zero1-3, fsdp or auto"
+        )
     if precision == FLOAT8 and hardware.gpu.fp8_tflops is None:
         fp8 = [name for name, gpu in KNOWN_GPUS.items() if gpu.fp8_tflops]
-        raise EstimateError(f"--precision {FLOAT8}: {hardware.gpu.name} has no fp8 tensor cores; "
-                            f"fp8 GPUs: {', '.join(fp8)}")
+        raise EstimateError(
+            f"--precision {FLOAT8}: {hardware.gpu.name} has no fp8 tensor cores; fp8 GPUs: {', '.join(fp8)}"
+        )
     if spec.mfu is not None and not 0 < spec.mfu <= 1:
         raise EstimateError(f"--mfu must be in (0, 1], got {spec.mfu}")
     if spec.price is not None and spec.price < 0:
@@ -360,17 +444,23 @@ def explain_auto(run: RunSpec, chosen_at: int) -> str:
     usable, need = _usable_gib(hardware), _total_gib(run)
     at = f"at micro-batch {run.batch}"
     tried = [s.value for s in AUTO_ORDER if _can_offload(s, run.offload)]
-    lower = tried[:tried.index(strategy)] if strategy in tried else tried
+    lower = tried[: tried.index(strategy)] if strategy in tried else tried
     if not lower:
-        return (f"model states and activations replicated on every GPU need {need:.1f} GiB per GPU {at}, "
-                f"within the {usable:.1f} GiB usable on each {hardware.gpu.name}")
+        return (
+            f"model states and activations replicated on every GPU need {need:.1f} GiB per GPU {at}, "
+            f"within the {usable:.1f} GiB usable on each {hardware.gpu.name}"
+        )
     previous = lower[-1]
     previous_need = _total_gib(run.but(parallelism=previous, micro_batch=chosen_at))
     if need > usable:
-        return (f"even full sharding needs {need:.1f} GiB per GPU {at}, more than the {usable:.1f} GiB usable "
-                f"on each {hardware.gpu.name}; see the suggestions")
-    return (f"{previous} would need {previous_need:.1f} GiB per GPU at micro-batch {chosen_at}, more than the "
-            f"{usable:.1f} GiB usable; {strategy} is the least sharding that fits ({need:.1f} GiB per GPU {at})")
+        return (
+            f"even full sharding needs {need:.1f} GiB per GPU {at}, more than the {usable:.1f} GiB usable "
+            f"on each {hardware.gpu.name}; see the suggestions"
+        )
+    return (
+        f"{previous} would need {previous_need:.1f} GiB per GPU at micro-batch {chosen_at}, more than the "
+        f"{usable:.1f} GiB usable; {strategy} is the least sharding that fits ({need:.1f} GiB per GPU {at})"
+    )
 
 
 def _suggestions(spec: RunSpec) -> list[str]:
@@ -386,7 +476,7 @@ def _suggestions(spec: RunSpec) -> list[str]:
 
     if not spec.hardware.is_cpu and spec.hardware.n_gpus > 1:
         order = (Strategy.DDP, Strategy.ZERO1, Strategy.ZERO2, Strategy.ZERO3, Strategy.FSDP)
-        for other in order[order.index(Strategy(strategy)) + 1 if strategy in order else 0:]:
+        for other in order[order.index(Strategy(strategy)) + 1 if strategy in order else 0 :]:
             if not _can_offload(other, spec.offload):
                 continue
             before = len(tips)
@@ -427,10 +517,15 @@ def _suggestions(spec: RunSpec) -> list[str]:
                 add(grown, change)
                 break
     if not tips:
-        smallest = spec.but(parallelism=Strategy.FSDP.value if spec.hardware.n_gpus > 1 else strategy,
-                            activation_checkpointing="full", micro_batch=1)
-        tips.append(f"no single change fits; even fsdp (when several GPUs) with full checkpointing and micro-batch 1 "
-                    f"needs {_total_gib(smallest):.1f} GiB per GPU: use a bigger GPU or more of them")
+        smallest = spec.but(
+            parallelism=Strategy.FSDP.value if spec.hardware.n_gpus > 1 else strategy,
+            activation_checkpointing="full",
+            micro_batch=1,
+        )
+        tips.append(
+            f"no single change fits; even fsdp (when several GPUs) with full checkpointing and micro-batch 1 "
+            f"needs {_total_gib(smallest):.1f} GiB per GPU: use a bigger GPU or more of them"
+        )
     return tips
 
 
@@ -461,8 +556,11 @@ def estimate_run(spec: RunSpec) -> Estimate:
         while mb > 1 and not _fits(run.but(micro_batch=mb)):
             mb //= 2
         run = run.but(micro_batch=mb)
-        notes.append(f"micro-batch {mb}: the largest power of two up to {MAX_AUTO_MICRO_BATCH} that fits"
-                     if _fits(run) else "micro-batch 1: even one sequence per GPU does not fit (see the suggestions)")
+        notes.append(
+            f"micro-batch {mb}: the largest power of two up to {MAX_AUTO_MICRO_BATCH} that fits"
+            if _fits(run)
+            else "micro-batch 1: even one sequence per GPU does not fit (see the suggestions)"
+        )
     # The reason states the memory of the run as estimated (its final micro-batch), as the table does.
     reason = explain_auto(run, spec.batch) if spec.parallelism == AUTO else "chosen with --parallelism"
     seq, tp, pp = run.seq, run.tp, run.pp
@@ -483,12 +581,21 @@ def estimate_run(spec: RunSpec) -> Estimate:
     if hardware.is_cpu:
         notes.append(f"cpu: {hardware.gpu.note}; your own machine, so no price unless --price")
     else:
-        notes.append(f"{hardware.gpu.name}: {peak:g} TFLOP/s dense {precision} peak"
-                     + (f" ({hardware.gpu.note})" if hardware.gpu.note else "") + ", "
-                     + (f"${rate:.2f}/GPU-hour (given)" if run.price is not None
-                        else f"${rate:.2f}/GPU-hour (typical on-demand, {PRICES_AS_OF}; override with --price)"))
-    n_text = ("as given with --params" if spec.params is not None
-              else "the matmul weights: blocks and output head, not the embedding lookup")
+        notes.append(
+            f"{hardware.gpu.name}: {peak:g} TFLOP/s dense {precision} peak"
+            + (f" ({hardware.gpu.note})" if hardware.gpu.note else "")
+            + ", "
+            + (
+                f"${rate:.2f}/GPU-hour (given)"
+                if run.price is not None
+                else f"${rate:.2f}/GPU-hour (typical on-demand, {PRICES_AS_OF}; override with --price)"
+            )
+        )
+    n_text = (
+        "as given with --params"
+        if spec.params is not None
+        else "the matmul weights: blocks and output head, not the embedding lookup"
+    )
     notes.append(f"time = (6·N·D + attention FLOPs) / (GPUs x peak x MFU), N = {flops_params:,.0f} ({n_text})")
 
     # Memory
@@ -499,46 +606,95 @@ def estimate_run(spec: RunSpec) -> Estimate:
     fits = total_gib <= usable
     act_bytes = formulas.ACT_BYTES[precision]
     checkpointing = run.activation_checkpointing
-    notes.append(f"activations: Korthikanti et al. 2022, {act_bytes}-byte elements, "
-                 + ("fused attention (no score matrix)" if run.flash else "manual attention (score matrix kept)")
-                 + (f", sequence parallel over tp={tp}" if tp > 1 and run.sequence_parallel else "")
-                 + (f", checkpointing {checkpointing}" if checkpointing != "none" else ""))
-    notes.append("memory usable: " + (f"{CPU_USABLE_FRACTION:.0%} of {hardware.gpu.memory_gib:.1f} GiB RAM"
-                                      if hardware.is_cpu else
-                                      f"{hardware.gpu.memory_gib:g} GiB less {GPU_RESERVED_GIB:g} GiB for the CUDA "
-                                      "context and library workspaces"))
+    notes.append(
+        f"activations: Korthikanti et al. 2022, {act_bytes}-byte elements, "
+        + ("fused attention (no score matrix)" if run.flash else "manual attention (score matrix kept)")
+        + (f", sequence parallel over tp={tp}" if tp > 1 and run.sequence_parallel else "")
+        + (f", checkpointing {checkpointing}" if checkpointing != "none" else "")
+    )
+    notes.append(
+        "memory usable: "
+        + (
+            f"{CPU_USABLE_FRACTION:.0%} of {hardware.gpu.memory_gib:.1f} GiB RAM"
+            if hardware.is_cpu
+            else f"{hardware.gpu.memory_gib:g} GiB less {GPU_RESERVED_GIB:g} GiB for the CUDA "
+            "context and library workspaces"
+        )
+    )
     if Strategy(strategy).zero_stage:
-        notes.append("model states follow DeepSpeed's own accounting (fp32 gradient partitions included); "
-                     "the ZeRO paper's 2+2+12 bytes/param figure is shown beside it")
+        notes.append(
+            "model states follow DeepSpeed's own accounting (fp32 gradient partitions included); "
+            "the ZeRO paper's 2+2+12 bytes/param figure is shown beside it"
+        )
     kv = formulas.kv_cache_bytes(model, run.batch, seq, 2, tp)
-    inference = {"weights_bf16": 2.0 * n_params / (tp * pp) / GIB, "kv_cache": kv / GIB,
-                 "total": (2.0 * n_params / (tp * pp) + kv) / GIB}
+    inference = {
+        "weights_bf16": 2.0 * n_params / (tp * pp) / GIB,
+        "kv_cache": kv / GIB,
+        "total": (2.0 * n_params / (tp * pp) + kv) / GIB,
+    }
     wall_hours = gpu_hours / hardware.n_gpus
     return Estimate(
-        model=model.name, params=n_params, params_non_embedding=model.num_params(include_embeddings=False),
-        flops_params=flops_params, flops_params_source=n_text, tokens=tokens, seq_len=seq, flops=dense,
+        model=model.name,
+        params=n_params,
+        params_non_embedding=model.num_params(include_embeddings=False),
+        flops_params=flops_params,
+        flops_params_source=n_text,
+        tokens=tokens,
+        seq_len=seq,
+        flops=dense,
         flops_attention=attention_flops,
-        flops_total=dense + attention_flops, hardware=str(hardware), n_gpus=hardware.n_gpus, strategy=strategy,
-        strategy_reason=reason, tp=tp, pp=pp, dp=run.dp, micro_batch=run.batch, grad_accum=run.grad_accum,
-        precision=precision, activation_checkpointing=checkpointing, offload=run.offload, peak_tflops=peak,
-        mfu=mfu, price_per_gpu_hour=rate, gpu_hours=gpu_hours, wall_hours=wall_hours,
-        cost_usd=gpu_hours * rate, memory_breakdown_gib=breakdown_gib, memory_per_gpu_gib=total_gib,
-        memory_usable_gib=usable, fits=fits, model_states_paper_gib=paper / GIB,
-        cpu_offload_gib_per_node=cpu_bytes / GIB, inference_gib=inference, assumptions=notes,
+        flops_total=dense + attention_flops,
+        hardware=str(hardware),
+        n_gpus=hardware.n_gpus,
+        strategy=strategy,
+        strategy_reason=reason,
+        tp=tp,
+        pp=pp,
+        dp=run.dp,
+        micro_batch=run.batch,
+        grad_accum=run.grad_accum,
+        precision=precision,
+        activation_checkpointing=checkpointing,
+        offload=run.offload,
+        peak_tflops=peak,
+        mfu=mfu,
+        price_per_gpu_hour=rate,
+        gpu_hours=gpu_hours,
+        wall_hours=wall_hours,
+        cost_usd=gpu_hours * rate,
+        memory_breakdown_gib=breakdown_gib,
+        memory_per_gpu_gib=total_gib,
+        memory_usable_gib=usable,
+        fits=fits,
+        model_states_paper_gib=paper / GIB,
+        cpu_offload_gib_per_node=cpu_bytes / GIB,
+        inference_gib=inference,
+        assumptions=notes,
         suggestions=[] if fits else _suggestions(run),
-        faster=_faster(run, dense + attention_flops, peak) if wall_hours > LONG_RUN_HOURS else None)
+        faster=_faster(run, dense + attention_flops, peak) if wall_hours > LONG_RUN_HOURS else None,
+    )
 
 
 def _default_mfu(run: RunSpec) -> tuple[float, list[str]]:
     """`mfu.default_mfu` for a resolved spec."""
     recompute = formulas.recompute_flops_factor(run.model, run.seq, run.activation_checkpointing)
-    return default_mfu(run.hardware.gpu, run.model, run.seq, run.hardware.nodes, run.precision, recompute,
-                       run.pp, run.grad_accum, run.offload)
+    return default_mfu(
+        run.hardware.gpu,
+        run.model,
+        run.seq,
+        run.hardware.nodes,
+        run.precision,
+        recompute,
+        run.pp,
+        run.grad_accum,
+        run.offload,
+    )
 
 
 def _faster(run: RunSpec, flops: float, peak: float) -> str:
     """The smallest hardware of the same kind (full nodes of at least 8 GPUs, doubling the node count)
     that trains `run` in about LONG_RUN_HOURS, with its wall time at its own MFU; from a CPU, one H100."""
+
     def wall(hardware: Hardware, peak_tflops: float, precision: str) -> float:
         grown = run.but(hardware=hardware, precision=precision)
         mfu = run.mfu if run.mfu is not None and not run.hardware.is_cpu else _default_mfu(grown)[0]

@@ -88,12 +88,23 @@ class BudgetPlan:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "budget": self.budget, "hardware": self.hardware, "gpu_hours": self.gpu_hours,
-            "wall_hours": self.wall_hours, "cost_usd": self.cost_usd, "mfu": self.mfu, "flops": self.flops,
-            "compute_optimal": {"fit": "Hoffmann et al. 2022, Table 3 (Approach 1)", "params": self.params,
-                                "tokens": self.tokens},
-            "rule_of_thumb": {"rule": "20 tokens per parameter", "params": self.params_rule,
-                              "tokens": self.tokens_rule},
+            "budget": self.budget,
+            "hardware": self.hardware,
+            "gpu_hours": self.gpu_hours,
+            "wall_hours": self.wall_hours,
+            "cost_usd": self.cost_usd,
+            "mfu": self.mfu,
+            "flops": self.flops,
+            "compute_optimal": {
+                "fit": "Hoffmann et al. 2022, Table 3 (Approach 1)",
+                "params": self.params,
+                "tokens": self.tokens,
+            },
+            "rule_of_thumb": {
+                "rule": "20 tokens per parameter",
+                "params": self.params_rule,
+                "tokens": self.tokens_rule,
+            },
             "nearest_preset": {"name": self.preset, "params": self.preset_params, "tokens": self.preset_tokens},
             "assumptions": list(self.notes),
         }
@@ -105,8 +116,14 @@ def nearest_preset(params: float, presets: dict[str, tuple[str, dict[str, Any]]]
     return min(configs, key=lambda c: abs(math.log(c.num_params() / params)))
 
 
-def plan_budget(budget: Budget, hardware: Hardware, mfu: float | None = None, peak_tflops: float | None = None,
-                price: float | None = None, precision: str = Dtype.BFLOAT16.value) -> BudgetPlan:
+def plan_budget(
+    budget: Budget,
+    hardware: Hardware,
+    mfu: float | None = None,
+    peak_tflops: float | None = None,
+    price: float | None = None,
+    precision: str = Dtype.BFLOAT16.value,
+) -> BudgetPlan:
     """Turn `budget` into compute on `hardware` (a 'time' budget brings its own) at `mfu` of `peak_tflops`
     (default: the hardware's peak in `precision`, and the default MFU of the preset the compute buys,
     so that the preset's own estimate spends exactly the budget), then into N_opt and D_opt."""
@@ -132,15 +149,28 @@ def plan_budget(budget: Budget, hardware: Hardware, mfu: float | None = None, pe
     n_rule, d_rule = formulas.rule_of_thumb_optimal(flops)
     preset = nearest_preset(n_opt)
     rate = hardware.gpu.price_per_hour if price is None else price
-    notes = [f"compute = {gpu_hours:,.4g} GPU-hours x {peak:g} TFLOP/s peak x {mfu_note}",
-             "compute-optimal N, D: Hoffmann et al. 2022 Table 3 (Approach 1), log-log interpolated; "
-             "beside it D = 20 N"]
+    notes = [
+        f"compute = {gpu_hours:,.4g} GPU-hours x {peak:g} TFLOP/s peak x {mfu_note}",
+        "compute-optimal N, D: Hoffmann et al. 2022 Table 3 (Approach 1), log-log interpolated; beside it D = 20 N",
+    ]
     if budget.note:
         notes.insert(0, budget.note)
     # The preset trains on what the compute buys at its own FLOPs per token (6N + attention).
     preset_tokens = flops / preset.flops_per_token(preset.block_size)
     return BudgetPlan(
-        budget=budget.describe(), hardware=str(hardware), gpu_hours=gpu_hours,
-        wall_hours=gpu_hours / hardware.n_gpus, cost_usd=gpu_hours * rate, mfu=mfu, flops=flops,
-        params=n_opt, tokens=d_opt, params_rule=n_rule, tokens_rule=d_rule, preset=preset.name,
-        preset_params=preset.num_params(), preset_tokens=preset_tokens, notes=notes)
+        budget=budget.describe(),
+        hardware=str(hardware),
+        gpu_hours=gpu_hours,
+        wall_hours=gpu_hours / hardware.n_gpus,
+        cost_usd=gpu_hours * rate,
+        mfu=mfu,
+        flops=flops,
+        params=n_opt,
+        tokens=d_opt,
+        params_rule=n_rule,
+        tokens_rule=d_rule,
+        preset=preset.name,
+        preset_params=preset.num_params(),
+        preset_tokens=preset_tokens,
+        notes=notes,
+    )

@@ -90,9 +90,15 @@ def gpu_seconds(flops: float, peak_tflops: float, mfu: float) -> float:
 
 # Hoffmann et al. 2022, Table 3 (Approach 1): compute-optimal (FLOPs, parameters, tokens).
 CHINCHILLA_TABLE3: tuple[tuple[float, float, float], ...] = (
-    (1.92e19, 400e6, 8.0e9), (1.21e20, 1e9, 20.2e9), (1.23e22, 10e9, 205.1e9), (5.76e23, 67e9, 1.5e12),
-    (3.85e24, 175e9, 3.7e12), (9.90e24, 280e9, 5.9e12), (3.43e25, 520e9, 11.0e12),
-    (1.27e26, 1e12, 21.2e12), (1.30e28, 10e12, 216.2e12),
+    (1.92e19, 400e6, 8.0e9),
+    (1.21e20, 1e9, 20.2e9),
+    (1.23e22, 10e9, 205.1e9),
+    (5.76e23, 67e9, 1.5e12),
+    (3.85e24, 175e9, 3.7e12),
+    (9.90e24, 280e9, 5.9e12),
+    (3.43e25, 520e9, 11.0e12),
+    (1.27e26, 1e12, 21.2e12),
+    (1.30e28, 10e12, 216.2e12),
 )
 TOKENS_PER_PARAM = 20.0  # the rule of thumb read off the same table: D ≈ 20·N
 
@@ -125,8 +131,9 @@ def rule_of_thumb_optimal(flops: float) -> tuple[float, float]:
 SHAPE_TOLERANCE = 0.01  # `shape_for_params` lands within 1% of the count asked for
 
 
-def shape_for_params(target: float, arch: str = "llama", vocab_size: int | None = None,
-                     block_size: int | None = None) -> ModelConfig:
+def shape_for_params(
+    target: float, arch: str = "llama", vocab_size: int | None = None, block_size: int | None = None
+) -> ModelConfig:
     """A model shape with `target` parameters (embeddings included) to within SHAPE_TOLERANCE.
 
     Rule: d_model a multiple of 64 between 64·n_layer and 128·n_layer (GPT-2 small has 64, LLaMA 7B and
@@ -147,8 +154,14 @@ def shape_for_params(target: float, arch: str = "llama", vocab_size: int | None 
             head = 64 if d_model <= 1024 else 128
             if d_model % head:
                 continue
-            fields = dict(vocab_size=vocab, block_size=block, n_layer=n_layer, d_model=d_model,
-                          n_head=d_model // head, name=f"~{si(target)}")
+            fields = dict(
+                vocab_size=vocab,
+                block_size=block,
+                n_layer=n_layer,
+                d_model=d_model,
+                n_head=d_model // head,
+                name=f"~{si(target)}",
+            )
             default = build(**fields)
             width = default.ffn_hidden
             assert width is not None  # ModelConfig fills in the architecture's default
@@ -164,8 +177,7 @@ def shape_for_params(target: float, arch: str = "llama", vocab_size: int | None 
                     break
             error = abs(math.log(config.num_params() / target))
             off_default = abs(math.log(config.ffn_hidden / width))  # type: ignore[operator]
-            key = ((0.0, off_default, -d_model / n_layer) if error <= math.log1p(SHAPE_TOLERANCE)
-                   else (1.0, error, 0.0))
+            key = (0.0, off_default, -d_model / n_layer) if error <= math.log1p(SHAPE_TOLERANCE) else (1.0, error, 0.0)
             if best is None or key < best[0]:
                 best = (key, config)
         if smallest > target:
@@ -203,8 +215,12 @@ def largest_module_params(config: ModelConfig) -> int:
     kv = config.n_kv_head * config.head_dim  # type: ignore[operator]
     b = 1 if config.bias else 0
     n_fc = 2 if config.mlp == "swiglu" else 1
-    candidates = [V * C, C * (C + 2 * kv) + b * (C + 2 * kv), n_fc * F_ * C + b * n_fc * F_,  # type: ignore[operator]
-                  F_ * C + b * C]  # type: ignore[operator]
+    candidates = [
+        V * C,
+        C * (C + 2 * kv) + b * (C + 2 * kv),
+        n_fc * F_ * C + b * n_fc * F_,  # type: ignore[operator]
+        F_ * C + b * C,
+    ]  # type: ignore[operator]
     if config.position == "learned":
         candidates.append(config.block_size * C)
     return max(candidates)
@@ -216,8 +232,15 @@ def block_params(config: ModelConfig) -> int:
     return (config.num_params(include_embeddings=False) - final_norm) // config.n_layer
 
 
-def model_states(config: ModelConfig, strategy: str, dp: int, precision: str = Dtype.BFLOAT16,
-                 offload: str | None = None, shard: int = 1, gpus_per_node: int = 1) -> ModelStates:
+def model_states(
+    config: ModelConfig,
+    strategy: str,
+    dp: int,
+    precision: str = Dtype.BFLOAT16,
+    offload: str | None = None,
+    shard: int = 1,
+    gpus_per_node: int = 1,
+) -> ModelStates:
     """Weights, gradients, AdamW states and step buffers per GPU, as each engine allocates them.
 
     `dp` is the data-parallel degree (GPUs / (tp·pp)): ZeRO and FSDP shard over it, never over the total
@@ -258,8 +281,13 @@ def model_states(config: ModelConfig, strategy: str, dp: int, precision: str = D
     if not mixed:  # fp32 ZeRO: no 16-bit copies, no separate master weights [ZeRO sec. 5 with K = 8]
         w, g = (4.0 * N / dp if stage == 3 else 4.0 * N), (4.0 * N / dp if stage >= 2 else 4.0 * N)
         if offload:
-            return ModelStates(w if offload != "params" else 0.0, g, 0.0, 4.0 * largest if stage == 3 else 0.0,
-                               cpu=8.0 * N / dp * gpus_per_node)
+            return ModelStates(
+                w if offload != "params" else 0.0,
+                g,
+                0.0,
+                4.0 * largest if stage == 3 else 0.0,
+                cpu=8.0 * N / dp * gpus_per_node,
+            )
         return ModelStates(w, g, 8.0 * N / dp, 4.0 * largest if stage == 3 else 0.0)
     if stage == 3:
         if offload == "params":
@@ -278,8 +306,14 @@ def zero_paper_bytes(n_params: float, strategy: str, dp: int) -> float:
     """Model states per GPU in the ZeRO paper's accounting for mixed-precision Adam, 2 + 2 + 12 bytes
     per parameter [ZeRO sec. 5.1, Figure 1]: DDP 16Ψ, stage 1 4Ψ + 12Ψ/Nd, stage 2 2Ψ + 14Ψ/Nd,
     stage 3 (and FSDP full sharding) 16Ψ/Nd."""
-    per_param: dict[str, float] = {Strategy.SINGLE: 16.0, Strategy.DDP: 16.0, Strategy.ZERO1: 4.0 + 12.0 / dp,
-                                   Strategy.ZERO2: 2.0 + 14.0 / dp, Strategy.ZERO3: 16.0 / dp, Strategy.FSDP: 16.0 / dp}
+    per_param: dict[str, float] = {
+        Strategy.SINGLE: 16.0,
+        Strategy.DDP: 16.0,
+        Strategy.ZERO1: 4.0 + 12.0 / dp,
+        Strategy.ZERO2: 2.0 + 14.0 / dp,
+        Strategy.ZERO3: 16.0 / dp,
+        Strategy.FSDP: 16.0 / dp,
+    }
     return per_param[strategy] * n_params
 
 
@@ -323,9 +357,15 @@ def norm_bytes(config: ModelConfig, act_bytes: int, residual: int) -> float:
     return (residual + act_bytes) * h
 
 
-def layer_activations(config: ModelConfig, seq_len: int, act_bytes: int = 2, flash: bool = True,
-                      dropout: float | None = None, follow_code: bool = True,
-                      residual_bytes: int | None = None) -> LayerActivations:
+def layer_activations(
+    config: ModelConfig,
+    seq_len: int,
+    act_bytes: int = 2,
+    flash: bool = True,
+    dropout: float | None = None,
+    follow_code: bool = True,
+    residual_bytes: int | None = None,
+) -> LayerActivations:
     """Korthikanti et al.'s per-layer itemisation [Korthikanti sec. 4.1], generalised to GQA and SwiGLU.
 
     For a GPT-2 block (h, 4h MLP) with dropout and 16-bit activations, `follow_code=False` gives exactly
@@ -377,8 +417,9 @@ def layer_activations(config: ModelConfig, seq_len: int, act_bytes: int = 2, fla
     return LayerActivations(replicated, split, scores)
 
 
-def korthikanti_layer_bytes(s: int, b: int, h: int, a: int, t: int = 1, sequence_parallel: bool = False,
-                            recompute: str = "none") -> float:
+def korthikanti_layer_bytes(
+    s: int, b: int, h: int, a: int, t: int = 1, sequence_parallel: bool = False, recompute: str = "none"
+) -> float:
     """The paper's closed forms for one GPT layer, 16-bit activations, dropout on [Korthikanti Table 2]:
     no parallelism sbh(34 + 5as/h); tensor parallel sbh(10 + 24/t + 5as/(ht)); tensor + sequence
     parallel sbh/t·(34 + 5as/h); selective recompute drops the 5as/h term; full recompute keeps 2sbh
@@ -392,9 +433,17 @@ def korthikanti_layer_bytes(s: int, b: int, h: int, a: int, t: int = 1, sequence
     return s * b * h * (10 + 24 / t + score / t)
 
 
-def activation_bytes(config: ModelConfig, seq_len: int, micro_batch: int, act_bytes: int = 2,
-                     flash: bool = True, tp: int = 1, sequence_parallel: bool = True,
-                     checkpointing: str = "none", residual_bytes: int | None = None) -> float:
+def activation_bytes(
+    config: ModelConfig,
+    seq_len: int,
+    micro_batch: int,
+    act_bytes: int = 2,
+    flash: bool = True,
+    tp: int = 1,
+    sequence_parallel: bool = True,
+    checkpointing: str = "none",
+    residual_bytes: int | None = None,
+) -> float:
     """Activation bytes per GPU for a training step.
 
     none / selective: L layers' activations (selective = the same with no score terms) [Korthikanti].

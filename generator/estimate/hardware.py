@@ -57,27 +57,48 @@ class GPUSpec:
 # the model gives 0.49).
 _MFU_A100_80, _MFU_A100_40, _MFU_HOPPER, _MFU_NEWER, _MFU_SMALL = 0.78, 0.70, 0.54, 0.54, 0.70
 
-KNOWN_GPUS: dict[str, GPUSpec] = {g.name: g for g in (
-    GPUSpec("A100-40GB", 312.0, 19.5, None, 40.0, 1.29, _MFU_A100_40),
-    GPUSpec("A100-80GB", 312.0, 19.5, None, 80.0, 1.79, _MFU_A100_80),
-    GPUSpec("H100-SXM", 989.0, 67.0, 1979.0, 79.6, 2.99, _MFU_HOPPER),
-    GPUSpec("H100-PCIe", 756.0, 51.0, 1513.0, 79.6, 2.49, _MFU_HOPPER),
-    GPUSpec("H200", 989.0, 67.0, 1979.0, 140.4, 3.79, _MFU_HOPPER),
-    GPUSpec("B200", 2250.0, 75.0, 4500.0, 179.0, 4.99, _MFU_NEWER),
-    GPUSpec("MI300X", 1307.4, 163.4, 2614.9, 192.0, 2.99, _MFU_NEWER),
-    GPUSpec("L40S", 362.1, 91.6, 733.0, 44.5, 0.99, _MFU_SMALL),
-    GPUSpec("A10", 125.0, 31.2, None, 22.5, 0.75, _MFU_SMALL),
-    GPUSpec("T4", 65.0, 8.1, None, 15.0, 0.35, _MFU_SMALL, note="no bf16: runs fp16 with loss scaling",
-            native_bf16=False),
-    GPUSpec("RTX4090", 165.2, 82.6, 330.3, 24.0, 0.59, _MFU_SMALL),
-)}
+KNOWN_GPUS: dict[str, GPUSpec] = {
+    g.name: g
+    for g in (
+        GPUSpec("A100-40GB", 312.0, 19.5, None, 40.0, 1.29, _MFU_A100_40),
+        GPUSpec("A100-80GB", 312.0, 19.5, None, 80.0, 1.79, _MFU_A100_80),
+        GPUSpec("H100-SXM", 989.0, 67.0, 1979.0, 79.6, 2.99, _MFU_HOPPER),
+        GPUSpec("H100-PCIe", 756.0, 51.0, 1513.0, 79.6, 2.49, _MFU_HOPPER),
+        GPUSpec("H200", 989.0, 67.0, 1979.0, 140.4, 3.79, _MFU_HOPPER),
+        GPUSpec("B200", 2250.0, 75.0, 4500.0, 179.0, 4.99, _MFU_NEWER),
+        GPUSpec("MI300X", 1307.4, 163.4, 2614.9, 192.0, 2.99, _MFU_NEWER),
+        GPUSpec("L40S", 362.1, 91.6, 733.0, 44.5, 0.99, _MFU_SMALL),
+        GPUSpec("A10", 125.0, 31.2, None, 22.5, 0.75, _MFU_SMALL),
+        GPUSpec(
+            "T4",
+            65.0,
+            8.1,
+            None,
+            15.0,
+            0.35,
+            _MFU_SMALL,
+            note="no bf16: runs fp16 with loss scaling",
+            native_bf16=False,
+        ),
+        GPUSpec("RTX4090", 165.2, 82.6, 330.3, 24.0, 0.59, _MFU_SMALL),
+    )
+}
 
 # Names people type for the same card. Bare "A100" and "H100" mean the common training variants.
 ALIASES: dict[str, str] = {
-    "A100": "A100-80GB", "A100-40G": "A100-40GB", "A100-80G": "A100-80GB", "A100-40": "A100-40GB",
-    "A100-80": "A100-80GB", "H100": "H100-SXM", "H100SXM": "H100-SXM", "H100-80GB": "H100-SXM",
-    "H100PCIE": "H100-PCIe", "H200-141GB": "H200", "RTX-4090": "RTX4090",
-    "MI300": "MI300X", "L40": "L40S",
+    "A100": "A100-80GB",
+    "A100-40G": "A100-40GB",
+    "A100-80G": "A100-80GB",
+    "A100-40": "A100-40GB",
+    "A100-80": "A100-80GB",
+    "H100": "H100-SXM",
+    "H100SXM": "H100-SXM",
+    "H100-80GB": "H100-SXM",
+    "H100PCIE": "H100-PCIe",
+    "H200-141GB": "H200",
+    "RTX-4090": "RTX4090",
+    "MI300": "MI300X",
+    "L40": "L40S",
 }
 
 # CPU: peak is measured (or given), memory is the machine's RAM, and a laptop costs nothing per hour.
@@ -111,9 +132,17 @@ def cpu_spec(tflops: float | None = None) -> GPUSpec:
     else:
         bf16, fp32 = cpu_tflops(Dtype.BFLOAT16), cpu_tflops(Dtype.FLOAT32)
     source = "given" if tflops is not None or os.environ.get(CPU_TFLOPS_ENV) else "measured"
-    return GPUSpec("cpu", bf16_tflops=bf16, fp32_tflops=fp32, fp8_tflops=None, memory_gib=cpu_memory_gib(),
-                   price_per_hour=0.0, mfu=_MFU_CPU,
-                   note=f"{source} matmul peak: bf16 {bf16:.3f}, fp32 {fp32:.3f} TFLOP/s", is_cpu=True)
+    return GPUSpec(
+        "cpu",
+        bf16_tflops=bf16,
+        fp32_tflops=fp32,
+        fp8_tflops=None,
+        memory_gib=cpu_memory_gib(),
+        price_per_hour=0.0,
+        mfu=_MFU_CPU,
+        note=f"{source} matmul peak: bf16 {bf16:.3f}, fp32 {fp32:.3f} TFLOP/s",
+        is_cpu=True,
+    )
 
 
 @dataclass(frozen=True)

@@ -63,9 +63,17 @@ def fitted_mfu(base: float, model: ModelConfig, seq_len: int, nodes: int, recomp
     return base * width * attention * scale / recompute
 
 
-def default_mfu(gpu: GPUSpec, model: ModelConfig, seq_len: int, nodes: int, precision: str,
-                recompute: float = 1.0, pp: int = 1, microbatches: int = 1,
-                offload: str | None = None) -> tuple[float, list[str]]:
+def default_mfu(
+    gpu: GPUSpec,
+    model: ModelConfig,
+    seq_len: int,
+    nodes: int,
+    precision: str,
+    recompute: float = 1.0,
+    pp: int = 1,
+    microbatches: int = 1,
+    offload: str | None = None,
+) -> tuple[float, list[str]]:
     """The MFU to assume when none is given, and one line per factor.
 
     The fitted model above (GPUs; a CPU keeps its measured base), then:
@@ -82,10 +90,12 @@ def default_mfu(gpu: GPUSpec, model: ModelConfig, seq_len: int, nodes: int, prec
     else:
         width, attention, scale = shape_factors(model.d_model, attention_share(model, seq_len), nodes)
         mfu = gpu.mfu * width * attention * scale / recompute
-        notes = [f"base {gpu.mfu:.2f} ({gpu.name}, fitted to published runs)",
-                 f"width {model.d_model}: x{width:.2f}",
-                 f"attention at sequence {seq_len}: x{attention:.2f}",
-                 f"{nodes} node{'s' if nodes > 1 else ''}: x{scale:.2f}"]
+        notes = [
+            f"base {gpu.mfu:.2f} ({gpu.name}, fitted to published runs)",
+            f"width {model.d_model}: x{width:.2f}",
+            f"attention at sequence {seq_len}: x{attention:.2f}",
+            f"{nodes} node{'s' if nodes > 1 else ''}: x{scale:.2f}",
+        ]
     if recompute > 1.0:
         notes.append(f"recomputation: x{1 / recompute:.2f}")
     if precision == FLOAT8:

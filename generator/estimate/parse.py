@@ -15,9 +15,24 @@ from generator.estimate.hardware import ALIASES, KNOWN_GPUS, Hardware, cpu_spec,
 
 _SUFFIX = {"": 1.0, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
 _NUMBER = r"(?P<num>\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|\.\d+)\s*(?P<suffix>[kKmMbBgGtT]?)"
-_HOURS_PER = {"m": 1 / 60, "min": 1 / 60, "mins": 1 / 60, "minute": 1 / 60, "minutes": 1 / 60,
-              "h": 1.0, "hr": 1.0, "hrs": 1.0, "hour": 1.0, "hours": 1.0,
-              "d": 24.0, "day": 24.0, "days": 24.0, "w": 168.0, "week": 168.0, "weeks": 168.0}
+_HOURS_PER = {
+    "m": 1 / 60,
+    "min": 1 / 60,
+    "mins": 1 / 60,
+    "minute": 1 / 60,
+    "minutes": 1 / 60,
+    "h": 1.0,
+    "hr": 1.0,
+    "hrs": 1.0,
+    "hour": 1.0,
+    "hours": 1.0,
+    "d": 24.0,
+    "day": 24.0,
+    "days": 24.0,
+    "w": 168.0,
+    "week": 168.0,
+    "weeks": 168.0,
+}
 
 # Devices per node when "NxGPU" names more devices than one machine holds.
 GPUS_PER_NODE = 8
@@ -61,8 +76,9 @@ def parse_hardware(text: str, cpu_tflops: float | None = None, flag: str = "--ha
     # Leading counts only: GPU names contain x's of their own (RTX4090, MI300X).
     match = re.fullmatch(r"(?:(\d+)\s*[xX×*]\s*)?(?:(\d+)\s*[xX×*]\s*)?([A-Za-z][\w.-]*)", spec)
     if not match:
-        raise EstimateError(f"{flag} {text!r} not understood; use cpu, H100, 8xH100 or 4x8xH100 "
-                            "(nodes x GPUs per node x GPU)")
+        raise EstimateError(
+            f"{flag} {text!r} not understood; use cpu, H100, 8xH100 or 4x8xH100 (nodes x GPUs per node x GPU)"
+        )
     name = match[3]
     numbers = [int(c) for c in match.groups()[:2] if c is not None]
     if any(n <= 0 for n in numbers):
@@ -79,8 +95,10 @@ def parse_hardware(text: str, cpu_tflops: float | None = None, flag: str = "--ha
     elif numbers[0] % GPUS_PER_NODE == 0:
         nodes, per_node = numbers[0] // GPUS_PER_NODE, GPUS_PER_NODE
     else:
-        raise EstimateError(f"{flag} {text!r}: {numbers[0]} GPUs is more than one node of {GPUS_PER_NODE} "
-                            f"and not a multiple of {GPUS_PER_NODE}; write NODESxGPUSx{gpu.name}")
+        raise EstimateError(
+            f"{flag} {text!r}: {numbers[0]} GPUs is more than one node of {GPUS_PER_NODE} "
+            f"and not a multiple of {GPUS_PER_NODE}; write NODESxGPUSx{gpu.name}"
+        )
     return Hardware(nodes, per_node, gpu)
 
 
@@ -102,8 +120,13 @@ def parse_budget(text: str, cpu_tflops: float | None = None, flag: str = "--budg
     if not spec:
         raise EstimateError(f"{flag} is empty; {accepted}")
     if spec.lower() == "laptop":
-        return Budget("time", LAPTOP_HOURS, hardware=parse_hardware("cpu", cpu_tflops, flag), text=spec,
-                      note=f"'laptop' means this CPU for {LAPTOP_HOURS * 60:.0f} minutes")
+        return Budget(
+            "time",
+            LAPTOP_HOURS,
+            hardware=parse_hardware("cpu", cpu_tflops, flag),
+            text=spec,
+            note=f"'laptop' means this CPU for {LAPTOP_HOURS * 60:.0f} minutes",
+        )
     dollars = re.fullmatch(r"\$\s*(.+)|(.+?)\s*(?:\$|usd|dollars?)", spec, flags=re.IGNORECASE)
     if dollars:
         return Budget("usd", parse_count(dollars[1] or dollars[2], flag), text=spec)

@@ -38,8 +38,9 @@ def optimal_batch_tokens(compute: float) -> float:
     return min(BATCH_COEFFICIENT * compute**BATCH_EXPONENT, float(MAX_BATCH_TOKENS))
 
 
-def split_batch(target_tokens: float, seq_len: int, devices: int, max_micro_batch: int,
-                at_most: bool = False) -> tuple[int, int]:
+def split_batch(
+    target_tokens: float, seq_len: int, devices: int, max_micro_batch: int, at_most: bool = False
+) -> tuple[int, int]:
     """(micro_batch, grad_accum) whose tokens per step, micro_batch x grad_accum x devices x seq_len, come
     nearest `target_tokens` (with `at_most`, the largest not above it, but at least one sequence per
     device), the micro-batch a power of two no larger than `max_micro_batch` (what fits in memory): as
@@ -61,8 +62,16 @@ MAX_WARMUP_SHARE = 0.1  # the warm-up takes at most a tenth of the run ...
 MIN_STEPS = math.ceil(MIN_WARMUP / MAX_WARMUP_SHARE)  # ... so a run needs at least 200 steps
 
 # Peak learning rate by parameter count (GPT-3, Table 2.1; nanoGPT's 1e-3 below 100M parameters).
-LEARNING_RATES = ((1e8, 1e-3), (2e8, 6e-4), (5e8, 3e-4), (1e9, 2.5e-4), (2e9, 2e-4), (4e9, 1.6e-4),
-                  (1e10, 1.2e-4), (2e10, 1e-4))
+LEARNING_RATES = (
+    (1e8, 1e-3),
+    (2e8, 6e-4),
+    (5e8, 3e-4),
+    (1e9, 2.5e-4),
+    (2e9, 2e-4),
+    (4e9, 1.6e-4),
+    (1e10, 1.2e-4),
+    (2e10, 1e-4),
+)
 LARGEST_LEARNING_RATE = 6e-5
 LEARNING_RATE_BAND = 10.0  # a peak within 10x of the rule either way is a choice, not a mistake
 

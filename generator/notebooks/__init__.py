@@ -34,8 +34,12 @@ from generator.notebooks.cells import Cell, Project, notebook_stem
 NOTEBOOK_DIR = "notebooks"
 
 # step id -> the cells of its notebook (after the shared introduction and setup).
-STEPS: dict[str, Callable[[Project], list[Cell]]] = {**pipeline.STEPS, **training.STEPS, **posttrain.STEPS,
-                                                      **serving.STEPS}
+STEPS: dict[str, Callable[[Project], list[Cell]]] = {
+    **pipeline.STEPS,
+    **training.STEPS,
+    **posttrain.STEPS,
+    **serving.STEPS,
+}
 # step id -> modules a notebook needs beyond llmgen's own dependencies (its tests skip without them).
 REQUIRES: dict[str, list[str]] = serving.REQUIRES
 
@@ -48,8 +52,10 @@ def write_notebooks(answers: Mapping[str, Any], directory: Path) -> list[Path]:
     steps = roadmap["steps"]
     unknown = [s["id"] for s in steps if s["id"] not in STEPS]
     if unknown:
-        raise RenderError(f"track {roadmap['track']}: no notebook for step(s) {', '.join(unknown)}; "
-                          "add their cells to generator/notebooks/")
+        raise RenderError(
+            f"track {roadmap['track']}: no notebook for step(s) {', '.join(unknown)}; "
+            "add their cells to generator/notebooks/"
+        )
     out = directory / NOTEBOOK_DIR
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -57,11 +63,16 @@ def write_notebooks(answers: Mapping[str, Any], directory: Path) -> list[Path]:
         project = Project.from_answers(answers, step, steps[index + 1] if index + 1 < len(steps) else None)
         cells = notebook_cells(project)
         stem = notebook_stem(step)
-        metadata = {"step": step["id"], "track": roadmap["track"], "exercises": project.exercises,
-                    "requires": REQUIRES.get(step["id"], [])}
+        metadata = {
+            "step": step["id"],
+            "track": roadmap["track"],
+            "exercises": project.exercises,
+            "requires": REQUIRES.get(step["id"], []),
+        }
         notebook = out / f"{stem}.ipynb"
-        notebook.write_text(json.dumps(to_ipynb(cells, metadata), indent=1, ensure_ascii=False) + "\n",
-                            encoding="utf-8")
+        notebook.write_text(
+            json.dumps(to_ipynb(cells, metadata), indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
         script = out / f"{stem}.py"
         script.write_text(to_script(cells, project), encoding="utf-8")
         written += [notebook, script]
@@ -77,8 +88,12 @@ def to_ipynb(cells: list[Cell], llmgen_metadata: dict[str, Any]) -> dict[str, An
     """An nbformat 4.5 notebook without outputs (the learner's run makes them)."""
     out = []
     for number, cell in enumerate(cells):
-        entry: dict[str, Any] = {"cell_type": cell.kind, "id": f"{llmgen_metadata['step']}-{number:02d}",
-                                 "metadata": {}, "source": cell.source.splitlines(keepends=True)}
+        entry: dict[str, Any] = {
+            "cell_type": cell.kind,
+            "id": f"{llmgen_metadata['step']}-{number:02d}",
+            "metadata": {},
+            "source": cell.source.splitlines(keepends=True),
+        }
         if cell.kind == "code":
             entry.update(execution_count=None, outputs=[])
         out.append(entry)
@@ -98,9 +113,11 @@ def to_script(cells: list[Cell], project: Project) -> str:
     """The same cells as a script in jupytext's "percent" format: `# %%` starts a code cell and
     `# %% [markdown]` a markdown cell whose lines are comments. Jupyter opens it as a notebook with the
     jupytext extension; `python notebooks/<name>.py` from the project root runs it top to bottom."""
-    header = (f"# Roadmap step {project.number} of {project.name}: {project.title}.\n"
-              f"# The code of notebooks/{project.stem}.ipynb as a script; from the project root:\n"
-              f"#   python notebooks/{project.stem}.py\n")
+    header = (
+        f"# Roadmap step {project.number} of {project.name}: {project.title}.\n"
+        f"# The code of notebooks/{project.stem}.ipynb as a script; from the project root:\n"
+        f"#   python notebooks/{project.stem}.py\n"
+    )
     parts = [header]
     for cell in cells:
         if cell.kind == "markdown":

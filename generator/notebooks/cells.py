@@ -39,11 +39,19 @@ class Project:
     commands: Mapping[str, str]  # step id -> its command, for every step of the roadmap
 
     @classmethod
-    def from_answers(cls, answers: Mapping[str, Any], step: Mapping[str, Any],
-                     next_step: Mapping[str, Any] | None) -> Project:
-        return cls(name=answers["project_name"], package=answers["package_name"], track=answers["track"],
-                   exercises=bool(answers["exercises"]), nodes=int(answers["nodes"]), step=step,
-                   next_step=next_step, commands={s["id"]: s["command"] for s in answers["roadmap"]["steps"]})
+    def from_answers(
+        cls, answers: Mapping[str, Any], step: Mapping[str, Any], next_step: Mapping[str, Any] | None
+    ) -> Project:
+        return cls(
+            name=answers["project_name"],
+            package=answers["package_name"],
+            track=answers["track"],
+            exercises=bool(answers["exercises"]),
+            nodes=int(answers["nodes"]),
+            step=step,
+            next_step=next_step,
+            commands={s["id"]: s["command"] for s in answers["roadmap"]["steps"]},
+        )
 
     @property
     def step_id(self) -> str:
@@ -68,8 +76,13 @@ class Project:
         return match.group(1) if match and match.group(1).startswith(f"{self.package}.") else default
 
     def fill(self, text: str) -> str:
-        return (textwrap.dedent(text).strip("\n").replace("<package>", self.package)
-                .replace("<project>", self.name).replace("<track>", self.track))
+        return (
+            textwrap.dedent(text)
+            .strip("\n")
+            .replace("<package>", self.package)
+            .replace("<project>", self.name)
+            .replace("<track>", self.track)
+        )
 
     def md(self, *paragraphs: str) -> Cell:
         """A markdown cell of `paragraphs`, each dedented on its own."""
@@ -88,9 +101,13 @@ class Project:
         call, then = textwrap.dedent(call).strip("\n"), textwrap.dedent(then).strip("\n")
         if not self.exercises:
             return f"{target} = {call}\n{then}".rstrip("\n")
-        lines = ["try:", textwrap.indent(f"{target} = {call}", "    "),
-                 "except NotImplementedError as exc:  # a stub you have not written yet",
-                 f"    {target} = None", '    print(f"not written yet: {exc}")']
+        lines = [
+            "try:",
+            textwrap.indent(f"{target} = {call}", "    "),
+            "except NotImplementedError as exc:  # a stub you have not written yet",
+            f"    {target} = None",
+            '    print(f"not written yet: {exc}")',
+        ]
         if then:
             lines += ["else:", textwrap.indent(then, "    ")]
         return "\n".join(lines)
@@ -100,38 +117,46 @@ class Project:
         body = textwrap.dedent(body).strip("\n")
         if not self.exercises:
             return body
-        return (f"if {target} is not None:\n{textwrap.indent(body, '    ')}\n"
-                f"else:\n    print(\"skipped until you write {what}\")")
+        return (
+            f"if {target} is not None:\n{textwrap.indent(body, '    ')}\n"
+            f'else:\n    print("skipped until you write {what}")'
+        )
 
     # -- shared cells -------------------------------------------------------------------------------
 
     def introduction(self) -> list[Cell]:
         step = self.step
-        text = [f"# {self.number}. {self.title}",
-                "",
-                f"*Roadmap step {self.number} of **{self.name}** ({self.track} track); "
-                f"[ROADMAP.md](../ROADMAP.md#step-{self.step_id}) has its code pointers, cost estimate and "
-                "checkpoint test.*",
-                "",
-                str(step["summary"]),
-                "",
-                "This notebook runs the step at tiny scale on this project's own corpus, config and code, in "
-                "seconds on a CPU. After each result a note says what you should see; the last cell checks it. "
-                f"At full scale the step runs as `{step['command']}`."]
+        text = [
+            f"# {self.number}. {self.title}",
+            "",
+            f"*Roadmap step {self.number} of **{self.name}** ({self.track} track); "
+            f"[ROADMAP.md](../ROADMAP.md#step-{self.step_id}) has its code pointers, cost estimate and "
+            "checkpoint test.*",
+            "",
+            str(step["summary"]),
+            "",
+            "This notebook runs the step at tiny scale on this project's own corpus, config and code, in "
+            "seconds on a CPU. After each result a note says what you should see; the last cell checks it. "
+            f"At full scale the step runs as `{step['command']}`.",
+        ]
         cells = [Cell("markdown", "\n".join(text))]
         exercises = list(step.get("exercises", []))
         if exercises:
             parts = ", ".join(f"`{e['symbol']}` in `{e['file']}` ({e['task']})" for e in exercises)
             if self.exercises:
                 files = sorted({test.split("::")[0] for e in exercises for test in e["tests"]})
-                note = (f"**Exercise.** In this step you write {parts}. Until you do, the cells that call it print "
-                        "`not written yet: ...` and the notebook goes on. After writing a part, restart the kernel "
-                        "(Python imports your module once) and run the notebook again; the checkpoint tests in "
-                        f"{', '.join(f'`{f}`' for f in files)} check it too.")
+                note = (
+                    f"**Exercise.** In this step you write {parts}. Until you do, the cells that call it print "
+                    "`not written yet: ...` and the notebook goes on. After writing a part, restart the kernel "
+                    "(Python imports your module once) and run the notebook again; the checkpoint tests in "
+                    f"{', '.join(f'`{f}`' for f in files)} check it too."
+                )
             else:
-                note = (f"**Your code.** This step's learner code is {parts}: here a reference solution "
-                        "(the project was generated without exercises). The cells below call it, next to "
-                        "reference_llm's version of the same thing.")
+                note = (
+                    f"**Your code.** This step's learner code is {parts}: here a reference solution "
+                    "(the project was generated without exercises). The cells below call it, next to "
+                    "reference_llm's version of the same thing."
+                )
             cells.append(Cell("markdown", note))
         cells.append(self.setup())
         return cells
@@ -197,8 +222,9 @@ class Project:
         if self.next_step is None:
             return [self.md("That was the last step of the roadmap. [ROADMAP.md](../ROADMAP.md) lists them all.")]
         nxt = notebook_stem(self.next_step)
-        return [self.md(f"Next: [{nxt}.ipynb]({nxt}.ipynb), step {self.next_step['number']}: "
-                        f"{self.next_step['title']}.")]
+        return [
+            self.md(f"Next: [{nxt}.ipynb]({nxt}.ipynb), step {self.next_step['number']}: {self.next_step['title']}.")
+        ]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -216,7 +242,8 @@ TINY_NOTE = """
 def tiny_settings(project: Project) -> Cell:
     """`TINY`: the overrides that shrink the project's run config to seconds on a CPU; `PRETRAIN`: the
     tiny pretraining command."""
-    return project.code('''
+    return project.code(
+        """
         # The project's run config, shrunk: the same model family at 2 layers x 64 wide, 64 kB of the corpus.
         SLICE = WORK / "corpus.txt"
         SLICE.write_text(corpus[:64_000], encoding="utf-8")
@@ -232,12 +259,16 @@ def tiny_settings(project: Project) -> Cell:
         PRETRAIN = f"python -m <trainer> --config configs/train.toml {TINY} train.max_steps=200"
         PRETRAINED = WORK / "pretrain"
         print(TINY)
-    '''.replace("<trainer>", project.module("pretrain", "reference_llm.train")))
+    """.replace("<trainer>", project.module("pretrain", "reference_llm.train"))
+    )
 
 
 def pretrained(project: Project) -> list[Cell]:
     """Cells that make sure the tiny pretraining run exists (the pretraining notebook makes it)."""
-    return [project.md(TINY_NOTE), tiny_settings(project), project.code('''
+    return [
+        project.md(TINY_NOTE),
+        tiny_settings(project),
+        project.code("""
         # The tiny pretrained model this step starts from; the pretraining notebook makes it, this cell only
         # when you start here.
         if not (PRETRAINED / "latest").exists():
@@ -246,10 +277,11 @@ def pretrained(project: Project) -> list[Cell]:
 
         model, tokenizer, run_config = load_model(PRETRAINED)
         print(f"{PRETRAINED}: {sum(p.numel() for p in model.parameters()):,} parameters, vocab {tokenizer.vocab_size}")
-    ''')]
+    """),
+    ]
 
 
-CHAT_DATA = '''
+CHAT_DATA = """
     # Conversations in the JSON Lines format SFT reads: {"messages": [{"role": ..., "content": ...}, ...]}.
     import json
 
@@ -273,7 +305,7 @@ CHAT_DATA = '''
            "train.dtype=float32 eval.iters=2 checkpoint.interval=0")
     SFTED = WORK / "sft"
     print(f"{CHAT}: {len(QUESTIONS) * 4} conversations")
-'''
+"""
 
 
 def chat_data(project: Project) -> Cell:
@@ -282,8 +314,12 @@ def chat_data(project: Project) -> Cell:
 
 def fine_tuned(project: Project) -> list[Cell]:
     """Cells that make sure the tiny SFT run exists (the SFT notebook makes it)."""
-    return [*pretrained(project), chat_data(project), project.code('''
+    return [
+        *pretrained(project),
+        chat_data(project),
+        project.code("""
         # The tiny fine-tuned model; the SFT notebook makes it, this cell only when you start here.
         if not (SFTED / "latest").exists():
             run(f"{SFT} checkpoint.dir={SFTED}")
-    ''')]
+    """),
+    ]

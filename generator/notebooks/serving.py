@@ -19,7 +19,7 @@ def quantize(p: Project) -> list[Cell]:
             held-out perplexity means something (the roadmap quantizes the fine-tuned model; the command is the
             same):
         """),
-        p.code('''
+        p.code("""
             import copy
 
             from reference_llm.deploy.quantize import load_quantized, quantize_model
@@ -52,7 +52,7 @@ def quantize(p: Project) -> list[Cell]:
             for label, (ppl, worst, tv) in results.items():
                 print(f"{label:>7}: held-out perplexity {ppl:7.2f} | largest rounding / half step {worst:.3f} | "
                       f"next-token probabilities moved by {tv:.4f} (total variation)")
-        '''),
+        """),
         p.md("""
             You should see every rounding within half a step (int4 slightly above 1.0 at most: its scales are
             stored in float16), int8 moving the next-token probabilities by well under 0.01 with a perplexity
@@ -65,7 +65,7 @@ def quantize(p: Project) -> list[Cell]:
             tokenizer to a folder; `load_quantized` reads them back, with the same outputs as the in-memory
             version above.
         """),
-        p.code('''
+        p.code("""
             INT8 = WORK / "int8"
             run(f"python -m reference_llm.deploy.quantize --checkpoint {PRETRAINED} --out {INT8}")
             loaded, _ = load_quantized(INT8)
@@ -78,20 +78,20 @@ def quantize(p: Project) -> list[Cell]:
             for path, size in sizes.items():
                 print(f"{path}: {size / 1024:,.0f} KiB")
             print("same outputs as the in-memory int8 model:", same)
-        '''),
+        """),
         p.md("""
             You should see `quantized N layers to int8`, the int8 file a good deal smaller than the float32 one
             (the embeddings and norms stay in floating point, so less than the 4x of the weights alone), and
             `True`.
         """),
-        p.code('''
+        p.code("""
             # Check: what the notes above say.
             assert results["int8"][1] <= 1.0 + 1e-3 and results["int4"][1] <= 1.02, results
             assert results["int8"][2] < 0.01 and results["int4"][2] < 0.1, results
             assert same
             assert sizes[INT8 / "model.safetensors"] < sizes[FLOAT], sizes
             print("all checks passed")
-        '''),
+        """),
     ]
 
 
@@ -106,7 +106,7 @@ def export(p: Project) -> list[Cell]:
             `model.safetensors`, and `tokenizer.json`. A GPT-2-style project exports as `GPT2LMHeadModel`, a
             Llama-style one as `LlamaForCausalLM`.
         """),
-        p.code('''
+        p.code("""
             import json
 
             from reference_llm.deploy.export import import_hf
@@ -116,7 +116,7 @@ def export(p: Project) -> list[Cell]:
             hf_config = json.loads((HF / "config.json").read_text(encoding="utf-8"))
             print(sorted(p.name for p in HF.iterdir()))
             print({key: hf_config.get(key) for key in ("architectures", "model_type", "vocab_size")})
-        '''),
+        """),
         p.md("""
             You should see `config.json`, `model.safetensors` and `tokenizer.json` (with their companion files),
             and the architecture of this project's model family.
@@ -127,7 +127,7 @@ def export(p: Project) -> list[Cell]:
             identically. When `transformers` is installed (the `hf` extra), its own loader computes the same
             logits from the files, offline.
         """),
-        p.code('''
+        p.code("""
             import importlib.util
 
             sft_model, chat, _ = load_model(SFTED)
@@ -149,18 +149,18 @@ def export(p: Project) -> list[Cell]:
                 print("largest logit difference, transformers vs reference_llm:", transformers_gap)
             else:
                 print("transformers is not installed: pip install 'llmgen[hf]' to compare with it")
-        '''),
+        """),
         p.md("""
             You should see a difference of 0.0, `True`, and, with transformers installed, a difference around
             1e-6 (different kernels round differently).
         """),
-        p.code('''
+        p.code("""
             # Check: what the notes above say.
             assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in HF.iterdir()}
             assert round_trip_gap == 0.0 and chat_again.encode(text) == chat.encode(text)
             assert transformers_gap is None or transformers_gap < 1e-4, transformers_gap
             print("all checks passed")
-        '''),
+        """),
     ]
 
 
@@ -230,7 +230,7 @@ def deploy(p: Project) -> list[Cell]:
             for the same prompt; a chat request is wrapped in the chat template; a request with a misspelt field
             is refused with a 400 that names it, instead of being silently ignored.
         """),
-        p.code('''
+        p.code("""
             from reference_llm.deploy.generate import generate_text
 
             try:
@@ -249,18 +249,18 @@ def deploy(p: Project) -> list[Cell]:
             served_model, chat, _ = load_model(SFTED)
             [expected] = generate_text(served_model, chat, ["ROMEO:"], max_new_tokens=12, temperature=0.0)
             print("the same as generate_text:", completion["choices"][0]["text"] == expected)
-        '''),
+        """),
         p.md("""
             You should see `200` with a dozen tokens of text and their usage counts, `200` with a chat reply,
             `400` with a message naming `temprature`, and `True`.
         """),
-        p.code('''
+        p.code("""
             # Check: what the notes above say.
             assert status == 200 and chat_status == 200 and model_name == SFTED.name
             assert completion["choices"][0]["text"] == expected
             assert bad_status == 400 and "temprature" in bad["error"]["message"]
             print("all checks passed")
-        '''),
+        """),
     ]
 
 

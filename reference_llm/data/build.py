@@ -35,8 +35,15 @@ from reference_llm.tokenizer import Tokenizer, load_tokenizer
 
 PIPELINE_VERSION = 2  # bump when the same inputs would now produce different shards: old caches then miss
 STATE_FILE = "state.json"  # in the work directory: which passes are done
-SCRATCH = ("documents.bin", "names.bin", "signatures.bin", "collected.npz", "collected.json", "progress.json",
-           STATE_FILE)
+SCRATCH = (
+    "documents.bin",
+    "names.bin",
+    "signatures.bin",
+    "collected.npz",
+    "collected.json",
+    "progress.json",
+    STATE_FILE,
+)
 
 
 @dataclass
@@ -47,8 +54,9 @@ class PreparedData:
     from_cache: bool  # True when an existing directory was reused
 
 
-def prepare_data(data_cfg: DataConfig, settings: PipelineSettings | None = None, *,
-                 progress: bool | None = None) -> PreparedData:
+def prepare_data(
+    data_cfg: DataConfig, settings: PipelineSettings | None = None, *, progress: bool | None = None
+) -> PreparedData:
     """Build (or reuse) the tokenizer and token shards for `data_cfg`. `progress=None`: bars on a terminal.
 
     Files of the corpus that are not read (unknown format, broken links, ...) are listed on stderr.
@@ -85,25 +93,31 @@ def load_prepared(data_dir: str | Path, from_cache: bool = True) -> PreparedData
     # "bpe" and "hf-bpe" share one file format; ask for the kind that was trained, for the same encoder.
     tokenizer = load_tokenizer(data_dir / TOKENIZER_FILE, fast=meta["tokenizer"]["kind"] == "hf-bpe")
     if tokenizer.fingerprint() != meta["tokenizer"]["fingerprint"]:
-        raise DataError(f"{data_dir / TOKENIZER_FILE} does not match the fingerprint in meta.json; "
-                        f"delete {data_dir} and prepare again")
+        raise DataError(
+            f"{data_dir / TOKENIZER_FILE} does not match the fingerprint in meta.json; "
+            f"delete {data_dir} and prepare again"
+        )
     return PreparedData(data_dir, meta, tokenizer, from_cache)
 
 
 def cache_key(data_cfg: DataConfig, settings: PipelineSettings, files: list[SourceFile]) -> str:
     """`<tokenizer>-<vocab>-<16 hex>`: a hash of the corpus bytes, file names and every setting."""
-    blob = json.dumps({
-        "pipeline_version": PIPELINE_VERSION,
-        "sources": [[f.name, f.sha256, f.format, f.compression, f.text_field, f.source] for f in files],
-        "data": _data_settings(data_cfg),
-        "pipeline": settings.to_dict(),
-    }, sort_keys=True)
+    blob = json.dumps(
+        {
+            "pipeline_version": PIPELINE_VERSION,
+            "sources": [[f.name, f.sha256, f.format, f.compression, f.text_field, f.source] for f in files],
+            "data": _data_settings(data_cfg),
+            "pipeline": settings.to_dict(),
+        },
+        sort_keys=True,
+    )
     vocab = "alphabet" if data_cfg.tokenizer == "char" else str(data_cfg.vocab_size)
     return f"{data_cfg.tokenizer}-{vocab}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
 
-def build(found: Discovery, data_cfg: DataConfig, settings: PipelineSettings, work: Path,
-          steps: Steps) -> dict[str, Any]:
+def build(
+    found: Discovery, data_cfg: DataConfig, settings: PipelineSettings, work: Path, steps: Steps
+) -> dict[str, Any]:
     """Run (or continue) the whole pipeline in `work`: tokenizer.json, shards and meta.json. Returns the meta."""
     workers = data_cfg.workers or default_workers()
     if sum(f.size for f in found.files) < data_cfg.chunk_mb * 1e6 / 4:
@@ -140,24 +154,51 @@ def build(found: Discovery, data_cfg: DataConfig, settings: PipelineSettings, wo
         _write_state(work, {"collected": True, "tokenizer": True})
     tokenizer = load_tokenizer(tokenizer_path, fast=fast)
 
-    splits, dropped = encode_all(work, collected, split_plan, tokenizer_path, fast, token_dtype(tokenizer.vocab_size),
-                                 data_cfg.val_fraction, settings, labels, workers, data_cfg.chunk_mb, steps)
+    splits, dropped = encode_all(
+        work,
+        collected,
+        split_plan,
+        tokenizer_path,
+        fast,
+        token_dtype(tokenizer.vocab_size),
+        data_cfg.val_fraction,
+        settings,
+        labels,
+        workers,
+        data_cfg.chunk_mb,
+        steps,
+    )
     report = dict(collected.report)
     if tokenizer.kind == "char":
         report["val_chars_without_id"] = dropped
-    report["skipped_files"] = {reason: {"count": len(paths), "items": paths[:100]}
-                               for reason, paths in sorted(found.skipped.items())}
+    report["skipped_files"] = {
+        reason: {"count": len(paths), "items": paths[:100]} for reason, paths in sorted(found.skipped.items())
+    }
     report["hidden_files"] = found.hidden
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "pipeline_version": PIPELINE_VERSION,
-        "tokenizer": {"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size, "eot_id": tokenizer.eot_id,
-                      "fingerprint": tokenizer.fingerprint(), "file": TOKENIZER_FILE},
+        "tokenizer": {
+            "kind": tokenizer.kind,
+            "vocab_size": tokenizer.vocab_size,
+            "eot_id": tokenizer.eot_id,
+            "fingerprint": tokenizer.fingerprint(),
+            "file": TOKENIZER_FILE,
+        },
         "dtype": token_dtype(tokenizer.vocab_size).name,
         "splits": splits,
-        "sources": [{"name": f.name, "sha256": f.sha256, "bytes": f.size, "format": f.format,
-                     "compression": f.compression, "source": labels[f.source]} for f in found.files],
+        "sources": [
+            {
+                "name": f.name,
+                "sha256": f.sha256,
+                "bytes": f.size,
+                "format": f.format,
+                "compression": f.compression,
+                "source": labels[f.source],
+            }
+            for f in found.files
+        ],
         "mixture": split_plan.mixture,
         "settings": {"data": _data_settings(data_cfg), "pipeline": settings.to_dict()},
         "report": report,
@@ -182,8 +223,11 @@ def _exclusive(cache_root: Path) -> Iterator[None]:
             print(f"note: waiting for another process that is preparing data in {cache_root}", file=sys.stderr)
             fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError as exc:  # a file system without locks: builders must not run at once
-            print(f"note: cannot lock {cache_root} ({exc.strerror}); do not prepare the same data from several "
-                  f"processes at once", file=sys.stderr)
+            print(
+                f"note: cannot lock {cache_root} ({exc.strerror}); do not prepare the same data from several "
+                f"processes at once",
+                file=sys.stderr,
+            )
         yield
     finally:
         os.close(fd)
@@ -210,8 +254,12 @@ def _check(data_cfg: DataConfig) -> None:
 def _data_settings(data_cfg: DataConfig) -> dict[str, Any]:
     """The DataConfig fields that shape the result (not where the corpus or the cache live, nor how many
     workers or how much memory it took)."""
-    out: dict[str, Any] = {"tokenizer": data_cfg.tokenizer, "vocab_size": data_cfg.vocab_size,
-                           "val_fraction": data_cfg.val_fraction, "skip_bad": data_cfg.skip_bad}
+    out: dict[str, Any] = {
+        "tokenizer": data_cfg.tokenizer,
+        "vocab_size": data_cfg.vocab_size,
+        "val_fraction": data_cfg.val_fraction,
+        "skip_bad": data_cfg.skip_bad,
+    }
     weights = [s.weight for s in data_cfg.source_list()]
     if weights[0] is not None:
         out["weights"] = {s.label: s.weight for s in data_cfg.source_list()}

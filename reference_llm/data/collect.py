@@ -44,19 +44,30 @@ class Collected:
     report: dict[str, Any]
 
     def save(self, work_dir: Path) -> None:
-        np.savez(work_dir / COLLECTED_FILE, digests=self.digests, sources=self.sources, nbytes=self.nbytes,
-                 nchars=self.nchars)
+        np.savez(
+            work_dir / COLLECTED_FILE,
+            digests=self.digests,
+            sources=self.sources,
+            nbytes=self.nbytes,
+            nchars=self.nchars,
+        )
         (work_dir / REPORT_FILE).write_text(json.dumps(self.report), encoding="utf-8")
 
     @classmethod
     def load(cls, work_dir: Path) -> Collected:
         with np.load(work_dir / COLLECTED_FILE) as z:
-            return cls(z["digests"], z["sources"], z["nbytes"], z["nchars"],
-                       json.loads((work_dir / REPORT_FILE).read_text(encoding="utf-8")))
+            return cls(
+                z["digests"],
+                z["sources"],
+                z["nbytes"],
+                z["nchars"],
+                json.loads((work_dir / REPORT_FILE).read_text(encoding="utf-8")),
+            )
 
 
-def collect(found: Discovery, data_cfg: DataConfig, settings: PipelineSettings, work_dir: Path, workers: int,
-            steps: Steps) -> Collected:
+def collect(
+    found: Discovery, data_cfg: DataConfig, settings: PipelineSettings, work_dir: Path, workers: int, steps: Steps
+) -> Collected:
     """Run pass 1 into `work_dir`: the spill file, and the kept documents' columns and report."""
     chunk = int(data_cfg.chunk_mb * 1e6)
     size_limit = batch_chars(data_cfg.chunk_mb, workers)
@@ -87,8 +98,10 @@ def collect(found: Discovery, data_cfg: DataConfig, settings: PipelineSettings, 
     digests = bytearray()
     kept_sources, nbytes, nchars = array("H"), array("I"), array("I")
     total = sum(f.size for f in found.files)
-    with steps.bar("cleaning and deduplicating", total) as advance, \
-            (work_dir / SPILL_FILE).open("wb", buffering=1 << 20) as spill:
+    with (
+        steps.bar("cleaning and deduplicating", total) as advance,
+        (work_dir / SPILL_FILE).open("wb", buffering=1 << 20) as spill,
+    ):
         try:
             for results in ordered_map(clean_batch, batches(), workers):
                 names, sources = pending.popleft()
@@ -108,9 +121,13 @@ def collect(found: Discovery, data_cfg: DataConfig, settings: PipelineSettings, 
         report["bad_records"] = bad.to_report()
     if not kept_sources:
         raise DataError(_nothing_left_message(data_cfg, report))
-    return Collected(np.frombuffer(bytes(digests), dtype=np.uint8).reshape(-1, 32),
-                     np.asarray(kept_sources, dtype=np.uint16), np.asarray(nbytes, dtype=np.uint32),
-                     np.asarray(nchars, dtype=np.uint32), report)
+    return Collected(
+        np.frombuffer(bytes(digests), dtype=np.uint8).reshape(-1, 32),
+        np.asarray(kept_sources, dtype=np.uint16),
+        np.asarray(nbytes, dtype=np.uint32),
+        np.asarray(nchars, dtype=np.uint32),
+        report,
+    )
 
 
 def _write_record(spill: BinaryIO, name: str, source: int, text: str) -> int:
@@ -141,7 +158,12 @@ def _nothing_left_message(data_cfg: DataConfig, report: dict[str, Any]) -> str:
     if report["chars_after_normalising"] == 0:
         return f"corpus {corpus} is empty (no text after normalisation)"
     removed = [f"{name} {info['dropped']}" for name, info in report["filters"].items() if info["dropped"]]
-    removed += [f"{stage} {report[stage]['dropped']}" for stage in ("exact_dedup", "near_dedup")
-                if report.get(stage, {}).get("dropped")]
-    return (f"every document of corpus {corpus} was removed ({', '.join(removed)} of {report['documents_in']}); "
-            f"loosen the filters (e.g. --set filters.min_chars=0)")
+    removed += [
+        f"{stage} {report[stage]['dropped']}"
+        for stage in ("exact_dedup", "near_dedup")
+        if report.get(stage, {}).get("dropped")
+    ]
+    return (
+        f"every document of corpus {corpus} was removed ({', '.join(removed)} of {report['documents_in']}); "
+        f"loosen the filters (e.g. --set filters.min_chars=0)"
+    )

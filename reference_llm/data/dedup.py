@@ -36,7 +36,8 @@ _WORD = re.compile(r"\w+")
 # in C, several times faster than the regex.
 _ASCII_NON_WORD = bytes.maketrans(
     bytes(b for b in range(128) if not (chr(b).isalnum() or chr(b) == "_")),
-    b" " * sum(1 for b in range(128) if not (chr(b).isalnum() or chr(b) == "_")))
+    b" " * sum(1 for b in range(128) if not (chr(b).isalnum() or chr(b) == "_")),
+)
 _CHUNK = 2048  # shingles hashed at once: a (chunk, num_perm) uint64 temporary of 2 MiB for 128 perms
 _WORD_CACHE_MAX = 1 << 18  # word hashes remembered per process (~30 MB) before the cache starts over
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio: an odd multiplier that spreads bits
@@ -146,7 +147,7 @@ class MinHasher:
         h = ids[:n].copy()
         for j in range(1, k):  # h = (h * MIX) ^ next word, wrapping modulo 2**64
             h *= _MIX
-            h ^= ids[j:j + n]
+            h ^= ids[j : j + n]
         h *= _MIX  # the high half depends on every bit of the n-gram
         return (h >> np.uint64(32)).astype(np.uint32)
 
@@ -157,7 +158,7 @@ class MinHasher:
             return None
         sig = np.full(self.a.size, np.iinfo(np.uint64).max, dtype=np.uint64)
         for i in range(0, x.size, _CHUNK):
-            h = x[i:i + _CHUNK, None] * self.a  # in place from here: half the time of fresh temporaries
+            h = x[i : i + _CHUNK, None] * self.a  # in place from here: half the time of fresh temporaries
             h += self.b
             np.minimum(sig, h.min(axis=0), out=sig)
         return (sig >> np.uint64(32)).astype(np.uint32)
@@ -185,7 +186,7 @@ class LshIndex:
 
     def band_keys(self, sigs: np.ndarray) -> np.ndarray:
         """(n, bands) uint64 keys of (n, num_perm) signatures."""
-        bands = sigs[:, :self.bands * self.rows].reshape(len(sigs), self.bands, self.rows).astype(np.uint64)
+        bands = sigs[:, : self.bands * self.rows].reshape(len(sigs), self.bands, self.rows).astype(np.uint64)
         h = np.broadcast_to(self._seeds, bands.shape[:2]).copy()
         for r in range(self.rows):
             h ^= bands[:, :, r]
@@ -201,7 +202,7 @@ class LshIndex:
             lo = np.searchsorted(run_keys, flat, "left")
             hi = np.searchsorted(run_keys, flat, "right")
             for i in np.flatnonzero(hi > lo):
-                found[i // self.bands].update(run_docs[lo[i]:hi[i]].tolist())
+                found[i // self.bands].update(run_docs[lo[i] : hi[i]].tolist())
         return found
 
     def best_match(self, sig: np.ndarray, keys: np.ndarray, candidates: set[int]) -> tuple[int, float]:

@@ -67,11 +67,19 @@ def plan(collected: Collected, val_fraction: float, weights: list[float | None],
             extra = np.searchsorted(reach, (ratio[s] - whole) * natural[s])  # documents that fit in the rest
             copies[order[:extra]] += 1
         copies[val] = 1
-    weighted = np.bincount(collected.sources[~val], weights=(collected.nbytes.astype(np.float64) * copies)[~val],
-                           minlength=len(labels))
-    mixture = [{"source": labels[s], "weight": weights[s], "train_bytes": int(natural[s]),
-                "weighted_bytes": int(weighted[s]), "share": round(float(weighted[s] / max(1, weighted.sum())), 6)}
-               for s in range(len(labels))]
+    weighted = np.bincount(
+        collected.sources[~val], weights=(collected.nbytes.astype(np.float64) * copies)[~val], minlength=len(labels)
+    )
+    mixture = [
+        {
+            "source": labels[s],
+            "weight": weights[s],
+            "train_bytes": int(natural[s]),
+            "weighted_bytes": int(weighted[s]),
+            "share": round(float(weighted[s] / max(1, weighted.sum())), 6),
+        }
+        for s in range(len(labels))
+    ]
     return Plan(val, copies, single, mixture)
 
 
@@ -93,8 +101,15 @@ def fit_and_save(task: tuple[Path, str, int, Plan, Collected, float, PipelineSet
     fit_tokenizer(*task).save(task[0] / TOKENIZER_FILE)
 
 
-def fit_tokenizer(work_dir: Path, kind: str, vocab_size: int, plan: Plan, collected: Collected, val_fraction: float,
-                  settings: PipelineSettings) -> Tokenizer:
+def fit_tokenizer(
+    work_dir: Path,
+    kind: str,
+    vocab_size: int,
+    plan: Plan,
+    collected: Collected,
+    val_fraction: float,
+    settings: PipelineSettings,
+) -> Tokenizer:
     """Train on the train split. A char tokenizer sees all of it (its alphabet is a set union); the BPE
     trainers hold their texts in memory, so they get every document when the train split has at most
     `tokenizer_sample_chars` characters, else a sample of about that size chosen by text hash."""
@@ -154,9 +169,11 @@ def encode_batch(task: tuple[str, bool, list[tuple[int, str]]]) -> list[tuple[np
     out = []
     # A few documents at a time: a list of Python ints costs ~36 bytes a token, the array 2 or 4.
     for i in range(0, len(texts), ENCODE_BATCH):
-        part = texts[i:i + ENCODE_BATCH]
-        out += [(np.asarray(ids + eot, dtype=dtype), d, len(t.encode("utf-8")))
-                for ids, d, t in zip(tokenizer.encode_batch(part), dropped[i:i + ENCODE_BATCH], part)]
+        part = texts[i : i + ENCODE_BATCH]
+        out += [
+            (np.asarray(ids + eot, dtype=dtype), d, len(t.encode("utf-8")))
+            for ids, d, t in zip(tokenizer.encode_batch(part), dropped[i : i + ENCODE_BATCH], part)
+        ]
     return out
 
 
@@ -195,14 +212,32 @@ class _Split:
             pos += ids.size - k
 
     def state(self, record: int, offset: int, skip: int) -> dict[str, Any]:
-        return {"shards": [s for s in self.writer.shards if s["tokens"] == self.writer.shard_tokens],
-                "record": record, "offset": offset, "skip": skip, "documents": self.documents,
-                "bytes": self.bytes, "dropped_chars": self.dropped_chars, "source_tokens": self.source_tokens}
+        return {
+            "shards": [s for s in self.writer.shards if s["tokens"] == self.writer.shard_tokens],
+            "record": record,
+            "offset": offset,
+            "skip": skip,
+            "documents": self.documents,
+            "bytes": self.bytes,
+            "dropped_chars": self.dropped_chars,
+            "source_tokens": self.source_tokens,
+        }
 
 
-def encode_all(work_dir: Path, collected: Collected, plan: Plan, tokenizer_path: Path, fast: bool, dtype: np.dtype,
-               val_fraction: float, settings: PipelineSettings, labels: list[str], workers: int, chunk_mb: float,
-               steps: Steps) -> tuple[dict[str, Any], int]:
+def encode_all(
+    work_dir: Path,
+    collected: Collected,
+    plan: Plan,
+    tokenizer_path: Path,
+    fast: bool,
+    dtype: np.dtype,
+    val_fraction: float,
+    settings: PipelineSettings,
+    labels: list[str],
+    workers: int,
+    chunk_mb: float,
+    steps: Steps,
+) -> tuple[dict[str, Any], int]:
     """Tokenise every kept document into `<split>_NNNN.bin`: meta's "splits" entry, and the characters
     dropped from validation (a char tokenizer's unknown characters)."""
     journal_path = work_dir / JOURNAL_FILE
@@ -248,7 +283,11 @@ def encode_all(work_dir: Path, collected: Collected, plan: Plan, tokenizer_path:
     result: dict[str, Any] = {}
     for split in splits:
         shards = split.writer.close()
-        result[split.name] = {"tokens": sum(s["tokens"] for s in shards), "bytes": split.bytes,
-                              "documents": split.documents, "shards": shards,
-                              "tokens_by_source": dict(sorted(split.source_tokens.items()))}
+        result[split.name] = {
+            "tokens": sum(s["tokens"] for s in shards),
+            "bytes": split.bytes,
+            "documents": split.documents,
+            "shards": shards,
+            "tokens_by_source": dict(sorted(split.source_tokens.items())),
+        }
     return result, sum(s.dropped_chars for s in splits)

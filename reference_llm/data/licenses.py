@@ -47,8 +47,10 @@ def parse_spdx(expression: str) -> tuple[list[str], str | None]:
         if spdx_id.upper() in UNKNOWN_LICENSES:
             return ids, "says the licence is unknown: find it before training on the file"
         if not _SPDX_ID.match(spdx_id):
-            return ids, (f"has {spdx_id!r}, which is not an SPDX licence id; use one from https://spdx.org/licenses/ "
-                         f"or LicenseRef-<name> for anything else")
+            return ids, (
+                f"has {spdx_id!r}, which is not an SPDX licence id; use one from https://spdx.org/licenses/ "
+                f"or LicenseRef-<name> for anything else"
+            )
     return ids, None
 
 
@@ -86,12 +88,15 @@ def check_licence(expression: str) -> tuple[list[str], list[str]]:
             continue
         if spdx_id not in known:
             hint = f" (SPDX spells it {spelled[spdx_id.lower()]})" if spdx_id.lower() in spelled else ""
-            problems.append(f"{spdx_id!r} is not on the SPDX License List{hint}; see https://spdx.org/licenses/ "
-                            f"or write LicenseRef-<name> for a licence that is not on it")
+            problems.append(
+                f"{spdx_id!r} is not on the SPDX License List{hint}; see https://spdx.org/licenses/ "
+                f"or write LicenseRef-<name> for a licence that is not on it"
+            )
         elif known[spdx_id]:
             notes.append(f"{spdx_id} is deprecated by SPDX; see https://spdx.org/licenses/ for its replacement")
         note = licence_note(spdx_id)
         if note:
-            notes.append(f"{spdx_id} is {note}: record in COMPLIANCE.md whether and how a model trained on it "
-                         f"may be shared")
+            notes.append(
+                f"{spdx_id} is {note}: record in COMPLIANCE.md whether and how a model trained on it may be shared"
+            )
     return problems, notes

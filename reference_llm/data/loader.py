@@ -31,8 +31,17 @@ _FEISTEL_ROUNDS = 4
 
 
 class TokenLoader:
-    def __init__(self, data_dir: str | Path, split: str, seq_len: int, batch_size: int, seed: int,
-                 rank: int = 0, world_size: int = 1, sampling: str = "random"):
+    def __init__(
+        self,
+        data_dir: str | Path,
+        split: str,
+        seq_len: int,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        sampling: str = "random",
+    ):
         if sampling not in SAMPLINGS:
             raise ConfigError(f"sampling must be one of {', '.join(SAMPLINGS)}, got {sampling!r}")
         if seq_len < 1 or batch_size < 1:
@@ -54,9 +63,11 @@ class TokenLoader:
         self._cum_epoch = np.cumsum([max(0, (len(s) - 1) // seq_len) for s in self._shards], dtype=np.int64)
         self.num_tokens = int(sum(len(s) for s in self._shards))
         if self.num_windows == 0:
-            raise DataError(f"the {split!r} split of {self.dir} has no shard longer than seq_len + 1 = "
-                            f"{seq_len + 1} tokens ({self.num_tokens} tokens in all); use a shorter "
-                            f"seq_len or more data")
+            raise DataError(
+                f"the {split!r} split of {self.dir} has no shard longer than seq_len + 1 = "
+                f"{seq_len + 1} tokens ({self.num_tokens} tokens in all); use a shorter "
+                f"seq_len or more data"
+            )
 
     @property
     def num_windows(self) -> int:
@@ -93,7 +104,7 @@ class TokenLoader:
             windows[here] = permute(positions[here] % n, n, [self.seed, int(epoch)])
         shard_ids = np.searchsorted(self._cum_epoch, windows, side="right")
         offsets = (windows - np.concatenate(([0], self._cum_epoch))[shard_ids]) * self.seq_len
-        rows = np.stack([self._shards[s][o:o + self.seq_len + 1] for s, o in zip(shard_ids, offsets, strict=True)])
+        rows = np.stack([self._shards[s][o : o + self.seq_len + 1] for s, o in zip(shard_ids, offsets, strict=True)])
         tokens = torch.from_numpy(rows.astype(np.int64))
         return tokens[:, :-1], tokens[:, 1:]
 
@@ -111,16 +122,23 @@ class TokenLoader:
         """Windows at global start positions (indices into the concatenated valid starts of all shards)."""
         shard_ids = np.searchsorted(self._cum_starts, positions, side="right")
         offsets = positions - np.concatenate(([0], self._cum_starts))[shard_ids]
-        rows = np.stack([self._shards[s][o:o + self.seq_len + 1] for s, o in zip(shard_ids, offsets, strict=True)])
+        rows = np.stack([self._shards[s][o : o + self.seq_len + 1] for s, o in zip(shard_ids, offsets, strict=True)])
         tokens = torch.from_numpy(rows.astype(np.int64))
         return tokens[:, :-1], tokens[:, 1:]
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable; `load_state_dict` on a loader of the same data and shape resumes exactly."""
-        return {"version": STATE_VERSION, "step": self.step, "seed": self.seed, "split": self.split,
-                "sampling": self.sampling,
-                "seq_len": self.seq_len, "batch_size": self.batch_size,
-                "tokenizer_fingerprint": self.meta["tokenizer"]["fingerprint"], "num_tokens": self.num_tokens}
+        return {
+            "version": STATE_VERSION,
+            "step": self.step,
+            "seed": self.seed,
+            "split": self.split,
+            "sampling": self.sampling,
+            "seq_len": self.seq_len,
+            "batch_size": self.batch_size,
+            "tokenizer_fingerprint": self.meta["tokenizer"]["fingerprint"],
+            "num_tokens": self.num_tokens,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from `state` (typically rank 0's, saved in a checkpoint; every rank may load it)."""
@@ -129,8 +147,10 @@ class TokenLoader:
         mine = self.state_dict()
         for key in ("seed", "split", "seq_len", "batch_size", "tokenizer_fingerprint", "num_tokens", "sampling"):
             if state.get(key, "random" if key == "sampling" else None) != mine[key]:  # older states: random
-                raise DataError(f"loader state does not match this loader: {key} is {state.get(key)!r} in the "
-                                f"saved state and {mine[key]!r} now; resume with the same data and batch shape")
+                raise DataError(
+                    f"loader state does not match this loader: {key} is {state.get(key)!r} in the "
+                    f"saved state and {mine[key]!r} now; resume with the same data and batch shape"
+                )
         self.step = int(state["step"])
 
 

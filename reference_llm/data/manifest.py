@@ -31,19 +31,33 @@ RECORD_FORMATS = ("jsonl", "json", "csv", "tsv", "parquet", "arrow")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="python -m reference_llm.data.manifest",
-                            description="Record the provenance of data files in data/manifest.toml.")
+    parser = ArgumentParser(
+        prog="python -m reference_llm.data.manifest",
+        description="Record the provenance of data files in data/manifest.toml.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     add = commands.add_parser("add", help="add (or with --force update) files and folders")
     add.add_argument("paths", nargs="+", metavar="PATH", help="files or folders under the manifest's folder")
-    add.add_argument("--license", dest="licence", metavar="SPDX",
-                     help="the data's licence as an SPDX expression, e.g. CC-BY-4.0 or MIT OR Apache-2.0 "
-                          "(required: it is never guessed)")
+    add.add_argument(
+        "--license",
+        dest="licence",
+        metavar="SPDX",
+        help="the data's licence as an SPDX expression, e.g. CC-BY-4.0 or MIT OR Apache-2.0 "
+        "(required: it is never guessed)",
+    )
     add.add_argument("--source", metavar="TEXT", help="where the data came from: a URL, a citation, who made it")
-    add.add_argument("--text-field", default="text", metavar="NAME",
-                     help="for JSON/CSV/Parquet/Arrow records: the field training reads (default text)")
-    add.add_argument("--manifest", default=str(DEFAULT_MANIFEST), metavar="TOML",
-                     help=f"the manifest to update (default {DEFAULT_MANIFEST})")
+    add.add_argument(
+        "--text-field",
+        default="text",
+        metavar="NAME",
+        help="for JSON/CSV/Parquet/Arrow records: the field training reads (default text)",
+    )
+    add.add_argument(
+        "--manifest",
+        default=str(DEFAULT_MANIFEST),
+        metavar="TOML",
+        help=f"the manifest to update (default {DEFAULT_MANIFEST})",
+    )
     add.add_argument("--force", action="store_true", help="replace entries that exist with other values")
     return parser
 
@@ -51,16 +65,24 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if not args.licence:
-        raise DataError("--license is required: give the SPDX id of the data's licence (e.g. CC-BY-4.0, see "
-                        "https://spdx.org/licenses/); it is never guessed")
+        raise DataError(
+            "--license is required: give the SPDX id of the data's licence (e.g. CC-BY-4.0, see "
+            "https://spdx.org/licenses/); it is never guessed"
+        )
     if not args.source or not args.source.strip():
         raise DataError("--source is required: say where the data came from (a URL, a citation, who wrote it)")
     problems, notes = check_licence(args.licence)
     if problems:
         raise DataError(f"--license: {problems[0]}")
     manifest = Path(args.manifest)
-    entries = add_files(manifest, [Path(p) for p in args.paths], licence=args.licence, source=args.source.strip(),
-                        text_field=args.text_field, force=args.force)
+    entries = add_files(
+        manifest,
+        [Path(p) for p in args.paths],
+        licence=args.licence,
+        source=args.source.strip(),
+        text_field=args.text_field,
+        force=args.force,
+    )
     for entry, what in entries:
         size, digest = entry["bytes"], entry["sha256"][:12]
         print(f"{what} {entry['path']} ({entry['license']}, {size:,} bytes, sha256 {digest}...)")
@@ -69,8 +91,9 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def add_files(manifest: Path, paths: list[Path], *, licence: str, source: str, text_field: str = "text",
-              force: bool = False) -> list[tuple[dict[str, Any], str]]:
+def add_files(
+    manifest: Path, paths: list[Path], *, licence: str, source: str, text_field: str = "text", force: bool = False
+) -> list[tuple[dict[str, Any], str]]:
     """Add or update an entry per file; returns (entry, "added" | "updated" | "unchanged") for each."""
     head, entries = _read(manifest)
     by_path = {e.get("path"): e for e in entries}
@@ -79,11 +102,17 @@ def add_files(manifest: Path, paths: list[Path], *, licence: str, source: str, t
     for path in _expand(paths, manifest):
         relative = path.resolve().relative_to(base).as_posix()
         if not relative.isprintable() or relative.encode("utf-8", "surrogateescape") != relative.encode(
-                "utf-8", "replace"):
+            "utf-8", "replace"
+        ):
             raise DataError(f"{display(path)}: the file name is not valid UTF-8; rename it")
         digest, size = hash_file(path)
-        entry: dict[str, Any] = {"path": relative, "source": source, "license": licence, "sha256": digest,
-                                 "bytes": size}
+        entry: dict[str, Any] = {
+            "path": relative,
+            "source": source,
+            "license": licence,
+            "sha256": digest,
+            "bytes": size,
+        }
         if infer_format(path.name)[0] in RECORD_FORMATS:
             entry["text_field"] = text_field
         old = by_path.get(relative)
@@ -95,8 +124,10 @@ def add_files(manifest: Path, paths: list[Path], *, licence: str, source: str, t
             results.append((old, "unchanged"))
         elif not force:
             changed = ", ".join(k for k, v in entry.items() if old.get(k) != v)
-            raise DataError(f"{manifest} already lists {relative} with another {changed}; check the file and pass "
-                            f"--force to replace its entry")
+            raise DataError(
+                f"{manifest} already lists {relative} with another {changed}; check the file and pass "
+                f"--force to replace its entry"
+            )
         else:
             old.update(entry)
             results.append((old, "updated"))
@@ -112,11 +143,19 @@ def _expand(paths: list[Path], manifest: Path) -> list[Path]:
         if not path.exists():
             raise DataError(f"{path}: no such file or folder")
         if not path.resolve().is_relative_to(base):
-            raise DataError(f"{path} is outside {manifest.parent}/: copy it there first, so that the project "
-                            f"holds the data its manifest describes")
-        found = [path] if path.is_file() else sorted(
-            p for p in path.rglob("*") if p.is_file() and not any(
-                part.startswith(".") for part in p.relative_to(path).parts))
+            raise DataError(
+                f"{path} is outside {manifest.parent}/: copy it there first, so that the project "
+                f"holds the data its manifest describes"
+            )
+        found = (
+            [path]
+            if path.is_file()
+            else sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
+        )
         files += [p for p in found if p.resolve() != manifest.resolve()]
     if not files:
         raise DataError(f"no files in {', '.join(map(str, paths))}")
@@ -134,7 +173,7 @@ def _read(manifest: Path) -> tuple[str, list[dict[str, Any]]]:
         raise DataError(f"{manifest}: cannot read it as TOML ({exc})") from None
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise DataError(f"{manifest}: `file` must be an array of [[file]] tables")
-    head = "".join(line for line in text.splitlines(keepends=True)[:_first_table(text)] if line.startswith("#"))
+    head = "".join(line for line in text.splitlines(keepends=True)[: _first_table(text)] if line.startswith("#"))
     return head, entries
 
 

@@ -41,8 +41,13 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
-def ordered_map(fn: Callable[[T], R], tasks: Iterable[T], workers: int,
-                initializer: Callable[..., Any] | None = None, initargs: tuple[Any, ...] = ()) -> Iterator[R]:
+def ordered_map(
+    fn: Callable[[T], R],
+    tasks: Iterable[T],
+    workers: int,
+    initializer: Callable[..., Any] | None = None,
+    initargs: tuple[Any, ...] = (),
+) -> Iterator[R]:
     """fn(task) for each task, in order. At most 2 * workers tasks are submitted and not yet returned."""
     if workers <= 1:
         if initializer is not None:
@@ -50,8 +55,9 @@ def ordered_map(fn: Callable[[T], R], tasks: Iterable[T], workers: int,
         for task in tasks:
             yield fn(task)
         return
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=initializer, initargs=initargs)
+    pool = ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=initializer, initargs=initargs
+    )
     pending: deque[Future[R]] = deque()
     try:
         for task in tasks:
@@ -61,8 +67,10 @@ def ordered_map(fn: Callable[[T], R], tasks: Iterable[T], workers: int,
         while pending:
             yield pending.popleft().result()
     except BrokenProcessPool:
-        raise DataError(f"a data worker process stopped unexpectedly (killed for lack of memory?); try fewer "
-                        f"workers (data.workers, now {workers}) or a smaller data.chunk_mb") from None
+        raise DataError(
+            f"a data worker process stopped unexpectedly (killed for lack of memory?); try fewer "
+            f"workers (data.workers, now {workers}) or a smaller data.chunk_mb"
+        ) from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 

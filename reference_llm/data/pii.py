@@ -92,8 +92,9 @@ def _random_base64(s: str) -> bool:
 
 
 # A hex/base64 run on a line that names a digest before it is a checksum, not a secret.
-_HASH_WORDS = re.compile(r"(?<![a-z])(?:sha\d*|md5|hash(?:es)?|digest|checksum|commit|integrity)(?![a-z])",
-                         re.IGNORECASE)
+_HASH_WORDS = re.compile(
+    r"(?<![a-z])(?:sha\d*|md5|hash(?:es)?|digest|checksum|commit|integrity)(?![a-z])", re.IGNORECASE
+)
 
 
 class _Rule(NamedTuple):
@@ -105,8 +106,14 @@ class _Rule(NamedTuple):
     digits: bool = False  # every match holds a digit
 
 
-def _rule(kind: str, pattern: str, check: Callable[[str], bool] | None = None, needle: str | None = None,
-          min_run: int = 0, digits: bool = False) -> _Rule:
+def _rule(
+    kind: str,
+    pattern: str,
+    check: Callable[[str], bool] | None = None,
+    needle: str | None = None,
+    min_run: int = 0,
+    digits: bool = False,
+) -> _Rule:
     return _Rule(kind, re.compile(pattern), check, needle, min_run, digits)
 
 
@@ -117,32 +124,58 @@ def _rule(kind: str, pattern: str, check: Callable[[str], bool] | None = None, n
 # as a two-character lookbehind: `[2-6](?<![\d-].)` is `(?<![\d-])[2-6]`, about four times faster.
 _RULES: list[_Rule] = [
     _rule("private_key", r"-----BEGIN[A-Z ]*PRIVATE KEY-----(?:[\s\S]*?-----END[A-Z ]*PRIVATE KEY-----)?"),
-    _rule("aws_key",  # access key ids: a four-letter type prefix and 16 more characters
-          r"A(?<![A-Za-z0-9]A)(?:KIA|SIA|BIA|CCA|GPA|IDA|IPA|NPA|NVA|PKA|ROA|SCA)[A-Z0-9]{16}(?![A-Za-z0-9])"),
-    _rule("github_token",
-          r"g(?<![A-Za-z0-9_]g)(?:h[pousr]_[A-Za-z0-9]{36,255}|ithub_pat_[A-Za-z0-9_]{22,255})(?![A-Za-z0-9_])"),
+    _rule(
+        "aws_key",  # access key ids: a four-letter type prefix and 16 more characters
+        r"A(?<![A-Za-z0-9]A)(?:KIA|SIA|BIA|CCA|GPA|IDA|IPA|NPA|NVA|PKA|ROA|SCA)[A-Z0-9]{16}(?![A-Za-z0-9])",
+    ),
+    _rule(
+        "github_token",
+        r"g(?<![A-Za-z0-9_]g)(?:h[pousr]_[A-Za-z0-9]{36,255}|ithub_pat_[A-Za-z0-9_]{22,255})(?![A-Za-z0-9_])",
+    ),
     # OpenAI/Anthropic-style sk-..., Stripe secret and restricted keys, Slack tokens, Google API keys
     _rule("api_key", r"s(?<![\w-]s)k-[A-Za-z0-9_-]{20,}(?![\w-])", _has_digit, min_run=23),
     _rule("api_key", r"[sr](?<![\w-].)k_(?:live|test)_[A-Za-z0-9]{16,}(?![\w-])", needle="k_", min_run=24),
     _rule("api_key", r"x(?<![\w-]x)ox[abposr]-[A-Za-z0-9-]{10,}(?![\w-])", _has_digit),
     _rule("api_key", r"A(?<![\w-]A)Iza[A-Za-z0-9_-]{35}(?![\w-])"),
-    _rule("email", r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+"
-                   r"[A-Za-z]{2,}(?![\w-])", needle="@"),
-    _rule("credit_card",  # 13-19 digits, optionally grouped; the major networks' numbers start with 2-6
-          r"[2-6](?<![\d-].)\d(?:[ -]?\d){11,17}(?![ -]?\d)", _card, digits=True),
-    _rule("ipv6", r"(?<![0-9A-Za-z:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|\d{1,3}(?:\.\d{1,3}){3})?"
-                  r"(?![0-9A-Za-z:])", _ipv6, needle=":"),
-    _rule("ipv4", r"\d(?<![\d.]\d)\d{0,2}(?:\.\d{1,3}){3}(?!\d|\.\d)", _global_ip, needle=".", min_run=7,
-          digits=True),  # _global_ip checks the octets too
-    _rule("phone",  # international: +CC then groups, e.g. +44 20 7946 0958, +1 (555) 123-4567
-          r"\+(?<![\w+]\+)[1-9]\d{0,2}(?:[ .-]?(?:\(\d{1,4}\)|\d{1,5})){1,6}(?!\w|[.,]\d)", _phone),
+    _rule(
+        "email",
+        r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+"
+        r"[A-Za-z]{2,}(?![\w-])",
+        needle="@",
+    ),
+    _rule(
+        "credit_card",  # 13-19 digits, optionally grouped; the major networks' numbers start with 2-6
+        r"[2-6](?<![\d-].)\d(?:[ -]?\d){11,17}(?![ -]?\d)",
+        _card,
+        digits=True,
+    ),
+    _rule(
+        "ipv6",
+        r"(?<![0-9A-Za-z:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|\d{1,3}(?:\.\d{1,3}){3})?"
+        r"(?![0-9A-Za-z:])",
+        _ipv6,
+        needle=":",
+    ),
+    _rule(
+        "ipv4", r"\d(?<![\d.]\d)\d{0,2}(?:\.\d{1,3}){3}(?!\d|\.\d)", _global_ip, needle=".", min_run=7, digits=True
+    ),  # _global_ip checks the octets too
+    _rule(
+        "phone",  # international: +CC then groups, e.g. +44 20 7946 0958, +1 (555) 123-4567
+        r"\+(?<![\w+]\+)[1-9]\d{0,2}(?:[ .-]?(?:\(\d{1,4}\)|\d{1,5})){1,6}(?!\w|[.,]\d)",
+        _phone,
+    ),
     _rule("phone", r"\((?<![\w+.-]\()\d{3}\) ?\d{3}[-. ]\d{4}(?![\w-]|\.\d)"),  # (555) 123-4567
-    _rule("phone", r"\d(?<![\w+.-]\d)\d{2}(?P<sep>[-.])\d{3}(?P=sep)\d{4}(?![\w-]|\.\d)", min_run=12,
-          digits=True),  # 555-123-4567
-    _rule("phone",  # national numbers with trunk prefix 0: 020 7946 0958, 030-1234-5678
-          r"0(?<![\w+.-]0)\d{1,4}[ -]\d{3,4}[ -]\d{3,4}(?![\w-]|\.\d)", _phone),
-    _rule("secret", r"[0-9A-Fa-f](?<![0-9A-Za-z_].)[0-9A-Fa-f]{31,}(?![0-9A-Za-z_])", _random_hex, min_run=32,
-          digits=True),
+    _rule(
+        "phone", r"\d(?<![\w+.-]\d)\d{2}(?P<sep>[-.])\d{3}(?P=sep)\d{4}(?![\w-]|\.\d)", min_run=12, digits=True
+    ),  # 555-123-4567
+    _rule(
+        "phone",  # national numbers with trunk prefix 0: 020 7946 0958, 030-1234-5678
+        r"0(?<![\w+.-]0)\d{1,4}[ -]\d{3,4}[ -]\d{3,4}(?![\w-]|\.\d)",
+        _phone,
+    ),
+    _rule(
+        "secret", r"[0-9A-Fa-f](?<![0-9A-Za-z_].)[0-9A-Fa-f]{31,}(?![0-9A-Za-z_])", _random_hex, min_run=32, digits=True
+    ),
     # No lookbehind needed: a match starts at the beginning of a run, since one starting later would be
     # shorter and the run was already too short. "=" may precede it (KEY=...) but only ends base64.
     _rule("secret", r"[A-Za-z0-9+/_-]{40,}={0,2}(?![A-Za-z0-9+/=_-])", _random_base64, min_run=40, digits=True),
@@ -165,8 +198,12 @@ def scan_pii(text: str, kinds: Iterable[str] | None = None) -> list[Finding]:
     longest = max(map(len, text.split()), default=0)
     has_digit = any(d in text for d in "0123456789")
     for kind, pattern, check, needle, min_run, digits in _RULES:
-        if (kind not in wanted or (needle is not None and needle not in text) or longest < min_run
-                or (digits and not has_digit)):
+        if (
+            kind not in wanted
+            or (needle is not None and needle not in text)
+            or longest < min_run
+            or (digits and not has_digit)
+        ):
             continue
         for m in pattern.finditer(text):
             start, end = m.span()
@@ -188,7 +225,7 @@ def scrub_pii(text: str, kinds: Iterable[str] | None = None) -> tuple[str, list[
     findings = scan_pii(text, kinds)
     parts, pos = [], 0
     for f in findings:
-        parts += [text[pos:f.start], placeholder(f.kind)]
+        parts += [text[pos : f.start], placeholder(f.kind)]
         pos = f.end
     parts.append(text[pos:])
     return "".join(parts), findings

@@ -63,8 +63,10 @@ class PipelineSettings:
                 raise ConfigError(f"{key} must be {type(current).__name__}, got {value!r}")
             values[section][name] = value
         return dataclasses.replace(
-            self, filters=dataclasses.replace(self.filters, **values["filters"]),
-            dedup=dataclasses.replace(self.dedup, **values["dedup"]), **values[""],
+            self,
+            filters=dataclasses.replace(self.filters, **values["filters"]),
+            dedup=dataclasses.replace(self.dedup, **values["dedup"]),
+            **values[""],
         )
 
 
@@ -208,8 +210,9 @@ class Collector:
         self._names = _Names(work_dir / "names.bin" if work_dir else None)
         self._exact: dict[bytes, int] = {}
         d = settings.dedup
-        self._index = (LshIndex(d.num_perm, d.threshold, work_dir / "signatures.bin" if work_dir else None)
-                       if d.near else None)
+        self._index = (
+            LshIndex(d.num_perm, d.threshold, work_dir / "signatures.bin" if work_dir else None) if d.near else None
+        )
         self._index_names = array("I")  # LSH document -> number in _names
 
     def add_batch(self, names: list[str], results: list[Cleaned]) -> list[bool]:
@@ -225,8 +228,11 @@ class Collector:
             self.documents_in += 1
             self.chars_in += r.chars_in
             self.chars_normalised += r.chars_normalised
-            keep.append(self._decide(name, r, None if keys is None or i not in row_of else
-                                     (keys[row_of[i]], candidates[row_of[i]])))
+            keep.append(
+                self._decide(
+                    name, r, None if keys is None or i not in row_of else (keys[row_of[i]], candidates[row_of[i]])
+                )
+            )
         if index is not None:
             index.flush()
         return keep
@@ -269,19 +275,30 @@ class Collector:
 
     def report(self) -> dict[str, Any]:
         s = self.settings
-        out: dict[str, Any] = {"documents_in": self.documents_in, "chars_in": self.chars_in,
-                               "chars_after_normalising": self.chars_normalised,
-                               "filters": {name: c.to_dict() for name, c in self.filtered.items()}}
+        out: dict[str, Any] = {
+            "documents_in": self.documents_in,
+            "chars_in": self.chars_in,
+            "chars_after_normalising": self.chars_normalised,
+            "filters": {name: c.to_dict() for name, c in self.filtered.items()},
+        }
         if s.dedup.exact:
             out["exact_dedup"] = self.exact_dups.to_dict()
         if s.dedup.near:
             bands, rows = choose_bands(s.dedup.num_perm, s.dedup.threshold)
-            out["near_dedup"] = {"dropped": self.near_dups.count, "threshold": s.dedup.threshold, "bands": bands,
-                                 "rows": rows, **{k: v for k, v in self.near_dups.to_dict().items() if k != "dropped"}}
+            out["near_dedup"] = {
+                "dropped": self.near_dups.count,
+                "threshold": s.dedup.threshold,
+                "bands": bands,
+                "rows": rows,
+                **{k: v for k, v in self.near_dups.to_dict().items() if k != "dropped"},
+            }
         if s.scrub_pii:
-            out["pii"] = {"replaced": self.pii.count, "by_kind": dict(sorted(self.pii_by_kind.items())),
-                          "documents": self.pii_documents,
-                          **{k: v for k, v in self.pii.to_dict().items() if k != "dropped"}}
+            out["pii"] = {
+                "replaced": self.pii.count,
+                "by_kind": dict(sorted(self.pii_by_kind.items())),
+                "documents": self.pii_documents,
+                **{k: v for k, v in self.pii.to_dict().items() if k != "dropped"},
+            }
         out["special_token_strings_removed"] = self.special_removed
         out["documents_out"] = self.documents_out
         out["chars_out"] = self.chars_out

@@ -33,50 +33,106 @@ from reference_llm.errors import ConfigError
 
 def build_parser() -> argparse.ArgumentParser:
     defaults = DataConfig()
-    parser = ArgumentParser(prog="python -m reference_llm.data.prepare",
-                     description="Clean, filter, deduplicate and PII-scrub a corpus, train a tokenizer on its "
-                                 "train split, and write token shards.")
-    parser.add_argument("--corpus", metavar="PATH",
-                        help="a file, a folder or a glob: text (.txt/.md), JSON Lines, JSON arrays, CSV, Parquet, "
-                             "Arrow or a datasets save_to_disk folder, optionally .gz/.zst (default: the bundled "
-                             "Shakespeare, or the sources of --config)")
-    parser.add_argument("--text-field", metavar="NAME",
-                        help=f"field with the text in JSON/CSV/Parquet/Arrow records; dots reach nested fields "
-                             f"(default {defaults.text_field})")
+    parser = ArgumentParser(
+        prog="python -m reference_llm.data.prepare",
+        description="Clean, filter, deduplicate and PII-scrub a corpus, train a tokenizer on its "
+        "train split, and write token shards.",
+    )
+    parser.add_argument(
+        "--corpus",
+        metavar="PATH",
+        help="a file, a folder or a glob: text (.txt/.md), JSON Lines, JSON arrays, CSV, Parquet, "
+        "Arrow or a datasets save_to_disk folder, optionally .gz/.zst (default: the bundled "
+        "Shakespeare, or the sources of --config)",
+    )
+    parser.add_argument(
+        "--text-field",
+        metavar="NAME",
+        help=f"field with the text in JSON/CSV/Parquet/Arrow records; dots reach nested fields "
+        f"(default {defaults.text_field})",
+    )
     parser.add_argument("--format", choices=FORMATS, help="read every file as this format (default: by file name)")
-    parser.add_argument("--config", metavar="TOML",
-                        help="take [data] from a training config (its [[data.sources]], weights, tokenizer, ...); "
-                             "the options given here override it")
-    parser.add_argument("--tokenizer", choices=CHOICES["data.tokenizer"],
-                        help=f"tokenizer kind, trained on the train split (default {defaults.tokenizer})")
-    parser.add_argument("--vocab-size", type=int, metavar="N",
-                        help=f"BPE vocabulary size (default {defaults.vocab_size}; char uses the alphabet)")
-    parser.add_argument("--val-fraction", type=float, metavar="F",
-                        help=f"held out for validation: whole documents, or the end of a single document "
-                             f"(default {defaults.val_fraction})")
-    parser.add_argument("--out", metavar="DIR",
-                        help=f"cache directory; the data goes to a keyed subdirectory (default {defaults.cache_dir})")
-    parser.add_argument("--workers", type=int, metavar="N",
-                        help="processes that clean and tokenise (default: one per CPU); the result is the same "
-                             "for any number")
-    parser.add_argument("--chunk-mb", type=float, metavar="MB",
-                        help=f"text in flight at once, which bounds memory (default {defaults.chunk_mb:g})")
-    parser.add_argument("--skip-bad", action="store_true", default=None,
-                        help="leave out and count records that cannot be read (bad JSON, missing field, not "
-                             "UTF-8, a damaged file) instead of stopping at the first")
-    parser.add_argument("--strict", action="store_true", default=None,
-                        help="fail if any file of the corpus is not read (unknown format, broken link, ...)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                        help=f"pipeline setting, value in TOML syntax, e.g. filters.min_chars=50 or "
-                             f"scrub_pii=false; keys: {', '.join(setting_keys())}")
+    parser.add_argument(
+        "--config",
+        metavar="TOML",
+        help="take [data] from a training config (its [[data.sources]], weights, tokenizer, ...); "
+        "the options given here override it",
+    )
+    parser.add_argument(
+        "--tokenizer",
+        choices=CHOICES["data.tokenizer"],
+        help=f"tokenizer kind, trained on the train split (default {defaults.tokenizer})",
+    )
+    parser.add_argument(
+        "--vocab-size",
+        type=int,
+        metavar="N",
+        help=f"BPE vocabulary size (default {defaults.vocab_size}; char uses the alphabet)",
+    )
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        metavar="F",
+        help=f"held out for validation: whole documents, or the end of a single document "
+        f"(default {defaults.val_fraction})",
+    )
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        help=f"cache directory; the data goes to a keyed subdirectory (default {defaults.cache_dir})",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="processes that clean and tokenise (default: one per CPU); the result is the same for any number",
+    )
+    parser.add_argument(
+        "--chunk-mb",
+        type=float,
+        metavar="MB",
+        help=f"text in flight at once, which bounds memory (default {defaults.chunk_mb:g})",
+    )
+    parser.add_argument(
+        "--skip-bad",
+        action="store_true",
+        default=None,
+        help="leave out and count records that cannot be read (bad JSON, missing field, not "
+        "UTF-8, a damaged file) instead of stopping at the first",
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        default=None,
+        help="fail if any file of the corpus is not read (unknown format, broken link, ...)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help=f"pipeline setting, value in TOML syntax, e.g. filters.min_chars=50 or "
+        f"scrub_pii=false; keys: {', '.join(setting_keys())}",
+    )
     parser.add_argument("--json", action="store_true", help="print meta.json instead of the report table")
     return parser
 
 
 # argparse destination -> DataConfig field, for the options that override --config
-_FIELDS = {"corpus": "corpus", "text_field": "text_field", "format": "format", "tokenizer": "tokenizer",
-           "vocab_size": "vocab_size", "val_fraction": "val_fraction", "out": "cache_dir", "workers": "workers",
-           "chunk_mb": "chunk_mb", "skip_bad": "skip_bad", "strict": "strict"}
+_FIELDS = {
+    "corpus": "corpus",
+    "text_field": "text_field",
+    "format": "format",
+    "tokenizer": "tokenizer",
+    "vocab_size": "vocab_size",
+    "val_fraction": "val_fraction",
+    "out": "cache_dir",
+    "workers": "workers",
+    "chunk_mb": "chunk_mb",
+    "skip_bad": "skip_bad",
+    "strict": "strict",
+}
 
 
 def data_config(args: argparse.Namespace) -> DataConfig:
@@ -97,8 +153,9 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         try:
             out[key.strip()] = tomllib.loads(f"v = {text.strip()}")["v"]
         except tomllib.TOMLDecodeError:
-            raise ConfigError(f"--set {item!r}: {text.strip()!r} is not a TOML value "
-                              f"(numbers, true/false, or a quoted string)") from None
+            raise ConfigError(
+                f"--set {item!r}: {text.strip()!r} is not a TOML value (numbers, true/false, or a quoted string)"
+            ) from None
     return out
 
 
@@ -128,8 +185,10 @@ def report_table(prepared: PreparedData) -> Table:
         table.add_row("not read", "; ".join(f"{reason} {info['count']}" for reason, info in skipped.items()))
     if report.get("bad_records", {}).get("skipped"):
         bad = report["bad_records"]
-        table.add_row("bad records", f"{bad['skipped']} left out ("
-                      + ", ".join(f"{reason} {n}" for reason, n in bad["by_reason"].items()) + ")")
+        table.add_row(
+            "bad records",
+            f"{bad['skipped']} left out (" + ", ".join(f"{reason} {n}" for reason, n in bad["by_reason"].items()) + ")",
+        )
     table.add_row("normalised", f"{report['chars_in']:,} -> {report['chars_after_normalising']:,} characters")
     for name, info in report["filters"].items():
         table.add_row(f"filter {name}", f"dropped {info['dropped']}")
@@ -147,8 +206,10 @@ def report_table(prepared: PreparedData) -> Table:
             weight = "natural size" if part["weight"] is None else f"weight {part['weight']:g}"
             table.add_row(f"source {part['source']}", f"{weight}: {part['share']:.1%} of the train text")
     for split, info in meta["splits"].items():
-        table.add_row(f"{split} tokens", f"{info['tokens']:,} in {len(info['shards'])} shard(s) of {meta['dtype']}, "
-                                         f"{info['documents']} document(s)")
+        table.add_row(
+            f"{split} tokens",
+            f"{info['tokens']:,} in {len(info['shards'])} shard(s) of {meta['dtype']}, {info['documents']} document(s)",
+        )
     return table
 
 

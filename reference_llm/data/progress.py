@@ -21,8 +21,12 @@ class Steps:
     def __init__(self, enabled: bool | None = None):
         console = Console(stderr=True)
         self._progress = Progress(
-            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), console=console,
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
             disable=not (console.is_terminal if enabled is None else enabled),
         )
 

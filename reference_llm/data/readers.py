@@ -139,13 +139,13 @@ class _ZstdReader(io.RawIOBase):
             if self._frame.eof:  # the previous frame ended: what follows starts a new one
                 self._frame = self._zstd.ZstdDecompressor().decompressobj()
                 self._fed = False
-            piece = self._in[self._in_pos:self._in_pos + self.FEED]
+            piece = self._in[self._in_pos : self._in_pos + self.FEED]
             self._out, self._out_pos = self._frame.decompress(piece), 0
             self._fed = True
             # Bytes after a frame's end are not consumed: they are the next frame's start.
             self._in_pos += len(piece) - (len(self._frame.unused_data) if self._frame.eof else 0)
         n = min(len(buffer), len(self._out) - self._out_pos)
-        buffer[:n] = self._out[self._out_pos:self._out_pos + n]
+        buffer[:n] = self._out[self._out_pos : self._out_pos + n]
         self._out_pos += n
         return n
 
@@ -159,6 +159,7 @@ def _damage_errors() -> tuple[type[Exception], ...]:
     errors: list[type[Exception]] = [OSError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError]
     try:
         import zstandard
+
         errors.append(zstandard.ZstdError)
     except ImportError:
         pass
@@ -179,8 +180,13 @@ def _guard(src: SourceFile, bad: BadRecords) -> Iterator[None]:
     except _damage_errors() as exc:
         if not src.compression and isinstance(exc, OSError):
             raise DataError(f"cannot read corpus file {display(src.path)}: {exc.strerror or exc}") from None
-        bad(src, "", f"truncated or corrupt {src.compression} data ({exc or type(exc).__name__}; what came before "
-                     f"the damage was read)", "damaged file")
+        bad(
+            src,
+            "",
+            f"truncated or corrupt {src.compression} data ({exc or type(exc).__name__}; what came before "
+            f"the damage was read)",
+            "damaged file",
+        )
 
 
 def _optional(module: str, what: str) -> Any:
@@ -233,9 +239,13 @@ def _text_pieces(src: SourceFile, piece_chars: int, bad: BadRecords) -> Iterator
             try:
                 buf += decoder.decode(block, final=not block)
             except UnicodeDecodeError as exc:
-                line = lines + buf.count("\n") + block[:exc.start].count(b"\n") + 1
-                bad(src, "", f"not UTF-8 text (bad byte near offset {offset + exc.start}, line {line}); convert it "
-                             f"to UTF-8", "not UTF-8")
+                line = lines + buf.count("\n") + block[: exc.start].count(b"\n") + 1
+                bad(
+                    src,
+                    "",
+                    f"not UTF-8 text (bad byte near offset {offset + exc.start}, line {line}); convert it to UTF-8",
+                    "not UTF-8",
+                )
                 return  # skip mode: the rest of this file is left out
             offset += len(block)
             while len(buf) > piece_chars:
@@ -276,8 +286,9 @@ def field_value(record: Any, path: str) -> tuple[str | None, str]:
 
 
 def _json_type(value: Any) -> str:
-    return {dict: "object", list: "array", str: "string", bool: "boolean", int: "number",
-            float: "number"}.get(type(value), type(value).__name__)
+    return {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}.get(
+        type(value), type(value).__name__
+    )
 
 
 def _record(at: str, record: Any, src: SourceFile, bad: BadRecords) -> str | None:
@@ -299,7 +310,7 @@ def _jsonl(src: SourceFile, limit: int, bad: BadRecords, first_line_only: bool =
                 bad(src, at, f"line is longer than {limit / 2**20:g} MiB (raise data.chunk_mb)", "record too long")
                 continue
             if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
-                raw = raw[len(codecs.BOM_UTF8):]
+                raw = raw[len(codecs.BOM_UTF8) :]
             if not raw.strip():
                 continue
             try:
@@ -367,8 +378,11 @@ def _json_array(src: SourceFile, limit: int, bad: BadRecords) -> Iterator[tuple[
                 complete = end < len(buf) or eof  # a number at the buffer's end may continue
             except json.JSONDecodeError as exc:
                 if eof or len(buf) - pos > limit:
-                    what = (f"element is longer than {limit / 2**20:g} MiB (raise data.chunk_mb)"
-                            if not eof else f"not JSON ({exc.msg})")
+                    what = (
+                        f"element is longer than {limit / 2**20:g} MiB (raise data.chunk_mb)"
+                        if not eof
+                        else f"not JSON ({exc.msg})"
+                    )
                     bad(src, f"[{index}]", what + "; the rest of the array is unreadable", "not JSON")
                     return
                 complete = False
@@ -385,21 +399,31 @@ def _json_array(src: SourceFile, limit: int, bad: BadRecords) -> Iterator[tuple[
             if sep == "]":
                 return
             if sep != ",":
-                bad(src, f"[{index}]", f"not JSON (expected ',' or ']' after element {index - 1}, got "
-                                       f"{sep or 'end of file'!r})", "not JSON")
+                bad(
+                    src,
+                    f"[{index}]",
+                    f"not JSON (expected ',' or ']' after element {index - 1}, got {sep or 'end of file'!r})",
+                    "not JSON",
+                )
                 return
 
 
 def _csv(src: SourceFile, limit: int, bad: BadRecords) -> Iterator[tuple[str, str]]:
     csv.field_size_limit(max(csv.field_size_limit(), limit))
-    with open_binary(src.path, src.compression) as raw, \
-            io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as stream:
+    with (
+        open_binary(src.path, src.compression) as raw,
+        io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as stream,
+    ):
         reader = csv.reader(stream, delimiter="\t" if src.format == "tsv" else ",")
         try:
             header = next(reader, [])
             if src.text_field not in header:
-                bad(src, "", f"no column {src.text_field!r} (columns: {', '.join(header[:10]) or 'none'})",
-                    "missing field")
+                bad(
+                    src,
+                    "",
+                    f"no column {src.text_field!r} (columns: {', '.join(header[:10]) or 'none'})",
+                    "missing field",
+                )
                 return
             column = header.index(src.text_field)
             for row in reader:

@@ -37,8 +37,9 @@ class ShardWriter:
     it as finished; `done` continues after shards an interrupted run finished (later files are replaced).
     """
 
-    def __init__(self, out_dir: Path, split: str, dtype: np.dtype, shard_tokens: int,
-                 done: list[dict[str, Any]] | None = None):
+    def __init__(
+        self, out_dir: Path, split: str, dtype: np.dtype, shard_tokens: int, done: list[dict[str, Any]] | None = None
+    ):
         self.out_dir, self.split, self.dtype, self.shard_tokens = Path(out_dir), split, np.dtype(dtype), shard_tokens
         self.shards: list[dict[str, Any]] = [dict(s) for s in done or []]
         self._file: Any = None
@@ -54,7 +55,7 @@ class ShardWriter:
             if self._file is None:
                 self._open_next()
             room = self.shard_tokens - self.shards[-1]["tokens"]
-            part = ids[written:written + room]
+            part = ids[written : written + room]
             part.tofile(self._file)
             self.shards[-1]["tokens"] += part.size
             written += part.size
@@ -96,8 +97,10 @@ def read_meta(data_dir: str | Path) -> dict[str, Any]:
     """Load and check `meta.json` of a prepared directory (its shard files must exist with the right sizes)."""
     path = Path(data_dir) / META_FILE
     if not path.is_file():
-        raise DataError(f"{data_dir} is not a prepared data directory: {META_FILE} not found "
-                        f"(build one with python -m reference_llm.data.prepare)")
+        raise DataError(
+            f"{data_dir} is not a prepared data directory: {META_FILE} not found "
+            f"(build one with python -m reference_llm.data.prepare)"
+        )
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -118,8 +121,9 @@ def open_shards(data_dir: str | Path, meta: dict[str, Any], split: str) -> list[
         path = Path(data_dir) / shard["file"]
         expected = shard["tokens"] * dtype.itemsize
         if not path.is_file() or path.stat().st_size != expected:
-            raise DataError(f"shard {path} is missing or truncated (expected {expected} bytes); "
-                            f"delete {data_dir} and prepare again")
+            raise DataError(
+                f"shard {path} is missing or truncated (expected {expected} bytes); delete {data_dir} and prepare again"
+            )
         if shard["tokens"]:
             maps.append(np.memmap(path, dtype=dtype, mode="r", shape=(shard["tokens"],)))
     return maps

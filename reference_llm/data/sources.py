@@ -22,10 +22,17 @@ from reference_llm.errors import DataError
 
 FORMATS = ("text", "jsonl", "json", "csv", "tsv", "parquet", "arrow")
 SUFFIX_FORMATS = {
-    ".txt": "text", ".md": "text", ".text": "text", ".markdown": "text",
-    ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json",
-    ".csv": "csv", ".tsv": "tsv",
-    ".parquet": "parquet", ".pq": "parquet",
+    ".txt": "text",
+    ".md": "text",
+    ".text": "text",
+    ".markdown": "text",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
     ".arrow": "arrow",
 }
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2", ".xz": "xz"}
@@ -106,8 +113,10 @@ def discover(specs: list[DataSource], *, strict: bool = False, skip_bad: bool = 
     if not found.files:
         where = ", ".join(spec.path for spec in specs)
         kinds = ", ".join(sorted(SUFFIX_FORMATS))
-        raise DataError(f"corpus {where} has no files to read (known: {kinds}, optionally .gz/.zst compressed)"
-                        + (f"; {found.skip_summary()}" if found.skipped else ""))
+        raise DataError(
+            f"corpus {where} has no files to read (known: {kinds}, optionally .gz/.zst compressed)"
+            + (f"; {found.skip_summary()}" if found.skipped else "")
+        )
     if strict and found.skipped:
         raise DataError(f"--strict: {found.skip_summary()}")
     return found
@@ -182,8 +191,10 @@ def hf_dataset_files(folder: Path) -> list[Path] | None:
     """The .arrow files of a `datasets` `save_to_disk` folder, in order, or None for any other folder."""
     if (folder / HF_DICT).is_file():
         splits = sorted(p.name for p in folder.iterdir() if (p / HF_STATE).is_file())
-        raise DataError(f"{folder} is a Hugging Face DatasetDict with splits {', '.join(splits) or '(none)'}: point "
-                        f"the corpus at one split's folder, e.g. {folder / (splits[0] if splits else 'train')}")
+        raise DataError(
+            f"{folder} is a Hugging Face DatasetDict with splits {', '.join(splits) or '(none)'}: point "
+            f"the corpus at one split's folder, e.g. {folder / (splits[0] if splits else 'train')}"
+        )
     state_path = folder / HF_STATE
     if not state_path.is_file() or not (folder / HF_INFO).is_file():
         return None
@@ -224,8 +235,9 @@ def _name_ok(rel: str, found: Discovery, skip_bad: bool) -> bool:
         rel.encode("utf-8")
     except UnicodeEncodeError:
         if not skip_bad:
-            raise DataError(f"corpus file name {display(rel)} is not valid UTF-8: rename it "
-                            f"(or pass --skip-bad to leave it out)") from None
+            raise DataError(
+                f"corpus file name {display(rel)} is not valid UTF-8: rename it (or pass --skip-bad to leave it out)"
+            ) from None
         _skip(found, "file name not UTF-8", display(rel))
         return False
     return True

@@ -81,43 +81,79 @@ def export_hf(model: Transformer, tokenizer, out_dir: str | Path, dtype: str = "
     (out / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
     if tokenizer is not None:
         (out / TOKENIZER_FILE).write_bytes(hf_tokenizer_json(tokenizer))
-        (out / TOKENIZER_CONFIG).write_text(json.dumps(_tokenizer_config(tokenizer, config), indent=2) + "\n",
-                                            encoding="utf-8")
+        (out / TOKENIZER_CONFIG).write_text(
+            json.dumps(_tokenizer_config(tokenizer, config), indent=2) + "\n", encoding="utf-8"
+        )
     return out
 
 
 def check_exportable(config: ModelConfig) -> None:
     """ConfigError, naming what does not fit, when `transformers` has no class for this config."""
     if config.arch == "custom":
-        raise ConfigError(f"cannot export to Hugging Face: norm={config.norm}, position={config.position}, "
-                          f"mlp={config.mlp} is a custom mix; supported: {_ARCH_NEEDS}")
+        raise ConfigError(
+            f"cannot export to Hugging Face: norm={config.norm}, position={config.position}, "
+            f"mlp={config.mlp} is a custom mix; supported: {_ARCH_NEEDS}"
+        )
     if config.arch == "gpt2" and config.n_kv_head != config.n_head:
-        raise ConfigError(f"cannot export to GPT2LMHeadModel: it has no grouped-query attention, but "
-                          f"model.n_kv_head={config.n_kv_head} < model.n_head={config.n_head}")
+        raise ConfigError(
+            f"cannot export to GPT2LMHeadModel: it has no grouped-query attention, but "
+            f"model.n_kv_head={config.n_kv_head} < model.n_head={config.n_head}"
+        )
 
 
 def hf_config_dict(config: ModelConfig, tokenizer=None, dtype: str = "float32") -> dict[str, Any]:
     """config.json for `GPT2LMHeadModel` or `LlamaForCausalLM`."""
     eot = None if tokenizer is None else tokenizer.eot_id
-    common = {"vocab_size": config.vocab_size, "tie_word_embeddings": config.tie_embeddings,
-              "bos_token_id": eot, "eos_token_id": eot, "pad_token_id": None, "use_cache": True,
-              "dtype": dtype, "torch_dtype": dtype, OUR_CONFIG_KEY: config.to_dict()}
+    common = {
+        "vocab_size": config.vocab_size,
+        "tie_word_embeddings": config.tie_embeddings,
+        "bos_token_id": eot,
+        "eos_token_id": eot,
+        "pad_token_id": None,
+        "use_cache": True,
+        "dtype": dtype,
+        "torch_dtype": dtype,
+        OUR_CONFIG_KEY: config.to_dict(),
+    }
     if config.arch == "gpt2":
-        return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_positions": config.block_size,
-                "n_embd": config.d_model, "n_layer": config.n_layer, "n_head": config.n_head,
-                "n_inner": config.ffn_hidden, "activation_function": "gelu_new",
-                "layer_norm_epsilon": config.norm_eps, "resid_pdrop": config.dropout,
-                "embd_pdrop": config.dropout, "attn_pdrop": config.dropout, "scale_attn_weights": True,
-                "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False, **common}
-    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": config.d_model,
-            "intermediate_size": config.ffn_hidden, "num_hidden_layers": config.n_layer,
-            "num_attention_heads": config.n_head, "num_key_value_heads": config.n_kv_head,
-            "head_dim": config.head_dim, "max_position_embeddings": config.block_size,
-            "rms_norm_eps": config.norm_eps, "hidden_act": "silu", "attention_bias": config.bias,
-            "mlp_bias": config.bias, "attention_dropout": config.dropout,
-            # transformers 5 reads rope_parameters; 4.x reads rope_theta
-            "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
-            "rope_theta": config.rope_theta, **common}
+        return {
+            "architectures": ["GPT2LMHeadModel"],
+            "model_type": "gpt2",
+            "n_positions": config.block_size,
+            "n_embd": config.d_model,
+            "n_layer": config.n_layer,
+            "n_head": config.n_head,
+            "n_inner": config.ffn_hidden,
+            "activation_function": "gelu_new",
+            "layer_norm_epsilon": config.norm_eps,
+            "resid_pdrop": config.dropout,
+            "embd_pdrop": config.dropout,
+            "attn_pdrop": config.dropout,
+            "scale_attn_weights": True,
+            "scale_attn_by_inverse_layer_idx": False,
+            "reorder_and_upcast_attn": False,
+            **common,
+        }
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": config.d_model,
+        "intermediate_size": config.ffn_hidden,
+        "num_hidden_layers": config.n_layer,
+        "num_attention_heads": config.n_head,
+        "num_key_value_heads": config.n_kv_head,
+        "head_dim": config.head_dim,
+        "max_position_embeddings": config.block_size,
+        "rms_norm_eps": config.norm_eps,
+        "hidden_act": "silu",
+        "attention_bias": config.bias,
+        "mlp_bias": config.bias,
+        "attention_dropout": config.dropout,
+        # transformers 5 reads rope_parameters; 4.x reads rope_theta
+        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+        "rope_theta": config.rope_theta,
+        **common,
+    }
 
 
 @dataclass(frozen=True)
@@ -148,8 +184,14 @@ def hf_names(config: ModelConfig) -> list[Link]:
         p = "transformer."
         links += [Link("tok_emb.weight", (p + "wte.weight",)), Link("pos_emb.weight", (p + "wpe.weight",))]
         # (ours, theirs, output width) per block; the width sizes the zero bias of a bias-free model.
-        layers = [("attn_norm", "ln_1", C), ("attn.qkv", "attn.c_attn", C + 2 * kv), ("attn.proj", "attn.c_proj", C),
-                  ("mlp_norm", "ln_2", C), ("mlp.fc", "mlp.c_fc", F), ("mlp.proj", "mlp.c_proj", C)]
+        layers = [
+            ("attn_norm", "ln_1", C),
+            ("attn.qkv", "attn.c_attn", C + 2 * kv),
+            ("attn.proj", "attn.c_proj", C),
+            ("mlp_norm", "ln_2", C),
+            ("mlp.fc", "mlp.c_fc", F),
+            ("mlp.proj", "mlp.c_proj", C),
+        ]
         for i in range(config.n_layer):
             for ours, theirs, width in layers:
                 o, h = f"blocks.{i}.{ours}", f"{p}h.{i}.{theirs}"
@@ -162,12 +204,15 @@ def hf_names(config: ModelConfig) -> list[Link]:
         links.append(Link("tok_emb.weight", (p + "embed_tokens.weight",)))
         for i in range(config.n_layer):
             o, h = f"blocks.{i}.", f"{p}layers.{i}."
-            links += [Link(o + "attn_norm.weight", (h + "input_layernorm.weight",)),
-                      Link(o + "mlp_norm.weight", (h + "post_attention_layernorm.weight",))]
+            links += [
+                Link(o + "attn_norm.weight", (h + "input_layernorm.weight",)),
+                Link(o + "mlp_norm.weight", (h + "post_attention_layernorm.weight",)),
+            ]
             for kind in ("weight", "bias") if config.bias else ("weight",):
                 links += [
-                    Link(f"{o}attn.qkv.{kind}", tuple(f"{h}self_attn.{x}_proj.{kind}" for x in "qkv"),
-                         rows=(C, kv, kv)),
+                    Link(
+                        f"{o}attn.qkv.{kind}", tuple(f"{h}self_attn.{x}_proj.{kind}" for x in "qkv"), rows=(C, kv, kv)
+                    ),
                     Link(f"{o}attn.proj.{kind}", (f"{h}self_attn.o_proj.{kind}",)),
                     Link(f"{o}mlp.fc.{kind}", (f"{h}mlp.gate_proj.{kind}", f"{h}mlp.up_proj.{kind}"), rows=(F, F)),
                     Link(f"{o}mlp.proj.{kind}", (f"{h}mlp.down_proj.{kind}",)),
@@ -209,22 +254,49 @@ def _char_tokenizer_json(tokenizer) -> bytes:
     vocab = {c: i for i, c in enumerate(tokenizer.chars)}
     vocab.update(tokenizer.special_tokens)
     obj: dict[str, Any] = {
-        "version": "1.0", "truncation": None, "padding": None,
-        "added_tokens": [{"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False,
-                          "normalized": False, "special": True}
-                         for s, i in sorted(tokenizer.special_tokens.items(), key=lambda item: item[1])],
-        "normalizer": None, "pre_tokenizer": None, "post_processor": None, "decoder": {"type": "Fuse"},
-        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
-                  "vocab": vocab, "merges": []},
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [
+            {
+                "id": i,
+                "content": s,
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "special": True,
+            }
+            for s, i in sorted(tokenizer.special_tokens.items(), key=lambda item: item[1])
+        ],
+        "normalizer": None,
+        "pre_tokenizer": None,
+        "post_processor": None,
+        "decoder": {"type": "Fuse"},
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "ignore_merges": False,
+            "vocab": vocab,
+            "merges": [],
+        },
     }
     return (json.dumps(obj, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
 
 
 def _is_char_tokenizer_json(obj: dict[str, Any]) -> bool:
     model = obj.get("model") or {}
-    return (model.get("type") == "BPE" and model.get("merges") == [] and obj.get("pre_tokenizer") is None
-            and obj.get("decoder") == {"type": "Fuse"})
+    return (
+        model.get("type") == "BPE"
+        and model.get("merges") == []
+        and obj.get("pre_tokenizer") is None
+        and obj.get("decoder") == {"type": "Fuse"}
+    )
 
 
 def _tokenizer_config(tokenizer, config: ModelConfig) -> dict[str, Any]:
@@ -233,15 +305,26 @@ def _tokenizer_config(tokenizer, config: ModelConfig) -> dict[str, Any]:
     eot = None
     if tokenizer.eot_id is not None:
         eot = next(s for s, i in tokenizer.special_tokens.items() if i == tokenizer.eot_id)
-    out: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": config.block_size,
-                           "bos_token": eot, "eos_token": eot, "unk_token": None, "pad_token": None,
-                           "clean_up_tokenization_spaces": False, "add_prefix_space": False}
+    out: dict[str, Any] = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": config.block_size,
+        "bos_token": eot,
+        "eos_token": eot,
+        "unk_token": None,
+        "pad_token": None,
+        "clean_up_tokenization_spaces": False,
+        "add_prefix_space": False,
+    }
     if all(t in tokenizer.special_tokens for t in CHAT_TOKENS):
         # The same text as reference_llm.tokenizer.chat.render_chat; HF splits out the markers as special tokens.
-        roles = "".join(f"{{% {'if' if i == 0 else 'elif'} message['role'] == '{role}' %}}{token}"
-                        for i, (role, token) in enumerate(ROLE_TOKENS.items()))
-        out["chat_template"] = (f"{{% for message in messages %}}{roles}{{% endif %}}{{{{ message['content'] }}}}{END}"
-                                f"{{% endfor %}}{{% if add_generation_prompt %}}{ASSISTANT}{{% endif %}}")
+        roles = "".join(
+            f"{{% {'if' if i == 0 else 'elif'} message['role'] == '{role}' %}}{token}"
+            for i, (role, token) in enumerate(ROLE_TOKENS.items())
+        )
+        out["chat_template"] = (
+            f"{{% for message in messages %}}{roles}{{% endif %}}{{{{ message['content'] }}}}{END}"
+            f"{{% endfor %}}{{% if add_generation_prompt %}}{ASSISTANT}{{% endif %}}"
+        )
     return out
 
 
@@ -319,21 +402,29 @@ def _ours(hf: dict[str, Any]) -> dict[str, Any]:
     return stored if isinstance(stored, dict) else {}
 
 
-def _from_gpt2(hf: dict[str, Any], tensors: dict[str, torch.Tensor],
-               source: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+def _from_gpt2(
+    hf: dict[str, Any], tensors: dict[str, torch.Tensor], source: Path
+) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """Our config for a GPT-2 config.json, and its tensors under the names `hf_names` expects."""
     _require(hf, "activation_function", source, _TANH_GELU)
     if hf.get("scale_attn_by_inverse_layer_idx") or hf.get("scale_attn_weights", True) is not True:
-        raise ConfigError(f"{source}: only scale_attn_weights=true and scale_attn_by_inverse_layer_idx=false "
-                          f"match our attention")
+        raise ConfigError(
+            f"{source}: only scale_attn_weights=true and scale_attn_by_inverse_layer_idx=false match our attention"
+        )
     if hf.get("add_cross_attention"):
         raise ConfigError(f"{source}: add_cross_attention=true (an encoder-decoder) cannot be imported")
     d_model = _require(hf, "n_embd", source)
-    config_fields = dict(vocab_size=_require(hf, "vocab_size", source), block_size=_require(hf, "n_positions", source),
-                         n_layer=_require(hf, "n_layer", source), n_head=_require(hf, "n_head", source),
-                         d_model=d_model, ffn_hidden=hf.get("n_inner") or 4 * d_model,
-                         norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-                         tie_embeddings=hf.get("tie_word_embeddings", True), name=_ours(hf).get("name", "custom"))
+    config_fields = dict(
+        vocab_size=_require(hf, "vocab_size", source),
+        block_size=_require(hf, "n_positions", source),
+        n_layer=_require(hf, "n_layer", source),
+        n_head=_require(hf, "n_head", source),
+        d_model=d_model,
+        ffn_hidden=hf.get("n_inner") or 4 * d_model,
+        norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+        tie_embeddings=hf.get("tie_word_embeddings", True),
+        name=_ours(hf).get("name", "custom"),
+    )
     # Old checkpoints (OpenAI's own) have no "transformer." prefix and carry the attention mask buffers.
     if not any(name.startswith("transformer.") for name in tensors):
         tensors = {("lm_head.weight" if n == "lm_head.weight" else "transformer." + n): t for n, t in tensors.items()}
@@ -344,8 +435,9 @@ def _from_gpt2(hf: dict[str, Any], tensors: dict[str, torch.Tensor],
     return ModelConfig.gpt2_style(bias=bias, **config_fields), tensors
 
 
-def _from_llama(hf: dict[str, Any], tensors: dict[str, torch.Tensor],
-                source: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+def _from_llama(
+    hf: dict[str, Any], tensors: dict[str, torch.Tensor], source: Path
+) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """Our config for a Llama config.json, and its tensors without the RoPE buffers we compute."""
     _require(hf, "hidden_act", source, ("silu",))
     rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
@@ -354,18 +446,27 @@ def _from_llama(hf: dict[str, Any], tensors: dict[str, torch.Tensor],
         raise ConfigError(f"{source}: RoPE scaling {rope_type!r} is not supported; accepted: 'default' (none)")
     d_model, n_head = _require(hf, "hidden_size", source), _require(hf, "num_attention_heads", source)
     if hf.get("head_dim") not in (None, d_model // n_head):
-        raise ConfigError(f"{source}: head_dim={hf['head_dim']} differs from hidden_size/num_attention_heads="
-                          f"{d_model // n_head}; our attention needs them equal")
+        raise ConfigError(
+            f"{source}: head_dim={hf['head_dim']} differs from hidden_size/num_attention_heads="
+            f"{d_model // n_head}; our attention needs them equal"
+        )
     bias = bool(hf.get("attention_bias", False))
     if bool(hf.get("mlp_bias", False)) != bias:
         raise ConfigError(f"{source}: attention_bias and mlp_bias differ; our model has one bias switch for both")
     config = ModelConfig.llama_style(
-        vocab_size=_require(hf, "vocab_size", source), block_size=_require(hf, "max_position_embeddings", source),
-        n_layer=_require(hf, "num_hidden_layers", source), n_head=n_head,
-        n_kv_head=hf.get("num_key_value_heads") or n_head, d_model=d_model,
-        ffn_hidden=_require(hf, "intermediate_size", source), norm_eps=hf.get("rms_norm_eps", 1e-6),
-        rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))), bias=bias,
-        tie_embeddings=hf.get("tie_word_embeddings", False), name=_ours(hf).get("name", "custom"))
+        vocab_size=_require(hf, "vocab_size", source),
+        block_size=_require(hf, "max_position_embeddings", source),
+        n_layer=_require(hf, "num_hidden_layers", source),
+        n_head=n_head,
+        n_kv_head=hf.get("num_key_value_heads") or n_head,
+        d_model=d_model,
+        ffn_hidden=_require(hf, "intermediate_size", source),
+        norm_eps=hf.get("rms_norm_eps", 1e-6),
+        rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
+        bias=bias,
+        tie_embeddings=hf.get("tie_word_embeddings", False),
+        name=_ours(hf).get("name", "custom"),
+    )
     return config, {n: t for n, t in tensors.items() if not n.endswith("rotary_emb.inv_freq")}
 
 
@@ -381,8 +482,10 @@ def _from_hf_tensors(config: ModelConfig, tensors: dict[str, torch.Tensor], sour
         tensors.pop("lm_head.weight", None)  # some writers store the tied head too
     if tensors:
         extra = ", ".join(sorted(tensors)[:3])
-        raise CheckpointError(f"{source.parent}: {len(tensors)} tensor(s) that {source.name} does not describe, "
-                              f"e.g. {extra} (does config.json match the weights?)")
+        raise CheckpointError(
+            f"{source.parent}: {len(tensors)} tensor(s) that {source.name} does not describe, "
+            f"e.g. {extra} (does config.json match the weights?)"
+        )
     return weights
 
 
@@ -415,7 +518,8 @@ def _load_hf_tokenizer(path: Path):
 def main(argv: list[str]) -> int:
     parser = ArgumentParser(
         prog="python -m reference_llm.deploy.export",
-        description="Export a checkpoint to the Hugging Face transformers layout, or import one back.")
+        description="Export a checkpoint to the Hugging Face transformers layout, or import one back.",
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="export: a step directory or a run directory")
     source.add_argument("--import-hf", metavar="DIR", help="import: a GPT-2 or Llama transformers directory")

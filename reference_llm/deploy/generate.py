@@ -49,8 +49,13 @@ def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -
         raise ConfigError(f"top_p must be in (0, 1] or unset, got {top_p}")
 
 
-def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,
-                top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_next(
+    logits: torch.Tensor,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Pick one token per row from logits (B, V); returns (B,) int64.
 
     temperature 0 is greedy (argmax). Otherwise the logits are divided by the temperature, cut to the
@@ -92,10 +97,19 @@ def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
 
 
 @torch.inference_mode()
-def generate(model: Transformer, prompts_ids: Sequence[Sequence[int]], max_new_tokens: int,
-             temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
-             stop_ids: Sequence[int] = (), on_token: TokenCallback | None = None, use_cache: bool = True,
-             seed: int | None = None, vocab_size: int | None = None) -> list[list[int]]:
+def generate(
+    model: Transformer,
+    prompts_ids: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    stop_ids: Sequence[int] = (),
+    on_token: TokenCallback | None = None,
+    use_cache: bool = True,
+    seed: int | None = None,
+    vocab_size: int | None = None,
+) -> list[list[int]]:
     """Continue each prompt by up to `max_new_tokens` tokens; returns the new tokens of each row.
 
     - `stop_ids`: a row ends when it samples one of these; the stop token itself is not returned.
@@ -118,15 +132,16 @@ def generate(model: Transformer, prompts_ids: Sequence[Sequence[int]], max_new_t
     if min(lengths) == 0:
         raise ConfigError("every prompt needs at least one token; got an empty prompt")
     if max(lengths) > block_size:
-        raise ConfigError(f"a prompt has {max(lengths)} tokens but the model's block_size is {block_size}; "
-                          f"shorten the prompt")
+        raise ConfigError(
+            f"a prompt has {max(lengths)} tokens but the model's block_size is {block_size}; shorten the prompt"
+        )
 
     device = next(model.parameters()).device
     B = len(prompts_ids)
     total_len = min(block_size, max(lengths) + max_new_tokens)
     tokens = torch.zeros(B, total_len, dtype=torch.long, device=device)
     for row, prompt in enumerate(prompts_ids):
-        tokens[row, :len(prompt)] = torch.tensor(list(prompt), dtype=torch.long, device=device)
+        tokens[row, : len(prompt)] = torch.tensor(list(prompt), dtype=torch.long, device=device)
     lengths_t = torch.tensor(lengths, device=device)
     in_prompt = torch.arange(total_len, device=device)[None, :] < lengths_t[:, None]  # (B, total_len)
     row_end = (lengths_t + max_new_tokens).clamp(max=total_len)  # exclusive end of each row's output
@@ -162,7 +177,7 @@ def generate(model: Transformer, prompts_ids: Sequence[Sequence[int]], max_new_t
                         row_end[row] = pos + 1
                         finished[row] = True
             finished |= pos + 1 >= row_end
-    return [tokens[row, lengths[row]:int(row_end[row])].tolist() for row in range(B)]
+    return [tokens[row, lengths[row] : int(row_end[row])].tolist() for row in range(B)]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -195,7 +210,7 @@ class TextStream:
         text = self.tokenizer.decode(self.ids)
         hits = [i for i in (text.find(s) for s in self.stop) if i >= 0]
         if hits:
-            self.text = text[:min(hits)]
+            self.text = text[: min(hits)]
             self._send(len(self.text))
             return True
         self.text = text
@@ -210,13 +225,20 @@ class TextStream:
     def _send(self, end: int) -> None:
         if end > self.sent:
             if self.emit is not None:
-                self.emit(self.text[self.sent:end])
+                self.emit(self.text[self.sent : end])
             self.sent = end
 
 
-def generate_text(model: Transformer, tokenizer, prompts: Sequence[str | Sequence[int]], max_new_tokens: int,
-                  stop: Sequence[str] = (), stop_ids: Sequence[int] | None = None,
-                  on_text: TextCallback | None = None, **sampling) -> list[str]:
+def generate_text(
+    model: Transformer,
+    tokenizer,
+    prompts: Sequence[str | Sequence[int]],
+    max_new_tokens: int,
+    stop: Sequence[str] = (),
+    stop_ids: Sequence[int] | None = None,
+    on_text: TextCallback | None = None,
+    **sampling,
+) -> list[str]:
     """Text out: `generate` from each prompt (a string, or token ids such as `chat.encode_prompt`'s)
     and decode the continuation.
 
@@ -224,6 +246,7 @@ def generate_text(model: Transformer, tokenizer, prompts: Sequence[str | Sequenc
     defaults to `default_stop_ids(tokenizer)`. `on_text(row, piece)` streams each row's text.
     `sampling` is passed to `generate` (temperature, top_k, top_p, use_cache, seed).
     """
+
     def row_callback(row: int) -> Callable[[str], None] | None:
         if on_text is None:
             return None
@@ -231,9 +254,15 @@ def generate_text(model: Transformer, tokenizer, prompts: Sequence[str | Sequenc
 
     streams = [TextStream(tokenizer, stop, row_callback(row)) for row in range(len(prompts))]
     prompts_ids = [tokenizer.encode(p) if isinstance(p, str) else list(p) for p in prompts]
-    generate(model, prompts_ids, max_new_tokens,
-             stop_ids=default_stop_ids(tokenizer) if stop_ids is None else stop_ids,
-             on_token=lambda row, token: streams[row].push(token), vocab_size=tokenizer.vocab_size, **sampling)
+    generate(
+        model,
+        prompts_ids,
+        max_new_tokens,
+        stop_ids=default_stop_ids(tokenizer) if stop_ids is None else stop_ids,
+        on_token=lambda row, token: streams[row].push(token),
+        vocab_size=tokenizer.vocab_size,
+        **sampling,
+    )
     for stream in streams:
         stream.close()
     return [stream.text for stream in streams]
@@ -245,8 +274,10 @@ def generate_text(model: Transformer, tokenizer, prompts: Sequence[str | Sequenc
 
 
 def main(argv: list[str]) -> int:
-    parser = ArgumentParser(prog="python -m reference_llm.deploy.generate",
-                                     description="Continue a prompt with a trained checkpoint, streaming to stdout.")
+    parser = ArgumentParser(
+        prog="python -m reference_llm.deploy.generate",
+        description="Continue a prompt with a trained checkpoint, streaming to stdout.",
+    )
     parser.add_argument("--checkpoint", required=True, help="a step directory or a run directory")
     parser.add_argument("--prompt", required=True, help="the text to continue")
     parser.add_argument("--max-new-tokens", type=int, default=200)
@@ -256,8 +287,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--no-cache", action="store_true", help="recompute every position at each step")
-    parser.add_argument("--chat", action="store_true",
-                        help="wrap the prompt as a user turn of the chat template (for SFT checkpoints)")
+    parser.add_argument(
+        "--chat", action="store_true", help="wrap the prompt as a user turn of the chat template (for SFT checkpoints)"
+    )
     args = parser.parse_args(argv)
 
     model, tokenizer, _ = load_model(args.checkpoint, resolve_device("auto"))
@@ -271,9 +303,19 @@ def main(argv: list[str]) -> int:
         sys.stdout.write(piece)
         sys.stdout.flush()
 
-    generate_text(model, tokenizer, [prompt], args.max_new_tokens, stop=args.stop, temperature=args.temperature,
-                  top_k=args.top_k, top_p=args.top_p, use_cache=not args.no_cache, seed=args.seed,
-                  on_text=write)
+    generate_text(
+        model,
+        tokenizer,
+        [prompt],
+        args.max_new_tokens,
+        stop=args.stop,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        use_cache=not args.no_cache,
+        seed=args.seed,
+        on_text=write,
+    )
     sys.stdout.write("\n")
     return 0
 

@@ -44,8 +44,19 @@ GREEDY_BELOW = 1e-5
 MIN_TOP_P = 2.0**-126  # float32's smallest normal number (see the module docstring)
 INT64 = (-(1 << 63), (1 << 63) - 1)
 
-_SAMPLING_FIELDS = ("model", "max_tokens", "temperature", "top_p", "top_k", "stream", "stream_options", "stop",
-                    "seed", "n", "user")
+_SAMPLING_FIELDS = (
+    "model",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "stream",
+    "stream_options",
+    "stop",
+    "seed",
+    "n",
+    "user",
+)
 COMPLETION_FIELDS = ("prompt", *_SAMPLING_FIELDS)
 CHAT_FIELDS = ("messages", "max_completion_tokens", *_SAMPLING_FIELDS)
 
@@ -107,6 +118,7 @@ class ChatRequest:
 # The body
 # ----------------------------------------------------------------------------------------------------
 
+
 def _show(value: Any, most: int = 60) -> str:
     """A value as JSON for an error message, cut short: the message echoes what the client sent."""
     text = json.dumps(value, ensure_ascii=True) if not isinstance(value, str) else repr(value)
@@ -128,8 +140,11 @@ def _nesting_depth(value: Any) -> int:
 def _parse_int(text: str) -> int:
     digits = len(text.lstrip("-"))
     if digits > MAX_INT_DIGITS:
-        raise APIError(400, f"the request body holds an integer of {digits} digits; at most {MAX_INT_DIGITS} "
-                            f"are accepted", code="invalid_json")
+        raise APIError(
+            400,
+            f"the request body holds an integer of {digits} digits; at most {MAX_INT_DIGITS} are accepted",
+            code="invalid_json",
+        )
     return int(text)
 
 
@@ -149,8 +164,9 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise APIError(400, f"the request body is not UTF-8 ({exc.reason} at byte {exc.start})",
-                       code="invalid_json") from None
+        raise APIError(
+            400, f"the request body is not UTF-8 ({exc.reason} at byte {exc.start})", code="invalid_json"
+        ) from None
     too_deep = f"the request body nests arrays and objects more than {MAX_JSON_DEPTH} levels deep"
     try:
         body = json.loads(text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant)
@@ -192,22 +208,34 @@ def _number(body: dict[str, Any], key: str, default: float, low: float, high: fl
     return value
 
 
-def _sampling_options(body: dict[str, Any], allowed: tuple[str, ...], model_name: str,
-                      limits: ServeLimits) -> SamplingOptions:
+def _sampling_options(
+    body: dict[str, Any], allowed: tuple[str, ...], model_name: str, limits: ServeLimits
+) -> SamplingOptions:
     """Check the fields every endpoint shares."""
     unknown = sorted(set(body) - set(allowed))
     if unknown:
-        raise APIError(400, f"unknown field(s) {', '.join(_show(k) for k in unknown)}; accepted: {', '.join(allowed)}",
-                       param=unknown[0][:60], code="unknown_field")
+        raise APIError(
+            400,
+            f"unknown field(s) {', '.join(_show(k) for k in unknown)}; accepted: {', '.join(allowed)}",
+            param=unknown[0][:60],
+            code="unknown_field",
+        )
     if "model" not in body:
         raise APIError(400, f"'model' is required; this server serves {model_name!r}", param="model")
     if body["model"] != model_name:
-        raise APIError(404, f"model {_show(body['model'])} does not exist; this server serves {model_name!r}",
-                       param="model", code="model_not_found")
+        raise APIError(
+            404,
+            f"model {_show(body['model'])} does not exist; this server serves {model_name!r}",
+            param="model",
+            code="model_not_found",
+        )
     max_tokens = _field(body, "max_tokens", (int,), limits.default_max_tokens, "an integer")
     if not 1 <= max_tokens <= limits.max_tokens:
-        raise APIError(400, f"'max_tokens' must be between 1 and {limits.max_tokens} (this server's limit), "
-                            f"got {max_tokens}", param="max_tokens")
+        raise APIError(
+            400,
+            f"'max_tokens' must be between 1 and {limits.max_tokens} (this server's limit), got {max_tokens}",
+            param="max_tokens",
+        )
     temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
     top_p = _number(body, "top_p", 1.0, 0.0, 1.0, low_open=True)
     top_k = _field(body, "top_k", (int,), None, "a positive integer or null")
@@ -215,24 +243,36 @@ def _sampling_options(body: dict[str, Any], allowed: tuple[str, ...], model_name
         raise APIError(400, f"'top_k' must be a positive integer or null, got {top_k}", param="top_k")
     seed = _field(body, "seed", (int,), None, "an integer or null")
     if seed is not None and not INT64[0] <= seed <= INT64[1]:
-        raise APIError(400, f"'seed' must be a 64-bit signed integer, between {INT64[0]} and {INT64[1]}, got {seed}",
-                       param="seed")
+        raise APIError(
+            400, f"'seed' must be a 64-bit signed integer, between {INT64[0]} and {INT64[1]}, got {seed}", param="seed"
+        )
     n = _field(body, "n", (int,), 1, "an integer")
     if n != 1:
         raise APIError(400, f"'n' must be 1 (one choice per request), got {n}", param="n")
     _field(body, "user", (str,), None, "a string")
     stream = _field(body, "stream", (bool,), False, "true or false")
-    return SamplingOptions(max_tokens=max_tokens, temperature=0.0 if temperature < GREEDY_BELOW else temperature,
-                           top_p=max(top_p, MIN_TOP_P), top_k=top_k, seed=seed, stop=_stop(body), stream=stream,
-                           include_usage=_include_usage(body, stream))
+    return SamplingOptions(
+        max_tokens=max_tokens,
+        temperature=0.0 if temperature < GREEDY_BELOW else temperature,
+        top_p=max(top_p, MIN_TOP_P),
+        top_k=top_k,
+        seed=seed,
+        stop=_stop(body),
+        stream=stream,
+        include_usage=_include_usage(body, stream),
+    )
 
 
 def _stop(body: dict[str, Any]) -> list[str]:
     stop = _field(body, "stop", (str, list), None, "a string, a list of up to 4 strings, or null")
     stop = [stop] if isinstance(stop, str) else stop or []
-    if (len(stop) > MAX_STOP_STRINGS or not all(isinstance(s, str) and 0 < len(s) <= MAX_STOP_CHARS for s in stop)):
-        raise APIError(400, f"'stop' must be a string or a list of up to {MAX_STOP_STRINGS} strings, each of 1 to "
-                            f"{MAX_STOP_CHARS} characters", param="stop")
+    if len(stop) > MAX_STOP_STRINGS or not all(isinstance(s, str) and 0 < len(s) <= MAX_STOP_CHARS for s in stop):
+        raise APIError(
+            400,
+            f"'stop' must be a string or a list of up to {MAX_STOP_STRINGS} strings, each of 1 to "
+            f"{MAX_STOP_CHARS} characters",
+            param="stop",
+        )
     return stop
 
 
@@ -244,12 +284,16 @@ def _include_usage(body: dict[str, Any], stream: bool) -> bool:
         raise APIError(400, "'stream_options' is only allowed when 'stream' is true", param="stream_options")
     unknown = sorted(set(options) - {"include_usage"})
     if unknown:
-        raise APIError(400, f"unknown field(s) {', '.join(_show(k) for k in unknown)} in 'stream_options'; "
-                            f"accepted: include_usage", param="stream_options")
+        raise APIError(
+            400,
+            f"unknown field(s) {', '.join(_show(k) for k in unknown)} in 'stream_options'; accepted: include_usage",
+            param="stream_options",
+        )
     value = options.get("include_usage", False)
     if not isinstance(value, bool):
-        raise APIError(400, f"'stream_options.include_usage' must be true or false, got {_show(value)}",
-                       param="stream_options")
+        raise APIError(
+            400, f"'stream_options.include_usage' must be true or false, got {_show(value)}", param="stream_options"
+        )
     return value
 
 
@@ -271,15 +315,17 @@ def parse_completion(body: dict[str, Any], model_name: str, limits: ServeLimits)
     return CompletionRequest(prompt=prompt, options=options)
 
 
-def parse_chat(body: dict[str, Any], model_name: str, limits: ServeLimits,
-               special_tokens: Sequence[str] = ()) -> ChatRequest:
+def parse_chat(
+    body: dict[str, Any], model_name: str, limits: ServeLimits, special_tokens: Sequence[str] = ()
+) -> ChatRequest:
     """A /v1/chat/completions body as a `ChatRequest`, or APIError. `special_tokens`: the tokenizer's
     markers, refused inside contents (see the module docstring)."""
     body = dict(body)
     if "max_completion_tokens" in body:  # the newer name for max_tokens
         if "max_tokens" in body:
-            raise APIError(400, "give either 'max_tokens' or 'max_completion_tokens', not both",
-                           param="max_completion_tokens")
+            raise APIError(
+                400, "give either 'max_tokens' or 'max_completion_tokens', not both", param="max_completion_tokens"
+            )
         body["max_tokens"] = body.pop("max_completion_tokens")
     options = _sampling_options(body, CHAT_FIELDS, model_name, limits)
     if "messages" not in body:
@@ -294,8 +340,12 @@ def parse_chat(body: dict[str, Any], model_name: str, limits: ServeLimits,
         found = [token for token in special_tokens if token in message["content"]]
         if found:
             first = min(found, key=message["content"].find)
-            raise APIError(400, f"messages: message {i} content contains the special token {first!r} as text; "
-                                f"it would be read as the marker itself, so it is refused", param="messages")
+            raise APIError(
+                400,
+                f"messages: message {i} content contains the special token {first!r} as text; "
+                f"it would be read as the marker itself, so it is refused",
+                param="messages",
+            )
     return ChatRequest(messages=messages, options=options)
 
 
@@ -303,12 +353,19 @@ def check_lengths(prompt_ids: list[int], max_tokens: int, limits: ServeLimits, b
     """The tokenized prompt against the server's limits and the model's context."""
     most = min(limits.max_prompt_tokens or block_size - 1, block_size - 1)
     if not prompt_ids:
-        raise APIError(400, f"'{param}' is empty and the tokenizer has no end-of-text token to start from",
-                       param=param)
+        raise APIError(400, f"'{param}' is empty and the tokenizer has no end-of-text token to start from", param=param)
     if len(prompt_ids) > most:
-        raise APIError(400, f"'{param}' is {len(prompt_ids)} tokens; this server accepts at most {most}",
-                       param=param, code="context_length_exceeded")
+        raise APIError(
+            400,
+            f"'{param}' is {len(prompt_ids)} tokens; this server accepts at most {most}",
+            param=param,
+            code="context_length_exceeded",
+        )
     if len(prompt_ids) + max_tokens > block_size:
-        raise APIError(400, f"the model's context is {block_size} tokens, but the prompt ({len(prompt_ids)}) "
-                            f"plus max_tokens ({max_tokens}) is {len(prompt_ids) + max_tokens}; lower max_tokens",
-                       param="max_tokens", code="context_length_exceeded")
+        raise APIError(
+            400,
+            f"the model's context is {block_size} tokens, but the prompt ({len(prompt_ids)}) "
+            f"plus max_tokens ({max_tokens}) is {len(prompt_ids) + max_tokens}; lower max_tokens",
+            param="max_tokens",
+            code="context_length_exceeded",
+        )

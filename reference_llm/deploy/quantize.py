@@ -102,8 +102,15 @@ class QuantizedLinear(nn.Module):
     scale_mean: torch.Tensor
     offsets: torch.Tensor | None
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, bits: int, group_size: int | None = None,
-                 fmt: str = "int") -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool,
+        bits: int,
+        group_size: int | None = None,
+        fmt: str = "int",
+    ) -> None:
         super().__init__()
         group_size = group_size or DEFAULT_GROUP_SIZE.get(fmt, 64)
         _check_scheme(bits, group_size, in_features, fmt=fmt)
@@ -129,8 +136,9 @@ class QuantizedLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, bits: int, group_size: int | None = None,
-                    fmt: str = "int") -> QuantizedLinear:
+    def from_linear(
+        cls, linear: nn.Linear, bits: int, group_size: int | None = None, fmt: str = "int"
+    ) -> QuantizedLinear:
         q = cls(linear.in_features, linear.out_features, linear.bias is not None, bits, group_size, fmt)
         q.to(linear.weight.device)
         w = linear.weight.detach().float()  # (out, in)
@@ -175,7 +183,7 @@ class QuantizedLinear(nn.Module):
         flat = self.scales.flatten().float()
         padded = F.pad(flat, (0, self.scale_scales.numel() * NF4_SCALE_BLOCK - flat.numel()))
         blocks = padded.view(-1, NF4_SCALE_BLOCK) * self.scale_scales[:, None]
-        return blocks.flatten()[:flat.numel()].view(self.scales.shape) + self.scale_mean
+        return blocks.flatten()[: flat.numel()].view(self.scales.shape) + self.scale_mean
 
     def dequantize(self) -> torch.Tensor:
         """The float32 weight (out, in) this layer computes with."""
@@ -198,8 +206,10 @@ class QuantizedLinear(nn.Module):
 
     def extra_repr(self) -> str:
         group = f", group_size={self.group_size}" if self.bits == 4 else ""
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"{scheme_label(self.bits, self.fmt)}{group}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"{scheme_label(self.bits, self.fmt)}{group}"
+        )
 
 
 def scheme_label(bits: int, fmt: str = "int") -> str:
@@ -242,7 +252,7 @@ def _double_quantize(absmax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
     centred = F.pad(flat - mean, (0, blocks * NF4_SCALE_BLOCK - flat.numel())).view(blocks, NF4_SCALE_BLOCK)
     block_scales = centred.abs().amax(dim=1).clamp(min=1e-12) / 127  # all scales equal: any block scale works
     codes = torch.round(centred / block_scales[:, None]).clamp(-127, 127).to(torch.int8)
-    return codes.flatten()[:flat.numel()].view(absmax.shape), block_scales, mean.reshape(1)
+    return codes.flatten()[: flat.numel()].view(absmax.shape), block_scales, mean.reshape(1)
 
 
 def _check_scheme(bits: int, group_size: int, in_features: int, name: str = "layer", fmt: str = "int") -> None:
@@ -253,17 +263,21 @@ def _check_scheme(bits: int, group_size: int, in_features: int, name: str = "lay
     if fmt != "int" and bits != 4:
         raise ConfigError(f"{fmt} is a 4-bit format; bits must be 4, got {bits}")
     if fmt == "mxfp4" and group_size != MX_BLOCK:
-        raise ConfigError(f"mxfp4 blocks are {MX_BLOCK} weights (OCP MX spec); group_size must be {MX_BLOCK}, "
-                          f"got {group_size}")
+        raise ConfigError(
+            f"mxfp4 blocks are {MX_BLOCK} weights (OCP MX spec); group_size must be {MX_BLOCK}, got {group_size}"
+        )
     if bits == 4 and (group_size < 2 or group_size % 2 or in_features % group_size):
-        raise ConfigError(f"{scheme_label(bits, fmt)} group_size must be even and divide the input size "
-                          f"{in_features} of {name}; got {group_size} (try 32, 64 or 128)")
+        raise ConfigError(
+            f"{scheme_label(bits, fmt)} group_size must be even and divide the input size "
+            f"{in_features} of {name}; got {group_size} (try 32, 64 or 128)"
+        )
 
 
 def quantizable_layers(model: Transformer) -> list[str]:
     """Names of the Linear layers `quantize_model` replaces: every one inside the blocks."""
-    return [name for name, module in model.named_modules()
-            if isinstance(module, nn.Linear) and name.startswith("blocks.")]
+    return [
+        name for name, module in model.named_modules() if isinstance(module, nn.Linear) and name.startswith("blocks.")
+    ]
 
 
 def quantize_model(model: Transformer, bits: int, group_size: int | None = None, fmt: str = "int") -> list[str]:
@@ -331,14 +345,20 @@ def load_quantized(path: str | Path, device: str | torch.device = "cpu") -> tupl
             _check_scheme(bits, group_size, linear.in_features, name, fmt)
         except ConfigError as exc:
             raise CheckpointError(f"{weights_path}: {exc}") from None
-        _replace(model, name, QuantizedLinear(linear.in_features, linear.out_features, linear.bias is not None,
-                                              bits, group_size, fmt))
+        _replace(
+            model,
+            name,
+            QuantizedLinear(linear.in_features, linear.out_features, linear.bias is not None, bits, group_size, fmt),
+        )
     if config.tie_embeddings:
         tensors["lm_head.weight"] = tensors.get("tok_emb.weight")
     expected = model.state_dict()
     problems = sorted(set(expected) ^ set(tensors))
-    problems += [n for n in expected if n in tensors and (tensors[n].shape != expected[n].shape
-                                                          or tensors[n].dtype != expected[n].dtype)]
+    problems += [
+        n
+        for n in expected
+        if n in tensors and (tensors[n].shape != expected[n].shape or tensors[n].dtype != expected[n].dtype)
+    ]
     if problems:
         raise CheckpointError(f"{weights_path} does not match its own config: {', '.join(problems[:5])}")
     model.load_state_dict(tensors)
@@ -359,15 +379,27 @@ def _scheme_of(model: Transformer) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    parser = ArgumentParser(prog="python -m reference_llm.deploy.quantize",
-                            description="Quantize a checkpoint's Linear layers to int8, int4, NF4 or MXFP4.")
+    parser = ArgumentParser(
+        prog="python -m reference_llm.deploy.quantize",
+        description="Quantize a checkpoint's Linear layers to int8, int4, NF4 or MXFP4.",
+    )
     parser.add_argument("--checkpoint", required=True, help="a step directory or a run directory")
-    parser.add_argument("--format", choices=FORMATS, default="int",
-                        help="int (int8/int4), nf4 (QLoRA normal float) or mxfp4 (OCP microscaling); default int")
-    parser.add_argument("--bits", type=int, choices=BITS, default=None,
-                        help="8 or 4 for --format int (default 8); nf4 and mxfp4 are 4-bit")
-    parser.add_argument("--group-size", type=int, default=None,
-                        help="inputs per 4-bit scale (default 64; mxfp4: 32, fixed by its spec)")
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="int",
+        help="int (int8/int4), nf4 (QLoRA normal float) or mxfp4 (OCP microscaling); default int",
+    )
+    parser.add_argument(
+        "--bits",
+        type=int,
+        choices=BITS,
+        default=None,
+        help="8 or 4 for --format int (default 8); nf4 and mxfp4 are 4-bit",
+    )
+    parser.add_argument(
+        "--group-size", type=int, default=None, help="inputs per 4-bit scale (default 64; mxfp4: 32, fixed by its spec)"
+    )
     parser.add_argument("--out", required=True, help="directory to write model.safetensors and tokenizer.json")
     args = parser.parse_args(argv)
     bits = args.bits or (8 if args.format == "int" else 4)
@@ -376,8 +408,10 @@ def main(argv: list[str]) -> int:
     model, tokenizer, _ = load_model(args.checkpoint, "cpu")
     names = quantize_model(model, bits, args.group_size, args.format)
     path = save_quantized(model, args.out, tokenizer)
-    print(f"quantized {len(names)} layers to {scheme_label(bits, args.format)}: {path} "
-          f"({path.stat().st_size / 2**20:.2f} MiB)")
+    print(
+        f"quantized {len(names)} layers to {scheme_label(bits, args.format)}: {path} "
+        f"({path.stat().st_size / 2**20:.2f} MiB)"
+    )
     return 0
 
 

@@ -68,8 +68,12 @@ class Generator:
         self.model, self.tokenizer = model, tokenizer
         self.lock = threading.Lock()
 
-    def run(self, req: GenerationRequest, emit: Callable[[str], None] | None = None,
-            cancelled: threading.Event | None = None) -> tuple[str, int, str]:
+    def run(
+        self,
+        req: GenerationRequest,
+        emit: Callable[[str], None] | None = None,
+        cancelled: threading.Event | None = None,
+    ) -> tuple[str, int, str]:
         """Generate; returns (text, completion tokens, finish reason "stop" | "length")."""
         from reference_llm.deploy.generate import TextStream, generate
 
@@ -85,9 +89,18 @@ class Generator:
             return stopped or (cancelled is not None and cancelled.is_set())
 
         with self.lock:
-            generate(self.model, [req.prompt_ids], opts.max_tokens, temperature=opts.temperature, top_k=opts.top_k,
-                     top_p=opts.top_p, stop_ids=req.stop_ids, on_token=on_token, seed=opts.seed,
-                     vocab_size=self.tokenizer.vocab_size)
+            generate(
+                self.model,
+                [req.prompt_ids],
+                opts.max_tokens,
+                temperature=opts.temperature,
+                top_k=opts.top_k,
+                top_p=opts.top_p,
+                stop_ids=req.stop_ids,
+                on_token=on_token,
+                seed=opts.seed,
+                vocab_size=self.tokenizer.vocab_size,
+            )
         stream.close()
         full = tokens >= opts.max_tokens or len(req.prompt_ids) + tokens >= self.model.config.block_size
         return stream.text, tokens, "length" if full and not stopped else "stop"
@@ -141,24 +154,41 @@ class ReplyShape:
     opening: dict[str, Any] | None = None
 
 
-COMPLETION = ReplyShape("cmpl", "text_completion", "text_completion",
-                        whole=lambda text: {"text": text, "logprobs": None},
-                        piece=lambda text: {"text": text, "logprobs": None}, last={"text": "", "logprobs": None})
-CHAT = ReplyShape("chatcmpl", "chat.completion", "chat.completion.chunk",
-                  whole=lambda text: {"message": {"role": "assistant", "content": text}},
-                  piece=lambda text: {"delta": {"content": text}}, last={"delta": {}},
-                  opening={"delta": {"role": "assistant", "content": ""}})  # OpenAI opens with the role alone
+COMPLETION = ReplyShape(
+    "cmpl",
+    "text_completion",
+    "text_completion",
+    whole=lambda text: {"text": text, "logprobs": None},
+    piece=lambda text: {"text": text, "logprobs": None},
+    last={"text": "", "logprobs": None},
+)
+CHAT = ReplyShape(
+    "chatcmpl",
+    "chat.completion",
+    "chat.completion.chunk",
+    whole=lambda text: {"message": {"role": "assistant", "content": text}},
+    piece=lambda text: {"delta": {"content": text}},
+    last={"delta": {}},
+    opening={"delta": {"role": "assistant", "content": ""}},
+)  # OpenAI opens with the role alone
 
 
 async def reply(generator: Generator, req: GenerationRequest, shape: ReplyShape, model_name: str):
     """The whole reply as a dict, or a StreamingResponse of chunks when the request streams."""
-    head = {"id": f"{shape.id_prefix}-{uuid.uuid4().hex}", "object": shape.object, "created": int(time.time()),
-            "model": model_name}
+    head = {
+        "id": f"{shape.id_prefix}-{uuid.uuid4().hex}",
+        "object": shape.object,
+        "created": int(time.time()),
+        "model": model_name,
+    }
     if req.options.stream:
         return stream_reply(generator, req, shape, {**head, "object": shape.chunk_object})
     text, n_tokens, finish = await asyncio.to_thread(generator.run, req)
-    return {**head, "choices": [{"index": 0, **shape.whole(text), "finish_reason": finish}],
-            "usage": _usage(len(req.prompt_ids), n_tokens)}
+    return {
+        **head,
+        "choices": [{"index": 0, **shape.whole(text), "finish_reason": finish}],
+        "usage": _usage(len(req.prompt_ids), n_tokens),
+    }
 
 
 def stream_reply(generator: Generator, req: GenerationRequest, shape: ReplyShape, head: dict[str, Any]):
@@ -208,8 +238,9 @@ def stream_reply(generator: Generator, req: GenerationRequest, shape: ReplyShape
             cancelled.set()  # the client left (or we are done): let the worker stop
             await worker
 
-    return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
 
 
 def _sse(obj: dict[str, Any]) -> str:
@@ -217,8 +248,11 @@ def _sse(obj: dict[str, Any]) -> str:
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 def iter_sse(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
@@ -226,7 +260,7 @@ def iter_sse(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
     for line in lines:
         if not line.startswith("data: "):
             continue
-        data = line[len("data: "):]
+        data = line[len("data: ") :]
         if data == "[DONE]":
             return
         yield json.loads(data)
@@ -250,15 +284,19 @@ async def read_body(request, max_body_bytes: int) -> dict[str, Any]:
     """The request's JSON object; 413 past `max_body_bytes`, whether or not Content-Length says so."""
     length = request.headers.get("content-length")
     if length is not None and (not length.isdigit() or len(length) > 19 or int(length) > max_body_bytes):
-        raise APIError(413, f"the request body is {length[:40]} bytes; this server accepts at most {max_body_bytes}",
-                       code="request_too_large")
+        raise APIError(
+            413,
+            f"the request body is {length[:40]} bytes; this server accepts at most {max_body_bytes}",
+            code="request_too_large",
+        )
     # A body sent in chunks has no Content-Length: count while reading, and stop at the limit.
     raw = bytearray()
     async for chunk in request.stream():
         raw += chunk
         if len(raw) > max_body_bytes:
-            raise APIError(413, f"the request body exceeds this server's limit of {max_body_bytes} bytes",
-                           code="request_too_large")
+            raise APIError(
+                413, f"the request body exceeds this server's limit of {max_body_bytes} bytes", code="request_too_large"
+            )
     return parse_body(bytes(raw))
 
 
@@ -303,8 +341,10 @@ def create_app(model, tokenizer, model_name: str, limits: ServeLimits | None = N
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created,
-                                            "owned_by": "llmgen"}]}
+        return {
+            "object": "list",
+            "data": [{"id": model_name, "object": "model", "created": created, "owned_by": "llmgen"}],
+        }
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -325,8 +365,10 @@ def create_app(model, tokenizer, model_name: str, limits: ServeLimits | None = N
 
 
 def main(argv: list[str]) -> int:
-    parser = ArgumentParser(prog="python -m reference_llm.deploy.serve",
-                                     description="Serve a checkpoint over an OpenAI-compatible HTTP API.")
+    parser = ArgumentParser(
+        prog="python -m reference_llm.deploy.serve",
+        description="Serve a checkpoint over an OpenAI-compatible HTTP API.",
+    )
     parser.add_argument("--checkpoint", required=True, help="a step directory or a run directory")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     parser.add_argument("--port", type=int, default=8000)
@@ -338,8 +380,9 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port must be between 1 and 65535, got {args.port}")
-    limits = ServeLimits(max_body_bytes=args.max_body_bytes, max_tokens=args.max_tokens,
-                         max_prompt_tokens=args.max_prompt_tokens)
+    limits = ServeLimits(
+        max_body_bytes=args.max_body_bytes, max_tokens=args.max_tokens, max_prompt_tokens=args.max_prompt_tokens
+    )
     _require_fastapi()
     import uvicorn
 

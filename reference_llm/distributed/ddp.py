@@ -46,8 +46,9 @@ class DDPEngine(SingleDeviceEngine):
     """One device per process, gradients all-reduced by DDP. The optimizer step (`step`) is the
     single-device engine's: after DDP's averaging every rank sees the same gradient."""
 
-    def __init__(self, run_config: RunConfig, model: nn.Module | ModelFactory,
-                 make_optimizer: OptimizerFactory) -> None:
+    def __init__(
+        self, run_config: RunConfig, model: nn.Module | ModelFactory, make_optimizer: OptimizerFactory
+    ) -> None:
         info = runtime.setup(run_config.distributed.strategy, run_config.train.device)
         self.rank, self.world_size, self.device = info.rank, info.world_size, info.device
         # The unwrapped model: its names have no "module." prefix.

@@ -39,11 +39,23 @@ from reference_llm.errors import DistributedError
 _aten = torch.ops.aten
 # In-place operations whose result does not depend on the tensor's previous values: replay of a
 # tensor can start at the last one of these that covered all of it.
-_OVERWRITES = frozenset({
-    _aten.normal_.default, _aten.uniform_.default, _aten.fill_.Scalar, _aten.fill_.Tensor, _aten.zero_.default,
-    _aten.copy_.default, _aten.bernoulli_.float, _aten.random_.default, getattr(_aten.random_, "from"),
-    _aten.exponential_.default, _aten.log_normal_.default, _aten.cauchy_.default, _aten.geometric_.default,
-})
+_OVERWRITES = frozenset(
+    {
+        _aten.normal_.default,
+        _aten.uniform_.default,
+        _aten.fill_.Scalar,
+        _aten.fill_.Tensor,
+        _aten.zero_.default,
+        _aten.copy_.default,
+        _aten.bernoulli_.float,
+        _aten.random_.default,
+        getattr(_aten.random_, "from"),
+        _aten.exponential_.default,
+        _aten.log_normal_.default,
+        _aten.cauchy_.default,
+        _aten.geometric_.default,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -99,15 +111,19 @@ class _Recorder(TorchDispatchMode):
     def ref(self, t: torch.Tensor) -> _Ref:
         key = _storage_key(t)
         if key not in self.histories:
-            raise DistributedError("deferred init: the model's constructor used a meta tensor made outside it; "
-                                   "build the whole model inside the factory")
+            raise DistributedError(
+                "deferred init: the model's constructor used a meta tensor made outside it; "
+                "build the whole model inside the factory"
+            )
         return _Ref(key, self.histories[key].version, tuple(t.shape), tuple(t.stride()), int(t.storage_offset()))
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if kwargs.get("generator") is not None:
-            raise DistributedError("deferred init replays draws from the global CPU generator; the model's "
-                                   "constructor draws from its own torch.Generator, which cannot be replayed")
+            raise DistributedError(
+                "deferred init replays draws from the global CPU generator; the model's "
+                "constructor draws from its own torch.Generator, which cannot be replayed"
+            )
         refs = tree_map(lambda x: self.ref(x) if _is_meta(x) else x, (args, kwargs))
         rng_state = None
         if torch.Tag.nondeterministic_seeded in func.tags:
@@ -119,15 +135,16 @@ class _Recorder(TorchDispatchMode):
         for argument, value in zip(func._schema.arguments, args):
             if argument.alias_info is not None and argument.alias_info.is_write and _is_meta(value):
                 written = self.ref(value)
-                self.histories[written.storage].events.append(
-                    _Event(func, refs[0], refs[1], rng_state, writes=written))
+                self.histories[written.storage].events.append(_Event(func, refs[0], refs[1], rng_state, writes=written))
         for index, value in enumerate(tree_flatten(out)[0]):
             if _is_meta(value) and _storage_key(value) not in self.histories:
                 if value.storage_offset() != 0 or not value.is_contiguous():
                     raise DistributedError(f"deferred init: {func} created a strided tensor, which cannot be replayed")
                 self.histories[_storage_key(value)] = _History(
-                    value.dtype, value.untyped_storage().nbytes() // value.element_size(),
-                    [_Event(func, refs[0], refs[1], rng_state, output=index)])
+                    value.dtype,
+                    value.untyped_storage().nbytes() // value.element_size(),
+                    [_Event(func, refs[0], refs[1], rng_state, output=index)],
+                )
                 self._alive.append(value)
         return out
 
@@ -138,8 +155,10 @@ class _Recorder(TorchDispatchMode):
         that read it (a constructor that does so is refused rather than replayed wrongly)."""
         history = self.histories[ref.storage]
         if ref.version != history.version:
-            raise DistributedError("deferred init: the model's constructor reads a tensor and later changes it, "
-                                   "which this replay does not support; build the model without deferred init")
+            raise DistributedError(
+                "deferred init: the model's constructor reads a tensor and later changes it, "
+                "which this replay does not support; build the model without deferred init"
+            )
         cache = {} if cache is None else cache
         if ref.storage not in cache:
             cache[ref.storage] = self._replay(ref.storage, cache)

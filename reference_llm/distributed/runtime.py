@@ -23,8 +23,10 @@ import torch.distributed as dist
 from reference_llm.errors import DistributedError
 from reference_llm.train.perf import resolve_device
 
-LAUNCH_HINT = ("run scripts/train_torchrun.sh, or torchrun --nproc_per_node N -m reference_llm.train "
-               "--config configs/train.toml; use distributed.strategy=single for one process without a launcher")
+LAUNCH_HINT = (
+    "run scripts/train_torchrun.sh, or torchrun --nproc_per_node N -m reference_llm.train "
+    "--config configs/train.toml; use distributed.strategy=single for one process without a launcher"
+)
 
 
 @dataclass(frozen=True)
@@ -72,23 +74,30 @@ def process_info(strategy: str, device_name: str) -> ProcessInfo:
     `device_name` is `train.device`; on CUDA each process takes the GPU numbered by its LOCAL_RANK.
     """
     if not launched():
-        raise DistributedError(f"distributed.strategy={strategy} must be started by a launcher "
-                               f"(WORLD_SIZE and RANK are not set): {LAUNCH_HINT}")
+        raise DistributedError(
+            f"distributed.strategy={strategy} must be started by a launcher "
+            f"(WORLD_SIZE and RANK are not set): {LAUNCH_HINT}"
+        )
     rank, world_size = _env_int("RANK"), _env_int("WORLD_SIZE")
     local_rank = _env_int("LOCAL_RANK", default=0)
     if world_size < 1 or rank >= world_size:
-        raise DistributedError(f"RANK={rank} and WORLD_SIZE={world_size} from the launcher are inconsistent "
-                               f"(need 0 <= RANK < WORLD_SIZE)")
+        raise DistributedError(
+            f"RANK={rank} and WORLD_SIZE={world_size} from the launcher are inconsistent (need 0 <= RANK < WORLD_SIZE)"
+        )
     device = resolve_device(device_name)
     if device.type == "cuda":
         count = torch.cuda.device_count()
         if device.index is not None and world_size > 1:
-            raise DistributedError(f"train.device={device_name!r} pins one GPU, but {world_size} processes need "
-                                   f"one each; use train.device=cuda or auto")
+            raise DistributedError(
+                f"train.device={device_name!r} pins one GPU, but {world_size} processes need "
+                f"one each; use train.device=cuda or auto"
+            )
         index = device.index if device.index is not None else local_rank
         if index >= count:
-            raise DistributedError(f"LOCAL_RANK={local_rank} needs GPU {index} but this node has {count}; "
-                                   f"start at most {count} processes per node (--nproc_per_node {count})")
+            raise DistributedError(
+                f"LOCAL_RANK={local_rank} needs GPU {index} but this node has {count}; "
+                f"start at most {count} processes per node (--nproc_per_node {count})"
+            )
         device = torch.device("cuda", index)
     return ProcessInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
 
@@ -99,21 +108,29 @@ def init_process_group(info: ProcessInfo) -> None:
         torch.cuda.set_device(info.device)
     if dist.is_initialized():
         if dist.get_world_size() != info.world_size:
-            raise DistributedError(f"a process group of {dist.get_world_size()} processes already exists, "
-                                   f"but WORLD_SIZE={info.world_size}")
+            raise DistributedError(
+                f"a process group of {dist.get_world_size()} processes already exists, but WORLD_SIZE={info.world_size}"
+            )
         return
     for name in ("MASTER_ADDR", "MASTER_PORT"):
         if name not in os.environ:
-            raise DistributedError(f"environment variable {name} is not set, so the processes cannot meet; "
-                                   f"{LAUNCH_HINT}")
+            raise DistributedError(
+                f"environment variable {name} is not set, so the processes cannot meet; {LAUNCH_HINT}"
+            )
     try:
-        dist.init_process_group(backend=info.backend, rank=info.rank, world_size=info.world_size,
-                                device_id=info.device if info.device.type == "cuda" else None)
+        dist.init_process_group(
+            backend=info.backend,
+            rank=info.rank,
+            world_size=info.world_size,
+            device_id=info.device if info.device.type == "cuda" else None,
+        )
     except (RuntimeError, ValueError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DistributedError(f"could not join the process group ({info.backend} backend, "
-                               f"MASTER_ADDR={os.environ['MASTER_ADDR']} MASTER_PORT={os.environ['MASTER_PORT']}): "
-                               f"{first_line}") from None
+        raise DistributedError(
+            f"could not join the process group ({info.backend} backend, "
+            f"MASTER_ADDR={os.environ['MASTER_ADDR']} MASTER_PORT={os.environ['MASTER_PORT']}): "
+            f"{first_line}"
+        ) from None
 
 
 def setup(strategy: str, device_name: str) -> ProcessInfo:
@@ -173,8 +190,9 @@ def return_freed_memory() -> bool:
         return False
     # Setting the threshold also turns off glibc's dynamic threshold, which would otherwise rise to the
     # size of the largest block freed (up to 32 MiB) and send those back to the heap.
-    return bool(libc.mallopt(_M_MMAP_THRESHOLD, _OWN_MAPPING_ABOVE)
-                and libc.mallopt(_M_TRIM_THRESHOLD, _OWN_MAPPING_ABOVE))
+    return bool(
+        libc.mallopt(_M_MMAP_THRESHOLD, _OWN_MAPPING_ABOVE) and libc.mallopt(_M_TRIM_THRESHOLD, _OWN_MAPPING_ABOVE)
+    )
 
 
 def exit_cleanly_on_success() -> None:

@@ -26,7 +26,23 @@ from reference_llm.evaluate.perplexity import PerplexityResult, evaluate_text
 from reference_llm.evaluate.sandbox import SandboxLimits, SandboxResult, run_many, run_untrusted
 
 __all__ = [
-    "BUILTIN_ITEMS", "HumanEvalReport", "MCItem", "MCReport", "PerplexityResult", "Problem", "SandboxLimits",
-    "SandboxResult", "choice_logprobs", "evaluate_multiple_choice", "evaluate_text", "generate_samples",
-    "load_items", "load_problems", "pass_at_k", "reference_samples", "run_many", "run_untrusted", "score_samples",
+    "BUILTIN_ITEMS",
+    "HumanEvalReport",
+    "MCItem",
+    "MCReport",
+    "PerplexityResult",
+    "Problem",
+    "SandboxLimits",
+    "SandboxResult",
+    "choice_logprobs",
+    "evaluate_multiple_choice",
+    "evaluate_text",
+    "generate_samples",
+    "load_items",
+    "load_problems",
+    "pass_at_k",
+    "reference_samples",
+    "run_many",
+    "run_untrusted",
+    "score_samples",
 ]

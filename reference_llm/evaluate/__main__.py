@@ -60,8 +60,12 @@ def main(argv: list[str]) -> int:
     for p in (ppl, he, mc, check):
         p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
-    result = {"perplexity": _perplexity, "humaneval": _humaneval, "mc": _multiple_choice,
-              "sandbox-check": _sandbox_check}[args.command](args)
+    result = {
+        "perplexity": _perplexity,
+        "humaneval": _humaneval,
+        "mc": _multiple_choice,
+        "sandbox-check": _sandbox_check,
+    }[args.command](args)
     if args.json:
         print(json.dumps(result, indent=1))
     else:
@@ -88,21 +92,24 @@ def _perplexity(args: argparse.Namespace) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise DataError(f"--text {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     if args.max_chars is not None:
-        text = text[:args.max_chars]
+        text = text[: args.max_chars]
     model, tokenizer = _load(args)
     return {"text": str(path), **evaluate_text(model, tokenizer, text, args.stride, args.batch_size).to_dict()}
 
 
 def _humaneval(args: argparse.Namespace) -> dict[str, Any]:
     from reference_llm.evaluate.humaneval import (
-        generate_samples, load_problems, reference_samples, score_samples,
+        generate_samples,
+        load_problems,
+        reference_samples,
+        score_samples,
     )
     from reference_llm.evaluate.sandbox import SandboxLimits
 
     ks = sorted(set(args.k or [1]))
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit must be a positive integer, got {args.limit}")
-    problems = load_problems()[:args.limit]
+    problems = load_problems()[: args.limit]
     start = time.monotonic()
     if args.reference:
         samples = reference_samples(problems)
@@ -112,8 +119,16 @@ def _humaneval(args: argparse.Namespace) -> dict[str, Any]:
         if args.n < max(ks):
             raise ConfigError(f"--n {args.n} is too few samples for pass@{max(ks)}; need --n >= {max(ks)}")
         model, tokenizer = _load(args)
-        samples = generate_samples(model, tokenizer, problems, n=args.n, max_new_tokens=args.max_new_tokens,
-                                   temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+        samples = generate_samples(
+            model,
+            tokenizer,
+            problems,
+            n=args.n,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            seed=args.seed,
+        )
         if args.save_samples:
             with open(args.save_samples, "w", encoding="utf-8") as f:
                 for task_id, completions in samples.items():
@@ -145,7 +160,7 @@ def _read_samples(path: Path, known: set[str]) -> dict[str, list[str]]:
             row = json.loads(line)
             task_id, completion = row["task_id"], row["completion"]
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise DataError(f"{path}:{number}: expected {{\"task_id\": ..., \"completion\": ...}} ({exc!r})") from None
+            raise DataError(f'{path}:{number}: expected {{"task_id": ..., "completion": ...}} ({exc!r})') from None
         if task_id in known:
             samples.setdefault(task_id, []).append(str(completion))
     return samples
@@ -157,8 +172,13 @@ def _multiple_choice(args: argparse.Namespace) -> dict[str, Any]:
     items = load_items(args.items) if args.items else list(BUILTIN_ITEMS)
     model, tokenizer = _load(args)
     report = evaluate_multiple_choice(model, tokenizer, items, args.normalize)
-    return {"items": report.total, "correct": report.correct, "accuracy": report.accuracy,
-            "chance": sum(1 / len(item.choices) for item in items) / len(items), "normalize": args.normalize}
+    return {
+        "items": report.total,
+        "correct": report.correct,
+        "accuracy": report.accuracy,
+        "chance": sum(1 / len(item.choices) for item in items) / len(items),
+        "normalize": args.normalize,
+    }
 
 
 if __name__ == "__main__":

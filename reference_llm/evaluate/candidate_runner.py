@@ -83,7 +83,7 @@ def decode(data):
     if type(data) is list:
         return [decode(item) for item in data]
     if type(data) is dict and len(data) == 1:
-        (tag, body), = data.items()
+        ((tag, body),) = data.items()
         if tag == "int" and type(body) is str:
             return int(body, 16)
         if tag == "bytes" and type(body) is str:
@@ -126,10 +126,13 @@ def _fence(job):
         os._exit(3)  # the evaluator died before PDEATHSIG was set: nobody is waiting for this run
 
     limits = job["limits"]
-    for which, value in [(resource.RLIMIT_CPU, (limits["cpu_s"], limits["cpu_s"] + 1)),
-                         (resource.RLIMIT_AS, (limits["memory_bytes"],) * 2),
-                         (resource.RLIMIT_FSIZE, (limits["file_bytes"],) * 2), (resource.RLIMIT_CORE, (0, 0)),
-                         (resource.RLIMIT_NPROC, (0, 0))]:
+    for which, value in [
+        (resource.RLIMIT_CPU, (limits["cpu_s"], limits["cpu_s"] + 1)),
+        (resource.RLIMIT_AS, (limits["memory_bytes"],) * 2),
+        (resource.RLIMIT_FSIZE, (limits["file_bytes"],) * 2),
+        (resource.RLIMIT_CORE, (0, 0)),
+        (resource.RLIMIT_NPROC, (0, 0)),
+    ]:
         try:
             resource.setrlimit(which, value)
         except (ValueError, OSError):
@@ -190,17 +193,48 @@ def _landlock(libc, check, rules):
 
 def _audit_hook(workdir):
     """PEP 578 hook refusing, for the rest of the process's life, what HumanEval code never needs."""
-    refused = {"os.system", "os.fork", "os.forkpty", "os.posix_spawn", "os.spawn", "os.exec", "subprocess.Popen",
-               "os.kill", "os.killpg", "signal.pthread_kill", "socket.__new__", "socket.connect", "socket.bind",
-               "socket.getaddrinfo", "resource.setrlimit", "resource.prlimit", "ctypes.dlopen", "ctypes.dlsym",
-               "ctypes.cdata", "ctypes.call_function", "sys.remote_exec", "os.setxattr", "os.removexattr",
-               "sys.settrace", "sys.setprofile"}
+    refused = {
+        "os.system",
+        "os.fork",
+        "os.forkpty",
+        "os.posix_spawn",
+        "os.spawn",
+        "os.exec",
+        "subprocess.Popen",
+        "os.kill",
+        "os.killpg",
+        "signal.pthread_kill",
+        "socket.__new__",
+        "socket.connect",
+        "socket.bind",
+        "socket.getaddrinfo",
+        "resource.setrlimit",
+        "resource.prlimit",
+        "ctypes.dlopen",
+        "ctypes.dlsym",
+        "ctypes.cdata",
+        "ctypes.call_function",
+        "sys.remote_exec",
+        "os.setxattr",
+        "os.removexattr",
+        "sys.settrace",
+        "sys.setprofile",
+    }
     refused_imports = {"ctypes", "_ctypes", "_posixsubprocess", "cffi", "_cffi_backend"}
     # event -> (positions of paths, positions of dir_fd arguments)
-    path_events = {"os.remove": ((0,), (1,)), "os.rmdir": ((0,), (1,)), "os.mkdir": ((0,), (2,)),
-                   "os.chmod": ((0,), (2,)), "os.chown": ((0,), (3,)), "os.truncate": ((0,), ()),
-                   "os.utime": ((0,), (3,)), "os.rename": ((0, 1), (2, 3)), "os.link": ((0, 1), (2, 3)),
-                   "os.symlink": ((1,), (2,)), "shutil.rmtree": ((0,), (1,))}
+    path_events = {
+        "os.remove": ((0,), (1,)),
+        "os.rmdir": ((0,), (1,)),
+        "os.mkdir": ((0,), (2,)),
+        "os.chmod": ((0,), (2,)),
+        "os.chown": ((0,), (3,)),
+        "os.truncate": ((0,), ()),
+        "os.utime": ((0,), (3,)),
+        "os.rename": ((0, 1), (2, 3)),
+        "os.link": ((0, 1), (2, 3)),
+        "os.symlink": ((1,), (2,)),
+        "shutil.rmtree": ((0,), (1,)),
+    }
     write_flags = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 
     def inside(path):
@@ -278,7 +312,7 @@ def main():
             pass  # the code may have closed or replaced them
     view = memoryview(data)
     while view:
-        view = view[os.write(result_fd, view):]
+        view = view[os.write(result_fd, view) :]
     # os._exit: atexit handlers the code registered must not run (they could only add noise to stderr).
     os._exit(0)
 

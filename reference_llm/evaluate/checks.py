@@ -184,8 +184,9 @@ def verdict(prompt: str, test: str, entry_point: str, known: dict[Key, list]) ->
     return True, ""
 
 
-def decide(prompt: str, test: str, entry_point: str,
-           run_calls: Callable[[list[PlannedCall]], list | str]) -> tuple[str, str]:
+def decide(
+    prompt: str, test: str, entry_point: str, run_calls: Callable[[list[PlannedCall]], list | str]
+) -> tuple[str, str]:
     """Plan, run (through `run_calls`, which returns the call outcomes or a sandbox status on failure),
     and judge. Returns (status, detail): status "passed", "failed", a sandbox status, or "unsupported"."""
     known: dict[Key, list] = {}

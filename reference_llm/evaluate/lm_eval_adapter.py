@@ -68,13 +68,21 @@ class ReferenceLM(LM):
     none, default 256); lm-eval's own `--batch_size` (a number) and `--device` apply.
     """
 
-    def __init__(self, checkpoint: str | None = None, batch_size: int | str | None = 1,
-                 max_batch_size: int | None = None,  # lm-eval passes it for batch_size "auto", refused here
-                 device: str | None = None, max_gen_toks: int = 256, **unknown: Any) -> None:
+    def __init__(
+        self,
+        checkpoint: str | None = None,
+        batch_size: int | str | None = 1,
+        max_batch_size: int | None = None,  # lm-eval passes it for batch_size "auto", refused here
+        device: str | None = None,
+        max_gen_toks: int = 256,
+        **unknown: Any,
+    ) -> None:
         super().__init__()
         if unknown:
-            raise ConfigError(f"unknown model argument(s) for {NAME}: {', '.join(sorted(unknown))}; "
-                              f"accepted: checkpoint, max_gen_toks")
+            raise ConfigError(
+                f"unknown model argument(s) for {NAME}: {', '.join(sorted(unknown))}; "
+                f"accepted: checkpoint, max_gen_toks"
+            )
         if checkpoint is None:
             raise ConfigError(f"--model {NAME} needs --model_args checkpoint=DIR (a run or step directory)")
         self.batch_size = _batch_size(batch_size)
@@ -102,8 +110,10 @@ class ReferenceLM(LM):
             if not ctx:
                 raise DataError("an empty context needs a tokenizer with an end-of-text token to condition on")
             if len(cont) > self.max_length:
-                raise DataError(f"a continuation of {len(cont)} tokens does not fit the model's block_size "
-                                f"{self.max_length}: {continuation[:40]!r}...")
+                raise DataError(
+                    f"a continuation of {len(cont)} tokens does not fit the model's block_size "
+                    f"{self.max_length}: {continuation[:40]!r}..."
+                )
             pairs.append((ctx, cont))
         results = self.score(pairs)
         for request, result in zip(requests, results):
@@ -120,8 +130,9 @@ class ReferenceLM(LM):
                 if not ids:  # as in `evaluate_text`
                     raise DataError("a tokenizer without an end-of-text token cannot score an empty text")
                 prefix, ids = ids[0], ids[1:]
-            windows = get_rolling_token_windows(token_list=ids, prefix_token=prefix, max_seq_len=self.max_length,
-                                                context_len=1)
+            windows = get_rolling_token_windows(
+                token_list=ids, prefix_token=prefix, max_seq_len=self.max_length, context_len=1
+            )
             for window in windows:
                 pairs.append(make_disjoint_window(window))
                 owner.append(index)
@@ -141,22 +152,24 @@ class ReferenceLM(LM):
         cut from the left only when context + continuation exceed `block_size + 1` tokens.
         """
         results: list[tuple[float, bool]] = [(0.0, True)] * len(pairs)  # an empty continuation: log 1
-        inputs = {i: (ctx + cont)[-(self.max_length + 1):-1] for i, (ctx, cont) in enumerate(pairs) if cont}
+        inputs = {i: (ctx + cont)[-(self.max_length + 1) : -1] for i, (ctx, cont) in enumerate(pairs) if cont}
         # Longest first: each batch pads to its first row, and a batch too large for memory fails at once.
         order = sorted(inputs, key=lambda i: -len(inputs[i]))
         for start in range(0, len(order), self.batch_size):
-            batch = order[start:start + self.batch_size]
+            batch = order[start : start + self.batch_size]
             x = torch.zeros(len(batch), len(inputs[batch[0]]), dtype=torch.long)
             for row, i in enumerate(batch):
-                x[row, :len(inputs[i])] = torch.tensor(inputs[i])  # right padding: no position sees a pad
+                x[row, : len(inputs[i])] = torch.tensor(inputs[i])  # right padding: no position sees a pad
             logits = self.model(x.to(self._device))[0]
             for row, i in enumerate(batch):
                 cont = torch.tensor(pairs[i][1], device=self._device)
                 end = len(inputs[i])
                 # The last len(cont) positions predict the continuation's tokens.
-                logprobs = torch.log_softmax(logits[row, end - len(cont):end].float(), dim=-1)
-                results[i] = (logprobs.gather(-1, cont[:, None]).sum().item(),
-                              bool((logprobs.argmax(dim=-1) == cont).all()))
+                logprobs = torch.log_softmax(logits[row, end - len(cont) : end].float(), dim=-1)
+                results[i] = (
+                    logprobs.gather(-1, cont[:, None]).sum().item(),
+                    bool((logprobs.argmax(dim=-1) == cont).all()),
+                )
         return results
 
     # ------------------------------------------------------------------------------------------------
@@ -177,15 +190,18 @@ class ReferenceLM(LM):
             temperature = float(settings.pop("temperature", 0.0)) if settings.pop("do_sample", False) else 0.0
             sampling = {key: settings.pop(key) for key in SAMPLING_KEYS if key in settings}
             if settings:
-                raise ConfigError(f"generation setting(s) {', '.join(sorted(settings))} are not supported by "
-                                  f"{NAME}; it takes until, max_gen_toks, do_sample, temperature, top_k, top_p")
+                raise ConfigError(
+                    f"generation setting(s) {', '.join(sorted(settings))} are not supported by "
+                    f"{NAME}; it takes until, max_gen_toks, do_sample, temperature, top_k, top_p"
+                )
             # Room for the new tokens: a long prompt keeps its end, as lm-eval's hf model does.
             keep = max(1, self.max_length - max_new)
             prompts = [self.context_ids(requests[i].args[0])[-keep:] for i in indices]
             for start in range(0, len(indices), self.batch_size):
                 chunk = slice(start, start + self.batch_size)
-                texts = generate_text(self.model, self.tokenizer, prompts[chunk], max_new, stop=until,
-                                      temperature=temperature, **sampling)
+                texts = generate_text(
+                    self.model, self.tokenizer, prompts[chunk], max_new, stop=until, temperature=temperature, **sampling
+                )
                 for i, text in zip(indices[chunk], texts):
                     outputs[i] = text
         for request, text in zip(requests, outputs):

@@ -38,11 +38,13 @@ class MCItem:
 
     def __post_init__(self) -> None:
         if len(self.choices) < 2:
-            raise DataError(f"a multiple-choice item needs at least 2 choices, got {len(self.choices)}: "
-                            f"{self.context!r}")
+            raise DataError(
+                f"a multiple-choice item needs at least 2 choices, got {len(self.choices)}: {self.context!r}"
+            )
         if not 0 <= self.answer < len(self.choices):
-            raise DataError(f"answer index {self.answer} is out of range for {len(self.choices)} choices: "
-                            f"{self.context!r}")
+            raise DataError(
+                f"answer index {self.answer} is out of range for {len(self.choices)} choices: {self.context!r}"
+            )
         if any(not choice for choice in self.choices):
             raise DataError(f"an empty choice in item {self.context!r}")
 
@@ -86,11 +88,13 @@ def load_items(path: str | Path) -> list[MCItem]:
             continue
         try:
             row = json.loads(line)
-            items.append(MCItem(context=str(row["context"]), choices=tuple(map(str, row["choices"])),
-                                answer=int(row["answer"])))
+            items.append(
+                MCItem(context=str(row["context"]), choices=tuple(map(str, row["choices"])), answer=int(row["answer"]))
+            )
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise DataError(f"{path}:{number}: expected {{\"context\": str, \"choices\": [str, ...], "
-                            f"\"answer\": int}} ({exc!r})") from None
+            raise DataError(
+                f'{path}:{number}: expected {{"context": str, "choices": [str, ...], "answer": int}} ({exc!r})'
+            ) from None
     if not items:
         raise DataError(f"{path} holds no items")
     return items
@@ -114,14 +118,16 @@ def choice_logprobs(model: Transformer, tokenizer, context: str, choices: Sequen
     rows = []
     for choice, cont in zip(choices, conts):
         if not cont or len(cont) >= block_size:
-            raise DataError(f"choice {choice!r} is {len(cont)} tokens; it must be between 1 and "
-                            f"{block_size - 1} (the model's block_size - 1)")
+            raise DataError(
+                f"choice {choice!r} is {len(cont)} tokens; it must be between 1 and "
+                f"{block_size - 1} (the model's block_size - 1)"
+            )
         rows.append((ctx + cont)[-block_size:])
     device = next(model.parameters()).device
     T = max(len(r) for r in rows)
     x = torch.zeros(len(rows), T, dtype=torch.long)
     for i, r in enumerate(rows):
-        x[i, :len(r)] = torch.tensor(r)  # right padding: later pads never affect earlier positions
+        x[i, : len(r)] = torch.tensor(r)  # right padding: later pads never affect earlier positions
     was_training = model.training
     model.eval()
     logprobs = F.log_softmax(model(x.to(device))[0].float(), dim=-1)  # (choices, T, V)
@@ -130,13 +136,14 @@ def choice_logprobs(model: Transformer, tokenizer, context: str, choices: Sequen
     for i, (r, cont) in enumerate(zip(rows, conts)):
         n = len(cont)
         # Positions len(r)-n-1 .. len(r)-2 predict the n choice tokens.
-        picked = logprobs[i, len(r) - n - 1:len(r) - 1].gather(-1, torch.tensor(cont, device=device)[:, None])
+        picked = logprobs[i, len(r) - n - 1 : len(r) - 1].gather(-1, torch.tensor(cont, device=device)[:, None])
         scores.append((picked.sum().item(), n))
     return scores
 
 
-def evaluate_multiple_choice(model: Transformer, tokenizer, items: Sequence[MCItem],
-                             normalize: str = "none") -> MCReport:
+def evaluate_multiple_choice(
+    model: Transformer, tokenizer, items: Sequence[MCItem], normalize: str = "none"
+) -> MCReport:
     """Accuracy of picking, for each item, the choice with the highest (normalised) log-likelihood."""
     if normalize not in NORMALIZATIONS:
         raise ConfigError(f"normalize must be one of {', '.join(NORMALIZATIONS)}; got {normalize!r}")
@@ -145,8 +152,9 @@ def evaluate_multiple_choice(model: Transformer, tokenizer, items: Sequence[MCIt
     predictions = []
     for item in items:
         scores = []
-        for choice, (logprob, n_tokens) in zip(item.choices, choice_logprobs(model, tokenizer, item.context,
-                                                                             item.choices)):
+        for choice, (logprob, n_tokens) in zip(
+            item.choices, choice_logprobs(model, tokenizer, item.context, item.choices)
+        ):
             length = {"none": 1, "tokens": n_tokens, "chars": len(choice)}[normalize]
             scores.append(logprob / length)
         predictions.append(max(range(len(scores)), key=scores.__getitem__))

@@ -46,13 +46,19 @@ class PerplexityResult:
         return self.nats / (self.bytes * math.log(2))
 
     def to_dict(self) -> dict[str, float | int]:
-        return {"tokens": self.tokens, "bytes": self.bytes, "loss": self.loss, "perplexity": self.perplexity,
-                "bits_per_byte": self.bits_per_byte}
+        return {
+            "tokens": self.tokens,
+            "bytes": self.bytes,
+            "loss": self.loss,
+            "perplexity": self.perplexity,
+            "bits_per_byte": self.bits_per_byte,
+        }
 
 
 @torch.no_grad()
-def evaluate_text(model: Transformer, tokenizer, text: str, stride: int | None = None,
-                  batch_size: int = 4) -> PerplexityResult:
+def evaluate_text(
+    model: Transformer, tokenizer, text: str, stride: int | None = None, batch_size: int = 4
+) -> PerplexityResult:
     """Score every token of `text`. With an end-of-text token the text is scored from its first token
     (the model sees <eot> first, as at a document boundary in training); without one the first token
     has no prediction and its bytes are left out of the byte count."""
@@ -77,18 +83,19 @@ def evaluate_text(model: Transformer, tokenizer, text: str, stride: int | None =
     model.eval()
     nats, scored = 0.0, 0
     for start in range(0, len(windows), batch_size):
-        batch = windows[start:start + batch_size]
+        batch = windows[start : start + batch_size]
         T = max(len(x) for x, _ in batch)
         # Right padding: a causal model's earlier positions never see the pad, and pads are not scored.
         x = torch.zeros(len(batch), T, dtype=torch.long)
         y = torch.full((len(batch), T), IGNORE_INDEX, dtype=torch.long)
         for row, (inp, tgt) in enumerate(batch):
-            x[row, :len(inp)] = torch.tensor(inp)
-            y[row, :len(tgt)] = torch.tensor(tgt)
+            x[row, : len(inp)] = torch.tensor(inp)
+            y[row, : len(tgt)] = torch.tensor(tgt)
         logits, _ = model(x.to(device))
         y = y.to(device)
-        nats += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX,
-                                reduction="sum").item()
+        nats += F.cross_entropy(
+            logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+        ).item()
         scored += int((y != IGNORE_INDEX).sum())
     model.train(was_training)
     return PerplexityResult(nats=nats, tokens=scored, bytes=n_bytes)
@@ -105,7 +112,7 @@ def _windows(ids: list[int], block_size: int, stride: int) -> list[tuple[list[in
     scored_until = 0  # targets ids[1..scored_until] are done
     for begin in range(0, last, stride):
         end = min(begin + block_size, last)
-        inputs, targets = ids[begin:end], ids[begin + 1:end + 1]
+        inputs, targets = ids[begin:end], ids[begin + 1 : end + 1]
         fresh = end - scored_until
         targets = [IGNORE_INDEX] * (len(targets) - fresh) + targets[-fresh:]
         windows.append((inputs, targets))

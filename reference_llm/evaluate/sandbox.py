@@ -80,8 +80,14 @@ class SandboxResult:
 Call = tuple[Sequence, dict]  # positional and keyword arguments, plain data
 
 
-def run_untrusted(code: str, limits: SandboxLimits | None = None, *, entry_point: str | None = None,
-                  calls: Iterable[Call] = (), layers: Collection[str] | None = None) -> SandboxResult:
+def run_untrusted(
+    code: str,
+    limits: SandboxLimits | None = None,
+    *,
+    entry_point: str | None = None,
+    calls: Iterable[Call] = (),
+    layers: Collection[str] | None = None,
+) -> SandboxResult:
     """Run `code` in a sandboxed subprocess, then `entry_point(*args, **kwargs)` for each call; report
     how it ended (never raises for the code's sake). `layers`: the isolation layers to use (default:
     all that work here); tests pass fewer to show what each one stops."""
@@ -100,13 +106,25 @@ def run_untrusted(code: str, limits: SandboxLimits | None = None, *, entry_point
     workdir = tempfile.mkdtemp(prefix="llmgen-sandbox-")
     start = time.monotonic()
     try:
-        job = {"code": code, "entry_point": entry_point, "calls": encoded_calls, "workdir": workdir,
-               "limits": {"cpu_s": math.ceil(limits.timeout_s) + 1, "memory_bytes": limits.memory_mb * 2**20,
-                          "file_bytes": limits.file_bytes},
-               "fences": {"bwrap": "bwrap" in layers, "uid": "uid" in layers, "audit": "audit" in layers,
-                          "netns": "netns" in layers and "bwrap" not in layers,  # bwrap brings its own
-                          "landlock": sandbox_layers.landlock_rules(workdir) if "landlock" in layers else None,
-                          "seccomp": sandbox_layers.seccomp_program() if "seccomp" in layers else None}}
+        job = {
+            "code": code,
+            "entry_point": entry_point,
+            "calls": encoded_calls,
+            "workdir": workdir,
+            "limits": {
+                "cpu_s": math.ceil(limits.timeout_s) + 1,
+                "memory_bytes": limits.memory_mb * 2**20,
+                "file_bytes": limits.file_bytes,
+            },
+            "fences": {
+                "bwrap": "bwrap" in layers,
+                "uid": "uid" in layers,
+                "audit": "audit" in layers,
+                "netns": "netns" in layers and "bwrap" not in layers,  # bwrap brings its own
+                "landlock": sandbox_layers.landlock_rules(workdir) if "landlock" in layers else None,
+                "seccomp": sandbox_layers.seccomp_program() if "seccomp" in layers else None,
+            },
+        }
         job_path = os.path.join(workdir, ".job.json")
         with open(job_path, "w", encoding="utf-8") as f:
             json.dump(job, f)
@@ -120,12 +138,24 @@ def run_untrusted(code: str, limits: SandboxLimits | None = None, *, entry_point
                 raise ConfigError(f"sandbox layer bwrap: {sandbox_layers.BWRAP_MISSING}")
             argv = sandbox_layers.bwrap_argv(binary, workdir, "uid" in layers) + argv
         report_r, report_w = os.pipe()
-        env = {"HOME": workdir, "TMPDIR": workdir, "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8",
-               "PYTHONIOENCODING": "utf-8"}
+        env = {
+            "HOME": workdir,
+            "TMPDIR": workdir,
+            "PATH": "/usr/bin:/bin",
+            "LANG": "C.UTF-8",
+            "PYTHONIOENCODING": "utf-8",
+        }
         try:
-            proc = subprocess.Popen(argv + [str(report_w)], cwd=workdir, env=env, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(report_w,),
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                argv + [str(report_w)],
+                cwd=workdir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                pass_fds=(report_w,),
+                start_new_session=True,
+            )
         finally:
             os.close(report_w)  # the child holds its own copy; ours would keep the pipe open forever
         try:
@@ -140,9 +170,15 @@ def run_untrusted(code: str, limits: SandboxLimits | None = None, *, entry_point
         if outcome is None:
             ok = proc.returncode == 0 and parsed is not None and parsed.get("completed") is True
             outcome = "passed" if ok else "failed"
-        return SandboxResult(status=outcome, returncode=proc.returncode, stdout=stdout.decode("utf-8", "replace"),
-                             stderr=stderr.decode("utf-8", "replace"), duration_s=time.monotonic() - start,
-                             report=parsed, layers=layers)
+        return SandboxResult(
+            status=outcome,
+            returncode=proc.returncode,
+            stdout=stdout.decode("utf-8", "replace"),
+            stderr=stderr.decode("utf-8", "replace"),
+            duration_s=time.monotonic() - start,
+            report=parsed,
+            layers=layers,
+        )
     finally:
         remove_tree(workdir)
 
@@ -155,8 +191,9 @@ def run_many(codes: Iterable[str], limits: SandboxLimits | None = None, workers:
         return list(pool.map(lambda code: run_untrusted(code, limits), codes))
 
 
-def _collect(proc: subprocess.Popen, report_fd: int, deadline: float,
-             limits: SandboxLimits) -> tuple[str | None, bytes, bytes, bytes]:
+def _collect(
+    proc: subprocess.Popen, report_fd: int, deadline: float, limits: SandboxLimits
+) -> tuple[str | None, bytes, bytes, bytes]:
     """Read stdout, stderr and the report pipe until the child exits, the deadline passes or a cap is
     passed. Returns (status or None if it ended by itself, stdout, stderr, report bytes). No buffer ever
     holds more than its cap plus one read."""
@@ -181,8 +218,10 @@ def _collect(proc: subprocess.Popen, report_fd: int, deadline: float,
                     selector.unregister(key.fd)
                     continue
                 buffers[key.fd] += chunk
-            if len(buffers[out]) + len(buffers[err]) > limits.output_bytes or \
-                    len(buffers[report_fd]) > limits.report_bytes:
+            if (
+                len(buffers[out]) + len(buffers[err]) > limits.output_bytes
+                or len(buffers[report_fd]) > limits.report_bytes
+            ):
                 outcome = "output_limit"
                 break
             # Exited, and nothing left to read: whatever still holds the pipes is killed by the caller.

@@ -40,17 +40,81 @@ ALWAYS = ("rlimits", "no_new_privs")
 # priorities, CPU pinning, tracing, their memory), new namespaces and mounts, device nodes, xattrs,
 # kernel keys, BPF, io_uring (whose operations bypass seccomp), new programs. Refused with EPERM.
 SECCOMP_REFUSED = (
-    "kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo", "pidfd_open", "pidfd_send_signal",
-    "pidfd_getfd", "ptrace", "process_vm_readv", "process_vm_writev", "process_madvise", "kcmp",
-    "setpriority", "sched_setaffinity", "sched_setscheduler", "sched_setparam", "sched_setattr", "ioprio_set",
-    "unshare", "setns", "mount", "umount2", "pivot_root", "chroot", "open_tree", "move_mount", "fsopen",
-    "fsconfig", "fsmount", "fspick", "mount_setattr", "mknod", "mknodat", "setxattr", "lsetxattr", "fsetxattr",
-    "removexattr", "lremovexattr", "fremovexattr", "setxattrat", "removexattrat", "keyctl", "add_key",
-    "request_key", "bpf", "perf_event_open", "userfaultfd", "io_uring_setup", "io_uring_enter",
-    "io_uring_register", "fanotify_init", "name_to_handle_at", "open_by_handle_at", "kexec_load",
-    "kexec_file_load", "init_module", "finit_module", "delete_module", "reboot", "swapon", "swapoff", "syslog",
-    "acct", "quotactl", "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "sethostname",
-    "setdomainname", "execve", "execveat", "fork", "vfork",
+    "kill",
+    "tkill",
+    "tgkill",
+    "rt_sigqueueinfo",
+    "rt_tgsigqueueinfo",
+    "pidfd_open",
+    "pidfd_send_signal",
+    "pidfd_getfd",
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "process_madvise",
+    "kcmp",
+    "setpriority",
+    "sched_setaffinity",
+    "sched_setscheduler",
+    "sched_setparam",
+    "sched_setattr",
+    "ioprio_set",
+    "unshare",
+    "setns",
+    "mount",
+    "umount2",
+    "pivot_root",
+    "chroot",
+    "open_tree",
+    "move_mount",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "mount_setattr",
+    "mknod",
+    "mknodat",
+    "setxattr",
+    "lsetxattr",
+    "fsetxattr",
+    "removexattr",
+    "lremovexattr",
+    "fremovexattr",
+    "setxattrat",
+    "removexattrat",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "bpf",
+    "perf_event_open",
+    "userfaultfd",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "fanotify_init",
+    "name_to_handle_at",
+    "open_by_handle_at",
+    "kexec_load",
+    "kexec_file_load",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "reboot",
+    "swapon",
+    "swapoff",
+    "syslog",
+    "acct",
+    "quotactl",
+    "settimeofday",
+    "clock_settime",
+    "clock_adjtime",
+    "adjtimex",
+    "sethostname",
+    "setdomainname",
+    "execve",
+    "execveat",
+    "fork",
+    "vfork",
 )
 
 
@@ -96,8 +160,16 @@ def bwrap_argv(binary: str, workdir: str, keep_setuid: bool) -> list[str]:
     """bwrap's options: fresh namespaces, a root holding only `read_paths()` read-only, /dev basics, its own
     /proc, the work dir read-write. As root there is no user namespace, so the capabilities are dropped
     except CAP_SETUID/CAP_SETGID when the child is to drop to uid 65534 itself (`keep_setuid`)."""
-    argv = [binary, "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-            "--die-with-parent", "--new-session"]
+    argv = [
+        binary,
+        "--unshare-pid",
+        "--unshare-net",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--die-with-parent",
+        "--new-session",
+    ]
     if os.geteuid() == 0:
         argv += ["--cap-drop", "ALL"] + (["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"] if keep_setuid else [])
     else:
@@ -195,8 +267,10 @@ def _describe(name: str) -> str:
         scope += ", no signals or abstract sockets outside the sandbox" if abi >= 6 else ""
         return f"ABI {abi}: read-only interpreter, read-write work dir only, no device/fifo/socket nodes{scope}"
     if name == "seccomp":
-        return (f"libseccomp BPF filter: {len(SECCOMP_REFUSED)} syscalls refused where the kernel has them (other "
-                "processes, namespaces, mounts, device nodes, xattrs, fork/exec), clone of processes refused")
+        return (
+            f"libseccomp BPF filter: {len(SECCOMP_REFUSED)} syscalls refused where the kernel has them (other "
+            "processes, namespaces, mounts, device nodes, xattrs, fork/exec), clone of processes refused"
+        )
     if name == "netns":
         return "own network namespace (only loopback, down)"
     return "PEP 578 hook: no fork/exec/sockets/ctypes, no writes outside the work dir (Python-level)"

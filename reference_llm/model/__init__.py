@@ -27,9 +27,20 @@ if TYPE_CHECKING:
         rope_tables,
     )
 
-__getattr__, __all__ = lazy_exports(__name__, {
-    "PRESETS": "config", "ModelConfig": "config",
-    "IGNORE_INDEX": "transformer", "MLP": "transformer", "Attention": "transformer", "Block": "transformer",
-    "KVCache": "transformer", "RMSNorm": "transformer", "Transformer": "transformer",
-    "apply_rope": "transformer", "make_norm": "transformer", "rope_tables": "transformer",
-})
+__getattr__, __all__ = lazy_exports(
+    __name__,
+    {
+        "PRESETS": "config",
+        "ModelConfig": "config",
+        "IGNORE_INDEX": "transformer",
+        "MLP": "transformer",
+        "Attention": "transformer",
+        "Block": "transformer",
+        "KVCache": "transformer",
+        "RMSNorm": "transformer",
+        "Transformer": "transformer",
+        "apply_rope": "transformer",
+        "make_norm": "transformer",
+        "rope_tables": "transformer",
+    },
+)

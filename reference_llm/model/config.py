@@ -120,8 +120,9 @@ class ModelConfig:
         for key, (low, high) in REAL_RANGES.items():
             value = getattr(self, key)
             if not _is_real(value) or not low < value < high:
-                raise ConfigError(f"model.{key} must be a finite number between {low:g} and {high:g} "
-                                  f"(exclusive), got {value!r}")
+                raise ConfigError(
+                    f"model.{key} must be a finite number between {low:g} and {high:g} (exclusive), got {value!r}"
+                )
         for key in ("bias", "tie_embeddings"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"model.{key} must be true or false, got {getattr(self, key)!r}")
@@ -131,8 +132,12 @@ class ModelConfig:
             raise ConfigError(f"model.n_head={self.n_head} must divide model.d_model={self.d_model}")
         if self.n_head % self.n_kv_head:  # type: ignore[operator]
             raise ConfigError(f"model.n_kv_head={self.n_kv_head} must divide model.n_head={self.n_head}")
-        choices = {"norm": ("layernorm", "rmsnorm"), "position": ("learned", "rope"), "mlp": ("gelu", "swiglu"),
-                   "attention": ("auto", "sdpa", "manual")}
+        choices = {
+            "norm": ("layernorm", "rmsnorm"),
+            "position": ("learned", "rope"),
+            "mlp": ("gelu", "swiglu"),
+            "attention": ("auto", "sdpa", "manual"),
+        }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"model.{key} must be one of {', '.join(allowed)}; got {getattr(self, key)!r}")
@@ -154,9 +159,11 @@ class ModelConfig:
         needed = self.memory_bytes(bytes_per_param) + extra_bytes
         free = available_memory_bytes()
         if free is not None and needed > free:
-            raise ConfigError(f"{what} needs about {_gib(needed)} of memory ({self.num_params():,} parameters of "
-                              f"{bytes_per_param} bytes{' and more' if extra_bytes else ''}) but only {_gib(free)} "
-                              f"is available")
+            raise ConfigError(
+                f"{what} needs about {_gib(needed)} of memory ({self.num_params():,} parameters of "
+                f"{bytes_per_param} bytes{' and more' if extra_bytes else ''}) but only {_gib(free)} "
+                f"is available"
+            )
 
     # -- derived quantities ------------------------------------------------------------------------------
 
@@ -166,7 +173,7 @@ class ModelConfig:
 
     @property
     def arch(self) -> str:
-        """"gpt2" or "llama" when the fields match that family exactly, else "custom"."""
+        """ "gpt2" or "llama" when the fields match that family exactly, else "custom"."""
         if (self.norm, self.position, self.mlp) == ("layernorm", "learned", "gelu"):
             return "gpt2"
         if (self.norm, self.position, self.mlp) == ("rmsnorm", "rope", "swiglu"):
@@ -260,25 +267,85 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "tiny-gpt2": ("gpt2", dict(vocab_size=512, block_size=64, n_layer=2, n_head=4, d_model=64)),
     # demo: tuned for 3 minutes of training on 2 CPU cores (benchmarks/demo_quality.py); vocab_size is
     # replaced by the tokenizer's when training.
-    "demo": ("llama", dict(vocab_size=1024, block_size=256, n_layer=4, n_head=4, n_kv_head=4, d_model=192,
-                           ffn_hidden=512, tie_embeddings=True)),
+    "demo": (
+        "llama",
+        dict(
+            vocab_size=1024,
+            block_size=256,
+            n_layer=4,
+            n_head=4,
+            n_kv_head=4,
+            d_model=192,
+            ffn_hidden=512,
+            tie_embeddings=True,
+        ),
+    ),
     "nanogpt-cpu": ("gpt2", dict(vocab_size=65, block_size=64, n_layer=4, n_head=4, d_model=128, bias=False)),
-    "nanogpt-shakespeare": ("gpt2", dict(vocab_size=65, block_size=256, n_layer=6, n_head=6, d_model=384,
-                                         bias=False)),
+    "nanogpt-shakespeare": ("gpt2", dict(vocab_size=65, block_size=256, n_layer=6, n_head=6, d_model=384, bias=False)),
     "gpt2-124m": ("gpt2", dict(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, d_model=768)),
     "gpt2-350m": ("gpt2", dict(vocab_size=50257, block_size=1024, n_layer=24, n_head=16, d_model=1024)),
     "gpt2-774m": ("gpt2", dict(vocab_size=50257, block_size=1024, n_layer=36, n_head=20, d_model=1280)),
     "gpt2-1.5b": ("gpt2", dict(vocab_size=50257, block_size=1024, n_layer=48, n_head=25, d_model=1600)),
-    "llama-1b": ("llama", dict(vocab_size=128256, block_size=8192, n_layer=16, n_head=32, n_kv_head=8,
-                               d_model=2048, ffn_hidden=8192, tie_embeddings=True, rope_theta=500000.0)),
-    "llama-3b": ("llama", dict(vocab_size=128256, block_size=8192, n_layer=28, n_head=24, n_kv_head=8,
-                               d_model=3072, ffn_hidden=8192, tie_embeddings=True, rope_theta=500000.0)),
-    "llama-7b": ("llama", dict(vocab_size=32000, block_size=4096, n_layer=32, n_head=32, d_model=4096,
-                               ffn_hidden=11008)),
-    "llama-8b": ("llama", dict(vocab_size=128256, block_size=8192, n_layer=32, n_head=32, n_kv_head=8,
-                               d_model=4096, ffn_hidden=14336, rope_theta=500000.0)),
-    "llama-13b": ("llama", dict(vocab_size=32000, block_size=4096, n_layer=40, n_head=40, d_model=5120,
-                                ffn_hidden=13824)),
-    "llama-70b": ("llama", dict(vocab_size=128256, block_size=8192, n_layer=80, n_head=64, n_kv_head=8,
-                                d_model=8192, ffn_hidden=28672, rope_theta=500000.0)),
+    "llama-1b": (
+        "llama",
+        dict(
+            vocab_size=128256,
+            block_size=8192,
+            n_layer=16,
+            n_head=32,
+            n_kv_head=8,
+            d_model=2048,
+            ffn_hidden=8192,
+            tie_embeddings=True,
+            rope_theta=500000.0,
+        ),
+    ),
+    "llama-3b": (
+        "llama",
+        dict(
+            vocab_size=128256,
+            block_size=8192,
+            n_layer=28,
+            n_head=24,
+            n_kv_head=8,
+            d_model=3072,
+            ffn_hidden=8192,
+            tie_embeddings=True,
+            rope_theta=500000.0,
+        ),
+    ),
+    "llama-7b": (
+        "llama",
+        dict(vocab_size=32000, block_size=4096, n_layer=32, n_head=32, d_model=4096, ffn_hidden=11008),
+    ),
+    "llama-8b": (
+        "llama",
+        dict(
+            vocab_size=128256,
+            block_size=8192,
+            n_layer=32,
+            n_head=32,
+            n_kv_head=8,
+            d_model=4096,
+            ffn_hidden=14336,
+            rope_theta=500000.0,
+        ),
+    ),
+    "llama-13b": (
+        "llama",
+        dict(vocab_size=32000, block_size=4096, n_layer=40, n_head=40, d_model=5120, ffn_hidden=13824),
+    ),
+    "llama-70b": (
+        "llama",
+        dict(
+            vocab_size=128256,
+            block_size=8192,
+            n_layer=80,
+            n_head=64,
+            n_kv_head=8,
+            d_model=8192,
+            ffn_hidden=28672,
+            rope_theta=500000.0,
+        ),
+    ),
 }

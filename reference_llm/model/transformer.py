@@ -21,8 +21,21 @@ import torch.nn.functional as F
 
 from reference_llm.model.config import PRESETS, ModelConfig
 
-__all__ = ["IGNORE_INDEX", "PRESETS", "ModelConfig", "KVCache", "Transformer", "Block", "Attention", "MLP",
-           "RMSNorm", "make_norm", "rope_tables", "apply_rope", "gelu_tanh"]
+__all__ = [
+    "IGNORE_INDEX",
+    "PRESETS",
+    "ModelConfig",
+    "KVCache",
+    "Transformer",
+    "Block",
+    "Attention",
+    "MLP",
+    "RMSNorm",
+    "make_norm",
+    "rope_tables",
+    "apply_rope",
+    "gelu_tanh",
+]
 
 IGNORE_INDEX = -100  # targets with this value add nothing to the loss (prompt tokens in SFT, padding)
 
@@ -85,13 +98,21 @@ class KVCache:
     length: int = 0
 
     @classmethod
-    def allocate(cls, config: ModelConfig, batch_size: int, max_len: int | None = None,
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> KVCache:
+    def allocate(
+        cls,
+        config: ModelConfig,
+        batch_size: int,
+        max_len: int | None = None,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> KVCache:
         max_len = config.block_size if max_len is None else max_len
         assert config.n_kv_head is not None  # ModelConfig.__post_init__ resolves None to n_head
         shape = (batch_size, config.n_kv_head, max_len, config.head_dim)
-        return cls(k=[torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)],
-                   v=[torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)])
+        return cls(
+            k=[torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)],
+            v=[torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)],
+        )
 
     @property
     def max_len(self) -> int:
@@ -117,8 +138,13 @@ class Attention(nn.Module):
         self.dropout = config.dropout
         self.mode = config.attention
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
         B, T, C = x.shape
         H, K, D = self.n_head, self.n_kv_head, self.head_dim
         q, k, v = self.qkv(x).split([H * D, K * D, K * D], dim=-1)
@@ -132,9 +158,9 @@ class Attention(nn.Module):
         start = 0
         if cache is not None:  # append the new keys/values, then attend over everything cached
             start = cache.length
-            cache.k[layer][:, :, start:start + T] = k
-            cache.v[layer][:, :, start:start + T] = v
-            k, v = cache.k[layer][:, :, :start + T], cache.v[layer][:, :, :start + T]  # (B, K, S, D)
+            cache.k[layer][:, :, start : start + T] = k
+            cache.v[layer][:, :, start : start + T] = v
+            k, v = cache.k[layer][:, :, : start + T], cache.v[layer][:, :, : start + T]  # (B, K, S, D)
 
         if K != H:  # grouped-query: each key/value head serves H/K query heads
             k = k.repeat_interleave(H // K, dim=1)  # (B, H, S, D)
@@ -144,8 +170,9 @@ class Attention(nn.Module):
         if self._use_sdpa(x, T):
             # is_causal aligns the mask to the top-left corner, right only when no cache precedes.
             mask = None if start == 0 else _causal_mask(T, start, x.device)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
-                                               is_causal=start == 0 and T > 1)
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=start == 0 and T > 1
+            )
         else:
             y = _manual_attention(q, k, v, start, dropout)
         y = y.transpose(1, 2).reshape(B, T, C)  # re-join heads: (B, T, C)
@@ -169,15 +196,15 @@ def _causal_mask(T: int, start: int, device: torch.device) -> torch.Tensor:
     return torch.ones(T, start + T, dtype=torch.bool, device=device).tril(diagonal=start)
 
 
-def _manual_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int,
-                      dropout: float) -> torch.Tensor:
+def _manual_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int, dropout: float) -> torch.Tensor:
     B, H, T, D = q.shape
     S = k.shape[2]
     # The causal mask as an additive bias (0 where a key is seen, -inf where not), so that one
     # baddbmm computes bias + q·kᵀ/√D: the scale and the mask ride on the matmul instead of costing
     # two more passes over the (B, H, T, S) scores, forward and backward.
-    bias = torch.zeros(T, S, dtype=q.dtype, device=q.device).masked_fill(~_causal_mask(T, start, q.device),
-                                                                         float("-inf"))
+    bias = torch.zeros(T, S, dtype=q.dtype, device=q.device).masked_fill(
+        ~_causal_mask(T, start, q.device), float("-inf")
+    )
     scores = torch.baddbmm(bias, q.flatten(0, 1), k.flatten(0, 1).transpose(1, 2), alpha=1.0 / math.sqrt(D))
     # In q's dtype: PyTorch's softmax kernels accumulate in float32 for bf16/fp16 inputs anyway (the
     # forward is bit-identical to casting to float32 and back), and the two casts cost more than the softmax.
@@ -231,8 +258,13 @@ class Block(nn.Module):
         self.mlp = MLP(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
         x = x + self.dropout(self.attn(self.attn_norm(x), rope, cache, layer))
         return x + self.dropout(self.mlp(self.mlp_norm(x)))
 
@@ -299,7 +331,7 @@ class Transformer(nn.Module):
         if self.pos_emb is not None:
             x = x + self.pos_emb(torch.arange(start, start + T, device=idx.device))
         else:
-            rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])
+            rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x, rope, cache, i)
@@ -307,14 +339,16 @@ class Transformer(nn.Module):
             cache.length = start + T
         return self.norm_f(x)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx (B, T) token ids -> logits (B, T, V), and the mean cross-entropy over targets (B, T)
         when given (positions whose target is IGNORE_INDEX are left out)."""
         logits = self.lm_head(self.hidden_states(idx, cache))  # (B, T, V)
         loss = None
         if targets is not None:
             # float32 for the softmax: bf16 logits over a large vocabulary lose the small probabilities.
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
-                                   ignore_index=IGNORE_INDEX)
+            loss = F.cross_entropy(
+                logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX
+            )
         return logits, loss

@@ -154,7 +154,7 @@ def demo_conversations(limit: int = 0, seed: int = 0) -> list[list[Message]]:
     conversations = list(_chatterbot_conversations())
     for turns, _ in _chitchat():
         for start in range(0, len(turns) - 1, TURNS_PER_EXAMPLE):
-            window = turns[start:start + TURNS_PER_EXAMPLE]
+            window = turns[start : start + TURNS_PER_EXAMPLE]
             window = window[: len(window) // 2 * 2]
             if window and all(window):
                 conversations.append(_alternating(window))
@@ -166,8 +166,9 @@ def demo_preference_pairs(limit: int = 0, seed: int = 0) -> list[PreferencePair]
     """Demo preference pairs from chitchat ratings and mismatched replies (see the module docstring)."""
     conversations = _chitchat()
     good = [turns for turns, rating in conversations if rating is not None and rating >= HIGH_RATING]
-    bad_replies = [t for turns, rating in conversations if rating is not None and rating <= LOW_RATING
-                   for t in turns[1::2] if t]
+    bad_replies = [
+        t for turns, rating in conversations if rating is not None and rating <= LOW_RATING for t in turns[1::2] if t
+    ]
     rng = random.Random(seed)
     pairs = []
     for turns in good:

@@ -70,8 +70,13 @@ class DPOOutput:
         return float((self.chosen_rewards > self.rejected_rewards).float().mean())
 
 
-def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
-             ref_rejected: torch.Tensor, beta: float) -> DPOOutput:
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float,
+) -> DPOOutput:
     """Eq. 7 of Rafailov et al. 2023 from summed answer log-probabilities, each (B,)."""
     chosen_logratio = policy_chosen - ref_chosen
     rejected_logratio = policy_rejected - ref_rejected
@@ -82,8 +87,7 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
 def sequence_logprobs(model: nn.Module, idx: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Sum over each row of log p(labels[t] | idx[:t+1]), skipping IGNORE_INDEX labels: (B,)."""
     logits, _ = model(idx)
-    nll = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX,
-                          reduction="none")
+    nll = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="none")
     return -nll.view(labels.shape).sum(dim=-1)
 
 
@@ -112,13 +116,16 @@ def encode_pairs(pairs: Sequence[PreferencePair], tokenizer, max_len: int) -> li
         if max(len(chosen), len(rejected)) <= max_len:
             encoded.append((chosen, rejected, len(prompt)))
     if not encoded:
-        raise DataError(f"none of the {len(pairs)} preference pairs fits in {max_len} tokens (or encodes with "
-                        f"this tokenizer); raise train.seq_len (up to model.block_size) or use shorter pairs")
+        raise DataError(
+            f"none of the {len(pairs)} preference pairs fits in {max_len} tokens (or encodes with "
+            f"this tokenizer); raise train.seq_len (up to model.block_size) or use shorter pairs"
+        )
     return encoded
 
 
-def answer_batch(sequences: Sequence[list[int]], prompt_lengths: Sequence[int],
-                 device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def answer_batch(
+    sequences: Sequence[list[int]], prompt_lengths: Sequence[int], device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded inputs (B, T) and labels (B, T) that select only the answer tokens.
 
     Row i predicts sequences[i][1:]; labels are IGNORE_INDEX on the prompt and on padding.
@@ -127,21 +134,23 @@ def answer_batch(sequences: Sequence[list[int]], prompt_lengths: Sequence[int],
     idx = torch.zeros(len(sequences), T, dtype=torch.long)
     labels = torch.full((len(sequences), T), IGNORE_INDEX, dtype=torch.long)
     for row, (seq, prompt_len) in enumerate(zip(sequences, prompt_lengths)):
-        idx[row, :len(seq) - 1] = torch.tensor(seq[:-1])
-        labels[row, prompt_len - 1:len(seq) - 1] = torch.tensor(seq[prompt_len:])
+        idx[row, : len(seq) - 1] = torch.tensor(seq[:-1])
+        labels[row, prompt_len - 1 : len(seq) - 1] = torch.tensor(seq[prompt_len:])
     return idx.to(device), labels.to(device)
 
 
-def pair_batch(encoded: Sequence[tuple[list[int], list[int], int]],
-               device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def pair_batch(
+    encoded: Sequence[tuple[list[int], list[int], int]], device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Chosen rows first, then rejected rows, in one batch (2B, T): one forward pass scores both."""
     sequences = [c for c, _, _ in encoded] + [r for _, r, _ in encoded]
     prompt_lengths = [p for _, _, p in encoded] * 2
     return answer_batch(sequences, prompt_lengths, device)
 
 
-def dpo_step_loss(policy: nn.Module, reference: nn.Module, idx: torch.Tensor, labels: torch.Tensor,
-                  beta: float) -> DPOOutput:
+def dpo_step_loss(
+    policy: nn.Module, reference: nn.Module, idx: torch.Tensor, labels: torch.Tensor, beta: float
+) -> DPOOutput:
     """The loss of one (2B, T) `pair_batch`: chosen rows first, rejected rows second."""
     B = idx.size(0) // 2
     with torch.no_grad():
@@ -155,7 +164,7 @@ def load_pairs(config: DPOConfig, seed: int) -> list[PreferencePair]:
         pairs = demo_preference_pairs(limit=config.max_examples, seed=seed)
     else:
         pairs = load_preference_pairs(config.data)
-        pairs = pairs[:config.max_examples] if config.max_examples > 0 else pairs
+        pairs = pairs[: config.max_examples] if config.max_examples > 0 else pairs
     if not pairs:
         raise DataError(f"dpo.data={config.data!r} gave no preference pairs")
     return pairs
@@ -176,9 +185,14 @@ class DPOObjective:
 
     def __call__(self, idx: torch.Tensor, labels: torch.Tensor) -> tuple[DPOOutput, torch.Tensor]:
         out = dpo_step_loss(self.policy, self.reference, idx, labels, self.beta)
-        self._stats.append({"reward_margin": out.margin, "accuracy": out.accuracy,
-                            "chosen_reward": float(out.chosen_rewards.mean()),
-                            "rejected_reward": float(out.rejected_rewards.mean())})
+        self._stats.append(
+            {
+                "reward_margin": out.margin,
+                "accuracy": out.accuracy,
+                "chosen_reward": float(out.chosen_rewards.mean()),
+                "rejected_reward": float(out.rejected_rewards.mean()),
+            }
+        )
         return out, out.loss
 
     def take_stats(self) -> dict[str, float]:
@@ -187,8 +201,9 @@ class DPOObjective:
         return {key: sum(s[key] for s in stats) / len(stats) for key in stats[0]} if stats else {}
 
 
-def train_dpo(config_path: str | None, overrides: Sequence[str] = (), init: str | None = None,
-              resume: bool = False) -> dict:
+def train_dpo(
+    config_path: str | None, overrides: Sequence[str] = (), init: str | None = None, resume: bool = False
+) -> dict:
     """Run DPO as configured (`init` overrides dpo.init); returns the final logged metrics."""
     config = load_posttrain_config(config_path, overrides, "dpo", DPOConfig, DPO_TRAIN_DEFAULTS, init)
     dpo, run = config.method, config.run
@@ -204,15 +219,17 @@ def train_dpo(config_path: str | None, overrides: Sequence[str] = (), init: str 
     encoded = encode_pairs(pairs, job.tokenizer, run.seq_len + 1)
     assert job.reference is not None  # narrows the type: keep_reference=True keeps one
     objective = DPOObjective(job.model, job.reference, dpo.beta)
+
     def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
         chosen = job.rows.draw(len(encoded), run.train.micro_batch).tolist()
         return pair_batch([encoded[i] for i in chosen])
 
     source = "DEMO DATA (chitchat-dataset ratings + mismatched replies)" if dpo.data == "demo" else dpo.data
-    job.note(f"DPO on {len(encoded)} preference pairs from {source}, beta={dpo.beta}; "
-             f"the loss starts at log 2 = {math.log(2):.4f}")
-    return job.fit(objective, next_batch, stats=objective.take_stats,
-                   extra_state={"dpo": dataclasses.asdict(dpo)})
+    job.note(
+        f"DPO on {len(encoded)} preference pairs from {source}, beta={dpo.beta}; "
+        f"the loss starts at log 2 = {math.log(2):.4f}"
+    )
+    return job.fit(objective, next_batch, stats=objective.take_stats, extra_state={"dpo": dataclasses.asdict(dpo)})
 
 
 def main(argv: list[str]) -> int:
@@ -220,8 +237,10 @@ def main(argv: list[str]) -> int:
     if args.config is None and args.checkpoint is None:
         raise ConfigError("give --checkpoint DIR (the SFT model to align), --config FILE, or both")
     last = train_dpo(args.config, args.overrides, args.checkpoint, resume=args.resume)
-    print("done: " + " | ".join(f"{k} {v:.4g}" for k, v in last.items()
-                                if k in ("step", "loss", "reward_margin", "accuracy")))
+    print(
+        "done: "
+        + " | ".join(f"{k} {v:.4g}" for k, v in last.items() if k in ("step", "loss", "reward_margin", "accuracy"))
+    )
     return 0
 
 

@@ -63,8 +63,9 @@ class GRPO(Algorithm):
         advantages = group_advantages(batch.rewards, self.config.samples)  # (N,)
         batch.advantages = advantages[:, None] * batch.mask  # (N, T): every token of an answer alike
 
-    def loss(self, batch: Rollout, logprobs: torch.Tensor, values: torch.Tensor | None
-             ) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, batch: Rollout, logprobs: torch.Tensor, values: torch.Tensor | None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         mask = batch.mask
         surrogate, clipped = clipped_surrogate(logprobs, batch.old_logprobs, batch.advantages, self.config.clip)
         per_token = surrogate + self.config.beta * kl_estimate(logprobs, batch.ref_logprobs)
@@ -73,15 +74,25 @@ class GRPO(Algorithm):
         return loss, {"clip_frac": float(masked_mean(clipped.float(), mask))}
 
 
-def train_grpo(config_path: str | None, overrides: tuple[str, ...] | list[str] = (), init: str | None = None,
-               resume: bool = False, reward: rl.RewardFn | None = None) -> dict:
+def train_grpo(
+    config_path: str | None,
+    overrides: tuple[str, ...] | list[str] = (),
+    init: str | None = None,
+    resume: bool = False,
+    reward: rl.RewardFn | None = None,
+) -> dict:
     """Run GRPO as configured; `reward`, when given, replaces grpo.reward. Returns the final logged metrics."""
     return rl.train_rl("grpo", GRPOConfig, GRPO, config_path, overrides, init, resume, reward)
 
 
 def main(argv: list[str]) -> int:
-    return rl.main(argv, "grpo", GRPOConfig, GRPO, "Group Relative Policy Optimization against a reward, "
-                   "with a KL penalty to the frozen starting model.")
+    return rl.main(
+        argv,
+        "grpo",
+        GRPOConfig,
+        GRPO,
+        "Group Relative Policy Optimization against a reward, with a KL penalty to the frozen starting model.",
+    )
 
 
 if __name__ == "__main__":

@@ -114,8 +114,10 @@ class LoRALinear(nn.Module):
             self._unmerged_weight = None
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"r={self.lora_A.shape[0]}, scaling={self.scaling:g}, merged={self.merged}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"r={self.lora_A.shape[0]}, scaling={self.scaling:g}, merged={self.merged}"
+        )
 
 
 def _matches(name: str, pattern: str) -> bool:
@@ -130,12 +132,16 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> list[str]:
     unmatched = [p for p in config.targets if not any(_matches(n, p) for n in linears)]
     if unmatched:
         examples = ", ".join(list(linears)[:6])
-        raise ConfigError(f"lora.targets pattern(s) {', '.join(map(repr, unmatched))} match no Linear layer; "
-                          f"layer names look like: {examples}")
+        raise ConfigError(
+            f"lora.targets pattern(s) {', '.join(map(repr, unmatched))} match no Linear layer; "
+            f"layer names look like: {examples}"
+        )
     tied = getattr(getattr(model, "config", None), "tie_embeddings", False)
     if tied and "lm_head" in chosen:
-        raise ConfigError("lora.targets includes lm_head, which is tied to tok_emb in this model; "
-                          "merging would change the embeddings too; leave lm_head out")
+        raise ConfigError(
+            "lora.targets includes lm_head, which is tied to tok_emb in this model; "
+            "merging would change the embeddings too; leave lm_head out"
+        )
     for param in model.parameters():
         param.requires_grad_(False)
     for name in chosen:
@@ -159,8 +165,11 @@ def _require_lora(model: nn.Module) -> dict[str, LoRALinear]:
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Only the adapter tensors, under their full names (e.g. blocks.0.attn.qkv.lora_A)."""
-    return {f"{name}.{part}": getattr(layer, part).detach()
-            for name, layer in _require_lora(model).items() for part in ("lora_A", "lora_B")}
+    return {
+        f"{name}.{part}": getattr(layer, part).detach()
+        for name, layer in _require_lora(model).items()
+        for part in ("lora_A", "lora_B")
+    }
 
 
 def save_lora(model: nn.Module, path: str | Path) -> None:
@@ -204,12 +213,15 @@ def load_lora_weights(model: nn.Module, path: str | Path) -> None:
     missing, unexpected = set(expected) - set(tensors), set(tensors) - set(expected)
     if missing or unexpected:
         key = sorted(missing or unexpected)[0]
-        raise CheckpointError(f"LoRA adapter {path} does not match this model: "
-                              f"{'missing' if missing else 'unexpected'} tensor {key}")
+        raise CheckpointError(
+            f"LoRA adapter {path} does not match this model: {'missing' if missing else 'unexpected'} tensor {key}"
+        )
     for key, value in tensors.items():
         if value.shape != expected[key].shape:
-            raise CheckpointError(f"LoRA adapter {path}: {key} has shape {tuple(value.shape)}, "
-                                  f"the model needs {tuple(expected[key].shape)}")
+            raise CheckpointError(
+                f"LoRA adapter {path}: {key} has shape {tuple(value.shape)}, "
+                f"the model needs {tuple(expected[key].shape)}"
+            )
     with torch.no_grad():
         for name, layer in lora_layers(model).items():
             layer.lora_A.copy_(tensors[f"{name}.lora_A"])
@@ -243,8 +255,9 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
     """Replace every LoRALinear by a plain nn.Linear holding the merged weight (no copy kept)."""
     for name, layer in _require_lora(model).items():
         weight = layer.weight if layer._unmerged_weight is None else layer._unmerged_weight
-        linear = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None,
-                           device=weight.device, dtype=weight.dtype)
+        linear = nn.Linear(
+            layer.in_features, layer.out_features, bias=layer.bias is not None, device=weight.device, dtype=weight.dtype
+        )
         linear.weight.copy_(weight + layer.delta_weight())
         if layer.bias is not None:
             linear.bias.copy_(layer.bias)

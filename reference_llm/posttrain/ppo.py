@@ -61,14 +61,19 @@ class PPOConfig(RLConfig):
 
     def check(self) -> None:
         super().check()
-        for key, ok, rule in (("vf_coef", self.vf_coef > 0, "> 0"), ("value_clip", self.value_clip > 0, "> 0"),
-                              ("gamma", 0 <= self.gamma <= 1, "in [0, 1]"), ("lam", 0 <= self.lam <= 1, "in [0, 1]")):
+        for key, ok, rule in (
+            ("vf_coef", self.vf_coef > 0, "> 0"),
+            ("value_clip", self.value_clip > 0, "> 0"),
+            ("gamma", 0 <= self.gamma <= 1, "in [0, 1]"),
+            ("lam", 0 <= self.lam <= 1, "in [0, 1]"),
+        ):
             if not ok:
                 raise ConfigError(f"ppo.{key} must be {rule}, got {getattr(self, key)}")
 
 
-def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
-        lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Advantages and returns (N, T) from per-token rewards and values (N, T) over the positions in
     `mask`, which in each row are one contiguous run (the answer). After the last action the value
     is 0: the episode has ended. Both outputs are 0 off the mask."""
@@ -115,8 +120,9 @@ class PPO(Algorithm):
         advantages, batch.returns = gae(rewards, batch.old_values * mask, mask, self.config.gamma, self.config.lam)
         batch.advantages = whiten(advantages, mask)
 
-    def loss(self, batch: Rollout, logprobs: torch.Tensor, values: torch.Tensor | None
-             ) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, batch: Rollout, logprobs: torch.Tensor, values: torch.Tensor | None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         assert values is not None and batch.old_values is not None and batch.returns is not None
         mask, clip = batch.mask, self.config.value_clip
         surrogate, clipped = clipped_surrogate(logprobs, batch.old_logprobs, batch.advantages, self.config.clip)
@@ -125,7 +131,9 @@ class PPO(Algorithm):
         value_loss = 0.5 * torch.maximum((values - batch.returns) ** 2, (values_clipped - batch.returns) ** 2)
         policy_loss, value_loss = masked_mean(surrogate, mask), masked_mean(value_loss, mask)
         return policy_loss + self.config.vf_coef * value_loss, {
-            "clip_frac": float(masked_mean(clipped.float(), mask)), "value_loss": float(value_loss.detach())}
+            "clip_frac": float(masked_mean(clipped.float(), mask)),
+            "value_loss": float(value_loss.detach()),
+        }
 
     def step(self, lr: float, grad_clip: float) -> None:
         for group in self.optimizer.param_groups:
@@ -148,8 +156,9 @@ class PPO(Algorithm):
     def load(self, path: Path) -> None:
         file = path / VALUE_HEAD_FILE
         if not file.is_file():
-            raise CheckpointError(f"{file} is missing: {path} was not written by PPO, or the run stopped while "
-                                  f"writing it")
+            raise CheckpointError(
+                f"{file} is missing: {path} was not written by PPO, or the run stopped while writing it"
+            )
         try:
             tensors = load_file(str(file))
         except (OSError, SafetensorError) as exc:
@@ -161,21 +170,33 @@ class PPO(Algorithm):
         for i, name in enumerate(names):
             keys = {flat.partition(":")[2] for flat in tensors if flat.partition(":")[0] == name}
             if keys != {"step", "exp_avg", "exp_avg_sq"}:
-                raise CheckpointError(f"{file}: the optimizer state of {name!r} is incomplete or unknown: "
-                                      f"{sorted(keys)}")
+                raise CheckpointError(
+                    f"{file}: the optimizer state of {name!r} is incomplete or unknown: {sorted(keys)}"
+                )
             state[i] = {key: tensors[f"{name}:{key}"] for key in keys}
         self.optimizer.load_state_dict({"state": state, "param_groups": self.optimizer.state_dict()["param_groups"]})
 
 
-def train_ppo(config_path: str | None, overrides: tuple[str, ...] | list[str] = (), init: str | None = None,
-              resume: bool = False, reward: rl.RewardFn | None = None) -> dict:
+def train_ppo(
+    config_path: str | None,
+    overrides: tuple[str, ...] | list[str] = (),
+    init: str | None = None,
+    resume: bool = False,
+    reward: rl.RewardFn | None = None,
+) -> dict:
     """Run PPO as configured; `reward`, when given, replaces ppo.reward. Returns the final logged metrics."""
     return rl.train_rl("ppo", PPOConfig, PPO, config_path, overrides, init, resume, reward)
 
 
 def main(argv: list[str]) -> int:
-    return rl.main(argv, "ppo", PPOConfig, PPO, "Proximal Policy Optimization with a value head against a "
-                   "reward, with a per-token KL penalty to the frozen starting model.")
+    return rl.main(
+        argv,
+        "ppo",
+        PPOConfig,
+        PPO,
+        "Proximal Policy Optimization with a value head against a "
+        "reward, with a per-token KL penalty to the frozen starting model.",
+    )
 
 
 if __name__ == "__main__":

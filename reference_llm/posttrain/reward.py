@@ -72,8 +72,10 @@ def load_reward_model(path: str | Path, device: str | torch.device = "cpu") -> t
     backbone, tokenizer, _ = load_model(path, device)
     head_file = resolve_checkpoint(path) / HEAD_FILE
     if not head_file.is_file():
-        raise CheckpointError(f"{path} is not a reward model: {head_file} is missing (write one with "
-                              f"reference_llm.posttrain.reward.save_reward_model)")
+        raise CheckpointError(
+            f"{path} is not a reward model: {head_file} is missing (write one with "
+            f"reference_llm.posttrain.reward.save_reward_model)"
+        )
     try:
         tensors = load_file(str(head_file))
     except (OSError, SafetensorError) as exc:

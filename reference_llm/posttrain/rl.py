@@ -79,10 +79,14 @@ class RLConfig:
 
     def check(self) -> None:
         section = type(self).__name__.removesuffix("Config").lower()
-        for key, ok, rule in (("samples", self.samples >= 1, ">= 1"), ("epochs", self.epochs >= 1, ">= 1"),
-                              ("max_new_tokens", self.max_new_tokens >= 1, ">= 1"),
-                              ("temperature", self.temperature > 0, "> 0"),
-                              ("clip", 0 < self.clip < 1, "in (0, 1)"), ("beta", self.beta >= 0, ">= 0")):
+        for key, ok, rule in (
+            ("samples", self.samples >= 1, ">= 1"),
+            ("epochs", self.epochs >= 1, ">= 1"),
+            ("max_new_tokens", self.max_new_tokens >= 1, ">= 1"),
+            ("temperature", self.temperature > 0, "> 0"),
+            ("clip", 0 < self.clip < 1, "in (0, 1)"),
+            ("beta", self.beta >= 0, ">= 0"),
+        ):
             if not ok:
                 raise ConfigError(f"{section}.{key} must be {rule}, got {getattr(self, key)}")
 
@@ -108,7 +112,7 @@ def load_prompts(config: RLConfig, seed: int) -> list[list[Message]]:
             if messages[-1]["role"] != "user":
                 raise DataError(f"{where}: the prompt must end with a user message")
             prompts.append(messages)
-        prompts = prompts[:config.max_examples] if config.max_examples > 0 else prompts
+        prompts = prompts[: config.max_examples] if config.max_examples > 0 else prompts
     if not prompts:
         raise DataError(f"data={config.data!r} gave no prompts")
     return prompts
@@ -126,8 +130,10 @@ def encode_prompts(prompts: Sequence[list[Message]], tokenizer, max_len: int) ->
         if len(ids) <= max_len:
             encoded.append(ids)
     if not encoded:
-        raise DataError(f"none of the {len(prompts)} prompts fits in {max_len} tokens (train.seq_len minus "
-                        f"max_new_tokens) or encodes with this tokenizer; raise train.seq_len or shorten them")
+        raise DataError(
+            f"none of the {len(prompts)} prompts fits in {max_len} tokens (train.seq_len minus "
+            f"max_new_tokens) or encodes with this tokenizer; raise train.seq_len or shorten them"
+        )
     return encoded
 
 
@@ -162,11 +168,15 @@ def build_reward(spec: str, tokenizer, device: torch.device, dtype: torch.dtype,
         return lambda prompts, answers: torch.tensor([max(0.0, 1 - abs(len(a) - n) / n) for a in answers])
     model, rm_tokenizer = load_reward_model(value, device)
     if rm_tokenizer.fingerprint() != tokenizer.fingerprint():
-        raise CheckpointError(f"reward model {value} uses another tokenizer than the policy; train it from the "
-                              f"same checkpoint (its ids must mean what the policy's ids mean)")
+        raise CheckpointError(
+            f"reward model {value} uses another tokenizer than the policy; train it from the "
+            f"same checkpoint (its ids must mean what the policy's ids mean)"
+        )
     if model.backbone.config.block_size < max_len:
-        raise ConfigError(f"reward model {value} reads at most {model.backbone.config.block_size} tokens, but "
-                          f"prompt + answer can reach {max_len}; lower max_new_tokens or train.seq_len")
+        raise ConfigError(
+            f"reward model {value} reads at most {model.backbone.config.block_size} tokens, but "
+            f"prompt + answer can reach {max_len}; lower max_new_tokens or train.seq_len"
+        )
 
     @torch.no_grad()
     def score(prompts: Sequence[list[int]], answers: Sequence[list[int]]) -> torch.Tensor:
@@ -174,7 +184,7 @@ def build_reward(spec: str, tokenizer, device: torch.device, dtype: torch.dtype,
         rows = [p + a for p, a in zip(prompts, answers)]
         idx = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
         for i, row in enumerate(rows):
-            idx[i, :len(row)] = torch.tensor(row)
+            idx[i, : len(row)] = torch.tensor(row)
         with autocast(device, dtype):
             return model(idx.to(device), torch.tensor([len(r) for r in rows], device=device)).float().cpu()
 
@@ -216,8 +226,9 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, temperature: floa
     return -nll.view(labels.shape)
 
 
-def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                      clip: float) -> tuple[torch.Tensor, torch.Tensor]:
+def clipped_surrogate(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, clip: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token loss -min(rho A, clip(rho) A) (N, T), and where the clipped term was the smaller one."""
     ratio = torch.exp(logprobs - old_logprobs)
     unclipped = ratio * advantages
@@ -245,8 +256,9 @@ class Algorithm(ABC):
         """Set `batch.advantages` (and the algorithm's own targets) from its rewards and log-probabilities."""
 
     @abstractmethod
-    def loss(self, batch: Rollout, logprobs: torch.Tensor, values: torch.Tensor | None
-             ) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, batch: Rollout, logprobs: torch.Tensor, values: torch.Tensor | None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """One update's loss from the policy's current log-probabilities (N, T) (and values), with
         numbers for the log."""
 
@@ -282,9 +294,15 @@ class RLStep:
         prompts = [self.prompts[i] for i in rows for _ in range(config.samples)]
         # The sampling seed comes from the row sampler, whose state every checkpoint stores.
         seed = int(torch.randint(2**31, (1,), generator=job.rows.generator))
-        answers = generate(cast(Transformer, job.model), prompts, config.max_new_tokens,
-                           temperature=config.temperature, stop_ids=[self.end_id], seed=seed,
-                           vocab_size=job.tokenizer.vocab_size)
+        answers = generate(
+            cast(Transformer, job.model),
+            prompts,
+            config.max_new_tokens,
+            temperature=config.temperature,
+            stop_ids=[self.end_id],
+            seed=seed,
+            vocab_size=job.tokenizer.vocab_size,
+        )
         # A row shorter than max_new_tokens stopped at <|end|> (prompts leave room for every answer):
         # keep it, so that the policy learns when to stop.
         answers = [a + [self.end_id] if len(a) < config.max_new_tokens else a for a in answers]
@@ -306,13 +324,23 @@ class RLStep:
             batch.ref_logprobs = token_logprobs(reference(batch.idx)[0], batch.labels, config.temperature, vocab)
         self.algorithm.prepare(batch)
         kl = ((batch.old_logprobs - batch.ref_logprobs) * batch.mask).sum(dim=1)  # (N,) sum over answer tokens
-        return {"reward": float(batch.rewards.mean()), "kl": float(kl.mean()),
-                "answer_tokens": float(batch.mask.sum(dim=1).float().mean()),
-                "ended": sum(a[-1] == self.end_id for a in batch.answers) / len(batch.answers)}
+        return {
+            "reward": float(batch.rewards.mean()),
+            "kl": float(kl.mean()),
+            "answer_tokens": float(batch.mask.sum(dim=1).float().mean()),
+            "ended": sum(a[-1] == self.end_id for a in batch.answers) / len(batch.answers),
+        }
 
-    def __call__(self, engine: Engine, micro_batches: Sequence[loop.Batch], grad_accum: int, lr: float,
-                 grad_clip: float, dtype: torch.dtype, forward: loop.Forward | None = None
-                 ) -> tuple[torch.Tensor, float]:
+    def __call__(
+        self,
+        engine: Engine,
+        micro_batches: Sequence[loop.Batch],
+        grad_accum: int,
+        lr: float,
+        grad_clip: float,
+        dtype: torch.dtype,
+        forward: loop.Forward | None = None,
+    ) -> tuple[torch.Tensor, float]:
         batches, self.pending = self.pending, []
         assert len(batches) == len(micro_batches) == grad_accum  # one rollout per next_batch call
         scores = [self.score(batch, engine, dtype) for batch in batches]
@@ -325,8 +353,9 @@ class RLStep:
                 with engine.accumulating(is_last_micro_step=i == grad_accum - 1):
                     with autocast(engine.device, dtype):
                         logits, values = self.algorithm.forward(engine.model, batch.idx)
-                        logprobs = token_logprobs(logits, batch.labels, self.config.temperature,
-                                                  self.job.tokenizer.vocab_size)
+                        logprobs = token_logprobs(
+                            logits, batch.labels, self.config.temperature, self.job.tokenizer.vocab_size
+                        )
                         loss, extra = self.algorithm.loss(batch, logprobs, values)
                     engine.backward(loss / grad_accum)
                 total += loss.detach()
@@ -348,9 +377,16 @@ class RLStep:
 # ----------------------------------------------------------------------------------------------------
 
 
-def train_rl(section: str, config_class: type[RLConfig], make_algorithm: Callable[..., Algorithm],
-             config_path: str | None, overrides: Sequence[str] = (), init: str | None = None, resume: bool = False,
-             reward: RewardFn | None = None) -> dict[str, Any]:
+def train_rl(
+    section: str,
+    config_class: type[RLConfig],
+    make_algorithm: Callable[..., Algorithm],
+    config_path: str | None,
+    overrides: Sequence[str] = (),
+    init: str | None = None,
+    resume: bool = False,
+    reward: RewardFn | None = None,
+) -> dict[str, Any]:
     """Run GRPO or PPO as configured (`init` overrides `<section>.init`; `reward`, when given, replaces
     `<section>.reward`); returns the final logged metrics."""
     config = load_posttrain_config(config_path, overrides, section, config_class, RL_TRAIN_DEFAULTS, init)
@@ -365,8 +401,10 @@ def train_rl(section: str, config_class: type[RLConfig], make_algorithm: Callabl
     # The reference is the starting policy, frozen before any update (and before LoRA wraps it).
     job = PostTrainRun(config, texts, keep_reference=True, resume=resume)
     if method.max_new_tokens >= run.seq_len:  # run.seq_len: now of the model the checkpoint gave
-        raise ConfigError(f"{section}.max_new_tokens={method.max_new_tokens} leaves no room for a prompt in "
-                          f"train.seq_len={run.seq_len}")
+        raise ConfigError(
+            f"{section}.max_new_tokens={method.max_new_tokens} leaves no room for a prompt in "
+            f"train.seq_len={run.seq_len}"
+        )
     encoded = encode_prompts(prompts, job.tokenizer, run.seq_len - method.max_new_tokens)
     max_len = max(map(len, encoded)) + method.max_new_tokens
     reward_fn = reward or build_reward(method.reward, job.tokenizer, job.device, job.dtype, max_len)
@@ -381,20 +419,38 @@ def train_rl(section: str, config_class: type[RLConfig], make_algorithm: Callabl
         return path
 
     source = "DEMO DATA (chitchat prompts)" if method.data == "demo" else method.data
-    job.note(f"{section.upper()} on {len(encoded)} prompts from {source}, {method.samples} answers each, reward "
-             f"{'(library function)' if reward else method.reward}, beta={method.beta}; {job.device.type} "
-             f"{str(job.dtype).removeprefix('torch.')}")
-    return loop.fit(job.engine, CosineSchedule.from_config(run.train), step.next_batch, job.model, job.state, run,
-                    job.dtype, save, stats=step.take_stats, step_fn=step)
+    job.note(
+        f"{section.upper()} on {len(encoded)} prompts from {source}, {method.samples} answers each, reward "
+        f"{'(library function)' if reward else method.reward}, beta={method.beta}; {job.device.type} "
+        f"{str(job.dtype).removeprefix('torch.')}"
+    )
+    return loop.fit(
+        job.engine,
+        CosineSchedule.from_config(run.train),
+        step.next_batch,
+        job.model,
+        job.state,
+        run,
+        job.dtype,
+        save,
+        stats=step.take_stats,
+        step_fn=step,
+    )
 
 
-def main(argv: list[str], section: str, config_class: type[RLConfig], make_algorithm: Callable[..., Algorithm],
-         description: str) -> int:
+def main(
+    argv: list[str],
+    section: str,
+    config_class: type[RLConfig],
+    make_algorithm: Callable[..., Algorithm],
+    description: str,
+) -> int:
     """`python -m reference_llm.posttrain.grpo` and `... .ppo`, the same command line as SFT and DPO."""
     args = posttrain_parser(section, description).parse_args(argv)
     if args.config is None and args.checkpoint is None:
         raise ConfigError("give --checkpoint DIR (the SFT model to train), --config FILE, or both")
-    last = train_rl(section, config_class, make_algorithm, args.config, args.overrides, args.checkpoint,
-                    resume=args.resume)
+    last = train_rl(
+        section, config_class, make_algorithm, args.config, args.overrides, args.checkpoint, resume=args.resume
+    )
     print("done: " + " | ".join(f"{k} {v:.4g}" for k, v in last.items() if k in ("step", "loss", "reward", "kl")))
     return 0

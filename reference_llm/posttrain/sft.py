@@ -98,8 +98,7 @@ def _rows(examples: Sequence[Example], seq_len: int, pack: bool) -> list[Example
     return rows
 
 
-def pack_examples(examples: Sequence[Example], seq_len: int, pad_id: int,
-                  pack: bool = True) -> Batch:
+def pack_examples(examples: Sequence[Example], seq_len: int, pad_id: int, pack: bool = True) -> Batch:
     """Rows (N, seq_len) of inputs and targets. With `pack`, consecutive examples share a row while
     they fit; otherwise one example per row. Examples longer than seq_len are cut to seq_len (their
     remaining targets are still correct next tokens) and dropped if no target is left; padding has
@@ -110,14 +109,16 @@ def pack_examples(examples: Sequence[Example], seq_len: int, pad_id: int,
         if any(t != IGNORE_INDEX for t in targets):
             kept.append((ids, targets))
     if not kept:
-        raise DataError(f"no conversation has an assistant token within the first {seq_len} tokens; "
-                        f"raise train.seq_len (up to model.block_size) or use shorter conversations")
+        raise DataError(
+            f"no conversation has an assistant token within the first {seq_len} tokens; "
+            f"raise train.seq_len (up to model.block_size) or use shorter conversations"
+        )
     rows = _rows(kept, seq_len, pack)
     x = torch.full((len(rows), seq_len), pad_id, dtype=torch.long)
     y = torch.full((len(rows), seq_len), IGNORE_INDEX, dtype=torch.long)
     for i, (ids, targets) in enumerate(rows):
-        x[i, :len(ids)] = torch.tensor(ids)
-        y[i, :len(targets)] = torch.tensor(targets)
+        x[i, : len(ids)] = torch.tensor(ids)
+        y[i, : len(targets)] = torch.tensor(targets)
     return x, y
 
 
@@ -130,7 +131,7 @@ def load_sft_conversations(config: SFTConfig, seed: int) -> list[list[Message]]:
     if config.data == "demo":
         return demo_conversations(limit=config.max_examples, seed=seed)
     conversations = load_conversations(config.data)
-    return conversations[:config.max_examples] if config.max_examples > 0 else conversations
+    return conversations[: config.max_examples] if config.max_examples > 0 else conversations
 
 
 def encode_examples(conversations: Sequence[Sequence[Message]], tokenizer) -> tuple[list[Example], int]:
@@ -145,8 +146,9 @@ def encode_examples(conversations: Sequence[Sequence[Message]], tokenizer) -> tu
     return examples, skipped
 
 
-def train_sft(config_path: str | Path | None, overrides: Sequence[str] = (), init: str | None = None,
-              resume: bool = False) -> dict:
+def train_sft(
+    config_path: str | Path | None, overrides: Sequence[str] = (), init: str | None = None, resume: bool = False
+) -> dict:
     """Run SFT as configured (`init` overrides sft.init); returns the final logged metrics."""
     config = load_posttrain_config(config_path, overrides, "sft", SFTConfig, SFT_TRAIN_DEFAULTS, init)
     sft, run = config.method, config.run
@@ -160,8 +162,11 @@ def train_sft(config_path: str | Path | None, overrides: Sequence[str] = (), ini
     seq_len = run.seq_len
     x, y = pack_examples(examples, seq_len, job.pad_id, pack=sft.pack)
     source = "DEMO DATA (chatterbot-corpus + chitchat-dataset)" if sft.data == "demo" else sft.data
-    job.note(f"SFT on {len(examples)} conversations from {source}: {x.shape[0]} rows of {seq_len} tokens, "
-             f"{int((y != IGNORE_INDEX).sum())} trained (assistant) tokens")
+    job.note(
+        f"SFT on {len(examples)} conversations from {source}: {x.shape[0]} rows of {seq_len} tokens, "
+        f"{int((y != IGNORE_INDEX).sum())} trained (assistant) tokens"
+    )
+
     def next_batch() -> Batch:
         rows = job.rows.draw(x.shape[0], run.train.micro_batch)
         return x[rows], y[rows]
@@ -173,7 +178,7 @@ def train_sft(config_path: str | Path | None, overrides: Sequence[str] = (), ini
         job.note(f"no validation loss: data.val_fraction={run.data.val_fraction} left no usable conversation")
     else:
         b = run.train.micro_batch
-        val_batches = [(vx[i:i + b], vy[i:i + b]) for i in range(0, vx.shape[0], b)][:run.eval.iters]
+        val_batches = [(vx[i : i + b], vy[i : i + b]) for i in range(0, vx.shape[0], b)][: run.eval.iters]
         if val_batches:  # none when eval.iters = 0, which switches validation off as in pretraining
 
             def validate() -> dict[str, float]:

@@ -68,6 +68,6 @@ def load_tokenizer(path: str | os.PathLike[str], *, fast: bool = False) -> Token
     if "model" in obj:
         return (HFBPETokenizer if fast else BPETokenizer).from_dict(obj, path)
     raise TokenizerError(
-        f"tokenizer file {path} is neither a char tokenizer (\"type\": \"char\") nor a tokenizer.json "
-        "(\"model\": {...}); accepted: files written by Tokenizer.save or HF tokenizers"
+        f'tokenizer file {path} is neither a char tokenizer ("type": "char") nor a tokenizer.json '
+        '("model": {...}); accepted: files written by Tokenizer.save or HF tokenizers'
     )

@@ -77,9 +77,7 @@ class BPETokenizer(Tokenizer):
     # ---- building -------------------------------------------------------------------------------
 
     @classmethod
-    def train(
-        cls, texts: Iterable[str], vocab_size: int, special_tokens: Iterable[str] = (EOT,)
-    ) -> BPETokenizer:
+    def train(cls, texts: Iterable[str], vocab_size: int, special_tokens: Iterable[str] = (EOT,)) -> BPETokenizer:
         """Learn a vocabulary of `vocab_size` ids (256 bytes + special tokens + merges) from `texts`.
 
         Special tokens take ids 0..k-1. Training stops early if no pair is left to merge.
@@ -231,4 +229,3 @@ def check_training_args(
             f"(256 bytes + {len(specials)} special tokens)"
         )
     return specials, check_texts(texts)
-

@@ -54,8 +54,10 @@ def chat_token_ids(tokenizer) -> dict[str, int]:
     specials = tokenizer.special_tokens
     missing = [t for t in CHAT_TOKENS if t not in specials]
     if missing:
-        raise TokenizerError(f"the tokenizer has no chat tokens {', '.join(missing)}; SFT adds them "
-                             f"(reference_llm.tokenizer.chat.add_chat_tokens), so use an SFT checkpoint")
+        raise TokenizerError(
+            f"the tokenizer has no chat tokens {', '.join(missing)}; SFT adds them "
+            f"(reference_llm.tokenizer.chat.add_chat_tokens), so use an SFT checkpoint"
+        )
     return {t: specials[t] for t in CHAT_TOKENS}
 
 
@@ -71,14 +73,25 @@ def add_chat_tokens(tokenizer):
         return tokenizer
     saved = json.loads(tokenizer.to_bytes())
     if isinstance(saved.get("added_tokens"), list):
-        saved["added_tokens"] += [{"id": tokenizer.vocab_size + i, "content": token, "single_word": False,
-                                   "lstrip": False, "rstrip": False, "normalized": False, "special": True}
-                                  for i, token in enumerate(missing)]
+        saved["added_tokens"] += [
+            {
+                "id": tokenizer.vocab_size + i,
+                "content": token,
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "special": True,
+            }
+            for i, token in enumerate(missing)
+        ]
     elif isinstance(saved.get("special_tokens"), list):
         saved["special_tokens"] += missing  # char tokenizer: specials take ids after the characters, in order
     else:
-        raise TokenizerError(f"cannot add chat tokens to a {type(tokenizer).__name__}: its saved form has "
-                             f"neither 'added_tokens' nor 'special_tokens'")
+        raise TokenizerError(
+            f"cannot add chat tokens to a {type(tokenizer).__name__}: its saved form has "
+            f"neither 'added_tokens' nor 'special_tokens'"
+        )
     grown = type(tokenizer).from_dict(saved, "tokenizer with chat tokens")
     if any(grown.special_tokens.get(t) != i for t, i in tokenizer.special_tokens.items()):
         raise TokenizerError("adding the chat tokens changed the ids of existing special tokens")

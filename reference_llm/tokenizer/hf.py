@@ -37,9 +37,7 @@ class HFBPETokenizer(BPETokenizer):
         self._fast = _tokenizers().Tokenizer.from_str(self.to_bytes().decode("utf-8"))
 
     @classmethod
-    def train(
-        cls, texts: Iterable[str], vocab_size: int, special_tokens: Iterable[str] = (EOT,)
-    ) -> HFBPETokenizer:
+    def train(cls, texts: Iterable[str], vocab_size: int, special_tokens: Iterable[str] = (EOT,)) -> HFBPETokenizer:
         specials, texts = check_training_args(texts, vocab_size, special_tokens)
         tk = _tokenizers()
         model = tk.Tokenizer(tk.models.BPE())

@@ -137,9 +137,7 @@ def from_json(obj: dict[str, Any], source: str | os.PathLike[str]) -> BPEData:
                 "byte-level alphabet; accepted: byte-level BPE vocabularies"
             ) from None
     if len(set(vocab.values())) != len(vocab) or len(set(tokens.values())) != len(tokens):
-        raise TokenizerError(
-            f"tokenizer file {source}: model.vocab repeats an id or a token; accepted: distinct ones"
-        )
+        raise TokenizerError(f"tokenizer file {source}: model.vocab repeats an id or a token; accepted: distinct ones")
     ids = {token: i for i, token in tokens.items()}
     missing = [b for b in range(256) if bytes([b]) not in ids]
     if missing:

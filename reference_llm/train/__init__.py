@@ -25,7 +25,17 @@ if TYPE_CHECKING:  # `X as X` marks a re-export for the linters (__all__ is buil
     from reference_llm.train.pretrain import Trainer as Trainer
     from reference_llm.train.pretrain import main as main
 
-__getattr__, __all__ = lazy_exports(__name__, {
-    "LoopState": "loop", "evaluate": "loop", "fit": "loop", "matmul_peak": "loop", "padded_vocab_size": "loop",
-    "seed_everything": "loop", "train_step": "loop", "Trainer": "pretrain", "main": "pretrain",
-})
+__getattr__, __all__ = lazy_exports(
+    __name__,
+    {
+        "LoopState": "loop",
+        "evaluate": "loop",
+        "fit": "loop",
+        "matmul_peak": "loop",
+        "padded_vocab_size": "loop",
+        "seed_everything": "loop",
+        "train_step": "loop",
+        "Trainer": "pretrain",
+        "main": "pretrain",
+    },
+)

@@ -94,8 +94,10 @@ def check_state(state: Any, source: Path, format_version: int) -> None:
     if not isinstance(state, dict) or not {"step", "config"} <= set(state):
         raise CheckpointError(f"{source} lacks the keys 'step' and 'config'")
     if state.get("format_version") != format_version:
-        raise CheckpointError(f"{source}: checkpoint format {state.get('format_version')!r:.40} is not supported "
-                              f"(this version reads {format_version})")
+        raise CheckpointError(
+            f"{source}: checkpoint format {state.get('format_version')!r:.40} is not supported "
+            f"(this version reads {format_version})"
+        )
     _integer(state["step"], 0, MAX_STEP, f"{source}: step")
     match = STEP_DIR.fullmatch(source.parent.name)
     if match and int(match.group(1)) != state["step"]:
@@ -127,16 +129,26 @@ def check_rng_state(rng: Any, source: str) -> None:
     if not isinstance(rng, dict) or not {"python", "numpy", "torch"} <= set(rng):
         raise CheckpointError(f"{source} must hold python, numpy and torch states")
     python = rng["python"]
-    if not (isinstance(python, list) and len(python) == 3 and python[0] == 3 and isinstance(python[1], list)
-            and len(python[1]) == 625):
+    if not (
+        isinstance(python, list)
+        and len(python) == 3
+        and python[0] == 3
+        and isinstance(python[1], list)
+        and len(python[1]) == 625
+    ):
         raise CheckpointError(f"{source}.python is not a Mersenne Twister state (version 3, 625 numbers)")
     _words(python[1][:624], f"{source}.python")
     _integer(python[1][624], 0, 624, f"{source}.python position")
     if python[2] is not None:
         _real(python[2], -math.inf, math.inf, f"{source}.python gauss")
     numpy = rng["numpy"]
-    if not (isinstance(numpy, list) and len(numpy) == 5 and numpy[0] == "MT19937" and isinstance(numpy[1], list)
-            and len(numpy[1]) == 624):
+    if not (
+        isinstance(numpy, list)
+        and len(numpy) == 5
+        and numpy[0] == "MT19937"
+        and isinstance(numpy[1], list)
+        and len(numpy[1]) == 624
+    ):
         raise CheckpointError(f"{source}.numpy is not a Mersenne Twister state (MT19937, 624 numbers)")
     _words(numpy[1], f"{source}.numpy")
     _integer(numpy[2], 0, 624, f"{source}.numpy position")
@@ -158,8 +170,12 @@ def _integer(value: Any, low: int, high: int, what: str) -> None:
 
 
 def _real(value: Any, low: float, high: float, what: str) -> None:
-    if (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
-            or not low <= value <= high):
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or not low <= value <= high
+    ):
         raise CheckpointError(f"{what} must be a finite number from {low:g} to {high:g}, got {value!r:.40}")
 
 
@@ -169,8 +185,11 @@ def _words(values: list[Any], what: str) -> None:
 
 
 def _byte_list(values: Any, size: int, what: str) -> None:
-    if (not isinstance(values, list) or len(values) != size
-            or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 256 for v in values)):
+    if (
+        not isinstance(values, list)
+        or len(values) != size
+        or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 256 for v in values)
+    ):
         raise CheckpointError(f"{what} must be a list of {size} bytes (0-255)")
 
 
@@ -193,8 +212,10 @@ def check_weights(weights: Mapping[str, torch.Tensor], source: Path) -> None:
     a NaN or infinity would turn every later step to NaN."""
     for name, tensor in weights.items():
         if tensor.dtype not in WEIGHT_DTYPES:
-            raise CheckpointError(f"{source}: tensor {name!r} has dtype {_dtype(tensor)}; weights are "
-                                  f"{', '.join(map(_dtype_name, WEIGHT_DTYPES))}")
+            raise CheckpointError(
+                f"{source}: tensor {name!r} has dtype {_dtype(tensor)}; weights are "
+                f"{', '.join(map(_dtype_name, WEIGHT_DTYPES))}"
+            )
         if not bool(torch.isfinite(tensor).all()):
             raise CheckpointError(f"{source}: tensor {name!r} holds NaN or infinite values")
 
@@ -210,8 +231,9 @@ def check_param_groups(groups: Any, source: str) -> None:
             raise CheckpointError(f"{source}: each param group needs 'params', a list of parameter names")
         repeated = seen.intersection(params)
         if repeated or len(set(params)) != len(params):
-            raise CheckpointError(f"{source}: parameter {sorted(repeated or params)[0]!r} is in more than one place "
-                                  f"in param_groups")
+            raise CheckpointError(
+                f"{source}: parameter {sorted(repeated or params)[0]!r} is in more than one place in param_groups"
+            )
         seen.update(params)
         for key, value in group.items():
             if key == "params":
@@ -227,8 +249,9 @@ def check_param_groups(groups: Any, source: str) -> None:
                 _real(value, -math.inf, math.inf, f"{source}: param group {key}")
 
 
-def check_optimizer_state(optimizer_state: Mapping[str, Any], shapes: Mapping[str, torch.Size], source: str,
-                          complete: bool = True) -> None:
+def check_optimizer_state(
+    optimizer_state: Mapping[str, Any], shapes: Mapping[str, torch.Size], source: str, complete: bool = True
+) -> None:
     """AdamW state by parameter name against the parameters' `shapes`: a scalar step count and
     moments of the parameter's shape, all floating point and finite, second moments not negative.
     `complete=False` (a checkpoint read without its model) checks only the names found in `shapes`."""
@@ -238,12 +261,15 @@ def check_optimizer_state(optimizer_state: Mapping[str, Any], shapes: Mapping[st
         if name not in named:
             raise CheckpointError(f"{where} has optimizer state but is in no param group")
         if complete and name not in shapes:
-            raise CheckpointError(f"{where} has optimizer state but is not a parameter of the model "
-                                  f"(is it for a different model config?)")
+            raise CheckpointError(
+                f"{where} has optimizer state but is not a parameter of the model (is it for a different model config?)"
+            )
         keys = set(per_param)
         if not _REQUIRED_KEYS <= keys <= _OPTIMIZER_KEYS:
-            raise CheckpointError(f"{where} has optimizer state {', '.join(sorted(keys))}; AdamW keeps "
-                                  f"{', '.join(sorted(_REQUIRED_KEYS))} (and max_exp_avg_sq with amsgrad)")
+            raise CheckpointError(
+                f"{where} has optimizer state {', '.join(sorted(keys))}; AdamW keeps "
+                f"{', '.join(sorted(_REQUIRED_KEYS))} (and max_exp_avg_sq with amsgrad)"
+            )
         for key, tensor in per_param.items():
             if not tensor.is_floating_point():
                 raise CheckpointError(f"{where} {key} has dtype {_dtype(tensor)}; optimizer state is floating point")
@@ -255,8 +281,9 @@ def check_optimizer_state(optimizer_state: Mapping[str, Any], shapes: Mapping[st
                 continue
             expected = shapes.get(name, per_param["exp_avg"].shape)
             if tensor.shape != expected:
-                raise CheckpointError(f"{where} {key} has shape {tuple(tensor.shape)} but the parameter has "
-                                      f"{tuple(expected)}")
+                raise CheckpointError(
+                    f"{where} {key} has shape {tuple(tensor.shape)} but the parameter has {tuple(expected)}"
+                )
             if key in _SECOND_MOMENTS and bool((tensor < 0).any()):
                 raise CheckpointError(f"{where} {key} holds negative values (a second moment cannot)")
 

@@ -60,8 +60,15 @@ def padded_vocab_size(tokenizer_vocab: int, multiple: int = 64) -> int:
     return multiple * math.ceil(tokenizer_vocab / multiple)
 
 
-def train_step(engine: Engine, micro_batches: Iterable[Batch], grad_accum: int, lr: float, grad_clip: float,
-               dtype: torch.dtype, forward: Forward | None = None) -> tuple[torch.Tensor, float]:
+def train_step(
+    engine: Engine,
+    micro_batches: Iterable[Batch],
+    grad_accum: int,
+    lr: float,
+    grad_clip: float,
+    dtype: torch.dtype,
+    forward: Forward | None = None,
+) -> tuple[torch.Tensor, float]:
     """One optimizer step over `grad_accum` micro-batches. Returns (mean loss as a tensor, grad norm).
 
     `forward` is what to call (e.g. a torch.compile'd `engine.model`, or a loss wrapper such as DPO's);
@@ -82,8 +89,16 @@ def train_step(engine: Engine, micro_batches: Iterable[Batch], grad_accum: int, 
 class StepFn(Protocol):
     """What `fit` calls once per step, with `train_step`'s arguments and result: (mean loss, grad norm)."""
 
-    def __call__(self, engine: Engine, micro_batches: Sequence[Batch], grad_accum: int, lr: float, grad_clip: float,
-                 dtype: torch.dtype, forward: Forward | None = None) -> tuple[torch.Tensor, float]: ...
+    def __call__(
+        self,
+        engine: Engine,
+        micro_batches: Sequence[Batch],
+        grad_accum: int,
+        lr: float,
+        grad_clip: float,
+        dtype: torch.dtype,
+        forward: Forward | None = None,
+    ) -> tuple[torch.Tensor, float]: ...
 
 
 @torch.no_grad()
@@ -130,11 +145,22 @@ class _Window:
         return self.clock() - self.start
 
 
-def fit(engine: Engine, schedule: CosineSchedule, next_batch: Callable[[], Batch], forward: Forward,
-        state: LoopState, config: RunConfig, dtype: torch.dtype, save: Callable[[dict[str, Any]], Path | None], *,
-        validate: Callable[[], dict[str, float]] | None = None, stats: Callable[[], dict[str, Any]] | None = None,
-        step_fn: StepFn | None = None, until: int | None = None,
-        clock: Callable[[], float] = time.perf_counter) -> dict[str, Any]:
+def fit(
+    engine: Engine,
+    schedule: CosineSchedule,
+    next_batch: Callable[[], Batch],
+    forward: Forward,
+    state: LoopState,
+    config: RunConfig,
+    dtype: torch.dtype,
+    save: Callable[[dict[str, Any]], Path | None],
+    *,
+    validate: Callable[[], dict[str, float]] | None = None,
+    stats: Callable[[], dict[str, Any]] | None = None,
+    step_fn: StepFn | None = None,
+    until: int | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, Any]:
     """Train from `state.step` to `train.max_steps` (or to step `until`, to train in stages), stopping
     early once `train.max_minutes` of training time is used up; then validate and checkpoint. Returns
     the last logged metrics (with the last validation's).
@@ -151,8 +177,11 @@ def fit(engine: Engine, schedule: CosineSchedule, next_batch: Callable[[], Batch
     run_dir = Path(config.checkpoint.dir)
     earlier = list_checkpoints(run_dir) if state.saved_step < 0 else []
     if earlier and engine.is_main:
-        print(f"note: {run_dir} holds checkpoints of an earlier run; this new run replaces them at its first "
-              f"checkpoint (pass --resume to continue that run instead)", file=sys.stderr)
+        print(
+            f"note: {run_dir} holds checkpoints of an earlier run; this new run replaces them at its first "
+            f"checkpoint (pass --resume to continue that run instead)",
+            file=sys.stderr,
+        )
     # A fresh run starts a new metrics file; a resumed or staged one keeps the records up to now.
     metrics = MetricsFile(run_dir / t.metrics_file, keep_through_step=state.step or None) if engine.is_main else None
     display = ProgressDisplay(target, start_step=state.step, enabled=engine.is_main)
@@ -198,9 +227,16 @@ def fit(engine: Engine, schedule: CosineSchedule, next_batch: Callable[[], Batch
             if finishing or state.step % t.log_interval == 0:  # the last step is always logged
                 seconds = window.seconds()
                 tokens_per_s = window.tokens / seconds
-                last = {"step": state.step, "loss": loss.item(), "lr": lr, "grad_norm": grad_norm,
-                        "tokens_per_s": tokens_per_s, "mfu": mfu(tokens_per_s, flops_per_token, peak),
-                        "elapsed_s": state.elapsed, **(stats() if stats else {})}
+                last = {
+                    "step": state.step,
+                    "loss": loss.item(),
+                    "lr": lr,
+                    "grad_norm": grad_norm,
+                    "tokens_per_s": tokens_per_s,
+                    "mfu": mfu(tokens_per_s, flops_per_token, peak),
+                    "elapsed_s": state.elapsed,
+                    **(stats() if stats else {}),
+                }
                 log(last)
                 seconds_left = min((target - state.step) * seconds / window.steps, budget - state.elapsed)
                 display.update(state.step, last, seconds_left)

@@ -36,8 +36,9 @@ class MetricsFile:
                 write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
             self._file = self.path.open("a", encoding="utf-8")
         except OSError as exc:
-            raise CheckpointError(f"cannot write the metrics file {self.path} ({exc.strerror or exc}); "
-                                  f"checkpoint.dir must be writable") from None
+            raise CheckpointError(
+                f"cannot write the metrics file {self.path} ({exc.strerror or exc}); checkpoint.dir must be writable"
+            ) from None
 
     def write(self, record: dict[str, Any]) -> None:
         self._file.write(json.dumps(record) + "\n")
@@ -81,15 +82,18 @@ def format_duration(seconds: float) -> str:
 
 def format_step(step: int, total: int, m: dict[str, Any], seconds_left: float) -> str:
     """`step 100/2000 | loss 2.3456 | lr 1.00e-03 | 12,345 tok/s | MFU 41.2% | 1m23s left`"""
-    return (f"step {step}/{total} | loss {m['loss']:.4f} | lr {m['lr']:.2e} | {m['tokens_per_s']:,.0f} tok/s"
-            f" | MFU {100 * m['mfu']:.1f}% | {format_duration(seconds_left)} left")
+    return (
+        f"step {step}/{total} | loss {m['loss']:.4f} | lr {m['lr']:.2e} | {m['tokens_per_s']:,.0f} tok/s"
+        f" | MFU {100 * m['mfu']:.1f}% | {format_duration(seconds_left)} left"
+    )
 
 
 class ProgressDisplay:
     """Live progress on stderr; `enabled=False` (ranks other than 0) prints nothing."""
 
-    def __init__(self, total_steps: int, start_step: int = 0, enabled: bool = True,
-                 stream: TextIO | None = None) -> None:
+    def __init__(
+        self, total_steps: int, start_step: int = 0, enabled: bool = True, stream: TextIO | None = None
+    ) -> None:
         self.total = total_steps
         self.enabled = enabled
         self.stream = stream or sys.stderr
@@ -97,12 +101,20 @@ class ProgressDisplay:
         if enabled and self.stream.isatty():
             console = Console(file=self.stream)
             self.progress = Progress(
-                TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("loss [cyan]{task.fields[loss]}"), TextColumn("lr {task.fields[lr]}"),
-                TextColumn("{task.fields[speed]} tok/s"), TextColumn("MFU {task.fields[mfu]}"),
-                TextColumn("[dim]{task.fields[left]} left"), console=console, transient=False)
-            self.task = self.progress.add_task("train", total=total_steps, completed=start_step,
-                                               loss="-", lr="-", speed="-", mfu="-", left="?")
+                TextColumn("[bold]train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss [cyan]{task.fields[loss]}"),
+                TextColumn("lr {task.fields[lr]}"),
+                TextColumn("{task.fields[speed]} tok/s"),
+                TextColumn("MFU {task.fields[mfu]}"),
+                TextColumn("[dim]{task.fields[left]} left"),
+                console=console,
+                transient=False,
+            )
+            self.task = self.progress.add_task(
+                "train", total=total_steps, completed=start_step, loss="-", lr="-", speed="-", mfu="-", left="?"
+            )
             self.progress.start()
 
     def update(self, step: int, metrics: dict[str, Any], seconds_left: float) -> None:
@@ -111,9 +123,15 @@ class ProgressDisplay:
         if self.progress is None:
             print(format_step(step, self.total, metrics, seconds_left), file=self.stream, flush=True)
             return
-        self.progress.update(self.task, completed=step, loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}",
-                             speed=f"{metrics['tokens_per_s']:,.0f}", mfu=f"{100 * metrics['mfu']:.1f}%",
-                             left=format_duration(seconds_left))
+        self.progress.update(
+            self.task,
+            completed=step,
+            loss=f"{metrics['loss']:.4f}",
+            lr=f"{metrics['lr']:.2e}",
+            speed=f"{metrics['tokens_per_s']:,.0f}",
+            mfu=f"{100 * metrics['mfu']:.1f}%",
+            left=format_duration(seconds_left),
+        )
 
     def note(self, text: str) -> None:
         """A line above the live bar (evaluations, checkpoints)."""

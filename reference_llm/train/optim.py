@@ -33,12 +33,18 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float,
-                    betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8) -> torch.optim.AdamW:
+def build_optimizer(
+    model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8
+) -> torch.optim.AdamW:
     """AdamW (Loshchilov & Hutter 2019, decoupled weight decay) over `param_groups(model)`, fused
     where PyTorch has a fused kernel for the parameters (see `_fusable`)."""
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps,
-                             fused=True if _fusable(list(model.parameters())) else None)
+    return torch.optim.AdamW(
+        param_groups(model, weight_decay),
+        lr=lr,
+        betas=betas,
+        eps=eps,
+        fused=True if _fusable(list(model.parameters())) else None,
+    )
 
 
 def _fusable(params: list[torch.Tensor]) -> bool:
@@ -53,9 +59,10 @@ def _fusable(params: list[torch.Tensor]) -> bool:
 def optimizer_factory(train: TrainConfig) -> OptimizerFactory:
     """What engines receive: a function that builds the optimizer once they have placed/wrapped the
     model (FSDP2 and DeepSpeed must build it after sharding)."""
+
     def make(model: nn.Module) -> torch.optim.Optimizer:
-        return build_optimizer(model, lr=train.lr, weight_decay=train.weight_decay,
-                               betas=(train.beta1, train.beta2))
+        return build_optimizer(model, lr=train.lr, weight_decay=train.weight_decay, betas=(train.beta1, train.beta2))
+
     return make
 
 

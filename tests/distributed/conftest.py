@@ -33,7 +33,9 @@ def launch_env() -> dict[str, str]:
     return env
 
 
-def launch(args: list[str], nproc: int, cwd: Path, timeout: float = LAUNCH_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+def launch(
+    args: list[str], nproc: int, cwd: Path, timeout: float = LAUNCH_TIMEOUT_S
+) -> subprocess.CompletedProcess[str]:
     """`torchrun --standalone --nproc_per_node nproc ARGS` (nproc 0: plain `python ARGS`).
 
     On timeout torchrun gets SIGTERM, on which it stops its workers (they run in sessions of their own,
@@ -42,8 +44,15 @@ def launch(args: list[str], nproc: int, cwd: Path, timeout: float = LAUNCH_TIMEO
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *args]
     else:
         cmd = [sys.executable, *args]
-    with subprocess.Popen(cmd, cwd=cwd, env=launch_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, start_new_session=True) as proc:
+    with subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=launch_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as proc:
         try:
             stdout, stderr = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -68,10 +77,12 @@ def torchrun():
 @pytest.fixture(scope="session")
 def launch_ok():
     """launch_ok(args, nproc, cwd, what) -> the finished process, asserted to have exited 0."""
+
     def run(args: list[str], nproc: int, cwd: Path, what: str) -> subprocess.CompletedProcess[str]:
         result = launch(args, nproc, cwd)
         assert_ok(result, what)
         return result
+
     return run
 
 
@@ -82,7 +93,9 @@ class DriverRun:
 
 
 def assert_ok(result: subprocess.CompletedProcess[str], what: str) -> None:
-    assert result.returncode == 0, f"{what} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    assert result.returncode == 0, (
+        f"{what} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -104,8 +117,12 @@ def drive(tmp_path_factory: pytest.TempPathFactory, launch_ok):
             args += ["--save", str(checkpoint), "--save-at", str(save_at)]
         if strategy in STAGES:
             # The DeepSpeed config the generated project would have for this run: 2 x 2 x 2 processes.
-            cfg = config_from_dict({"train": {"micro_batch": 2, "grad_accum": 2, "grad_clip": 0.5},
-                                    "distributed": {"strategy": strategy, "offload": offload}})
+            cfg = config_from_dict(
+                {
+                    "train": {"micro_batch": 2, "grad_accum": 2, "grad_clip": 0.5},
+                    "distributed": {"strategy": strategy, "offload": offload},
+                }
+            )
             ds = root / f"{name}-deepspeed.json"
             ds.write_text(json.dumps(build(cfg, world_size=2, bf16=False)))
             args += ["--ds-config", str(ds)]

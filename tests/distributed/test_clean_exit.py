@@ -56,10 +56,22 @@ def _free_port() -> int:
 
 def _one_rank(env: dict[str, str], mode: str, status: int, teardown: str) -> subprocess.CompletedProcess[str]:
     """One process of a 1-process gloo job, as a launcher would start it."""
-    env = {**env, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(_free_port()), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-c", WORKER, mode, str(status), teardown], capture_output=True,
-                          text=True, env=env, timeout=300)
+    env = {
+        **env,
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+        "OMP_NUM_THREADS": "1",
+    }
+    return subprocess.run(
+        [sys.executable, "-c", WORKER, mode, str(status), teardown],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
 
 
 def test_a_finished_run_exits_0_past_an_aborting_teardown(dist_env):
@@ -82,8 +94,26 @@ def test_repeated_fsdp_launches_all_exit_0(tmp_path, torchrun):
     """Tiny FSDP2 runs with a checkpoint, launched as users launch them (torchrun, 2 processes, gloo)."""
     for launch in range(6):
         out = tmp_path / f"report-{launch}.json"
-        result = torchrun([str(DRIVER), "--strategy", "fsdp", "--steps", "1", "--grad-accum", "1", "--out", str(out),
-                           "--save", str(tmp_path / "run"), "--save-at", "1"], 2, tmp_path)
-        assert result.returncode == 0 and "terminate called" not in result.stderr, \
+        result = torchrun(
+            [
+                str(DRIVER),
+                "--strategy",
+                "fsdp",
+                "--steps",
+                "1",
+                "--grad-accum",
+                "1",
+                "--out",
+                str(out),
+                "--save",
+                str(tmp_path / "run"),
+                "--save-at",
+                "1",
+            ],
+            2,
+            tmp_path,
+        )
+        assert result.returncode == 0 and "terminate called" not in result.stderr, (
             f"launch {launch + 1} exited {result.returncode}:\n{result.stderr[-3000:]}"
+        )
         assert out.is_file() and (tmp_path / "run" / "latest").read_text() == "step_0000001\n"

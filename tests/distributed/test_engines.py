@@ -74,8 +74,9 @@ RESUMES = [
 
 def _resume(drive, source, strategy: str, name: str, *extra: str, offload: str = "none"):
     assert source.checkpoint is not None and (source.checkpoint / "latest").is_file()
-    return drive(name, strategy, "--load", str(source.checkpoint), "--first-step", "2", "--steps", "2", *extra,
-                 offload=offload)
+    return drive(
+        name, strategy, "--load", str(source.checkpoint), "--first-step", "2", "--steps", "2", *extra, offload=offload
+    )
 
 
 @pytest.mark.parametrize(("writer", "reader", "offload"), RESUMES)
@@ -102,8 +103,12 @@ def test_an_error_on_one_rank_ends_the_whole_job(torchrun, tmp_path):
     wait in the shutdown barrier (both would then wait for gloo's 30-minute timeout): it leaves the
     process group, rank 1's collective fails, and the job ends with rank 0's error."""
     driver = Path(__file__).with_name("drive_engine.py")
-    result = torchrun([str(driver), "--strategy", "ddp", "--crash-at", "1", "--out", str(tmp_path / "r.json")],
-                      2, tmp_path, timeout=300)
+    result = torchrun(
+        [str(driver), "--strategy", "ddp", "--crash-at", "1", "--out", str(tmp_path / "r.json")],
+        2,
+        tmp_path,
+        timeout=300,
+    )
     assert result.returncode != 0
     assert "RuntimeError: crash requested after step 1" in result.stderr
     assert not (tmp_path / "r.json").exists()

@@ -24,22 +24,26 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def make(strategy: str, ds_path: Path | None = None, **train):
-    cfg = config_from_dict({
-        "model": {"preset": "tiny"},
-        "train": {"micro_batch": 2, "grad_accum": 2, "dtype": "float32", "device": "cpu", **train},
-        "distributed": {"strategy": strategy, **({"deepspeed_config": str(ds_path)} if ds_path else {})},
-    })
+    cfg = config_from_dict(
+        {
+            "model": {"preset": "tiny"},
+            "train": {"micro_batch": 2, "grad_accum": 2, "dtype": "float32", "device": "cpu", **train},
+            "distributed": {"strategy": strategy, **({"deepspeed_config": str(ds_path)} if ds_path else {})},
+        }
+    )
     return cfg, Transformer(cfg.model)
 
 
 @pytest.fixture
 def launched_as(monkeypatch):
     """Pretend a launcher started this process as `rank` of `world` (no process group is joined)."""
+
     def set_env(rank: int, world: int) -> None:
         for name, value in (("RANK", rank), ("WORLD_SIZE", world), ("LOCAL_RANK", rank)):
             monkeypatch.setenv(name, str(value))
         monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
         monkeypatch.setenv("MASTER_PORT", "1")  # never dialled: each test fails before joining
+
     return set_env
 
 
@@ -69,8 +73,13 @@ def test_inconsistent_launcher_environment_is_refused(launched_as):
 
 def test_offload_outside_deepspeed_is_refused(launched_as):
     launched_as(rank=0, world=2)
-    cfg = config_from_dict({"model": {"preset": "tiny"}, "train": {"device": "cpu"},
-                            "distributed": {"strategy": "fsdp", "offload": "optimizer"}})
+    cfg = config_from_dict(
+        {
+            "model": {"preset": "tiny"},
+            "train": {"device": "cpu"},
+            "distributed": {"strategy": "fsdp", "offload": "optimizer"},
+        }
+    )
     with pytest.raises(DistributedError, match=r"offload=optimizer is for the DeepSpeed strategies"):
         build_engine(cfg, Transformer(cfg.model), optimizer_factory(cfg.train))
 
@@ -126,8 +135,14 @@ device = "cpu"
 [distributed]
 strategy = "ddp"
 """)
-    result = subprocess.run([sys.executable, "-m", "reference_llm.train", "--config", str(config)], cwd=REPO,
-                            env=dist_env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "reference_llm.train", "--config", str(config)],
+        cwd=REPO,
+        env=dist_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: distributed.strategy=ddp must be started by a launcher")

@@ -57,8 +57,20 @@ def test_train_under_torchrun_then_resume_under_zero2(tmp_path, launch_ok):
 
     zero2 = load_config(config, ["distributed.strategy=zero2"])
     (tmp_path / "deepspeed.json").write_text(json.dumps(ds_config.build(zero2, world_size=2, bf16=False)))
-    resumed = launch_ok(["-m", "reference_llm.train", "--config", str(config), "distributed.strategy=zero2",
-                         "train.max_steps=6", "--resume"], 2, tmp_path, "zero2 resume")
+    resumed = launch_ok(
+        [
+            "-m",
+            "reference_llm.train",
+            "--config",
+            str(config),
+            "distributed.strategy=zero2",
+            "train.max_steps=6",
+            "--resume",
+        ],
+        2,
+        tmp_path,
+        "zero2 resume",
+    )
     assert resumed.stdout.count("done: step 6") == 1, resumed.stdout
     second = load_checkpoint(tmp_path / "runs")
     assert second.step == 6 and second.run_config.distributed.strategy == "zero2"

@@ -35,6 +35,7 @@ def template_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
 @pytest.fixture
 def snapshot() -> Callable[[Path], Snapshot]:
     """path -> (mode, sha256) of everything under a directory (directories too), to prove nothing changed."""
+
     def take(root: Path) -> Snapshot:
         state: Snapshot = {}
         for dirpath, dirnames, filenames in os.walk(root):
@@ -43,6 +44,7 @@ def snapshot() -> Callable[[Path], Snapshot]:
                 digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
                 state[str(path.relative_to(root))] = (path.stat().st_mode, digest)
         return state
+
     return take
 
 
@@ -61,14 +63,18 @@ def subprocess_env(fixed_cpu: None, template_cache: Path) -> dict[str, str]:
 def render_projects(tmp_path_factory: pytest.TempPathFactory) -> Callable[[dict[str, dict]], dict[str, Path]]:
     """Render practitioner projects, name -> the answers `llmgen new` is given, each into a folder of this
     session; the CPU peak is fixed so that the CPU project's plan does not measure matmuls."""
+
     def render(projects: dict[str, dict]) -> dict[str, Path]:
         rendered = {}
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("LLMGEN_CPU_TFLOPS", "0.5")
             for name, given in projects.items():
-                plan = plan_run(f"proj-{name}", {"track": "practitioner", "budget": "200 gpu-hours",
-                                                 "exercises": False, "tokens": 10**9, **given})
+                plan = plan_run(
+                    f"proj-{name}",
+                    {"track": "practitioner", "budget": "200 gpu-hours", "exercises": False, "tokens": 10**9, **given},
+                )
                 rendered[name] = tmp_path_factory.mktemp(name)
                 render_into(plan.answers, rendered[name])
         return rendered
+
     return render

@@ -45,10 +45,12 @@ def rendered(render_projects) -> dict[str, Path]:
 @pytest.fixture
 def project(rendered, tmp_path):
     """A private copy of a rendered project, free to be edited."""
+
     def copy(name: str) -> Path:
         target = tmp_path / name
         shutil.copytree(rendered[name], target)
         return target
+
     return copy
 
 
@@ -87,8 +89,19 @@ def test_generated_project_is_ready_once_it_has_the_data_its_plan_needs(rendered
 
     code, found = rows(rendered[name], with_data)
     assert code == 0, failed(found)
-    assert {"train config", "world size", "strategy", "batch", "sequence", "memory", "steps", "warm-up",
-            "learning rate", "data", "budget"} <= set(found)
+    assert {
+        "train config",
+        "world size",
+        "strategy",
+        "batch",
+        "sequence",
+        "memory",
+        "steps",
+        "warm-up",
+        "learning rate",
+        "data",
+        "budget",
+    } <= set(found)
     assert all(r["status"] == "ok" for group in found.values() for r in group), found
     assert ("deepspeed config" in found) == name.startswith("zero")
     assert found["data"][0]["message"].endswith(f"epochs of {with_data.split('=')[1]}")
@@ -103,17 +116,26 @@ def test_table_output_names_the_launch_command(rendered, with_data):
     assert "ready" not in check(rendered["cpu"]).stdout.splitlines()[-1]  # no data: not ready
 
 
-@pytest.mark.parametrize("overrides, row, fix", [
-    # 409,600 tokens per step where DeepSeek LLM's fit gives ~42k for this run's compute
-    (["train.grad_accum=200", "train.max_steps=1000", "train.warmup_steps=20"], "batch",
-     "fix: train.micro_batch = 8, train.grad_accum = 20"),
-    (["train.grad_accum=1", "train.max_steps=36"], "steps",
-     "fix: train.max_steps = 200 (410k tokens), or a smaller batch"),
-    (["train.warmup_steps=1"], "warm-up", "fix: train.warmup_steps = "),
-    (["train.lr=0.5"], "learning rate", "fix: train.lr = 0.001, train.min_lr = 0.0001"),
-    (["train.max_steps=181000"], "budget", "more than the budget 200 GPU-hours; fix: train.max_steps = "),
-    (["data.corpus=data/missing.txt"], "data", "corpus data/missing.txt not found"),
-])
+@pytest.mark.parametrize(
+    "overrides, row, fix",
+    [
+        # 409,600 tokens per step where DeepSeek LLM's fit gives ~42k for this run's compute
+        (
+            ["train.grad_accum=200", "train.max_steps=1000", "train.warmup_steps=20"],
+            "batch",
+            "fix: train.micro_batch = 8, train.grad_accum = 20",
+        ),
+        (
+            ["train.grad_accum=1", "train.max_steps=36"],
+            "steps",
+            "fix: train.max_steps = 200 (410k tokens), or a smaller batch",
+        ),
+        (["train.warmup_steps=1"], "warm-up", "fix: train.warmup_steps = "),
+        (["train.lr=0.5"], "learning rate", "fix: train.lr = 0.001, train.min_lr = 0.0001"),
+        (["train.max_steps=181000"], "budget", "more than the budget 200 GPU-hours; fix: train.max_steps = "),
+        (["data.corpus=data/missing.txt"], "data", "corpus data/missing.txt not found"),
+    ],
+)
 def test_a_broken_invariant_fails_with_its_fix(rendered, with_data, overrides, row, fix):
     """Each invariant of a signable plan, broken by overrides of the CPU project (which has data), fails
     its own row alone and says how to fix it."""
@@ -141,8 +163,12 @@ def test_deepspeed_json_that_disagrees_with_train_toml_fails(project):
     code, found = rows(p)
     assert code == 2
     messages = [r["message"] for r in found["deepspeed config"] if r["status"] == "fail"]
-    assert any(m.startswith(f"deepspeed.json gradient_accumulation_steps={ds['gradient_accumulation_steps']} "
-                            f"but train.grad_accum=") for m in messages), messages
+    assert any(
+        m.startswith(
+            f"deepspeed.json gradient_accumulation_steps={ds['gradient_accumulation_steps']} but train.grad_accum="
+        )
+        for m in messages
+    ), messages
 
 
 def test_missing_deepspeed_json_fails(project):

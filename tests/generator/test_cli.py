@@ -67,4 +67,5 @@ def test_old_spellings_work_with_one_deprecation_line(tmp_path):
     assert result.stderr.splitlines()[1].startswith("error: ") and "manifest.toml not found" in result.stderr
     both = runner.invoke(app, ["update", "--path", str(tmp_path), "--dir", str(tmp_path)])
     assert both.exit_code == 2 and both.stderr.strip() == (
-        "error: --path and --dir are the same flag (--path is its old name); give only --dir")
+        "error: --path and --dir are the same flag (--path is its old name); give only --dir"
+    )

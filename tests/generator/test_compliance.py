@@ -32,8 +32,10 @@ def make_repo(root: Path, files: dict[str, str], entries: list[dict[str, str]] |
         (root / "data" / name).parent.mkdir(parents=True, exist_ok=True)
         (root / "data" / name).write_text(text, encoding="utf-8")
     if entries is None:
-        entries = [{"path": name, "source": "written for this test", "license": "CC0-1.0", "sha256": sha(text)}
-                   for name, text in files.items()]
+        entries = [
+            {"path": name, "source": "written for this test", "license": "CC0-1.0", "sha256": sha(text)}
+            for name, text in files.items()
+        ]
     lines = []
     for entry in entries:
         lines.append("[[file]]")
@@ -78,33 +80,49 @@ def test_entries_need_source_licence_and_sha256(tmp_path):
 
 
 def test_paths_must_stay_inside_data(tmp_path):
-    root = make_repo(tmp_path, {"a.txt": CLEAN_TEXT},
-                     entries=[{"path": "../configs/train.toml", "source": "s", "license": "MIT", "sha256": "0" * 64},
-                              {"path": "a.txt", "source": "s", "license": "MIT", "sha256": sha(CLEAN_TEXT)}])
+    root = make_repo(
+        tmp_path,
+        {"a.txt": CLEAN_TEXT},
+        entries=[
+            {"path": "../configs/train.toml", "source": "s", "license": "MIT", "sha256": "0" * 64},
+            {"path": "a.txt", "source": "s", "license": "MIT", "sha256": sha(CLEAN_TEXT)},
+        ],
+    )
     problems = check_repository(root).problems
-    assert problems == ["data/manifest.toml [[file]] '../configs/train.toml': path must be relative to data/ and "
-                        "stay inside it"]
+    assert problems == [
+        "data/manifest.toml [[file]] '../configs/train.toml': path must be relative to data/ and stay inside it"
+    ]
 
 
 def test_personal_data_is_counted_located_and_fails_above_the_threshold(tmp_path):
-    text = ("line one is clean\n"
-            "mail juliet@capulet.example now\n"
-            "card 4111 1111 1111 1111 and server 8.8.8.8\n"
-            "token ghp_" + "a1B2c3D4e5" * 4 + "\n")
+    text = (
+        "line one is clean\n"
+        "mail juliet@capulet.example now\n"
+        "card 4111 1111 1111 1111 and server 8.8.8.8\n"
+        "token ghp_" + "a1B2c3D4e5" * 4 + "\n"
+    )
     root = make_repo(tmp_path, {"leaky.txt": text})
     report = check_repository(root)
     [data_file] = report.files
     assert data_file.pii_counts == {"credit_card": 1, "email": 1, "github_token": 1, "ipv4": 1}
     assert [(f.line, f.column, f.kind) for f in data_file.pii_locations] == [
-        (2, 6, "email"), (3, 6, "credit_card"), (3, 37, "ipv4"), (4, 7, "github_token")]
+        (2, 6, "email"),
+        (3, 6, "credit_card"),
+        (3, 37, "ipv4"),
+        (4, 7, "github_token"),
+    ]
     assert len(report.problems) == 1 and report.problems[0].startswith("personal data scan: 4 finding(s)")
     assert check_repository(root, max_pii=4).ok
 
 
 def test_share_alike_and_copyleft_licences_warn(tmp_path):
     files = {"wiki.txt": CLEAN_TEXT, "code.txt": "x = 1\n", "map.txt": "lat lon\n", "plain.txt": "ok\n"}
-    licences = {"wiki.txt": "CC-BY-SA-4.0", "code.txt": "GPL-3.0-only OR MIT", "map.txt": "ODbL-1.0",
-                "plain.txt": "CC-BY-4.0"}
+    licences = {
+        "wiki.txt": "CC-BY-SA-4.0",
+        "code.txt": "GPL-3.0-only OR MIT",
+        "map.txt": "ODbL-1.0",
+        "plain.txt": "CC-BY-4.0",
+    }
     entries = [{"path": n, "source": "s", "license": licences[n], "sha256": sha(t)} for n, t in files.items()]
     report = check_repository(make_repo(tmp_path, files, entries))
     assert report.ok, report.problems
@@ -113,8 +131,9 @@ def test_share_alike_and_copyleft_licences_warn(tmp_path):
     assert "CC-BY-SA-4.0, GPL-3.0-only, ODbL-1.0" in report.warnings[-1] and "compatib" in report.warnings[-1]
 
 
-@pytest.mark.parametrize("licence, problem", [
-    ("NOASSERTION", "unknown"), ("Public Domain!", "not an SPDX licence id"), ("", None)])
+@pytest.mark.parametrize(
+    "licence, problem", [("NOASSERTION", "unknown"), ("Public Domain!", "not an SPDX licence id"), ("", None)]
+)
 def test_unknown_or_malformed_licences_are_problems(tmp_path, licence, problem):
     entries = [{"path": "a.txt", "source": "s", "license": licence, "sha256": sha(CLEAN_TEXT)}]
     problems = check_repository(make_repo(tmp_path, {"a.txt": CLEAN_TEXT}, entries)).problems
@@ -124,7 +143,9 @@ def test_unknown_or_malformed_licences_are_problems(tmp_path, licence, problem):
 
 def test_spdx_helpers():
     assert parse_spdx("(MIT OR Apache-2.0) AND LicenseRef-Shakespeare") == (
-        ["MIT", "Apache-2.0", "LicenseRef-Shakespeare"], None)
+        ["MIT", "Apache-2.0", "LicenseRef-Shakespeare"],
+        None,
+    )
     assert licence_note("CC-BY-NC-SA-4.0") == "non-commercial and share-alike"
     assert licence_note("Apache-2.0") is None and licence_note("CC0-1.0") is None
 
@@ -138,8 +159,11 @@ def test_outside_a_generated_repository(tmp_path):
 
 
 def test_cli_json_and_exit_codes(tmp_path):
-    root = make_repo(tmp_path, {"verse.txt": CLEAN_TEXT, "notes.txt": "call +44 20 7946 0958\n"},
-                     entries=[{"path": "verse.txt", "source": "s", "license": "CC0-1.0", "sha256": sha(CLEAN_TEXT)}])
+    root = make_repo(
+        tmp_path,
+        {"verse.txt": CLEAN_TEXT, "notes.txt": "call +44 20 7946 0958\n"},
+        entries=[{"path": "verse.txt", "source": "s", "license": "CC0-1.0", "sha256": sha(CLEAN_TEXT)}],
+    )
     result = run("--dir", str(root), "--json")
     assert result.exit_code == 2
     report = json.loads(result.stdout)
@@ -158,9 +182,17 @@ def test_cli_json_and_exit_codes(tmp_path):
 @pytest.mark.parametrize("track", list(load_tracks()))
 def test_a_generated_repository_passes_its_own_check(tmp_path, track):
     defaults = load_tracks()[track].defaults
-    plan = plan_run("fresh", {"track": track, "budget": defaults.budget, "hardware": defaults.hardware,
-                              "parallelism": defaults.parallelism, "model_preset": defaults.model_preset,
-                              "exercises": defaults.exercises})
+    plan = plan_run(
+        "fresh",
+        {
+            "track": track,
+            "budget": defaults.budget,
+            "hardware": defaults.hardware,
+            "parallelism": defaults.parallelism,
+            "model_preset": defaults.model_preset,
+            "exercises": defaults.exercises,
+        },
+    )
     render_into(plan.answers, tmp_path)
     report = check_repository(tmp_path)
     assert report.ok, report.problems

@@ -47,19 +47,23 @@ def estimated_step_bytes(config: ModelConfig, batch: int, bf16: bool) -> float:
     act = formulas.ACT_BYTES[precision]
     seq = config.block_size
     flash = not (bf16 and seq <= 512)  # the model's own rule (Attention._use_sdpa) on CPU
-    activations = formulas.activation_bytes(config, seq, batch, act, flash,
-                                            residual_bytes=formulas.residual_bytes("single", precision))
+    activations = formulas.activation_bytes(
+        config, seq, batch, act, flash, residual_bytes=formulas.residual_bytes("single", precision)
+    )
     casts = 2 * formulas.matmul_params(config) if bf16 else 0  # the single engine's "buffers"
     return activations + formulas.logits_bytes(config, seq, batch, act) + casts
 
 
-@pytest.mark.parametrize("preset, overrides", [
-    ("tiny", {}),  # llama: RMSNorm, RoPE, SwiGLU, GQA
-    ("tiny-gpt2", {}),
-    ("nanogpt-cpu", {}),
-    # GQA; fused kernel in fp32, manual in bf16
-    ("demo", {"n_layer": 1, "n_head": 4, "n_kv_head": 2, "block_size": 128}),
-])
+@pytest.mark.parametrize(
+    "preset, overrides",
+    [
+        ("tiny", {}),  # llama: RMSNorm, RoPE, SwiGLU, GQA
+        ("tiny-gpt2", {}),
+        ("nanogpt-cpu", {}),
+        # GQA; fused kernel in fp32, manual in bf16
+        ("demo", {"n_layer": 1, "n_head": 4, "n_kv_head": 2, "block_size": 128}),
+    ],
+)
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
 def test_activation_estimate_matches_measured_peak_on_cpu(preset, overrides, bf16):
     config = ModelConfig.preset(preset, **overrides)
@@ -74,8 +78,9 @@ def test_estimate_follows_the_attention_kernel():
     config = ModelConfig.preset("tiny-gpt2", block_size=64)
     manual = ModelConfig.preset("tiny-gpt2", block_size=64, attention="manual")
     measured_gap = measured_step_peak(manual, 4, False) - measured_step_peak(config, 4, False)
-    predicted_gap = (formulas.activation_bytes(manual, 64, 4, 4, flash=False, residual_bytes=4)
-                     - formulas.activation_bytes(config, 64, 4, 4, flash=True, residual_bytes=4))
+    predicted_gap = formulas.activation_bytes(
+        manual, 64, 4, 4, flash=False, residual_bytes=4
+    ) - formulas.activation_bytes(config, 64, 4, 4, flash=True, residual_bytes=4)
     assert measured_gap > 0
     assert predicted_gap == pytest.approx(measured_gap, rel=0.5)
 
@@ -99,6 +104,7 @@ def test_activation_estimate_matches_cuda_peak():
     step()
     measured = torch.cuda.max_memory_allocated() - base
     activations = formulas.activation_bytes(config, config.block_size, 8, 2, flash=True, residual_bytes=4)
-    estimated = activations + formulas.logits_bytes(config, config.block_size, 8, 2) \
-        + 2 * formulas.matmul_params(config)
+    estimated = (
+        activations + formulas.logits_bytes(config, config.block_size, 8, 2) + 2 * formulas.matmul_params(config)
+    )
     assert estimated == pytest.approx(measured, rel=0.25)

@@ -55,8 +55,9 @@ def test_default_mfu_is_printed_and_adjusted_for_recompute_and_pipeline():
 
 
 def test_memory_breakdown_adds_up_and_fits_against_usable_memory():
-    est = estimate_run(RunSpec(ModelConfig.preset("llama-7b"), parse_hardware("8xH100"), 1e9, parallelism="ddp",
-                               micro_batch=1))
+    est = estimate_run(
+        RunSpec(ModelConfig.preset("llama-7b"), parse_hardware("8xH100"), 1e9, parallelism="ddp", micro_batch=1)
+    )
     parts = est.memory_breakdown_gib
     assert set(parts) == {"weights", "gradients", "optimizer", "activations", "logits", "buffers"}
     assert est.memory_per_gpu_gib == pytest.approx(sum(parts.values()))
@@ -67,9 +68,15 @@ def test_memory_breakdown_adds_up_and_fits_against_usable_memory():
 
 def _apply(suggestion: str, spec: RunSpec) -> RunSpec:
     """Apply a suggestion's flags ("--micro-batch 1 --grad-accum 2 (76.1 GiB per GPU)") to `spec`."""
-    names = {"--micro-batch": ("micro_batch", int), "--grad-accum": ("grad_accum", int), "--tp": ("tp", int),
-             "--activation-checkpointing": ("activation_checkpointing", str), "--parallelism": ("parallelism", str),
-             "--offload": ("offload", str), "--hardware": ("hardware", parse_hardware)}
+    names = {
+        "--micro-batch": ("micro_batch", int),
+        "--grad-accum": ("grad_accum", int),
+        "--tp": ("tp", int),
+        "--activation-checkpointing": ("activation_checkpointing", str),
+        "--parallelism": ("parallelism", str),
+        "--offload": ("offload", str),
+        "--hardware": ("hardware", parse_hardware),
+    }
     words = suggestion.split(" (")[0].split()
     changed = {}
     for flag, value in zip(words[::2], words[1::2]):
@@ -79,8 +86,7 @@ def _apply(suggestion: str, spec: RunSpec) -> RunSpec:
 
 
 def test_suggestions_each_make_it_fit():
-    spec = RunSpec(ModelConfig.preset("llama-8b"), parse_hardware("4x8xH100"), 1e12, parallelism="zero3",
-                   micro_batch=2)
+    spec = RunSpec(ModelConfig.preset("llama-8b"), parse_hardware("4x8xH100"), 1e12, parallelism="zero3", micro_batch=2)
     est = estimate_run(spec)
     assert not est.fits
     assert any(s.startswith("--activation-checkpointing") for s in est.suggestions)
@@ -90,8 +96,14 @@ def test_suggestions_each_make_it_fit():
 
 
 def test_more_gpus_suggested_when_sharding_needs_them():
-    spec = RunSpec(ModelConfig.preset("llama-70b"), parse_hardware("8xH100"), 1e12, parallelism="fsdp",
-                   micro_batch=1, activation_checkpointing="full")
+    spec = RunSpec(
+        ModelConfig.preset("llama-70b"),
+        parse_hardware("8xH100"),
+        1e12,
+        parallelism="fsdp",
+        micro_batch=1,
+        activation_checkpointing="full",
+    )
     est = estimate_run(spec)
     assert not est.fits  # 70B x 16 B/param / 8 = 140 GB of states per GPU
     grown = [s for s in est.suggestions if s.startswith("--hardware")]
@@ -105,11 +117,15 @@ def test_choose_parallelism():
     assert choose_parallelism(RunSpec(big, parse_hardware("1xH100")))[0] == "single"
     strategy, reason = choose_parallelism(RunSpec(small, parse_hardware("8xH100")))
     assert strategy == "ddp" and "replicated on every GPU" in reason
-    strategy, reason = choose_parallelism(RunSpec(big, parse_hardware("8xH100"), micro_batch=1,
-                                                  activation_checkpointing="full"))
+    strategy, reason = choose_parallelism(
+        RunSpec(big, parse_hardware("8xH100"), micro_batch=1, activation_checkpointing="full")
+    )
     assert strategy in ("zero1", "zero2") and "ddp would need" in reason
-    strategy, _ = choose_parallelism(RunSpec(ModelConfig.preset("llama-70b"), parse_hardware("8xH100"),
-                                             micro_batch=1, activation_checkpointing="full"))
+    strategy, _ = choose_parallelism(
+        RunSpec(
+            ModelConfig.preset("llama-70b"), parse_hardware("8xH100"), micro_batch=1, activation_checkpointing="full"
+        )
+    )
     assert strategy == "fsdp"
 
 
@@ -133,22 +149,33 @@ def test_cpu_run_is_single_and_free():
 
 def test_inference_memory_includes_kv_cache():
     cfg = ModelConfig.preset("llama-8b")
-    est = estimate_run(RunSpec(cfg, parse_hardware("1xH100"), 1e9, micro_batch=1, seq_len=8192,
-                               activation_checkpointing="full"))
+    est = estimate_run(
+        RunSpec(cfg, parse_hardware("1xH100"), 1e9, micro_batch=1, seq_len=8192, activation_checkpointing="full")
+    )
     assert est.inference_gib["kv_cache"] == pytest.approx(formulas.kv_cache_bytes(cfg, 1, 8192) / 2**30)
     assert est.inference_gib["weights_bf16"] == pytest.approx(2 * cfg.num_params() / 2**30)
 
 
-@pytest.mark.parametrize("kwargs, flag", [
-    (dict(tp=16), "--tp"), (dict(tp=3), "--tp"), (dict(pp=0), "--pp"), (dict(parallelism="zero4"), "--parallelism"),
-    (dict(parallelism="ddp", offload="optimizer"), "--offload"),
-    (dict(parallelism="zero2", offload="params"), "--offload"),
-    (dict(precision="fp16"), "--precision"), (dict(precision="bf16"), "--precision"),
-    (dict(micro_batch=0), "--micro-batch"), (dict(tokens="lots"), "--tokens"),
-    (dict(seq_len=100000), "--seq-len"),
-    (dict(activation_checkpointing="some"), "--activation-checkpointing"), (dict(mfu=1.5), "--mfu"),
-    (dict(price=-1.0), "--price"), (dict(parallelism="single"), "--parallelism"),
-])
+@pytest.mark.parametrize(
+    "kwargs, flag",
+    [
+        (dict(tp=16), "--tp"),
+        (dict(tp=3), "--tp"),
+        (dict(pp=0), "--pp"),
+        (dict(parallelism="zero4"), "--parallelism"),
+        (dict(parallelism="ddp", offload="optimizer"), "--offload"),
+        (dict(parallelism="zero2", offload="params"), "--offload"),
+        (dict(precision="fp16"), "--precision"),
+        (dict(precision="bf16"), "--precision"),
+        (dict(micro_batch=0), "--micro-batch"),
+        (dict(tokens="lots"), "--tokens"),
+        (dict(seq_len=100000), "--seq-len"),
+        (dict(activation_checkpointing="some"), "--activation-checkpointing"),
+        (dict(mfu=1.5), "--mfu"),
+        (dict(price=-1.0), "--price"),
+        (dict(parallelism="single"), "--parallelism"),
+    ],
+)
 def test_bad_run_options_are_one_line_errors(kwargs, flag):
     with pytest.raises(EstimateError, match=flag) as err:
         estimate_run(RunSpec(ModelConfig.preset("llama-7b"), parse_hardware("8xH100"), **{"tokens": 1e9, **kwargs}))
@@ -179,12 +206,18 @@ def test_build_model():
     assert build_model(arch="gpt2", layers=2).arch == "gpt2"
 
 
-@pytest.mark.parametrize("kwargs, flag", [
-    (dict(heads=7, d_model=512), "--heads 7 must divide --d-model 512"),
-    (dict(heads=8, kv_heads=3), "--kv-heads 3 must divide --heads 8"),
-    (dict(layers=0), "--layers"), (dict(d_model=-64), "--d-model"), (dict(preset="llama-9b"), "--model"),
-    (dict(preset="demo", params=1e9), "--model or --params"), (dict(arch="bert"), "--arch"),
-])
+@pytest.mark.parametrize(
+    "kwargs, flag",
+    [
+        (dict(heads=7, d_model=512), "--heads 7 must divide --d-model 512"),
+        (dict(heads=8, kv_heads=3), "--kv-heads 3 must divide --heads 8"),
+        (dict(layers=0), "--layers"),
+        (dict(d_model=-64), "--d-model"),
+        (dict(preset="llama-9b"), "--model"),
+        (dict(preset="demo", params=1e9), "--model or --params"),
+        (dict(arch="bert"), "--arch"),
+    ],
+)
 def test_bad_shapes_name_the_flag(kwargs, flag):
     with pytest.raises(EstimateError, match=flag):
         build_model(**kwargs)
@@ -247,8 +280,9 @@ def test_params_means_the_count_given():
         est = estimate_run(RunSpec(model, parse_hardware("64x8xA100"), 300e9, params=target, micro_batch=1))
         assert est.flops == pytest.approx(6 * target * 300e9)
         assert est.flops_params == target and "as given" in est.flops_params_source
-    gpt3 = estimate_run(RunSpec(build_model(params=175e9), parse_hardware("64x8xA100"), 300e9, params=175e9,
-                                micro_batch=1))
+    gpt3 = estimate_run(
+        RunSpec(build_model(params=175e9), parse_hardware("64x8xA100"), 300e9, params=175e9, micro_batch=1)
+    )
     assert gpt3.flops == pytest.approx(3.14e23, rel=0.01)  # GPT-3's published 6ND (Brown et al. 2020, Table D.1)
 
 

@@ -35,6 +35,7 @@ def _mapping_errors(callback):
         except LLMGenError as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(err.exit_code) from None
+
     return wrapper
 
 
@@ -58,8 +59,22 @@ def run_json(*args: str) -> dict:
 
 def test_json_has_the_documented_keys():
     data = run_json("--model", "gpt2-124m", "--hardware", "1xRTX4090", "--tokens", "10B")
-    for key in ("params", "tokens", "flops", "gpu_hours", "wall_hours", "cost_usd", "mfu", "memory_per_gpu_gib",
-                "memory_breakdown_gib", "fits", "assumptions", "suggestions", "flops_attention", "parallelism"):
+    for key in (
+        "params",
+        "tokens",
+        "flops",
+        "gpu_hours",
+        "wall_hours",
+        "cost_usd",
+        "mfu",
+        "memory_per_gpu_gib",
+        "memory_breakdown_gib",
+        "fits",
+        "assumptions",
+        "suggestions",
+        "flops_attention",
+        "parallelism",
+    ):
         assert key in data
     assert data["tokens"] == 10e9 and data["parallelism"] == "single"
     assert set(data["memory_breakdown_gib"]) >= {"weights", "gradients", "optimizer", "activations"}
@@ -73,8 +88,18 @@ def test_defaults_are_demo_on_cpu_with_chinchilla_tokens():
 
 
 def test_table_output_shows_results_and_assumptions():
-    result = run("--model", "llama-8b", "--hardware", "4x8xH100", "--parallelism", "zero3", "--tokens", "15T",
-                 "--activation-checkpointing", "full")
+    result = run(
+        "--model",
+        "llama-8b",
+        "--hardware",
+        "4x8xH100",
+        "--parallelism",
+        "zero3",
+        "--tokens",
+        "15T",
+        "--activation-checkpointing",
+        "full",
+    )
     assert result.exit_code == 0, result.output
     out = result.stdout
     for text in ("llama-8b", "GPU-hours", "6·N·D", "memory per GPU", "Assumptions", "MFU", "zero3", "KV cache"):
@@ -88,8 +113,23 @@ def test_not_fitting_prints_suggestions():
 
 
 def test_exact_shape_and_params():
-    shaped = run_json("--layers", "4", "--d-model", "256", "--heads", "8", "--kv-heads", "2", "--vocab", "1000",
-                      "--seq-len", "128", "--untied", "--arch", "llama")
+    shaped = run_json(
+        "--layers",
+        "4",
+        "--d-model",
+        "256",
+        "--heads",
+        "8",
+        "--kv-heads",
+        "2",
+        "--vocab",
+        "1000",
+        "--seq-len",
+        "128",
+        "--untied",
+        "--arch",
+        "llama",
+    )
     assert shaped["params"] > 0 and shaped["seq_len"] == 128
     seven = run_json("--params", "7B", "--hardware", "8xH100", "--tokens", "1T")
     assert abs(seven["params"] / 7e9 - 1) < 0.05
@@ -107,20 +147,23 @@ def test_budget_gives_compute_optimal_model_and_nearest_preset():
     assert laptop["hardware"] == "cpu" and any("10 minutes" in n for n in laptop["budget"]["assumptions"])
 
 
-@pytest.mark.parametrize("args, words", [
-    (("--params", "abc"), "--params"),
-    (("--params", "-7B"), "--params"),
-    (("--tokens", "0"), "--tokens"),
-    (("--layers", "0"), "--layers"),
-    (("--d-model", "500", "--heads", "7"), "--heads 7 must divide --d-model 500"),
-    (("--heads", "6", "--kv-heads", "4"), "--kv-heads 4 must divide --heads 6"),
-    (("--hardware", "8xH1000"), "unknown GPU"),
-    (("--budget", "a lot"), "--budget"),
-    (("--hardware", "8xH100", "--tp", "16"), "--tp 16"),
-    (("--model", "gpt-5"), "--model"),
-    (("--budget", "$5k", "--model", "demo"), "--budget"),
-    (("--micro-batch", "0"), "--micro-batch"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (("--params", "abc"), "--params"),
+        (("--params", "-7B"), "--params"),
+        (("--tokens", "0"), "--tokens"),
+        (("--layers", "0"), "--layers"),
+        (("--d-model", "500", "--heads", "7"), "--heads 7 must divide --d-model 500"),
+        (("--heads", "6", "--kv-heads", "4"), "--kv-heads 4 must divide --heads 6"),
+        (("--hardware", "8xH1000"), "unknown GPU"),
+        (("--budget", "a lot"), "--budget"),
+        (("--hardware", "8xH100", "--tp", "16"), "--tp 16"),
+        (("--model", "gpt-5"), "--model"),
+        (("--budget", "$5k", "--model", "demo"), "--budget"),
+        (("--micro-batch", "0"), "--micro-batch"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_code_2(args, words):
     result = run(*args)
     assert result.exit_code == 2, result.output
@@ -165,8 +208,10 @@ def test_the_estimate_states_one_set_of_figures():
     micro-batch 1 beside 37.9 GiB per GPU, 79 beside 78.6 usable); a months-long run says what finishes
     it sooner."""
     data = run_json("--model", "gpt2-124m", "--hardware", "8xH100", "--tokens", "10B")
-    assert f"{data['memory_per_gpu_gib']:.1f} GiB per GPU at micro-batch {data['micro_batch']}" in \
-        data["parallelism_reason"]
+    assert (
+        f"{data['memory_per_gpu_gib']:.1f} GiB per GPU at micro-batch {data['micro_batch']}"
+        in data["parallelism_reason"]
+    )
     assert f"{data['memory_usable_gib']:.1f} GiB usable" in data["parallelism_reason"] and data["faster"] is None
     long = run_json("--model", "llama-70b", "--hardware", "8xH100", "--tokens", "1.4T", "--micro-batch", "1")
     assert long["wall_hours"] > 1000 * 24 and long["faster"].startswith("--hardware ")

@@ -25,17 +25,21 @@ def gpt3_175b() -> ModelConfig:
 
 def llama31_405b() -> ModelConfig:
     """Llama 3.1 405B (Llama 3 paper, Table 3)."""
-    return ModelConfig.llama_style(vocab_size=128256, block_size=8192, n_layer=126, n_head=128, n_kv_head=8,
-                                   d_model=16384, ffn_hidden=53248)
+    return ModelConfig.llama_style(
+        vocab_size=128256, block_size=8192, n_layer=126, n_head=128, n_kv_head=8, d_model=16384, ffn_hidden=53248
+    )
 
 
 # ---- FLOPs --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("config, tokens, published", [
-    (gpt3_175b(), 300e9, 3.14e23),  # Brown et al. 2020, Table D.1
-    (llama31_405b(), 15.6e12, 3.8e25),  # Llama 3 paper, sec. 3.2.1
-])
+@pytest.mark.parametrize(
+    "config, tokens, published",
+    [
+        (gpt3_175b(), 300e9, 3.14e23),  # Brown et al. 2020, Table D.1
+        (llama31_405b(), 15.6e12, 3.8e25),  # Llama 3 paper, sec. 3.2.1
+    ],
+)
 def test_training_flops_match_published_totals(config, tokens, published):
     dense, attention = formulas.training_flops(config, tokens, config.block_size)
     assert dense == pytest.approx(published, rel=0.01)
@@ -49,8 +53,20 @@ def test_estimate_reports_both_flop_terms():
     assert est.flops == pytest.approx(3.14e23, rel=0.01)
     assert est.flops_total == pytest.approx(est.flops + est.flops_attention)
     d = est.to_dict()
-    for key in ("params", "tokens", "flops", "gpu_hours", "wall_hours", "cost_usd", "mfu", "memory_per_gpu_gib",
-                "memory_breakdown_gib", "fits", "assumptions", "suggestions"):
+    for key in (
+        "params",
+        "tokens",
+        "flops",
+        "gpu_hours",
+        "wall_hours",
+        "cost_usd",
+        "mfu",
+        "memory_per_gpu_gib",
+        "memory_breakdown_gib",
+        "fits",
+        "assumptions",
+        "suggestions",
+    ):
         assert key in d
 
 
@@ -64,9 +80,11 @@ def test_generalised_activations_reduce_to_the_papers_closed_forms():
     assert layer.bytes(s, b) == pytest.approx(s * b * h * (34 + 5 * a * s / h))
     for t in (2, 4, 8):
         assert layer.bytes(s, b, t, sequence_parallel=False) == pytest.approx(
-            formulas.korthikanti_layer_bytes(s, b, h, a, t, sequence_parallel=False))
+            formulas.korthikanti_layer_bytes(s, b, h, a, t, sequence_parallel=False)
+        )
         assert layer.bytes(s, b, t, sequence_parallel=True) == pytest.approx(
-            formulas.korthikanti_layer_bytes(s, b, h, a, t, sequence_parallel=True))
+            formulas.korthikanti_layer_bytes(s, b, h, a, t, sequence_parallel=True)
+        )
     fused = formulas.layer_activations(gpt, s, act_bytes=2, flash=True, follow_code=False)
     assert fused.bytes(s, b) == pytest.approx(formulas.korthikanti_layer_bytes(s, b, h, a, recompute="selective"))
 
@@ -116,11 +134,13 @@ def _deepspeed():
     pytest.importorskip("deepspeed", reason="deepspeed is not installed (pip install llmgen[deepspeed])")
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs, model_to_params
     from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
     return estimate_zero2_model_states_mem_needs, estimate_zero3_model_states_mem_needs, model_to_params
 
 
-@pytest.mark.parametrize("preset, nodes, per_node", [
-    ("llama-7b", 1, 8), ("llama-70b", 4, 8), ("gpt2-124m", 1, 2), ("llama-8b", 2, 4)])
+@pytest.mark.parametrize(
+    "preset, nodes, per_node", [("llama-7b", 1, 8), ("llama-70b", 4, 8), ("gpt2-124m", 1, 2), ("llama-8b", 2, 4)]
+)
 def test_zero2_and_zero3_model_states_match_deepspeed(preset, nodes, per_node):
     zero2, zero3, _ = _deepspeed()
     cfg = ModelConfig.preset(preset)
@@ -141,11 +161,14 @@ def test_zero_offload_matches_deepspeed():
     cfg = ModelConfig.preset("llama-7b")
     n, largest = cfg.num_params(), formulas.largest_module_params(cfg)
     assert formulas.model_states(cfg, "zero2", 8, offload="optimizer").total == pytest.approx(
-        zero2(n, 8, 1, cpu_offload=True)[1], rel=0.05)
+        zero2(n, 8, 1, cpu_offload=True)[1], rel=0.05
+    )
     assert formulas.model_states(cfg, "zero3", 8, offload="optimizer").total == pytest.approx(
-        zero3(n, largest, 8, 1, cpu_offload=True, cpu_offload_params=False)[1], rel=0.05)
+        zero3(n, largest, 8, 1, cpu_offload=True, cpu_offload_params=False)[1], rel=0.05
+    )
     assert formulas.model_states(cfg, "zero3", 8, offload="params").total == pytest.approx(
-        zero3(n, largest, 8, 1, cpu_offload=True, cpu_offload_params=True)[1], rel=0.05)
+        zero3(n, largest, 8, 1, cpu_offload=True, cpu_offload_params=True)[1], rel=0.05
+    )
 
 
 @pytest.mark.parametrize("preset", ["tiny", "tiny-gpt2", "nanogpt-cpu"])
@@ -190,8 +213,17 @@ def test_chinchilla_fit_is_monotone_and_near_20_tokens_per_parameter():
         assert 6 * n_rule * d_rule == pytest.approx(10.0**exponent)
 
 
-@pytest.mark.parametrize("target, vocab, arch", [(1e6, 512, "llama"), (124e6, None, "gpt2"), (1e9, None, "llama"),
-                                                 (7e9, None, "llama"), (70e9, None, "llama"), (175e9, None, "gpt2")])
+@pytest.mark.parametrize(
+    "target, vocab, arch",
+    [
+        (1e6, 512, "llama"),
+        (124e6, None, "gpt2"),
+        (1e9, None, "llama"),
+        (7e9, None, "llama"),
+        (70e9, None, "llama"),
+        (175e9, None, "gpt2"),
+    ],
+)
 def test_shape_for_params_lands_within_one_percent(target, vocab, arch):
     cfg = formulas.shape_for_params(target, arch, vocab_size=vocab)
     assert 64 * cfg.n_layer <= cfg.d_model <= 128 * cfg.n_layer

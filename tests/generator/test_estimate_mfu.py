@@ -72,10 +72,14 @@ def test_mfu_moves_with_width_sequence_nodes_and_recomputation():
     small, large = ModelConfig.preset("gpt2-124m"), ModelConfig.preset("llama-13b")
     assert mfu.fitted_mfu(base, small, 1024, 1) < mfu.fitted_mfu(base, large, 1024, 1)
     assert mfu.fitted_mfu(base, large, 8192 // 2, 1) < mfu.fitted_mfu(base, large, 1024, 1)  # more attention
-    assert mfu.fitted_mfu(base, large, 4096, 64) < mfu.fitted_mfu(base, large, 4096, 8) < mfu.fitted_mfu(
-        base, large, 4096, 1)
+    assert (
+        mfu.fitted_mfu(base, large, 4096, 64)
+        < mfu.fitted_mfu(base, large, 4096, 8)
+        < mfu.fitted_mfu(base, large, 4096, 1)
+    )
     assert mfu.fitted_mfu(base, large, 4096, 1, recompute=4 / 3) == pytest.approx(
-        0.75 * mfu.fitted_mfu(base, large, 4096, 1))
+        0.75 * mfu.fitted_mfu(base, large, 4096, 1)
+    )
 
 
 def test_cpu_keeps_its_measured_base():

@@ -16,8 +16,20 @@ def _fixed_cpu_peak(monkeypatch):
     monkeypatch.setenv("LLMGEN_CPU_TFLOPS", "0.5")
 
 
-@pytest.mark.parametrize("text, value", [("7B", 7e9), ("124M", 124e6), ("2T", 2e12), ("500k", 5e5), ("1.5e9", 1.5e9),
-                                         ("7_000_000", 7e6), ("1,000", 1e3), ("0.5b", 5e8), (42, 42.0)])
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("7B", 7e9),
+        ("124M", 124e6),
+        ("2T", 2e12),
+        ("500k", 5e5),
+        ("1.5e9", 1.5e9),
+        ("7_000_000", 7e6),
+        ("1,000", 1e3),
+        ("0.5b", 5e8),
+        (42, 42.0),
+    ],
+)
 def test_parse_count(text, value):
     assert parse_count(text) == pytest.approx(value)
 
@@ -37,11 +49,20 @@ def test_parse_tokens_accepts_chinchilla():
         parse_tokens("lots")
 
 
-@pytest.mark.parametrize("text, nodes, per_node, name", [
-    ("8xH100", 1, 8, "H100-SXM"), ("4x8xA100-80GB", 4, 8, "A100-80GB"), ("H200", 1, 1, "H200"),
-    ("1xRTX4090", 1, 1, "RTX4090"), ("2 x MI300X", 1, 2, "MI300X"), ("64xH100", 8, 8, "H100-SXM"),
-    ("a100-40gb", 1, 1, "A100-40GB"), ("rtx-4090", 1, 1, "RTX4090"), ("2x4xL40S", 2, 4, "L40S"),
-])
+@pytest.mark.parametrize(
+    "text, nodes, per_node, name",
+    [
+        ("8xH100", 1, 8, "H100-SXM"),
+        ("4x8xA100-80GB", 4, 8, "A100-80GB"),
+        ("H200", 1, 1, "H200"),
+        ("1xRTX4090", 1, 1, "RTX4090"),
+        ("2 x MI300X", 1, 2, "MI300X"),
+        ("64xH100", 8, 8, "H100-SXM"),
+        ("a100-40gb", 1, 1, "A100-40GB"),
+        ("rtx-4090", 1, 1, "RTX4090"),
+        ("2x4xL40S", 2, 4, "L40S"),
+    ],
+)
 def test_parse_hardware(text, nodes, per_node, name):
     hw = parse_hardware(text)
     assert (hw.nodes, hw.gpus_per_node, hw.gpu.name) == (nodes, per_node, name)
@@ -50,8 +71,19 @@ def test_parse_hardware(text, nodes, per_node, name):
 
 
 def test_catalogue_has_the_required_gpus():
-    for name in ("A100-40GB", "A100-80GB", "H100-SXM", "H100-PCIe", "H200", "B200", "MI300X", "L40S", "A10", "T4",
-                 "RTX4090"):
+    for name in (
+        "A100-40GB",
+        "A100-80GB",
+        "H100-SXM",
+        "H100-PCIe",
+        "H200",
+        "B200",
+        "MI300X",
+        "L40S",
+        "A10",
+        "T4",
+        "RTX4090",
+    ):
         spec = KNOWN_GPUS[name]
         assert spec.bf16_tflops > spec.fp32_tflops > 0
         assert spec.memory_gib > 0 and spec.price_per_hour > 0 and 0 < spec.mfu < 1
@@ -120,11 +152,21 @@ def test_malformed_hardware(text):
         parse_hardware(text)
 
 
-@pytest.mark.parametrize("text, kind, amount", [
-    ("$500", "usd", 500), ("$50k", "usd", 50e3), ("$1.2M", "usd", 1.2e6), ("2000 USD", "usd", 2000),
-    ("200 gpu-hours", "gpu_hours", 200), ("100k gpu-hours", "gpu_hours", 1e5), ("100k GPU hours", "gpu_hours", 1e5),
-    ("8xH100 for 3 days", "time", 72), ("1xRTX4090 for 12 hours", "time", 12), ("H100 for 90 minutes", "time", 1.5),
-])
+@pytest.mark.parametrize(
+    "text, kind, amount",
+    [
+        ("$500", "usd", 500),
+        ("$50k", "usd", 50e3),
+        ("$1.2M", "usd", 1.2e6),
+        ("2000 USD", "usd", 2000),
+        ("200 gpu-hours", "gpu_hours", 200),
+        ("100k gpu-hours", "gpu_hours", 1e5),
+        ("100k GPU hours", "gpu_hours", 1e5),
+        ("8xH100 for 3 days", "time", 72),
+        ("1xRTX4090 for 12 hours", "time", 12),
+        ("H100 for 90 minutes", "time", 1.5),
+    ],
+)
 def test_parse_budget(text, kind, amount):
     budget = parse_budget(text)
     assert (budget.kind, budget.amount) == (kind, pytest.approx(amount))
@@ -146,8 +188,9 @@ def test_laptop_budget_is_ten_minutes_of_this_cpu_and_says_so():
     assert "10 minutes" in budget.note
 
 
-@pytest.mark.parametrize("text", ["lots of money", "", "$abc", "-5 gpu-hours", "8xH100 for ever", "8xH100 for 0 days",
-                                  "8xQ100 for 3 days"])
+@pytest.mark.parametrize(
+    "text", ["lots of money", "", "$abc", "-5 gpu-hours", "8xH100 for ever", "8xH100 for 0 days", "8xQ100 for 3 days"]
+)
 def test_unparseable_budget(text):
     with pytest.raises(EstimateError, match="--budget") as err:
         parse_budget(text)

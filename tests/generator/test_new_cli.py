@@ -35,15 +35,40 @@ def test_yes_takes_the_beginner_defaults(workdir):
     result = run("demo", "--yes", "--no-git")
     assert result.exit_code == 0, result.output
     answers = answers_of(workdir / "demo")
-    expected = {"project_name": "demo", "package_name": "demo", "track": "beginner", "budget": "laptop",
-                "hardware": "cpu", "gpu": "cpu", "nodes": 1, "gpus_per_node": 1, "parallelism": "single",
-                "model_preset": "demo", "precision": "auto", "micro_batch": 8, "grad_accum": 3, "exercises": True,
-                "warmup_steps": 20, "min_lr": 0.0001, "tokenizer": "bpe"}
+    expected = {
+        "project_name": "demo",
+        "package_name": "demo",
+        "track": "beginner",
+        "budget": "laptop",
+        "hardware": "cpu",
+        "gpu": "cpu",
+        "nodes": 1,
+        "gpus_per_node": 1,
+        "parallelism": "single",
+        "model_preset": "demo",
+        "precision": "auto",
+        "micro_batch": 8,
+        "grad_accum": 3,
+        "exercises": True,
+        "warmup_steps": 20,
+        "min_lr": 0.0001,
+        "tokenizer": "bpe",
+    }
     assert {k: answers[k] for k in expected} == expected
     assert answers["max_steps"] * 8 * 3 * 256 == answers["tokens"] and answers["max_steps"] >= 200
-    for path in ("configs/train.toml", "data/shakespeare.txt", "data/manifest.toml", "src/demo/paths.py",
-                 "tests/checkpoints/test_training.py", "README.md", "Makefile", "pyproject.toml",
-                 ".github/workflows/ci.yml", "ROADMAP.md", "COMPLIANCE.md"):
+    for path in (
+        "configs/train.toml",
+        "data/shakespeare.txt",
+        "data/manifest.toml",
+        "src/demo/paths.py",
+        "tests/checkpoints/test_training.py",
+        "README.md",
+        "Makefile",
+        "pyproject.toml",
+        ".github/workflows/ci.yml",
+        "ROADMAP.md",
+        "COMPLIANCE.md",
+    ):
         assert (workdir / "demo" / path).is_file(), path
     assert not (workdir / "demo" / ".git").exists()
     assert "auto chose single" in result.stdout and "fits" in result.stdout and "warning" not in result.output
@@ -54,8 +79,21 @@ def test_yes_takes_the_beginner_defaults(workdir):
 def test_flags_answer_every_question(workdir):
     # The bundled corpus is far too small for GPT-2 124M's compute-optimal tokens: the plan warns, and
     # without --yes it renders only once confirmed.
-    result = run("gpt", "--track", "practitioner", "--budget", "200 gpu-hours", "--hardware", "8xH100",
-                 "--parallelism", "auto", "--model", "gpt2-124m", "--no-git", input="y\n")
+    result = run(
+        "gpt",
+        "--track",
+        "practitioner",
+        "--budget",
+        "200 gpu-hours",
+        "--hardware",
+        "8xH100",
+        "--parallelism",
+        "auto",
+        "--model",
+        "gpt2-124m",
+        "--no-git",
+        input="y\n",
+    )
     assert result.exit_code == 0, result.output
     answers = answers_of(workdir / "gpt")
     assert (answers["gpu"], answers["nodes"], answers["gpus_per_node"]) == ("H100-SXM", 1, 8)
@@ -101,13 +139,15 @@ def test_prompt_defaults_follow_the_chosen_track(workdir):
     result = run("r", "--no-git", input="researcher\n\n\n\n\ny\n")  # the last line confirms the warnings
     assert result.exit_code == 0, result.output
     answers = answers_of(workdir / "r")
-    assert (answers["model_preset"], answers["hardware"], answers["budget"]) == ("llama-1b", "4x8xH100-SXM",
-                                                                                  "500 gpu-hours")
+    assert (answers["model_preset"], answers["hardware"], answers["budget"]) == (
+        "llama-1b",
+        "4x8xH100-SXM",
+        "500 gpu-hours",
+    )
 
 
 def test_flags_skip_their_prompts(workdir):
-    result = run("q", "--no-git", "--track", "beginner", "--budget", "laptop", "--hardware", "cpu",
-                 input="\n\n")
+    result = run("q", "--no-git", "--track", "beginner", "--budget", "laptop", "--hardware", "cpu", input="\n\n")
     assert result.exit_code == 0, result.output
     assert "track (" not in result.stderr and "parallelism (" in result.stderr
 
@@ -123,8 +163,26 @@ def test_dry_run_prints_answers_and_files_and_writes_nothing(workdir, snapshot):
 
 
 def test_answers_file_replays_a_project(workdir):
-    assert run("first", "--track", "practitioner", "--budget", "$100", "--hardware", "2xA100", "--parallelism",
-               "zero2", "--model", "gpt2-350m", "--micro-batch", "4", "--no-git", "--yes").exit_code == 0
+    assert (
+        run(
+            "first",
+            "--track",
+            "practitioner",
+            "--budget",
+            "$100",
+            "--hardware",
+            "2xA100",
+            "--parallelism",
+            "zero2",
+            "--model",
+            "gpt2-350m",
+            "--micro-batch",
+            "4",
+            "--no-git",
+            "--yes",
+        ).exit_code
+        == 0
+    )
     result = run("second", "--answers", "first/.copier-answers.yml", "--no-git", "--yes")
     assert result.exit_code == 0, result.output
     first, second = answers_of(workdir / "first"), answers_of(workdir / "second")
@@ -138,8 +196,9 @@ def test_answers_file_replays_a_project(workdir):
 
 
 def test_flags_override_the_answers_file(workdir):
-    (workdir / "answers.yml").write_text("track: researcher\nhardware: 8xA100\nbudget: $100\n"
-                                         "parallelism: fsdp\nmodel_preset: gpt2-124m\n")
+    (workdir / "answers.yml").write_text(
+        "track: researcher\nhardware: 8xA100\nbudget: $100\nparallelism: fsdp\nmodel_preset: gpt2-124m\n"
+    )
     result = run("x", "--answers", "answers.yml", "--parallelism", "ddp", "--no-git", "--yes")
     assert result.exit_code == 0, result.output
     answers = answers_of(workdir / "x")
@@ -169,18 +228,28 @@ def test_dir_option_and_an_empty_existing_directory(workdir):
 def test_git_first_commit_with_a_fallback_identity(workdir, monkeypatch):
     home = workdir / "home"
     home.mkdir()
-    for key, value in {"HOME": str(home), "GIT_CONFIG_GLOBAL": str(home / ".gitconfig"), "GIT_CONFIG_NOSYSTEM": "1",
-                       "XDG_CONFIG_HOME": str(home)}.items():
+    for key, value in {
+        "HOME": str(home),
+        "GIT_CONFIG_GLOBAL": str(home / ".gitconfig"),
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "XDG_CONFIG_HOME": str(home),
+    }.items():
         monkeypatch.setenv(key, value)
     for key in ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL", "EMAIL"):
         monkeypatch.delenv(key, raising=False)
     result = run("gitted", "--yes")
     assert result.exit_code == 0, result.output
-    log = subprocess.run(["git", "log", "--format=%an <%ae>|%s"], cwd=workdir / "gitted", capture_output=True,
-                         text=True, check=True).stdout.strip().splitlines()
+    log = (
+        subprocess.run(
+            ["git", "log", "--format=%an <%ae>|%s"], cwd=workdir / "gitted", capture_output=True, text=True, check=True
+        )
+        .stdout.strip()
+        .splitlines()
+    )
     assert log == ["llmgen <llmgen@localhost>|Generated by llmgen new (track beginner, model demo)"]
-    status = subprocess.run(["git", "status", "--porcelain"], cwd=workdir / "gitted", capture_output=True,
-                            text=True, check=True).stdout
+    status = subprocess.run(
+        ["git", "status", "--porcelain"], cwd=workdir / "gitted", capture_output=True, text=True, check=True
+    ).stdout
     assert status == ""  # everything generated is committed
     assert not subprocess.run(["git", "config", "user.name"], cwd=workdir / "gitted").returncode == 0
 
@@ -203,35 +272,58 @@ BAD = {
     "unparseable hardware": (["x", "--yes", "--hardware", "lots of GPUs"], "--hardware 'lots of GPUs' not understood"),
     "unknown parallelism": (["x", "--yes", "--parallelism", "tensor"], "--parallelism must be one of auto, single"),
     "unparseable budget": (["x", "--yes", "--budget", "a lot"], "--budget 'a lot' not understood"),
-    "dollars on cpu": (["x", "--yes", "--budget", "$500", "--hardware", "cpu"],
-                       "--budget '$500' is in dollars but --hardware cpu has no hourly price; use a GPU "
-                       "(--hardware 8xH100) or a time budget (--budget 'cpu for 2 hours')"),
-    "budget on other hardware": (["x", "--yes", "--budget", "8xH100 for 3 days", "--hardware", "1xRTX4090"],
-                                 "--budget '8xH100 for 3 days' runs on 8xH100-SXM but --hardware is 1xRTX4090; "
-                                 "give one of them, e.g. --hardware 1xRTX4090 --budget '1xRTX4090 for 3 days'"),
-    "laptop on a GPU": (["x", "--yes", "--budget", "laptop", "--hardware", "8xH100"],
-                        "--budget 'laptop' runs on cpu but --hardware is 8xH100-SXM"),
+    "dollars on cpu": (
+        ["x", "--yes", "--budget", "$500", "--hardware", "cpu"],
+        "--budget '$500' is in dollars but --hardware cpu has no hourly price; use a GPU "
+        "(--hardware 8xH100) or a time budget (--budget 'cpu for 2 hours')",
+    ),
+    "budget on other hardware": (
+        ["x", "--yes", "--budget", "8xH100 for 3 days", "--hardware", "1xRTX4090"],
+        "--budget '8xH100 for 3 days' runs on 8xH100-SXM but --hardware is 1xRTX4090; "
+        "give one of them, e.g. --hardware 1xRTX4090 --budget '1xRTX4090 for 3 days'",
+    ),
+    "laptop on a GPU": (
+        ["x", "--yes", "--budget", "laptop", "--hardware", "8xH100"],
+        "--budget 'laptop' runs on cpu but --hardware is 8xH100-SXM",
+    ),
     "name test": (["test", "--yes"], "would shadow the standard-library module test"),
     "name torch": (["Torch", "--yes"], "would shadow the package or folder Torch"),
     "name device": (["CON", "--yes"], "is a device name Windows reserves (CON)"),
     "name case": (["Json", "--yes"], "would shadow the standard-library module json (names that differ only in case"),
     "zero3 on cpu": (["x", "--yes", "--parallelism", "zero3"], "--parallelism: zero3 needs several processes or GPUs"),
-    "single on a node": (["x", "--yes", "--hardware", "8xH100", "--parallelism", "single"],
-                         "--parallelism: single runs on one device; with 8 GPUs use ddp, fsdp or zero1/zero2/zero3 "
-                         "(--hardware 8xH100-SXM; --parallelism auto picks for you)"),
+    "single on a node": (
+        ["x", "--yes", "--hardware", "8xH100", "--parallelism", "single"],
+        "--parallelism: single runs on one device; with 8 GPUs use ddp, fsdp or zero1/zero2/zero3 "
+        "(--hardware 8xH100-SXM; --parallelism auto picks for you)",
+    ),
     "ddp on one gpu": (["x", "--yes", "--hardware", "1xA100", "--parallelism", "ddp"], "--parallelism: ddp replicates"),
     "unknown preset": (["x", "--yes", "--model", "gpt5"], "--model: must be one of tiny"),
-    "both preset spellings": (["x", "--yes", "--model", "demo", "--model-preset", "demo"],
-                              "--model-preset and --model are the same flag"),
+    "both preset spellings": (
+        ["x", "--yes", "--model", "demo", "--model-preset", "demo"],
+        "--model-preset and --model are the same flag",
+    ),
     "zero micro-batch": (["x", "--yes", "--micro-batch", "0"], "--micro-batch: must be at least 1"),
     "bad precision": (["x", "--yes", "--precision", "fp16"], "--precision must be one of auto, float32, bfloat16"),
     "bad tokens": (["x", "--yes", "--tokens", "many"], "--tokens 'many' is not a number"),
     "missing answers file": (["x", "--answers", "nope.yml"], "--answers nope.yml: cannot read"),
     "unknown flag": (["x", "--yes", "--colour"], "No such option: --colour"),
     "missing name": ([], "Missing argument 'name'"),
-    "no confirmation": (["x", "--track", "practitioner", "--budget", "$500", "--hardware", "8xH100",
-                         "--parallelism", "auto", "--model", "gpt2-124m"],
-                        "the plan has warnings and no confirmation came (input ended); nothing written; pass --yes"),
+    "no confirmation": (
+        [
+            "x",
+            "--track",
+            "practitioner",
+            "--budget",
+            "$500",
+            "--hardware",
+            "8xH100",
+            "--parallelism",
+            "auto",
+            "--model",
+            "gpt2-124m",
+        ],
+        "the plan has warnings and no confirmation came (input ended); nothing written; pass --yes",
+    ),
     "no input": (["x"], "no answer for --track, --budget, --hardware, --parallelism, --model"),
     "bad piped answer": (["x", "--track", "beginner"], "--budget 'plenty' not understood"),
 }
@@ -256,8 +348,10 @@ def test_non_empty_directory_without_force(workdir, snapshot):
     before = snapshot(workdir)
     result = run("proj", "--yes", "--no-git")
     assert result.exit_code == 2
-    assert result.stderr.strip() == ("error: directory proj exists and is not empty; pass --force to write into it "
-                                     "(files with the same names are replaced, others are kept)")
+    assert result.stderr.strip() == (
+        "error: directory proj exists and is not empty; pass --force to write into it "
+        "(files with the same names are replaced, others are kept)"
+    )
     assert snapshot(workdir) == before
 
 
@@ -351,8 +445,21 @@ def test_a_model_that_does_not_fit_is_a_warning(workdir):
 @pytest.mark.parametrize("answer, code", [("y", 0), ("n", 1), ("", 1)])
 def test_warnings_are_confirmed_before_anything_is_written(workdir, snapshot, answer, code):
     before = snapshot(workdir)
-    result = run("p", "--track", "practitioner", "--budget", "$500", "--hardware", "8xH100", "--parallelism",
-                 "auto", "--model", "gpt2-124m", "--no-git", input=f"{answer}\n")
+    result = run(
+        "p",
+        "--track",
+        "practitioner",
+        "--budget",
+        "$500",
+        "--hardware",
+        "8xH100",
+        "--parallelism",
+        "auto",
+        "--model",
+        "gpt2-124m",
+        "--no-git",
+        input=f"{answer}\n",
+    )
     assert result.exit_code == code, result.output
     assert "The plan has 1 warning (above). Render it anyway? [y/N]" in result.stderr
     if code:

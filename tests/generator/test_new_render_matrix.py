@@ -26,8 +26,10 @@ TRACKS = load_tracks()
 BUDGET = "200 gpu-hours"  # valid on every hardware (a dollar budget has no price on a CPU)
 # Syntax of other languages that looks like Jinja's and must stay: GitHub Actions expressions in the
 # workflow, and nested shell parameter expansions (${A:-${B:-x}}) in the launch scripts.
-NOT_JINJA = {".github/workflows/": re.compile(r"\$\{\{ [\w.]+ \}\}"),
-             "scripts/": re.compile(r"\$\{\w+:-\$\{\w+:-[^{}]*\}\}")}
+NOT_JINJA = {
+    ".github/workflows/": re.compile(r"\$\{\{ [\w.]+ \}\}"),
+    "scripts/": re.compile(r"\$\{\w+:-\$\{\w+:-[^{}]*\}\}"),
+}
 
 
 def invalid_by_design(parallelism: str, hardware: str) -> bool:
@@ -37,14 +39,19 @@ def invalid_by_design(parallelism: str, hardware: str) -> bool:
 
 
 def combos(valid: bool) -> list[tuple[str, str, str]]:
-    return [(t, p, h) for t in TRACKS for p in PARALLELISMS for h in HARDWARE
-            if invalid_by_design(p, h) != valid]
+    return [(t, p, h) for t in TRACKS for p in PARALLELISMS for h in HARDWARE if invalid_by_design(p, h) != valid]
 
 
 def given(track: str, parallelism: str, hardware: str) -> dict:
     defaults = TRACKS[track].defaults
-    return {"track": track, "budget": BUDGET, "hardware": HARDWARE[hardware], "parallelism": parallelism,
-            "model_preset": defaults.model_preset, "exercises": defaults.exercises}
+    return {
+        "track": track,
+        "budget": BUDGET,
+        "hardware": HARDWARE[hardware],
+        "parallelism": parallelism,
+        "model_preset": defaults.model_preset,
+        "exercises": defaults.exercises,
+    }
 
 
 @pytest.mark.parametrize("track, parallelism, hardware", combos(valid=True))

@@ -44,8 +44,15 @@ def test_wheel_in_a_fresh_venv_generates_a_project(tmp_path, fixed_cpu):
     elsewhere.mkdir()
     cache = tmp_path / "template-cache"  # the wheel's llmgen materialises its own versioned template copy
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"LLMGEN_TEMPLATE_CACHE": str(cache)}
-    located = run([str(python), "-c", "import generator, reference_llm; print(generator.__file__); "
-                   "print(reference_llm.__file__)"], cwd=elsewhere, env=env).stdout.split()
+    located = run(
+        [
+            str(python),
+            "-c",
+            "import generator, reference_llm; print(generator.__file__); print(reference_llm.__file__)",
+        ],
+        cwd=elsewhere,
+        env=env,
+    ).stdout.split()
     for path in located:  # from the wheel's install, not this checkout (whatever the host venv holds)
         assert Path(path).is_relative_to(site), path
     assert not Path(located[0]).is_relative_to(REPO)

@@ -38,9 +38,17 @@ MODEL_NOTEBOOK = "04_model"  # beginner: in-process only, calls two learner modu
 def plan(track: str, exercises: bool) -> dict:
     """The answers `llmgen new --track <track> --yes` gives, with exercise mode on or off."""
     defaults = load_tracks()[track].defaults
-    return plan_run(PACKAGE, {"track": track, "budget": defaults.budget, "hardware": defaults.hardware,
-                              "parallelism": defaults.parallelism, "model_preset": defaults.model_preset,
-                              "exercises": exercises}).answers
+    return plan_run(
+        PACKAGE,
+        {
+            "track": track,
+            "budget": defaults.budget,
+            "hardware": defaults.hardware,
+            "parallelism": defaults.parallelism,
+            "model_preset": defaults.model_preset,
+            "exercises": exercises,
+        },
+    ).answers
 
 
 @pytest.fixture(scope="module")
@@ -76,14 +84,20 @@ def execute(project: Path, name: str, monkeypatch: pytest.MonkeyPatch):
     """Run notebooks/<name>.ipynb of `project` in a fresh kernel; returns the executed notebook."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # tiny models: one thread is as fast and immune to load
     notebook = nbformat.read(project / "notebooks" / f"{name}.ipynb", as_version=4)
-    nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
-                            resources={"metadata": {"path": str(project / "notebooks")}}).execute()
+    nbclient.NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(project / "notebooks")}}
+    ).execute()
     return notebook
 
 
 def printed(notebook) -> str:
-    return "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.outputs
-                   if o.get("output_type") == "stream")
+    return "".join(
+        o.get("text", "")
+        for c in notebook.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+        if o.get("output_type") == "stream"
+    )
 
 
 @pytest.mark.parametrize("exercises", [True, False], ids=["exercises", "complete"])
@@ -98,7 +112,8 @@ def test_one_notebook_and_script_per_step(track, exercises, tmp_path, fixed_cpu)
     write_notebooks(answers, tmp_path)
     stems = [notebook_stem(step) for step in steps]
     assert sorted(p.name for p in (tmp_path / "notebooks").iterdir()) == sorted(
-        f"{stem}{suffix}" for stem in stems for suffix in (".ipynb", ".py"))
+        f"{stem}{suffix}" for stem in stems for suffix in (".ipynb", ".py")
+    )
     for step, stem in zip(steps, stems):
         notebook = nbformat.read(tmp_path / "notebooks" / f"{stem}.ipynb", as_version=4)
         nbformat.validate(notebook)
@@ -144,8 +159,9 @@ def test_multi_node_project_runs_its_launcher_on_one_machine(fixed_cpu):
         answers = plan(track, False)
         assert answers["nodes"] == nodes
         step = next(s for s in answers["roadmap"]["steps"] if s["id"] == "distributed")
-        code = "\n".join(c.source for c in notebook_cells(Project.from_answers(answers, step, None))
-                         if c.kind == "code")
+        code = "\n".join(
+            c.source for c in notebook_cells(Project.from_answers(answers, step, None)) if c.kind == "code"
+        )
         assert ("NNODES=1 MASTER_ADDR=127.0.0.1" in code) == (nodes > 1)
         assert "NPROC_PER_NODE=2" in code
 
@@ -158,8 +174,11 @@ def test_rendered_project_links_its_notebooks(projects):
     roadmap = (project / "ROADMAP.md").read_text(encoding="utf-8")
     links = re.findall(r"\]\((notebooks/[^)]+)\)", roadmap)
     steps = load_tracks()["beginner"].ordered_steps()
-    assert links == [f"notebooks/{number:02d}_{step.id}{suffix}"
-                     for number, step in enumerate(steps, start=1) for suffix in (".ipynb", ".py")]
+    assert links == [
+        f"notebooks/{number:02d}_{step.id}{suffix}"
+        for number, step in enumerate(steps, start=1)
+        for suffix in (".ipynb", ".py")
+    ]
     assert all((project / link).is_file() for link in links)
     assert "\nnotebooks:\n\t$(PYTHON) -m pytest -q tests/notebooks\n" in (project / "Makefile").read_text()
     assert "llmgen[notebooks," in (project / "pyproject.toml").read_text()
@@ -190,7 +209,7 @@ def test_check_cell_fails_on_wrong_learner_code(projects, tmp_path, monkeypatch)
     shutil.copytree(projects["complete"], copy)
     attention = copy / "src" / PACKAGE / "attention.py"
     source = attention.read_text(encoding="utf-8")
-    masked = "    scores = scores.masked_fill(~allowed, float(\"-inf\"))\n"
+    masked = '    scores = scores.masked_fill(~allowed, float("-inf"))\n'
     assert masked in source
     attention.write_text(source.replace(masked, ""), encoding="utf-8")
     with pytest.raises(nbclient.exceptions.CellExecutionError) as failure:
@@ -205,8 +224,9 @@ def test_script_twin_runs_as_its_header_says(projects):
     command = (project / "notebooks" / f"{MODEL_NOTEBOOK}.py").read_text().splitlines()[2].removeprefix("#").strip()
     assert command == f"python notebooks/{MODEL_NOTEBOOK}.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, *command.split()[1:]], cwd=project, capture_output=True, text=True,
-                            env=env, timeout=300)
+    result = subprocess.run(
+        [sys.executable, *command.split()[1:]], cwd=project, capture_output=True, text=True, env=env, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.rstrip().endswith("all checks passed")
 
@@ -222,8 +242,7 @@ def test_every_notebook_runs_with_make_notebooks(track, tmp_path, fixed_cpu, tem
     render_into(answers, tmp_path)
     env = {**os.environ, "PYTHON": sys.executable, "PYTEST_ADDOPTS": "--durations=0"}  # each notebook's time
     start = time.perf_counter()
-    result = subprocess.run(["make", "notebooks"], cwd=tmp_path, capture_output=True, text=True, env=env,
-                            timeout=1800)
+    result = subprocess.run(["make", "notebooks"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=1800)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     passed = re.search(r"(\d+) passed", result.stdout)
     assert passed and int(passed.group(1)) == len(answers["roadmap"]["steps"]), result.stdout[-2000:]
@@ -238,8 +257,13 @@ def test_exercise_notebooks_run_past_every_stub(tmp_path, fixed_cpu, template_ca
     answers = plan("beginner", True)
     render_into(answers, tmp_path)
     stems = [notebook_stem(step) for step in answers["roadmap"]["steps"] if step["exercises"]]
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "tests/notebooks", "-k", " or ".join(stems)],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=1800)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "tests/notebooks", "-k", " or ".join(stems)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert result.returncode == 0 and f"{len(stems)} passed" in result.stdout, result.stdout[-4000:]
     for stem in stems:
         notebook = nbformat.read(tmp_path / "notebooks" / f"{stem}.ipynb", as_version=4)

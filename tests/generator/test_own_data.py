@@ -26,13 +26,24 @@ pytestmark = pytest.mark.usefixtures("fixed_cpu", "template_cache")
 
 FENCE = re.compile(r"^```(\w+)\n(.*?)^```$", re.DOTALL | re.MULTILINE)
 TINY = ["model.preset=tiny", "train.max_steps=2", "train.micro_batch=2", "eval.iters=1"]
-WORDS = ("time love king night heart death honour crown blood sword hand eye fair lord sweet word day "
-         "life grace heaven soul father queen mother brother friend noble speak give make hold").split()
+WORDS = (
+    "time love king night heart death honour crown blood sword hand eye fair lord sweet word day "
+    "life grace heaven soul father queen mother brother friend noble speak give make hold"
+).split()
 
 
 def generate(tmp_path: Path, track: str) -> Path:
-    plan = plan_run(f"{track}-own", {"track": track, "exercises": False, "hardware": "cpu", "budget": "laptop",
-                                     "parallelism": "auto", "model_preset": "demo"})
+    plan = plan_run(
+        f"{track}-own",
+        {
+            "track": track,
+            "exercises": False,
+            "hardware": "cpu",
+            "budget": "laptop",
+            "parallelism": "auto",
+            "model_preset": "demo",
+        },
+    )
     project = tmp_path / f"{track}-own"
     render_project(plan.answers, project, git=False)
     return project
@@ -44,7 +55,7 @@ def prose(rng: random.Random, lines: int) -> str:
 
 def own_data_section(readme: str, heading: str) -> str:
     start = readme.index(f"## {heading}\n")
-    return readme[start:readme.index("\n## ", start + 1)]
+    return readme[start : readme.index("\n## ", start + 1)]
 
 
 def command(line: str) -> list[str]:

@@ -30,6 +30,7 @@ from generator.estimate import RunSpec, estimate_run, parse_budget, parse_hardwa
 from generator.estimate.api import PARALLELISMS
 from generator.plan import plan_run
 from generator.tracks import load_tracks
+from generator.units import si
 from reference_llm.assets import corpus_path
 from reference_llm.model.config import PRESETS, ModelConfig
 
@@ -38,15 +39,33 @@ pytestmark = pytest.mark.usefixtures("fixed_cpu")
 TRACKS = load_tracks()
 HARDWARE = ["cpu", "1xRTX4090", "1xT4", "1xA100-40GB", "2xA100-80GB", "8xH100", "4x8xH100", "8xMI300X"]
 # None: no budget given (it follows the hardware); "{hw}" is the sampled hardware.
-BUDGETS = [None, "laptop", "$20", "$500", "$50k", "10 gpu-hours", "5k gpu-hours", "{hw} for 30 minutes",
-           "{hw} for 3 days"]
+BUDGETS = [
+    None,
+    "laptop",
+    "$20",
+    "$500",
+    "$50k",
+    "10 gpu-hours",
+    "5k gpu-hours",
+    "{hw} for 30 minutes",
+    "{hw} for 3 days",
+]
 SAMPLES, SEED = 240, 11
 MIN_STEPS, MIN_WARMUP, MAX_EPOCHS = 200, 20, 4  # ten warm-ups of 1/(1 - 0.95); Muennighoff et al. 2023
 # Bytes per token of the bundled corpus, measured with the tokenizers reference_llm trains (recipe.py)
 BYTES_PER_TOKEN = {512: 1.925, 1024: 2.396, 32000: 3.696, 50257: 3.696, 128256: 3.696}
 # GPT-3 (Brown et al. 2020, Table 2.1) by size, nanoGPT's 1e-3 below 100M
-LEARNING_RATES = ((1e8, 1e-3), (2e8, 6e-4), (5e8, 3e-4), (1e9, 2.5e-4), (2e9, 2e-4), (4e9, 1.6e-4),
-                  (1e10, 1.2e-4), (2e10, 1e-4), (math.inf, 6e-5))
+LEARNING_RATES = (
+    (1e8, 1e-3),
+    (2e8, 6e-4),
+    (5e8, 3e-4),
+    (1e9, 2.5e-4),
+    (2e9, 2e-4),
+    (4e9, 1.6e-4),
+    (1e10, 1.2e-4),
+    (2e10, 1e-4),
+    (math.inf, 6e-5),
+)
 
 
 def sample() -> list[tuple[str, str, str | None, str, str]]:
@@ -74,19 +93,29 @@ CORNERS = {
 }
 
 
-def given_for(track: str, hardware: str | None, budget: str | None, preset: str | None,
-              parallelism: str | None) -> dict:
+def given_for(
+    track: str, hardware: str | None, budget: str | None, preset: str | None, parallelism: str | None
+) -> dict:
     defaults = TRACKS[track].defaults
-    return {"track": track, "hardware": hardware, "budget": budget, "model_preset": preset or defaults.model_preset,
-            "parallelism": parallelism or defaults.parallelism, "exercises": defaults.exercises}
+    return {
+        "track": track,
+        "hardware": hardware,
+        "budget": budget,
+        "model_preset": preset or defaults.model_preset,
+        "parallelism": parallelism or defaults.parallelism,
+        "exercises": defaults.exercises,
+    }
 
 
 def refusal(hardware: str, budget: str | None, parallelism: str) -> set[str]:
     """The flags that conflict with --hardware, by the rules as a user would state them (empty: valid)."""
     hw = parse_hardware(hardware)
     conflicts = set()
-    if parallelism != "auto" and ((hw.is_cpu and parallelism != "single") or (hw.n_gpus > 1 and parallelism ==
-                                  "single") or (hw.n_gpus == 1 and parallelism == "ddp")):
+    if parallelism != "auto" and (
+        (hw.is_cpu and parallelism != "single")
+        or (hw.n_gpus > 1 and parallelism == "single")
+        or (hw.n_gpus == 1 and parallelism == "ddp")
+    ):
         conflicts.add("--parallelism")
     if (budget and budget.startswith("$") and hw.is_cpu) or (budget == "laptop" and not hw.is_cpu):
         conflicts.add("--budget")
@@ -103,11 +132,17 @@ def check_plan(plan) -> None:
     # The same numbers everywhere: answers, the facts judged, the estimate, DeepSpeed's config.
     assert a["tokens"] == a["max_steps"] * per_step == f.tokens == est.tokens
     assert (f.micro_batch, f.grad_accum, f.max_steps, f.warmup_steps) == (
-        a["micro_batch"], a["grad_accum"], a["max_steps"], a["warmup_steps"])
+        a["micro_batch"],
+        a["grad_accum"],
+        a["max_steps"],
+        a["warmup_steps"],
+    )
     if a["parallelism"].startswith("zero"):
         ds = a["deepspeed"]
         assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (
-            a["micro_batch"], a["grad_accum"])
+            a["micro_batch"],
+            a["grad_accum"],
+        )
         assert ds["train_batch_size"] == a["micro_batch"] * a["grad_accum"] * devices
     else:
         assert a["deepspeed"] == {}
@@ -124,8 +159,11 @@ def check_plan(plan) -> None:
     assert a["learning_rate"] == next(lr for limit, lr in LEARNING_RATES if n < limit)
     assert a["min_lr"] == float(f"{a['learning_rate'] / 10:.3g}") and len(repr(a["min_lr"])) <= 8
     # A micro-batch that fits whenever one sequence per device does.
-    at_one = estimate_run(RunSpec(model, hw, 1.0, parallelism=a["parallelism"], micro_batch=1,
-                                  precision=hw.compute_precision(a["precision"])))
+    at_one = estimate_run(
+        RunSpec(
+            model, hw, 1.0, parallelism=a["parallelism"], micro_batch=1, precision=hw.compute_precision(a["precision"])
+        )
+    )
     assert est.fits == at_one.fits and (est.fits or "memory" in _names(plan))
     # Warnings only where the plan cannot help it, each one line with its fix.
     names = _names(plan)
@@ -189,8 +227,11 @@ def test_every_sampled_combination_is_refused_or_planned_as_a_practitioner_would
 @pytest.mark.parametrize("corner", list(CORNERS))
 def test_the_corners_of_the_issue_are_planned_sanely(corner):
     given = {**{"budget": None, "hardware": None, "model_preset": None, "parallelism": None}, **CORNERS[corner]}
-    plan = plan_run("corner", given_for(given["track"], given["hardware"], given["budget"], given["model_preset"],
-                                        given["parallelism"]), tracks=TRACKS)
+    plan = plan_run(
+        "corner",
+        given_for(given["track"], given["hardware"], given["budget"], given["model_preset"], given["parallelism"]),
+        tracks=TRACKS,
+    )
     check_plan(plan)
 
 
@@ -219,12 +260,21 @@ def test_rendered_corner_agrees_with_its_plan_and_check(tmp_path, monkeypatch, c
     project = tmp_path / "p"
     answers = yaml.safe_load((project / ".copier-answers.yml").read_text())
     train = (project / "configs" / "train.toml").read_text()
-    for key, answer in (("max_steps", "max_steps"), ("warmup_steps", "warmup_steps"), ("micro_batch", "micro_batch"),
-                        ("grad_accum", "grad_accum"), ("lr", "learning_rate"), ("min_lr", "min_lr")):
+    for key, answer in (
+        ("max_steps", "max_steps"),
+        ("warmup_steps", "warmup_steps"),
+        ("micro_batch", "micro_batch"),
+        ("grad_accum", "grad_accum"),
+        ("lr", "learning_rate"),
+        ("min_lr", "min_lr"),
+    ):
         assert f"\n{key} = {answers[answer]}\n" in train, key
     assert f'tokenizer = "{answers["tokenizer"]}"' in train
     readme = (project / "README.md").read_text()
     assert f"{answers['tokens']:,} ({answers['max_steps']:,} steps)" in readme
+    assert f"{si(answers['tokens'])} tokens" in (project / "ROADMAP.md").read_text()  # the pretraining step
+    slurm = (project / "scripts" / "slurm.sbatch").read_text()
+    assert f"--nodes={answers['nodes']}\n" in slurm and f"--gpus-per-node={answers['gpus_per_node']}\n" in slurm
     for path in project.rglob("*"):
         if path.is_file() and path.suffix in (".toml", ".json", ".md", ".yml", ".sh", ".sbatch", ".py", ".html"):
             assert not LONG_FLOAT.search(path.read_text(encoding="utf-8")), path

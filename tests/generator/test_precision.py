@@ -20,14 +20,17 @@ AMX_CPU = frozenset({"fpu", "avx2", "amx_tile", "amx_bf16"})
 OLD_CPU = frozenset({"fpu", "avx2", "avx512f"})  # AVX-512 alone has no bf16 dot products
 
 
-@pytest.mark.parametrize(("device", "gpu_bf16", "flags", "expected"), [
-    ("cuda", True, (), Dtype.BFLOAT16),
-    ("cuda", False, BF16_CPU, Dtype.FLOAT32),  # a GPU is judged by the GPU, not the host CPU
-    ("cpu", False, BF16_CPU, Dtype.BFLOAT16),
-    ("cpu", False, AMX_CPU, Dtype.BFLOAT16),
-    ("cpu", True, OLD_CPU, Dtype.FLOAT32),  # a CPU is judged by its flags
-    ("cpu", False, (), Dtype.FLOAT32),
-])
+@pytest.mark.parametrize(
+    ("device", "gpu_bf16", "flags", "expected"),
+    [
+        ("cuda", True, (), Dtype.BFLOAT16),
+        ("cuda", False, BF16_CPU, Dtype.FLOAT32),  # a GPU is judged by the GPU, not the host CPU
+        ("cpu", False, BF16_CPU, Dtype.BFLOAT16),
+        ("cpu", False, AMX_CPU, Dtype.BFLOAT16),
+        ("cpu", True, OLD_CPU, Dtype.FLOAT32),  # a CPU is judged by its flags
+        ("cpu", False, (), Dtype.FLOAT32),
+    ],
+)
 def test_the_rule(device, gpu_bf16, flags, expected):
     assert auto_dtype(device, gpu_bf16=gpu_bf16, cpu_flags=flags) is expected
 
@@ -46,8 +49,9 @@ def test_llmgen_applies_the_rule_to_catalogue_gpus_and_this_cpu(monkeypatch):
     assert cpu.auto_dtype() is Dtype.FLOAT32
 
 
-@pytest.mark.parametrize(("flags", "expected"), [(BF16_CPU, torch.bfloat16), (AMX_CPU, torch.bfloat16),
-                                               (OLD_CPU, torch.float32)])
+@pytest.mark.parametrize(
+    ("flags", "expected"), [(BF16_CPU, torch.bfloat16), (AMX_CPU, torch.bfloat16), (OLD_CPU, torch.float32)]
+)
 def test_the_run_and_llmgen_agree_on_a_cpu(monkeypatch, flags, expected):
     monkeypatch.setattr(perf, "host_cpu_flags", lambda: flags)
     monkeypatch.setattr("generator.estimate.hardware.host_cpu_flags", lambda: flags)
@@ -72,8 +76,10 @@ def test_explicit_names_are_torchs_own():
 def test_the_run_counts_only_native_bf16_on_gpus(monkeypatch):
     """A T4 emulates bf16 (torch.cuda.is_bf16_supported() is True by default there); auto must not pick
     it, as llmgen's plan for a T4 does not."""
+
     def turing(including_emulation: bool = True) -> bool:
         return including_emulation
+
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", turing)
     assert perf.resolve_dtype("auto", torch.device("cuda")) == torch.float32
     assert parse_hardware("1xT4").auto_dtype() is Dtype.FLOAT32
@@ -86,8 +92,7 @@ def test_runtime_and_llmgen_read_the_same_cpu_flags(monkeypatch):
     if flags is None:
         pytest.skip("no /proc/cpuinfo on this system")
     assert perf.cpu_flags() == flags
-    expected = torch.bfloat16 if parse_hardware("cpu", cpu_tflops=1.0).auto_dtype() is Dtype.BFLOAT16 \
-        else torch.float32
+    expected = torch.bfloat16 if parse_hardware("cpu", cpu_tflops=1.0).auto_dtype() is Dtype.BFLOAT16 else torch.float32
     assert perf.resolve_dtype("auto", torch.device("cpu")) == expected
 
 

@@ -48,20 +48,56 @@ def test_every_asked_question_has_a_flag_and_help():
 def test_copier_defaults_are_the_yes_answers(fixed_cpu):
     """Running Copier alone with --defaults renders what `llmgen new --yes` renders, except the answers
     llmgen derives from the estimate (tokens, max_steps, roadmap) and the name."""
-    yes = plan_run("demo", {"track": "beginner", "budget": "laptop", "hardware": "cpu", "parallelism": "auto",
-                            "model_preset": "demo", "exercises": True}).answers
+    yes = plan_run(
+        "demo",
+        {
+            "track": "beginner",
+            "budget": "laptop",
+            "hardware": "cpu",
+            "parallelism": "auto",
+            "model_preset": "demo",
+            "exercises": True,
+        },
+    ).answers
     q = load_questions()
     planned = [name for name, question in q.items() if question.default is None]  # no default on purpose
-    assert set(planned) == {"project_name", "tokens", "max_steps", "warmup_steps", "min_lr", "eval_interval",
-                            "checkpoint_interval", "roadmap"}
+    assert set(planned) == {
+        "project_name",
+        "tokens",
+        "max_steps",
+        "warmup_steps",
+        "min_lr",
+        "eval_interval",
+        "checkpoint_interval",
+        "roadmap",
+    }
     for name, question in q.items():
         if name not in planned:  # (deepspeed: {} on cpu, its default)
             assert question.default_for(yes) == yes[name], name
 
 
-@pytest.mark.parametrize("name", ["../x", "a/b", "{{ 7*7 }}", "", "1abc", "-x", "my project", "x.y", "é",
-                                  "a" * 65, "torch", "reference_llm", "tests", "json", "os", "site"]
-                         + keyword.kwlist)
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../x",
+        "a/b",
+        "{{ 7*7 }}",
+        "",
+        "1abc",
+        "-x",
+        "my project",
+        "x.y",
+        "é",
+        "a" * 65,
+        "torch",
+        "reference_llm",
+        "tests",
+        "json",
+        "os",
+        "site",
+    ]
+    + keyword.kwlist,
+)
 def test_bad_project_names(name):
     with pytest.raises(AnswerError) as err:
         validate(load_questions()["project_name"], name, {})
@@ -69,15 +105,20 @@ def test_bad_project_names(name):
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("name, reason", [
-    ("test", "would shadow the standard-library module test;"),  # not in sys.stdlib_module_names
-    ("Json", "would shadow the standard-library module json (names that differ only in case"),
-    ("fastapi", "would shadow the installed module fastapi;"),
-    ("Scipy", "would shadow the installed module scipy (names that differ only in case"),
-    ("pyyaml", "is the name of the installed distribution PyYAML"),  # imported as yaml, installed as PyYAML
-    ("CON", "is a device name Windows reserves (CON)"), ("nul", "is a device name Windows reserves (NUL)"),
-    ("COM1", "is a device name Windows reserves (COM1)"), ("Lpt9", "is a device name Windows reserves (LPT9)"),
-])
+@pytest.mark.parametrize(
+    "name, reason",
+    [
+        ("test", "would shadow the standard-library module test;"),  # not in sys.stdlib_module_names
+        ("Json", "would shadow the standard-library module json (names that differ only in case"),
+        ("fastapi", "would shadow the installed module fastapi;"),
+        ("Scipy", "would shadow the installed module scipy (names that differ only in case"),
+        ("pyyaml", "is the name of the installed distribution PyYAML"),  # imported as yaml, installed as PyYAML
+        ("CON", "is a device name Windows reserves (CON)"),
+        ("nul", "is a device name Windows reserves (NUL)"),
+        ("COM1", "is a device name Windows reserves (COM1)"),
+        ("Lpt9", "is a device name Windows reserves (LPT9)"),
+    ],
+)
 def test_names_that_would_shadow_or_cannot_exist_are_refused_with_the_reason(name, reason):
     with pytest.raises(AnswerError) as err:
         validate(load_questions()["project_name"], name, {})
@@ -106,28 +147,54 @@ def test_copier_itself_enforces_the_validators(tmp_path):
     leaves no destination behind."""
     destination = tmp_path / "out"
     with pytest.raises(ValueError, match="project_name"):
-        copier.run_copy(str(templates_dir()), destination, data={"project_name": "../x", "tokens": 1, "max_steps": 1},
-                        defaults=True, unsafe=False, quiet=True)
+        copier.run_copy(
+            str(templates_dir()),
+            destination,
+            data={"project_name": "../x", "tokens": 1, "max_steps": 1},
+            defaults=True,
+            unsafe=False,
+            quiet=True,
+        )
     with pytest.raises(ValueError, match="parallelism"):
-        copier.run_copy(str(templates_dir()), destination,
-                        data={"project_name": "ok", "parallelism": "zero3", "tokens": 1, "max_steps": 1},
-                        defaults=True, unsafe=False, quiet=True)
+        copier.run_copy(
+            str(templates_dir()),
+            destination,
+            data={"project_name": "ok", "parallelism": "zero3", "tokens": 1, "max_steps": 1},
+            defaults=True,
+            unsafe=False,
+            quiet=True,
+        )
     assert not destination.exists()
 
 
 def test_copier_writes_deepspeed_json_as_ds_config_builds_it(tmp_path, fixed_cpu):
     """configs/deepspeed.json is the `deepspeed` answer, which llmgen computes with ds_config.build; plain
     Copier renders it from that answer and refuses a ZeRO project without one (or another with one)."""
-    answers = plan_run("ds", {"track": "practitioner", "budget": "200 gpu-hours", "hardware": "8xH100",
-                              "parallelism": "zero2", "model_preset": "gpt2-124m", "exercises": False,
-                              "tokens": 10**9}).answers
+    answers = plan_run(
+        "ds",
+        {
+            "track": "practitioner",
+            "budget": "200 gpu-hours",
+            "hardware": "8xH100",
+            "parallelism": "zero2",
+            "model_preset": "gpt2-124m",
+            "exercises": False,
+            "tokens": 10**9,
+        },
+    ).answers
     copier.run_copy(str(templates_dir()), tmp_path / "ok", data=answers, defaults=True, unsafe=False, quiet=True)
     written = json.loads((tmp_path / "ok" / "configs" / "deepspeed.json").read_text())
     assert written == ds_config.build(load_config(tmp_path / "ok" / "configs" / "train.toml"), 8, bf16=True)
     for wrong in ({"deepspeed": {}}, {"parallelism": "ddp"}):
         with pytest.raises(ValueError, match="deepspeed"):
-            copier.run_copy(str(templates_dir()), tmp_path / "bad", data={**answers, **wrong}, defaults=True,
-                            unsafe=False, quiet=True)
+            copier.run_copy(
+                str(templates_dir()),
+                tmp_path / "bad",
+                data={**answers, **wrong},
+                defaults=True,
+                unsafe=False,
+                quiet=True,
+            )
     assert not (tmp_path / "bad").exists()
 
 

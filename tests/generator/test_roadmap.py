@@ -29,9 +29,17 @@ POINTER = re.compile(r'see ROADMAP\.md, step \\?"([^"\\]+)\\?"')
 
 def plan_for(track: str, exercises: bool = False):
     defaults = load_tracks()[track].defaults
-    return plan_run(f"{track}-llm", {"track": track, "budget": defaults.budget, "hardware": defaults.hardware,
-                                     "parallelism": defaults.parallelism, "model_preset": defaults.model_preset,
-                                     "exercises": exercises})
+    return plan_run(
+        f"{track}-llm",
+        {
+            "track": track,
+            "budget": defaults.budget,
+            "hardware": defaults.hardware,
+            "parallelism": defaults.parallelism,
+            "model_preset": defaults.model_preset,
+            "exercises": exercises,
+        },
+    )
 
 
 @pytest.fixture(scope="module", params=TRACKS)
@@ -75,9 +83,16 @@ def test_estimates_come_from_the_estimator():
     model = ModelConfig.preset(answers["model_preset"])
     hardware = parse_hardware(answers["hardware"])
     pretrain = step_estimate(track.step("pretrain"), model, answers, hardware, "bfloat16")
-    spec = RunSpec(model, hardware, float(answers["tokens"]), parallelism=answers["parallelism"],
-                   micro_batch=answers["micro_batch"], seq_len=model.block_size, grad_accum=answers["grad_accum"],
-                   precision="bfloat16")
+    spec = RunSpec(
+        model,
+        hardware,
+        float(answers["tokens"]),
+        parallelism=answers["parallelism"],
+        micro_batch=answers["micro_batch"],
+        seq_len=model.block_size,
+        grad_accum=answers["grad_accum"],
+        precision="bfloat16",
+    )
     est = estimate_run(spec)
     assert pretrain["gpu_hours"] == pytest.approx(est.gpu_hours) and pretrain["cost_usd"] == pytest.approx(est.cost_usd)
     assert f"{est.gpu_hours:.3g} GPU-hours" in pretrain["text"] and f"${est.cost_usd:,.2f}" in pretrain["text"]
@@ -95,8 +110,8 @@ def test_estimates_come_from_the_estimator():
 def test_roadmap_markdown(rendered):
     track, roadmap, project = rendered
     text = (project / "ROADMAP.md").read_text()
-    mermaid = text[text.index("```mermaid"):text.index("```", text.index("```mermaid") + 3)]
-    sections = {chunk[:chunk.index('"')]: chunk for chunk in text.split('<a id="step-')[1:]}
+    mermaid = text[text.index("```mermaid") : text.index("```", text.index("```mermaid") + 3)]
+    sections = {chunk[: chunk.index('"')]: chunk for chunk in text.split('<a id="step-')[1:]}
     assert list(sections) == roadmap["step_ids"]
     for step in roadmap["steps"]:
         assert f'{step["id"]}["{step["number"]}. {step["title"]}"]' in mermaid
@@ -104,7 +119,7 @@ def test_roadmap_markdown(rendered):
         for dep in step["requires"]:
             assert f"{dep} {arrow} {step['id']}" in mermaid
         section = sections[step["id"]]
-        assert f'## {step["number"]}. {step["title"]}' in section
+        assert f"## {step['number']}. {step['title']}" in section
         assert step["summary"] in section and step["command"] in section and step["estimate"]["text"] in section
         assert f'python -m pytest "{step["checkpoint_test"]}"' in section
         for exercise in step["exercises"]:
@@ -149,8 +164,8 @@ def test_roadmap_html_is_standalone_and_clickable(rendered):
     assert page.node_links == [f"#step-{s['id']}" for s in roadmap["steps"]], "one clickable node per step"
     for step in roadmap["steps"]:
         assert f"step-{step['id']}" in page.ids and f"node-{step['id']}" in page.ids
-        section = html[html.index(f'<section class="step" id="step-{step["id"]}">'):]
-        section = section[:section.index("</section>")]
+        section = html[html.index(f'<section class="step" id="step-{step["id"]}">') :]
+        section = section[: section.index("</section>")]
         for part in (step["command"], step["estimate"]["text"], step["checkpoint_test"]):
             assert str(escape(part)) in section, (step["id"], part)
     edges = html.count('class="edge')
@@ -161,8 +176,12 @@ def test_roadmap_html_is_standalone_and_clickable(rendered):
 def test_compliance_checklist_per_step(rendered):
     track, roadmap, project = rendered
     text = (project / "COMPLIANCE.md").read_text()
-    for heading in ("Personal data", "Licences and their compatibility", "Dataset provenance",
-                    "Model card and intended use"):
+    for heading in (
+        "Personal data",
+        "Licences and their compatibility",
+        "Dataset provenance",
+        "Model card and intended use",
+    ):
         assert f"### {heading}" in text
     for step in roadmap["steps"]:
         for note in step["compliance"]:

@@ -31,9 +31,17 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 def render(track: str, exercises: bool, directory: Path) -> tuple[str, dict]:
     """(roadmap.html, roadmap data) of a project of `track` rendered into `directory`."""
     defaults = load_tracks()[track].defaults
-    answers = plan_run(f"{track}-llm", {"track": track, "budget": defaults.budget, "hardware": defaults.hardware,
-                                         "parallelism": defaults.parallelism, "model_preset": defaults.model_preset,
-                                         "exercises": exercises}).answers
+    answers = plan_run(
+        f"{track}-llm",
+        {
+            "track": track,
+            "budget": defaults.budget,
+            "hardware": defaults.hardware,
+            "parallelism": defaults.parallelism,
+            "model_preset": defaults.model_preset,
+            "exercises": exercises,
+        },
+    ).answers
     render_into(answers, directory)
     return (directory / "roadmap.html").read_text(encoding="utf-8"), answers["roadmap"]
 
@@ -54,7 +62,7 @@ def pages(tmp_path_factory) -> dict[str, tuple[str, dict]]:
 
 def luminance(colour: str) -> float:
     """WCAG 2.1 relative luminance of '#rrggbb'."""
-    channels = [int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5)]
+    channels = [int(colour[i : i + 2], 16) / 255 for i in (1, 3, 5)]
     r, g, b = (c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in channels)
     return 0.2126 * r + 0.7152 * g + 0.0722 * b
 
@@ -74,7 +82,7 @@ def depth_colours_pass(fills: dict[str, str], text_on: dict[str, str]) -> bool:
     """WCAG 2.1: fills that tell depths apart differ by >= 3:1 (1.4.11, non-text contrast); the text on
     each fill by >= 4.5:1 (1.4.3, normal text)."""
     names = list(fills)
-    apart = all(contrast(fills[a], fills[b]) >= 3 for i, a in enumerate(names) for b in names[i + 1:])
+    apart = all(contrast(fills[a], fills[b]) >= 3 for i, a in enumerate(names) for b in names[i + 1 :])
     readable = all(contrast(fills[name], text_on[name]) >= 4.5 for name in names)
     return apart and readable
 
@@ -90,8 +98,10 @@ def test_depth_colours_are_far_apart_and_their_text_readable(pages) -> None:
     assert {depth: DEPTH_COLOURS[depth][0] for depth in fills} == fills
     assert {depth: DEPTH_COLOURS[depth][1] for depth in fills} == text_on
     # Control: the colours before this fix (violet #fbefff next to white, 1.11:1) fail the same check.
-    assert not depth_colours_pass({"read": "#ffffff", "build": "#ddf4ff", "extend": "#fbefff"},
-                                  {"read": var["ink"], "build": var["ink"], "extend": var["ink"]})
+    assert not depth_colours_pass(
+        {"read": "#ffffff", "build": "#ddf4ff", "extend": "#fbefff"},
+        {"read": var["ink"], "build": var["ink"], "extend": var["ink"]},
+    )
 
 
 @pytest.mark.parametrize("track", TRACKS)
@@ -99,15 +109,14 @@ def test_every_step_links_back_to_the_graph_and_exercises_are_marked(pages, trac
     page, roadmap = pages[track]
     assert 'id="graph"' in page
     for step in roadmap["steps"]:
-        section = page[page.index(f'<section class="step" id="step-{step["id"]}">'):]
-        section = section[:section.index("</section>")]
+        section = page[page.index(f'<section class="step" id="step-{step["id"]}">') :]
+        section = section[: section.index("</section>")]
         assert '<a class="back" href="#graph">' in section, step["id"]
         node = re.search(rf'<a class="node ([^"]*)" id="node-{step["id"]}"', page)
         assert node is not None
         marked = "exercise" in node.group(1).split()
         assert marked == bool(step["exercises"]), step["id"]  # exercise mode: the steps that have one
         assert ('<span class="tag exercise">' in section) == marked
-
 
 
 def test_complete_mode_marks_no_exercise(tmp_path) -> None:
@@ -149,12 +158,25 @@ PROBE = """<script>
 def probe(page: str, width: int, tmp_path: Path, css: str = "") -> dict:
     """Open the page in headless Chromium at width x 1200 and return what PROBE measured."""
     path = tmp_path / f"roadmap-{width}.html"
-    path.write_text(page.replace("</head>", f"<style>{css}</style></head>").replace("</body>", PROBE + "</body>"),
-                    encoding="utf-8")
+    path.write_text(
+        page.replace("</head>", f"<style>{css}</style></head>").replace("</body>", PROBE + "</body>"), encoding="utf-8"
+    )
     assert CHROMIUM is not None
-    done = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                           f"--window-size={width},1200", "--dump-dom", path.as_uri()],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            f"--window-size={width},1200",
+            "--dump-dom",
+            path.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     found = re.search(r'<pre id="probe">(.*?)</pre>', done.stdout, re.S)
     assert found, f"chromium printed no probe result: {done.stderr[-500:]}"
     return json.loads(html.unescape(found.group(1)))
@@ -163,8 +185,7 @@ def probe(page: str, width: int, tmp_path: Path, css: str = "") -> dict:
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
 @pytest.mark.parametrize("width", [800, 1400, 1920])
 @pytest.mark.parametrize("track", TRACKS)
-def test_in_chromium_nothing_is_cut_off_and_the_graph_stays_reachable(pages, tmp_path, track: str,
-                                                                       width: int) -> None:
+def test_in_chromium_nothing_is_cut_off_and_the_graph_stays_reachable(pages, tmp_path, track: str, width: int) -> None:
     page, roadmap = pages[track]
     seen = probe(page, width, tmp_path)
     assert seen["width"] == width

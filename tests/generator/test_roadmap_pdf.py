@@ -26,9 +26,17 @@ TRACKS = list(load_tracks())
 
 def plan_for(track: str, exercises: bool):
     defaults = load_tracks()[track].defaults
-    return plan_run(f"{track}-llm", {"track": track, "budget": defaults.budget, "hardware": defaults.hardware,
-                                     "parallelism": defaults.parallelism, "model_preset": defaults.model_preset,
-                                     "exercises": exercises})
+    return plan_run(
+        f"{track}-llm",
+        {
+            "track": track,
+            "budget": defaults.budget,
+            "hardware": defaults.hardware,
+            "parallelism": defaults.parallelism,
+            "model_preset": defaults.model_preset,
+            "exercises": exercises,
+        },
+    )
 
 
 @pytest.fixture(scope="module", params=TRACKS)
@@ -81,6 +89,7 @@ def text_at(reader: PdfReader, page: int) -> list[tuple[float, float, str]]:
             x = tm[4] * cm[0] + tm[5] * cm[2] + cm[4]
             y = tm[4] * cm[1] + tm[5] * cm[3] + cm[5]
             pieces.append((x, y, text))
+
     reader.pages[page].extract_text(visitor_text=visit)
     return pieces
 
@@ -133,12 +142,14 @@ def test_outline_and_the_plan_page(project) -> None:
     roadmap, _, reader = project
     titles = [entry.title for entry in reader.outline]
     assert titles[:2] == ["Graph of the steps", "Plan and estimates"]
-    assert titles[2:] == [f"{s['number']}. {s['title']}" + (" (optional)" if s["optional"] else "")
-                          for s in roadmap["steps"]]
+    assert titles[2:] == [
+        f"{s['number']}. {s['title']}" + (" (optional)" if s["optional"] else "") for s in roadmap["steps"]
+    ]
     plan = flat(reader.pages[1].extract_text())
     assert flat(roadmap["total"]) in plan and flat(roadmap["total"]) in flat(reader.pages[0].extract_text())
-    assert sorted(dest for _, dest in links(reader, 1) if isinstance(dest, int) and dest > 1) == \
-        sorted(pages[0] for pages in step_pages(reader, roadmap).values())  # the plan's rows link to the steps
+    assert sorted(dest for _, dest in links(reader, 1) if isinstance(dest, int) and dest > 1) == sorted(
+        pages[0] for pages in step_pages(reader, roadmap).values()
+    )  # the plan's rows link to the steps
 
 
 def test_same_answers_give_the_same_bytes(project) -> None:

@@ -50,9 +50,13 @@ def test_exact_assistant_mask_and_sft_targets():
     marks = chat_token_ids(tok)
     S, U, A, E = (marks[t] for t in (SYSTEM, USER, ASSISTANT, END))
     a, b, c, d, e, f, g = tok.encode("abcdefg")
-    conversation = [{"role": "system", "content": "ab"}, {"role": "user", "content": "c"},
-                    {"role": "assistant", "content": "de"}, {"role": "user", "content": "f"},
-                    {"role": "assistant", "content": "g"}]
+    conversation = [
+        {"role": "system", "content": "ab"},
+        {"role": "user", "content": "c"},
+        {"role": "assistant", "content": "de"},
+        {"role": "user", "content": "f"},
+        {"role": "assistant", "content": "g"},
+    ]
     ids, mask = encode_chat(conversation, tok)
     assert ids == [S, a, b, E, U, c, E, A, d, e, E, U, f, E, A, g, E]
     # Learned: each assistant content token and the <|end|> closing an assistant turn; nothing else.
@@ -91,14 +95,23 @@ def test_tokenizer_without_chat_tokens_is_refused():
         encode_chat(CONVERSATION, train_tokenizer("char", TEXTS, None))
 
 
-@pytest.mark.parametrize("conversation, message", [
-    ([{"role": "user", "content": "hello"}], "no assistant turn"),
-    ([], "non-empty list"),
-    ([{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "hi"}], "role 'robot'"),
-    ([{"role": "user", "content": "hi"}, {"role": "system", "content": "x"}, {"role": "assistant", "content": "b"}],
-     "system message may only come first"),
-    ([{"role": "user", "text": "hi"}], "exactly 'role' and 'content'"),
-])
+@pytest.mark.parametrize(
+    "conversation, message",
+    [
+        ([{"role": "user", "content": "hello"}], "no assistant turn"),
+        ([], "non-empty list"),
+        ([{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "hi"}], "role 'robot'"),
+        (
+            [
+                {"role": "user", "content": "hi"},
+                {"role": "system", "content": "x"},
+                {"role": "assistant", "content": "b"},
+            ],
+            "system message may only come first",
+        ),
+        ([{"role": "user", "text": "hi"}], "exactly 'role' and 'content'"),
+    ],
+)
 def test_bad_conversations(tokenizer, conversation, message):
     with pytest.raises(DataError, match=message):
         encode_chat(conversation, tokenizer)

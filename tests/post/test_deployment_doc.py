@@ -80,8 +80,12 @@ def test_every_command_in_the_deployment_doc_runs(tmp_path: Path) -> None:
     save_model(model, tokenizer, tmp_path / "runs" / "demo")
     port = free_port()
     # `python` in the doc is the interpreter running the tests.
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(ROOT),
+        "PYTHONUNBUFFERED": "1",
+    }
     server: subprocess.Popen | None = None
     output = ""
     try:
@@ -92,8 +96,14 @@ def test_every_command_in_the_deployment_doc_runs(tmp_path: Path) -> None:
                 continue
             if "reference_llm.deploy.serve" in block:  # runs until stopped: start it and go on
                 assert server is None
-                server = subprocess.Popen(["bash", "-c", f"exec {block}"], cwd=tmp_path, env=env,
-                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                server = subprocess.Popen(
+                    ["bash", "-c", f"exec {block}"],
+                    cwd=tmp_path,
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
                 wait_for(f"http://127.0.0.1:{port}/health", server)
                 continue
             command = [sys.executable, "-c", block] if kind == "python" else ["bash", "-euo", "pipefail", "-c", block]

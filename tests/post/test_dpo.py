@@ -50,8 +50,13 @@ def model(tokenizer):
 
 def test_loss_matches_a_hand_computation():
     beta = 0.5
-    out = dpo_loss(torch.tensor([-1.0, -4.0]), torch.tensor([-3.0, -2.0]), torch.tensor([-2.0, -4.0]),
-                   torch.tensor([-2.5, -2.5]), beta)
+    out = dpo_loss(
+        torch.tensor([-1.0, -4.0]),
+        torch.tensor([-3.0, -2.0]),
+        torch.tensor([-2.0, -4.0]),
+        torch.tensor([-2.5, -2.5]),
+        beta,
+    )
     # pair 1: chosen log-ratio 1, rejected -0.5 -> beta * 1.5 = 0.75; pair 2: 0 and 0.5 -> -0.25
     expected = (math.log1p(math.exp(-0.75)) + math.log1p(math.exp(0.25))) / 2
     assert out.loss.item() == pytest.approx(expected, rel=1e-6)
@@ -61,13 +66,14 @@ def test_loss_matches_a_hand_computation():
 
 
 def test_pair_batch_selects_exactly_the_answer_tokens(tokenizer):
-    (chosen, rejected, prompt_len), = encode_pairs(toy_pairs(["ab"]), tokenizer, 32)
+    ((chosen, rejected, prompt_len),) = encode_pairs(toy_pairs(["ab"]), tokenizer, 32)
     assert prompt_len == len(encode_prompt([{"role": "user", "content": "ab"}], tokenizer))
     idx, labels = pair_batch([(chosen, rejected, prompt_len)])
     assert idx.shape == labels.shape == (2, len(chosen) - 1)  # "yes" is longer than "no"
     assert labels[0].tolist() == [IGNORE_INDEX] * (prompt_len - 1) + chosen[prompt_len:]
-    assert labels[1].tolist() == ([IGNORE_INDEX] * (prompt_len - 1) + rejected[prompt_len:]
-                                  + [IGNORE_INDEX] * (len(chosen) - len(rejected)))
+    assert labels[1].tolist() == (
+        [IGNORE_INDEX] * (prompt_len - 1) + rejected[prompt_len:] + [IGNORE_INDEX] * (len(chosen) - len(rejected))
+    )
 
 
 def test_sequence_logprobs_sums_the_answer_tokens(model, tokenizer):
@@ -144,7 +150,7 @@ interval = 0
 """
 
 
-@pytest.mark.parametrize("extra", ["", "[lora]\nr = 2\ntargets = [\"attn.qkv\"]"])
+@pytest.mark.parametrize("extra", ["", '[lora]\nr = 2\ntargets = ["attn.qkv"]'])
 def test_cli_trains_logs_and_writes_a_loadable_checkpoint(tmp_path, extra):
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps({"prompt": p, "chosen": "yes", "rejected": "no"}) + "\n" for p in PROMPTS))
@@ -194,8 +200,11 @@ def test_resumed_run_continues_the_uninterrupted_one(tmp_path, monkeypatch):
     assert run_main(main, ["--config", config("staged"), *args, "--resume"]) == 0
 
     def logged(name: str) -> list[tuple[int, float, float]]:
-        return [(r["step"], r["loss"], r["reward_margin"]) for r in read_metrics(tmp_path / name / "metrics.jsonl")
-                if "loss" in r]
+        return [
+            (r["step"], r["loss"], r["reward_margin"])
+            for r in read_metrics(tmp_path / name / "metrics.jsonl")
+            if "loss" in r
+        ]
 
     assert [step for step, _, _ in logged("whole")] == [1, 2, 3, 4]
     assert logged("staged")[2:] == logged("whole")[2:]

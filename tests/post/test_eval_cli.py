@@ -64,8 +64,27 @@ def test_humaneval_reference_and_generated(run_dir: Path, tmp_path: Path, capsys
     code, out, _ = cli(["humaneval", "--reference", "--limit", "8", "--json"], capsys)
     assert code == 0 and json.loads(out)["pass@1"] == 1.0
     saved = tmp_path / "samples.jsonl"
-    code, out, _ = cli(["humaneval", "--checkpoint", str(run_dir), "--limit", "1", "--n", "2", "--k", "1", "--k", "2",
-                        "--max-new-tokens", "8", "--save-samples", str(saved), "--json"], capsys)
+    code, out, _ = cli(
+        [
+            "humaneval",
+            "--checkpoint",
+            str(run_dir),
+            "--limit",
+            "1",
+            "--n",
+            "2",
+            "--k",
+            "1",
+            "--k",
+            "2",
+            "--max-new-tokens",
+            "8",
+            "--save-samples",
+            str(saved),
+            "--json",
+        ],
+        capsys,
+    )
     assert code == 0
     figures = json.loads(out)
     assert figures["samples"] == 2 and {"pass@1", "pass@2"} <= set(figures)
@@ -74,12 +93,15 @@ def test_humaneval_reference_and_generated(run_dir: Path, tmp_path: Path, capsys
     assert code == 0 and json.loads(out)["samples"] == 2
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["perplexity", "--checkpoint", "{run}", "--text", "missing.txt"], "error: --text file not found: missing.txt"),
-    (["perplexity", "--checkpoint", "no/such/run", "--text", "{text}"], "error: checkpoint not found"),
-    (["humaneval", "--checkpoint", "{run}", "--n", "1", "--k", "5"], "error: --n 1 is too few samples for pass@5"),
-    (["mc", "--checkpoint", "{run}", "--items", "missing.jsonl"], "error: multiple-choice file not found"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["perplexity", "--checkpoint", "{run}", "--text", "missing.txt"], "error: --text file not found: missing.txt"),
+        (["perplexity", "--checkpoint", "no/such/run", "--text", "{text}"], "error: checkpoint not found"),
+        (["humaneval", "--checkpoint", "{run}", "--n", "1", "--k", "5"], "error: --n 1 is too few samples for pass@5"),
+        (["mc", "--checkpoint", "{run}", "--items", "missing.jsonl"], "error: multiple-choice file not found"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(run_dir: Path, tmp_path: Path, capsys, argv: list[str], message: str) -> None:
     text = tmp_path / "t.txt"
     text.write_text("some text")
@@ -99,7 +121,21 @@ def test_a_checkpoint_whose_config_does_not_match_its_weights(run_dir: Path, tmp
     state["config"]["model"]["n_layer"] = 3
     (step / "state.json").write_text(json.dumps(state))
     (tmp_path / "t.txt").write_text("ROMEO: hello")
-    done = subprocess.run([sys.executable, "-m", "reference_llm.evaluate", "perplexity", "--checkpoint", str(broken),
-                           "--text", str(tmp_path / "t.txt")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "reference_llm.evaluate",
+            "perplexity",
+            "--checkpoint",
+            str(broken),
+            "--text",
+            str(tmp_path / "t.txt"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2
     assert done.stderr.startswith("error: checkpoint has no tensor 'blocks.2.") and done.stderr.count("\n") == 1

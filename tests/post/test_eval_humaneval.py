@@ -71,9 +71,14 @@ def test_the_sandboxed_program_holds_no_tests(problems) -> None:
 
 def test_wrong_and_hostile_completions_score_zero(problems) -> None:
     chosen = problems[:6]
-    wrong = ["    return None\n", "    while True:\n        pass\n", "    import os\n    os._exit(0)\n",
-             "    import sys\n    sys.exit(0)\n", "    import os\n    os.system('rm -rf ~')\n",
-             "    print('x' * 10**8)\n"]
+    wrong = [
+        "    return None\n",
+        "    while True:\n        pass\n",
+        "    import os\n    os._exit(0)\n",
+        "    import sys\n    sys.exit(0)\n",
+        "    import os\n    os.system('rm -rf ~')\n",
+        "    print('x' * 10**8)\n",
+    ]
     samples = {p.task_id: [w] for p, w in zip(chosen, wrong)}
     report = score_samples(chosen, samples, ks=(1,), limits=SandboxLimits(timeout_s=1.0), workers=2)
     assert report.pass_at_k == {1: 0.0}
@@ -83,8 +88,10 @@ def test_wrong_and_hostile_completions_score_zero(problems) -> None:
 def test_mixed_samples_give_the_estimator_value(problems) -> None:
     chosen = problems[:2]
     good = [p.canonical_solution for p in chosen]
-    samples = {chosen[0].task_id: [good[0], "    return None\n", good[0]],  # 2 of 3
-               chosen[1].task_id: ["    return None\n"] * 3}  # 0 of 3
+    samples = {
+        chosen[0].task_id: [good[0], "    return None\n", good[0]],  # 2 of 3
+        chosen[1].task_id: ["    return None\n"] * 3,
+    }  # 0 of 3
     report = score_samples(chosen, samples, ks=(1, 2), workers=2)
     assert report.counts == {chosen[0].task_id: (3, 2), chosen[1].task_id: (3, 0)}
     assert report.pass_at_k[1] == pytest.approx((2 / 3 + 0) / 2)

@@ -66,7 +66,7 @@ def test_non_overlapping_windows_match_a_hand_computed_sum(tokenizer) -> None:
     ids = [tokenizer.eot_id] + tokenizer.encode(TEXT)
     total, count = 0.0, 0
     for begin in range(0, len(ids) - 1, 16):
-        chunk = ids[begin:begin + 17]
+        chunk = ids[begin : begin + 17]
         x, y = torch.tensor([chunk[:-1]]), torch.tensor([chunk[1:]])
         _, loss = model(x, y)
         total += loss.item() * (len(chunk) - 1)

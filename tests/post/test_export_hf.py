@@ -45,8 +45,7 @@ def random_model(arch: str, vocab_size: int, seed: int = 0, **fields) -> Transfo
     """A small model with weights far from their initialisation (larger, non-zero biases and norm
     weights), so that a wrong mapping of any tensor shows in the logits."""
     torch.manual_seed(seed)
-    config = ModelConfig.for_arch(arch, vocab_size=vocab_size, block_size=96, n_layer=2, n_head=4, d_model=64,
-                                  **fields)
+    config = ModelConfig.for_arch(arch, vocab_size=vocab_size, block_size=96, n_layer=2, n_head=4, d_model=64, **fields)
     model = Transformer(config).eval()
     with torch.no_grad():
         for p in model.parameters():
@@ -74,8 +73,9 @@ def test_transformers_loads_the_export_and_its_logits_match(tmp_path: Path, char
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_the_one_name_table_names_every_tensor_of_both_models_once(tmp_path: Path, char_tokenizer,
-                                                                   variant: str) -> None:
+def test_the_one_name_table_names_every_tensor_of_both_models_once(
+    tmp_path: Path, char_tokenizer, variant: str
+) -> None:
     arch, fields = VARIANTS[variant]
     model = random_model(arch, char_tokenizer.vocab_size, **fields)
     links = hf_names(model.config)
@@ -100,9 +100,16 @@ def test_import_restores_the_same_model(tmp_path: Path, char_tokenizer, variant:
 
 
 def test_import_of_a_model_saved_by_transformers_itself(tmp_path: Path) -> None:
-    config = transformers.LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=128,
-                                      rope_parameters={"rope_type": "default", "rope_theta": 20000.0})
+    config = transformers.LlamaConfig(
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        max_position_embeddings=128,
+        rope_parameters={"rope_type": "default", "rope_theta": 20000.0},
+    )
     torch.manual_seed(0)
     theirs = transformers.LlamaForCausalLM(config).eval()
     theirs.save_pretrained(tmp_path)
@@ -114,8 +121,9 @@ def test_import_of_a_model_saved_by_transformers_itself(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", ["char", "bpe"])
-def test_hf_tokenizer_encodes_decodes_and_applies_the_chat_template_like_ours(tmp_path: Path, kind: str,
-                                                                             char_tokenizer, bpe_tokenizer) -> None:
+def test_hf_tokenizer_encodes_decodes_and_applies_the_chat_template_like_ours(
+    tmp_path: Path, kind: str, char_tokenizer, bpe_tokenizer
+) -> None:
     tokenizer = {"char": char_tokenizer, "bpe": bpe_tokenizer}[kind]
     model = random_model("llama", tokenizer.vocab_size)
     export_hf(model, tokenizer, tmp_path)
@@ -143,12 +151,14 @@ def test_bfloat16_export_loads(tmp_path: Path, char_tokenizer) -> None:
 
 
 def test_unsupported_architectures_are_refused_with_the_reason(tmp_path: Path, char_tokenizer) -> None:
-    custom = Transformer(ModelConfig.gpt2_style(vocab_size=64, block_size=32, n_layer=1, n_head=2, d_model=32,
-                                                mlp="swiglu"))
+    custom = Transformer(
+        ModelConfig.gpt2_style(vocab_size=64, block_size=32, n_layer=1, n_head=2, d_model=32, mlp="swiglu")
+    )
     with pytest.raises(ConfigError, match="custom mix; supported: gpt2"):
         export_hf(custom, None, tmp_path)
-    gqa_gpt2 = Transformer(ModelConfig.gpt2_style(vocab_size=64, block_size=32, n_layer=1, n_head=4, n_kv_head=2,
-                                                  d_model=32))
+    gqa_gpt2 = Transformer(
+        ModelConfig.gpt2_style(vocab_size=64, block_size=32, n_layer=1, n_head=4, n_kv_head=2, d_model=32)
+    )
     with pytest.raises(ConfigError, match="no grouped-query attention"):
         export_hf(gqa_gpt2, None, tmp_path)
     quantized = random_model("llama", char_tokenizer.vocab_size)
@@ -188,12 +198,22 @@ def test_cli_exports_and_imports_a_checkpoint(tmp_path: Path, char_tokenizer) ->
     model = random_model("llama", char_tokenizer.vocab_size)
     save_model(model, char_tokenizer, tmp_path / "run")
     run = [sys.executable, "-m", "reference_llm.deploy.export"]
-    done = subprocess.run(run + ["--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "hf")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        run + ["--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "hf")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert "LlamaForCausalLM" in done.stdout
-    done = subprocess.run(run + ["--import-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "back")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        run + ["--import-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "back")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     from reference_llm.train.checkpoint import load_model
 
@@ -202,13 +222,15 @@ def test_cli_exports_and_imports_a_checkpoint(tmp_path: Path, char_tokenizer) ->
     assert torch.equal(back(ids)[0], model(ids)[0])
 
 
-
 def test_cli_refuses_a_custom_architecture_in_one_line(tmp_path: Path, char_tokenizer, capsys) -> None:
     from reference_llm.cli import run_main
     from reference_llm.deploy.export import main
 
-    custom = Transformer(ModelConfig.llama_style(vocab_size=char_tokenizer.vocab_size, block_size=32, n_layer=1,
-                                                 n_head=2, d_model=32, mlp="gelu"))
+    custom = Transformer(
+        ModelConfig.llama_style(
+            vocab_size=char_tokenizer.vocab_size, block_size=32, n_layer=1, n_head=2, d_model=32, mlp="gelu"
+        )
+    )
     save_model(custom, char_tokenizer, tmp_path / "custom")
     code = run_main(main, ["--checkpoint", str(tmp_path / "custom"), "--out", str(tmp_path / "x")])
     err = capsys.readouterr().err

@@ -55,8 +55,11 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     choices' log-likelihoods differ, saved as a checkpoint and exported to the Hugging Face layout."""
     tokenizer = train_tokenizer("char", [TEXT], None, special_tokens=(EOT,))
     torch.manual_seed(0)
-    model = Transformer(ModelConfig.for_arch("llama", vocab_size=tokenizer.vocab_size, block_size=BLOCK, n_layer=2,
-                                             n_head=4, d_model=64)).eval()
+    model = Transformer(
+        ModelConfig.for_arch(
+            "llama", vocab_size=tokenizer.vocab_size, block_size=BLOCK, n_layer=2, n_head=4, d_model=64
+        )
+    ).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.2)
@@ -69,8 +72,15 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def evaluate(model: str, model_args: dict) -> dict:
     # Without lm-eval's own task directory: indexing its thousands of YAML files takes 10-30 s.
     tasks = TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
-    return lm_eval.simple_evaluate(model=model, model_args=model_args, tasks=[TASK], device="cpu", batch_size=5,
-                                   task_manager=tasks, log_samples=True)
+    return lm_eval.simple_evaluate(
+        model=model,
+        model_args=model_args,
+        tasks=[TASK],
+        device="cpu",
+        batch_size=5,
+        task_manager=tasks,
+        log_samples=True,
+    )
 
 
 def per_item_logprobs(out: dict) -> list[list[float]]:
@@ -89,8 +99,10 @@ def test_the_task_holds_the_builtin_items() -> None:
 def test_the_task_scores_what_the_projects_own_evaluation_scores(run: dict) -> None:
     model, tokenizer = run["model"], run["tokenizer"]
     out = evaluate("reference_llm", {"checkpoint": str(run["run"])})
-    ours = [[logprob for logprob, _ in choice_logprobs(model, tokenizer, item.context, item.choices)]
-            for item in BUILTIN_ITEMS]
+    ours = [
+        [logprob for logprob, _ in choice_logprobs(model, tokenizer, item.context, item.choices)]
+        for item in BUILTIN_ITEMS
+    ]
     theirs = per_item_logprobs(out)
     assert len(theirs) == len(ours) == len(BUILTIN_ITEMS)
     assert max(abs(a - b) for x, y in zip(ours, theirs) for a, b in zip(x, y)) <= 1e-5
@@ -126,8 +138,11 @@ def test_a_bpe_checkpoint_scores_as_choice_logprobs(tmp_path: Path) -> None:
     lm = ReferenceLM(checkpoint=str(tmp_path / "run"), batch_size=7, device="cpu")
     pairs = [(item.context, choice) for item in BUILTIN_ITEMS for choice in item.choices]
     theirs = [logprob for logprob, _ in lm.loglikelihood(requests("loglikelihood", *pairs))]
-    ours = [logprob for item in BUILTIN_ITEMS
-            for logprob, _ in choice_logprobs(model, tokenizer, item.context, item.choices)]
+    ours = [
+        logprob
+        for item in BUILTIN_ITEMS
+        for logprob, _ in choice_logprobs(model, tokenizer, item.context, item.choices)
+    ]
     assert theirs == pytest.approx(ours, abs=1e-5)
 
 
@@ -136,19 +151,21 @@ def test_loglikelihood_rolling_is_evaluate_text_and_lm_evals_hf_rolling(run: dic
     # Three full windows (the eot predicts the first character, so 3·BLOCK targets), one short text, and
     # one whose last window is partial, where lm-eval's windows keep a full context and ours is compared
     # with lm-eval's hf model instead.
-    full, short, ragged = TEXT[:3 * BLOCK], TEXT[500:540], TEXT[1000:1000 + 2 * BLOCK + 17]
+    full, short, ragged = TEXT[: 3 * BLOCK], TEXT[500:540], TEXT[1000 : 1000 + 2 * BLOCK + 17]
     texts = (full, short, ragged)
     lm = ReferenceLM(checkpoint=str(run["run"]), batch_size=3, device="cpu")
     rolled = lm.loglikelihood_rolling(requests("loglikelihood_rolling", *[(t,) for t in texts]))
     for text, logprob in zip((full, short), rolled):
         assert logprob == pytest.approx(-evaluate_text(model, tokenizer, text).nats, rel=1e-6)  # float32 sums
     assert ReferenceLM(checkpoint=str(run["run"]), batch_size=1, device="cpu").loglikelihood_rolling(
-        requests("loglikelihood_rolling", (ragged,))) == pytest.approx([rolled[2]], abs=1e-4)
+        requests("loglikelihood_rolling", (ragged,))
+    ) == pytest.approx([rolled[2]], abs=1e-4)
     from lm_eval.models.huggingface import HFLM
 
     hf = HFLM(pretrained=str(run["hf"]), dtype="float32", device="cpu", batch_size=2)
     assert hf.loglikelihood_rolling(requests("loglikelihood_rolling", *[(t,) for t in texts])) == pytest.approx(
-        rolled, abs=1e-3)
+        rolled, abs=1e-3
+    )
 
 
 def test_loglikelihood_flags_greedy_continuations_and_keeps_the_end_of_long_contexts(run: dict) -> None:
@@ -158,10 +175,11 @@ def test_loglikelihood_flags_greedy_continuations_and_keeps_the_end_of_long_cont
     greedy = generate_text(model, tokenizer, [[tokenizer.eot_id, *tokenizer.encode(context)]], 3, stop_ids=[])[0]
     long_context = TEXT[:300]  # longer than the window: its last tokens are kept
     not_greedy = greedy[:-1] + ("a" if greedy[-1] != "a" else "b")
-    results = lm.loglikelihood(requests("loglikelihood", (context, greedy), (context, not_greedy),
-                                        (long_context, " the")))
+    results = lm.loglikelihood(
+        requests("loglikelihood", (context, greedy), (context, not_greedy), (long_context, " the"))
+    )
     assert results[0][1] is True and results[1][1] is False
-    ids = tokenizer.encode(long_context + " the")[-(BLOCK + 1):]
+    ids = tokenizer.encode(long_context + " the")[-(BLOCK + 1) :]
     logp = torch.log_softmax(model(torch.tensor([ids[:-1]]))[0][0], dim=-1)
     expected = sum(logp[BLOCK - 4 + i, ids[BLOCK - 3 + i]].item() for i in range(4))
     assert results[2][0] == pytest.approx(expected, abs=1e-4)
@@ -176,8 +194,9 @@ def test_generate_until_stops_at_the_until_strings(run: dict) -> None:
     assert free == expected and all(0 < len(text) <= 30 for text in free)  # one character per token
     stops = [text[12:14] for text in free]
     cut = ReferenceLM(checkpoint=str(run["run"]), batch_size=1, device="cpu").generate_until(
-        requests("generate_until", *[(p, {"until": [s, "never"], "max_gen_toks": 30}) for p, s in zip(prompts, stops)]))
-    assert cut == [text[:text.find(stop)] for text, stop in zip(free, stops)]
+        requests("generate_until", *[(p, {"until": [s, "never"], "max_gen_toks": 30}) for p, s in zip(prompts, stops)])
+    )
+    assert cut == [text[: text.find(stop)] for text, stop in zip(free, stops)]
     assert all(len(c) <= 12 < len(f) for c, f in zip(cut, free))
 
 
@@ -192,11 +211,23 @@ def test_bad_model_arguments_are_named(run: dict) -> None:
 
 
 @pytest.mark.slow  # lm-eval's command line indexes its own task directory first: 10-30 s
-def test_a_missing_checkpoint_is_one_line_on_the_command_line(run: dict, capsys: pytest.CaptureFixture,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_missing_checkpoint_is_one_line_on_the_command_line(
+    run: dict, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(sys, "argv", list(sys.argv))  # main hands lm-eval its command line there
-    code = run_main(main, ["--model", "reference_llm", "--model_args", f"checkpoint={run['run']}/missing",
-                           "--tasks", TASK, "--device", "cpu"])
+    code = run_main(
+        main,
+        [
+            "--model",
+            "reference_llm",
+            "--model_args",
+            f"checkpoint={run['run']}/missing",
+            "--tasks",
+            TASK,
+            "--device",
+            "cpu",
+        ],
+    )
     err = capsys.readouterr().err
     assert code == 2 and "error: checkpoint not found" in err and "Traceback" not in err
 
@@ -205,7 +236,7 @@ def doc_section() -> str:
     text = DOC.read_text(encoding="utf-8")
     start = text.index("## lm-evaluation-harness")
     end = text.find("\n## ", start + 1)
-    return text[start:end if end >= 0 else len(text)]
+    return text[start : end if end >= 0 else len(text)]
 
 
 def table_metrics(stdout: str) -> dict[str, float]:
@@ -220,8 +251,11 @@ def test_the_lm_eval_commands_in_the_evaluation_doc_run_as_written(run: dict, tm
     save_model(run["model"], run["tokenizer"], tmp_path / "runs" / "demo")
     blocks = re.findall(r"^```(bash|python)\n(.*?)^```$", doc_section(), re.DOTALL | re.MULTILINE)
     assert [kind for kind, _ in blocks] == ["bash", "python"]
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(ROOT),
+    }
     outputs = []
     for kind, block in blocks:
         command = [sys.executable, "-c", block] if kind == "python" else ["bash", "-euo", "pipefail", "-c", block]
@@ -232,15 +266,32 @@ def test_the_lm_eval_commands_in_the_evaluation_doc_run_as_written(run: dict, tm
     # reports with --normalize chars.
     expected = {}
     for metric, normalize in (("acc", "none"), ("acc_norm", "chars")):
-        done = subprocess.run([sys.executable, "-m", "reference_llm.evaluate", "mc", "--checkpoint", "runs/demo",
-                               "--normalize", normalize], cwd=tmp_path, env=env, capture_output=True, text=True,
-                              timeout=300)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "reference_llm.evaluate",
+                "mc",
+                "--checkpoint",
+                "runs/demo",
+                "--normalize",
+                normalize,
+            ],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr
         expected[metric] = float(re.search(r"accuracy: ([0-9.]+)", done.stdout).group(1))
-    library = {metric: evaluate_multiple_choice(run["model"], run["tokenizer"], BUILTIN_ITEMS, normalize).accuracy
-               for metric, normalize in (("acc", "none"), ("acc_norm", "chars"))}
+    library = {
+        metric: evaluate_multiple_choice(run["model"], run["tokenizer"], BUILTIN_ITEMS, normalize).accuracy
+        for metric, normalize in (("acc", "none"), ("acc_norm", "chars"))
+    }
     assert expected == pytest.approx(library, abs=5e-5)  # the command prints 4 decimals
     tables = re.split(r"\|\s+Tasks\s+\|", outputs[0])[1:]  # the bash block prints one table per lm-eval run
     assert len(tables) == 2 and all(table_metrics(t) == pytest.approx(expected, abs=0.005) for t in tables)
-    assert [float(v) for v in outputs[1].split()[-2:]] == pytest.approx([expected["acc"], expected["acc_norm"]],
-                                                                        abs=5e-5)
+    assert [float(v) for v in outputs[1].split()[-2:]] == pytest.approx(
+        [expected["acc"], expected["acc_norm"]], abs=5e-5
+    )

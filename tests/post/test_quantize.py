@@ -67,8 +67,10 @@ def test_int4_packs_two_codes_per_byte_within_half_a_group_step(group_size: int)
 
 def test_smaller_groups_are_more_accurate() -> None:
     layer = linear(256, 32)
-    errors = [(QuantizedLinear.from_linear(layer, 4, g).dequantize() - layer.weight).pow(2).mean().item()
-              for g in (128, 64, 32)]
+    errors = [
+        (QuantizedLinear.from_linear(layer, 4, g).dequantize() - layer.weight).pow(2).mean().item()
+        for g in (128, 64, 32)
+    ]
     assert errors[0] > errors[1] > errors[2]
     int8 = (QuantizedLinear.from_linear(layer, 8).dequantize() - layer.weight).pow(2).mean().item()
     assert int8 < errors[2]
@@ -87,10 +89,24 @@ def test_forward_is_a_linear_layer_with_the_dequantized_weight() -> None:
 # ----------------------------------------------------------------------------------------------------
 
 # NF4 as published with QLoRA (Dettmers et al. 2023, appendix E; bitsandbytes' NF4 code book).
-PUBLISHED_NF4 = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
-                 -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
-                 0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
-                 0.7229568362236023, 1.0]
+PUBLISHED_NF4 = [
+    -1.0,
+    -0.6961928009986877,
+    -0.5250730514526367,
+    -0.39491748809814453,
+    -0.28444138169288635,
+    -0.18477343022823334,
+    -0.09105003625154495,
+    0.0,
+    0.07958029955625534,
+    0.16093020141124725,
+    0.24611230194568634,
+    0.33791524171829224,
+    0.44070982933044434,
+    0.5626170039176941,
+    0.7229568362236023,
+    1.0,
+]
 # FP4 E2M1 as the OCP MX spec v1.0 lists it (section 5.3.3): codes 0b0000..0b0111, then the same negated.
 SPEC_E2M1 = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]
 
@@ -126,7 +142,7 @@ def test_nf4_error_is_within_half_a_code_gap_of_its_double_quantized_scale(group
     stored = q.absmax()
     centred = (absmax - absmax.mean()).flatten()
     step = torch.stack([b.abs().max() / 127 for b in centred.split(NF4_SCALE_BLOCK)])
-    step = step.repeat_interleave(NF4_SCALE_BLOCK)[:centred.numel()].view(absmax.shape)
+    step = step.repeat_interleave(NF4_SCALE_BLOCK)[: centred.numel()].view(absmax.shape)
     assert torch.all((stored - absmax).abs() <= step / 2 + 1e-6)
     # First level: the nearest code of w / stored, so the error is half the gap between the two codes
     # around it, times the stored scale, plus what lies beyond the stored scale (when it came out smaller).
@@ -167,6 +183,7 @@ def test_nf4_beats_int4_on_normal_weights_per_bit_but_not_on_uniform_ones() -> N
     """NF4's codes are normal quantiles: on normally distributed weights it is more accurate than int4's
     evenly spaced levels for fewer bits per weight (group 32: 4 + 8/32 bits against int4 g64's 4 + 32/64);
     on uniform weights, where even spacing is right, int4 wins. Relative mean squared errors."""
+
     def relative_mse(layer: nn.Linear, group_size: int, fmt: str) -> float:
         q = QuantizedLinear.from_linear(layer, 4, group_size, fmt)
         return ((q.dequantize() - layer.weight).pow(2).mean() / layer.weight.pow(2).mean()).item()
@@ -193,8 +210,8 @@ def trained() -> tuple[Transformer, object, str]:
     T = model.config.block_size
     for _ in range(150):
         starts = torch.randint(0, len(data) - T - 1, (16,))
-        x = torch.stack([data[s:s + T] for s in starts])
-        _, loss = model(x, torch.stack([data[s + 1:s + T + 1] for s in starts]))
+        x = torch.stack([data[s : s + T] for s in starts])
+        _, loss = model(x, torch.stack([data[s + 1 : s + T + 1] for s in starts]))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -221,8 +238,9 @@ def test_4bit_formats_keep_perplexity_close_to_float32(trained, monkeypatch) -> 
 
 @pytest.mark.parametrize("preset", ["tiny", "tiny-gpt2"])
 @pytest.mark.parametrize("bits, fmt", [(8, "int"), (4, "int"), (4, "nf4"), (4, "mxfp4")])
-def test_quantized_model_stays_close_and_round_trips_through_safetensors(tmp_path: Path, preset: str,
-                                                                         bits: int, fmt: str) -> None:
+def test_quantized_model_stays_close_and_round_trips_through_safetensors(
+    tmp_path: Path, preset: str, bits: int, fmt: str
+) -> None:
     torch.manual_seed(0)
     model = Transformer(ModelConfig.preset(preset)).eval()
     x = torch.randint(0, model.config.vocab_size, (2, 24))
@@ -284,8 +302,19 @@ def test_cli_quantizes_a_checkpoint(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = Transformer(ModelConfig.preset("tiny", vocab_size=tokenizer.vocab_size))
     save_model(model, tokenizer, tmp_path / "run")
-    cmd = [sys.executable, "-m", "reference_llm.deploy.quantize", "--checkpoint", str(tmp_path / "run"), "--bits", "4",
-           "--group-size", "32", "--out", str(tmp_path / "q")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "reference_llm.deploy.quantize",
+        "--checkpoint",
+        str(tmp_path / "run"),
+        "--bits",
+        "4",
+        "--group-size",
+        "32",
+        "--out",
+        str(tmp_path / "q"),
+    ]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     loaded, loaded_tokenizer = load_quantized(tmp_path / "q")
@@ -293,16 +322,15 @@ def test_cli_quantizes_a_checkpoint(tmp_path: Path) -> None:
     assert sum(isinstance(m, QuantizedLinear) for m in loaded.modules()) == 8
 
 
-
 def test_cli_bad_group_size_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
     from reference_llm.cli import run_main
     from reference_llm.deploy.quantize import main
 
     tokenizer = train_tokenizer("char", ["abc"], None)
-    save_model(Transformer(ModelConfig.preset("tiny", vocab_size=tokenizer.vocab_size)), tokenizer,
-                       tmp_path / "run")
-    code = run_main(main, ["--checkpoint", str(tmp_path / "run"), "--bits", "4", "--group-size", "48",
-                           "--out", str(tmp_path / "q")])
+    save_model(Transformer(ModelConfig.preset("tiny", vocab_size=tokenizer.vocab_size)), tokenizer, tmp_path / "run")
+    code = run_main(
+        main, ["--checkpoint", str(tmp_path / "run"), "--bits", "4", "--group-size", "48", "--out", str(tmp_path / "q")]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: int4 group_size") and err.count("\n") == 1
     assert not (tmp_path / "q").exists()
@@ -322,10 +350,13 @@ def test_cli_writes_float_formats_that_load(tmp_path: Path, capsys, fmt: str) ->
     assert len(layers) == 8 and all(m.fmt == fmt and m.group_size == {"nf4": 64, "mxfp4": 32}[fmt] for m in layers)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--format", "nf4", "--bits", "8"], "error: nf4 is a 4-bit format; bits must be 4"),
-    (["--format", "mxfp4", "--group-size", "64"], "error: mxfp4 blocks are 32 weights"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--format", "nf4", "--bits", "8"], "error: nf4 is a 4-bit format; bits must be 4"),
+        (["--format", "mxfp4", "--group-size", "64"], "error: mxfp4 blocks are 32 weights"),
+    ],
+)
 def test_cli_refuses_a_float_format_it_cannot_write(tmp_path: Path, capsys, args: list[str], message: str) -> None:
     from reference_llm.cli import run_main
     from reference_llm.deploy.quantize import main

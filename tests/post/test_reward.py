@@ -51,7 +51,7 @@ def test_training_separates_chosen_from_rejected():
     def batch(items):
         idx, lengths = right_padded([c for c, _, _ in items] + [r for _, r, _ in items], pad=0)
         rewards = model(idx, lengths)
-        return pairwise_loss(rewards[:len(items)], rewards[len(items):])
+        return pairwise_loss(rewards[: len(items)], rewards[len(items) :])
 
     train, held_out = encoded[:7], encoded[7:]
     loss0, acc0 = batch(held_out)

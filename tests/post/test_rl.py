@@ -123,15 +123,26 @@ interval = 0
 """
 
 
-def write_config(tmp_path, section: str, name: str = "run", steps: int = 20,
-                 reward: str = "toy:target_token=a", extra: str = "") -> str:
+def write_config(
+    tmp_path, section: str, name: str = "run", steps: int = 20, reward: str = "toy:target_token=a", extra: str = ""
+) -> str:
     data = tmp_path / "prompts.jsonl"
     data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
     # Sixteen answers per step either way: GRPO in groups of 4, PPO one per prompt.
     samples, micro_batch = (4, 4) if section == "grpo" else (1, 16)
     path = tmp_path / f"{name}.toml"
-    path.write_text(CONFIG.format(section=section, data=data, reward=reward, samples=samples, steps=steps,
-                                  micro_batch=micro_batch, run=tmp_path / name, extra=extra))
+    path.write_text(
+        CONFIG.format(
+            section=section,
+            data=data,
+            reward=reward,
+            samples=samples,
+            steps=steps,
+            micro_batch=micro_batch,
+            run=tmp_path / name,
+            extra=extra,
+        )
+    )
     return str(path)
 
 
@@ -279,15 +290,18 @@ def test_resumed_run_continues_the_uninterrupted_one(tmp_path, monkeypatch, sect
     assert history("staged") == history("whole")
 
 
-@pytest.mark.parametrize("override, message", [
-    ("grpo.reward=toy:colour=red", "expected 'model:DIR', 'toy:target_token=TEXT' or 'toy:length=N'"),
-    ("grpo.reward=toy:target_token=ab", "'ab' is 2 tokens for this tokenizer, not one"),
-    ("grpo.reward=toy:length=-3", "the length must be a positive integer"),
-    ("grpo.samples=1", "grpo.samples must be >= 2"),
-    ("grpo.clip=1.5", "grpo.clip must be in (0, 1)"),
-    ("grpo.max_new_tokens=32", "grpo.max_new_tokens=32 leaves no room for a prompt in train.seq_len=32"),
-    ("grpo.reward=model:/nonexistent", "checkpoint not found: /nonexistent"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("grpo.reward=toy:colour=red", "expected 'model:DIR', 'toy:target_token=TEXT' or 'toy:length=N'"),
+        ("grpo.reward=toy:target_token=ab", "'ab' is 2 tokens for this tokenizer, not one"),
+        ("grpo.reward=toy:length=-3", "the length must be a positive integer"),
+        ("grpo.samples=1", "grpo.samples must be >= 2"),
+        ("grpo.clip=1.5", "grpo.clip must be in (0, 1)"),
+        ("grpo.max_new_tokens=32", "grpo.max_new_tokens=32 leaves no room for a prompt in train.seq_len=32"),
+        ("grpo.reward=model:/nonexistent", "checkpoint not found: /nonexistent"),
+    ],
+)
 def test_bad_settings_are_one_line_and_exit_2(tmp_path, capsys, override, message):
     config = write_config(tmp_path, "grpo", steps=1)
     assert run_main(grpo.main, ["--config", config, override]) == 2
@@ -300,7 +314,8 @@ def test_bad_prompt_files_name_the_line(tmp_path):
     path.write_text(json.dumps({"prompt": "hi"}) + "\n" + json.dumps({"question": "hi"}) + "\n")
     with pytest.raises(DataError, match="line 2: expected an object with a 'prompt'"):
         rl.load_prompts(rl.RLConfig(data=str(path)), seed=0)
-    path.write_text(json.dumps({"prompt": [{"role": "user", "content": "hi"},
-                                           {"role": "assistant", "content": "hello"}]}) + "\n")
+    path.write_text(
+        json.dumps({"prompt": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}) + "\n"
+    )
     with pytest.raises(DataError, match="line 1: the prompt must end with a user message"):
         rl.load_prompts(rl.RLConfig(data=str(path)), seed=0)

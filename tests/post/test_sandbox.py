@@ -49,12 +49,15 @@ def test_runs_in_another_process_in_a_throwaway_directory() -> None:
     assert not Path(cwd).exists()  # removed afterwards
 
 
-@pytest.mark.parametrize("code", [
-    "raise AssertionError('wrong answer')",
-    "def f(:\n    pass",  # a syntax error
-    "import sys; sys.exit(0)",  # leaving early, even with code 0, is not passing: the checks come last
-    "import os; os._exit(0)",
-])
+@pytest.mark.parametrize(
+    "code",
+    [
+        "raise AssertionError('wrong answer')",
+        "def f(:\n    pass",  # a syntax error
+        "import sys; sys.exit(0)",  # leaving early, even with code 0, is not passing: the checks come last
+        "import os; os._exit(0)",
+    ],
+)
 def test_errors_and_early_exits_fail(code: str) -> None:
     result = run(code)
     assert not result.passed and result.status == "failed"
@@ -73,11 +76,14 @@ def test_sleeping_code_times_out() -> None:
 
 
 def test_limits_are_in_force_in_the_child() -> None:
-    result = run("""
+    result = run(
+        """
         import resource
         for name in ("RLIMIT_CPU", "RLIMIT_AS", "RLIMIT_FSIZE", "RLIMIT_CORE"):
             print(resource.getrlimit(getattr(resource, name))[0])
-    """, SandboxLimits(timeout_s=1.5, memory_mb=300, file_bytes=4096))
+    """,
+        SandboxLimits(timeout_s=1.5, memory_mb=300, file_bytes=4096),
+    )
     assert result.stdout.split() == ["3", str(300 * 2**20), "4096", "0"]  # CPU: ceil(timeout) + 1 s
 
 
@@ -93,15 +99,18 @@ def test_fork_bomb_is_refused_and_leaves_no_processes() -> None:
     assert not _processes_mentioning(workdir)
 
 
-@pytest.mark.parametrize("code, refused", [
-    ("import subprocess; subprocess.run(['sleep', '30'])", "_posixsubprocess"),
-    ("import os; os.system('sleep 30')", "os.system"),
-    ("import os; os.execv('/bin/sh', ['sh'])", "os.exec"),
-    ("import os; os.posix_spawn('/bin/true', ['true'], {})", "os.posix_spawn"),
-    ("import ctypes", "ctypes"),
-    ("import os; os.kill(os.getppid(), 9)", "os.kill"),
-    ("import resource; resource.setrlimit(resource.RLIMIT_AS, (-1, -1))", "resource.setrlimit"),
-])
+@pytest.mark.parametrize(
+    "code, refused",
+    [
+        ("import subprocess; subprocess.run(['sleep', '30'])", "_posixsubprocess"),
+        ("import os; os.system('sleep 30')", "os.system"),
+        ("import os; os.execv('/bin/sh', ['sh'])", "os.exec"),
+        ("import os; os.posix_spawn('/bin/true', ['true'], {})", "os.posix_spawn"),
+        ("import ctypes", "ctypes"),
+        ("import os; os.kill(os.getppid(), 9)", "os.kill"),
+        ("import resource; resource.setrlimit(resource.RLIMIT_AS, (-1, -1))", "resource.setrlimit"),
+    ],
+)
 def test_process_creation_signals_and_limit_changes_are_refused(code: str, refused: str) -> None:
     result = run(code)
     assert result.status == "failed" and refused in result.stderr
@@ -125,11 +134,14 @@ def test_rm_rf_home_destroys_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_memory_hog_fails_without_hurting_the_evaluator() -> None:
-    result = run("""
+    result = run(
+        """
         hoard = []
         while True:
             hoard.append(bytearray(16 * 1024 * 1024))
-    """, SandboxLimits(timeout_s=10.0, memory_mb=256))
+    """,
+        SandboxLimits(timeout_s=10.0, memory_mb=256),
+    )
     assert result.status == "failed" and "MemoryError" in result.stderr
 
 
@@ -147,8 +159,10 @@ def test_no_network(tmp_path: Path) -> None:
     listener.settimeout(0.5)
     port = listener.getsockname()[1]
     try:
-        for code in (f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=1)",
-                     "import socket; socket.socket(socket.AF_INET, socket.SOCK_STREAM)"):
+        for code in (
+            f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=1)",
+            "import socket; socket.socket(socket.AF_INET, socket.SOCK_STREAM)",
+        ):
             result = run(code)
             assert result.status == "failed" and "PermissionError" in result.stderr
         with pytest.raises(TimeoutError):
@@ -174,9 +188,16 @@ def test_calls_on_the_entry_point_come_back_as_plain_data() -> None:
 def test_sandbox_check_prints_one_line_per_layer() -> None:
     repo = Path(__file__).resolve().parents[2]
     # Both at once: each pays for importing torch (through reference_llm.evaluate) and probing the layers.
-    plain, as_json = [subprocess.Popen([sys.executable, "-m", "reference_llm.evaluate", "sandbox-check", *extra],
-                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=repo)
-                      for extra in ([], ["--json"])]
+    plain, as_json = [
+        subprocess.Popen(
+            [sys.executable, "-m", "reference_llm.evaluate", "sandbox-check", *extra],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=repo,
+        )
+        for extra in ([], ["--json"])
+    ]
     (plain_out, plain_err), (json_out, json_err) = plain.communicate(timeout=120), as_json.communicate(timeout=120)
     assert plain.returncode == as_json.returncode == 0, plain_err + json_err
     layers = json.loads(json_out)

@@ -38,8 +38,11 @@ LIMITS = SandboxLimits(timeout_s=5.0, memory_mb=512)
 
 def configurations(group) -> list:
     """(attack, layers) pairs: every layer ("all"), none ("none"), then each claimed layer alone."""
-    return [pytest.param(attack, config, id=f"{attack.name}-{config}")
-            for attack in group for config in ("all", "none", *attack.blocked_by)]
+    return [
+        pytest.param(attack, config, id=f"{attack.name}-{config}")
+        for attack in group
+        for config in ("all", "none", *attack.blocked_by)
+    ]
 
 
 def layers_for(attack, config: str) -> tuple[str, ...] | None:
@@ -123,8 +126,9 @@ def _user_xattrs_work(directory: Path) -> bool:
 def evaluate(jobs: list[dict], env: dict | None = None, as_nobody: bool = False) -> subprocess.CompletedProcess:
     """Run jobs through the stand-in evaluator process; one JSON line per job comes back on stdout."""
     argv = [sys.executable, str(EVALUATOR), json.dumps(jobs)]
-    return subprocess.run(nobody_argv(argv) if as_nobody else argv, capture_output=True, text=True, timeout=120,
-                          env=env)
+    return subprocess.run(
+        nobody_argv(argv) if as_nobody else argv, capture_output=True, text=True, timeout=120, env=env
+    )
 
 
 @pytest.mark.parametrize("attack, config", configurations(attacks.PROCESS_ATTACKS))
@@ -218,8 +222,18 @@ def nobody_argv(argv: list[str]) -> list[str]:
     return outer + ["--", *drop, *argv]
 
 
-@pytest.mark.parametrize("name", ["unlink_via_dir_fd", "sqlite_outside", "setxattr_outside", "read_ssh_key",
-                                  "read_foreign_environ", "renice_evaluator", "kill_evaluator"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "unlink_via_dir_fd",
+        "sqlite_outside",
+        "setxattr_outside",
+        "read_ssh_key",
+        "read_foreign_environ",
+        "renice_evaluator",
+        "kill_evaluator",
+    ],
+)
 def test_an_unprivileged_evaluator_is_fenced_too(name: str) -> None:
     """The evaluator itself as uid 65534: its candidates run as the same uid, so only the other layers
     stand between them; the negative control (no layers) shows each attack working against it."""

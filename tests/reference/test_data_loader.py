@@ -24,8 +24,16 @@ def data_dir(tmp_path):
         writer.write(np.arange(n) % VOCAB)
         shards = writer.close()
         splits[split] = {"tokens": n, "shards": shards}
-    write_meta(tmp_path, {"format": FORMAT, "format_version": FORMAT_VERSION, "dtype": "uint16",
-                          "tokenizer": {"fingerprint": "test-fingerprint", "vocab_size": VOCAB}, "splits": splits})
+    write_meta(
+        tmp_path,
+        {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "dtype": "uint16",
+            "tokenizer": {"fingerprint": "test-fingerprint", "vocab_size": VOCAB},
+            "splits": splits,
+        },
+    )
     return tmp_path
 
 
@@ -58,9 +66,16 @@ def test_windows_start_everywhere(data_dir):
 def test_short_final_shard_is_never_sampled_past_its_end(tmp_path):
     writer = ShardWriter(tmp_path, "train", np.dtype(np.uint16), 10)
     writer.write(np.arange(13))  # shards of 10 and 3 tokens: only the first holds a 5-token window
-    write_meta(tmp_path, {"format": FORMAT, "format_version": FORMAT_VERSION, "dtype": "uint16",
-                          "tokenizer": {"fingerprint": "f"}, "splits": {"train": {"tokens": 13,
-                                                                                  "shards": writer.close()}}})
+    write_meta(
+        tmp_path,
+        {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "dtype": "uint16",
+            "tokenizer": {"fingerprint": "f"},
+            "splits": {"train": {"tokens": 13, "shards": writer.close()}},
+        },
+    )
     loader = TokenLoader(tmp_path, "train", seq_len=4, batch_size=64, seed=0)
     x, y = loader.next_batch()
     assert loader.num_windows == 6
@@ -142,16 +157,25 @@ def counting_dir(tmp_path):
     """Train tokens 0..4999 in shards of 1200: a window's first token says where it starts."""
     writer = ShardWriter(tmp_path, "train", np.dtype(np.uint16), 1200)
     writer.write(np.arange(5000))
-    write_meta(tmp_path, {"format": FORMAT, "format_version": FORMAT_VERSION, "dtype": "uint16",
-                          "tokenizer": {"fingerprint": "f", "vocab_size": 5000},
-                          "splits": {"train": {"tokens": 5000, "shards": writer.close()}}})
+    write_meta(
+        tmp_path,
+        {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "dtype": "uint16",
+            "tokenizer": {"fingerprint": "f", "vocab_size": 5000},
+            "splits": {"train": {"tokens": 5000, "shards": writer.close()}},
+        },
+    )
     return tmp_path
 
 
 def global_order(data_dir, seq_len: int, batch: int, world: int, steps: int, seed: int = 5) -> list[int]:
     """First token of every window drawn, in global order: step k, then rank r, then batch slot."""
-    loaders = [TokenLoader(data_dir, "train", seq_len, batch, seed, rank=r, world_size=world, sampling="epoch")
-               for r in range(world)]
+    loaders = [
+        TokenLoader(data_dir, "train", seq_len, batch, seed, rank=r, world_size=world, sampling="epoch")
+        for r in range(world)
+    ]
     per_step = [[loader.next_batch()[0][:, 0].tolist() for loader in loaders] for _ in range(steps)]
     return [t for step in per_step for rank in step for t in rank]
 
@@ -163,11 +187,12 @@ def test_epoch_visits_every_window_once_per_epoch(counting_dir, world):
     n = loader.num_epoch_windows
     # Non-overlapping windows of 17 tokens at stride 16 inside each shard (1200, 1200, 1200, 1200, 200).
     windows = {shard * 1200 + w * 16 for shard in range(4) for w in range(1199 // 16)} | {
-        4800 + w * 16 for w in range(199 // 16)}
+        4800 + w * 16 for w in range(199 // 16)
+    }
     assert n == len(windows) == 4 * 74 + 12
     steps = 2 * n // (world * batch) + 3  # two whole epochs and the start of a third
     order = global_order(counting_dir, seq_len, batch, world, steps)
-    first, second = order[:n], order[n:2 * n]
+    first, second = order[:n], order[n : 2 * n]
     assert sorted(first) == sorted(second) == sorted(windows)  # each window exactly once per epoch...
     assert first != second  # ... in a different order each epoch
     assert global_order(counting_dir, seq_len, batch, world, steps) == order  # and reproducibly

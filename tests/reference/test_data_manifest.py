@@ -33,6 +33,7 @@ def repo(tmp_path, monkeypatch) -> Path:
     plays = "To be, or not to be, that is the question.\n"
     (tmp_path / "data" / "plays.txt").write_text(plays)
     import hashlib
+
     sha = hashlib.sha256(plays.encode()).hexdigest()
     (tmp_path / "data" / "manifest.toml").write_text(f'{HEADER}[[file]]\n{SHAKESPEARE}sha256 = "{sha}"\n')
     monkeypatch.chdir(tmp_path)
@@ -68,13 +69,16 @@ def test_add_files_then_compliance_passes(repo, capsys):
     assert "unchanged mycorpus/a.jsonl" in capsys.readouterr().out and len(manifest_entries(repo)) == 3
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--source", "s"], "--license is required"),
-    (["--license", "Public-Domain", "--source", "s"], "'Public-Domain' is not on the SPDX License List"),
-    (["--license", "mit", "--source", "s"], "(SPDX spells it MIT)"),
-    (["--license", "NOASSERTION", "--source", "s"], "says the licence is unknown"),
-    (["--license", "MIT", "--source", " "], "--source is required"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--source", "s"], "--license is required"),
+        (["--license", "Public-Domain", "--source", "s"], "'Public-Domain' is not on the SPDX License List"),
+        (["--license", "mit", "--source", "s"], "(SPDX spells it MIT)"),
+        (["--license", "NOASSERTION", "--source", "s"], "says the licence is unknown"),
+        (["--license", "MIT", "--source", " "], "--source is required"),
+    ],
+)
 def test_licence_is_never_guessed(repo, capsys, argv, message):
     (repo / "data" / "x.txt").write_text("x")
     assert add("data/x.txt", *argv) == 2
@@ -106,8 +110,12 @@ def test_compliance_scans_compressed_text_and_record_fields(repo):
     (repo / "data" / "notes.txt.gz").write_bytes(gzip.compress(b"clean line\n" + mail.encode()))
     table = pa.table({"text": ["clean", "call +44 20 7946 0958 now"], "id": ["a", "mail x@y.example"]})
     pq.write_table(table, repo / "data" / "rows.parquet")
-    assert run_main(manifest_main, ["add", "data/notes.txt.gz", "data/rows.parquet", "--license", "CC0-1.0",
-                                    "--source", "s"]) == 0
+    assert (
+        run_main(
+            manifest_main, ["add", "data/notes.txt.gz", "data/rows.parquet", "--license", "CC0-1.0", "--source", "s"]
+        )
+        == 0
+    )
     report = check_repository(repo)
     found = {f.path: [(p.line, p.column, p.kind) for p in f.pii_locations] for f in report.files}
     assert found["data/notes.txt.gz"] == [(2, 10, "email")]  # line 2 of the decompressed text
@@ -130,8 +138,17 @@ def test_module_help_example_runs_as_written(tmp_path):
     """The command in the module docstring, in a folder that holds data/mycorpus.jsonl."""
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "mycorpus.jsonl").write_text('{"text": "hello"}\n')
-    command = [sys.executable, "-m", "reference_llm.data.manifest", "add", "data/mycorpus.jsonl", "--license",
-               "CC-BY-4.0", "--source", "https://example.org/corpus (downloaded 2025-01-31)"]
+    command = [
+        sys.executable,
+        "-m",
+        "reference_llm.data.manifest",
+        "add",
+        "data/mycorpus.jsonl",
+        "--license",
+        "CC-BY-4.0",
+        "--source",
+        "https://example.org/corpus (downloaded 2025-01-31)",
+    ]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert tomllib.loads((tmp_path / "data" / "manifest.toml").read_text())["file"][0]["license"] == "CC-BY-4.0"

@@ -38,7 +38,7 @@ NOT_FLAGGED = [
     "300.1.2.3",  # not an address
     "x[1::2] at 12:30:45 on 2024-01-15",  # slices, times, dates
     "pi is 3.14159 and 1234567 people",
-    "sha256 = \"7afde072eadc22cfbd316eba499e4a5b25b22603dbaf33c5e29615a899dee776\"",  # a checksum, named
+    'sha256 = "7afde072eadc22cfbd316eba499e4a5b25b22603dbaf33c5e29615a899dee776"',  # a checksum, named
     "see the deeply_nested_module_name_that_is_quite_long_indeed for details",  # identifier, low entropy
     "@property decorators and user@localhost",
 ]
@@ -65,7 +65,7 @@ def test_scrub_replaces_with_placeholders_and_reports_offsets():
     text = "mail bob@example.org or call 415-555-0132; card 4111111111111111."
     scrubbed, findings = scrub_pii(text)
     assert scrubbed == "mail <EMAIL> or call <PHONE>; card <CREDIT_CARD>."
-    assert [text[f.start:f.end] for f in findings] == ["bob@example.org", "415-555-0132", "4111111111111111"]
+    assert [text[f.start : f.end] for f in findings] == ["bob@example.org", "415-555-0132", "4111111111111111"]
 
 
 def test_specific_kind_wins_over_generic_secret():
@@ -89,10 +89,11 @@ def test_secrets_in_assignments_are_found():
     b64 = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
     hex_key = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
     text = f"AWS_SECRET_ACCESS_KEY={b64}\nSHARED_KEY={hex_key}\n"  # "SHARED" does not name a hash
-    assert [text[f.start:f.end] for f in scan_pii(text)] == [b64, hex_key]
+    assert [text[f.start : f.end] for f in scan_pii(text)] == [b64, hex_key]
 
 
-@pytest.mark.parametrize("text", ["Decimal('+35236450.6')", "x = 0b1111111111111111111111111111111111111",
-                                  "'+000000120'"])
+@pytest.mark.parametrize(
+    "text", ["Decimal('+35236450.6')", "x = 0b1111111111111111111111111111111111111", "'+000000120'"]
+)
 def test_numbers_in_code_are_not_flagged(text):
     assert scan_pii(text) == []

@@ -20,8 +20,10 @@ from reference_llm.data.pipeline import PipelineSettings
 from reference_llm.data.prepare import main as prepare_main
 from reference_llm.errors import ConfigError, DataError
 
-WORDS = ("time love king night heart death honour crown blood sword hand eye fair lord sweet word day "
-         "life grace heaven soul father queen mother brother friend noble speak give make hold").split()
+WORDS = (
+    "time love king night heart death honour crown blood sword hand eye fair lord sweet word day "
+    "life grace heaven soul father queen mother brother friend noble speak give make hold"
+).split()
 
 
 def play(seed: int, lines: int = 40) -> str:
@@ -43,8 +45,15 @@ def corpus(tmp_path):
 
 
 def config(corpus, tmp_path, **fields) -> DataConfig:
-    return DataConfig(**{"corpus": str(corpus), "tokenizer": "char", "cache_dir": str(tmp_path / "cache"),
-                         "val_fraction": 0.2, **fields})
+    return DataConfig(
+        **{
+            "corpus": str(corpus),
+            "tokenizer": "char",
+            "cache_dir": str(tmp_path / "cache"),
+            "val_fraction": 0.2,
+            **fields,
+        }
+    )
 
 
 def decode_split(prepared, split: str) -> str:
@@ -64,13 +73,11 @@ def test_meta_split_and_cache_reuse(corpus, tmp_path):
     assert names == ["letter.txt"] + [f"play{i}.txt" for i in range(8)] + ["sub/copy.md"]
     for source in meta["sources"]:
         assert source["sha256"] == hashlib.sha256((corpus / source["name"]).read_bytes()).hexdigest()
-    assert meta["settings"]["data"] == {"tokenizer": "char", "vocab_size": 1024, "val_fraction": 0.2,
-                                        "skip_bad": False}
+    assert meta["settings"]["data"] == {"tokenizer": "char", "vocab_size": 1024, "val_fraction": 0.2, "skip_bad": False}
     assert meta["report"]["skipped_files"] == {"unknown format (.rst)": {"count": 1, "items": ["notes.rst"]}}
     assert meta["report"]["hidden_files"] == 1
     report = meta["report"]
-    assert report["exact_dedup"]["items"] == [{"source": "sub/copy.md", "duplicate_of": "play0.txt",
-                                               "similarity": 1.0}]
+    assert report["exact_dedup"]["items"] == [{"source": "sub/copy.md", "duplicate_of": "play0.txt", "similarity": 1.0}]
     assert report["pii"]["by_kind"] == {"email": 1}
 
     # Split by document: 9 unique documents, 2 held out; each document ends with the end-of-text token.
@@ -97,8 +104,9 @@ def test_meta_split_and_cache_reuse(corpus, tmp_path):
     (corpus / "play1.txt").write_text(play(11), encoding="utf-8")
     changed = prepare_data(config(corpus, tmp_path), progress=False)
     assert not changed.from_cache and changed.dir != prepared.dir
-    other = prepare_data(config(corpus, tmp_path), PipelineSettings().with_overrides({"scrub_pii": False}),
-                         progress=False)
+    other = prepare_data(
+        config(corpus, tmp_path), PipelineSettings().with_overrides({"scrub_pii": False}), progress=False
+    )
     assert other.dir not in (prepared.dir, changed.dir) and "pii" not in other.meta["report"]
 
 
@@ -139,13 +147,16 @@ def test_literal_end_of_text_strings_are_removed(tmp_path):
     assert (decode_split(prepared, "train") + decode_split(prepared, "val")).count("<|endoftext|>") == 2
 
 
-@pytest.mark.parametrize("setup, error, message", [
-    (lambda d: d / "missing.txt", DataError, "corpus not found"),
-    (lambda d: d, DataError, "has no files to read"),
-    (lambda d: _write(d / "empty.txt", b" \n\r\n\t"), DataError, "is empty"),
-    (lambda d: _write(d / "short.txt", b"too short"), DataError, "min_chars 1 of 1"),
-    (lambda d: _write(d / "latin1.txt", "caf\u00e9 au lait".encode("latin-1")), DataError, "not UTF-8"),
-])
+@pytest.mark.parametrize(
+    "setup, error, message",
+    [
+        (lambda d: d / "missing.txt", DataError, "corpus not found"),
+        (lambda d: d, DataError, "has no files to read"),
+        (lambda d: _write(d / "empty.txt", b" \n\r\n\t"), DataError, "is empty"),
+        (lambda d: _write(d / "short.txt", b"too short"), DataError, "min_chars 1 of 1"),
+        (lambda d: _write(d / "latin1.txt", "caf\u00e9 au lait".encode("latin-1")), DataError, "not UTF-8"),
+    ],
+)
 def test_bad_corpus_errors(tmp_path, setup, error, message):
     corpus_dir = tmp_path / "c"
     corpus_dir.mkdir()
@@ -182,8 +193,16 @@ def _write(path, data: bytes):
 
 
 def test_cli_prints_report_then_reuses(corpus, tmp_path, capsys):
-    argv = ["--corpus", str(corpus), "--tokenizer", "char", "--out", str(tmp_path / "out"),
-            "--set", "dedup.threshold=0.9"]
+    argv = [
+        "--corpus",
+        str(corpus),
+        "--tokenizer",
+        "char",
+        "--out",
+        str(tmp_path / "out"),
+        "--set",
+        "dedup.threshold=0.9",
+    ]
     assert run_main(prepare_main, argv) == 0
     out = capsys.readouterr().out
     assert "(built)" in out and "exact dedup" in out and "email 1" in out and "train tokens" in out
@@ -191,12 +210,15 @@ def test_cli_prints_report_then_reuses(corpus, tmp_path, capsys):
     assert "(reused)" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--tokenizer", "words"], "argument --tokenizer: invalid choice"),
-    (["--set", "filters.min_chars"], "must look like KEY=VALUE"),
-    (["--set", "dedup.colour=1"], "unknown data pipeline setting 'dedup.colour'"),
-    (["--set", "dedup.threshold=2.0"], "dedup.threshold must be in (0, 1]"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--tokenizer", "words"], "argument --tokenizer: invalid choice"),
+        (["--set", "filters.min_chars"], "must look like KEY=VALUE"),
+        (["--set", "dedup.colour=1"], "unknown data pipeline setting 'dedup.colour'"),
+        (["--set", "dedup.threshold=2.0"], "dedup.threshold must be in (0, 1]"),
+    ],
+)
 def test_cli_bad_arguments(argv, message, capsys, tmp_path):
     assert run_main(prepare_main, argv + ["--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
@@ -204,8 +226,19 @@ def test_cli_bad_arguments(argv, message, capsys, tmp_path):
 
 
 def test_cli_module_exit_code_and_one_line_error(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "reference_llm.data.prepare", "--corpus",
-                           str(tmp_path / "nope.txt"), "--out", str(tmp_path)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "reference_llm.data.prepare",
+            "--corpus",
+            str(tmp_path / "nope.txt"),
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: corpus not found") and proc.stderr.count("\n") == 1
     assert proc.stdout == ""
@@ -238,14 +271,29 @@ def test_cli_strict_and_skip_bad(tmp_path, capsys):
     assert not list((tmp_path / "out").glob(".*"))  # no lock file, no unfinished build left
 
 
-@pytest.mark.parametrize("name, data, message", [
-    ("bad.jsonl", b'{"text": "fine"}\n{"text": \n', "bad.jsonl:2: not JSON"),
-    ("bad.txt.gz", gzip.compress(b"some text\n" * 1000)[:40], "bad.txt.gz: truncated or corrupt gzip data"),
-])
+@pytest.mark.parametrize(
+    "name, data, message",
+    [
+        ("bad.jsonl", b'{"text": "fine"}\n{"text": \n', "bad.jsonl:2: not JSON"),
+        ("bad.txt.gz", gzip.compress(b"some text\n" * 1000)[:40], "bad.txt.gz: truncated or corrupt gzip data"),
+    ],
+)
 def test_cli_bad_input_is_one_line_without_traceback(tmp_path, name, data, message):
     (tmp_path / name).write_bytes(data)
-    proc = subprocess.run([sys.executable, "-m", "reference_llm.data.prepare", "--corpus", str(tmp_path / name),
-                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "reference_llm.data.prepare",
+            "--corpus",
+            str(tmp_path / name),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.startswith("error: ") and message in proc.stderr and proc.stderr.count("\n") == 1
     assert not any(p.is_dir() for p in (tmp_path / "out").iterdir())  # no shard set, finished or not

@@ -22,8 +22,9 @@ def read_split(out_dir, meta_split, dtype) -> np.ndarray:
     return np.concatenate([np.fromfile(out_dir / s["file"], dtype=dtype) for s in meta_split["shards"]])
 
 
-@pytest.mark.parametrize("vocab, dtype", [(257, np.uint16), (65536, np.uint16), (65537, np.uint32),
-                                          (200_000, np.uint32)])
+@pytest.mark.parametrize(
+    "vocab, dtype", [(257, np.uint16), (65536, np.uint16), (65537, np.uint32), (200_000, np.uint32)]
+)
 def test_token_dtype(vocab, dtype):
     assert token_dtype(vocab) == np.dtype(dtype)
 
@@ -33,8 +34,12 @@ def test_shard_writer_fills_shards_in_order(tmp_path):
     expected = [*b"hello", 256, *"wörld".encode(), 256, 256]
     assert info["tokens"] == len(expected) == 14
     assert [s["tokens"] for s in info["shards"]] == [4, 4, 4, 2]
-    assert [s["file"] for s in info["shards"]] == ["train_0000.bin", "train_0001.bin", "train_0002.bin",
-                                                   "train_0003.bin"]
+    assert [s["file"] for s in info["shards"]] == [
+        "train_0000.bin",
+        "train_0001.bin",
+        "train_0002.bin",
+        "train_0003.bin",
+    ]
     assert read_split(tmp_path, info, np.uint16).tolist() == expected
 
 

@@ -22,8 +22,14 @@ from reference_llm.data.sources import SourceFile, discover, infer_format
 from reference_llm.errors import DataError
 
 
-def docs(path: Path, text_field: str = "text", fmt: str = "", skip: bool = False, piece_chars: int = 1 << 20,
-         limit: int = 1 << 20) -> tuple[list[tuple[str, str]], BadRecords]:
+def docs(
+    path: Path,
+    text_field: str = "text",
+    fmt: str = "",
+    skip: bool = False,
+    piece_chars: int = 1 << 20,
+    limit: int = 1 << 20,
+) -> tuple[list[tuple[str, str]], BadRecords]:
     """(name, text) of every document of the corpus at `path`, and the bad-record counter."""
     bad = BadRecords(skip=skip)
     found = discover([DataSource(str(path), text_field=text_field, format=fmt)], skip_bad=skip)
@@ -48,9 +54,16 @@ def test_infer_format():
     assert infer_format("x.data", forced="jsonl") == ("jsonl", "")
 
 
-@pytest.mark.parametrize("name, compress", [
-    ("r.jsonl", None), ("r.jsonl.gz", gzip.compress), ("r.jsonl.zst", zstandard.ZstdCompressor().compress),
-    ("r.jsonl.bz2", bz2.compress), ("r.ndjson.xz", lzma.compress)])
+@pytest.mark.parametrize(
+    "name, compress",
+    [
+        ("r.jsonl", None),
+        ("r.jsonl.gz", gzip.compress),
+        ("r.jsonl.zst", zstandard.ZstdCompressor().compress),
+        ("r.jsonl.bz2", bz2.compress),
+        ("r.ndjson.xz", lzma.compress),
+    ],
+)
 def test_json_lines_plain_and_compressed(tmp_path, name, compress):
     jsonl(tmp_path / name, [{"text": "first"}, {"text": "second", "id": 2}], compress)
     (tmp_path / name).with_suffix(".keep").write_text("")  # unknown format: reported, not read
@@ -60,8 +73,11 @@ def test_json_lines_plain_and_compressed(tmp_path, name, compress):
 
 def test_dotted_fields_blank_lines_and_byte_order_mark(tmp_path):
     path = tmp_path / "nested.jsonl"
-    rows = [json.dumps({"meta": {"body": "one"}, "turns": [{"text": "t0"}]}),
-            "", json.dumps({"meta": {"body": "two"}, "turns": [{"text": "t1"}]})]
+    rows = [
+        json.dumps({"meta": {"body": "one"}, "turns": [{"text": "t0"}]}),
+        "",
+        json.dumps({"meta": {"body": "two"}, "turns": [{"text": "t1"}]}),
+    ]
     path.write_bytes(b"\xef\xbb\xbf" + "\n".join(rows).encode())
     assert docs(path, "meta.body")[0] == [("nested.jsonl:1", "one"), ("nested.jsonl:3", "two")]
     assert [t for _, t in docs(path, "turns.0.text")[0]] == ["t0", "t1"]
@@ -87,8 +103,13 @@ def test_csv_and_tsv(tmp_path):
 
 
 def test_parquet_reads_one_column_by_row_group(tmp_path):
-    table = pa.table({"id": list(range(10)), "content": [f"row {i}" for i in range(10)],
-                      "meta": [{"lang": "en", "body": f"b{i}"} for i in range(10)]})
+    table = pa.table(
+        {
+            "id": list(range(10)),
+            "content": [f"row {i}" for i in range(10)],
+            "meta": [{"lang": "en", "body": f"b{i}"} for i in range(10)],
+        }
+    )
     pq.write_table(table, tmp_path / "t.parquet", row_group_size=3)
     assert docs(tmp_path / "t.parquet", "content")[0] == [(f"t.parquet[{i}]", f"row {i}") for i in range(10)]
     assert [t for _, t in docs(tmp_path / "t.parquet", "meta.body")[0]] == [f"b{i}" for i in range(10)]
@@ -103,15 +124,23 @@ def test_arrow_file_and_stream_and_a_datasets_folder(tmp_path):
     hf = tmp_path / "hf"
     hf.mkdir()
     for i, part in enumerate((table.slice(0, 2), table.slice(2))):
-        with pa.OSFile(str(hf / f"data-0000{i}-of-00002.arrow"), "wb") as sink, \
-                pa.ipc.new_stream(sink, table.schema) as writer:
+        with (
+            pa.OSFile(str(hf / f"data-0000{i}-of-00002.arrow"), "wb") as sink,
+            pa.ipc.new_stream(sink, table.schema) as writer,
+        ):
             writer.write_table(part)
-    (hf / "state.json").write_text(json.dumps({"_data_files": [{"filename": "data-00000-of-00002.arrow"},
-                                                               {"filename": "data-00001-of-00002.arrow"}]}))
+    (hf / "state.json").write_text(
+        json.dumps(
+            {"_data_files": [{"filename": "data-00000-of-00002.arrow"}, {"filename": "data-00001-of-00002.arrow"}]}
+        )
+    )
     (hf / "dataset_info.json").write_text(json.dumps({"features": {"text": {"dtype": "string"}}}))
     out, _ = docs(hf)
-    assert out == [("data-00000-of-00002.arrow[0]", "a"), ("data-00000-of-00002.arrow[1]", "b"),
-                   ("data-00001-of-00002.arrow[0]", "c")]
+    assert out == [
+        ("data-00000-of-00002.arrow[0]", "a"),
+        ("data-00000-of-00002.arrow[1]", "b"),
+        ("data-00001-of-00002.arrow[0]", "c"),
+    ]
     (tmp_path / "dd").mkdir()
     (tmp_path / "dd" / "dataset_dict.json").write_text('{"splits": ["train"]}')
     (tmp_path / "dd" / "train").mkdir()
@@ -138,8 +167,11 @@ def test_a_folder_of_every_kind_reports_what_it_skips(tmp_path):
     assert [(f.name, f.format) for f in found.files] == [("extra.jsonl", "jsonl"), ("t0.txt", "text")]
     loops = sorted(found.skipped.pop("symlink loop"))
     assert loops == ["self", "sub/up/"]
-    assert found.skipped == {"unknown format (.png)": ["pic.png"], "unknown format (.bin)": ["weights.bin"],
-                             "broken symlink": ["gone.txt"]}
+    assert found.skipped == {
+        "unknown format (.png)": ["pic.png"],
+        "unknown format (.bin)": ["weights.bin"],
+        "broken symlink": ["gone.txt"],
+    }
     assert found.hidden == 1
     summary = discover([DataSource(str(tmp_path))]).skip_summary()
     assert summary.startswith("skipped 5 file(s): ") and "unknown format (.png): 1 (pic.png)" in summary
@@ -189,12 +221,15 @@ def test_file_name_that_is_not_utf8(tmp_path):
 
 def test_bad_records_name_file_and_line(tmp_path):
     path = tmp_path / "r.jsonl"
-    path.write_bytes(b'{"text": "good"}\n{not json}\n{"body": "x"}\n{"text": 5}\n[1, 2]\n{"text": "caf\xe9"}\n'
-                     b'{"text": "last"}\n')
+    path.write_bytes(
+        b'{"text": "good"}\n{not json}\n{"body": "x"}\n{"text": 5}\n[1, 2]\n{"text": "caf\xe9"}\n{"text": "last"}\n'
+    )
     with pytest.raises(DataError) as err:
         docs(path)
-    assert str(err.value) == (f"{path}:2: not JSON (Expecting property name enclosed in double quotes at column 2) "
-                              f"(or pass --skip-bad to leave it out)")
+    assert str(err.value) == (
+        f"{path}:2: not JSON (Expecting property name enclosed in double quotes at column 2) "
+        f"(or pass --skip-bad to leave it out)"
+    )
     out, bad = docs(path, skip=True)
     assert [t for _, t in out] == ["good", "last"]
     assert bad.counts == {"not JSON": 1, "missing field": 2, "field not text": 1, "not UTF-8": 1}
@@ -203,22 +238,40 @@ def test_bad_records_name_file_and_line(tmp_path):
     assert bad.items[3].startswith("r.jsonl:5: no field 'text' (the record is a JSON array")
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda d: (d / "t.txt").write_bytes(b"line one\nline two caf\xe9\n"),
-     r"t.txt: not UTF-8 text \(bad byte near offset 21, line 2\)"),
-    (lambda d: pq.write_table(pa.table({"body": ["x"]}), d / "t.parquet"),
-     r"t.parquet: no column 'text' \(columns: body\)"),
-    (lambda d: pq.write_table(pa.table({"text": [1]}), d / "t.parquet"),
-     "t.parquet: column 'text' holds int64, not text"),
-    (lambda d: (d / "t.parquet").write_bytes(b"PAR1 not really"), "t.parquet: not a readable Parquet file"),
-    (lambda d: (d / "t.csv").write_text("a,b\n1,2\n"), r"t.csv: no column 'text' \(columns: a, b\)"),
-    (lambda d: (d / "t.json").write_text('[{"text": "a"}, {"text": "b"'), r"t.json\[1\]: not JSON"),
-    (lambda d: (d / "t.json").write_text('"just a string"'), "t.json: neither a JSON array of records nor JSON Lines"),
-    (lambda d: (d / "t.jsonl.gz").write_bytes(gzip.compress(b'{"text": "a"}\n' * 1000)[:60]),
-     "t.jsonl.gz: truncated or corrupt gzip data"),
-    (lambda d: (d / "t.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(b'{"text": "a"}\n' * 1000)[:20]),
-     "t.jsonl.zst: truncated or corrupt zstd data"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (
+            lambda d: (d / "t.txt").write_bytes(b"line one\nline two caf\xe9\n"),
+            r"t.txt: not UTF-8 text \(bad byte near offset 21, line 2\)",
+        ),
+        (
+            lambda d: pq.write_table(pa.table({"body": ["x"]}), d / "t.parquet"),
+            r"t.parquet: no column 'text' \(columns: body\)",
+        ),
+        (
+            lambda d: pq.write_table(pa.table({"text": [1]}), d / "t.parquet"),
+            "t.parquet: column 'text' holds int64, not text",
+        ),
+        (lambda d: (d / "t.parquet").write_bytes(b"PAR1 not really"), "t.parquet: not a readable Parquet file"),
+        (lambda d: (d / "t.csv").write_text("a,b\n1,2\n"), r"t.csv: no column 'text' \(columns: a, b\)"),
+        (lambda d: (d / "t.json").write_text('[{"text": "a"}, {"text": "b"'), r"t.json\[1\]: not JSON"),
+        (
+            lambda d: (d / "t.json").write_text('"just a string"'),
+            "t.json: neither a JSON array of records nor JSON Lines",
+        ),
+        (
+            lambda d: (d / "t.jsonl.gz").write_bytes(gzip.compress(b'{"text": "a"}\n' * 1000)[:60]),
+            "t.jsonl.gz: truncated or corrupt gzip data",
+        ),
+        (
+            lambda d: (d / "t.jsonl.zst").write_bytes(
+                zstandard.ZstdCompressor().compress(b'{"text": "a"}\n' * 1000)[:20]
+            ),
+            "t.jsonl.zst: truncated or corrupt zstd data",
+        ),
+    ],
+)
 def test_bad_files_are_one_line_errors_or_skipped(tmp_path, make, message):
     make(tmp_path)
     with pytest.raises(DataError, match=message) as err:

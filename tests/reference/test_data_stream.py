@@ -16,8 +16,10 @@ from reference_llm.data import encode, pipeline, prepare_data
 from reference_llm.data.pipeline import PipelineSettings
 from reference_llm.errors import DataError
 
-WORDS = ("time love king night heart death honour crown blood sword hand eye fair lord sweet word day "
-         "life grace heaven soul father queen mother brother friend noble speak give make hold").split()
+WORDS = (
+    "time love king night heart death honour crown blood sword hand eye fair lord sweet word day "
+    "life grace heaven soul father queen mother brother friend noble speak give make hold"
+).split()
 
 
 def prose(seed: int, lines: int = 12) -> str:
@@ -44,8 +46,16 @@ def mixed_corpus(root: Path, n: int = 400) -> Path:
 
 
 def cfg(corpus: Path, tmp_path: Path, **fields) -> DataConfig:
-    return DataConfig(**{"corpus": str(corpus), "tokenizer": "bpe", "vocab_size": 300,
-                         "cache_dir": str(tmp_path / "cache"), "chunk_mb": 0.05, **fields})
+    return DataConfig(
+        **{
+            "corpus": str(corpus),
+            "tokenizer": "bpe",
+            "vocab_size": 300,
+            "cache_dir": str(tmp_path / "cache"),
+            "chunk_mb": 0.05,
+            **fields,
+        }
+    )
 
 
 def shard_bytes(prepared) -> dict[str, bytes]:
@@ -124,7 +134,7 @@ def test_source_weights_set_the_mixture(tmp_path):
     toml = tmp_path / "train.toml"
     toml.write_text(f'''[data]
 tokenizer = "char"
-cache_dir = "{tmp_path / 'cache'}"
+cache_dir = "{tmp_path / "cache"}"
 
 [[data.sources]]
 path = "{books}"
@@ -149,8 +159,11 @@ weight = 3.0
     assert prepared.meta["settings"]["data"]["weights"] == {"books": 1.0, "web": 3.0}
     assert {s["source"] for s in prepared.meta["sources"]} == {"books", "web"}
 
-    natural_cfg = DataConfig(tokenizer="char", cache_dir=str(tmp_path / "cache"),
-                             sources=[DataSource(str(books)), DataSource(str(web), text_field="body.text")])
+    natural_cfg = DataConfig(
+        tokenizer="char",
+        cache_dir=str(tmp_path / "cache"),
+        sources=[DataSource(str(books)), DataSource(str(web), text_field="body.text")],
+    )
     plain = prepare_data(natural_cfg, progress=False)
     shares = [m["share"] for m in plain.meta["mixture"]]
     assert shares[0] == pytest.approx(natural, abs=0.01) and plain.dir != prepared.dir
@@ -161,9 +174,14 @@ def test_a_weighted_source_with_nothing_left_is_an_error(tmp_path):
     (tmp_path / "a" / "x.txt").write_text(prose(1, 30))
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "tiny.txt").write_text("too short")
-    data_cfg = DataConfig(tokenizer="char", cache_dir=str(tmp_path / "cache"),
-                          sources=[DataSource(str(tmp_path / "a"), weight=1.0, name="a"),
-                                   DataSource(str(tmp_path / "b"), weight=1.0, name="b")])
+    data_cfg = DataConfig(
+        tokenizer="char",
+        cache_dir=str(tmp_path / "cache"),
+        sources=[
+            DataSource(str(tmp_path / "a"), weight=1.0, name="a"),
+            DataSource(str(tmp_path / "b"), weight=1.0, name="b"),
+        ],
+    )
     with pytest.raises(DataError, match="source.s. b have a weight but no training text"):
         prepare_data(data_cfg, progress=False)
 
@@ -179,8 +197,9 @@ def test_memory_does_not_grow_with_a_long_single_line(tmp_path):
                 f.write(" ".join(rng.choice(WORDS) for _ in range(1000)) + " ")
         settings = PipelineSettings(piece_chars=100_000).with_overrides({"filters.max_mean_line_length": 0.0})
         tracemalloc.start()
-        prepared = prepare_data(cfg(path, tmp_path, tokenizer="char", workers=1, chunk_mb=0.5), settings,
-                                progress=False)
+        prepared = prepare_data(
+            cfg(path, tmp_path, tokenizer="char", workers=1, chunk_mb=0.5), settings, progress=False
+        )
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
         assert prepared.meta["report"]["documents_in"] >= size // 100_000  # pieces, each a document

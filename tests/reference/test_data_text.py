@@ -13,8 +13,10 @@ from reference_llm.data.filters import FilterSettings, apply_filters
 from reference_llm.data.pipeline import PipelineSettings, clean_documents, split_documents
 from reference_llm.errors import ConfigError
 
-WORDS = ("time love king night heart death honour crown blood sword hand eye fair lord sweet word day "
-         "life grace heaven soul father queen mother brother friend noble speak give make hold").split()
+WORDS = (
+    "time love king night heart death honour crown blood sword hand eye fair lord sweet word day "
+    "life grace heaven soul father queen mother brother friend noble speak give make hold"
+).split()
 
 
 def prose(seed: int, n_words: int = 200) -> str:
@@ -45,29 +47,41 @@ def test_normalize_keeps_indentation_tabs_and_inner_blank_lines():
 
 def run_filter(text: str, **settings) -> str | None:
     """The name of the filter that drops `text` under `settings` (other filters off), or None."""
-    base = dict(min_chars=0, max_chars=0, min_alpha_fraction=0, max_repeated_line_fraction=0,
-                min_mean_line_length=0, max_mean_line_length=0)
+    base = dict(
+        min_chars=0,
+        max_chars=0,
+        min_alpha_fraction=0,
+        max_repeated_line_fraction=0,
+        min_mean_line_length=0,
+        max_mean_line_length=0,
+    )
     kept, dropped = apply_filters([Document("doc", text)], FilterSettings(**{**base, **settings}))
     names = [name for name, sources in dropped.items() if sources]
     assert len(kept) + len(names) == 1
     return names[0] if names else None
 
 
-@pytest.mark.parametrize("text, settings, dropped_by", [
-    ("   \n  ", {}, "empty"),
-    ("short", {"min_chars": 20}, "min_chars"),
-    ("long enough text here", {"min_chars": 20}, None),
-    ("x" * 101, {"max_chars": 100}, "max_chars"),
-    ("x" * 100, {"max_chars": 100}, None),
-    ("1234 5678 9012 3456 | 77 | 88 | 99", {"min_alpha_fraction": 0.5}, "min_alpha_fraction"),
-    ("Plain words with 1 digit.", {"min_alpha_fraction": 0.5}, None),
-    ("buy now\nbuy now\nbuy now\nbuy now\nhello", {"max_repeated_line_fraction": 0.5},
-     "max_repeated_line_fraction"),
-    ("one line\nanother line\na third one\none line", {"max_repeated_line_fraction": 0.5}, None),
-    ("a\nb\nc\nd", {"min_mean_line_length": 3}, "min_mean_line_length"),
-    ("word " * 500, {"max_mean_line_length": 1000}, "max_mean_line_length"),
-    ("word " * 100 + "\n" + "word " * 100, {"max_mean_line_length": 1000}, None),
-])
+@pytest.mark.parametrize(
+    "text, settings, dropped_by",
+    [
+        ("   \n  ", {}, "empty"),
+        ("short", {"min_chars": 20}, "min_chars"),
+        ("long enough text here", {"min_chars": 20}, None),
+        ("x" * 101, {"max_chars": 100}, "max_chars"),
+        ("x" * 100, {"max_chars": 100}, None),
+        ("1234 5678 9012 3456 | 77 | 88 | 99", {"min_alpha_fraction": 0.5}, "min_alpha_fraction"),
+        ("Plain words with 1 digit.", {"min_alpha_fraction": 0.5}, None),
+        (
+            "buy now\nbuy now\nbuy now\nbuy now\nhello",
+            {"max_repeated_line_fraction": 0.5},
+            "max_repeated_line_fraction",
+        ),
+        ("one line\nanother line\na third one\none line", {"max_repeated_line_fraction": 0.5}, None),
+        ("a\nb\nc\nd", {"min_mean_line_length": 3}, "min_mean_line_length"),
+        ("word " * 500, {"max_mean_line_length": 1000}, "max_mean_line_length"),
+        ("word " * 100 + "\n" + "word " * 100, {"max_mean_line_length": 1000}, None),
+    ],
+)
 def test_each_filter(text, settings, dropped_by):
     assert run_filter(text, **settings) == dropped_by
 
@@ -98,8 +112,13 @@ def test_exact_dedup_keeps_first_copy():
 def test_near_dedup_drops_near_copies_and_keeps_distinct_docs():
     original = prose(1, 400)
     edited = original.replace("king", "prince", 1) + "\nOne more line at the end."
-    docs = [Document("a", original), Document("b", prose(2, 400)), Document("a-edited", edited),
-            Document("c", prose(3, 400)), Document("a-again", original + "\nThe end.")]
+    docs = [
+        Document("a", original),
+        Document("b", prose(2, 400)),
+        Document("a-edited", edited),
+        Document("c", prose(3, 400)),
+        Document("a-again", original + "\nThe end."),
+    ]
     kept, dups = near_dedup(docs, DedupSettings(threshold=0.8))
     assert [d.source for d in kept] == ["a", "b", "c"]
     assert sorted((d.source, d.duplicate_of) for d in dups) == [("a-again", "a"), ("a-edited", "a")]
@@ -124,8 +143,12 @@ def test_choose_bands_gives_high_recall_at_threshold():
 
 def test_clean_documents_report():
     letter = prose(1) + "\nmail me: someone@example.org"
-    docs = [Document("a.txt", letter), Document("b.txt", letter), Document("c.txt", "tiny"),
-            Document("d.txt", prose(4))]
+    docs = [
+        Document("a.txt", letter),
+        Document("b.txt", letter),
+        Document("c.txt", "tiny"),
+        Document("d.txt", prose(4)),
+    ]
     kept, report = clean_documents(docs, PipelineSettings())
     assert [d.source for d in kept] == ["a.txt", "d.txt"]
     assert report["documents_in"] == 4 and report["documents_out"] == 2

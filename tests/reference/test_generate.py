@@ -32,7 +32,7 @@ def naive_greedy(model: Transformer, prompt: list[int], n: int) -> list[int]:
         for _ in range(n):
             logits, _ = model(torch.tensor([seq]))
             seq.append(int(logits[0, -1].argmax()))
-    return seq[len(prompt):]
+    return seq[len(prompt) :]
 
 
 def test_greedy_matches_the_naive_loop_and_is_deterministic(model):
@@ -93,7 +93,7 @@ def test_stop_id_ends_the_row_and_is_not_returned(model):
     out = generate(model, PROMPTS, 10, stop_ids=[stop])
     assert out[0] == free[0][:first]
     for row, other in zip(out[1:], free[1:]):  # other rows stop only where they meet the same token
-        assert row == (other[:other.index(stop)] if stop in other else other)
+        assert row == (other[: other.index(stop)] if stop in other else other)
 
 
 def test_callback_receives_every_token_and_can_stop_a_row(model):
@@ -122,8 +122,15 @@ def test_block_size_is_respected(model):
     assert generate(model, [[1] * block], 5) == [[]]
 
 
-@pytest.mark.parametrize("kwargs", [dict(temperature=-1.0), dict(temperature=1.0, top_k=0),
-                                    dict(temperature=1.0, top_p=0.0), dict(temperature=1.0, top_p=1.5)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(temperature=-1.0),
+        dict(temperature=1.0, top_k=0),
+        dict(temperature=1.0, top_p=0.0),
+        dict(temperature=1.0, top_p=1.5),
+    ],
+)
 def test_bad_sampling_settings(model, kwargs):
     with pytest.raises(ConfigError):
         generate(model, PROMPTS, 3, **kwargs)
@@ -154,9 +161,10 @@ def test_stop_string_cuts_the_text_and_streaming_sends_what_is_returned(char_mod
     free = generate_text(model, tokenizer, ["to be"], 30, stop_ids=[])[0]
     stop = free[5:7]
     pieces: list[str] = []
-    out = generate_text(model, tokenizer, ["to be"], 30, stop=[stop], stop_ids=[],
-                        on_text=lambda row, piece: pieces.append(piece))[0]
-    assert out == free[:free.index(stop)]
+    out = generate_text(
+        model, tokenizer, ["to be"], 30, stop=[stop], stop_ids=[], on_text=lambda row, piece: pieces.append(piece)
+    )[0]
+    assert out == free[: free.index(stop)]
     assert "".join(pieces) == out
 
 
@@ -164,24 +172,39 @@ def test_stop_string_cuts_the_text_and_streaming_sends_what_is_returned(char_mod
 def checkpoint_dir(char_model, tmp_path_factory):
     model, tokenizer = char_model
     run_dir = tmp_path_factory.mktemp("gen_run")
-    state = {"step": 1, "config": RunConfig(model=model.config).to_dict(),
-             "tokenizer_fingerprint": tokenizer.fingerprint()}
+    state = {
+        "step": 1,
+        "config": RunConfig(model=model.config).to_dict(),
+        "tokenizer_fingerprint": tokenizer.fingerprint(),
+    }
     save_checkpoint(run_dir, 1, unique_state_dict(model), None, state, tokenizer)
     return run_dir
 
 
 def test_cli_streams_the_greedy_continuation(char_model, checkpoint_dir, capsys):
     model, tokenizer = char_model
-    code = run_main(main, ["--checkpoint", str(checkpoint_dir), "--prompt", "to be", "--temperature", "0",
-                           "--max-new-tokens", "20"])
+    code = run_main(
+        main, ["--checkpoint", str(checkpoint_dir), "--prompt", "to be", "--temperature", "0", "--max-new-tokens", "20"]
+    )
     assert code == 0
     expected = "to be" + generate_text(model, tokenizer, ["to be"], 20, stop_ids=[])[0]
     assert capsys.readouterr().out == expected + "\n"
 
 
 def test_cli_bad_input_is_one_line_and_exit_2(checkpoint_dir, tmp_path):
-    missing = subprocess.run([sys.executable, "-m", "reference_llm.deploy.generate", "--checkpoint", str(tmp_path / "nope"),
-                              "--prompt", "x"], capture_output=True, text=True)
+    missing = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "reference_llm.deploy.generate",
+            "--checkpoint",
+            str(tmp_path / "nope"),
+            "--prompt",
+            "x",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert missing.returncode == 2
     assert missing.stderr.startswith("error: ") and missing.stderr.count("\n") == 1
     assert run_main(main, ["--checkpoint", str(checkpoint_dir), "--prompt", "to", "--top-p", "2"]) == 2

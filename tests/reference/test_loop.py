@@ -46,8 +46,9 @@ class Run:
         for key, value in settings.items():
             section, name = key.split("__")
             setattr(getattr(self.config, section), name, value)
-        self.engine = SingleDeviceEngine(self.config, Transformer(self.config.model),
-                                         optimizer_factory(self.config.train))
+        self.engine = SingleDeviceEngine(
+            self.config, Transformer(self.config.model), optimizer_factory(self.config.train)
+        )
         self.clock = Clock()
         self.state = LoopState()
         self.saved: list[int] = []
@@ -71,9 +72,20 @@ class Run:
         return {"val_loss": 1.0}
 
     def fit(self, until: int | None = None) -> dict[str, Any]:
-        return fit(self.engine, CosineSchedule.from_config(self.config.train), self.next_batch, self.engine.model,
-                   self.state, self.config, torch.float32, self.save, validate=self.validate, step_fn=self.step,
-                   until=until, clock=self.clock)
+        return fit(
+            self.engine,
+            CosineSchedule.from_config(self.config.train),
+            self.next_batch,
+            self.engine.model,
+            self.state,
+            self.config,
+            torch.float32,
+            self.save,
+            validate=self.validate,
+            step_fn=self.step,
+            until=until,
+            clock=self.clock,
+        )
 
     def records(self) -> list[dict[str, Any]]:
         return read_metrics(Path(self.config.checkpoint.dir) / self.config.train.metrics_file)

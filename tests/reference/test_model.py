@@ -59,9 +59,15 @@ def test_param_count_formula_matches_tensors(name: str) -> None:
     assert model.num_params(include_embeddings=False) == config.num_params(include_embeddings=False)
 
 
-@pytest.mark.parametrize("name, published", [
-    ("gpt2-124m", 124.44e6), ("llama-7b", 6.738e9), ("llama-8b", 8.03e9), ("llama-70b", 70.55e9),
-])
+@pytest.mark.parametrize(
+    "name, published",
+    [
+        ("gpt2-124m", 124.44e6),
+        ("llama-7b", 6.738e9),
+        ("llama-8b", 8.03e9),
+        ("llama-70b", 70.55e9),
+    ],
+)
 def test_param_counts_match_published_models(name: str, published: float) -> None:
     assert ModelConfig.preset(name).num_params() == pytest.approx(published, rel=2e-3)
 
@@ -113,8 +119,8 @@ def test_rope_depends_only_on_relative_position() -> None:
     q, k = torch.randn(D), torch.randn(D)
 
     def score(m: int, n: int) -> float:
-        rq = apply_rope(q.view(1, 1, 1, D), cos[m:m + 1], sin[m:m + 1]).flatten()
-        rk = apply_rope(k.view(1, 1, 1, D), cos[n:n + 1], sin[n:n + 1]).flatten()
+        rq = apply_rope(q.view(1, 1, 1, D), cos[m : m + 1], sin[m : m + 1]).flatten()
+        rk = apply_rope(k.view(1, 1, 1, D), cos[n : n + 1], sin[n : n + 1]).flatten()
         return float(rq @ rk)
 
     assert score(5, 2) == pytest.approx(score(40, 37), abs=1e-4)
@@ -136,7 +142,7 @@ def test_cached_logits_equal_uncached(name: str, attention: str) -> None:
         full, _ = model(idx)
         cache = KVCache.allocate(config, batch_size=2)
         chunks = [model(idx[:, :9], cache=cache)[0], model(idx[:, 9:15], cache=cache)[0]]
-        chunks += [model(idx[:, t:t + 1], cache=cache)[0] for t in range(15, 24)]
+        chunks += [model(idx[:, t : t + 1], cache=cache)[0] for t in range(15, 24)]
     assert cache.length == 24
     assert torch.allclose(torch.cat(chunks, dim=1), full, atol=1e-5)
 
@@ -168,18 +174,22 @@ def test_manual_attention_bf16_softmax_forward_equals_the_float32_one() -> None:
     """Why the manual path may skip the float32 round trip: on the CPU, softmax over bf16 scores gives
     bit for bit what casting to float32, softmax and casting back gives."""
     torch.manual_seed(0)
-    scores = (3 * torch.randn(4, 64, 64)).bfloat16().masked_fill(~torch.ones(64, 64, dtype=torch.bool).tril(),
-                                                                 float("-inf"))
+    scores = (
+        (3 * torch.randn(4, 64, 64)).bfloat16().masked_fill(~torch.ones(64, 64, dtype=torch.bool).tril(), float("-inf"))
+    )
     assert torch.equal(F.softmax(scores, dim=-1), F.softmax(scores.float(), dim=-1).bfloat16())
 
 
-@pytest.mark.parametrize("dtype, T, want_sdpa", [
-    (torch.float32, 64, True),  # fp32: SDPA's flash kernel is as fast or faster at every length
-    (torch.float32, 2048, True),
-    (torch.bfloat16, 64, False),  # CPU bf16: the manual path is faster up to 1024 tokens
-    (torch.bfloat16, 1024, False),
-    (torch.bfloat16, 2048, True),
-])
+@pytest.mark.parametrize(
+    "dtype, T, want_sdpa",
+    [
+        (torch.float32, 64, True),  # fp32: SDPA's flash kernel is as fast or faster at every length
+        (torch.float32, 2048, True),
+        (torch.bfloat16, 64, False),  # CPU bf16: the manual path is faster up to 1024 tokens
+        (torch.bfloat16, 1024, False),
+        (torch.bfloat16, 2048, True),
+    ],
+)
 def test_auto_attention_choice_on_the_cpu(dtype: torch.dtype, T: int, want_sdpa: bool) -> None:
     attention = Transformer(ModelConfig.preset("tiny")).blocks[0].attn
     x = torch.zeros(1, T, 64)
@@ -234,13 +244,16 @@ def test_flops_per_token_counts_matmuls_and_attention() -> None:
     assert c.flops_per_token(1024, training=False) == c.flops_per_token(1024) / 3
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(d_model=100, n_head=3), "must divide model.d_model"),
-    (dict(n_head=4, n_kv_head=3), "must divide model.n_head"),
-    (dict(n_layer=0), "n_layer must be a positive integer"),
-    (dict(norm="batchnorm"), "model.norm must be one of"),
-    (dict(dropout=1.5), "dropout"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(d_model=100, n_head=3), "must divide model.d_model"),
+        (dict(n_head=4, n_kv_head=3), "must divide model.n_head"),
+        (dict(n_layer=0), "n_layer must be a positive integer"),
+        (dict(norm="batchnorm"), "model.norm must be one of"),
+        (dict(dropout=1.5), "dropout"),
+    ],
+)
 def test_bad_configs_name_the_problem(kwargs: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         ModelConfig.preset("tiny", **kwargs)

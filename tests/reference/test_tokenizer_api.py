@@ -20,8 +20,10 @@ from reference_llm.tokenizer import (
     train_tokenizer,
 )
 
-TEXTS = ["It is a truth universally acknowledged, that a single man in possession of a good fortune, "
-         "must be in want of a wife.\n"] * 20
+TEXTS = [
+    "It is a truth universally acknowledged, that a single man in possession of a good fortune, "
+    "must be in want of a wife.\n"
+] * 20
 
 
 @pytest.mark.parametrize("kind", KINDS)

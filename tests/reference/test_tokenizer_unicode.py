@@ -246,8 +246,10 @@ def test_joins_are_the_same_without_separators(our_joins, tiktoken_joins, codes,
     pick |= np.isin(codes, [*GPT2_SPLIT.corrections, *expand(uc.WHITE_SPACE)])
     alone = [probe(chr(cp)) for cp in codes[pick].tolist()]
     ours_alone = [set(accumulate(map(len, GPT2_SPLIT.findall(p)))) for p in alone]
-    theirs_alone = [set(accumulate(np.where(np.array(ids) >= 256, 2, 1).tolist()))
-                    for ids in tiktoken_boundary.encode_ordinary_batch(alone)]
+    theirs_alone = [
+        set(accumulate(np.where(np.array(ids) >= 256, 2, 1).tolist()))
+        for ids in tiktoken_boundary.encode_ordinary_batch(alone)
+    ]
     for name, offset in JOINS.items():
         assert (our_joins[name][pick] == [offset not in ends for ends in ours_alone]).all(), name
         offsets = [len(p[:offset].encode()) for p in alone]
@@ -300,13 +302,20 @@ def test_generated_module_is_what_the_generator_writes(tmp_path: Path) -> None:
     assert GENERATE in (REPO / "docs" / "tokenizer.md").read_text(encoding="utf-8")
     (tmp_path / "reference_llm" / "tokenizer").mkdir(parents=True)
     argv = [sys.executable, *GENERATE.split()[1:]]  # run as written, by this interpreter
-    done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                          env={"PYTHONPATH": str(REPO), "PATH": ""})
+    done = subprocess.run(
+        argv, cwd=tmp_path, capture_output=True, text=True, timeout=120, env={"PYTHONPATH": str(REPO), "PATH": ""}
+    )
     assert done.returncode == 0, done.stderr
     written = (tmp_path / "reference_llm" / "tokenizer" / "unicode_classes.py").read_text(encoding="utf-8")
     assert written == Path(uc.__file__).read_text(encoding="utf-8")
-    again = subprocess.run(argv[:-2] + argv[-1:], cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                           env={"PYTHONPATH": str(REPO), "PATH": ""})
+    again = subprocess.run(
+        argv[:-2] + argv[-1:],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": str(REPO), "PATH": ""},
+    )
     assert again.returncode == 2 and again.stderr.startswith("error: ") and "--force" in again.stderr
     assert len(again.stderr.strip().splitlines()) == 1
 

@@ -28,10 +28,21 @@ def cache_dir(tmp_path_factory):
 
 def _overrides(run_dir, cache_dir, **extra) -> list[str]:
     values = {
-        "data.corpus": str(corpus_path()), "data.tokenizer": "char", "data.cache_dir": str(cache_dir),
-        "model.preset": "tiny", "train.micro_batch": 8, "train.max_steps": 40, "train.warmup_steps": 5,
-        "train.lr": 3e-3, "train.min_lr": 3e-4, "train.log_interval": 1, "train.dtype": "float32",
-        "eval.interval": 20, "eval.iters": 4, "checkpoint.dir": str(run_dir), "checkpoint.interval": 0,
+        "data.corpus": str(corpus_path()),
+        "data.tokenizer": "char",
+        "data.cache_dir": str(cache_dir),
+        "model.preset": "tiny",
+        "train.micro_batch": 8,
+        "train.max_steps": 40,
+        "train.warmup_steps": 5,
+        "train.lr": 3e-3,
+        "train.min_lr": 3e-4,
+        "train.log_interval": 1,
+        "train.dtype": "float32",
+        "eval.interval": 20,
+        "eval.iters": 4,
+        "checkpoint.dir": str(run_dir),
+        "checkpoint.interval": 0,
     }
     values.update({key.replace("__", "."): value for key, value in extra.items()})
     return [f"{key}={json.dumps(value)}" for key, value in values.items()]  # JSON scalars are valid TOML
@@ -76,8 +87,14 @@ def test_loss_falls_and_the_run_is_recorded(tmp_path, cache_dir):
 
 def test_interrupted_run_resumes_bit_exactly(tmp_path, cache_dir, monkeypatch):
     # Dropout and gradient accumulation on: the RNG state and the loader position both matter.
-    settings = dict(train__max_steps=16, train__grad_accum=2, model__dropout=0.1, checkpoint__interval=4,
-                    eval__interval=6, train__dtype="auto")
+    settings = dict(
+        train__max_steps=16,
+        train__grad_accum=2,
+        model__dropout=0.1,
+        checkpoint__interval=4,
+        eval__interval=6,
+        train__dtype="auto",
+    )
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     Trainer(_config(whole, cache_dir, **settings)).fit()
 
@@ -147,22 +164,25 @@ def _cli(argv, capsys) -> tuple[int, str]:
     return code, err[-1] if err else ""
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"train__no_such_key": 1}, "error: unknown key(s) in [train]: no_such_key"),
-    ({"model__preset": "gpt-5"}, "error: unknown model preset 'gpt-5'; known presets: tiny,"),
-    ({"train__dtype": "float8"}, "error: train.dtype must be one of auto, float32, bfloat16; got 'float8'"),
-    ({"train__max_steps": "many"}, "error: train.max_steps must be int, got 'many'"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"train__no_such_key": 1}, "error: unknown key(s) in [train]: no_such_key"),
+        ({"model__preset": "gpt-5"}, "error: unknown model preset 'gpt-5'; known presets: tiny,"),
+        ({"train__dtype": "float8"}, "error: train.dtype must be one of auto, float32, bfloat16; got 'float8'"),
+        ({"train__max_steps": "many"}, "error: train.max_steps must be int, got 'many'"),
+    ],
+)
 def test_cli_bad_config_is_one_line_and_exit_2(tmp_path, cache_dir, capsys, bad, message):
-    code, line = _cli(["--config", str(_write_config(tmp_path)), *_overrides(tmp_path / "r", cache_dir, **bad)],
-                      capsys)
+    code, line = _cli(["--config", str(_write_config(tmp_path)), *_overrides(tmp_path / "r", cache_dir, **bad)], capsys)
     assert code == 2 and line.startswith(message)
 
 
 def test_cli_malformed_override_and_missing_config(tmp_path, capsys):
     code, line = _cli(["--config", str(_write_config(tmp_path)), "train.max_steps"], capsys)
-    assert code == 2 and line == ("error: override 'train.max_steps' must look like section.key=value "
-                                  "(e.g. train.max_steps=100)")
+    assert code == 2 and line == (
+        "error: override 'train.max_steps' must look like section.key=value (e.g. train.max_steps=100)"
+    )
     code, line = _cli(["train.max_steps=3"], capsys)
     assert code == 2 and line == "error: the following arguments are required: --config (see --help)"
 
@@ -170,8 +190,10 @@ def test_cli_malformed_override_and_missing_config(tmp_path, capsys):
 def test_cli_empty_corpus(tmp_path, cache_dir, capsys):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
-    code, line = _cli(["--config", str(_write_config(tmp_path)),
-                       *_overrides(tmp_path / "r", cache_dir, data__corpus=str(empty))], capsys)
+    code, line = _cli(
+        ["--config", str(_write_config(tmp_path)), *_overrides(tmp_path / "r", cache_dir, data__corpus=str(empty))],
+        capsys,
+    )
     assert code == 2 and "empty" in line and str(empty) in line
 
 
@@ -180,10 +202,13 @@ def test_cli_resume_from_corrupt_or_mismatched_checkpoint(tmp_path, cache_dir, c
     config = str(_write_config(tmp_path))
     assert _cli(["--config", config, *_overrides(run, cache_dir, train__max_steps=2)], capsys)[0] == 0
 
-    code, line = _cli(["--config", config, "--resume", *_overrides(run, cache_dir, train__max_steps=4,
-                                                                    model__n_layer=3)], capsys)
-    assert code == 2 and line == ("error: checkpoint has no tensor 'blocks.2.attn_norm.weight' that the model "
-                                  "needs (is it for a different model config?)")
+    code, line = _cli(
+        ["--config", config, "--resume", *_overrides(run, cache_dir, train__max_steps=4, model__n_layer=3)], capsys
+    )
+    assert code == 2 and line == (
+        "error: checkpoint has no tensor 'blocks.2.attn_norm.weight' that the model "
+        "needs (is it for a different model config?)"
+    )
 
     weights = run / "step_0000002" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
@@ -202,7 +227,8 @@ def test_cli_subprocess_help_and_error_exit_codes(tmp_path):
     repo = Path(__file__).resolve().parents[2]
     shown = subprocess.run([*run, "--help"], capture_output=True, text=True, timeout=120, cwd=repo)
     assert shown.returncode == 0 and "--resume" in shown.stdout and "--config" in shown.stdout
-    failed = subprocess.run([*run, "--config", str(tmp_path / "missing.toml")], capture_output=True, text=True,
-                            timeout=120, cwd=repo)
+    failed = subprocess.run(
+        [*run, "--config", str(tmp_path / "missing.toml")], capture_output=True, text=True, timeout=120, cwd=repo
+    )
     assert failed.returncode == 2
     assert failed.stderr.strip() == f"error: config file not found: {tmp_path / 'missing.toml'}"

@@ -15,6 +15,8 @@ ITEMS_FILE = Path(__file__).with_name("reference_llm_mc.jsonl")
 def load(**_metadata: object) -> datasets.DatasetDict:
     """lm-eval calls a task's `custom_dataset` with the run's metadata as keywords; the items do not
     depend on it."""
-    rows = [{"context": item.context, "choices": list(item.choices), "answer": item.answer}
-            for item in load_items(ITEMS_FILE)]
+    rows = [
+        {"context": item.context, "choices": list(item.choices), "answer": item.answer}
+        for item in load_items(ITEMS_FILE)
+    ]
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
