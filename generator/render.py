@@ -1,14 +1,15 @@
 """Render the Copier template into a temporary directory, then move the result into place.
 
 Rendering never writes into the target directly: Copier renders into a temporary directory created next
-to the target (on the same filesystem, so the final move is a rename), the bundled corpus and its
-manifest entry are added, git makes the first commit, and only then is the directory renamed into place.
-A validation error, a Copier failure or Ctrl-C therefore leaves no half-written project behind.
+to the target (on the same filesystem, so the final move is a rename), the bundled corpus is checked,
+git makes the first commit, and only then is the directory renamed into place. A validation error, a
+Copier failure or Ctrl-C therefore leaves no half-written project behind.
 
-The corpus is copied from `reference_llm.assets` rather than shipped a second time inside the template:
-the repository and the wheel keep one copy of the 1.1 MB file and one provenance record, which is checked
-(sha256) at every copy. data/ is also the user's own area: `llmgen update` (Copier) leaves files that
-the template does not own alone, so the manifest can grow with the project's data.
+The corpus and its manifest are part of the template (templates/project/data/), so that plain
+`copier copy` gives the same project as `llmgen new`; they are a copy of `reference_llm.assets`'
+(git stores the identical file once), and every render checks the copy's sha256 against the library's
+provenance record. Copier gets the roadmap in its compact form (`generator.roadmap.compact_roadmap`);
+the template joins it with the track data it holds (templates/_roadmap.jinja).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from typing import Any
 import copier
 
 from generator.errors import RenderError, TargetError
+from generator.notebooks import write_notebooks
+from generator.roadmap import compact_roadmap
 from generator.roadmap_pdf import write_roadmap_pdf
 from generator.template_repo import TemplateRef, ensure_template_repo
 from reference_llm.assets import corpus_path, manifest
@@ -86,35 +89,52 @@ def render_into(answers: dict[str, Any], directory: Path, template: TemplateRef 
     the installed version's), so that the project records a stable _src_path and version for `llmgen update`.
     """
     template = template or ensure_template_repo()
+    data = {**answers, "roadmap": compact_roadmap(answers["roadmap"])}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Copier warns about things (e.g. a dirty checkout) we do not use
-            copier.run_copy(str(template.path), directory, vcs_ref=template.tag, data=answers, defaults=True,
+            copier.run_copy(str(template.path), directory, vcs_ref=template.tag, data=data, defaults=True,
                             unsafe=False, quiet=True, overwrite=True)
     except (ValueError, copier.errors.CopierError) as exc:
         raise RenderError(f"template rendering failed: {' '.join(str(exc).split())}") from None
     add_corpus(directory / DATA_DIR)
     write_roadmap_pdf(directory, answers)  # ROADMAP.pdf, drawn from the same roadmap data (ReportLab)
+    write_notebooks(answers, directory)  # notebooks/: one per roadmap step (generator/notebooks)
     return sorted(str(p.relative_to(directory)) for p in directory.rglob("*")
                   if p.is_file() and ".git" not in p.relative_to(directory).parts)
 
 
 def add_corpus(data_dir: Path) -> None:
-    """Copy the bundled corpus into `data_dir` and write its manifest entry, checking its sha256."""
-    source = corpus_path()
-    entry = next((e for e in manifest() if e["path"] == source.name), None)
-    if entry is None:
-        raise RenderError(f"reference_llm/assets/manifest.toml has no entry for {source.name}; reinstall llmgen")
-    data_dir.mkdir(parents=True, exist_ok=True)
-    copy = data_dir / source.name
-    shutil.copyfile(source, copy)
+    """Check the corpus the template rendered into `data_dir` against reference_llm's provenance record
+    (its sha256), and its manifest against `corpus_manifest_text`."""
+    entry = _corpus_entry()
+    copy = data_dir / entry["path"]
+    if not copy.is_file():
+        raise RenderError(f"the template rendered no {DATA_DIR}/{entry['path']}; reinstall llmgen")
     digest = hashlib.sha256(copy.read_bytes()).hexdigest()
     if digest != entry["sha256"]:
-        raise RenderError(f"bundled corpus {source} does not match its manifest sha256 "
+        raise RenderError(f"the template's corpus {DATA_DIR}/{entry['path']} does not match its manifest sha256 "
                           f"({digest} != {entry['sha256']}); reinstall llmgen")
+    if (data_dir / "manifest.toml").read_text(encoding="utf-8") != corpus_manifest_text():
+        raise RenderError(f"the template's {DATA_DIR}/manifest.toml differs from reference_llm's record of the "
+                          f"corpus; reinstall llmgen")
+
+
+def corpus_manifest_text() -> str:
+    """data/manifest.toml of a new project: the header and the bundled corpus' entry from
+    reference_llm/assets/manifest.toml (templates/project/data/manifest.toml holds this text)."""
     # TOML basic strings share JSON's escapes, so json.dumps writes valid TOML values for strings.
+    entry = _corpus_entry()
     lines = [MANIFEST_HEADER, "[[file]]"] + [f"{key} = {json.dumps(value)}" for key, value in entry.items()]
-    (data_dir / "manifest.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return "\n".join(lines) + "\n"
+
+
+def _corpus_entry() -> dict[str, Any]:
+    name = corpus_path().name
+    entry = next((e for e in manifest() if e["path"] == name), None)
+    if entry is None:
+        raise RenderError(f"reference_llm/assets/manifest.toml has no entry for {name}; reinstall llmgen")
+    return entry
 
 
 def _umask() -> int:

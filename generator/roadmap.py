@@ -1,10 +1,17 @@
 """The roadmap of a generated repository: its track's steps with per-step estimates, exercises and layout.
 
-`build_roadmap(track, answers, hardware)` returns plain data (JSON-serialisable) that `llmgen new` passes
-to Copier as the `roadmap` answer; ROADMAP.md, roadmap.html, COMPLIANCE.md's per-step checklist and the
-choice of checkpoint test files (one per step) are rendered from it. It is
-recorded in .copier-answers.yml so that `llmgen update` can replay the old version exactly and merge in
-the new one (`roadmap_for_answers` recomputes it from the other answers).
+`build_roadmap(track, answers, hardware)` returns plain data (JSON-serialisable): the whole roadmap, which
+llmgen's own writers (ROADMAP.pdf, the notebooks) read. Copier gets two parts of it instead, so that a
+project's .copier-answers.yml stays short and plain `copier copy` renders the same files:
+
+- what depends only on the track (titles, commands, graph, exercises, layout) is in the template, one
+  JSON file per track (`templates/tracks/<track>.json`, written by `write_template_tracks`: run
+  `python -m generator.roadmap` after editing tracks/*.toml; a test checks that they agree);
+- what depends on the project's plan (the estimates, the parameter count, the compute precision, the
+  measured CPU speed) is the `roadmap` answer, `compact_roadmap(roadmap)`: about twenty lines.
+
+The template joins the two (`templates/_roadmap.jinja`) into the same roadmap `build_roadmap` returns.
+`llmgen update` replays the recorded answers and merges in the recomputed ones (`roadmap_for_answers`).
 
 Per-step estimates come from the estimator (`generator.estimate.estimate_run`) on the project's
 hardware, model, parallelism and precision:
@@ -21,6 +28,8 @@ longest chain of prerequisites before it.
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +39,7 @@ import reference_llm
 from generator.errors import TrackDataError
 from generator.estimate import Estimate, RunSpec, estimate_run, parse_hardware
 from generator.estimate.hardware import Hardware
+from generator.resources import templates_dir
 from generator.tracks import Step, Track, load_tracks
 from generator.units import duration, si
 from reference_llm.model.config import ModelConfig
@@ -111,7 +121,7 @@ def build_roadmap(track: Track, answers: Mapping[str, Any], hardware: Hardware) 
             "id": step.id, "number": number, "title": step.title, "summary": step.summary, "depth": step.depth,
             "optional": step.optional, "requires": list(step.requires),
             "code": [module_path(m) for m in step.modules],
-            "command": step.command_for(run_dir),
+            "command": step.command_for(run_dir, package),
             "checkpoint_test": step.checkpoint_test,
             "compliance": list(step.compliance),
             "estimate": {"kind": figures["kind"], "text": figures["text"]},
@@ -223,3 +233,62 @@ def layout(steps: list[Step]) -> tuple[dict[str, tuple[int, int]], int, int]:
         for column, step_id in enumerate(ids):
             positions[step_id] = (left + column * (NODE_WIDTH + COLUMN_GAP), MARGIN + row * (NODE_HEIGHT + ROW_GAP))
     return positions, width, height
+
+
+# ----------------------------------------------------------------------------------------------------
+# The two halves Copier gets: track data in the template, the project's figures in the answer
+# ----------------------------------------------------------------------------------------------------
+
+TEMPLATE_TRACKS = "tracks"  # folder of the template (beside copier.yml, not rendered) with <track>.json
+
+
+def compact_roadmap(roadmap: Mapping[str, Any]) -> dict[str, Any]:
+    """The `roadmap` answer: what the template cannot derive from the track and the other answers."""
+    return {"track": roadmap["track"], "params": roadmap["params"], "precision": roadmap["precision"],
+            "cpu_tflops": roadmap["cpu_tflops"], "total": roadmap["total"],
+            "estimates": {step["id"]: step["estimate"]["text"] for step in roadmap["steps"]}}
+
+
+def template_track(track: Track) -> dict[str, Any]:
+    """A track as the template reads it: every step with its graph position, code pointers, exercises
+    (files relative to src/<package>/) and command with "{run}" and "{package}" still in it."""
+    steps = track.ordered_steps()
+    positions, width, height = layout(steps)
+    return {
+        "name": track.name, "title": track.title, "width": width, "height": height,
+        "node_width": NODE_WIDTH, "node_height": NODE_HEIGHT,
+        "steps": [{
+            "id": step.id, "number": number, "title": step.title, "summary": step.summary, "depth": step.depth,
+            "optional": step.optional, "requires": list(step.requires),
+            "code": [module_path(m) for m in step.modules], "command": step.command,
+            "checkpoint_test": step.checkpoint_test, "compliance": list(step.compliance),
+            "estimate_kind": step.estimate.kind,
+            "exercises": [{"file": e.file, "symbol": e.symbol, "task": e.task, "tests": list(e.tests)}
+                          for e in EXERCISES if e.step == step.id],
+            "x": positions[step.id][0], "y": positions[step.id][1],
+        } for number, step in enumerate(steps, start=1)],
+    }
+
+
+def template_track_text(track: Track) -> str:
+    return json.dumps(template_track(track), indent=1, ensure_ascii=False) + "\n"
+
+
+def write_template_tracks(template_root: Path | None = None) -> list[Path]:
+    """(Re)write templates/tracks/<track>.json from tracks/*.toml; returns the files that changed."""
+    folder = (template_root or templates_dir()) / TEMPLATE_TRACKS
+    folder.mkdir(exist_ok=True)
+    changed = []
+    for track in load_tracks().values():
+        path = folder / f"{track.name}.json"
+        text = template_track_text(track)
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            path.write_text(text, encoding="utf-8")
+            changed.append(path)
+    return changed
+
+
+if __name__ == "__main__":
+    # python -m generator.roadmap: bring the template's track data in line with tracks/*.toml.
+    written = write_template_tracks()
+    print("\n".join(f"wrote {p}" for p in written) or "templates/tracks/ is up to date", file=sys.stderr)

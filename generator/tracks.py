@@ -22,7 +22,8 @@ against the schema below on load; an error names the file, the step and the key.
     optional = false               # a required step may not depend on an optional one
     requires = ["clean"]           # prerequisite step ids (the dependency graph; no cycles)
     modules = ["reference_llm.tokenizer"]
-    command = "..."                # shell command; "{run}" stands for the run (checkpoint) directory
+    command = "..."                # shell command; "{run}" stands for the run (checkpoint) directory,
+                                   # "{package}" for the project's package (src/<package>/)
     checkpoint_test = "tests/checkpoints/test_tokenizer.py::test_round_trip"   # pytest node id
     compliance = ["..."]           # notes for COMPLIANCE.md (may be empty)
     estimate = { kind = "train", tokens = "budget", note = "..." }
@@ -46,7 +47,7 @@ from reference_llm.model.config import PRESETS
 SCHEMA_VERSION = 1
 DEPTHS = ("read", "build", "extend")
 ESTIMATE_KINDS = ("none", "train", "forward")
-COMMAND_PLACEHOLDERS = ("run",)
+COMMAND_PLACEHOLDERS = ("run", "package")
 
 _ID = re.compile(r"^[a-z][a-z0-9_-]*$")
 _MODULE = re.compile(r"^reference_llm(\.[a-z_][a-z0-9_]*)*$")
@@ -76,9 +77,10 @@ class Step:
     compliance: tuple[str, ...]
     estimate: StepEstimate
 
-    def command_for(self, run_dir: str) -> str:
-        """The command with "{run}" replaced by the run directory (configs/train.toml checkpoint.dir)."""
-        return self.command.format(run=run_dir)
+    def command_for(self, run_dir: str, package: str) -> str:
+        """The command with "{run}" replaced by the run directory (configs/train.toml checkpoint.dir) and
+        "{package}" by the project's Python package."""
+        return self.command.format(run=run_dir, package=package)
 
 
 @dataclass(frozen=True)

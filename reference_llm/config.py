@@ -22,6 +22,8 @@ Unknown sections or keys, wrong types and impossible values raise `ConfigError` 
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 import tomllib
 import types
 import typing
@@ -177,7 +179,7 @@ class TrainConfig:
     beta2: float = 0.95
     grad_clip: float = 1.0
     dtype: str = Dtype.AUTO.value  # a Dtype: auto is bf16 autocast where the device has native bf16
-    compile: bool = False
+    compile: bool | str = False  # true, false or "auto": compile when it pays off (train.perf.AutoCompile)
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     activation_checkpointing: str = "none"  # "none" | "selective" (attention scores) | "full" (whole blocks)
     log_interval: int = 10
@@ -221,6 +223,10 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+# A TOML file of settings that every command reading a run config applies over its config file.
+OVERLAY_ENV = "REFERENCE_LLM_OVERLAY"
+_OVERLAY_NOTED: set[tuple[str, tuple[str, ...]]] = set()
+
 SECTIONS: dict[str, type] = {
     "data": DataConfig, "train": TrainConfig, "eval": EvalConfig,
     "checkpoint": CheckpointConfig, "distributed": DistributedConfig,
@@ -241,22 +247,45 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunCo
     return config_from_dict(read_config_file(path, overrides))
 
 
-def read_config_file(path: str | Path | None, overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """The raw sections of a TOML file (empty when `path` is None) with `section.key=value` overrides
-    applied, not yet checked against any schema."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+def read_config_file(path: str | Path | None, overrides: Sequence[str] = (),
+                     sections: Collection[str] | None = None) -> dict[str, Any]:
+    """The raw sections of a TOML file (empty when `path` is None), then the overlay named by
+    $REFERENCE_LLM_OVERLAY (`sections`: those the caller reads, default a run config's), then the
+    `section.key=value` overrides; not yet checked against any schema."""
+    raw = _read_toml(Path(path)) if path is not None else {}
+    _apply_overlay(raw, {"model", *SECTIONS} if sections is None else sections)
     for item in overrides:
         section, key, value = parse_override(item)
         raw.setdefault(section, {})[key] = value
     return raw
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+
+
+def _apply_overlay(raw: dict[str, Any], sections: Collection[str]) -> None:
+    """Merge the TOML file named by $REFERENCE_LLM_OVERLAY into `raw`, key by key. One overlay shrinks
+    every stage of a project at once (e.g. to run all of its commands at tiny scale), so sections the
+    calling command does not read are left out rather than refused; the command line still wins."""
+    name = os.environ.get(OVERLAY_ENV)
+    if not name:
+        return
+    applied = []
+    for section, values in _read_toml(Path(name)).items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"{name}: [{section}] must be a table of keys ({OVERLAY_ENV})")
+        if section in sections:
+            raw.setdefault(section, {}).update(values)
+            applied.append(section)
+    if applied and (name, tuple(applied)) not in _OVERLAY_NOTED:  # once per process, not per config read
+        _OVERLAY_NOTED.add((name, tuple(applied)))
+        print(f"note: {OVERLAY_ENV}={name} sets [{'], ['.join(applied)}] over the config", file=sys.stderr)
 
 
 def config_from_dict(raw: dict[str, Any]) -> RunConfig:

@@ -1,4 +1,7 @@
-"""`llmgen tracks [NAME] [--json]`: the learning tracks and their roadmaps, read from tracks/*.toml."""
+"""`llmgen tracks [NAME] [--json]`: the learning tracks and their roadmaps, read from tracks/*.toml.
+
+Commands are shown as a project's ROADMAP.md shows them, with the project's names left as <project> (its
+directory and run folder runs/<project>) and <package> (its Python package: the name with - as _)."""
 
 from __future__ import annotations
 
@@ -10,7 +13,9 @@ from rich.console import Console
 from rich.table import Table
 
 from generator.errors import AnswerError
-from generator.tracks import Track, load_tracks
+from generator.tracks import Step, Track, load_tracks
+
+PROJECT, PACKAGE = "<project>", "<package>"
 
 
 def tracks(
@@ -23,7 +28,7 @@ def tracks(
         raise AnswerError(f"unknown track {name!r}; tracks: {', '.join(available)}")
     chosen = [available[name]] if name is not None else list(available.values())
     if as_json:
-        typer.echo(json.dumps({"tracks": [t.to_dict() for t in chosen]}, indent=2))
+        typer.echo(json.dumps({"tracks": [track_json(t) for t in chosen]}, indent=2))
         return
     console = Console(highlight=False)
     for track in chosen:
@@ -46,7 +51,22 @@ def print_track(console: Console, track: Track) -> None:
         table.add_column(column, style="bold" if column == "step" else None)
     for step in track.ordered_steps():
         title = step.title + (" [dim](optional)[/dim]" if step.optional else "")
-        table.add_row(title, step.depth, ", ".join(step.requires) or "-", step.command,
+        table.add_row(title, step.depth, ", ".join(step.requires) or "-", shown_command(step),
                       step.checkpoint_test.removeprefix("tests/checkpoints/"))
     console.print(table)
+    console.print(f"  [dim]In a project, {PROJECT} is its name and {PACKAGE} its Python package (ROADMAP.md "
+                  f"shows the commands with them filled in).[/dim]")
     console.print()
+
+
+def track_json(track: Track) -> dict:
+    """The track's data, each step with its command also as shown (`shown_command`)."""
+    data = track.to_dict()
+    for step, shown in zip(data["steps"], track.ordered_steps()):
+        step["command_shown"] = shown_command(shown)
+    return data
+
+
+def shown_command(step: Step) -> str:
+    """The step's command as ROADMAP.md shows it, with the project's names as placeholders."""
+    return step.command_for(f"runs/{PROJECT}", PACKAGE)

@@ -108,10 +108,10 @@ def load_posttrain_config(path: str | Path | None, overrides: Sequence[str], sec
     `init`, when given (the CLI's --checkpoint), sets `<section>.init`. With an init checkpoint and no
     `checkpoint.dir`, the output goes next to the init run, in `<init run dir>-<section>`.
     """
-    raw = read_config_file(path, overrides)
+    known = {section, "lora", "model", *SECTIONS}
+    raw = read_config_file(path, overrides, sections=known)
     if init is not None:
         raw.setdefault(section, {})["init"] = init
-    known = {section, "lora", "model", *SECTIONS}
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"unknown config section(s): {', '.join(sorted(unknown))}; "

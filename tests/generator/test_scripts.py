@@ -111,6 +111,30 @@ def test_torchrun_on_one_node_is_standalone(projects, stubs):
                                                     *TRAIN, "--resume"]
 
 
+@pytest.mark.parametrize("name", ["zero3-4x8", "zero2-8", "cpu"])
+def test_the_cpu_tip_runs_on_one_machine_as_written(projects, stubs, name):
+    """The comment's CPU tip, run as written (tests/generator/test_roadmap_commands.py runs it for real):
+    one node with a standalone rendezvous, whatever the project's node count, and no MASTER_ADDR needed."""
+    project = projects[name]
+    lines = (project / "scripts" / "train_torchrun.sh").read_text().splitlines()
+    tip = next(line.removeprefix("#   ") for line in lines if line.startswith("#   ") and "train.device=cpu" in line)
+    words = tip.split()
+    start = words.index("bash")
+    settings, args = words[:start], words[start + 2:]
+    assert f"checkpoint.dir=runs/proj-{name}-cpu-ddp" in args and "train.max_steps=10" in args
+    result, calls = run_script(project, "train_torchrun.sh", stubs, *args, **dict(s.split("=") for s in settings))
+    assert result.returncode == 0, result.stderr
+    assert only_call(calls, "torchrun")["args"] == ["--standalone", "--nnodes", "1", "--nproc_per_node", "2",
+                                                    *TRAIN, *args]
+
+
+def test_slurm_job_takes_the_process_count_from_nproc_per_node(projects, stubs):
+    result, calls = run_script(projects["fsdp-4x8"], "slurm.sbatch", stubs, SLURM_JOB_NODELIST="node[001-004]",
+                               SLURM_NNODES="1", SLURM_JOB_ID="7", NPROC_PER_NODE="2")
+    args = only_call(calls, "srun")["args"]
+    assert result.returncode == 0 and args[args.index("--nproc_per_node") + 1] == "2"
+
+
 def test_process_count_can_be_lowered_to_try_a_strategy_on_a_cpu(projects, stubs):
     _, calls = run_script(projects["cpu"], "train_torchrun.sh", stubs, "distributed.strategy=ddp", NPROC_PER_NODE="2")
     args = only_call(calls, "torchrun")["args"]
