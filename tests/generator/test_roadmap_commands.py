@@ -365,7 +365,7 @@ def _serve(command: str, project: Path, env: dict[str, str]) -> subprocess.Compl
 
 def _run(chain: Chain, what: str, command: str, env: dict[str, str]) -> Ran:
     before = _snapshot(chain.project)
-    extra = what in ("readme", "makefile", "script tip")
+    extra = what in ("readme", "script tip")
     reads = set() if extra else declared_io(command, chain.project)[0]
     missing = {r for r in reads if r and not (chain.project / r).exists()}
     start = time.monotonic()
@@ -396,15 +396,37 @@ def _chain_env(chain: Chain, base: dict[str, str], bin_dir: Path, overlay: Path)
     return env
 
 
+def readme_commands(readme: str) -> list[str]:
+    """Every command the README shows (code spans and code-block lines that start like one), in order,
+    without its own-data section (tests/generator/test_own_data.py runs that one as written)."""
+    start = readme.find("## Your own data") if "## Your own data" in readme else readme.find("## After the demo")
+    if start >= 0:
+        readme = readme[:start] + readme[readme.index("\n## ", start + 1):]
+    found = re.findall(r"`([^`\n]+)`", readme) + [line.split("  #")[0].strip() for line in
+                                                  re.findall(r"^(?:make|pip|python) [^\n]+$", readme, re.M)]
+    starts = ("python ", "bash ", "sbatch ", "make ", "llmgen ", "copier ", "pip ")
+    return list(dict.fromkeys(c for c in found if c.startswith(starts)))
+
+
+# README commands this module does not run, and where they are run or why they cannot be.
+ELSEWHERE = {
+    "make train": "make -n shows it runs its ROADMAP.md step's command, which runs here",
+    "make sample": "make -n, as make train",
+    "make evaluate": "make -n, as make train",
+    "make test": "tests/generator/test_new_generated_repo.py runs the suite it runs (make -n checked here)",
+    "python -m pytest tests": "tests/generator/test_new_generated_repo.py",
+    "copier update --defaults --data exercises=false": "tests/generator/test_exercises.py (needs a git commit)",
+    "llmgen update": "tests/generator/test_update.py (needs git and a second template version)",
+}
+NOT_RUNNABLE = ("pip install", "python -m venv")  # installs; the tests run against this checkout, offline
+
+
 def _readme_and_script_commands(chain: Chain) -> list[tuple[str, str]]:
     """The README's and the scripts' commands that are not ROADMAP.md's own, in the order they are run."""
-    project, name = chain.project, chain.answers["project_name"]
-    readme = (project / "README.md").read_text()
-    spans = re.findall(r"`([^`\n]+)`", readme.split("## Your own data")[0].split("## After the demo")[0])
-    commands = [("makefile", "make demo")]
-    for span in spans:
-        if span.startswith(("bash scripts/train.sh", "llmgen check")) or f"checkpoint.dir=runs/{name}-short" in span:
-            commands.append(("readme", span))
+    project = chain.project
+    shown = {command for _, command in roadmap_commands(project)}
+    commands = [("readme", c) for c in readme_commands((project / "README.md").read_text())
+                if c not in shown and c not in ELSEWHERE and not c.startswith(NOT_RUNNABLE) and "..." not in c]
     for script in sorted((project / "scripts").iterdir()):
         for line in script.read_text().splitlines():
             tip = line.removeprefix("#   ")
@@ -468,7 +490,7 @@ def test_every_command_runs_as_shown(chains, track):
     shown = [c for _, c in roadmap_commands(chain.project)]
     ran = [r.command for r in chain.runs]
     assert all(c in ran for c in shown)
-    assert any(r.what == "makefile" for r in chain.runs) and any(r.what == "script tip" for r in chain.runs)
+    assert "make demo" in ran and any(r.what == "script tip" for r in chain.runs)
     for run in chain.runs:
         assert run.result.returncode == 0, _failure(run)
         assert "Traceback" not in run.result.stderr, _failure(run)
@@ -490,7 +512,7 @@ def test_steps_read_and_write_what_their_commands_say(chains, track):
         reads, writes = declared_io(ran.command, chain.project)
         assert not ran.missing_inputs, f"{ran.what}: {ran.missing_inputs} did not exist when it ran"
         assert all((chain.project / w).exists() for w in writes), f"{ran.what}: no {writes}"
-        assert ran.written <= writes | {"data/cache"} * bool(reads & {"data/cache"}), (
+        assert ran.written <= writes | (reads & {"data/cache"}), (
             f"{ran.what} wrote {ran.written - writes}, which its command does not name")
         for root in ran.written:
             assert earlier.get(root, ran.what) == ran.what or root == "data/cache", (
