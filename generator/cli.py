@@ -28,10 +28,10 @@ COMMANDS = (new, tracks, estimate, check, update, compliance, roadmap)
 class _Group(TyperGroup):
     """Typer's group with one-line errors (Typer's default draws a multi-line panel)."""
 
-    def main(
+    def main(  # type: ignore[override]
         self,
         args: Sequence[str] | None = None,
-        prog_name: str | None = None,  # type: ignore[override]
+        prog_name: str | None = None,
         complete_var: str | None = None,
         standalone_mode: bool = True,
         **extra: Any,

@@ -219,8 +219,8 @@ def largest_module_params(config: ModelConfig) -> int:
         V * C,
         C * (C + 2 * kv) + b * (C + 2 * kv),
         n_fc * F_ * C + b * n_fc * F_,  # type: ignore[operator]
-        F_ * C + b * C,
-    ]  # type: ignore[operator]
+        F_ * C + b * C,  # type: ignore[operator]
+    ]
     if config.position == "learned":
         candidates.append(config.block_size * C)
     return max(candidates)
