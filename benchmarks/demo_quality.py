@@ -12,13 +12,18 @@ data pipeline's 90/10 split (the last tenth of the text held out, as nanoGPT's p
   12, fp32, lr 1e-3 warmed up over 100 steps and cosine-decayed to 1e-4, beta2 0.99, weight decay
   0.1, clip 1.0, dropout 0;
 - the demo recipe (`DEMO`): the demo preset with the settings below (byte-level BPE, bf16 autocast
-  where the CPU has it).
+  where the CPU has it, `train.compile = "auto"`: compiled when that pays off within the run).
 
 Each recipe first times a few steps to choose `max_steps` so that its cosine schedule ends at the time
 limit (nanoGPT's schedule is tied to its step count; with a wall-clock budget the fair equivalent is
-the step count that fits), then trains with `train.max_minutes` as a hard stop. Validation is the
-whole held-out text, in non-overlapping windows of the model's context, reported per character
-(total nats / characters) and in bits per byte, so that a character model and a BPE model compare.
+the step count that fits), then trains with `train.max_minutes` as a hard stop. With compile on, the
+timing starts once compiled steps run, and the calibration run leaves the compiled kernels in the
+inductor cache (`.cache/inductor` of this repository), so the timed run compiles warm, in seconds, within
+its budget, as a project's second `make demo` does. Validation is the whole held-out text, in
+non-overlapping windows of the model's context, reported per character (total nats / characters) and in
+bits per byte, so that a character model and a BPE model compare. The report names the CPU's bf16
+hardware and the load average before and after: on a shared machine, minutes of training are worth
+fewer steps.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -38,7 +44,7 @@ from reference_llm.assets import corpus_path
 from reference_llm.config import RunConfig, load_config
 from reference_llm.data import load_prepared
 from reference_llm.data.shards import open_shards
-from reference_llm.train import Trainer
+from reference_llm.train import Trainer, perf
 from reference_llm.train.checkpoint import load_model
 from reference_llm.train.perf import autocast, resolve_dtype
 
@@ -54,6 +60,7 @@ DEMO = {
     "data.tokenizer": "bpe", "data.vocab_size": 1024,
     "train.micro_batch": 8, "train.lr": 3e-3, "train.min_lr": 3e-4, "train.warmup_steps": 50,
     "train.beta2": 0.99, "train.weight_decay": 0.1, "train.grad_clip": 1.0, "train.dtype": "auto",
+    "train.compile": "auto",
 }
 NANOGPT_REFERENCE_NATS_PER_CHAR = 1.60  # nanoGPT itself, 3 minutes on ~1 MB of Shakespeare, this machine kind
 
@@ -67,11 +74,12 @@ def make_config(recipe: dict[str, Any], run_dir: Path, cache_dir: Path, max_step
 
 
 def calibrate(recipe: dict[str, Any], work: Path, cache_dir: Path, steps: int = 30) -> float:
-    """Seconds per training step, timed after a few warm-up steps."""
+    """Seconds per training step, timed after a few warm-up steps (past the compile, when compiling)."""
     trainer = Trainer(make_config(recipe, work / "calibration", cache_dir, max_steps=10**6, minutes=0))
-    trainer.fit(until=5)
+    warm_steps = 5 if recipe.get("train.compile", False) is False else perf.EAGER_CALLS + perf.COMPILED_CALLS + 3
+    trainer.fit(until=warm_steps)
     warm = trainer.elapsed
-    trainer.fit(until=5 + steps)
+    trainer.fit(until=warm_steps + steps)
     return (trainer.elapsed - warm) / steps
 
 
@@ -117,9 +125,15 @@ def run_recipe(name: str, recipe: dict[str, Any], work: Path, cache_dir: Path, m
             "tokenizer": trainer.config.data.tokenizer, "vocab": trainer.tokenizer.vocab_size,
             "context": trainer.seq_len, "batch": trainer.config.train.micro_batch,
             "dtype": str(trainer.dtype).removeprefix("torch."), "planned_steps": max_steps, "steps": trainer.step,
-            "calibrated_s_per_step": step_s, "train_minutes": trainer.elapsed / 60,
+            "compiled": _compiled(trainer), "calibrated_s_per_step": step_s, "train_minutes": trainer.elapsed / 60,
             "tokens_per_s": trainer.step * trainer.tokens_per_step / trainer.elapsed,
             "train_loss": last.get("loss"), **scores, "settings": recipe}
+
+
+def _compiled(trainer: Trainer) -> bool:
+    """Whether the run's steps ran compiled (with "auto": once it decided to)."""
+    forward = trainer.forward
+    return bool(forward.compiled) if isinstance(forward, perf.AutoCompile) else forward is not trainer.engine.model
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
@@ -143,17 +157,24 @@ def main() -> None:
     parser.add_argument("--cache-dir", default=None, help="keep prepared data here between runs")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args()
+    perf.inductor_cache_dir(Path(__file__).resolve().parents[1] / ".cache" / "inductor")
     recipes = {"nanogpt": NANOGPT, "demo": {**DEMO, **parse_set(args.set)}}
+    load = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory(prefix="demo-quality-") as tmp:
         work = Path(tmp)
         cache_dir = Path(args.cache_dir) if args.cache_dir else work / "cache"
         rows = [run_recipe(name, recipes[name], work, cache_dir, args.minutes, args.steps)
                 for name in args.recipes.split(",")]
+    load.append(os.getloadavg()[0])
     report: dict[str, Any] = {"minutes": None if args.steps else args.minutes, "steps": args.steps, "rows": rows,
-                              "nanogpt_reference_nats_per_char": NANOGPT_REFERENCE_NATS_PER_CHAR}
+                              "nanogpt_reference_nats_per_char": NANOGPT_REFERENCE_NATS_PER_CHAR,
+                              "machine": {"cpu_features": perf.cpu_features(), "threads": torch.get_num_threads(),
+                                          "cpus": os.cpu_count(), "torch": torch.__version__,
+                                          "load_average_1min": {"start": load[0], "end": load[1]}}}
     by_name = {r["recipe"]: r for r in rows}
     if {"nanogpt", "demo"} <= set(by_name):
-        report["demo_gain_nats_per_char"] = by_name["nanogpt"]["val_nats_per_char"] - by_name["demo"]["val_nats_per_char"]
+        gain = by_name["nanogpt"]["val_nats_per_char"] - by_name["demo"]["val_nats_per_char"]
+        report["demo_gain_nats_per_char"] = gain
     if args.json:
         print(json.dumps(report, indent=1))
     else:
@@ -165,13 +186,18 @@ def print_table(report: dict[str, Any]) -> None:
     from rich.table import Table
 
     budget = f"{report['minutes']:g} minutes" if report["minutes"] else f"{report['steps']} steps"
-    table = Table(title=f"Validation loss after {budget} of training on the bundled corpus")
-    for col in ("recipe", "model", "tokenizer", "ctx x batch", "dtype", "steps", "tokens/s", "nats/char",
+    machine = report["machine"]
+    load = machine["load_average_1min"]
+    table = Table(title=f"Validation loss after {budget} of training on the bundled corpus ({machine['threads']} "
+                        f"threads, CPU bf16 hardware: {machine['cpu_features']}, load {load['start']:.1f}-"
+                        f"{load['end']:.1f} on {machine['cpus']} CPUs)")
+    for col in ("recipe", "model", "tokenizer", "ctx x batch", "dtype", "compiled", "steps", "tokens/s", "nats/char",
                 "bits/byte"):
         table.add_column(col, justify="left" if col in ("recipe", "model", "tokenizer", "dtype") else "right")
     for r in report["rows"]:
         table.add_row(r["recipe"], f"{r['preset']} {r['params_m']:.2f}M", f"{r['tokenizer']} {r['vocab']}",
-                      f"{r['context']} x {r['batch']}", r["dtype"], f"{r['steps']}/{r['planned_steps']}",
+                      f"{r['context']} x {r['batch']}", r["dtype"], "yes" if r["compiled"] else "no",
+                      f"{r['steps']}/{r['planned_steps']}",
                       f"{r['tokens_per_s']:,.0f}", f"{r['val_nats_per_char']:.3f}", f"{r['val_bits_per_byte']:.3f}")
     console = Console(width=None if Console().is_terminal else 140)
     console.print(table)

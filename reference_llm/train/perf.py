@@ -15,13 +15,22 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
+import json
+import math
+import os
 import platform
+import statistics
 import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 
 from reference_llm.config import Dtype, auto_dtype, host_cpu_flags
 from reference_llm.errors import ConfigError
+from reference_llm.train.files import write_text_atomic
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -116,9 +125,12 @@ def synchronize(device: torch.device) -> None:
 
 
 def measure_matmul_peak(dtype: torch.dtype, device: torch.device | str = "cpu", size: int = 2048,
-                        repeats: int = 7) -> float:
+                        repeats: int = 7, clock: Callable[[], float] = time.perf_counter) -> float:
     """FLOP/s of a (size x size) @ (size x size) matmul in `dtype`, from the fastest of `repeats` timings:
-    a peak, so the run least slowed by anything else on the machine is the one that counts."""
+    a peak, so the run least slowed by anything else on the machine is the one that counts.
+
+    `clock=time.process_time` gives FLOPs per CPU-second of this process instead (CPU only): the
+    denominator for an MFU taken from CPU time, which a busy machine's other processes lower far less."""
     device = torch.device(device)
     # A private generator: measuring must not move the global RNG, which training's dropout draws from.
     gen = torch.Generator().manual_seed(0)
@@ -128,13 +140,184 @@ def measure_matmul_peak(dtype: torch.dtype, device: torch.device | str = "cpu", 
     synchronize(device)
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         a @ b
         synchronize(device)
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return 2 * size**3 / min(times)
 
 
 def mfu(tokens_per_second: float, flops_per_token: float, peak_flops: float) -> float:
     """Fraction of `peak_flops` that the model's matmuls achieve at this throughput."""
     return tokens_per_second * flops_per_token / peak_flops if peak_flops > 0 else 0.0
+
+
+# ----------------------------------------------------------------------------------------------------
+# train.compile = "auto": compile when it pays off within the run
+# ----------------------------------------------------------------------------------------------------
+
+COMPILE_RECORD = "reference_llm_compile.json"  # in the inductor cache: what compiling cost here before
+COLD_COMPILE_S = 30.0  # prior: a cold torch.compile of the presets took 20-40 s on a quiet 2-core CPU
+WARM_COMPILE_S = 5.0  # prior: the same with the cache holding this model's kernels (~3 s measured)
+SPEEDUP_PRIOR = 1.3  # prior: compiled over eager step time, the lowest measured on the presets (1.3-1.6x)
+EAGER_CALLS = 6  # eager forward calls timed before deciding (the first interval is left out: warm-up)
+COMPILED_CALLS = 6  # compiled calls timed after compiling, for the record
+
+
+def check_compile_setting(value: object) -> bool | str:
+    """`train.compile`: true, false or "auto"; ConfigError otherwise."""
+    if isinstance(value, bool):
+        return value
+    if value == "auto":
+        return "auto"
+    raise ConfigError(f'train.compile must be true, false or "auto"; got {value!r}')
+
+
+def inductor_cache_dir(default: Path) -> Path:
+    """Where torch.compile keeps its kernels: TORCHINDUCTOR_CACHE_DIR, set to `default` when the user did
+    not set it (a project's `.cache/inductor`, rather than inductor's /tmp default that a reboot empties).
+
+    torch writes its default into the environment itself the first time it looks (importing
+    torch._dynamo does, and building an optimizer imports it), so that value counts as unset too."""
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    try:  # private, hence guarded: without it only a missing variable counts as unset
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+        torch_default: str | None = os.path.abspath(default_cache_dir())
+    except ImportError:
+        torch_default = None
+    if current is None or current == torch_default:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = current = str(default.resolve())
+    return Path(current)
+
+
+class AutoCompile:
+    """The forward function for `train.compile = "auto"`: eager at first, compiled once that pays off.
+
+    The first `EAGER_CALLS` calls run eagerly and are timed, call start to call start (so a call's time
+    covers its backward pass and optimizer step too). Then it compiles if the time that compiling is
+    expected to save over the rest of the run, (remaining calls x eager time) x (1 - 1/speedup), capped
+    by the time budget, exceeds what compiling is expected to cost. Cost and speedup come from the
+    record of an earlier compile of the same model, batch and machine (kept next to the inductor
+    cache, so that deleting the cache deletes the record too), else from the priors above: a warm cost
+    when the record says this cache already holds the kernels, a cold one otherwise. After compiling, it
+    times the compile and the compiled calls and updates the record, so estimates are measured ones
+    from the second run on. With several processes, all compile only if every one would.
+
+    The choice depends on timings, so two runs can differ at the level of compiled versus eager
+    rounding; `train.compile = true` or `false` keeps a CPU run bit-reproducible.
+    """
+
+    def __init__(self, model: torch.nn.Module, planned_calls: int, budget_s: float, key: str, record: Path,
+                 note: Callable[[str], None], clock: Callable[[], float] = time.perf_counter,
+                 compile_fn: Callable[[torch.nn.Module], Callable] = torch.compile,
+                 busy: Callable[[], float] | None = None) -> None:
+        self.model, self.planned_calls, self.budget_s = model, planned_calls, budget_s
+        self.key, self.record, self.note, self.clock, self.compile_fn = key, record, note, clock, compile_fn
+        self.busy = busy or machine_busy
+        self.forward: Callable = model
+        self.compiled: bool | None = None  # None until decided
+        self.calls = 0
+        self.starts: list[float] = []  # start time of each call, while timing
+        self.eager_s = self.compile_s = self.compiled_s = math.nan
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        now = self.clock()
+        self.calls += 1
+        if self.compiled is None or (self.compiled and math.isnan(self.compiled_s)):
+            self.starts.append(now)
+            if self.compiled is None and len(self.starts) == EAGER_CALLS + 1:
+                self._decide(now)
+            elif self.compiled and len(self.starts) == COMPILED_CALLS + 2:
+                self._measure_compiled()
+        return self.forward(*args, **kwargs)
+
+    def _decide(self, now: float) -> None:
+        self.eager_s = statistics.median(b - a for a, b in zip(self.starts[1:], self.starts[2:]))
+        known = _read_records(self.record).get(self.key)
+        if known:
+            cost, speedup, source = known.get("warm_s", WARM_COMPILE_S), known["speedup"], "measured here before"
+        else:
+            cost, speedup, source = COLD_COMPILE_S, SPEEDUP_PRIOR, "prior: first compile on this machine"
+        busy = self.busy()
+        cost *= busy  # costs are kept as a quiet machine's; a busy one compiles slower
+        if busy > 1:
+            source += f"; machine {busy:.1f}x busy"
+        remaining = min((self.planned_calls - self.calls + 1) * self.eager_s, self.budget_s - (now - self.starts[0]))
+        saved = max(0.0, remaining) * (1 - 1 / speedup)
+        self.compiled = _agree(saved > cost)
+        self.note(f"compile auto: {'compiling' if self.compiled else 'staying eager'}: ~{cost:.0f} s to compile vs "
+                  f"~{saved:.0f} s saved over the remaining {max(0.0, remaining):.0f} s ({speedup:.2f}x, {source})")
+        if self.compiled:
+            self.forward = self.compile_fn(self.model)
+            self.starts = [now]  # the next interval holds the compile and the first compiled call
+
+    def _measure_compiled(self) -> None:
+        intervals = [b - a for a, b in zip(self.starts, self.starts[1:])]
+        self.compiled_s = statistics.median(intervals[1:])
+        self.compile_s = max(0.0, intervals[0] - self.compiled_s)
+        quiet_s = self.compile_s / self.busy()  # what it would have cost on a quiet machine (roughly)
+        records = _read_records(self.record)
+        entry = records.get(self.key, {"cold_s": quiet_s})
+        if self.key in records:  # the kernels were in the cache: this was a warm compile
+            entry["warm_s"] = quiet_s
+        entry.update(speedup=self.eager_s / self.compiled_s, eager_s=self.eager_s, compiled_s=self.compiled_s)
+        records[self.key] = entry
+        with contextlib.suppress(OSError):  # only a cache: a read-only one means estimating from priors again
+            self.record.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(self.record, json.dumps(records, indent=1, sort_keys=True))
+        self.starts = []
+
+
+def machine_busy() -> float:
+    """How many times over the CPUs are asked for: the 1-minute load average over the usable CPUs, at
+    least 1. A rough model of how much slower a compile (Python, then g++ on every CPU) runs now than on
+    a quiet machine; measured here, 20-40 s quiet and ~190 s at 5x busy for a cold compile."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # no load average on this platform
+        return 1.0
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1.0, load / cpus)
+
+
+def compile_key(config: Any, device: torch.device, dtype: torch.dtype, micro_batch: int, seq_len: int) -> str:
+    """What a compile's cost and speedup depend on: the model and batch shapes, dtype, device, threads,
+    torch version and processor."""
+    if device.type == "cuda":
+        processor = torch.cuda.get_device_name(device)
+    else:
+        processor = next((line.split(":", 1)[1].strip() for line in _cpuinfo_lines() if line.startswith("model name")),
+                         platform.processor())
+    shape = {k: v for k, v in dataclasses.asdict(config).items() if k != "name"}
+    return json.dumps({"model": shape, "batch": [micro_batch, seq_len], "dtype": str(dtype), "device": device.type,
+                       "threads": torch.get_num_threads(), "torch": torch.__version__, "processor": processor},
+                      sort_keys=True)
+
+
+def _cpuinfo_lines() -> list[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []
+
+
+def _read_records(path: Path) -> dict[str, dict[str, float]]:
+    """The records; a missing, unreadable or malformed file counts as empty (it is only a cache)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(v, dict) and isinstance(v.get("speedup"), (int, float))
+            and v["speedup"] > 0}
+
+
+def _agree(flag: bool) -> bool:
+    """True only if every process of a distributed run says True (one process: `flag`)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return flag
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.distributed.get_backend() == "nccl" else "cpu"
+    value = torch.tensor([int(flag)], device=device)
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MIN)
+    return bool(value.item())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,30 @@ def test_train_throughput(tmp_path):
     assert report["machine"]["matmul_peak_gflops"]["bfloat16"] > 0
     assert report["speedup_vs_nanogpt_recipe"]["nanogpt-cpu ours"] == pytest.approx(
         rows["ours"]["tokens_per_s"] / rows["nanoGPT recipe"]["tokens_per_s"])
+    assert report["machine"]["cpu_features"] in ("AMX", "AVX512-BF16", "neither")
+
+
+def test_train_throughput_against_an_earlier_library(tmp_path):
+    """--baseline-tree runs the ours rows a second time with the library imported from another directory
+    (here a copy of this one); each row names the directory its worker imported reference_llm from."""
+    before = tmp_path / "before"
+    shutil.copytree(REPO / "reference_llm", before / "reference_llm", ignore=shutil.ignore_patterns("__pycache__"))
+    report = run_benchmark(tmp_path, "train_throughput.py", "--quick", "--shapes", "nanogpt-cpu", "--threads", "1",
+                           "--baseline-tree", str(before))
+    rows = {row["recipe"]: row for row in report["rows"]}
+    assert set(rows) == {"nanoGPT recipe", "ours (before)", "ours"}
+    assert rows["ours (before)"]["library"] == str(before) and rows["ours"]["library"] == str(REPO)
+    ratio = report["after_over_before"]["nanogpt-cpu ours"]
+    assert ratio["tokens_per_s"] == pytest.approx(rows["ours"]["tokens_per_s"] / rows["ours (before)"]["tokens_per_s"])
+    assert report["machine"]["threads"] == 1
+
+
+def test_profile_step(tmp_path):
+    report = run_benchmark(tmp_path, "profile_step.py", "--quick", "--shapes", "nanogpt-cpu")
+    (profile,) = report["profiles"]
+    assert profile["shape"] == "nanogpt-cpu" and profile["top_ops"]
+    assert 0 < profile["share"]["matmul"] < 1 and sum(profile["share"].values()) >= 0.99
+    assert {op["category"] for op in profile["top_ops"]} >= {"matmul", "other"}
 
 
 def test_generate(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import platform
 import subprocess
@@ -17,7 +18,7 @@ from reference_llm.distributed import SingleDeviceEngine, build_engine
 from reference_llm.distributed import base as engine_base
 from reference_llm.errors import ConfigError, DistributedError
 from reference_llm.model import ModelConfig, Transformer
-from reference_llm.train import padded_vocab_size, train_step
+from reference_llm.train import padded_vocab_size, perf, train_step
 from reference_llm.train.metrics import MetricsFile, ProgressDisplay, read_metrics
 from reference_llm.train.optim import CosineSchedule, optimizer_factory, param_groups
 from reference_llm.train.perf import resolve_device
@@ -201,3 +202,132 @@ def test_keep_freed_memory_stops_training_steps_from_page_faulting():
     always, kept = faults_per_step("mmap_always"), faults_per_step("build_engine")
     assert always > 1000, f"the mmap-every-block baseline no longer faults ({always}/step): the test measures nothing"
     assert kept < always / 50
+
+
+# ----------------------------------------------------------------------------------------------------
+# train.compile = "auto"
+# ----------------------------------------------------------------------------------------------------
+
+
+class _Clock:
+    """Call start times: `gaps[i]` seconds pass between call i and call i+1."""
+
+    def __init__(self, gaps: list[float]) -> None:
+        self.times = [0.0]
+        for gap in gaps:
+            self.times.append(self.times[-1] + gap)
+        self.calls = 0
+
+    def __call__(self) -> float:
+        self.calls += 1
+        return self.times[self.calls - 1]
+
+
+def _auto(tmp_path: Path, gaps: list[float], planned_calls: int, budget_s: float = float("inf"), key: str = "k",
+          busy: float = 1.0) -> tuple[perf.AutoCompile, list[str], list[str]]:
+    """An AutoCompile over a stand-in model whose "compile" is recorded, driven through len(gaps)+1 calls."""
+    compiled, notes = [], []
+
+    def fake_compile(model: torch.nn.Module):
+        compiled.append("compiled")
+        return lambda x: ("compiled", x)
+
+    auto = perf.AutoCompile(torch.nn.Identity(), planned_calls, budget_s, key, tmp_path / perf.COMPILE_RECORD,
+                            notes.append, clock=_Clock(gaps), compile_fn=fake_compile, busy=lambda: busy)
+    outputs = [auto(i) for i in range(len(gaps) + 1)]
+    return auto, [o[0] if isinstance(o, tuple) else "eager" for o in outputs], notes
+
+
+def test_auto_compile_compiles_a_long_run_and_records_what_it_cost(tmp_path):
+    # 6 eager calls 1 s apart, then (compiling) 20.5 s until the next call, then compiled calls 0.5 s apart.
+    gaps = [1.0] * perf.EAGER_CALLS + [20.5] + [0.5] * perf.COMPILED_CALLS
+    auto, ran, notes = _auto(tmp_path, gaps, planned_calls=1000)
+    # Saved: (1000 - 6) calls x 1 s x (1 - 1/1.3) ≈ 229 s > the 30 s cold prior.
+    assert ran == ["eager"] * perf.EAGER_CALLS + ["compiled"] * (perf.COMPILED_CALLS + 2)
+    assert auto.compiled and "compiling" in notes[0] and "prior" in notes[0]
+    record = json.loads((tmp_path / perf.COMPILE_RECORD).read_text())["k"]
+    assert record["cold_s"] == pytest.approx(20.0) and record["speedup"] == pytest.approx(2.0)
+    assert "warm_s" not in record
+
+
+@pytest.mark.parametrize("planned_calls, budget_s, compiles", [
+    (100, float("inf"), False),  # (100 - 6) x 1 s x 0.23 ≈ 22 s saved < 30 s to compile cold
+    (1000, 40.0, False),  # a time limit caps the saving: (40 - 6) s x 0.23 ≈ 8 s
+    (1000, float("inf"), True),
+])
+def test_auto_compile_weighs_the_cold_prior_against_the_remaining_run(tmp_path, planned_calls, budget_s, compiles):
+    auto, ran, notes = _auto(tmp_path, [1.0] * (perf.EAGER_CALLS + 2), planned_calls, budget_s)
+    assert auto.compiled is compiles and (ran[-1] == "compiled") is compiles
+    assert ("compiling" if compiles else "staying eager") in notes[0]
+    assert not (tmp_path / perf.COMPILE_RECORD).exists()  # nothing was measured, nothing recorded
+
+
+def test_auto_compile_uses_the_measured_speedup_and_a_warm_cache_next_time(tmp_path):
+    first = [1.0] * perf.EAGER_CALLS + [20.5] + [0.5] * perf.COMPILED_CALLS  # measures: speedup 2x, 20 s cold
+    _auto(tmp_path, first, planned_calls=1000)
+    # Next run, same key: the cache holds the kernels, so the cost is the warm prior (5 s) and the speedup
+    # the measured 2x. 16 planned calls: (16 - 6) x 1 s x 0.5 = 5 s saved, not more than 5 s: stay eager.
+    auto, _, notes = _auto(tmp_path, [1.0] * perf.EAGER_CALLS, planned_calls=16)
+    assert auto.compiled is False and "2.00x, measured here before" in notes[0]
+    auto, _, _ = _auto(tmp_path, [1.0] * perf.EAGER_CALLS + [3.5] + [0.5] * perf.COMPILED_CALLS, planned_calls=20)
+    assert auto.compiled is True  # 7 s saved > 5 s
+    record = json.loads((tmp_path / perf.COMPILE_RECORD).read_text())["k"]
+    assert record["warm_s"] == pytest.approx(3.0) and record["cold_s"] == pytest.approx(20.0)
+    # Another model or batch is another key: back to the cold prior.
+    auto, _, notes = _auto(tmp_path, [1.0] * perf.EAGER_CALLS, planned_calls=16, key="other")
+    assert "prior" in notes[0]
+
+
+def test_auto_compile_expects_a_busy_machine_to_compile_slower(tmp_path):
+    """At 5x busy the 30 s cold prior counts as 150 s: a run whose compile would save ~114 s compiles on
+    a quiet machine but not on a busy one; a compile measured while busy is recorded as its
+    quiet-machine equivalent (100 s at 5x: 20 s)."""
+    auto, _, notes = _auto(tmp_path, [1.0] * perf.EAGER_CALLS, planned_calls=500, busy=1.0)
+    assert auto.compiled is True
+    auto, _, notes = _auto(tmp_path, [1.0] * perf.EAGER_CALLS, planned_calls=500, busy=5.0)
+    assert auto.compiled is False and "5.0x busy" in notes[0]
+    _auto(tmp_path, [1.0] * perf.EAGER_CALLS + [100.5] + [0.5] * perf.COMPILED_CALLS, planned_calls=1000, busy=5.0)
+    assert json.loads((tmp_path / perf.COMPILE_RECORD).read_text())["k"]["cold_s"] == pytest.approx(20.0)
+
+
+def test_a_malformed_compile_record_counts_as_none(tmp_path):
+    (tmp_path / perf.COMPILE_RECORD).write_text('{"k": {"speedup": "fast"}, "j": [1]')
+    auto, _, notes = _auto(tmp_path, [1.0] * perf.EAGER_CALLS, planned_calls=1000)
+    assert auto.compiled and "prior" in notes[0]
+
+
+@pytest.mark.parametrize("value", [True, False, "auto"])
+def test_compile_setting_accepts_true_false_and_auto(value):
+    assert perf.check_compile_setting(value) == value
+
+
+@pytest.mark.parametrize("value", ["yes", "Auto", 1, None])
+def test_compile_setting_refuses_anything_else(value):
+    with pytest.raises(ConfigError, match='train.compile must be true, false or "auto"'):
+        perf.check_compile_setting(value)
+
+
+def test_trainer_with_compile_auto_keeps_the_compile_cache_in_the_project(tmp_path, monkeypatch, capsys):
+    """A short run stays eager (compiling would not pay off) and says so; the inductor cache defaults to
+    the project's .cache/inductor; a bad value is a ConfigError naming the key."""
+    from reference_llm.assets import corpus_path
+    from reference_llm.config import load_config
+    from reference_llm.train import Trainer
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "unset below")  # restored (to absent, if so) after the test
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+
+    def config(compile_value):
+        values = {"data.corpus": str(corpus_path()), "data.tokenizer": "char", "data.cache_dir": "data-cache",
+                  "model.preset": "tiny", "train.micro_batch": 4, "train.max_steps": 10, "train.dtype": "float32",
+                  "train.compile": compile_value, "eval.iters": 0, "checkpoint.dir": "run"}
+        return load_config(None, [f"{k}={json.dumps(v)}" for k, v in values.items()])
+
+    trainer = Trainer(config("auto"))
+    assert isinstance(trainer.forward, perf.AutoCompile)
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / ".cache" / "inductor")
+    trainer.fit()
+    assert trainer.forward.compiled is False and "compile auto: staying eager" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="train.compile"):
+        Trainer(config("yes"))
