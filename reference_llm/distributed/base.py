@@ -46,6 +46,7 @@ from reference_llm.train.checkpoint import load_weights, unique_state_dict
 from reference_llm.train.checkpoint_checks import check_optimizer_state
 from reference_llm.train.optim import OptimizerFactory
 from reference_llm.train.perf import keep_freed_memory, resolve_device
+from reference_llm.train.sharded_checkpoint import ShardedCheckpoint, ShardedState
 
 OptimizerState = dict[str, Any]
 
@@ -88,6 +89,19 @@ class Engine(ABC):
     @abstractmethod
     def load_state(self, weights: dict[str, torch.Tensor], optimizer_state: OptimizerState | None) -> None:
         """Load consolidated weights and, when given, optimizer state (call on every rank)."""
+
+    # Sharded checkpoints (train/sharded_checkpoint.py): engines that shard the model's state save
+    # and load it piece by piece, each rank its own, instead of gathering it on rank 0.
+    shards_checkpoints: bool = False
+
+    def sharded_state(self) -> ShardedState:
+        """This rank's pieces of the weights and optimizer state, as views (collective-free)."""
+        raise NotImplementedError(f"{type(self).__name__} writes consolidated checkpoints")
+
+    def load_sharded(self, checkpoint: ShardedCheckpoint) -> None:
+        """Load weights and optimizer state from a sharded checkpoint of any strategy and world size
+        (collective: call on every rank)."""
+        raise NotImplementedError(f"{type(self).__name__} loads consolidated checkpoints")
 
     def barrier(self) -> None:
         """Wait for every rank."""
@@ -166,6 +180,45 @@ def load_optimizer_state_by_name(optimizer: torch.optim.Optimizer, model: nn.Mod
         "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in saved["param_groups"]],
     }
     optimizer.load_state_dict(torch_form)
+
+
+# Group entries that describe how the optimizer runs on this machine, not the optimisation itself.
+IMPLEMENTATION_FLAGS = frozenset({"foreach", "fused", "capturable", "differentiable"})
+
+
+def restore_group_settings(groups: list[dict[str, Any]], current: list[list[str]], saved: list[dict[str, Any]],
+                           source: str) -> None:
+    """Copy a checkpoint's optimizer hyper-parameters (weight decay, betas, ...; the learning rate is
+    set again every step) into `groups`, whose parameter names by group are `current`."""
+    stored = [list(g["params"]) for g in saved]
+    if stored != current:
+        raise CheckpointError(f"{source}: optimizer state does not match the model's parameter groups "
+                              f"({sum(map(len, stored))} parameters in {len(stored)} groups in the checkpoint, "
+                              f"{sum(map(len, current))} in {len(current)} here)")
+    for group, saved_group in zip(groups, saved):
+        for key, value in saved_group.items():
+            if key != "params" and key in group and key not in IMPLEMENTATION_FLAGS:
+                group[key] = value
+
+
+def create_adam_state(optimizer: torch.optim.Optimizer, params: dict[str, nn.Parameter], state_keys: list[str],
+                      steps: dict[str, float]) -> None:
+    """Give each parameter AdamW state to load into (a torch optimizer creates it at its first step):
+    zeroed moments shaped like the parameter (sharded like it, for DTensors) and the step count.
+    Fused and capturable optimizers keep the step on the parameter's device, the others on the CPU."""
+    on_device = any(g.get("fused") or g.get("capturable") for g in optimizer.param_groups)
+    for name, param in params.items():
+        state = optimizer.state[param]
+        for key in state_keys:
+            if key not in state:
+                state[key] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        state["step"] = torch.tensor(steps.get(name, 0.0), dtype=torch.float32,
+                                     device=param.device if on_device else "cpu")
+
+
+def group_names(optimizer: torch.optim.Optimizer, model: nn.Module) -> list[list[str]]:
+    names = _param_names(model)
+    return [[names[id(p)] for p in g["params"]] for g in optimizer.param_groups]
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ parameters, the gradient reduction and the optimizer stay in fp32.
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any, cast
 
 import torch
@@ -27,10 +28,19 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy
+from torch.distributed.tensor import DTensor, Replicate, Shard
+from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
 from reference_llm.config import RunConfig
 from reference_llm.distributed import runtime
-from reference_llm.distributed.base import OptimizerState, SingleDeviceEngine
+from reference_llm.distributed.base import (
+    OptimizerState,
+    SingleDeviceEngine,
+    create_adam_state,
+    group_names,
+    optimizer_state_by_name,
+    restore_group_settings,
+)
 from reference_llm.distributed.deferred_init import record_init
 from reference_llm.distributed.parallelize import ModelFactory, materialize, parallelize
 from reference_llm.errors import DistributedError
@@ -38,6 +48,7 @@ from reference_llm.train.checkpoint import check_weight_shapes
 from reference_llm.train.checkpoint_checks import check_optimizer_state
 from reference_llm.train.optim import OptimizerFactory
 from reference_llm.train.perf import resolve_dtype
+from reference_llm.train.sharded_checkpoint import Piece, ShardedCheckpoint, ShardedState, model_key, optim_key
 
 # Consolidated state: gathered in full, moved to the CPU; only rank 0 receives it (so 8 ranks do not
 # each hold a full copy). Loading expects the full dict on every rank, as the training loop provides.
@@ -101,11 +112,61 @@ class FSDPEngine(SingleDeviceEngine):
                                   "optimizer state")
             set_optimizer_state_dict(self.model, self.optimizer, optimizer_state, options=_LOAD)
 
+    # -- sharded checkpoints ---------------------------------------------------------------------------
+
+    shards_checkpoints = True
+
+    def sharded_state(self) -> ShardedState:
+        """Each parameter's local rows, and the same rows of its AdamW moments, as ranges of the
+        flattened tensors: rows r0..r1 of a (rows, cols) tensor are elements r0·cols .. r1·cols."""
+        pieces: dict[str, list[Piece]] = {}
+        shapes: dict[str, tuple[int, ...]] = {}
+        steps: dict[str, float] = {}
+        for name, param in self.model.named_parameters():
+            offset = _flat_offset(param)
+            shapes[model_key(name)] = tuple(param.shape)
+            pieces[model_key(name)] = [Piece(offset, _local(param))]
+            for key, value in self.optimizer.state.get(param, {}).items():
+                if key == "step":
+                    steps[name] = float(value)
+                else:
+                    shapes[optim_key(name, key)] = tuple(param.shape)
+                    pieces[optim_key(name, key)] = [Piece(offset, _local(value))]
+        groups = optimizer_state_by_name(self.optimizer, self.model)["param_groups"]
+        return ShardedState(pieces, shapes, groups, steps)
+
+    def load_sharded(self, checkpoint: ShardedCheckpoint) -> None:
+        params = dict(self.model.named_parameters())
+        checkpoint.check_layout({name: tuple(p.shape) for name, p in params.items()},
+                                f"this run: fsdp on {self.world_size} rank(s)")
+        manifest = checkpoint.manifest
+        if manifest.state_keys:
+            restore_group_settings(self.optimizer.param_groups, group_names(self.optimizer, self.model),
+                                   manifest.param_groups, str(checkpoint.path))
+            create_adam_state(self.optimizer, params, manifest.state_keys, manifest.steps)
+        checkpoint.load(self.sharded_state().pieces)
+
     def barrier(self) -> None:
         runtime.barrier()
 
     def shutdown(self) -> None:
         runtime.shutdown()
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a DTensor (or a plain tensor), flattened, as a view: loading writes into it."""
+    local = tensor.to_local() if isinstance(tensor, DTensor) else tensor
+    return local.detach().view(-1)
+
+
+def _flat_offset(tensor: torch.Tensor) -> int:
+    """Where this rank's rows start in the flattened tensor (FSDP2 shards dim 0 only)."""
+    if not isinstance(tensor, DTensor):
+        return 0
+    if any(not isinstance(p, Shard) or p.dim != 0 for p in tensor.placements if not isinstance(p, Replicate)):
+        raise DistributedError(f"sharded checkpoints expect FSDP2's row shards, not {tensor.placements}")
+    _, offsets = compute_local_shape_and_global_offset(tensor.shape, tensor.device_mesh, tensor.placements)
+    return int(offsets[0]) * math.prod(tensor.shape[1:]) if tensor.dim() else 0
 
 
 def _tied_aliases(model: nn.Module) -> dict[str, str]:

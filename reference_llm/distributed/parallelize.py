@@ -29,6 +29,7 @@ DeepSpeed's per-module hooks still run around the block, also when it is recompu
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -79,46 +80,61 @@ def apply_activation_checkpointing(model: nn.Module, mode: str) -> None:
     if mode == "none":
         return
     for block in _blocks(model):
-        block.forward = _checkpointed(block.forward, mode)  # in place, on purpose: see the module docstring
+        block.forward = _checkpointed(block, mode)  # in place, on purpose: see the module docstring
 
 
-def _checkpointed(forward: Callable[..., Any], mode: str) -> Callable[..., Any]:
-    context_fn = _selective_contexts if mode == "selective" else None
+def _checkpointed(block: nn.Module, mode: str) -> Callable[..., Any]:
+    forward = block.forward
+    heads = int(getattr(getattr(block, "attn", None), "n_head", 0))
 
     @functools.wraps(forward)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        if context_fn is None:
-            return checkpoint(forward, *args, use_reentrant=False, **kwargs)
-        return checkpoint(forward, *args, use_reentrant=False, context_fn=context_fn, **kwargs)
+    def run(x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if mode == "full":
+            return checkpoint(forward, x, *args, use_reentrant=False, **kwargs)
+        batch, tokens = x.shape[0], x.shape[1]
+        contexts = functools.partial(_selective_contexts, batch * heads, tokens)
+        return checkpoint(forward, x, *args, use_reentrant=False, context_fn=contexts, **kwargs)
 
     return run
 
 
-def _selective_contexts() -> tuple[Any, Any]:
-    """A fresh policy per checkpointed call: it counts operations, so it must start at zero."""
-    return create_selective_checkpoint_contexts(_AttentionCorePolicy())
+def _selective_contexts(batch_heads: int, tokens: int) -> tuple[Any, Any]:
+    return create_selective_checkpoint_contexts(functools.partial(_attention_core_policy, batch_heads, tokens))
 
 
-class _AttentionCorePolicy:
-    """Recompute the attention core, keep everything else.
+_aten = torch.ops.aten
+_BATCHED_MATMULS = (_aten.bmm.default, _aten.baddbmm.default)
+# Outputs worth keeping: what costs FLOPs to recompute (matmuls, attention kernels) and the norms and
+# activation functions whose outputs the next matmul keeps anyway. Everything else in a block
+# (views, copies, residual additions, RoPE's and RMSNorm's elementwise arithmetic) is cheap to
+# recompute, and keeping its outputs would cost memory that autograd itself does not spend.
+_KEPT = frozenset(op.default for op in (
+    _aten.mm, _aten.addmm, _aten.bmm, _aten.baddbmm, _aten.native_layer_norm, _aten.gelu, _aten.silu,
+    _aten._scaled_dot_product_flash_attention_for_cpu, _aten._scaled_dot_product_efficient_attention,
+    _aten._scaled_dot_product_flash_attention, _aten._scaled_dot_product_cudnn_attention,
+))
 
-    The core is what runs from the batched matmul that makes the scores (Q·Kᵀ) to the one that
-    applies them (softmax·V): scaling, masking, softmax, casts and dropout of a (B, H, T, S) tensor.
-    Linear layers run as `mm`/`addmm`, and a fused SDPA kernel has no batched matmul at all, so the
-    two `bmm`s of the manual attention path mark the core's ends. The forward and its recomputation
-    call this in the same order, each with its own count.
+
+def _attention_core_policy(batch_heads: int, tokens: int, ctx: Any, func: Any, *args: Any,
+                           **kwargs: Any) -> CheckpointPolicy:
+    """Recompute the attention core and cheap operations; keep matmul, norm and activation outputs.
+
+    The core is every operation on the score matrix, a (B·H, T, T) tensor however it is viewed: the
+    batched matmul that makes it (Q·Kᵀ, possibly fused with a mask as `baddbmm`), its scaling,
+    masking, softmax, casts and dropout, and the matmul that applies it to V. They are recognised by
+    shape, from the block's input (B, T, C) and its head count, so that how the model spells its
+    attention does not matter; a fused SDPA kernel makes no score matrix, and its output is kept.
     """
+    def is_scores(shape: Any) -> bool:
+        return len(shape) >= 3 and tuple(shape[-2:]) == (tokens, tokens) and math.prod(shape[:-2]) == batch_heads
 
-    def __init__(self) -> None:
-        self.bmm_calls = {False: 0, True: 0}
-
-    def __call__(self, ctx: Any, func: Any, *args: Any, **kwargs: Any) -> CheckpointPolicy:
-        calls = self.bmm_calls[ctx.is_recompute]
-        if func is torch.ops.aten.bmm.default:
-            self.bmm_calls[ctx.is_recompute] = calls + 1
+    if func in _BATCHED_MATMULS:  # the output's shape, before the operation runs
+        a, b = args[-2], args[-1]
+        if is_scores((*a.shape[:-1], b.shape[-1])):
             return CheckpointPolicy.PREFER_RECOMPUTE
-        inside_core = calls % 2 == 1  # after a score matmul, before the matmul that applies the scores
-        return CheckpointPolicy.PREFER_RECOMPUTE if inside_core else CheckpointPolicy.MUST_SAVE
+    if any(isinstance(arg, torch.Tensor) and is_scores(arg.shape) for arg in args):
+        return CheckpointPolicy.PREFER_RECOMPUTE
+    return CheckpointPolicy.MUST_SAVE if func in _KEPT else CheckpointPolicy.PREFER_RECOMPUTE
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ import torch.nn as nn
 
 from reference_llm.config import RunConfig
 from reference_llm.distributed import ds_config, runtime
-from reference_llm.distributed.base import Engine, OptimizerState, build_model
+from reference_llm.distributed.base import Engine, OptimizerState, build_model, restore_group_settings
 from reference_llm.distributed.deferred_init import record_init
 from reference_llm.distributed.parallelize import ModelFactory, apply_activation_checkpointing
 from reference_llm.errors import CheckpointError, DistributedError
@@ -45,8 +45,12 @@ from reference_llm.train.checkpoint import load_weights
 from reference_llm.train.checkpoint_checks import check_optimizer_state
 from reference_llm.train.optim import OptimizerFactory
 from reference_llm.train.perf import resolve_dtype
+from reference_llm.train.sharded_checkpoint import Piece, ShardedCheckpoint, ShardedState, model_key, optim_key
 
 INSTALL_HINT = "pip install 'llmgen[deepspeed]'"
+# A parameter's range on this rank: (name, start in the flattened parameter, length, {None: fp32 master,
+# state key: AdamW moment}), see DeepSpeedEngine._local_partitions.
+Partition = tuple[str, int, int, dict[str | None, torch.Tensor]]
 
 
 def import_deepspeed(device: torch.device) -> ModuleType:
@@ -245,15 +249,7 @@ class DeepSpeedEngine(Engine):
         # Full shapes: under ZeRO-3 a parameter holds only its partition and keeps the full shape in ds_shape.
         full_shapes = {name: getattr(p, "ds_shape", p.shape) for name, p in self.module.named_parameters()}
         check_optimizer_state(saved, full_shapes, "optimizer state")
-        stored = [list(g["params"]) for g in saved["param_groups"]]
-        if stored != self._group_names:
-            raise CheckpointError("optimizer state does not match the model's parameter groups "
-                                  f"({sum(map(len, stored))} parameters in {len(stored)} groups in the checkpoint, "
-                                  f"{sum(map(len, self._group_names))} in {len(self._group_names)} here)")
-        for group, saved_group in zip(self._base.param_groups, saved["param_groups"]):
-            for key, value in saved_group.items():  # hyper-parameters (lr is set again each step)
-                if key != "params" and key in group and key not in _IMPLEMENTATION_FLAGS:
-                    group[key] = value
+        restore_group_settings(self._base.param_groups, self._group_names, saved["param_groups"], "checkpoint")
         if not saved["state"]:
             return
         names = [name for name, _ in self.module.named_parameters()]
@@ -295,6 +291,99 @@ class DeepSpeedEngine(Engine):
             self._zero._hp_optimizer_states_linked = False
             self._zero._lazy_init_hp_params_optimizer_state()
 
+    # -- sharded checkpoints ---------------------------------------------------------------------------
+
+    shards_checkpoints = True
+
+    def _local_partitions(self, keys: list[str]) -> list[Partition]:
+        """For each parameter: (name, where this rank's range starts in the flattened parameter, its
+        length, {None: fp32 master, state key: moment} over that range or, at stage 3, over the whole
+        padded partition, of which the first `length` elements are the parameter's)."""
+        out: list[Partition] = []
+        utils = self._deepspeed.utils
+        params: dict[str, Any] = dict(self.module.named_parameters())  # with DeepSpeed's attributes
+        for name, param in params.items():
+            views: dict[str | None, torch.Tensor]
+            if self.stage == 3:  # partition r of every parameter: elements [r·size, (r+1)·size)
+                size = param.ds_tensor.numel()
+                start = self.rank * size
+                count = max(0, min(size, param.ds_numel - start))
+                views = {None: utils.safe_get_local_fp32_param(param),
+                         **{key: utils.safe_get_local_optimizer_state(param, key) for key in keys}}
+            else:  # a slice of the flat buffer: this rank's fragment of the parameter, if any
+                fragment = param._hp_mapping
+                if fragment is None:
+                    out.append((name, 0, 0, {}))
+                    continue
+                start, count = fragment.lp_fragment_address.start, fragment.lp_fragment_address.numel
+                views = {None: fragment.hp_fragment, **{key: fragment.get_optim_state_fragment(key) for key in keys}}
+            out.append((name, start, count, views))
+        return out
+
+    def sharded_state(self) -> ShardedState:
+        """This rank's range of each parameter's fp32 master copy and AdamW moments."""
+        per_element, scalars = self._state_keys()
+        if per_element:
+            self._link_state_fragments()
+        groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": list(names)}
+                  for g, names in zip(self._base.param_groups, self._group_names)]
+        steps = {name: float(scalars["step"]) for name in self._names()} if "step" in scalars else {}
+        return self._sharded(self._local_partitions(per_element), per_element, groups, steps)
+
+    def _sharded(self, partitions: list[Partition], keys: list[str],
+                 groups: list[dict[str, Any]], steps: dict[str, float]) -> ShardedState:
+        shapes = {}
+        for name, param in self.module.named_parameters():
+            full = tuple(getattr(param, "ds_shape", param.shape))
+            shapes[model_key(name)] = full
+            shapes.update({optim_key(name, key): full for key in keys})
+        pieces: dict[str, list[Piece]] = {key: [] for key in shapes}
+        for name, start, count, views in partitions:
+            for key, view in views.items():
+                target = model_key(name) if key is None else optim_key(name, key)
+                pieces[target] = [Piece(start, view.reshape(-1)[:count])]
+        return ShardedState(pieces, shapes, groups, steps)
+
+    def load_sharded(self, checkpoint: ShardedCheckpoint) -> None:
+        shapes = {name: tuple(getattr(p, "ds_shape", p.shape)) for name, p in self.module.named_parameters()}
+        checkpoint.check_layout(shapes, f"this run: zero{self.stage} on {self.world_size} rank(s)")
+        manifest = checkpoint.manifest
+        keys = manifest.state_keys
+        if keys:
+            restore_group_settings(self._base.param_groups, self._group_names, manifest.param_groups,
+                                   str(checkpoint.path))
+            step = next(iter(manifest.steps.values()), 0.0)
+            self._ensure_state(keys, {"step": torch.tensor(step)})
+        partitions = self._local_partitions(keys)
+        targets = self._sharded(partitions, keys, [], {}).pieces  # fp32 masters and moments: this rank's ranges
+        # The working copy forward uses (bf16 or fp32): whole at stages 1-2, where every rank holds it;
+        # at stage 3 only parameters kept whole on every rank ("persistent" small ones) need it.
+        for name, param in self.module.named_parameters():
+            if self.stage < 3 or getattr(param, "ds_persist", False):
+                targets[model_key(name)].append(Piece(0, param.data.view(-1)))
+        checkpoint.load(targets)
+        if self.stage == 3:
+            self._store_partitions(partitions)
+
+    @torch.no_grad()
+    def _store_partitions(self, partitions: list[Partition]) -> None:
+        """After loading ZeRO-3 masters and moments: hand them to DeepSpeed's setters (its getters
+        may have returned copies, e.g. of offloaded state) and copy the masters into the partitioned
+        working copy that forward gathers."""
+        utils = self._deepspeed.utils
+        params: dict[str, Any] = dict(self.module.named_parameters())
+        for name, _, count, views in partitions:
+            param = params[name]
+            for key, value in views.items():
+                if key is None:
+                    utils.safe_set_local_fp32_param(param, value)
+                    param.ds_tensor[:count].copy_(value[:count])
+                else:
+                    utils.safe_set_local_optimizer_state(param, value, key)
+
+    def _names(self) -> list[str]:
+        return [name for name, _ in self.module.named_parameters()]
+
     # -- lifecycle ------------------------------------------------------------------------------------
 
     def barrier(self) -> None:
@@ -303,10 +392,6 @@ class DeepSpeedEngine(Engine):
     def shutdown(self) -> None:
         self.ds.destroy()
         runtime.shutdown()
-
-
-# Group entries that describe how the optimizer runs on this machine, not the optimisation itself.
-_IMPLEMENTATION_FLAGS = frozenset({"foreach", "fused", "capturable", "differentiable"})
 
 
 def _cpu_adam(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:

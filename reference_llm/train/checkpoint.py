@@ -10,6 +10,11 @@ Layout (docs/architecture.md):
             state.json           step, schedule, RNG states, loader state, run config, tokenizer fingerprint
             tokenizer.json       the tokenizer, so that a checkpoint is usable on its own
 
+Sharded strategies (FSDP2, ZeRO) write each rank's shard instead, and no rank gathers the model:
+`sharded.json` + `shards/` in place of the two .safetensors files (sharded_checkpoint.py). Everything
+here reads both layouts; `python -m reference_llm.train.consolidate` adds model.safetensors to a
+sharded step directory for tools that read that file.
+
 A step directory is written under a temporary name and renamed into place, and `latest` is replaced
 by rename too, so a crash at any moment leaves the previous checkpoint and pointer intact; old step
 directories are renamed away before they are deleted. Temporaries left by killed processes are removed
@@ -28,6 +33,7 @@ from __future__ import annotations
 import base64
 import errno
 import json
+import math
 import random
 import shutil
 from dataclasses import dataclass
@@ -36,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
@@ -53,6 +60,15 @@ from reference_llm.train.checkpoint_checks import (
     check_weights,
     parse_json,
     read_json,
+)
+from reference_llm.train.sharded_checkpoint import (
+    ShardedState,
+    agree_on_error,
+    is_sharded,
+    manifest_for,
+    read_full,
+    read_manifest,
+    save_sharded,
 )
 
 if TYPE_CHECKING:
@@ -103,7 +119,7 @@ def save_checkpoint(run_dir: str | Path, step: int, weights: dict[str, torch.Ten
     run_dir = Path(run_dir)
     final = run_dir / step_dir_name(step)
     weights = _cpu_contiguous(weights)
-    tensors, metadata = _flatten_optimizer_state(optimizer_state) if optimizer_state is not None else ({}, {})
+    tensors, metadata = flatten_optimizer_state(optimizer_state) if optimizer_state is not None else ({}, {})
     needed = sum(t.numel() * t.element_size() for t in (*weights.values(), *tensors.values())) + (1 << 20)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -124,6 +140,53 @@ def save_checkpoint(run_dir: str | Path, step: int, weights: dict[str, torch.Ten
                               f"needs about {_size(needed)} (and room for checkpoint.keep={keep} of them plus the "
                               f"one being written); {kept}") from None
     _prune(run_dir, keep, protect=final)
+    return final
+
+
+def save_sharded_checkpoint(run_dir: str | Path, step: int, sharded: ShardedState, strategy: str,
+                            state: dict[str, Any], tokenizer: Tokenizer | None, keep: int = 2) -> Path:
+    """Write `run_dir/step_XXXXXXX/` with every rank writing its own pieces of the weights and
+    optimizer state (collective: call on every rank, with that rank's `sharded`; rank 0's `state`
+    is stored). Atomic, pointed at by `latest` and pruned to `keep`, as `save_checkpoint`."""
+    run_dir = Path(run_dir)
+    final = run_dir / step_dir_name(step)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    manifest = manifest_for(sharded, strategy, world)
+    needed = sum(4 * math.prod(shape) for shape in manifest.shapes.values()) + (1 << 20)
+    error = ""
+    if rank == 0:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            clean_run_dir(run_dir)  # a killed run's leftovers would hold space this checkpoint needs
+            free = shutil.disk_usage(run_dir).free
+            error = f"only {_size(free)} free" if free < needed else ""
+        except OSError as exc:
+            error = exc.strerror or str(exc)
+    error = agree_on_error(error)
+
+    def write_rest(tmp: Path) -> None:
+        files.write_text_atomic(tmp / STATE_FILE, json.dumps({"format_version": FORMAT_VERSION, **state}, indent=1))
+        if tokenizer is not None:
+            tokenizer.save(tmp / TOKENIZER_FILE)
+
+    try:
+        if error:
+            raise CheckpointError(error)
+        save_sharded(run_dir, final, sharded, manifest, write_rest,
+                     publish=lambda step_dir: files.write_text_atomic(run_dir / LATEST, step_dir.name + "\n"))
+    except CheckpointError as exc:
+        # Every rank gets here together: the ranks agree on each error before raising it.
+        try:
+            previous = _read_latest(run_dir)
+        except CheckpointError:
+            previous = None
+        kept = f"{previous.name} is intact" if previous is not None else "no earlier checkpoint exists"
+        raise CheckpointError(f"cannot write checkpoint {final} ({getattr(exc, 'strerror', None) or exc}): a "
+                              f"checkpoint of this run needs about {_size(needed)} over all ranks (and room for "
+                              f"checkpoint.keep={keep} of them plus the one being written); {kept}") from None
+    if rank == 0:
+        _prune(run_dir, keep, protect=final)
     return final
 
 
@@ -179,7 +242,7 @@ def _cpu_contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
 
 
-def _flatten_optimizer_state(opt: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def flatten_optimizer_state(opt: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """{"state": {name: {key: tensor}}, "param_groups": [...]} -> "name:key" tensors + JSON metadata."""
     tensors: dict[str, torch.Tensor] = {}
     for name, per_param in opt["state"].items():
@@ -251,7 +314,7 @@ def _step_dirs(run_dir: Path) -> list[Path]:
 
 
 def _complete(step_dir: Path) -> bool:
-    return (step_dir / STATE_FILE).is_file() and (step_dir / MODEL_FILE).is_file()
+    return (step_dir / STATE_FILE).is_file() and ((step_dir / MODEL_FILE).is_file() or is_sharded(step_dir))
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
@@ -304,10 +367,15 @@ def load_checkpoint(path: str | Path, with_optimizer: bool = True) -> Checkpoint
     (checkpoint_checks.py): CheckpointError names the first thing that is wrong."""
     step_dir = resolve_checkpoint(path)
     state = _read_state(step_dir / STATE_FILE)
+    if not (step_dir / MODEL_FILE).is_file():  # sharded: gathered here, in this one process
+        weights, optimizer_state = read_full(step_dir, with_optimizer)
+        return Checkpoint(path=step_dir, weights=weights, optimizer_state=optimizer_state, state=state)
     weights, _ = _read_safetensors(step_dir / MODEL_FILE)
     check_weights(weights, step_dir / MODEL_FILE)
     optimizer_state = None
-    if with_optimizer:
+    if with_optimizer and is_sharded(step_dir) and not (step_dir / OPTIMIZER_FILE).is_file():
+        _, optimizer_state = read_full(step_dir, with_optimizer=True)  # consolidated weights only
+    elif with_optimizer:
         opt_path = step_dir / OPTIMIZER_FILE
         if not opt_path.is_file():
             raise CheckpointError(f"{opt_path} is missing: this checkpoint has no optimizer state to resume from")
@@ -333,8 +401,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Tr
         raise CheckpointError(f"{tok_path} is larger than {MAX_TOKENIZER_BYTES >> 20} MiB, which no tokenizer is")
     # Before anything large is read or built: the model, and the weights read to fill it.
     try:
-        config.model.check_memory(extra_bytes=(step_dir / MODEL_FILE).stat().st_size,
-                                  what=f"loading {step_dir}")
+        config.model.check_memory(extra_bytes=_weights_bytes(step_dir), what=f"loading {step_dir}")
     except (ReferenceLLMError, OSError) as exc:
         raise CheckpointError(str(exc)) from None
     ckpt = load_checkpoint(step_dir, with_optimizer=False)
@@ -359,6 +426,18 @@ def save_model(model: Transformer, tokenizer: Tokenizer, run_dir: str | Path, no
     state = {"step": 0, "config": RunConfig(model=model.config).to_dict(),
              "tokenizer_fingerprint": tokenizer.fingerprint(), "note": note}
     return save_checkpoint(run_dir, 0, unique_state_dict(model), None, state, tokenizer)
+
+
+def _weights_bytes(step_dir: Path) -> int:
+    """Bytes of the weights a checkpoint stores (read before anything is loaded)."""
+    if (step_dir / MODEL_FILE).is_file():
+        return (step_dir / MODEL_FILE).stat().st_size
+    return sum(4 * math.prod(shape) for shape in read_manifest(step_dir).model_shapes.values())
+
+
+def checkpoint_state(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's state.json, checked: for engines that load the tensors themselves (sharded)."""
+    return _read_state(resolve_checkpoint(path) / STATE_FILE)
 
 
 def _read_state(path: Path) -> dict[str, Any]:
@@ -451,6 +530,7 @@ def _unb64(s: str) -> torch.Tensor:
 
 
 __all__ = [
-    "Checkpoint", "capture_rng_state", "clean_run_dir", "latest_checkpoint", "list_checkpoints", "load_checkpoint",
-    "load_model", "resolve_checkpoint", "restore_rng_state", "run_config_from_dict", "save_checkpoint", "step_dir_name",
+    "Checkpoint", "capture_rng_state", "checkpoint_state", "clean_run_dir", "latest_checkpoint", "list_checkpoints",
+    "load_checkpoint", "load_model", "resolve_checkpoint", "restore_rng_state", "run_config_from_dict",
+    "save_checkpoint", "save_sharded_checkpoint", "step_dir_name",
 ]

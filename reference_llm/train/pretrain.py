@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 import sys
 from pathlib import Path
@@ -30,14 +31,17 @@ from reference_llm.model import Transformer
 from reference_llm.train import loop
 from reference_llm.train.checkpoint import (
     capture_rng_state,
+    checkpoint_state,
     latest_checkpoint,
     load_checkpoint,
     restore_rng_state,
     save_checkpoint,
+    save_sharded_checkpoint,
 )
 from reference_llm.train.loop import LoopState, evaluate, padded_vocab_size, seed_everything
 from reference_llm.train.optim import CosineSchedule, optimizer_factory
 from reference_llm.train.perf import resolve_dtype
+from reference_llm.train.sharded_checkpoint import ShardedCheckpoint, is_sharded
 
 
 class Trainer:
@@ -58,7 +62,8 @@ class Trainer:
         # The model's vocabulary follows the tokenizer's; the stored config records the value used.
         config.model = dataclasses.replace(config.model, vocab_size=padded_vocab_size(self.tokenizer.vocab_size))
         config.model.check_memory()  # one line, not the OOM killer, for a model too large for this machine
-        self.engine = build_engine(config, Transformer(config.model), optimizer_factory(t))
+        # A factory, not a model: sharded strategies build it deferred, each rank only its shards.
+        self.engine = build_engine(config, functools.partial(Transformer, config.model), optimizer_factory(t))
         self.device = self.engine.device
         self.dtype = resolve_dtype(t.dtype, self.device)
         self.schedule = CosineSchedule.from_config(t)
@@ -92,30 +97,41 @@ class Trainer:
             if self.engine.is_main:
                 print(f"note: --resume but {self.run_dir} has no checkpoint yet; starting from step 0", file=sys.stderr)
             return
-        ckpt = load_checkpoint(found)
-        state = ckpt.state
+        state = checkpoint_state(found)
         if state.get("tokenizer_fingerprint") != self.tokenizer.fingerprint():
             raise CheckpointError(f"{found}: trained with a different tokenizer than data.* now builds "
                                   f"(fingerprints differ)")
-        self.engine.load_state(ckpt.weights, ckpt.optimizer_state)
+        if self.engine.shards_checkpoints and is_sharded(found):
+            # Each rank reads only its own pieces, whatever strategy and world size wrote them.
+            self.engine.load_sharded(ShardedCheckpoint.open(found))
+        else:
+            ckpt = load_checkpoint(found)  # consolidated, or gathered here from a sharded one
+            self.engine.load_state(ckpt.weights, ckpt.optimizer_state)
         self.train_loader.load_state_dict(state["loader"])
         restore_rng_state(state["rng"])
-        self.state = LoopState(step=ckpt.step, elapsed=float(state.get("elapsed_s", 0.0)), saved_step=ckpt.step)
+        step = int(state["step"])
+        self.state = LoopState(step=step, elapsed=float(state.get("elapsed_s", 0.0)), saved_step=step)
 
     def save(self, metrics: dict[str, Any]) -> Path | None:
-        """Write a checkpoint of the current step (collective; rank 0 writes). Returns its path on rank 0."""
+        """Write a checkpoint of the current step (collective). Sharded strategies write a piece per
+        rank; the others write from rank 0, which holds everything. Returns its path on rank 0."""
+        state = {
+            "step": self.step, "elapsed_s": self.elapsed, "schedule": dataclasses.asdict(self.schedule),
+            "rng": capture_rng_state(), "loader": self.train_loader.state_dict(),
+            "config": self.config.to_dict(), "tokenizer_fingerprint": self.tokenizer.fingerprint(),
+            "metrics": metrics,
+        }
+        keep = self.config.checkpoint.keep
+        if self.engine.shards_checkpoints:
+            path: Path | None = save_sharded_checkpoint(self.run_dir, self.step, self.engine.sharded_state(),
+                                                        self.config.distributed.strategy, state, self.tokenizer, keep)
+            self.engine.barrier()
+            return path if self.engine.is_main else None
         weights = self.engine.full_state_dict()
         optimizer_state = self.engine.optimizer_state()
         path = None
         if self.engine.is_main:
-            state = {
-                "step": self.step, "elapsed_s": self.elapsed, "schedule": dataclasses.asdict(self.schedule),
-                "rng": capture_rng_state(), "loader": self.train_loader.state_dict(),
-                "config": self.config.to_dict(), "tokenizer_fingerprint": self.tokenizer.fingerprint(),
-                "metrics": metrics,
-            }
-            path = save_checkpoint(self.run_dir, self.step, weights, optimizer_state, state, self.tokenizer,
-                                   keep=self.config.checkpoint.keep)
+            path = save_checkpoint(self.run_dir, self.step, weights, optimizer_state, state, self.tokenizer, keep=keep)
         self.engine.barrier()
         return path
 

@@ -9,8 +9,8 @@ floating-point summation order.
 
 Rank 0 writes a JSON report: the global mean training loss of each step, gradient norms, and the loss
 of the consolidated final weights on a fixed batch. `--save DIR --save-at K` writes a real checkpoint
-(reference_llm.train.checkpoint) after step K, and `--load` resumes from one, so that resuming across
-strategies can be tested.
+(reference_llm.train.checkpoint; sharded for FSDP2 and ZeRO) after step K, and `--load` resumes from
+one, so that resuming across strategies and world sizes can be tested.
 """
 
 from __future__ import annotations
@@ -27,8 +27,15 @@ import torch.distributed as dist
 from reference_llm.config import RunConfig, config_from_dict
 from reference_llm.distributed import Engine, build_engine
 from reference_llm.model import Transformer
-from reference_llm.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from reference_llm.train.checkpoint import (
+    load_checkpoint,
+    load_weights,
+    resolve_checkpoint,
+    save_checkpoint,
+    save_sharded_checkpoint,
+)
 from reference_llm.train.optim import optimizer_factory
+from reference_llm.train.sharded_checkpoint import ShardedCheckpoint, is_sharded
 
 SEQ_LEN = 32
 
@@ -89,8 +96,12 @@ def main() -> int:
 def train(engine: Engine, cfg: RunConfig, args: argparse.Namespace) -> dict:
     rank, world = engine.rank, engine.world_size
     if args.load:
-        ckpt = load_checkpoint(args.load, with_optimizer=not args.weights_only)
-        engine.load_state(ckpt.weights, ckpt.optimizer_state)
+        found = resolve_checkpoint(args.load)
+        if engine.shards_checkpoints and is_sharded(found) and not args.weights_only:
+            engine.load_sharded(ShardedCheckpoint.open(found))  # each rank reads its own pieces
+        else:
+            ckpt = load_checkpoint(found, with_optimizer=not args.weights_only)
+            engine.load_state(ckpt.weights, ckpt.optimizer_state)
 
     losses, norms = [], []
     micro, accum = args.micro_batch, args.grad_accum
@@ -128,10 +139,15 @@ def train(engine: Engine, cfg: RunConfig, args: argparse.Namespace) -> dict:
 
 
 def save(engine: Engine, cfg: RunConfig, run_dir: str, step: int) -> None:
-    """A real checkpoint (reference_llm.train.checkpoint), as the training loop writes it: rank 0 writes."""
-    weights, opt_state = engine.full_state_dict(), engine.optimizer_state()
-    if engine.is_main:
-        save_checkpoint(run_dir, step, weights, opt_state, {"step": step, "config": cfg.to_dict()}, tokenizer=None)
+    """A real checkpoint (reference_llm.train.checkpoint), as the training loop writes it: sharded
+    engines write a piece per rank, the others write from rank 0."""
+    state = {"step": step, "config": cfg.to_dict()}
+    if engine.shards_checkpoints:
+        save_sharded_checkpoint(run_dir, step, engine.sharded_state(), cfg.distributed.strategy, state, tokenizer=None)
+    else:
+        weights, opt_state = engine.full_state_dict(), engine.optimizer_state()
+        if engine.is_main:
+            save_checkpoint(run_dir, step, weights, opt_state, state, tokenizer=None)
     engine.barrier()
 
 
