@@ -43,7 +43,7 @@ from generator.estimate.hardware import Hardware
 from generator.estimate.invariants import PlanFacts, Problem
 from generator.estimate.precision import canonical_precision
 from generator.questions import load_questions, validate
-from generator.roadmap import roadmap_for_answers
+from generator.roadmap import compact_roadmap, roadmap_for_answers
 from generator.tracks import Track, TrackDefaults, load_tracks
 from generator.units import duration, si
 from reference_llm.assets import corpus_path
@@ -330,15 +330,17 @@ def tokenizer_for(model: ModelConfig, hardware: Hardware) -> str:
 
 
 def check_answers(answers: dict[str, Any]) -> None:
-    """Every answer against its copier.yml validator, in question order (validators see earlier answers)."""
+    """Every answer against its copier.yml validator, in question order (validators see earlier answers),
+    as Copier will see them: the roadmap in its compact form (`generator.render` passes that)."""
     questions = load_questions()
     missing = [name for name in questions if name not in answers]
     if missing:
         raise AnswerError(f"answers missing for: {', '.join(missing)}")
+    copier_answers = {**answers, "roadmap": compact_roadmap(answers["roadmap"])}
     seen: dict[str, Any] = {}
     for name, question in questions.items():
-        validate(question, answers[name], {**answers, **seen})
-        seen[name] = answers[name]
+        validate(question, copier_answers[name], {**copier_answers, **seen})
+        seen[name] = copier_answers[name]
 
 
 def resolve_precision(precision: str, hardware: Hardware) -> str:

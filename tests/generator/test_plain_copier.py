@@ -139,8 +139,6 @@ def test_missing_roadmap_is_copiers_one_line_question_error(tmp_path, versions):
     assert "jinja2" not in result.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="needs a validator on the roadmap question of templates/copier.yml, which "
-                                       "another engineer owns (asked the lead for it)")
 def test_empty_roadmap_is_a_one_line_validation_error(tmp_path, versions):
     source, cache = versions
     ref = ensure_template_repo("1.0.0", source=source, cache_dir=cache)
