@@ -31,6 +31,7 @@ from generator.estimate.budget import Budget
 from generator.estimate.hardware import Hardware
 from generator.estimate.invariants import corpus_size, facts_for, problems
 from generator.questions import DIR_HELP
+from generator.yaml_files import read_yaml
 from reference_llm.config import Dtype, RunConfig, Strategy, load_config
 from reference_llm.distributed import ds_config
 from reference_llm.errors import ReferenceLLMError
@@ -115,7 +116,7 @@ def load_project(directory: Path, overrides: list[str]) -> tuple[Project | None,
         raise LLMGenError(f"{missing} not found: run llmgen check inside a generated project, or pass --dir")
     checks: list[Check] = []
     try:
-        answers = yaml.safe_load(answers_path.read_text(encoding="utf-8"))
+        answers = read_yaml(answers_path, str(answers_path))
         if not isinstance(answers, dict):
             raise ValueError("not a mapping")
         # A CPU project's plan (and its budget) used the peak recorded with its roadmap.

@@ -34,6 +34,7 @@ from generator.questions import ASKED, DIR_HELP, FLAGS, Question, deprecated, lo
 from generator.render import check_target, preview_files, render_project
 from generator.tracks import Track, load_tracks
 from generator.units import duration, si
+from generator.yaml_files import read_yaml
 from reference_llm.config import Dtype
 
 # Answers a person may give (flags or --answers); the others are derived from these and the name.
@@ -299,12 +300,7 @@ def check_given(
 def read_answers_file(path: Path, questions: dict[str, Question]) -> dict[str, Any]:
     """The given answers in a YAML answers file. Keys starting with _ (Copier's own) and derived answers
     are ignored; unknown keys are an error."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise AnswerError(f"--answers {path}: cannot read ({exc.strerror or exc})") from None
-    except yaml.YAMLError as exc:
-        raise AnswerError(f"--answers {path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    data = read_yaml(path, f"--answers {path}", AnswerError)
     if not isinstance(data, dict):
         raise AnswerError(f"--answers {path}: must be a mapping of question: answer")
     unknown = sorted(str(k) for k in data if not str(k).startswith("_") and k not in questions)
