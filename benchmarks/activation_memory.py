@@ -47,8 +47,9 @@ def measured_peak(model: Transformer, idx: torch.Tensor) -> int:
     """Peak bytes allocated during one step, above what is allocated before it."""
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step(model, idx)
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns())
+    events = sorted(
+        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns()
+    )
     in_use = peak = 0
     for event in events:
         in_use += event.nbytes()
@@ -58,9 +59,17 @@ def measured_peak(model: Transformer, idx: torch.Tensor) -> int:
 
 def estimated(config: ModelConfig, batch: int, mode: str) -> float:
     """What generator.estimate says a step allocates: activations + logits + step buffers."""
-    spec = RunSpec(config, Hardware(1, 1, cpu_spec(tflops=1.0)), tokens=1e6, parallelism="single",
-                   precision="float32", micro_batch=batch, seq_len=config.block_size, activation_checkpointing=mode,
-                   attention="manual" if config.attention == "manual" else "flash")
+    spec = RunSpec(
+        config,
+        Hardware(1, 1, cpu_spec(tflops=1.0)),
+        tokens=1e6,
+        parallelism="single",
+        precision="float32",
+        micro_batch=batch,
+        seq_len=config.block_size,
+        activation_checkpointing=mode,
+        attention="manual" if config.attention == "manual" else "flash",
+    )
     gib = estimate_run(spec).memory_breakdown_gib
     return (gib["activations"] + gib["logits"] + gib["buffers"]) * 2**30
 
@@ -86,9 +95,17 @@ def measure(config: ModelConfig, batch: int, steps: int, rounds: int) -> list[di
     for mode, model in models.items():
         peak, estimate = measured_peak(model, idx), estimated(config, batch, mode)
         seconds = statistics.median(times[mode])
-        rows.append({"attention": config.attention, "checkpointing": mode, "measured_mib": peak / MIB,
-                     "estimated_mib": estimate / MIB, "error": estimate / peak - 1, "step_ms": 1e3 * seconds,
-                     "slowdown": seconds / base_time})
+        rows.append(
+            {
+                "attention": config.attention,
+                "checkpointing": mode,
+                "measured_mib": peak / MIB,
+                "estimated_mib": estimate / MIB,
+                "error": estimate / peak - 1,
+                "step_ms": 1e3 * seconds,
+                "slowdown": seconds / base_time,
+            }
+        )
     return rows
 
 
@@ -98,25 +115,34 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     args = parser.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    shape = dict(n_layer=2, d_model=64, n_head=4, vocab_size=128, block_size=128) if args.quick else \
-        dict(n_layer=6, d_model=256, n_head=4, vocab_size=256, block_size=256)
+    shape = (
+        dict(n_layer=2, d_model=64, n_head=4, vocab_size=128, block_size=128)
+        if args.quick
+        else dict(n_layer=6, d_model=256, n_head=4, vocab_size=256, block_size=256)
+    )
     batch, steps, rounds = (2, 2, 1) if args.quick else (4, 3, 3)
     rows = []
     for attention in ("manual", "sdpa"):
         config = ModelConfig.preset("tiny-gpt2", attention=attention, **shape)
         rows += measure(config, batch, steps, rounds)
-    report = {"machine": {"cpu_features": cpu_features(), "threads": torch.get_num_threads(),
-                          "torch": torch.__version__},
-              "model": {**shape, "batch": batch, "dtype": "float32"}, "rows": rows}
+    report = {
+        "machine": {"cpu_features": cpu_features(), "threads": torch.get_num_threads(), "torch": torch.__version__},
+        "model": {**shape, "batch": batch, "dtype": "float32"},
+        "rows": rows,
+    }
     if args.json:
         print(json.dumps(report, indent=1))
         return 0
     print(f"GPT-2 shape {shape}, batch {batch}, fp32, CPU ({cpu_features()}, {torch.get_num_threads()} threads)")
-    print(f"{'attention':<9} {'checkpointing':<13} {'measured MiB':>12} {'estimate MiB':>12} {'error':>7} "
-          f"{'step ms':>8} {'slowdown':>8}")
+    print(
+        f"{'attention':<9} {'checkpointing':<13} {'measured MiB':>12} {'estimate MiB':>12} {'error':>7} "
+        f"{'step ms':>8} {'slowdown':>8}"
+    )
     for r in rows:
-        print(f"{r['attention']:<9} {r['checkpointing']:<13} {r['measured_mib']:>12.2f} {r['estimated_mib']:>12.2f} "
-              f"{r['error']:>+7.1%} {r['step_ms']:>8.1f} {r['slowdown']:>7.2f}x")
+        print(
+            f"{r['attention']:<9} {r['checkpointing']:<13} {r['measured_mib']:>12.2f} {r['estimated_mib']:>12.2f} "
+            f"{r['error']:>+7.1%} {r['step_ms']:>8.1f} {r['slowdown']:>7.2f}x"
+        )
     return 0
 
 

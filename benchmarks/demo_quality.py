@@ -49,27 +49,52 @@ from reference_llm.train.checkpoint import load_model
 from reference_llm.train.perf import autocast, resolve_dtype
 
 NANOGPT = {
-    "model.preset": "nanogpt-cpu", "model.dropout": 0.0, "model.attention": "sdpa",
+    "model.preset": "nanogpt-cpu",
+    "model.dropout": 0.0,
+    "model.attention": "sdpa",
     "data.tokenizer": "char",
-    "train.micro_batch": 12, "train.seq_len": 64, "train.lr": 1e-3, "train.min_lr": 1e-4,
-    "train.warmup_steps": 100, "train.beta2": 0.99, "train.weight_decay": 0.1, "train.grad_clip": 1.0,
+    "train.micro_batch": 12,
+    "train.seq_len": 64,
+    "train.lr": 1e-3,
+    "train.min_lr": 1e-4,
+    "train.warmup_steps": 100,
+    "train.beta2": 0.99,
+    "train.weight_decay": 0.1,
+    "train.grad_clip": 1.0,
     "train.dtype": "float32",
 }
 DEMO = {
     "model.preset": "demo",
-    "data.tokenizer": "bpe", "data.vocab_size": 1024,
-    "train.micro_batch": 8, "train.lr": 3e-3, "train.min_lr": 3e-4, "train.warmup_steps": 50,
-    "train.beta2": 0.99, "train.weight_decay": 0.1, "train.grad_clip": 1.0, "train.dtype": "auto",
+    "data.tokenizer": "bpe",
+    "data.vocab_size": 1024,
+    "train.micro_batch": 8,
+    "train.lr": 3e-3,
+    "train.min_lr": 3e-4,
+    "train.warmup_steps": 50,
+    "train.beta2": 0.99,
+    "train.weight_decay": 0.1,
+    "train.grad_clip": 1.0,
+    "train.dtype": "auto",
     "train.compile": "auto",
 }
 NANOGPT_REFERENCE_NATS_PER_CHAR = 1.60  # nanoGPT itself, 3 minutes on ~1 MB of Shakespeare, this machine kind
 
 
 def make_config(recipe: dict[str, Any], run_dir: Path, cache_dir: Path, max_steps: int, minutes: float) -> RunConfig:
-    values = {**recipe, "data.corpus": str(corpus_path()), "data.cache_dir": str(cache_dir), "data.val_fraction": 0.1,
-              "train.max_steps": max_steps, "train.max_minutes": minutes, "train.log_interval": 50,
-              "eval.interval": 0, "eval.iters": 4, "checkpoint.dir": str(run_dir), "checkpoint.interval": 0,
-              "checkpoint.keep": 1}
+    values = {
+        **recipe,
+        "data.corpus": str(corpus_path()),
+        "data.cache_dir": str(cache_dir),
+        "data.val_fraction": 0.1,
+        "train.max_steps": max_steps,
+        "train.max_minutes": minutes,
+        "train.log_interval": 50,
+        "eval.interval": 0,
+        "eval.iters": 4,
+        "checkpoint.dir": str(run_dir),
+        "checkpoint.interval": 0,
+        "checkpoint.keep": 1,
+    }
     return load_config(None, [f"{k}={json.dumps(v)}" for k, v in values.items()])
 
 
@@ -95,23 +120,28 @@ def score_on_validation(run_dir: Path, data_dir: Path) -> dict[str, float]:
     total_nats, predicted = 0.0, 0
     windows = [(i, min(i + T, len(tokens) - 1)) for i in range(0, len(tokens) - 1, T)]
     for start in range(0, len(windows), 32):
-        batch = windows[start:start + 32]
+        batch = windows[start : start + 32]
         for length in sorted({b - a for a, b in batch}):  # the last window may be shorter
             rows = [(a, b) for a, b in batch if b - a == length]
             x = torch.from_numpy(np.stack([tokens[a:b] for a, b in rows])).to(device)
-            y = torch.from_numpy(np.stack([tokens[a + 1:b + 1] for a, b in rows])).to(device)
+            y = torch.from_numpy(np.stack([tokens[a + 1 : b + 1] for a, b in rows])).to(device)
             with autocast(device, dtype):
                 logits, _ = model(x)
             total_nats += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").item()
             predicted += y.numel()
     text = tokenizer.decode([int(t) for t in tokens if t != tokenizer.eot_id])
-    return {"val_nats_per_token": total_nats / predicted, "val_nats_per_char": total_nats / len(text),
-            "val_bits_per_byte": total_nats / (len(text.encode("utf-8")) * math.log(2)),
-            "val_tokens": len(tokens), "val_chars": len(text)}
+    return {
+        "val_nats_per_token": total_nats / predicted,
+        "val_nats_per_char": total_nats / len(text),
+        "val_bits_per_byte": total_nats / (len(text.encode("utf-8")) * math.log(2)),
+        "val_tokens": len(tokens),
+        "val_chars": len(text),
+    }
 
 
-def run_recipe(name: str, recipe: dict[str, Any], work: Path, cache_dir: Path, minutes: float,
-               steps: int | None) -> dict[str, Any]:
+def run_recipe(
+    name: str, recipe: dict[str, Any], work: Path, cache_dir: Path, minutes: float, steps: int | None
+) -> dict[str, Any]:
     if steps is None:
         step_s = calibrate(recipe, work / name, cache_dir)
         max_steps, limit = max(1, int(minutes * 60 / step_s)), minutes
@@ -121,13 +151,25 @@ def run_recipe(name: str, recipe: dict[str, Any], work: Path, cache_dir: Path, m
     last = trainer.fit()
     scores = score_on_validation(work / name / "run", trainer.data_dir)
     model = trainer.config.model
-    return {"recipe": name, "preset": model.name, "params_m": trainer.engine.model.num_params() / 1e6,
-            "tokenizer": trainer.config.data.tokenizer, "vocab": trainer.tokenizer.vocab_size,
-            "context": trainer.seq_len, "batch": trainer.config.train.micro_batch,
-            "dtype": str(trainer.dtype).removeprefix("torch."), "planned_steps": max_steps, "steps": trainer.step,
-            "compiled": _compiled(trainer), "calibrated_s_per_step": step_s, "train_minutes": trainer.elapsed / 60,
-            "tokens_per_s": trainer.step * trainer.tokens_per_step / trainer.elapsed,
-            "train_loss": last.get("loss"), **scores, "settings": recipe}
+    return {
+        "recipe": name,
+        "preset": model.name,
+        "params_m": trainer.engine.model.num_params() / 1e6,
+        "tokenizer": trainer.config.data.tokenizer,
+        "vocab": trainer.tokenizer.vocab_size,
+        "context": trainer.seq_len,
+        "batch": trainer.config.train.micro_batch,
+        "dtype": str(trainer.dtype).removeprefix("torch."),
+        "planned_steps": max_steps,
+        "steps": trainer.step,
+        "compiled": _compiled(trainer),
+        "calibrated_s_per_step": step_s,
+        "train_minutes": trainer.elapsed / 60,
+        "tokens_per_s": trainer.step * trainer.tokens_per_step / trainer.elapsed,
+        "train_loss": last.get("loss"),
+        **scores,
+        "settings": recipe,
+    }
 
 
 def _compiled(trainer: Trainer) -> bool:
@@ -152,8 +194,13 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=3.0, help="training time per recipe (default 3)")
     parser.add_argument("--steps", type=int, default=None, help="train a fixed number of steps instead of minutes")
     parser.add_argument("--recipes", default="nanogpt,demo", help="comma-separated: nanogpt, demo")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a demo setting, e.g. --set train.lr=2e-3 (repeatable)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a demo setting, e.g. --set train.lr=2e-3 (repeatable)",
+    )
     parser.add_argument("--cache-dir", default=None, help="keep prepared data here between runs")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args()
@@ -163,14 +210,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="demo-quality-") as tmp:
         work = Path(tmp)
         cache_dir = Path(args.cache_dir) if args.cache_dir else work / "cache"
-        rows = [run_recipe(name, recipes[name], work, cache_dir, args.minutes, args.steps)
-                for name in args.recipes.split(",")]
+        rows = [
+            run_recipe(name, recipes[name], work, cache_dir, args.minutes, args.steps)
+            for name in args.recipes.split(",")
+        ]
     load.append(os.getloadavg()[0])
-    report: dict[str, Any] = {"minutes": None if args.steps else args.minutes, "steps": args.steps, "rows": rows,
-                              "nanogpt_reference_nats_per_char": NANOGPT_REFERENCE_NATS_PER_CHAR,
-                              "machine": {"cpu_features": perf.cpu_features(), "threads": torch.get_num_threads(),
-                                          "cpus": os.cpu_count(), "torch": torch.__version__,
-                                          "load_average_1min": {"start": load[0], "end": load[1]}}}
+    report: dict[str, Any] = {
+        "minutes": None if args.steps else args.minutes,
+        "steps": args.steps,
+        "rows": rows,
+        "nanogpt_reference_nats_per_char": NANOGPT_REFERENCE_NATS_PER_CHAR,
+        "machine": {
+            "cpu_features": perf.cpu_features(),
+            "threads": torch.get_num_threads(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "load_average_1min": {"start": load[0], "end": load[1]},
+        },
+    }
     by_name = {r["recipe"]: r for r in rows}
     if {"nanogpt", "demo"} <= set(by_name):
         gain = by_name["nanogpt"]["val_nats_per_char"] - by_name["demo"]["val_nats_per_char"]
@@ -188,24 +245,47 @@ def print_table(report: dict[str, Any]) -> None:
     budget = f"{report['minutes']:g} minutes" if report["minutes"] else f"{report['steps']} steps"
     machine = report["machine"]
     load = machine["load_average_1min"]
-    table = Table(title=f"Validation loss after {budget} of training on the bundled corpus ({machine['threads']} "
-                        f"threads, CPU bf16 hardware: {machine['cpu_features']}, load {load['start']:.1f}-"
-                        f"{load['end']:.1f} on {machine['cpus']} CPUs)")
-    for col in ("recipe", "model", "tokenizer", "ctx x batch", "dtype", "compiled", "steps", "tokens/s", "nats/char",
-                "bits/byte"):
+    table = Table(
+        title=f"Validation loss after {budget} of training on the bundled corpus ({machine['threads']} "
+        f"threads, CPU bf16 hardware: {machine['cpu_features']}, load {load['start']:.1f}-"
+        f"{load['end']:.1f} on {machine['cpus']} CPUs)"
+    )
+    for col in (
+        "recipe",
+        "model",
+        "tokenizer",
+        "ctx x batch",
+        "dtype",
+        "compiled",
+        "steps",
+        "tokens/s",
+        "nats/char",
+        "bits/byte",
+    ):
         table.add_column(col, justify="left" if col in ("recipe", "model", "tokenizer", "dtype") else "right")
     for r in report["rows"]:
-        table.add_row(r["recipe"], f"{r['preset']} {r['params_m']:.2f}M", f"{r['tokenizer']} {r['vocab']}",
-                      f"{r['context']} x {r['batch']}", r["dtype"], "yes" if r["compiled"] else "no",
-                      f"{r['steps']}/{r['planned_steps']}",
-                      f"{r['tokens_per_s']:,.0f}", f"{r['val_nats_per_char']:.3f}", f"{r['val_bits_per_byte']:.3f}")
+        table.add_row(
+            r["recipe"],
+            f"{r['preset']} {r['params_m']:.2f}M",
+            f"{r['tokenizer']} {r['vocab']}",
+            f"{r['context']} x {r['batch']}",
+            r["dtype"],
+            "yes" if r["compiled"] else "no",
+            f"{r['steps']}/{r['planned_steps']}",
+            f"{r['tokens_per_s']:,.0f}",
+            f"{r['val_nats_per_char']:.3f}",
+            f"{r['val_bits_per_byte']:.3f}",
+        )
     console = Console(width=None if Console().is_terminal else 140)
     console.print(table)
-    console.print(f"nanoGPT itself reaches about {report['nanogpt_reference_nats_per_char']:.2f} nats/char in 3 "
-                  f"minutes on this machine kind.")
+    console.print(
+        f"nanoGPT itself reaches about {report['nanogpt_reference_nats_per_char']:.2f} nats/char in 3 "
+        f"minutes on this machine kind."
+    )
     if "demo_gain_nats_per_char" in report:
-        console.print(f"demo is {report['demo_gain_nats_per_char']:+.3f} nats/char better than the nanoGPT recipe "
-                      f"(target >= 0.1)")
+        console.print(
+            f"demo is {report['demo_gain_nats_per_char']:+.3f} nats/char better than the nanoGPT recipe (target >= 0.1)"
+        )
 
 
 if __name__ == "__main__":

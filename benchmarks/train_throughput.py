@@ -108,8 +108,9 @@ class Runner:
         self.engine = SingleDeviceEngine(config, Transformer(config.model), optimizer_factory(config.train))
         self.dtype = resolve_dtype(recipe.dtype, self.engine.device)
         self.forward = torch.compile(self.engine.model) if recipe.compile else self.engine.model
-        tokens = torch.randint(0, config.model.vocab_size, (shape.batch, shape.seq_len + 1),
-                               generator=torch.Generator().manual_seed(0))
+        tokens = torch.randint(
+            0, config.model.vocab_size, (shape.batch, shape.seq_len + 1), generator=torch.Generator().manual_seed(0)
+        )
         self.batch = (tokens[:, :-1], tokens[:, 1:])
         self.round_medians: list[float] = []
         self.round_cpu_medians: list[float] = []
@@ -140,13 +141,20 @@ class Runner:
         tokens_per_s = tokens / step_s
         flops = self.config.model.flops_per_token(self.shape.seq_len)
         return {
-            "shape": self.shape.preset, "recipe": self.recipe.name,
+            "shape": self.shape.preset,
+            "recipe": self.recipe.name,
             "library": str(Path(reference_llm.__file__).parents[1]),  # where this worker imported it from
-            "batch": self.shape.batch, "seq_len": self.shape.seq_len, "dtype": str(self.dtype).removeprefix("torch."),
-            "attention": self.recipe.attention, "attention_kernel": self.attention_kernel(),
-            "compile": self.recipe.compile, "params_m": self.engine.model.num_params() / 1e6,
-            "ms_per_step": 1000 * step_s, "cpu_ms_per_step": 1000 * cpu_s,
-            "tokens_per_s": tokens_per_s, "mfu": mfu(tokens_per_s, flops, peaks[self.dtype]),
+            "batch": self.shape.batch,
+            "seq_len": self.shape.seq_len,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "attention": self.recipe.attention,
+            "attention_kernel": self.attention_kernel(),
+            "compile": self.recipe.compile,
+            "params_m": self.engine.model.num_params() / 1e6,
+            "ms_per_step": 1000 * step_s,
+            "cpu_ms_per_step": 1000 * cpu_s,
+            "tokens_per_s": tokens_per_s,
+            "mfu": mfu(tokens_per_s, flops, peaks[self.dtype]),
             "mfu_cpu_time": mfu(tokens / cpu_s, flops, cpu_peaks[self.dtype]),
             "round_medians_ms": [1000 * t for t in self.round_medians],
             "nanogpt_reference_tokens_per_s": NANOGPT_REFERENCE.get(features, {}).get(self.shape.preset),
@@ -219,10 +227,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (each row keeps its best)")
     parser.add_argument("--shapes", default=",".join(s.preset for s in SHAPES), help="comma-separated presets")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per row (default: torch's)")
-    parser.add_argument("--baseline-tree", default=None, metavar="DIR",
-                        help="also run the ours rows with the reference_llm/ under DIR (an earlier version)")
-    parser.add_argument("--no-compile", action="store_true",
-                        help="skip the torch.compile rows (their first compile takes ~20 s per shape)")
+    parser.add_argument(
+        "--baseline-tree",
+        default=None,
+        metavar="DIR",
+        help="also run the ours rows with the reference_llm/ under DIR (an earlier version)",
+    )
+    parser.add_argument(
+        "--no-compile",
+        action="store_true",
+        help="skip the torch.compile rows (their first compile takes ~20 s per shape)",
+    )
     args = parser.parse_args()
     if args.baseline_tree and not (Path(args.baseline_tree) / "reference_llm" / "__init__.py").is_file():
         parser.error(f"--baseline-tree: {args.baseline_tree} holds no reference_llm/ package")
@@ -248,8 +263,10 @@ def main() -> None:
             worker.wait_ready()
         for round_ in range(rounds):  # peaks are re-measured every round; the best round's figure counts
             peaks = {dt: max(p, measure_matmul_peak(dt, device, 2048, peak_repeats)) for dt, p in peaks.items()}
-            cpu_peaks = {dt: max(p, measure_matmul_peak(dt, device, 2048, peak_repeats, clock=time.process_time))
-                         for dt, p in cpu_peaks.items()}
+            cpu_peaks = {
+                dt: max(p, measure_matmul_peak(dt, device, 2048, peak_repeats, clock=time.process_time))
+                for dt, p in cpu_peaks.items()
+            }
             for worker in workers:
                 worker.call("run", steps, warmup if round_ == 0 else 1)
         rows = [w.call("result", peaks, cpu_peaks, features) for w in workers]
@@ -258,23 +275,35 @@ def main() -> None:
             worker.close()
     load.append(os.getloadavg()[0])
     report = {
-        "machine": {"threads": torch.get_num_threads(), "cpu_features": features,
-                    "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
-                    "load_average_1min": {"start": load[0], "end": load[1]}, "cpus": os.cpu_count(),
-                    "matmul_peak_gflops": {str(dt).removeprefix("torch."): p / 1e9 for dt, p in peaks.items()},
-                    "matmul_peak_gflops_per_cpu_second": {str(dt).removeprefix("torch."): p / 1e9
-                                                          for dt, p in cpu_peaks.items()}},
+        "machine": {
+            "threads": torch.get_num_threads(),
+            "cpu_features": features,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "torch": torch.__version__,
+            "load_average_1min": {"start": load[0], "end": load[1]},
+            "cpus": os.cpu_count(),
+            "matmul_peak_gflops": {str(dt).removeprefix("torch."): p / 1e9 for dt, p in peaks.items()},
+            "matmul_peak_gflops_per_cpu_second": {
+                str(dt).removeprefix("torch."): p / 1e9 for dt, p in cpu_peaks.items()
+            },
+        },
         "rows": rows,
         "speedup_vs_nanogpt_recipe": {
             f"{shape.preset} {recipe.name}": tokens_per_s(rows, shape, recipe) / tokens_per_s(rows, shape, BASELINE)
-            for shape in shapes for recipe in recipes if recipe != BASELINE},
+            for shape in shapes
+            for recipe in recipes
+            if recipe != BASELINE
+        },
     }
     if args.baseline_tree:
         report["after_over_before"] = {
             f"{shape.preset} {recipe.name}": {
                 "tokens_per_s": tokens_per_s(rows, shape, recipe) / tokens_per_s(rows, shape, before),
-                "cpu_time": cpu_ms(rows, shape, before) / cpu_ms(rows, shape, recipe)}
-            for shape in shapes for recipe, before in ((r, r.before(args.baseline_tree)) for r in ours)}
+                "cpu_time": cpu_ms(rows, shape, before) / cpu_ms(rows, shape, recipe),
+            }
+            for shape in shapes
+            for recipe, before in ((r, r.before(args.baseline_tree)) for r in ours)
+        }
     if args.json:
         print(json.dumps(report, indent=1))
     else:
@@ -300,30 +329,59 @@ def print_table(report: dict) -> None:
     machine = report["machine"]
     peaks = ", ".join(f"{k} {v:,.0f}" for k, v in machine["matmul_peak_gflops"].items())
     load = machine["load_average_1min"]
-    table = Table(title=f"Training throughput, {machine['threads']} threads, CPU bf16 hardware: "
-                        f"{machine['cpu_features']} (matmul peak GFLOP/s: {peaks}; load {load['start']:.1f}"
-                        f"-{load['end']:.1f} on {machine['cpus']} CPUs)")
-    for col in ("shape", "B x T", "recipe", "dtype", "attention", "params", "ms/step", "CPU ms/step", "tokens/s",
-                "MFU", "MFU by CPU time", "nanoGPT itself"):
+    table = Table(
+        title=f"Training throughput, {machine['threads']} threads, CPU bf16 hardware: "
+        f"{machine['cpu_features']} (matmul peak GFLOP/s: {peaks}; load {load['start']:.1f}"
+        f"-{load['end']:.1f} on {machine['cpus']} CPUs)"
+    )
+    for col in (
+        "shape",
+        "B x T",
+        "recipe",
+        "dtype",
+        "attention",
+        "params",
+        "ms/step",
+        "CPU ms/step",
+        "tokens/s",
+        "MFU",
+        "MFU by CPU time",
+        "nanoGPT itself",
+    ):
         table.add_column(col, justify="left" if col in ("shape", "recipe", "dtype", "attention") else "right")
     for r in report["rows"]:
         ref = r["nanogpt_reference_tokens_per_s"]
-        attention = r["attention"] if r["attention"] == r["attention_kernel"] else f"{r['attention']}: " \
-            f"{r['attention_kernel']}"
-        table.add_row(r["shape"], f"{r['batch']} x {r['seq_len']}", r["recipe"], r["dtype"], attention,
-                      f"{r['params_m']:.2f}M", f"{r['ms_per_step']:.1f}", f"{r['cpu_ms_per_step']:.1f}",
-                      f"{r['tokens_per_s']:,.0f}", f"{100 * r['mfu']:.1f}%", f"{100 * r['mfu_cpu_time']:.1f}%",
-                      f"{ref:,} tok/s" if ref else "-")
+        attention = (
+            r["attention"] if r["attention"] == r["attention_kernel"] else f"{r['attention']}: {r['attention_kernel']}"
+        )
+        table.add_row(
+            r["shape"],
+            f"{r['batch']} x {r['seq_len']}",
+            r["recipe"],
+            r["dtype"],
+            attention,
+            f"{r['params_m']:.2f}M",
+            f"{r['ms_per_step']:.1f}",
+            f"{r['cpu_ms_per_step']:.1f}",
+            f"{r['tokens_per_s']:,.0f}",
+            f"{100 * r['mfu']:.1f}%",
+            f"{100 * r['mfu_cpu_time']:.1f}%",
+            f"{ref:,} tok/s" if ref else "-",
+        )
     console = Console(width=None if Console().is_terminal else 160)
     console.print(table)
     for name, ratio in report["speedup_vs_nanogpt_recipe"].items():
         console.print(f"{name} / nanoGPT recipe: {ratio:.2f}x")
     for name, ratio in report.get("after_over_before", {}).items():
-        console.print(f"{name}: after / before {ratio['tokens_per_s']:.2f}x tokens/s, "
-                      f"{ratio['cpu_time']:.2f}x less CPU time per step")
-    console.print("MFU: of the measured peak of the dtype used; by CPU time: model FLOPs per CPU-second of the step "
-                  "over the peak matmul's FLOPs per CPU-second (steadier on a busy machine; with more than one "
-                  "thread both include time spent waiting at thread barriers).")
+        console.print(
+            f"{name}: after / before {ratio['tokens_per_s']:.2f}x tokens/s, "
+            f"{ratio['cpu_time']:.2f}x less CPU time per step"
+        )
+    console.print(
+        "MFU: of the measured peak of the dtype used; by CPU time: model FLOPs per CPU-second of the step "
+        "over the peak matmul's FLOPs per CPU-second (steadier on a busy machine; with more than one "
+        "thread both include time spent waiting at thread barriers)."
+    )
     console.print(f"{TARGETS}.")
 
 

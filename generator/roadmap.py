@@ -66,26 +66,61 @@ _TRAINING_TESTS = "tests/checkpoints/test_training.py"
 _GENERATE_TESTS = "tests/checkpoints/test_generate.py"
 
 EXERCISES: tuple[Exercise, ...] = (
-    Exercise("tokenizer", "bpe.py", "train_merges", "the BPE merge loop",
-             (f"{_TOKENIZER_TESTS}::test_bpe_merges_on_toy_text",
-              f"{_TOKENIZER_TESTS}::test_bpe_compresses_held_out_text")),
-    Exercise("model", "attention.py", "causal_attention", "causal self-attention",
-             (f"{_MODEL_TESTS}::test_causal_attention_matches_reference",)),
-    Exercise("model", "block.py", "Block.forward", "the transformer block",
-             (f"{_MODEL_TESTS}::test_block_matches_reference",)),
-    Exercise("pretrain", "train_step.py", "train_step", "the training step",
-             (f"{_TRAINING_TESTS}::test_train_step_matches_reference", f"{_TRAINING_TESTS}::test_overfits_one_batch",
-              f"{_TRAINING_TESTS}::test_loss_decreases_on_corpus")),
-    Exercise("generate", "sampling.py", "sample_next", "sampling the next token",
-             (f"{_GENERATE_TESTS}::test_sampling_follows_the_distribution",
-              f"{_GENERATE_TESTS}::test_greedy_generation_matches_reference")),
-    Exercise("generate", "sampling.py", "generate", "the generation loop",
-             (f"{_GENERATE_TESTS}::test_greedy_generation_matches_reference",)),
+    Exercise(
+        "tokenizer",
+        "bpe.py",
+        "train_merges",
+        "the BPE merge loop",
+        (f"{_TOKENIZER_TESTS}::test_bpe_merges_on_toy_text", f"{_TOKENIZER_TESTS}::test_bpe_compresses_held_out_text"),
+    ),
+    Exercise(
+        "model",
+        "attention.py",
+        "causal_attention",
+        "causal self-attention",
+        (f"{_MODEL_TESTS}::test_causal_attention_matches_reference",),
+    ),
+    Exercise(
+        "model",
+        "block.py",
+        "Block.forward",
+        "the transformer block",
+        (f"{_MODEL_TESTS}::test_block_matches_reference",),
+    ),
+    Exercise(
+        "pretrain",
+        "train_step.py",
+        "train_step",
+        "the training step",
+        (
+            f"{_TRAINING_TESTS}::test_train_step_matches_reference",
+            f"{_TRAINING_TESTS}::test_overfits_one_batch",
+            f"{_TRAINING_TESTS}::test_loss_decreases_on_corpus",
+        ),
+    ),
+    Exercise(
+        "generate",
+        "sampling.py",
+        "sample_next",
+        "sampling the next token",
+        (
+            f"{_GENERATE_TESTS}::test_sampling_follows_the_distribution",
+            f"{_GENERATE_TESTS}::test_greedy_generation_matches_reference",
+        ),
+    ),
+    Exercise(
+        "generate",
+        "sampling.py",
+        "generate",
+        "the generation loop",
+        (f"{_GENERATE_TESTS}::test_greedy_generation_matches_reference",),
+    ),
 )
 
 
-def roadmap_for_answers(answers: Mapping[str, Any], tracks: Mapping[str, Track] | None = None,
-                        hardware: Hardware | None = None) -> dict[str, Any]:
+def roadmap_for_answers(
+    answers: Mapping[str, Any], tracks: Mapping[str, Track] | None = None, hardware: Hardware | None = None
+) -> dict[str, Any]:
     """The roadmap for a complete set of template answers (what `llmgen new` computed, or what a
     project's .copier-answers.yml records). A CPU's measured speed is reused from an earlier roadmap
     in `answers`, so that regenerating it gives the same figures."""
@@ -107,8 +142,10 @@ def build_roadmap(track: Track, answers: Mapping[str, Any], hardware: Hardware) 
     ids = {step.id for step in steps}
     for exercise in EXERCISES:
         if exercise.step not in ids:
-            raise TrackDataError(f"track {track.name}: has no step {exercise.step!r}, which the exercise "
-                                 f"{exercise.symbol} ({exercise.file}) belongs to; add the step")
+            raise TrackDataError(
+                f"track {track.name}: has no step {exercise.step!r}, which the exercise "
+                f"{exercise.symbol} ({exercise.file}) belongs to; add the step"
+            )
     package = answers["package_name"]
     positions, width, height = layout(steps)
     out_steps, costs = [], []
@@ -117,18 +154,29 @@ def build_roadmap(track: Track, answers: Mapping[str, Any], hardware: Hardware) 
         figures = step_estimate(step, model, answers, hardware, precision)
         if not step.optional:
             costs.append(figures)
-        out_steps.append({
-            "id": step.id, "number": number, "title": step.title, "summary": step.summary, "depth": step.depth,
-            "optional": step.optional, "requires": list(step.requires),
-            "code": [module_path(m) for m in step.modules],
-            "command": step.command_for(run_dir, package),
-            "checkpoint_test": step.checkpoint_test,
-            "compliance": list(step.compliance),
-            "estimate": {"kind": figures["kind"], "text": figures["text"]},
-            "exercises": [{"file": f"src/{package}/{e.file}", "symbol": e.symbol, "task": e.task,
-                           "tests": list(e.tests)} for e in EXERCISES if e.step == step.id],
-            "x": x, "y": y,
-        })
+        out_steps.append(
+            {
+                "id": step.id,
+                "number": number,
+                "title": step.title,
+                "summary": step.summary,
+                "depth": step.depth,
+                "optional": step.optional,
+                "requires": list(step.requires),
+                "code": [module_path(m) for m in step.modules],
+                "command": step.command_for(run_dir, package),
+                "checkpoint_test": step.checkpoint_test,
+                "compliance": list(step.compliance),
+                "estimate": {"kind": figures["kind"], "text": figures["text"]},
+                "exercises": [
+                    {"file": f"src/{package}/{e.file}", "symbol": e.symbol, "task": e.task, "tests": list(e.tests)}
+                    for e in EXERCISES
+                    if e.step == step.id
+                ],
+                "x": x,
+                "y": y,
+            }
+        )
     return {
         "track": track.name,
         "track_title": track.title,
@@ -154,24 +202,49 @@ def build_roadmap(track: Track, answers: Mapping[str, Any], hardware: Hardware) 
 # ----------------------------------------------------------------------------------------------------
 
 
-def step_estimate(step: Step, model: ModelConfig, answers: Mapping[str, Any], hardware: Hardware,
-                  precision: str) -> dict[str, Any]:
+def step_estimate(
+    step: Step, model: ModelConfig, answers: Mapping[str, Any], hardware: Hardware, precision: str
+) -> dict[str, Any]:
     """What one step costs on the project's hardware, as numbers and as one line of text."""
     spec = step.estimate
     if spec.kind == "none":
-        return {"kind": "none", "tokens": None, "flops": None, "gpu_hours": 0.0, "wall_hours": 0.0,
-                "cost_usd": 0.0, "text": spec.note, "note": spec.note}
+        return {
+            "kind": "none",
+            "tokens": None,
+            "flops": None,
+            "gpu_hours": 0.0,
+            "wall_hours": 0.0,
+            "cost_usd": 0.0,
+            "text": spec.note,
+            "note": spec.note,
+        }
     tokens = float(answers["tokens"]) if spec.tokens == "budget" else float(spec.tokens)  # type: ignore[arg-type]
-    est = estimate_run(RunSpec(model, hardware, tokens, parallelism=str(answers["parallelism"]),
-                               micro_batch=int(answers["micro_batch"]), seq_len=model.block_size,
-                               grad_accum=int(answers["grad_accum"]), precision=precision))
+    est = estimate_run(
+        RunSpec(
+            model,
+            hardware,
+            tokens,
+            parallelism=str(answers["parallelism"]),
+            micro_batch=int(answers["micro_batch"]),
+            seq_len=model.block_size,
+            grad_accum=int(answers["grad_accum"]),
+            precision=precision,
+        )
+    )
     scale = 1.0
     if spec.kind == "forward":
-        scale = (model.flops_per_token(model.block_size, training=False)
-                 / model.flops_per_token(model.block_size, training=True))
-    figures = {"kind": spec.kind, "tokens": tokens, "flops": est.flops_total * scale,
-               "gpu_hours": est.gpu_hours * scale, "wall_hours": est.wall_hours * scale,
-               "cost_usd": est.cost_usd * scale, "note": spec.note}
+        scale = model.flops_per_token(model.block_size, training=False) / model.flops_per_token(
+            model.block_size, training=True
+        )
+    figures = {
+        "kind": spec.kind,
+        "tokens": tokens,
+        "flops": est.flops_total * scale,
+        "gpu_hours": est.gpu_hours * scale,
+        "wall_hours": est.wall_hours * scale,
+        "cost_usd": est.cost_usd * scale,
+        "note": spec.note,
+    }
     figures["text"] = _estimate_text(figures, est if spec.kind == "train" else None, hardware)
     return figures
 
@@ -181,8 +254,10 @@ def _estimate_text(figures: dict[str, Any], est: Estimate | None, hardware: Hard
     what = "training" if figures["kind"] == "train" else "forward passes"
     hours = "CPU-hours" if hardware.is_cpu else "GPU-hours"
     cost = "no cost (your own machine)" if hardware.is_cpu else f"${figures['cost_usd']:,.2f}"
-    text = (f"{si(figures['tokens'])} tokens of {what}: {figures['flops']:.2g} FLOPs, "
-            f"{figures['gpu_hours']:.3g} {hours}, {duration(figures['wall_hours'])} on {hardware}, {cost}")
+    text = (
+        f"{si(figures['tokens'])} tokens of {what}: {figures['flops']:.2g} FLOPs, "
+        f"{figures['gpu_hours']:.3g} {hours}, {duration(figures['wall_hours'])} on {hardware}, {cost}"
+    )
     if est is not None and not est.fits:
         text += f" (does not fit in memory as configured: {est.memory_per_gpu_gib:.1f} GiB per device)"
     if figures["note"]:
@@ -244,9 +319,14 @@ TEMPLATE_TRACKS = "tracks"  # folder of the template (beside copier.yml, not ren
 
 def compact_roadmap(roadmap: Mapping[str, Any]) -> dict[str, Any]:
     """The `roadmap` answer: what the template cannot derive from the track and the other answers."""
-    return {"track": roadmap["track"], "params": roadmap["params"], "precision": roadmap["precision"],
-            "cpu_tflops": roadmap["cpu_tflops"], "total": roadmap["total"],
-            "estimates": {step["id"]: step["estimate"]["text"] for step in roadmap["steps"]}}
+    return {
+        "track": roadmap["track"],
+        "params": roadmap["params"],
+        "precision": roadmap["precision"],
+        "cpu_tflops": roadmap["cpu_tflops"],
+        "total": roadmap["total"],
+        "estimates": {step["id"]: step["estimate"]["text"] for step in roadmap["steps"]},
+    }
 
 
 def template_track(track: Track) -> dict[str, Any]:
@@ -255,18 +335,36 @@ def template_track(track: Track) -> dict[str, Any]:
     steps = track.ordered_steps()
     positions, width, height = layout(steps)
     return {
-        "name": track.name, "title": track.title, "width": width, "height": height,
-        "node_width": NODE_WIDTH, "node_height": NODE_HEIGHT,
-        "steps": [{
-            "id": step.id, "number": number, "title": step.title, "summary": step.summary, "depth": step.depth,
-            "optional": step.optional, "requires": list(step.requires),
-            "code": [module_path(m) for m in step.modules], "command": step.command,
-            "checkpoint_test": step.checkpoint_test, "compliance": list(step.compliance),
-            "estimate_kind": step.estimate.kind,
-            "exercises": [{"file": e.file, "symbol": e.symbol, "task": e.task, "tests": list(e.tests)}
-                          for e in EXERCISES if e.step == step.id],
-            "x": positions[step.id][0], "y": positions[step.id][1],
-        } for number, step in enumerate(steps, start=1)],
+        "name": track.name,
+        "title": track.title,
+        "width": width,
+        "height": height,
+        "node_width": NODE_WIDTH,
+        "node_height": NODE_HEIGHT,
+        "steps": [
+            {
+                "id": step.id,
+                "number": number,
+                "title": step.title,
+                "summary": step.summary,
+                "depth": step.depth,
+                "optional": step.optional,
+                "requires": list(step.requires),
+                "code": [module_path(m) for m in step.modules],
+                "command": step.command,
+                "checkpoint_test": step.checkpoint_test,
+                "compliance": list(step.compliance),
+                "estimate_kind": step.estimate.kind,
+                "exercises": [
+                    {"file": e.file, "symbol": e.symbol, "task": e.task, "tests": list(e.tests)}
+                    for e in EXERCISES
+                    if e.step == step.id
+                ],
+                "x": positions[step.id][0],
+                "y": positions[step.id][1],
+            }
+            for number, step in enumerate(steps, start=1)
+        ],
     }
 
 

@@ -158,8 +158,9 @@ class _Reader:
     def fail(self, where: str, message: str) -> TrackDataError:
         return TrackDataError(f"{self.path}: {where}: {message}")
 
-    def keys(self, table: Any, where: str, required: set[str],
-             optional: set[str] | frozenset[str] = frozenset()) -> dict:
+    def keys(
+        self, table: Any, where: str, required: set[str], optional: set[str] | frozenset[str] = frozenset()
+    ) -> dict:
         if not isinstance(table, dict):
             raise self.fail(where, f"must be a table, got {type(table).__name__}")
         missing = sorted(required - set(table))
@@ -167,8 +168,9 @@ class _Reader:
             raise self.fail(where, f"missing key(s) {', '.join(missing)}")
         unknown = sorted(set(table) - required - optional)
         if unknown:
-            raise self.fail(where, f"unknown key(s) {', '.join(unknown)}; known: "
-                                   f"{', '.join(sorted(required | optional))}")
+            raise self.fail(
+                where, f"unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(required | optional))}"
+            )
         return table
 
     def text(self, table: dict, key: str, where: str, allow_empty: bool = False) -> str:
@@ -218,7 +220,8 @@ class _Reader:
         steps = tuple(self.step(s, i) for i, s in enumerate(steps_raw))
         self.check_graph(steps)
         return Track(
-            name=name, order=order,
+            name=name,
+            order=order,
             title=self.text(raw, "title", "top level"),
             summary=self.text(raw, "summary", "top level"),
             audience=self.text(raw, "audience", "top level"),
@@ -242,8 +245,23 @@ class _Reader:
         where = f"steps[{index}]"
         if isinstance(table, dict) and isinstance(table.get("id"), str):
             where = f"steps[{index}] ({table['id']})"
-        self.keys(table, where, {"id", "title", "summary", "depth", "optional", "requires", "modules", "command",
-                                 "checkpoint_test", "compliance", "estimate"})
+        self.keys(
+            table,
+            where,
+            {
+                "id",
+                "title",
+                "summary",
+                "depth",
+                "optional",
+                "requires",
+                "modules",
+                "command",
+                "checkpoint_test",
+                "compliance",
+                "estimate",
+            },
+        )
         step_id = self.text(table, "id", where)
         if not _ID.match(step_id):
             raise self.fail(f"{where}.id", f"must be lower-case letters, digits, - or _; got {step_id!r}")
@@ -251,8 +269,10 @@ class _Reader:
         self.check_placeholders(command, f"{where}.command")
         test = self.text(table, "checkpoint_test", where)
         if not _TEST_ID.match(test):
-            raise self.fail(f"{where}.checkpoint_test",
-                            f"must be a pytest id like tests/checkpoints/test_x.py::test_y; got {test!r}")
+            raise self.fail(
+                f"{where}.checkpoint_test",
+                f"must be a pytest id like tests/checkpoints/test_x.py::test_y; got {test!r}",
+            )
         return Step(
             id=step_id,
             title=self.text(table, "title", where),
@@ -280,8 +300,7 @@ class _Reader:
         if "tokens" not in table:
             raise self.fail(where, f'missing key tokens (a positive number or "budget") for kind {kind!r}')
         tokens = table["tokens"]
-        valid = tokens == "budget" or (isinstance(tokens, (int, float)) and not isinstance(tokens, bool)
-                                       and tokens > 0)
+        valid = tokens == "budget" or (isinstance(tokens, (int, float)) and not isinstance(tokens, bool) and tokens > 0)
         if not valid:
             raise self.fail(f"{where}.tokens", f'must be a positive number or "budget"; got {tokens!r}')
         return StepEstimate(kind=kind, tokens=tokens if tokens == "budget" else float(tokens), note=note)
@@ -290,8 +309,11 @@ class _Reader:
         try:
             command.format(**{name: "" for name in COMMAND_PLACEHOLDERS})
         except (KeyError, IndexError, ValueError) as exc:
-            raise self.fail(where, f"unknown placeholder or stray brace ({exc}); "
-                                   f"allowed: {', '.join('{' + p + '}' for p in COMMAND_PLACEHOLDERS)}") from None
+            raise self.fail(
+                where,
+                f"unknown placeholder or stray brace ({exc}); "
+                f"allowed: {', '.join('{' + p + '}' for p in COMMAND_PLACEHOLDERS)}",
+            ) from None
 
     def check_graph(self, steps: tuple[Step, ...]) -> None:
         """Unique ids, prerequisites that exist, no required step after an optional one, no cycles."""
@@ -303,13 +325,16 @@ class _Reader:
         for step in steps:
             for dep in step.requires:
                 if dep not in by_id:
-                    raise self.fail(f"steps ({step.id}).requires",
-                                    f"names missing step {dep!r}; steps are: {', '.join(by_id)}")
+                    raise self.fail(
+                        f"steps ({step.id}).requires", f"names missing step {dep!r}; steps are: {', '.join(by_id)}"
+                    )
                 if dep == step.id:
                     raise self.fail(f"steps ({step.id}).requires", "a step cannot require itself")
                 if by_id[dep].optional and not step.optional:
-                    raise self.fail(f"steps ({step.id}).requires",
-                                    f"required step depends on optional step {dep!r}; make one of them match")
+                    raise self.fail(
+                        f"steps ({step.id}).requires",
+                        f"required step depends on optional step {dep!r}; make one of them match",
+                    )
         cycle = _find_cycle(by_id)
         if cycle:
             raise self.fail(f"steps ({cycle[0]}).requires", f"dependency cycle: {' -> '.join(cycle)}")
@@ -325,7 +350,7 @@ def _find_cycle(by_id: dict[str, Step]) -> list[str] | None:
         path.append(node)
         for dep in by_id[node].requires:
             if state.get(dep) == 1:
-                return path[path.index(dep):] + [dep]
+                return path[path.index(dep) :] + [dep]
             if dep not in state and (found := visit(dep)):
                 return found
         path.pop()

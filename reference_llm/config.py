@@ -158,8 +158,10 @@ def _data_source(index: int, value: Any) -> DataSource:
     fields = {f.name: f for f in dataclasses.fields(DataSource)}
     unknown = set(value) - set(fields)
     if unknown or "path" not in value:
-        raise ConfigError(f"data.sources[{index}]: needs `path`; unknown key(s) {', '.join(sorted(unknown)) or 'none'};"
-                          f" known: {', '.join(fields)}")
+        raise ConfigError(
+            f"data.sources[{index}]: needs `path`; unknown key(s) {', '.join(sorted(unknown)) or 'none'};"
+            f" known: {', '.join(fields)}"
+        )
     return DataSource(**{k: coerce_value(f"data.sources[{index}].{k}", v, fields[k].type) for k, v in value.items()})
 
 
@@ -228,8 +230,11 @@ OVERLAY_ENV = "REFERENCE_LLM_OVERLAY"
 _OVERLAY_NOTED: set[tuple[str, tuple[str, ...]]] = set()
 
 SECTIONS: dict[str, type] = {
-    "data": DataConfig, "train": TrainConfig, "eval": EvalConfig,
-    "checkpoint": CheckpointConfig, "distributed": DistributedConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+    "checkpoint": CheckpointConfig,
+    "distributed": DistributedConfig,
 }
 # Values stay plain strings in a RunConfig (so that it serialises anywhere); these say which are allowed.
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -247,8 +252,9 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunCo
     return config_from_dict(read_config_file(path, overrides))
 
 
-def read_config_file(path: str | Path | None, overrides: Sequence[str] = (),
-                     sections: Collection[str] | None = None) -> dict[str, Any]:
+def read_config_file(
+    path: str | Path | None, overrides: Sequence[str] = (), sections: Collection[str] | None = None
+) -> dict[str, Any]:
     """The raw sections of a TOML file (empty when `path` is None), then the overlay named by
     $REFERENCE_LLM_OVERLAY (`sections`: those the caller reads, default a run config's), then the
     `section.key=value` overrides; not yet checked against any schema."""
@@ -291,8 +297,9 @@ def _apply_overlay(raw: dict[str, Any], sections: Collection[str]) -> None:
 def config_from_dict(raw: dict[str, Any]) -> RunConfig:
     unknown = set(raw) - set(SECTIONS) - {"model"}
     if unknown:
-        raise ConfigError(f"unknown config section(s): {', '.join(sorted(unknown))}; "
-                          f"known: model, {', '.join(SECTIONS)}")
+        raise ConfigError(
+            f"unknown config section(s): {', '.join(sorted(unknown))}; known: model, {', '.join(SECTIONS)}"
+        )
     sections = {name: build_section(name, cls, raw.get(name, {})) for name, cls in SECTIONS.items()}
     model_raw = dict(raw.get("model", {}))
     preset = model_raw.pop("preset", "demo")
@@ -312,8 +319,7 @@ def build_section(name: str, cls: type, values: Any) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(values) - set(fields)
     if unknown:
-        raise ConfigError(f"unknown key(s) in [{name}]: {', '.join(sorted(unknown))}; "
-                          f"known: {', '.join(fields)}")
+        raise ConfigError(f"unknown key(s) in [{name}]: {', '.join(sorted(unknown))}; known: {', '.join(fields)}")
     typed = {k: coerce_value(f"{name}.{k}", v, fields[k].type) for k, v in values.items()}
     for key, value in typed.items():
         allowed = CHOICES.get(f"{name}.{key}")
@@ -370,8 +376,10 @@ def _check(config: RunConfig) -> None:
         if getattr(t, key) <= 0:
             raise ConfigError(f"train.{key} must be positive, got {getattr(t, key)}")
     if t.seq_len < 0 or config.seq_len > config.model.block_size:
-        raise ConfigError(f"train.seq_len={t.seq_len} must be between 1 and model.block_size="
-                          f"{config.model.block_size} (0 means block_size)")
+        raise ConfigError(
+            f"train.seq_len={t.seq_len} must be between 1 and model.block_size="
+            f"{config.model.block_size} (0 means block_size)"
+        )
     if not 0 < t.lr or t.min_lr < 0 or t.min_lr > t.lr:
         raise ConfigError(f"need 0 <= train.min_lr <= train.lr and lr > 0; got lr={t.lr}, min_lr={t.min_lr}")
     if not 0.0 < config.data.val_fraction < 1.0:

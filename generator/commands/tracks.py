@@ -44,18 +44,27 @@ def print_track(console: Console, track: Track) -> None:
     console.print(f"[bold]{track.name}[/bold]: {track.title}")
     console.print(f"  {track.summary}")
     console.print(f"  [dim]For: {track.audience}[/dim]")
-    console.print(f"  Defaults: model {d.model_preset}, hardware {d.hardware}, budget {d.budget}, "
-                  f"parallelism {d.parallelism}, exercises {'on' if d.exercises else 'off'}")
+    console.print(
+        f"  Defaults: model {d.model_preset}, hardware {d.hardware}, budget {d.budget}, "
+        f"parallelism {d.parallelism}, exercises {'on' if d.exercises else 'off'}"
+    )
     table = Table(show_edge=False, pad_edge=False, box=None, padding=(0, 2))
     for column in ("step", "depth", "after", "command", "checkpoint test"):
         table.add_column(column, style="bold" if column == "step" else None)
     for step in track.ordered_steps():
         title = step.title + (" [dim](optional)[/dim]" if step.optional else "")
-        table.add_row(title, step.depth, ", ".join(step.requires) or "-", shown_command(step),
-                      step.checkpoint_test.removeprefix("tests/checkpoints/"))
+        table.add_row(
+            title,
+            step.depth,
+            ", ".join(step.requires) or "-",
+            shown_command(step),
+            step.checkpoint_test.removeprefix("tests/checkpoints/"),
+        )
     console.print(table)
-    console.print(f"  [dim]In a project, {PROJECT} is its name and {PACKAGE} its Python package (ROADMAP.md "
-                  f"shows the commands with them filled in).[/dim]")
+    console.print(
+        f"  [dim]In a project, {PROJECT} is its name and {PACKAGE} its Python package (ROADMAP.md "
+        f"shows the commands with them filled in).[/dim]"
+    )
     console.print()
 
 

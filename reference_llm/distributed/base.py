@@ -113,8 +113,9 @@ class Engine(ABC):
 class SingleDeviceEngine(Engine):
     """One process, one device: `train.device` ("auto" picks CUDA when there is one)."""
 
-    def __init__(self, run_config: RunConfig, model: nn.Module | ModelFactory,
-                 make_optimizer: OptimizerFactory) -> None:
+    def __init__(
+        self, run_config: RunConfig, model: nn.Module | ModelFactory, make_optimizer: OptimizerFactory
+    ) -> None:
         self.device = resolve_device(run_config.train.device)
         self.model = build_model(model, run_config).to(self.device)
         self.optimizer = make_optimizer(self.model)
@@ -157,8 +158,10 @@ def optimizer_state_by_name(optimizer: torch.optim.Optimizer, model: nn.Module) 
     """PyTorch's optimizer state (keyed by parameter object) re-keyed by parameter name."""
     names = _param_names(model)
     state = {names[id(p)]: dict(s) for p, s in optimizer.state.items()}
-    groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [names[id(p)] for p in g["params"]]}
-              for g in optimizer.param_groups]
+    groups = [
+        {**{k: v for k, v in g.items() if k != "params"}, "params": [names[id(p)] for p in g["params"]]}
+        for g in optimizer.param_groups
+    ]
     return {"state": state, "param_groups": groups}
 
 
@@ -186,23 +189,27 @@ def load_optimizer_state_by_name(optimizer: torch.optim.Optimizer, model: nn.Mod
 IMPLEMENTATION_FLAGS = frozenset({"foreach", "fused", "capturable", "differentiable"})
 
 
-def restore_group_settings(groups: list[dict[str, Any]], current: list[list[str]], saved: list[dict[str, Any]],
-                           source: str) -> None:
+def restore_group_settings(
+    groups: list[dict[str, Any]], current: list[list[str]], saved: list[dict[str, Any]], source: str
+) -> None:
     """Copy a checkpoint's optimizer hyper-parameters (weight decay, betas, ...; the learning rate is
     set again every step) into `groups`, whose parameter names by group are `current`."""
     stored = [list(g["params"]) for g in saved]
     if stored != current:
-        raise CheckpointError(f"{source}: optimizer state does not match the model's parameter groups "
-                              f"({sum(map(len, stored))} parameters in {len(stored)} groups in the checkpoint, "
-                              f"{sum(map(len, current))} in {len(current)} here)")
+        raise CheckpointError(
+            f"{source}: optimizer state does not match the model's parameter groups "
+            f"({sum(map(len, stored))} parameters in {len(stored)} groups in the checkpoint, "
+            f"{sum(map(len, current))} in {len(current)} here)"
+        )
     for group, saved_group in zip(groups, saved):
         for key, value in saved_group.items():
             if key != "params" and key in group and key not in IMPLEMENTATION_FLAGS:
                 group[key] = value
 
 
-def create_adam_state(optimizer: torch.optim.Optimizer, params: dict[str, nn.Parameter], state_keys: list[str],
-                      steps: dict[str, float]) -> None:
+def create_adam_state(
+    optimizer: torch.optim.Optimizer, params: dict[str, nn.Parameter], state_keys: list[str], steps: dict[str, float]
+) -> None:
     """Give each parameter AdamW state to load into (a torch optimizer creates it at its first step):
     zeroed moments shaped like the parameter (sharded like it, for DTensors) and the step count.
     Fused and capturable optimizers keep the step on the parameter's device, the others on the CPU."""
@@ -212,8 +219,9 @@ def create_adam_state(optimizer: torch.optim.Optimizer, params: dict[str, nn.Par
         for key in state_keys:
             if key not in state:
                 state[key] = torch.zeros_like(param, memory_format=torch.preserve_format)
-        state["step"] = torch.tensor(steps.get(name, 0.0), dtype=torch.float32,
-                                     device=param.device if on_device else "cpu")
+        state["step"] = torch.tensor(
+            steps.get(name, 0.0), dtype=torch.float32, device=param.device if on_device else "cpu"
+        )
 
 
 def group_names(optimizer: torch.optim.Optimizer, model: nn.Module) -> list[list[str]]:
@@ -258,10 +266,12 @@ def build_engine(run_config: RunConfig, model: nn.Module | ModelFactory, make_op
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.split(".")[0] == "deepspeed":
-            raise DistributedError(f"distributed.strategy={strategy} needs DeepSpeed: "
-                                   f"pip install 'llmgen[deepspeed]'") from None
-        raise DistributedError(f"distributed.strategy={strategy} is not available: module {exc.name} "
-                               f"is missing from this installation") from None
+            raise DistributedError(
+                f"distributed.strategy={strategy} needs DeepSpeed: pip install 'llmgen[deepspeed]'"
+            ) from None
+        raise DistributedError(
+            f"distributed.strategy={strategy} is not available: module {exc.name} is missing from this installation"
+        ) from None
     engine_class: Callable[[RunConfig, nn.Module | ModelFactory, OptimizerFactory], Engine]
     engine_class = getattr(module, class_name)
     on_cpu = resolve_device(run_config.train.device).type == "cpu"

@@ -61,11 +61,14 @@ class FSDPEngine(SingleDeviceEngine):
     are DTensor shards, and `clip_grad_norm_` over them sums squares across ranks, so the norm it clips
     with and returns is the global one."""
 
-    def __init__(self, run_config: RunConfig, model: nn.Module | ModelFactory,
-                 make_optimizer: OptimizerFactory) -> None:
+    def __init__(
+        self, run_config: RunConfig, model: nn.Module | ModelFactory, make_optimizer: OptimizerFactory
+    ) -> None:
         if run_config.distributed.offload != "none":
-            raise DistributedError(f"distributed.offload={run_config.distributed.offload} is for the DeepSpeed "
-                                   f"strategies (zero1, zero2, zero3); use offload=none with strategy=fsdp")
+            raise DistributedError(
+                f"distributed.offload={run_config.distributed.offload} is for the DeepSpeed "
+                f"strategies (zero1, zero2, zero3); use offload=none with strategy=fsdp"
+            )
         info = runtime.setup(run_config.distributed.strategy, run_config.train.device)
         self.rank, self.world_size, self.device = info.rank, info.world_size, info.device
         mesh = init_device_mesh(self.device.type, (self.world_size,))
@@ -108,8 +111,9 @@ class FSDPEngine(SingleDeviceEngine):
         set_model_state_dict(self.model, full, options=_LOAD)
         if optimizer_state is not None:
             # DTensor.shape is the full shape, as the consolidated state has it
-            check_optimizer_state(optimizer_state, {name: p.shape for name, p in self.model.named_parameters()},
-                                  "optimizer state")
+            check_optimizer_state(
+                optimizer_state, {name: p.shape for name, p in self.model.named_parameters()}, "optimizer state"
+            )
             set_optimizer_state_dict(self.model, self.optimizer, optimizer_state, options=_LOAD)
 
     # -- sharded checkpoints ---------------------------------------------------------------------------
@@ -137,12 +141,17 @@ class FSDPEngine(SingleDeviceEngine):
 
     def load_sharded(self, checkpoint: ShardedCheckpoint) -> None:
         params = dict(self.model.named_parameters())
-        checkpoint.check_layout({name: tuple(p.shape) for name, p in params.items()},
-                                f"this run: fsdp on {self.world_size} rank(s)")
+        checkpoint.check_layout(
+            {name: tuple(p.shape) for name, p in params.items()}, f"this run: fsdp on {self.world_size} rank(s)"
+        )
         manifest = checkpoint.manifest
         if manifest.state_keys:
-            restore_group_settings(self.optimizer.param_groups, group_names(self.optimizer, self.model),
-                                   manifest.param_groups, str(checkpoint.path))
+            restore_group_settings(
+                self.optimizer.param_groups,
+                group_names(self.optimizer, self.model),
+                manifest.param_groups,
+                str(checkpoint.path),
+            )
             create_adam_state(self.optimizer, params, manifest.state_keys, manifest.steps)
         checkpoint.load(self.sharded_state().pieces)
 

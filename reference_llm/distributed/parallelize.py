@@ -63,8 +63,9 @@ def parallelize(model: nn.Module, run_config: RunConfig, mesh: DeviceMesh, mp_po
 def _blocks(model: nn.Module) -> nn.ModuleList:
     blocks = getattr(model, "blocks", None)
     if not isinstance(blocks, nn.ModuleList):
-        raise ConfigError(f"{type(model).__name__} has no `blocks` list of transformer blocks to shard or "
-                          f"checkpoint one at a time")
+        raise ConfigError(
+            f"{type(model).__name__} has no `blocks` list of transformer blocks to shard or checkpoint one at a time"
+        )
     return blocks
 
 
@@ -108,15 +109,27 @@ _BATCHED_MATMULS = (_aten.bmm.default, _aten.baddbmm.default)
 # activation functions whose outputs the next matmul keeps anyway. Everything else in a block
 # (views, copies, residual additions, RoPE's and RMSNorm's elementwise arithmetic) is cheap to
 # recompute, and keeping its outputs would cost memory that autograd itself does not spend.
-_KEPT = frozenset(op.default for op in (
-    _aten.mm, _aten.addmm, _aten.bmm, _aten.baddbmm, _aten.native_layer_norm, _aten.gelu, _aten.silu,
-    _aten._scaled_dot_product_flash_attention_for_cpu, _aten._scaled_dot_product_efficient_attention,
-    _aten._scaled_dot_product_flash_attention, _aten._scaled_dot_product_cudnn_attention,
-))
+_KEPT = frozenset(
+    op.default
+    for op in (
+        _aten.mm,
+        _aten.addmm,
+        _aten.bmm,
+        _aten.baddbmm,
+        _aten.native_layer_norm,
+        _aten.gelu,
+        _aten.silu,
+        _aten._scaled_dot_product_flash_attention_for_cpu,
+        _aten._scaled_dot_product_efficient_attention,
+        _aten._scaled_dot_product_flash_attention,
+        _aten._scaled_dot_product_cudnn_attention,
+    )
+)
 
 
-def _attention_core_policy(batch_heads: int, tokens: int, ctx: Any, func: Any, *args: Any,
-                           **kwargs: Any) -> CheckpointPolicy:
+def _attention_core_policy(
+    batch_heads: int, tokens: int, ctx: Any, func: Any, *args: Any, **kwargs: Any
+) -> CheckpointPolicy:
     """Recompute the attention core and cheap operations; keep matmul, norm and activation outputs.
 
     The core is every operation on the score matrix, a (B·H, T, T) tensor however it is viewed: the
@@ -125,6 +138,7 @@ def _attention_core_policy(batch_heads: int, tokens: int, ctx: Any, func: Any, *
     shape, from the block's input (B, T, C) and its head count, so that how the model spells its
     attention does not matter; a fused SDPA kernel makes no score matrix, and its output is kept.
     """
+
     def is_scores(shape: Any) -> bool:
         return len(shape) >= 3 and tuple(shape[-2:]) == (tokens, tokens) and math.prod(shape[:-2]) == batch_heads
 

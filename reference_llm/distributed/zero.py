@@ -61,21 +61,26 @@ def import_deepspeed(device: torch.device) -> ModuleType:
         deepspeed = importlib.import_module("deepspeed")
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.split(".")[0] == "deepspeed":
-            raise DistributedError(f"the ZeRO strategies need DeepSpeed, which is not installed: {INSTALL_HINT}"
-                                   f" (or use distributed.strategy=fsdp, which shards the same way)") from None
+            raise DistributedError(
+                f"the ZeRO strategies need DeepSpeed, which is not installed: {INSTALL_HINT}"
+                f" (or use distributed.strategy=fsdp, which shards the same way)"
+            ) from None
         raise
     from deepspeed.accelerator import get_accelerator
 
     chosen = get_accelerator().device_name()
     if chosen != device.type:
-        raise DistributedError(f"DeepSpeed runs on {chosen!r} (DS_ACCELERATOR={os.environ.get('DS_ACCELERATOR')}) "
-                               f"but train.device resolves to {device.type!r}; set DS_ACCELERATOR={device.type}")
+        raise DistributedError(
+            f"DeepSpeed runs on {chosen!r} (DS_ACCELERATOR={os.environ.get('DS_ACCELERATOR')}) "
+            f"but train.device resolves to {device.type!r}; set DS_ACCELERATOR={device.type}"
+        )
     return deepspeed
 
 
 class DeepSpeedEngine(Engine):
-    def __init__(self, run_config: RunConfig, model: nn.Module | ModelFactory,
-                 make_optimizer: OptimizerFactory) -> None:
+    def __init__(
+        self, run_config: RunConfig, model: nn.Module | ModelFactory, make_optimizer: OptimizerFactory
+    ) -> None:
         strategy = run_config.distributed.strategy
         if strategy not in ds_config.STAGES:
             raise DistributedError(f"DeepSpeedEngine runs zero1, zero2 or zero3, not {strategy!r}")
@@ -90,8 +95,10 @@ class DeepSpeedEngine(Engine):
         problems = ds_config.disagreements(config, run_config, self.world_size, bf16, name=str(path))
         if problems:
             more = f"; {len(problems) - 1} more disagreement(s)" if len(problems) > 1 else ""
-            raise DistributedError(f"{problems[0]} (WORLD_SIZE={self.world_size}){more}; fix {path} or "
-                                   f"configs/train.toml, then run `llmgen check`")
+            raise DistributedError(
+                f"{problems[0]} (WORLD_SIZE={self.world_size}){more}; fix {path} or "
+                f"configs/train.toml, then run `llmgen check`"
+            )
         config = ds_config.complete(config, run_config, self.world_size)
         deepspeed = import_deepspeed(self.device)
         runtime.init_process_group(info)  # deepspeed.comm adopts this torch.distributed group
@@ -116,8 +123,9 @@ class DeepSpeedEngine(Engine):
         # Until the loop says otherwise every backward ends a step (grad_accum=1 needs no context).
         self.ds.set_gradient_accumulation_boundary(True)
 
-    def _build_partitioned(self, factory: ModelFactory, make_optimizer: OptimizerFactory, config: dict[str, Any],
-                           run_config: RunConfig) -> tuple[nn.Module, torch.optim.Optimizer]:
+    def _build_partitioned(
+        self, factory: ModelFactory, make_optimizer: OptimizerFactory, config: dict[str, Any], run_config: RunConfig
+    ) -> tuple[nn.Module, torch.optim.Optimizer]:
         """ZeRO-3's deferred initialisation: build the model under `deepspeed.zero.Init`, which partitions
         each module's parameters as soon as its constructor returns (so a rank holds at most one full
         module at a time), then give every partition the value a single process would have.
@@ -146,7 +154,7 @@ class DeepSpeedEngine(Engine):
                     part = target.ds_tensor
                     start = self.rank * part.numel()
                     count = max(0, min(part.numel(), full.numel() - start))
-                    part[:count].copy_(full.reshape(-1)[start:start + count])
+                    part[:count].copy_(full.reshape(-1)[start : start + count])
                 else:  # buffers are not partitioned
                     target.copy_(full)
         apply_activation_checkpointing(module, run_config.train.activation_checkpointing)
@@ -170,8 +178,10 @@ class DeepSpeedEngine(Engine):
     def step(self, lr: float, grad_clip: float) -> float:
         if grad_clip != self.grad_clip:
             # DeepSpeed clips inside its step with the value from the JSON config, checked at start-up.
-            raise DistributedError(f"grad_clip={grad_clip} differs from train.grad_clip={self.grad_clip} that "
-                                   f"the DeepSpeed config was checked against")
+            raise DistributedError(
+                f"grad_clip={grad_clip} differs from train.grad_clip={self.grad_clip} that "
+                f"the DeepSpeed config was checked against"
+            )
         for group in self._base.param_groups:
             group["lr"] = lr
         self.ds.step()
@@ -187,8 +197,10 @@ class DeepSpeedEngine(Engine):
         for attr in ("fp32_partitioned_groups_flat", "single_partition_of_fp32_groups", "fp32_groups_flat_partition"):
             if hasattr(self._zero, attr):
                 return list(getattr(self._zero, attr))
-        raise DistributedError(f"DeepSpeed optimizer {type(self._zero).__name__} is not supported by "
-                               f"reference_llm's checkpoints; use the generated configs/deepspeed.json")
+        raise DistributedError(
+            f"DeepSpeed optimizer {type(self._zero).__name__} is not supported by "
+            f"reference_llm's checkpoints; use the generated configs/deepspeed.json"
+        )
 
     def _state_keys(self) -> tuple[list[str], dict[str, torch.Tensor]]:
         """Per-element state keys (Adam's moments) and scalar ones (step), from the first partition."""
@@ -217,8 +229,10 @@ class DeepSpeedEngine(Engine):
 
     def optimizer_state(self) -> OptimizerState:
         get_state = self._deepspeed.utils.safe_get_full_optimizer_state
-        groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": list(names)}
-                  for g, names in zip(self._base.param_groups, self._group_names)]
+        groups = [
+            {**{k: v for k, v in g.items() if k != "params"}, "params": list(names)}
+            for g, names in zip(self._base.param_groups, self._group_names)
+        ]
         per_element, scalars = self._state_keys()
         state: dict[str, dict[str, torch.Tensor]] = {}
         if per_element:  # empty before the first optimizer step, as with a fresh torch optimizer
@@ -226,16 +240,21 @@ class DeepSpeedEngine(Engine):
             for name, param in self.module.named_parameters():
                 moments = {key: get_state(param, key) for key in per_element}
                 if self.is_main:
-                    state[name] = {**{k: torch.tensor(float(v)) for k, v in scalars.items()},  # CPU Adam: int
-                                   **{k: v.detach().to("cpu", copy=True) for k, v in moments.items()}}
+                    state[name] = {
+                        **{k: torch.tensor(float(v)) for k, v in scalars.items()},  # CPU Adam: int
+                        **{k: v.detach().to("cpu", copy=True) for k, v in moments.items()},
+                    }
         return {"state": state, "param_groups": groups}
 
     def load_state(self, weights: dict[str, torch.Tensor], optimizer_state: OptimizerState | None) -> None:
         params = list(self.module.parameters())
         # The working copy of the weights (bf16 or fp32) that forward uses; at stage 3 it is partitioned,
         # so gather it, write it on every rank, and let DeepSpeed re-partition it.
-        gather = (self._deepspeed.zero.GatheredParameters(params, modifier_rank=0) if self.stage == 3
-                  else contextlib.nullcontext())
+        gather = (
+            self._deepspeed.zero.GatheredParameters(params, modifier_rank=0)
+            if self.stage == 3
+            else contextlib.nullcontext()
+        )
         with gather:
             load_weights(self.module, weights)
         # The fp32 master copy the optimizer updates: straight from the checkpoint, with no bf16 rounding.
@@ -308,8 +327,10 @@ class DeepSpeedEngine(Engine):
                 size = param.ds_tensor.numel()
                 start = self.rank * size
                 count = max(0, min(size, param.ds_numel - start))
-                views = {None: utils.safe_get_local_fp32_param(param),
-                         **{key: utils.safe_get_local_optimizer_state(param, key) for key in keys}}
+                views = {
+                    None: utils.safe_get_local_fp32_param(param),
+                    **{key: utils.safe_get_local_optimizer_state(param, key) for key in keys},
+                }
             else:  # a slice of the flat buffer: this rank's fragment of the parameter, if any
                 fragment = param._hp_mapping
                 if fragment is None:
@@ -325,13 +346,16 @@ class DeepSpeedEngine(Engine):
         per_element, scalars = self._state_keys()
         if per_element:
             self._link_state_fragments()
-        groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": list(names)}
-                  for g, names in zip(self._base.param_groups, self._group_names)]
+        groups = [
+            {**{k: v for k, v in g.items() if k != "params"}, "params": list(names)}
+            for g, names in zip(self._base.param_groups, self._group_names)
+        ]
         steps = {name: float(scalars["step"]) for name in self._names()} if "step" in scalars else {}
         return self._sharded(self._local_partitions(per_element), per_element, groups, steps)
 
-    def _sharded(self, partitions: list[Partition], keys: list[str],
-                 groups: list[dict[str, Any]], steps: dict[str, float]) -> ShardedState:
+    def _sharded(
+        self, partitions: list[Partition], keys: list[str], groups: list[dict[str, Any]], steps: dict[str, float]
+    ) -> ShardedState:
         shapes = {}
         for name, param in self.module.named_parameters():
             full = tuple(getattr(param, "ds_shape", param.shape))
@@ -350,8 +374,9 @@ class DeepSpeedEngine(Engine):
         manifest = checkpoint.manifest
         keys = manifest.state_keys
         if keys:
-            restore_group_settings(self._base.param_groups, self._group_names, manifest.param_groups,
-                                   str(checkpoint.path))
+            restore_group_settings(
+                self._base.param_groups, self._group_names, manifest.param_groups, str(checkpoint.path)
+            )
             step = next(iter(manifest.steps.values()), 0.0)
             self._ensure_state(keys, {"step": torch.tensor(step)})
         partitions = self._local_partitions(keys)
@@ -401,5 +426,11 @@ def _cpu_adam(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
 
     defaults: dict[str, Any] = optimizer.defaults
     groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in optimizer.param_groups]
-    return DeepSpeedCPUAdam(groups, lr=defaults["lr"], betas=defaults["betas"], eps=defaults["eps"],
-                            weight_decay=defaults["weight_decay"], adamw_mode=True)
+    return DeepSpeedCPUAdam(
+        groups,
+        lr=defaults["lr"],
+        betas=defaults["betas"],
+        eps=defaults["eps"],
+        weight_decay=defaults["weight_decay"],
+        adamw_mode=True,
+    )

@@ -88,8 +88,19 @@ def resize_vocab(model: Transformer, vocab_size: int) -> None:
 # ----------------------------------------------------------------------------------------------------
 
 # Fields of the model that decide the weights' names and shapes: a checkpoint must agree on them.
-_SHAPE_FIELDS = ("n_layer", "n_head", "n_kv_head", "d_model", "ffn_hidden", "norm", "position", "mlp", "bias",
-                 "tie_embeddings", "block_size")
+_SHAPE_FIELDS = (
+    "n_layer",
+    "n_head",
+    "n_kv_head",
+    "d_model",
+    "ffn_hidden",
+    "norm",
+    "position",
+    "mlp",
+    "bias",
+    "tie_embeddings",
+    "block_size",
+)
 
 
 @dataclass
@@ -100,8 +111,14 @@ class PostTrainConfig:
     model_section: dict[str, Any]  # the [model] keys the file set explicitly (checked against `init`)
 
 
-def load_posttrain_config(path: str | Path | None, overrides: Sequence[str], section: str, method_class: type,
-                          train_defaults: dict[str, Any], init: str | None = None) -> PostTrainConfig:
+def load_posttrain_config(
+    path: str | Path | None,
+    overrides: Sequence[str],
+    section: str,
+    method_class: type,
+    train_defaults: dict[str, Any],
+    init: str | None = None,
+) -> PostTrainConfig:
     """Read a post-training TOML file: run config sections + [section] (sft or dpo) + optional [lora].
 
     `train_defaults` replace pretraining's [train] defaults (fine-tuning runs are shorter and gentler);
@@ -114,8 +131,7 @@ def load_posttrain_config(path: str | Path | None, overrides: Sequence[str], sec
         raw.setdefault(section, {})["init"] = init
     unknown = set(raw) - known
     if unknown:
-        raise ConfigError(f"unknown config section(s): {', '.join(sorted(unknown))}; "
-                          f"known: {', '.join(sorted(known))}")
+        raise ConfigError(f"unknown config section(s): {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
     method = build_section(section, method_class, raw.pop(section, {}))
     lora = _lora_section(raw.pop("lora")) if "lora" in raw else None
     raw["train"] = {**train_defaults, **raw.get("train", {})}
@@ -124,11 +140,14 @@ def load_posttrain_config(path: str | Path | None, overrides: Sequence[str], sec
         raw.setdefault("checkpoint", {}).setdefault("dir", f"{init_run}-{section}")
     run = config_from_dict(raw)
     if method.init and Path(run.checkpoint.dir).resolve() == init_run.resolve():
-        raise ConfigError(f"checkpoint.dir={run.checkpoint.dir} is the run directory of {section}.init; keeping "
-                          f"only checkpoint.keep checkpoints there would delete the ones you start from")
+        raise ConfigError(
+            f"checkpoint.dir={run.checkpoint.dir} is the run directory of {section}.init; keeping "
+            f"only checkpoint.keep checkpoints there would delete the ones you start from"
+        )
     if run.distributed.strategy != "single":
-        raise ConfigError(f"distributed.strategy={run.distributed.strategy!r}: {section.upper()} runs on one "
-                          f"device; accepted: single")
+        raise ConfigError(
+            f"distributed.strategy={run.distributed.strategy!r}: {section.upper()} runs on one device; accepted: single"
+        )
     if getattr(method, "max_examples", 0) < 0:
         raise ConfigError(f"{section}.max_examples must be >= 0 (0 means all), got {method.max_examples}")
     return PostTrainConfig(run, method, lora, dict(raw.get("model", {})))
@@ -141,8 +160,9 @@ def _lora_section(values: Any) -> LoRAConfig | None:
     fields = {f.name: f for f in dataclasses.fields(LoRAConfig)}
     unknown = set(values) - set(fields) - {"enabled"}
     if unknown:
-        raise ConfigError(f"unknown key(s) in [lora]: {', '.join(sorted(unknown))}; "
-                          f"known: enabled, {', '.join(fields)}")
+        raise ConfigError(
+            f"unknown key(s) in [lora]: {', '.join(sorted(unknown))}; known: enabled, {', '.join(fields)}"
+        )
     if not coerce_value("lora.enabled", values.pop("enabled", True), "bool"):
         return None
     targets = values.pop("targets", None)
@@ -183,8 +203,13 @@ class PostTrainRun:
     `keep_reference` keeps a frozen copy of the starting model (DPO's pi_ref) as `self.reference`.
     """
 
-    def __init__(self, config: PostTrainConfig, tokenizer_texts: Callable[[], list[str]],
-                 keep_reference: bool = False, resume: bool = False) -> None:
+    def __init__(
+        self,
+        config: PostTrainConfig,
+        tokenizer_texts: Callable[[], list[str]],
+        keep_reference: bool = False,
+        resume: bool = False,
+    ) -> None:
         self.config = config
         self.section = type(config.method).__name__.removesuffix("Config").lower()  # "sft" or "dpo"
         run = config.run
@@ -193,16 +218,19 @@ class PostTrainRun:
         if init:
             model, tokenizer = self._from_checkpoint(init)
         else:
-            tokenizer = train_tokenizer(run.data.tokenizer, tokenizer_texts(), run.data.vocab_size,
-                                        special_tokens=(EOT, *CHAT_TOKENS))
+            tokenizer = train_tokenizer(
+                run.data.tokenizer, tokenizer_texts(), run.data.vocab_size, special_tokens=(EOT, *CHAT_TOKENS)
+            )
             model_config = dataclasses.replace(run.model, vocab_size=padded_vocab_size(tokenizer.vocab_size))
             model_config.check_memory()  # one line, not the OOM killer, for a model too large for this machine
             model = Transformer(model_config)
         self.tokenizer = tokenizer
         run.model = model.config  # what the checkpoint's state.json records
         if run.seq_len > model.config.block_size:  # the file's check ran against [model], not the checkpoint
-            raise ConfigError(f"train.seq_len={run.train.seq_len} exceeds the model's block_size="
-                              f"{model.config.block_size}; use at most that (0 means block_size)")
+            raise ConfigError(
+                f"train.seq_len={run.train.seq_len} exceeds the model's block_size="
+                f"{model.config.block_size}; use at most that (0 means block_size)"
+            )
         self.reference = copy.deepcopy(model).eval().requires_grad_(False) if keep_reference else None
         if config.lora is not None:
             apply_lora(model, config.lora)
@@ -230,14 +258,17 @@ class PostTrainRun:
         wanted = self.config.run.model
         for key in check:
             if getattr(wanted, key) != getattr(stored.model, key):
-                raise CheckpointError(f"{self.section}.init={init} has model.{key}={getattr(stored.model, key)!r} "
-                                      f"but the config's [model] gives {getattr(wanted, key)!r}; remove [model] (the "
-                                      f"checkpoint fixes the model) or use a matching checkpoint")
+                raise CheckpointError(
+                    f"{self.section}.init={init} has model.{key}={getattr(stored.model, key)!r} "
+                    f"but the config's [model] gives {getattr(wanted, key)!r}; remove [model] (the "
+                    f"checkpoint fixes the model) or use a matching checkpoint"
+                )
         tokenizer = add_chat_tokens(tokenizer)
         resize_vocab(model, padded_vocab_size(tokenizer.vocab_size))
         # Dropout and the attention kernel may differ from pretraining; they change no weight.
-        overrides = {k: getattr(self.config.run.model, k) for k in ("dropout", "attention")
-                     if k in self.config.model_section}
+        overrides = {
+            k: getattr(self.config.run.model, k) for k in ("dropout", "attention") if k in self.config.model_section
+        }
         if overrides:
             model.config = dataclasses.replace(model.config, **overrides)
         return model, tokenizer
@@ -251,11 +282,15 @@ class PostTrainRun:
         ckpt = load_checkpoint(found)
         state = ckpt.state
         if self.section not in state:
-            raise CheckpointError(f"{found} was not written by {self.section.upper()} (its state has no "
-                                  f"{self.section} settings); resume it with the command that wrote it")
+            raise CheckpointError(
+                f"{found} was not written by {self.section.upper()} (its state has no "
+                f"{self.section} settings); resume it with the command that wrote it"
+            )
         if state.get("tokenizer_fingerprint") != self.tokenizer.fingerprint():
-            raise CheckpointError(f"{found}: written with a different tokenizer than this run builds "
-                                  f"(fingerprints differ); check {self.section}.init and [data]")
+            raise CheckpointError(
+                f"{found}: written with a different tokenizer than this run builds "
+                f"(fingerprints differ); check {self.section}.init and [data]"
+            )
         weights = ckpt.weights
         if self.config.lora is not None:
             # The checkpoint's weights are merged; the run trains base (from init) + adapters, so load those.
@@ -270,9 +305,14 @@ class PostTrainRun:
         """A line on stderr before training starts (what data the run trains on, what it skipped)."""
         print(text, file=sys.stderr, flush=True)
 
-    def fit(self, forward: Forward, next_batch: Callable[[], Batch],
-            stats: Callable[[], dict[str, float]] | None = None, validate: Callable[[], dict[str, float]] | None = None,
-            extra_state: dict[str, Any] | None = None) -> dict[str, Any]:
+    def fit(
+        self,
+        forward: Forward,
+        next_batch: Callable[[], Batch],
+        stats: Callable[[], dict[str, float]] | None = None,
+        validate: Callable[[], dict[str, float]] | None = None,
+        extra_state: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """Train for `train.max_steps` optimizer steps (or `train.max_minutes`) with the shared loop
         (`reference_llm.train.loop.fit`): checkpoints at `checkpoint.interval` and at the end.
         `forward(x, y)` returns (anything, loss), like the model; `stats()` adds run-specific numbers
@@ -283,23 +323,48 @@ class PostTrainRun:
         run = self.config.run
         total = sum(p.numel() for p in self.model.parameters())  # a tied head once, as num_params counts
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        self.note(f"{total / 1e6:.2f}M params ({trainable / 1e6:.3f}M trained), vocab "
-                  f"{run.model.vocab_size}; {self.device.type} {str(self.dtype).removeprefix('torch.')}")
-        return loop.fit(self.engine, CosineSchedule.from_config(run.train), next_batch, forward, self.state, run,
-                        self.dtype, functools.partial(self.save, extra_state=extra_state), validate=validate,
-                        stats=stats)
+        self.note(
+            f"{total / 1e6:.2f}M params ({trainable / 1e6:.3f}M trained), vocab "
+            f"{run.model.vocab_size}; {self.device.type} {str(self.dtype).removeprefix('torch.')}"
+        )
+        return loop.fit(
+            self.engine,
+            CosineSchedule.from_config(run.train),
+            next_batch,
+            forward,
+            self.state,
+            run,
+            self.dtype,
+            functools.partial(self.save, extra_state=extra_state),
+            validate=validate,
+            stats=stats,
+        )
 
     def save(self, metrics: dict[str, Any], extra_state: dict[str, Any] | None = None) -> Path:
         """A checkpoint of the current step in the pretraining layout, resumable; with LoRA, merged
         weights plus adapter.safetensors."""
         lora = self.config.lora
         weights = merged_state_dict(self.model) if lora else unique_state_dict(self.model)
-        state = {"step": self.state.step, "elapsed_s": self.state.elapsed, "config": self.config.run.to_dict(),
-                 "tokenizer_fingerprint": self.tokenizer.fingerprint(), "metrics": metrics,
-                 "lora": dataclasses.asdict(lora) if lora else None, "rng": capture_rng_state(),
-                 "rows": self.rows.state_dict(), **(extra_state or {})}
-        path = save_checkpoint(self.run_dir, self.state.step, weights, self.engine.optimizer_state(), state,
-                               self.tokenizer, keep=self.config.run.checkpoint.keep)
+        state = {
+            "step": self.state.step,
+            "elapsed_s": self.state.elapsed,
+            "config": self.config.run.to_dict(),
+            "tokenizer_fingerprint": self.tokenizer.fingerprint(),
+            "metrics": metrics,
+            "lora": dataclasses.asdict(lora) if lora else None,
+            "rng": capture_rng_state(),
+            "rows": self.rows.state_dict(),
+            **(extra_state or {}),
+        }
+        path = save_checkpoint(
+            self.run_dir,
+            self.state.step,
+            weights,
+            self.engine.optimizer_state(),
+            state,
+            self.tokenizer,
+            keep=self.config.run.checkpoint.keep,
+        )
         if lora:
             save_lora(self.model, path / ADAPTER_FILE)
         return path
@@ -310,8 +375,15 @@ def posttrain_parser(section: str, description: str) -> argparse.ArgumentParser:
     parser = ArgumentParser(prog=f"python -m reference_llm.posttrain.{section}", description=description)
     parser.add_argument("--config", help=f"TOML file: [{section}], optional [lora], and run config sections")
     parser.add_argument("--checkpoint", help=f"the checkpoint to start from (sets {section}.init)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from the latest checkpoint in checkpoint.dir (the same config and overrides)")
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
-                        help=f"config overrides in TOML syntax, e.g. train.max_steps=100 {section}.max_examples=500")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the latest checkpoint in checkpoint.dir (the same config and overrides)",
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="section.key=value",
+        help=f"config overrides in TOML syntax, e.g. train.max_steps=100 {section}.max_examples=500",
+    )
     return parser

@@ -34,8 +34,16 @@ UNICODE_VERSION = "16.0.0"
 # PropList.txt, White_Space=yes: TAB..CR, space, NEL, NBSP, Ogham space, en quad..hair space, line and
 # paragraph separators, narrow NBSP, medium math space, ideographic space.
 WHITE_SPACE = (
-    (0x09, 0x0D), (0x20, 0x20), (0x85, 0x85), (0xA0, 0xA0), (0x1680, 0x1680), (0x2000, 0x200A),
-    (0x2028, 0x2029), (0x202F, 0x202F), (0x205F, 0x205F), (0x3000, 0x3000),
+    (0x09, 0x0D),
+    (0x20, 0x20),
+    (0x85, 0x85),
+    (0xA0, 0xA0),
+    (0x1680, 0x1680),
+    (0x2000, 0x200A),
+    (0x2028, 0x2029),
+    (0x202F, 0x202F),
+    (0x205F, 0x205F),
+    (0x3000, 0x3000),
 )
 
 RANGES_PER_LINE = 5
@@ -97,12 +105,14 @@ Ranges are inclusive (first, last) code points in ascending order.
 UNICODE_VERSION = "{UNICODE_VERSION}"
 
 '''
-    return "\n".join([
-        header.rstrip("\n") + "\n",
-        render_table("LETTER", "General_Category L (Lu, Ll, Lt, Lm, Lo), GPT-2's \\p{L}", letters),
-        render_table("NUMBER", "General_Category N (Nd, Nl, No), GPT-2's \\p{N}", numbers),
-        render_table("WHITE_SPACE", "PropList.txt White_Space, GPT-2's \\s", WHITE_SPACE),
-    ])
+    return "\n".join(
+        [
+            header.rstrip("\n") + "\n",
+            render_table("LETTER", "General_Category L (Lu, Ll, Lt, Lm, Lo), GPT-2's \\p{L}", letters),
+            render_table("NUMBER", "General_Category N (Nd, Nl, No), GPT-2's \\p{N}", numbers),
+            render_table("WHITE_SPACE", "PropList.txt White_Space, GPT-2's \\s", WHITE_SPACE),
+        ]
+    )
 
 
 def write_new(path: Path, text: str, force: bool) -> None:

@@ -109,9 +109,15 @@ class Checkpoint:
 # ----------------------------------------------------------------------------------------------------
 
 
-def save_checkpoint(run_dir: str | Path, step: int, weights: dict[str, torch.Tensor],
-                    optimizer_state: dict[str, Any] | None, state: dict[str, Any],
-                    tokenizer: Tokenizer | None, keep: int = 2) -> Path:
+def save_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    weights: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any] | None,
+    state: dict[str, Any],
+    tokenizer: Tokenizer | None,
+    keep: int = 2,
+) -> Path:
     """Write `run_dir/step_XXXXXXX/` atomically, point `latest` at it, keep the newest `keep`.
 
     A directory that cannot be written (full, read-only, not ours) is a CheckpointError that names the
@@ -136,15 +142,24 @@ def save_checkpoint(run_dir: str | Path, step: int, weights: dict[str, torch.Ten
             previous = None
         kept = f"{previous.name} is intact" if previous is not None else "no earlier checkpoint exists"
         reason = getattr(exc, "strerror", None) or exc
-        raise CheckpointError(f"cannot write checkpoint {final} ({reason}): a checkpoint of this run "
-                              f"needs about {_size(needed)} (and room for checkpoint.keep={keep} of them plus the "
-                              f"one being written); {kept}") from None
+        raise CheckpointError(
+            f"cannot write checkpoint {final} ({reason}): a checkpoint of this run "
+            f"needs about {_size(needed)} (and room for checkpoint.keep={keep} of them plus the "
+            f"one being written); {kept}"
+        ) from None
     _prune(run_dir, keep, protect=final)
     return final
 
 
-def save_sharded_checkpoint(run_dir: str | Path, step: int, sharded: ShardedState, strategy: str,
-                            state: dict[str, Any], tokenizer: Tokenizer | None, keep: int = 2) -> Path:
+def save_sharded_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    sharded: ShardedState,
+    strategy: str,
+    state: dict[str, Any],
+    tokenizer: Tokenizer | None,
+    keep: int = 2,
+) -> Path:
     """Write `run_dir/step_XXXXXXX/` with every rank writing its own pieces of the weights and
     optimizer state (collective: call on every rank, with that rank's `sharded`; rank 0's `state`
     is stored). Atomic, pointed at by `latest` and pruned to `keep`, as `save_checkpoint`."""
@@ -173,8 +188,14 @@ def save_sharded_checkpoint(run_dir: str | Path, step: int, sharded: ShardedStat
     try:
         if error:
             raise CheckpointError(error)
-        save_sharded(run_dir, final, sharded, manifest, write_rest,
-                     publish=lambda step_dir: files.write_text_atomic(run_dir / LATEST, step_dir.name + "\n"))
+        save_sharded(
+            run_dir,
+            final,
+            sharded,
+            manifest,
+            write_rest,
+            publish=lambda step_dir: files.write_text_atomic(run_dir / LATEST, step_dir.name + "\n"),
+        )
     except CheckpointError as exc:
         # Every rank gets here together: the ranks agree on each error before raising it.
         try:
@@ -182,16 +203,25 @@ def save_sharded_checkpoint(run_dir: str | Path, step: int, sharded: ShardedStat
         except CheckpointError:
             previous = None
         kept = f"{previous.name} is intact" if previous is not None else "no earlier checkpoint exists"
-        raise CheckpointError(f"cannot write checkpoint {final} ({getattr(exc, 'strerror', None) or exc}): a "
-                              f"checkpoint of this run needs about {_size(needed)} over all ranks (and room for "
-                              f"checkpoint.keep={keep} of them plus the one being written); {kept}") from None
+        raise CheckpointError(
+            f"cannot write checkpoint {final} ({getattr(exc, 'strerror', None) or exc}): a "
+            f"checkpoint of this run needs about {_size(needed)} over all ranks (and room for "
+            f"checkpoint.keep={keep} of them plus the one being written); {kept}"
+        ) from None
     if rank == 0:
         _prune(run_dir, keep, protect=final)
     return final
 
 
-def _write_step_dir(run_dir: Path, final: Path, weights: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor],
-                    metadata: dict[str, str], state: dict[str, Any], tokenizer: Tokenizer | None) -> None:
+def _write_step_dir(
+    run_dir: Path,
+    final: Path,
+    weights: dict[str, torch.Tensor],
+    tensors: dict[str, torch.Tensor],
+    metadata: dict[str, str],
+    state: dict[str, Any],
+    tokenizer: Tokenizer | None,
+) -> None:
     tmp = run_dir / files.temp_name(final.name)
     tmp.mkdir()
     try:
@@ -285,15 +315,19 @@ def check_weight_shapes(expected: dict[str, torch.Size], weights: dict[str, torc
     first missing, unexpected or wrongly shaped tensor. Engines that shard pass the unsharded shapes."""
     for name, shape in expected.items():
         if name not in weights:
-            raise CheckpointError(f"checkpoint has no tensor {name!r} that the model needs "
-                                  f"(is it for a different model config?)")
+            raise CheckpointError(
+                f"checkpoint has no tensor {name!r} that the model needs (is it for a different model config?)"
+            )
         if weights[name].shape != shape:
-            raise CheckpointError(f"tensor {name!r} has shape {tuple(weights[name].shape)} in the checkpoint "
-                                  f"but {tuple(shape)} in the model (different model config?)")
+            raise CheckpointError(
+                f"tensor {name!r} has shape {tuple(weights[name].shape)} in the checkpoint "
+                f"but {tuple(shape)} in the model (different model config?)"
+            )
     for name in weights:
         if name not in expected:
-            raise CheckpointError(f"checkpoint tensor {name!r} does not exist in the model "
-                                  f"(is it for a different model config?)")
+            raise CheckpointError(
+                f"checkpoint tensor {name!r} does not exist in the model (is it for a different model config?)"
+            )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -339,8 +373,9 @@ def _read_latest(run_dir: Path) -> Path | None:
         raise CheckpointError(f"{pointer} is not readable ({exc})") from None
     target = run_dir / name
     if not STEP_DIR.fullmatch(name) or target.is_symlink() or not _complete(target):
-        raise CheckpointError(f"{pointer} names {name!r:.40}, which is not a complete checkpoint directory of "
-                              f"this run (step_NNNNNNN)")
+        raise CheckpointError(
+            f"{pointer} names {name!r:.40}, which is not a complete checkpoint directory of this run (step_NNNNNNN)"
+        )
     return target
 
 
@@ -357,8 +392,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
             return found
         planted = sorted(p.name for p in path.iterdir() if p.suffix in _PICKLE_SUFFIXES)
         hint = f"; {', '.join(planted)} ignored: pickle files are never loaded" if planted else ""
-        raise CheckpointError(f"{path} is neither a checkpoint (no {STATE_FILE}) nor a run directory "
-                              f"(no {LATEST} file){hint}")
+        raise CheckpointError(
+            f"{path} is neither a checkpoint (no {STATE_FILE}) nor a run directory (no {LATEST} file){hint}"
+        )
     raise CheckpointError(f"checkpoint not found: {path}")
 
 
@@ -382,8 +418,9 @@ def load_checkpoint(path: str | Path, with_optimizer: bool = True) -> Checkpoint
         optimizer_state = _unflatten_optimizer_state(opt_path)
         # Against the weights stored beside it; engines check again against the model's parameters,
         # which also covers parameters that are not in model.safetensors (LoRA adapters).
-        check_optimizer_state(optimizer_state, {name: t.shape for name, t in weights.items()}, str(opt_path),
-                              complete=False)
+        check_optimizer_state(
+            optimizer_state, {name: t.shape for name, t in weights.items()}, str(opt_path), complete=False
+        )
     return Checkpoint(path=step_dir, weights=weights, optimizer_state=optimizer_state, state=state)
 
 
@@ -423,8 +460,12 @@ def save_model(model: Transformer, tokenizer: Tokenizer, run_dir: str | Path, no
     """Write `model` and `tokenizer` as step 0 of a run directory (no optimizer state): the inverse of
     `load_model`, for models that come from elsewhere (an import, a test) rather than a training run."""
 
-    state = {"step": 0, "config": RunConfig(model=model.config).to_dict(),
-             "tokenizer_fingerprint": tokenizer.fingerprint(), "note": note}
+    state = {
+        "step": 0,
+        "config": RunConfig(model=model.config).to_dict(),
+        "tokenizer_fingerprint": tokenizer.fingerprint(),
+        "note": note,
+    }
     return save_checkpoint(run_dir, 0, unique_state_dict(model), None, state, tokenizer)
 
 
@@ -530,7 +571,18 @@ def _unb64(s: str) -> torch.Tensor:
 
 
 __all__ = [
-    "Checkpoint", "capture_rng_state", "checkpoint_state", "clean_run_dir", "latest_checkpoint", "list_checkpoints",
-    "load_checkpoint", "load_model", "resolve_checkpoint", "restore_rng_state", "run_config_from_dict",
-    "save_checkpoint", "save_sharded_checkpoint", "step_dir_name",
+    "Checkpoint",
+    "capture_rng_state",
+    "checkpoint_state",
+    "clean_run_dir",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint",
+    "load_model",
+    "resolve_checkpoint",
+    "restore_rng_state",
+    "run_config_from_dict",
+    "save_checkpoint",
+    "save_sharded_checkpoint",
+    "step_dir_name",
 ]

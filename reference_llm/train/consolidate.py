@@ -65,9 +65,11 @@ def _write(path: Path, tensors: dict, metadata: dict[str, str]) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="python -m reference_llm.train.consolidate",
-                            description="Write model.safetensors (and optimizer.safetensors) into a sharded "
-                                        "checkpoint's step directory, gathered from its shards.")
+    parser = ArgumentParser(
+        prog="python -m reference_llm.train.consolidate",
+        description="Write model.safetensors (and optimizer.safetensors) into a sharded "
+        "checkpoint's step directory, gathered from its shards.",
+    )
     parser.add_argument("checkpoint", metavar="RUN_DIR", help="a run directory (its latest step) or a step directory")
     parser.add_argument("--optimizer", action="store_true", help="also write optimizer.safetensors")
     parser.add_argument("--force", action="store_true", help="replace files that exist")

@@ -34,7 +34,7 @@ from reference_llm.train.files import write_text_atomic
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """"auto" -> cuda if available, else cpu; "cpu", "cuda", "cuda:N" are checked against the machine."""
+    """ "auto" -> cuda if available, else cpu; "cpu", "cuda", "cuda:N" are checked against the machine."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -124,8 +124,13 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure_matmul_peak(dtype: torch.dtype, device: torch.device | str = "cpu", size: int = 2048,
-                        repeats: int = 7, clock: Callable[[], float] = time.perf_counter) -> float:
+def measure_matmul_peak(
+    dtype: torch.dtype,
+    device: torch.device | str = "cpu",
+    size: int = 2048,
+    repeats: int = 7,
+    clock: Callable[[], float] = time.perf_counter,
+) -> float:
     """FLOP/s of a (size x size) @ (size x size) matmul in `dtype`, from the fastest of `repeats` timings:
     a peak, so the run least slowed by anything else on the machine is the one that counts.
 
@@ -182,6 +187,7 @@ def inductor_cache_dir(default: Path) -> Path:
     current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     try:  # private, hence guarded: without it only a missing variable counts as unset
         from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
         torch_default: str | None = os.path.abspath(default_cache_dir())
     except ImportError:
         torch_default = None
@@ -207,10 +213,18 @@ class AutoCompile:
     rounding; `train.compile = true` or `false` keeps a CPU run bit-reproducible.
     """
 
-    def __init__(self, model: torch.nn.Module, planned_calls: int, budget_s: float, key: str, record: Path,
-                 note: Callable[[str], None], clock: Callable[[], float] = time.perf_counter,
-                 compile_fn: Callable[[torch.nn.Module], Callable] = torch.compile,
-                 busy: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        planned_calls: int,
+        budget_s: float,
+        key: str,
+        record: Path,
+        note: Callable[[str], None],
+        clock: Callable[[], float] = time.perf_counter,
+        compile_fn: Callable[[torch.nn.Module], Callable] = torch.compile,
+        busy: Callable[[], float] | None = None,
+    ) -> None:
         self.model, self.planned_calls, self.budget_s = model, planned_calls, budget_s
         self.key, self.record, self.note, self.clock, self.compile_fn = key, record, note, clock, compile_fn
         self.busy = busy or machine_busy
@@ -245,8 +259,10 @@ class AutoCompile:
         remaining = min((self.planned_calls - self.calls + 1) * self.eager_s, self.budget_s - (now - self.starts[0]))
         saved = max(0.0, remaining) * (1 - 1 / speedup)
         self.compiled = _agree(saved > cost)
-        self.note(f"compile auto: {'compiling' if self.compiled else 'staying eager'}: ~{cost:.0f} s to compile vs "
-                  f"~{saved:.0f} s saved over the remaining {max(0.0, remaining):.0f} s ({speedup:.2f}x, {source})")
+        self.note(
+            f"compile auto: {'compiling' if self.compiled else 'staying eager'}: ~{cost:.0f} s to compile vs "
+            f"~{saved:.0f} s saved over the remaining {max(0.0, remaining):.0f} s ({speedup:.2f}x, {source})"
+        )
         if self.compiled:
             self.forward = self.compile_fn(self.model)
             self.starts = [now]  # the next interval holds the compile and the first compiled call
@@ -286,12 +302,23 @@ def compile_key(config: Any, device: torch.device, dtype: torch.dtype, micro_bat
     if device.type == "cuda":
         processor = torch.cuda.get_device_name(device)
     else:
-        processor = next((line.split(":", 1)[1].strip() for line in _cpuinfo_lines() if line.startswith("model name")),
-                         platform.processor())
+        processor = next(
+            (line.split(":", 1)[1].strip() for line in _cpuinfo_lines() if line.startswith("model name")),
+            platform.processor(),
+        )
     shape = {k: v for k, v in dataclasses.asdict(config).items() if k != "name"}
-    return json.dumps({"model": shape, "batch": [micro_batch, seq_len], "dtype": str(dtype), "device": device.type,
-                       "threads": torch.get_num_threads(), "torch": torch.__version__, "processor": processor},
-                      sort_keys=True)
+    return json.dumps(
+        {
+            "model": shape,
+            "batch": [micro_batch, seq_len],
+            "dtype": str(dtype),
+            "device": device.type,
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "processor": processor,
+        },
+        sort_keys=True,
+    )
 
 
 def _cpuinfo_lines() -> list[str]:
@@ -309,8 +336,11 @@ def _read_records(path: Path) -> dict[str, dict[str, float]]:
         return {}
     if not isinstance(data, dict):
         return {}
-    return {k: v for k, v in data.items() if isinstance(v, dict) and isinstance(v.get("speedup"), (int, float))
-            and v["speedup"] > 0}
+    return {
+        k: v
+        for k, v in data.items()
+        if isinstance(v, dict) and isinstance(v.get("speedup"), (int, float)) and v["speedup"] > 0
+    }
 
 
 def _agree(flag: bool) -> bool:

@@ -69,11 +69,19 @@ class Trainer:
         self.schedule = CosineSchedule.from_config(t)
         self.seq_len = config.seq_len
         self.tokens_per_step = t.micro_batch * self.seq_len * t.grad_accum * self.engine.world_size
-        self.train_loader = TokenLoader(self.data_dir, split="train", seq_len=self.seq_len, batch_size=t.micro_batch,
-                                        seed=t.seed, rank=self.engine.rank, world_size=self.engine.world_size,
-                                        sampling=config.data.sampling)
-        self.val_loader = TokenLoader(self.data_dir, split="val", seq_len=self.seq_len, batch_size=t.micro_batch,
-                                      seed=t.seed)
+        self.train_loader = TokenLoader(
+            self.data_dir,
+            split="train",
+            seq_len=self.seq_len,
+            batch_size=t.micro_batch,
+            seed=t.seed,
+            rank=self.engine.rank,
+            world_size=self.engine.world_size,
+            sampling=config.data.sampling,
+        )
+        self.val_loader = TokenLoader(
+            self.data_dir, split="val", seq_len=self.seq_len, batch_size=t.micro_batch, seed=t.seed
+        )
         self.run_dir = Path(config.checkpoint.dir)
         self.state = LoopState()
         if resume:
@@ -99,8 +107,9 @@ class Trainer:
             return
         state = checkpoint_state(found)
         if state.get("tokenizer_fingerprint") != self.tokenizer.fingerprint():
-            raise CheckpointError(f"{found}: trained with a different tokenizer than data.* now builds "
-                                  f"(fingerprints differ)")
+            raise CheckpointError(
+                f"{found}: trained with a different tokenizer than data.* now builds (fingerprints differ)"
+            )
         if self.engine.shards_checkpoints and is_sharded(found):
             # Each rank reads only its own pieces, whatever strategy and world size wrote them.
             self.engine.load_sharded(ShardedCheckpoint.open(found))
@@ -116,15 +125,26 @@ class Trainer:
         """Write a checkpoint of the current step (collective). Sharded strategies write a piece per
         rank; the others write from rank 0, which holds everything. Returns its path on rank 0."""
         state = {
-            "step": self.step, "elapsed_s": self.elapsed, "schedule": dataclasses.asdict(self.schedule),
-            "rng": capture_rng_state(), "loader": self.train_loader.state_dict(),
-            "config": self.config.to_dict(), "tokenizer_fingerprint": self.tokenizer.fingerprint(),
+            "step": self.step,
+            "elapsed_s": self.elapsed,
+            "schedule": dataclasses.asdict(self.schedule),
+            "rng": capture_rng_state(),
+            "loader": self.train_loader.state_dict(),
+            "config": self.config.to_dict(),
+            "tokenizer_fingerprint": self.tokenizer.fingerprint(),
             "metrics": metrics,
         }
         keep = self.config.checkpoint.keep
         if self.engine.shards_checkpoints:
-            path: Path | None = save_sharded_checkpoint(self.run_dir, self.step, self.engine.sharded_state(),
-                                                        self.config.distributed.strategy, state, self.tokenizer, keep)
+            path: Path | None = save_sharded_checkpoint(
+                self.run_dir,
+                self.step,
+                self.engine.sharded_state(),
+                self.config.distributed.strategy,
+                state,
+                self.tokenizer,
+                keep,
+            )
             self.engine.barrier()
             return path if self.engine.is_main else None
         weights = self.engine.full_state_dict()
@@ -141,8 +161,11 @@ class Trainer:
         """Validation loss, perplexity and bits per byte over `eval.iters` batches (the same ones each time)."""
         batches = self.val_loader.iter_eval_batches(self.config.eval.iters)
         loss = evaluate(self.engine.model, batches, self.device, self.dtype)
-        return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)),
-                "val_bpb": loss * self.tokens_per_byte / math.log(2)}
+        return {
+            "val_loss": loss,
+            "val_ppl": math.exp(min(loss, 50.0)),
+            "val_bpb": loss * self.tokens_per_byte / math.log(2),
+        }
 
     # -- the loop --------------------------------------------------------------------------------------
 
@@ -152,12 +175,25 @@ class Trainer:
         Returns the last logged metrics."""
         cfg = self.config
         if self.engine.is_main:
-            print(f"model: {cfg.model.name}, {self.engine.model.num_params() / 1e6:.2f}M params, vocab "
-                  f"{cfg.model.vocab_size}; {self.device.type} {str(self.dtype).removeprefix('torch.')}, "
-                  f"{self.tokens_per_step:,} tokens/step, strategy {cfg.distributed.strategy}", file=sys.stderr)
-        return loop.fit(self.engine, self.schedule, self.train_loader.next_batch, self.forward, self.state, cfg,
-                        self.dtype, self.save, validate=self.evaluate if cfg.eval.iters > 0 else None,
-                        stats=lambda: {"tokens": self.step * self.tokens_per_step}, until=until)
+            print(
+                f"model: {cfg.model.name}, {self.engine.model.num_params() / 1e6:.2f}M params, vocab "
+                f"{cfg.model.vocab_size}; {self.device.type} {str(self.dtype).removeprefix('torch.')}, "
+                f"{self.tokens_per_step:,} tokens/step, strategy {cfg.distributed.strategy}",
+                file=sys.stderr,
+            )
+        return loop.fit(
+            self.engine,
+            self.schedule,
+            self.train_loader.next_batch,
+            self.forward,
+            self.state,
+            cfg,
+            self.dtype,
+            self.save,
+            validate=self.evaluate if cfg.eval.iters > 0 else None,
+            stats=lambda: {"tokens": self.step * self.tokens_per_step},
+            until=until,
+        )
 
 
 def _tokens_per_byte(meta: dict[str, Any], split: str) -> float:
@@ -175,14 +211,23 @@ def _tokens_per_byte(meta: dict[str, Any], split: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="python -m reference_llm.train",
-                            description="Pretrain a model as configured by a TOML run config.")
-    parser.add_argument("--config", required=True, metavar="FILE",
-                        help="run config (TOML; see reference_llm/config.py)")
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
-                        help="config overrides, values in TOML syntax, e.g. train.max_steps=200 train.lr=3e-4")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from the latest checkpoint in checkpoint.dir (exactly, on the CPU)")
+    parser = ArgumentParser(
+        prog="python -m reference_llm.train", description="Pretrain a model as configured by a TOML run config."
+    )
+    parser.add_argument(
+        "--config", required=True, metavar="FILE", help="run config (TOML; see reference_llm/config.py)"
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="section.key=value",
+        help="config overrides, values in TOML syntax, e.g. train.max_steps=200 train.lr=3e-4",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the latest checkpoint in checkpoint.dir (exactly, on the CPU)",
+    )
     return parser
 
 
@@ -195,8 +240,10 @@ def main(argv: list[str]) -> int:
     finally:
         trainer.engine.shutdown()
     if trainer.engine.is_main:
-        summary = " | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in last.items()
-                             if k in ("step", "loss", "val_loss", "val_bpb"))
+        summary = " | ".join(
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+            for k, v in last.items()
+            if k in ("step", "loss", "val_loss", "val_bpb")
+        )
         print(f"done: {summary}; checkpoint in {trainer.run_dir}")
     return 0
-

@@ -115,7 +115,7 @@ def split_evenly(tensor: torch.Tensor, rank: int, world_size: int) -> Piece:
     flat = tensor.detach().reshape(-1)
     share = math.ceil(flat.numel() / world_size)
     start = min(rank * share, flat.numel())
-    return Piece(start, flat[start:start + share])
+    return Piece(start, flat[start : start + share])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -133,7 +133,7 @@ class Manifest:
 
     @property
     def model_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {k[len(MODEL):]: v for k, v in self.shapes.items() if k.startswith(MODEL)}
+        return {k[len(MODEL) :]: v for k, v in self.shapes.items() if k.startswith(MODEL)}
 
     @property
     def state_keys(self) -> list[str]:
@@ -144,9 +144,18 @@ class Manifest:
         return f"{self.strategy} on {self.world_size} rank(s)"
 
     def to_json(self) -> str:
-        return json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, "strategy": self.strategy,
-                           "world_size": self.world_size, "tensors": {k: list(v) for k, v in self.shapes.items()},
-                           "param_groups": self.param_groups, "steps": self.steps}, indent=1)
+        return json.dumps(
+            {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "strategy": self.strategy,
+                "world_size": self.world_size,
+                "tensors": {k: list(v) for k, v in self.shapes.items()},
+                "param_groups": self.param_groups,
+                "steps": self.steps,
+            },
+            indent=1,
+        )
 
 
 def is_sharded(step_dir: Path) -> bool:
@@ -160,8 +169,10 @@ def read_manifest(step_dir: Path) -> Manifest:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a {FORMAT} manifest")
     if data.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: format version {data.get('format_version')!r:.20} is not supported "
-                              f"(this version reads {FORMAT_VERSION})")
+        raise CheckpointError(
+            f"{path}: format version {data.get('format_version')!r:.20} is not supported "
+            f"(this version reads {FORMAT_VERSION})"
+        )
     strategy, world = data.get("strategy"), data.get("world_size")
     if not isinstance(strategy, str) or len(strategy) > 32 or not isinstance(world, int) or not 1 <= world <= 1 << 20:
         raise CheckpointError(f"{path}: strategy must be a short name and world_size a positive integer")
@@ -172,15 +183,19 @@ def read_manifest(step_dir: Path) -> Manifest:
     for key, shape in tensors.items():
         if not (key.startswith(MODEL) or key.startswith(OPTIM)) or len(key) > 1024:
             raise CheckpointError(f"{path}: tensor {key!r:.80} is neither {MODEL}<name> nor {OPTIM}<name>/<key>")
-        if (not isinstance(shape, list) or len(shape) > _MAX_DIMS
-                or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 1 << 40 for d in shape)):
+        if (
+            not isinstance(shape, list)
+            or len(shape) > _MAX_DIMS
+            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 1 << 40 for d in shape)
+        ):
             raise CheckpointError(f"{path}: tensor {key!r:.80} has an invalid shape")
         shapes[key] = tuple(shape)
     groups = data.get("param_groups", [])
     check_param_groups(groups, str(path))
     steps = data.get("steps", {})
     if not isinstance(steps, dict) or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= MAX_STEP for v in steps.values()):
+        isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= MAX_STEP for v in steps.values()
+    ):
         raise CheckpointError(f"{path}: steps must map parameter names to step counts from 0 to {MAX_STEP:,}")
     for group in groups:
         if "betas" in group:
@@ -204,12 +219,17 @@ class _PieceSavePlanner(DefaultSavePlanner):
         items = []
         for key, tensor in self.state_dict.items():
             offset = self.offsets[key]
-            items.append(WriteItem(
-                index=MetadataIndex(key, torch.Size([offset])), type=WriteItemType.SHARD,
-                tensor_data=TensorWriteData(
-                    chunk=ChunkStorageMetadata(offsets=torch.Size([offset]), sizes=torch.Size([tensor.numel()])),
-                    properties=TensorProperties.create_from_tensor(tensor),
-                    size=torch.Size([math.prod(self.shapes[key])]))))
+            items.append(
+                WriteItem(
+                    index=MetadataIndex(key, torch.Size([offset])),
+                    type=WriteItemType.SHARD,
+                    tensor_data=TensorWriteData(
+                        chunk=ChunkStorageMetadata(offsets=torch.Size([offset]), sizes=torch.Size([tensor.numel()])),
+                        properties=TensorProperties.create_from_tensor(tensor),
+                        size=torch.Size([math.prod(self.shapes[key])]),
+                    ),
+                )
+            )
         self.plan = SavePlan(items)
         return self.plan
 
@@ -230,8 +250,14 @@ def _file_index(shapes: Mapping[str, tuple[int, ...]], world_size: int) -> dict[
     return mapping
 
 
-def save_sharded(run_dir: Path, final: Path, sharded: ShardedState, manifest: Manifest,
-                 write_rest: Callable[[Path], None], publish: Callable[[Path], None]) -> None:
+def save_sharded(
+    run_dir: Path,
+    final: Path,
+    sharded: ShardedState,
+    manifest: Manifest,
+    write_rest: Callable[[Path], None],
+    publish: Callable[[Path], None],
+) -> None:
     """Write `final` (a step directory of `run_dir`) from every rank's `sharded` pieces. Collective.
 
     Rank 0 makes the temporary directory, and after every rank has written its shards,
@@ -251,11 +277,17 @@ def save_sharded(run_dir: Path, final: Path, sharded: ShardedState, manifest: Ma
     try:
         if error:
             raise CheckpointError(error)
-        state = {k: p[0].tensor.detach().to("cpu").contiguous() for k, p in sharded.pieces.items()
-                 if p and p[0].tensor.numel()}
+        state = {
+            k: p[0].tensor.detach().to("cpu").contiguous()
+            for k, p in sharded.pieces.items()
+            if p and p[0].tensor.numel()
+        }
         offsets = {k: p[0].offset for k, p in sharded.pieces.items() if p}
-        writer = HuggingFaceStorageWriter(str(tmp / SHARDS_DIR), save_distributed=True,
-                                          fqn_to_index_mapping=_file_index(manifest.shapes, manifest.world_size))
+        writer = HuggingFaceStorageWriter(
+            str(tmp / SHARDS_DIR),
+            save_distributed=True,
+            fqn_to_index_mapping=_file_index(manifest.shapes, manifest.world_size),
+        )
         try:
             dcp.save(state, storage_writer=writer, planner=_PieceSavePlanner(manifest.shapes, offsets))
         except Exception as exc:  # DCP gathers every rank's failure into one exception on every rank
@@ -300,8 +332,11 @@ class _PieceLoadPlanner(DefaultLoadPlanner):
     def create_local_plan(self) -> LoadPlan:
         requests: list[ReadItem] = []
         for key, pieces in self.targets.items():
-            chunks = [ChunkStorageMetadata(offsets=torch.Size([p.offset]), sizes=torch.Size([p.tensor.numel()]))
-                      for p in pieces if p.tensor.numel()]
+            chunks = [
+                ChunkStorageMetadata(offsets=torch.Size([p.offset]), sizes=torch.Size([p.tensor.numel()]))
+                for p in pieces
+                if p.tensor.numel()
+            ]
             assert self.metadata is not None  # set_up_planner ran
             saved = self.metadata.state_dict_metadata[key]
             if not isinstance(saved, TensorStorageMetadata):  # the reader builds tensor entries only
@@ -347,23 +382,31 @@ class ShardedCheckpoint:
         if problem is None and extra:
             problem = f"holds {extra[0]!r}, which this model does not have"
         if problem:
-            raise CheckpointError(f"checkpoint {self.path} ({self.manifest.describe()}) {problem} ({here}): it is "
-                                  f"for a different model config; resume with the [model] settings stored in its "
-                                  f"state.json, or start a new run in another checkpoint.dir")
+            raise CheckpointError(
+                f"checkpoint {self.path} ({self.manifest.describe()}) {problem} ({here}): it is "
+                f"for a different model config; resume with the [model] settings stored in its "
+                f"state.json, or start a new run in another checkpoint.dir"
+            )
 
     def load(self, targets: Mapping[str, list[Piece]]) -> None:
         """Fill every target piece from the shards (collective where a process group exists; every
         rank must pass the same keys), then check the values."""
         missing = sorted(set(targets) - set(self.manifest.shapes))
         if missing:
-            raise CheckpointError(f"checkpoint {self.path} ({self.manifest.describe()}) has no {missing[0]!r}, which "
-                                  f"this run needs to resume (optimizer state of another kind?); load its weights "
-                                  f"only, after `python -m reference_llm.train.consolidate {self.path}`")
+            raise CheckpointError(
+                f"checkpoint {self.path} ({self.manifest.describe()}) has no {missing[0]!r}, which "
+                f"this run needs to resume (optimizer state of another kind?); load its weights "
+                f"only, after `python -m reference_llm.train.consolidate {self.path}`"
+            )
         state = {k: (p[0].tensor if p else torch.empty(0)) for k, p in targets.items()}
         error = ""
         try:
-            dcp.load(state, storage_reader=HuggingFaceStorageReader(str(self.path / SHARDS_DIR)),
-                     planner=_PieceLoadPlanner(targets), no_dist=not dist.is_initialized())
+            dcp.load(
+                state,
+                storage_reader=HuggingFaceStorageReader(str(self.path / SHARDS_DIR)),
+                planner=_PieceLoadPlanner(targets),
+                no_dist=not dist.is_initialized(),
+            )
         except Exception as exc:  # a file changed or broke after it was checked
             error = f"{self.path}: reading the shards failed ({_first_line(exc)})"
         if not error:
@@ -376,23 +419,27 @@ class ShardedCheckpoint:
         """checkpoint_checks on what this rank read: finite weights; finite optimizer moments, second
         moments not negative, step counts in range. Returns the first problem, or ""."""
         where = self.path / SHARDS_DIR
-        weights = {f"{k[len(MODEL):]}[{p.offset}:]": p.tensor for k, ps in targets.items() if k.startswith(MODEL)
-                   for p in ps}
+        weights = {
+            f"{k[len(MODEL) :]}[{p.offset}:]": p.tensor for k, ps in targets.items() if k.startswith(MODEL) for p in ps
+        }
         state: dict[str, dict[str, torch.Tensor]] = {}
         for key, pieces in targets.items():
             if key.startswith(OPTIM):
-                name, _, state_key = key[len(OPTIM):].rpartition("/")
+                name, _, state_key = key[len(OPTIM) :].rpartition("/")
                 for piece in pieces:
-                    entry = state.setdefault(f"{name}[{piece.offset}:]", {
-                        "step": torch.tensor(self.manifest.steps.get(name, 0.0))})
+                    entry = state.setdefault(
+                        f"{name}[{piece.offset}:]", {"step": torch.tensor(self.manifest.steps.get(name, 0.0))}
+                    )
                     entry[state_key] = piece.tensor
         groups = [{"params": sorted(state)}]
         try:
             check_weights(weights, where)
             if state:
-                check_optimizer_state({"state": state, "param_groups": groups},
-                                      {name: next(t for k, t in s.items() if k != "step").shape
-                                       for name, s in state.items()}, str(where))
+                check_optimizer_state(
+                    {"state": state, "param_groups": groups},
+                    {name: next(t for k, t in s.items() if k != "step").shape for name, s in state.items()},
+                    str(where),
+                )
         except CheckpointError as exc:
             return str(exc)
         return ""
@@ -427,10 +474,18 @@ def _check_shard_files(shards: Path, manifest: Manifest) -> None:
             if key not in ranges:
                 raise CheckpointError(f"{path}: tensor {key!r:.80} is not listed in {MANIFEST_FILE}")
             offsets = info.get(key, {}).get(_SAVED_OFFSETS) if isinstance(info.get(key), dict) else None
-            if (dtypes[key] != "F32" or len(shapes[key]) != 1 or not isinstance(offsets, list) or len(offsets) != 1
-                    or not isinstance(offsets[0], int) or isinstance(offsets[0], bool) or offsets[0] < 0):
-                raise CheckpointError(f"{path}: {key!r:.80} is not a float32 piece of a flattened tensor with "
-                                      f"its offset")
+            if (
+                dtypes[key] != "F32"
+                or len(shapes[key]) != 1
+                or not isinstance(offsets, list)
+                or len(offsets) != 1
+                or not isinstance(offsets[0], int)
+                or isinstance(offsets[0], bool)
+                or offsets[0] < 0
+            ):
+                raise CheckpointError(
+                    f"{path}: {key!r:.80} is not a float32 piece of a flattened tensor with its offset"
+                )
             ranges[key].append((offsets[0], offsets[0] + shapes[key][0]))
     for key, spans in ranges.items():
         total, end = math.prod(manifest.shapes[key]), 0
@@ -440,8 +495,10 @@ def _check_shard_files(shards: Path, manifest: Manifest) -> None:
                 raise CheckpointError(f"{shards}: the pieces of {key!r:.80} have {what} at element {min(start, end):,}")
             end = stop
         if end != total:
-            raise CheckpointError(f"{shards}: the pieces of {key!r:.80} cover {end:,} of its {total:,} elements "
-                                  f"(a rank's shard file is missing?)")
+            raise CheckpointError(
+                f"{shards}: the pieces of {key!r:.80} cover {end:,} of its {total:,} elements "
+                f"(a rank's shard file is missing?)"
+            )
 
 
 def read_full(step_dir: Path, with_optimizer: bool) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
@@ -457,20 +514,24 @@ def read_full(step_dir: Path, with_optimizer: bool) -> tuple[dict[str, torch.Ten
     try:
         with warnings.catch_warnings():  # DCP notes that it reads in one process, which is the point here
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-            dcp.load(state, storage_reader=HuggingFaceStorageReader(str(step_dir / SHARDS_DIR)),
-                     planner=_PieceLoadPlanner(targets), no_dist=True)
+            dcp.load(
+                state,
+                storage_reader=HuggingFaceStorageReader(str(step_dir / SHARDS_DIR)),
+                planner=_PieceLoadPlanner(targets),
+                no_dist=True,
+            )
     except Exception as exc:
         raise CheckpointError(f"{step_dir}: reading the shards failed ({_first_line(exc)})") from None
     error = ckpt._check_values(targets)
     if error:
         raise CheckpointError(error)
-    weights = {k[len(MODEL):]: t for k, t in full.items() if k.startswith(MODEL)}
+    weights = {k[len(MODEL) :]: t for k, t in full.items() if k.startswith(MODEL)}
     if not with_optimizer:
         return weights, None
     per_param: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in full.items():
         if key.startswith(OPTIM):
-            name, _, state_key = key[len(OPTIM):].rpartition("/")
+            name, _, state_key = key[len(OPTIM) :].rpartition("/")
             per_param.setdefault(name, {"step": torch.tensor(m.steps.get(name, 0.0))})[state_key] = tensor
     return weights, {"state": per_param, "param_groups": [dict(g) for g in m.param_groups]}
 
@@ -486,13 +547,13 @@ def _encode(text: str) -> torch.Tensor:
     data = text.encode("utf-8")[:_TEXT_BYTES]
     out = torch.zeros(_TEXT_BYTES + 2, dtype=torch.uint8)
     out[0], out[1] = len(data) >> 8, len(data) & 0xFF
-    out[2:2 + len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else out[2:2]
+    out[2 : 2 + len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else out[2:2]
     return out
 
 
 def _decode(t: torch.Tensor) -> str:
     n = (int(t[0]) << 8) | int(t[1])
-    return bytes(t[2:2 + n].tolist()).decode("utf-8", errors="replace")
+    return bytes(t[2 : 2 + n].tolist()).decode("utf-8", errors="replace")
 
 
 def _broadcast_text(text: str) -> str:

@@ -23,10 +23,20 @@ pytestmark = pytest.mark.slow
 
 
 def run_benchmark(tmp_path: Path, script: str, *args: str) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "XDG_CACHE_HOME": str(tmp_path / "cache"),
-           "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
-    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args, "--json"], cwd=tmp_path,
-                            env=env, capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+        "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"),
+    }
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), *args, "--json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout)
 
@@ -40,7 +50,8 @@ def test_train_throughput(tmp_path):
         assert row["tokens_per_s"] > 0 and 0 < row["mfu"] and row["batch"] * row["seq_len"] == 12 * 64
     assert report["machine"]["matmul_peak_gflops"]["bfloat16"] > 0
     assert report["speedup_vs_nanogpt_recipe"]["nanogpt-cpu ours"] == pytest.approx(
-        rows["ours"]["tokens_per_s"] / rows["nanoGPT recipe"]["tokens_per_s"])
+        rows["ours"]["tokens_per_s"] / rows["nanoGPT recipe"]["tokens_per_s"]
+    )
     assert report["machine"]["cpu_features"] in ("AMX", "AVX512-BF16", "neither")
 
 
@@ -49,8 +60,17 @@ def test_train_throughput_against_an_earlier_library(tmp_path):
     (here a copy of this one); each row names the directory its worker imported reference_llm from."""
     before = tmp_path / "before"
     shutil.copytree(REPO / "reference_llm", before / "reference_llm", ignore=shutil.ignore_patterns("__pycache__"))
-    report = run_benchmark(tmp_path, "train_throughput.py", "--quick", "--shapes", "nanogpt-cpu", "--threads", "1",
-                           "--baseline-tree", str(before))
+    report = run_benchmark(
+        tmp_path,
+        "train_throughput.py",
+        "--quick",
+        "--shapes",
+        "nanogpt-cpu",
+        "--threads",
+        "1",
+        "--baseline-tree",
+        str(before),
+    )
     rows = {row["recipe"]: row for row in report["rows"]}
     assert set(rows) == {"nanoGPT recipe", "ours (before)", "ours"}
     assert rows["ours (before)"]["library"] == str(before) and rows["ours"]["library"] == str(REPO)
@@ -115,4 +135,5 @@ def test_demo_quality(tmp_path):
     for row in rows.values():
         assert row["val_nats_per_char"] > 0 and row["val_chars"] > 100_000  # the whole held-out tenth
     assert report["demo_gain_nats_per_char"] == pytest.approx(
-        rows["nanogpt"]["val_nats_per_char"] - rows["demo"]["val_nats_per_char"])
+        rows["nanogpt"]["val_nats_per_char"] - rows["demo"]["val_nats_per_char"]
+    )

@@ -48,13 +48,23 @@ def batch_for_step(step: int, global_batch: int, vocab: int) -> tuple[torch.Tens
 
 
 def run_config(args: argparse.Namespace) -> RunConfig:
-    return config_from_dict({
-        "model": {"preset": args.preset},
-        "train": {"micro_batch": args.micro_batch, "grad_accum": args.grad_accum, "seq_len": SEQ_LEN,
-                  "dtype": args.dtype, "device": "cpu", "lr": args.lr, "min_lr": 0.0, "grad_clip": args.grad_clip,
-                  "weight_decay": 0.1},
-        "distributed": {"strategy": args.strategy, "deepspeed_config": args.ds_config, "offload": args.offload},
-    })
+    return config_from_dict(
+        {
+            "model": {"preset": args.preset},
+            "train": {
+                "micro_batch": args.micro_batch,
+                "grad_accum": args.grad_accum,
+                "seq_len": SEQ_LEN,
+                "dtype": args.dtype,
+                "device": "cpu",
+                "lr": args.lr,
+                "min_lr": 0.0,
+                "grad_clip": args.grad_clip,
+                "weight_decay": 0.1,
+            },
+            "distributed": {"strategy": args.strategy, "deepspeed_config": args.ds_config, "offload": args.offload},
+        }
+    )
 
 
 def main() -> int:
@@ -133,8 +143,14 @@ def train(engine: Engine, cfg: RunConfig, args: argparse.Namespace) -> dict:
         x, y = batch_for_step(999, 8, cfg.model.vocab_size)
         with torch.no_grad():
             eval_loss = final(x, y)[1].item()
-        report = {"strategy": args.strategy, "world_size": world, "losses": losses, "grad_norms": norms,
-                  "eval_loss": eval_loss, "weight_names": sorted(weights)}
+        report = {
+            "strategy": args.strategy,
+            "world_size": world,
+            "losses": losses,
+            "grad_norms": norms,
+            "eval_loss": eval_loss,
+            "weight_names": sorted(weights),
+        }
     return report
 
 

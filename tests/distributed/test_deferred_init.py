@@ -76,6 +76,7 @@ def test_a_constructor_with_its_own_generator_is_refused():
 def test_a_tensor_changed_after_it_was_read_is_refused():
     """Replay computes a tensor from its inputs' final values; a constructor that reads a tensor and
     then changes it would be replayed wrongly, so it is refused."""
+
     class ReadThenWrite(nn.Module):
         def __init__(self) -> None:
             super().__init__()

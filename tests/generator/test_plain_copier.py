@@ -33,13 +33,21 @@ LLMGEN_ONLY = ("ROADMAP.pdf", "notebooks/")
 
 
 def git(root: Path, *args: str) -> str:
-    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org", *args], cwd=root,
-                          check=True, capture_output=True, text=True).stdout
+    return subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.org", *args],
+        cwd=root,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
 
 
 def files(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and ".git" not in p.relative_to(root).parts}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and ".git" not in p.relative_to(root).parts
+    }
 
 
 def same_project(ours: dict[str, bytes], theirs: dict[str, bytes]) -> list[str]:
@@ -55,8 +63,9 @@ def same_project(ours: dict[str, bytes], theirs: dict[str, bytes]) -> list[str]:
 
 def answers_file(project: Path, out: Path, **changes) -> Path:
     """The project's recorded answers without Copier's own keys: what a user passes with --data-file."""
-    answers = {k: v for k, v in yaml.safe_load((project / ".copier-answers.yml").read_text()).items()
-               if not k.startswith("_")}
+    answers = {
+        k: v for k, v in yaml.safe_load((project / ".copier-answers.yml").read_text()).items() if not k.startswith("_")
+    }
     out.write_text(yaml.safe_dump({**answers, **changes}))
     return out
 
@@ -71,9 +80,18 @@ def versions(tmp_path):
 
 def llmgen_project(tmp_path: Path, ref, track: str = "beginner", **given) -> Path:
     defaults = load_tracks()[track].defaults
-    plan = plan_run("proj", {"track": track, "budget": defaults.budget, "hardware": defaults.hardware,
-                             "parallelism": defaults.parallelism, "model_preset": defaults.model_preset,
-                             "exercises": defaults.exercises, **given})
+    plan = plan_run(
+        "proj",
+        {
+            "track": track,
+            "budget": defaults.budget,
+            "hardware": defaults.hardware,
+            "parallelism": defaults.parallelism,
+            "model_preset": defaults.model_preset,
+            "exercises": defaults.exercises,
+            **given,
+        },
+    )
     project = tmp_path / "llmgen" / "proj"
     project.mkdir(parents=True)
     render_into(plan.answers, project, template=ref)
@@ -91,15 +109,30 @@ def test_copier_copy_gives_the_llmgen_project(tmp_path, versions, track):
     recorded = (ours / ".copier-answers.yml").read_text()
     assert len(recorded.splitlines()) < 80 and "steps" not in yaml.safe_load(recorded)["roadmap"]
     theirs = tmp_path / "copier" / "proj"
-    result = subprocess.run([*COPIER, "copy", "--defaults", "--vcs-ref", ref.tag, "--data-file",
-                             str(answers_file(ours, tmp_path / "answers.yml")), str(ref.path), str(theirs)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            *COPIER,
+            "copy",
+            "--defaults",
+            "--vcs-ref",
+            ref.tag,
+            "--data-file",
+            str(answers_file(ours, tmp_path / "answers.yml")),
+            str(ref.path),
+            str(theirs),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert same_project(files(ours), files(theirs)) == []
     assert (theirs / "data" / "shakespeare.txt").read_bytes() == corpus_path().read_bytes()
     add_corpus(theirs / "data")  # the corpus and its manifest are reference_llm's, checked by sha256
-    compliance = subprocess.run([str(Path(sys.executable).parent / "llmgen"), "compliance", "--path", str(theirs)],
-                                capture_output=True, text=True)
+    compliance = subprocess.run(
+        [str(Path(sys.executable).parent / "llmgen"), "compliance", "--path", str(theirs)],
+        capture_output=True,
+        text=True,
+    )
     assert compliance.returncode == 0, compliance.stdout + compliance.stderr
 
 
@@ -108,17 +141,30 @@ def test_copier_update_gives_the_llmgen_update(tmp_path, versions):
     ref = ensure_template_repo("1.0.0", source=source, cache_dir=cache)
     ours = llmgen_project(tmp_path, ref)
     theirs = tmp_path / "copier" / "proj"
-    subprocess.run([*COPIER, "copy", "--defaults", "--vcs-ref", ref.tag, "--data-file",
-                    str(answers_file(ours, tmp_path / "answers.yml")), str(ref.path), str(theirs)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            *COPIER,
+            "copy",
+            "--defaults",
+            "--vcs-ref",
+            ref.tag,
+            "--data-file",
+            str(answers_file(ours, tmp_path / "answers.yml")),
+            str(ref.path),
+            str(theirs),
+        ],
+        check=True,
+        capture_output=True,
+    )
     git(theirs, "init", "-q")
     git(theirs, "add", "-A")
     git(theirs, "commit", "-qm", "generated")
     readme = source / "project" / "README.md.jinja"
     readme.write_text(readme.read_text() + "\nA section added in llmgen 1.1.\n")
     update_project(ours, version="1.1.0", source=source)
-    result = subprocess.run([*COPIER, "update", "--defaults", "--vcs-ref", "v1.1.0"], cwd=theirs, capture_output=True,
-                            text=True)
+    result = subprocess.run(
+        [*COPIER, "update", "--defaults", "--vcs-ref", "v1.1.0"], cwd=theirs, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "A section added in llmgen 1.1." in (theirs / "README.md").read_text()
     assert same_project(files(ours), files(theirs)) == []
@@ -131,9 +177,21 @@ def test_missing_roadmap_is_copiers_one_line_question_error(tmp_path, versions):
     answers = yaml.safe_load(answers_file(project, tmp_path / "a.yml").read_text())
     del answers["roadmap"]
     (tmp_path / "a.yml").write_text(yaml.safe_dump(answers))
-    result = subprocess.run([*COPIER, "copy", "--defaults", "--vcs-ref", ref.tag, "--data-file",
-                             str(tmp_path / "a.yml"), str(ref.path), str(tmp_path / "out")], capture_output=True,
-                            text=True)
+    result = subprocess.run(
+        [
+            *COPIER,
+            "copy",
+            "--defaults",
+            "--vcs-ref",
+            ref.tag,
+            "--data-file",
+            str(tmp_path / "a.yml"),
+            str(ref.path),
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     last = result.stderr.strip().splitlines()[-1]
     assert result.returncode != 0 and last == 'ValueError: Question "roadmap" is required'
     assert "jinja2" not in result.stderr
@@ -143,9 +201,21 @@ def test_empty_roadmap_is_a_one_line_validation_error(tmp_path, versions):
     source, cache = versions
     ref = ensure_template_repo("1.0.0", source=source, cache_dir=cache)
     project = llmgen_project(tmp_path, ref)
-    result = subprocess.run([*COPIER, "copy", "--defaults", "--vcs-ref", ref.tag, "--data-file",
-                             str(answers_file(project, tmp_path / "a.yml", roadmap={})), str(ref.path),
-                             str(tmp_path / "out")], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            *COPIER,
+            "copy",
+            "--defaults",
+            "--vcs-ref",
+            ref.tag,
+            "--data-file",
+            str(answers_file(project, tmp_path / "a.yml", roadmap={})),
+            str(ref.path),
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     last = result.stderr.strip().splitlines()[-1]
     assert result.returncode != 0 and last.startswith("ValueError: Validation error for question 'roadmap'")
     assert "llmgen" in last and "jinja2" not in result.stderr
@@ -157,7 +227,8 @@ def test_template_data_is_llmgens():
     for name, track in load_tracks().items():
         path = templates_dir() / TEMPLATE_TRACKS / f"{name}.json"
         assert path.read_text(encoding="utf-8") == template_track_text(track), (
-            f"{path} is out of date: run python -m generator.roadmap")
+            f"{path} is out of date: run python -m generator.roadmap"
+        )
     data = templates_dir() / "project" / "data"
     assert (data / "shakespeare.txt").read_bytes() == corpus_path().read_bytes()
     assert (data / "manifest.toml").read_text(encoding="utf-8") == corpus_manifest_text()

@@ -96,10 +96,10 @@ max_new_tokens = 8
 
 STUBS = {  # SLURM on one machine, for `sbatch scripts/slurm.sbatch`
     "sbatch": '#!/usr/bin/env bash\n# Runs the job now, here, as a one-node allocation.\nscript="$1"; shift\n'
-              'export SLURM_JOB_ID=4242 SLURM_NNODES=1 SLURM_JOB_NODELIST=localhost SLURM_SUBMIT_DIR="$PWD"\n'
-              'exec bash "$script" "$@"\n',
+    'export SLURM_JOB_ID=4242 SLURM_NNODES=1 SLURM_JOB_NODELIST=localhost SLURM_SUBMIT_DIR="$PWD"\n'
+    'exec bash "$script" "$@"\n',
     "srun": '#!/usr/bin/env bash\nwhile [[ "$1" == --* ]]; do shift; done\nexec "$@"\n',
-    "scontrol": '#!/usr/bin/env bash\necho localhost\n',
+    "scontrol": "#!/usr/bin/env bash\necho localhost\n",
 }
 
 # Commands of the README that are not run, and why.
@@ -120,7 +120,7 @@ def roadmap_commands(project: Path) -> list[tuple[str, str]]:
     text = (project / "ROADMAP.md").read_text()
     out = []
     for chunk in text.split('<a id="step-')[1:]:
-        step = chunk[:chunk.index('"')]
+        step = chunk[: chunk.index('"')]
         out.append((step, re.search(r"^- \*\*Run:\*\* `(.+)`$", chunk, re.M).group(1)))
     return out
 
@@ -128,8 +128,10 @@ def roadmap_commands(project: Path) -> list[tuple[str, str]]:
 def html_commands(project: Path) -> list[tuple[str, str]]:
     text = (project / "roadmap.html").read_text()
     sections = re.findall(r'<section class="step" id="step-([^"]+)">(.*?)</section>', text, re.S)
-    return [(step, html.unescape(re.search(r"<dt>Run</dt><dd><pre><code>(.*?)</code>", body, re.S).group(1)))
-            for step, body in sections]
+    return [
+        (step, html.unescape(re.search(r"<dt>Run</dt><dd><pre><code>(.*?)</code>", body, re.S).group(1)))
+        for step, body in sections
+    ]
 
 
 def alternatives(command: str) -> list[str]:
@@ -154,8 +156,12 @@ def declared_io(command: str, project: Path) -> tuple[set[str], set[str]]:
         return {"data/"}, set()
     if module == "reference_llm.data.prepare":
         return {"data/"}, {"data/cache"}
-    launchers = {"reference_llm.train", "bash scripts/train.sh", "bash scripts/train_torchrun.sh",
-                 "sbatch scripts/slurm.sbatch"}
+    launchers = {
+        "reference_llm.train",
+        "bash scripts/train.sh",
+        "bash scripts/train_torchrun.sh",
+        "sbatch scripts/slurm.sbatch",
+    }
     if module in launchers or module.endswith(".train"):
         return {"data/", "data/cache"}, {run_dir}
     method = re.match(r"reference_llm\.posttrain\.(\w+)$", module)
@@ -198,6 +204,7 @@ def _reduce(edges: set[tuple[str, str]]) -> set[tuple[str, str]]:
                     seen.add(y)
                     frontier.append(y)
         return False
+
     return {e for e in edges if not reachable(*e, skip=e)}
 
 
@@ -212,9 +219,17 @@ def roadmap_edges(roadmap: dict) -> set[tuple[str, str]]:
 
 def plan_for(track: str):
     defaults = load_tracks()[track].defaults
-    return plan_run(f"{track}-llm", {"track": track, "budget": defaults.budget, "hardware": defaults.hardware,
-                                     "parallelism": defaults.parallelism, "model_preset": defaults.model_preset,
-                                     "exercises": defaults.exercises})
+    return plan_run(
+        f"{track}-llm",
+        {
+            "track": track,
+            "budget": defaults.budget,
+            "hardware": defaults.hardware,
+            "parallelism": defaults.parallelism,
+            "model_preset": defaults.model_preset,
+            "exercises": defaults.exercises,
+        },
+    )
 
 
 @pytest.fixture(scope="module")
@@ -246,22 +261,36 @@ def test_every_place_shows_the_same_commands(rendered, track):
     name, package = answers["project_name"], answers["package_name"]
     steps = roadmap_commands(project)
     assert html_commands(project) == steps
-    shown = json.loads(subprocess.run([str(VENV_BIN / "llmgen"), "tracks", track, "--json"], capture_output=True,
-                                      text=True, check=True).stdout)["tracks"][0]["steps"]
-    assert [(s["id"], s["command_shown"].replace("<project>", name).replace("<package>", package))
-            for s in shown] == steps
-    table = subprocess.run([str(VENV_BIN / "llmgen"), "tracks", track], capture_output=True, text=True, check=True,
-                           env={**os.environ, "COLUMNS": "400", "NO_COLOR": "1"}).stdout
+    shown = json.loads(
+        subprocess.run(
+            [str(VENV_BIN / "llmgen"), "tracks", track, "--json"], capture_output=True, text=True, check=True
+        ).stdout
+    )["tracks"][0]["steps"]
+    assert [
+        (s["id"], s["command_shown"].replace("<project>", name).replace("<package>", package)) for s in shown
+    ] == steps
+    table = subprocess.run(
+        [str(VENV_BIN / "llmgen"), "tracks", track],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "COLUMNS": "400", "NO_COLOR": "1"},
+    ).stdout
     assert all(s["command_shown"] in table for s in shown), "a command is cut or wrapped in `llmgen tracks`"
     by_step = dict(steps)
     readme = (project / "README.md").read_text()
     for what, step in (("train", "pretrain"), ("sample", "generate"), ("evaluate", "evaluate")):
         assert f"| {what} (`make {what}`) | `{by_step[step]}`" in readme
-        recipe = subprocess.run(["make", "-n", what, "PYTHON=python"], cwd=project, capture_output=True, text=True,
-                                check=True).stdout.strip()
+        recipe = subprocess.run(
+            ["make", "-n", what, "PYTHON=python"], cwd=project, capture_output=True, text=True, check=True
+        ).stdout.strip()
         assert recipe.split("  #")[0].removesuffix(" --max-new-tokens 200") == by_step[step], what
-    assert subprocess.run(["make", "-n", "test", "PYTHON=python"], cwd=project, capture_output=True, text=True,
-                          check=True).stdout.strip() == "python -m pytest -q tests"  # test_new_generated_repo runs it
+    assert (
+        subprocess.run(
+            ["make", "-n", "test", "PYTHON=python"], cwd=project, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        == "python -m pytest -q tests"
+    )  # test_new_generated_repo runs it
 
 
 def test_overlay_sets_what_each_command_reads(tmp_path, monkeypatch):
@@ -334,8 +363,14 @@ def _free_port() -> int:
 def _serve(command: str, project: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     """Start the server as shown, ask it for one completion, stop it: rc 0 when the completion came back."""
     with _serve_lock:
-        process = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=project, env=env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen(
+            ["bash", "-c", f"exec {command}"],
+            cwd=project,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         reply, deadline = None, time.monotonic() + 300
         try:
             while reply is None and time.monotonic() < deadline and process.poll() is None:
@@ -348,9 +383,11 @@ def _serve(command: str, project: Path, env: dict[str, str]) -> subprocess.Compl
                 with urllib.request.urlopen(f"http://127.0.0.1:{SERVE_PORT}/v1/models", timeout=10) as response:
                     model = json.loads(response.read())["data"][0]["id"]
                 request = urllib.request.Request(
-                    f"http://127.0.0.1:{SERVE_PORT}/v1/completions", method="POST",
+                    f"http://127.0.0.1:{SERVE_PORT}/v1/completions",
+                    method="POST",
                     data=json.dumps({"model": model, "prompt": "ROMEO:", "max_tokens": 4, "temperature": 0}).encode(),
-                    headers={"Content-Type": "application/json"})
+                    headers={"Content-Type": "application/json"},
+                )
                 try:
                     with urllib.request.urlopen(request, timeout=120) as response:
                         reply = json.loads(response.read())
@@ -374,23 +411,33 @@ def _run(chain: Chain, what: str, command: str, env: dict[str, str]) -> Ran:
     if "reference_llm.deploy.serve" in command:
         result = _serve(command, chain.project, env)
     else:
-        result = subprocess.run(["bash", "-c", command], cwd=chain.project, env=env, capture_output=True, text=True,
-                                timeout=600)
+        result = subprocess.run(
+            ["bash", "-c", command], cwd=chain.project, env=env, capture_output=True, text=True, timeout=600
+        )
     after = _snapshot(chain.project)
     written = {_root(p) for p, stamp in after.items() if before.get(p) != stamp}
     ran = Ran(what, command, result, time.monotonic() - start, written, missing)
     chain.runs.append(ran)
-    print(f"{chain.track}: {ran.seconds:5.1f} s  rc {result.returncode}  [{what}] {command}", file=sys.stderr,
-          flush=True)
+    print(
+        f"{chain.track}: {ran.seconds:5.1f} s  rc {result.returncode}  [{what}] {command}", file=sys.stderr, flush=True
+    )
     return ran
 
 
 def _chain_env(chain: Chain, base: dict[str, str], bin_dir: Path, overlay: Path) -> dict[str, str]:
     env = {k: v for k, v in base.items() if not k.startswith(("SLURM_", "MASTER_", "NPROC", "NNODES", "PYTHON"))}
-    env.update({OVERLAY_ENV: str(overlay), "DEMO_STEPS": "2", "MASTER_PORT": str(_free_port()),
-                "PYTHONPATH": os.pathsep.join([str(chain.project / "src"), str(Path(__file__).resolve().parents[2])]),
-                "PATH": os.pathsep.join([str(bin_dir), str(VENV_BIN), base["PATH"]]),
-                "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "NO_COLOR": "1"})
+    env.update(
+        {
+            OVERLAY_ENV: str(overlay),
+            "DEMO_STEPS": "2",
+            "MASTER_PORT": str(_free_port()),
+            "PYTHONPATH": os.pathsep.join([str(chain.project / "src"), str(Path(__file__).resolve().parents[2])]),
+            "PATH": os.pathsep.join([str(bin_dir), str(VENV_BIN), base["PATH"]]),
+            "OMP_NUM_THREADS": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "NO_COLOR": "1",
+        }
+    )
     if chain.answers["gpu"] != "cpu":
         env["NPROC_PER_NODE"] = "2"
     return env
@@ -401,9 +448,10 @@ def readme_commands(readme: str) -> list[str]:
     without its own-data section (tests/generator/test_own_data.py runs that one as written)."""
     start = readme.find("## Your own data") if "## Your own data" in readme else readme.find("## After the demo")
     if start >= 0:
-        readme = readme[:start] + readme[readme.index("\n## ", start + 1):]
-    found = re.findall(r"`([^`\n]+)`", readme) + [line.split("  #")[0].strip() for line in
-                                                  re.findall(r"^(?:make|pip|python) [^\n]+$", readme, re.M)]
+        readme = readme[:start] + readme[readme.index("\n## ", start + 1) :]
+    found = re.findall(r"`([^`\n]+)`", readme) + [
+        line.split("  #")[0].strip() for line in re.findall(r"^(?:make|pip|python) [^\n]+$", readme, re.M)
+    ]
     starts = ("python ", "bash ", "sbatch ", "make ", "llmgen ", "copier ", "pip ")
     return list(dict.fromkeys(c for c in found if c.startswith(starts)))
 
@@ -425,8 +473,11 @@ def _readme_and_script_commands(chain: Chain) -> list[tuple[str, str]]:
     """The README's and the scripts' commands that are not ROADMAP.md's own, in the order they are run."""
     project = chain.project
     shown = {command for _, command in roadmap_commands(project)}
-    commands = [("readme", c) for c in readme_commands((project / "README.md").read_text())
-                if c not in shown and c not in ELSEWHERE and not c.startswith(NOT_RUNNABLE) and "..." not in c]
+    commands = [
+        ("readme", c)
+        for c in readme_commands((project / "README.md").read_text())
+        if c not in shown and c not in ELSEWHERE and not c.startswith(NOT_RUNNABLE) and "..." not in c
+    ]
     for script in sorted((project / "scripts").iterdir()):
         for line in script.read_text().splitlines():
             tip = line.removeprefix("#   ")
@@ -513,10 +564,12 @@ def test_steps_read_and_write_what_their_commands_say(chains, track):
         assert not ran.missing_inputs, f"{ran.what}: {ran.missing_inputs} did not exist when it ran"
         assert all((chain.project / w).exists() for w in writes), f"{ran.what}: no {writes}"
         assert ran.written <= writes | (reads & {"data/cache"}), (
-            f"{ran.what} wrote {ran.written - writes}, which its command does not name")
+            f"{ran.what} wrote {ran.written - writes}, which its command does not name"
+        )
         for root in ran.written:
             assert earlier.get(root, ran.what) == ran.what or root == "data/cache", (
-                f"{ran.what} wrote {root}, which {earlier[root]} had written")
+                f"{ran.what} wrote {root}, which {earlier[root]} had written"
+            )
             earlier.setdefault(root, ran.what)
     extras = [r for r in chain.runs if r not in steps]
     run_dirs = {w for r in steps for w in r.written if w.startswith("runs/")}

@@ -62,8 +62,9 @@ def run_script(project: Path, script: str, stubs: Path, *args: str, **env: str):
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MASTER_", "NPROC", "NNODES"))}
     full_env.update(PATH=f"{stubs}{os.pathsep}{os.environ['PATH']}", STUB_LOG=str(log), **env)
     full_env.pop("PYTHON", None)
-    result = subprocess.run(["bash", f"scripts/{script}", *args], cwd=project, env=full_env,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["bash", f"scripts/{script}", *args], cwd=project, env=full_env, capture_output=True, text=True, timeout=60
+    )
     calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     return result, calls
 
@@ -92,9 +93,20 @@ def test_torchrun_on_four_nodes_meets_at_the_c10d_rendezvous(projects, stubs, na
     result, calls = run_script(project, "train_torchrun.sh", stubs, "train.max_steps=5", MASTER_ADDR="node001")
     assert result.returncode == 0, result.stderr
     call = only_call(calls, "torchrun")
-    assert call["args"] == ["--nnodes", "4", "--nproc_per_node", "8", "--rdzv_id", f"proj-{name}",
-                            "--rdzv_backend", "c10d", "--rdzv_endpoint", "node001:29500",
-                            *TRAIN, "train.max_steps=5"]
+    assert call["args"] == [
+        "--nnodes",
+        "4",
+        "--nproc_per_node",
+        "8",
+        "--rdzv_id",
+        f"proj-{name}",
+        "--rdzv_backend",
+        "c10d",
+        "--rdzv_endpoint",
+        "node001:29500",
+        *TRAIN,
+        "train.max_steps=5",
+    ]
     assert Path(call["cwd"]) == project  # launched from the project root, wherever it was called from
 
 
@@ -107,8 +119,15 @@ def test_torchrun_on_several_nodes_needs_the_rendezvous_host(projects, stubs):
 def test_torchrun_on_one_node_is_standalone(projects, stubs):
     result, calls = run_script(projects["zero2-8"], "train_torchrun.sh", stubs, "--resume")
     assert result.returncode == 0, result.stderr
-    assert only_call(calls, "torchrun")["args"] == ["--standalone", "--nnodes", "1", "--nproc_per_node", "8",
-                                                    *TRAIN, "--resume"]
+    assert only_call(calls, "torchrun")["args"] == [
+        "--standalone",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        "8",
+        *TRAIN,
+        "--resume",
+    ]
 
 
 @pytest.mark.parametrize("name", ["zero3-4x8", "zero2-8", "cpu"])
@@ -120,17 +139,31 @@ def test_the_cpu_tip_runs_on_one_machine_as_written(projects, stubs, name):
     tip = next(line.removeprefix("#   ") for line in lines if line.startswith("#   ") and "train.device=cpu" in line)
     words = tip.split()
     start = words.index("bash")
-    settings, args = words[:start], words[start + 2:]
+    settings, args = words[:start], words[start + 2 :]
     assert f"checkpoint.dir=runs/proj-{name}-cpu-ddp" in args and "train.max_steps=10" in args
     result, calls = run_script(project, "train_torchrun.sh", stubs, *args, **dict(s.split("=") for s in settings))
     assert result.returncode == 0, result.stderr
-    assert only_call(calls, "torchrun")["args"] == ["--standalone", "--nnodes", "1", "--nproc_per_node", "2",
-                                                    *TRAIN, *args]
+    assert only_call(calls, "torchrun")["args"] == [
+        "--standalone",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        "2",
+        *TRAIN,
+        *args,
+    ]
 
 
 def test_slurm_job_takes_the_process_count_from_nproc_per_node(projects, stubs):
-    result, calls = run_script(projects["fsdp-4x8"], "slurm.sbatch", stubs, SLURM_JOB_NODELIST="node[001-004]",
-                               SLURM_NNODES="1", SLURM_JOB_ID="7", NPROC_PER_NODE="2")
+    result, calls = run_script(
+        projects["fsdp-4x8"],
+        "slurm.sbatch",
+        stubs,
+        SLURM_JOB_NODELIST="node[001-004]",
+        SLURM_NNODES="1",
+        SLURM_JOB_ID="7",
+        NPROC_PER_NODE="2",
+    )
     args = only_call(calls, "srun")["args"]
     assert result.returncode == 0 and args[args.index("--nproc_per_node") + 1] == "2"
 
@@ -159,14 +192,35 @@ def test_slurm_job_runs_one_torchrun_per_node_with_the_head_node_as_rendezvous(p
     options = sbatch_options(project / "scripts" / "slurm.sbatch")
     assert (options["--nodes"], options["--ntasks-per-node"], options["--gpus-per-node"]) == ("4", "1", "8")
     assert options["--job-name"] == f"proj-{name}"
-    result, calls = run_script(project, "slurm.sbatch", stubs, "train.max_steps=5", SLURM_JOB_NODELIST="node[001-004]",
-                               SLURM_NNODES="4", SLURM_JOB_ID="4242", SLURM_SUBMIT_DIR=str(project))
+    result, calls = run_script(
+        project,
+        "slurm.sbatch",
+        stubs,
+        "train.max_steps=5",
+        SLURM_JOB_NODELIST="node[001-004]",
+        SLURM_NNODES="4",
+        SLURM_JOB_ID="4242",
+        SLURM_SUBMIT_DIR=str(project),
+    )
     assert result.returncode == 0, result.stderr
     assert only_call(calls, "scontrol")["args"] == ["show", "hostnames", "node[001-004]"]
     srun = only_call(calls, "srun")
-    assert srun["args"] == ["--kill-on-bad-exit=1", "torchrun", "--nnodes", "4", "--nproc_per_node", "8",
-                            "--rdzv_id", "4242", "--rdzv_backend", "c10d", "--rdzv_endpoint", "node001:29500",
-                            *TRAIN, "train.max_steps=5"]
+    assert srun["args"] == [
+        "--kill-on-bad-exit=1",
+        "torchrun",
+        "--nnodes",
+        "4",
+        "--nproc_per_node",
+        "8",
+        "--rdzv_id",
+        "4242",
+        "--rdzv_backend",
+        "c10d",
+        "--rdzv_endpoint",
+        "node001:29500",
+        *TRAIN,
+        "train.max_steps=5",
+    ]
     assert (srun["MASTER_ADDR"], srun["MASTER_PORT"]) == ("node001", "29500")  # exported to every task
 
 
@@ -190,8 +244,21 @@ def test_deepspeed_launcher_on_four_nodes_reads_a_hostfile(projects, stubs):
         (project / "hostfile").unlink()
     assert result.returncode == 0, result.stderr
     assert only_call(calls, "deepspeed")["args"] == [
-        "--hostfile", "hostfile", "--num_nodes", "4", "--master_addr", "node001", "--master_port", "29500",
-        "--num_gpus", "8", "--no_local_rank", "--module", *TRAIN[1:], "--resume"]
+        "--hostfile",
+        "hostfile",
+        "--num_nodes",
+        "4",
+        "--master_addr",
+        "node001",
+        "--master_port",
+        "29500",
+        "--num_gpus",
+        "8",
+        "--no_local_rank",
+        "--module",
+        *TRAIN[1:],
+        "--resume",
+    ]
 
 
 def test_deepspeed_launcher_on_one_node(projects, stubs):

@@ -20,8 +20,19 @@ from generator.tracks import load_track, load_tracks
 from reference_llm.model import ModelConfig
 
 # The steps every track covers (issue 7): data to deployment, with distributed training as its own node.
-ROADMAP = {"data", "clean", "tokenizer", "model", "pretrain", "distributed", "evaluate", "sft", "align",
-           "quantize", "deploy"}
+ROADMAP = {
+    "data",
+    "clean",
+    "tokenizer",
+    "model",
+    "pretrain",
+    "distributed",
+    "evaluate",
+    "sft",
+    "align",
+    "quantize",
+    "deploy",
+}
 
 
 def test_three_tracks_in_order_with_the_whole_roadmap():
@@ -40,7 +51,10 @@ def test_three_tracks_in_order_with_the_whole_roadmap():
 def test_track_defaults_match_the_issue_and_parse(fixed_cpu):
     tracks = load_tracks()
     assert {n: t.defaults.model_preset for n, t in tracks.items()} == {
-        "beginner": "demo", "practitioner": "gpt2-124m", "researcher": "llama-1b"}
+        "beginner": "demo",
+        "practitioner": "gpt2-124m",
+        "researcher": "llama-1b",
+    }
     assert tracks["beginner"].defaults.hardware == "cpu" and tracks["beginner"].defaults.exercises
     assert not tracks["practitioner"].defaults.exercises and not tracks["researcher"].defaults.exercises
     for track in tracks.values():
@@ -76,32 +90,56 @@ def test_depth_and_estimates_differ_by_track():
 
 BEGINNER = (tracks_dir() / "beginner.toml").read_text(encoding="utf-8")
 
-DEPLOY = ('id = "deploy"\ntitle = "Deployment"\n'
-          'summary = "Serve the model behind a small HTTP API with streaming generation."\n')
+DEPLOY = (
+    'id = "deploy"\ntitle = "Deployment"\n'
+    'summary = "Serve the model behind a small HTTP API with streaming generation."\n'
+)
 BAD_EDITS = {
     "missing key": ('depth = "read"\n', "", r"steps\[0\] \(data\): missing key\(s\) depth"),
-    "unknown key": ('id = "clean"\n', 'id = "clean"\ncolour = "red"\n',
-                    r"steps\[1\] \(clean\): unknown key\(s\) colour"),
+    "unknown key": (
+        'id = "clean"\n',
+        'id = "clean"\ncolour = "red"\n',
+        r"steps\[1\] \(clean\): unknown key\(s\) colour",
+    ),
     "unknown top-level key": ("schema = 1\n", "schema = 1\nversion = 2\n", r"top level: unknown key\(s\) version"),
-    "missing step": ('requires = ["data"]', 'requires = ["collect"]',
-                     r"steps \(clean\)\.requires: names missing step 'collect'"),
-    "cycle": ('requires = []\nmodules = ["reference_llm.assets"]',
-              'requires = ["tokenizer"]\nmodules = ["reference_llm.assets"]',
-              r"dependency cycle: data -> tokenizer -> clean -> data"),
-    "required after optional": (DEPLOY + 'depth = "read"\noptional = true\nrequires = ["sft"]',
-                                DEPLOY + 'depth = "read"\noptional = false\nrequires = ["quantize"]',
-                                r"steps \(deploy\)\.requires: required step depends on optional step 'quantize'"),
-    "bad depth": ('depth = "build"', 'depth = "deep"',
-                  r"steps\[2\] \(tokenizer\)\.depth: must be one of read, build, extend"),
+    "missing step": (
+        'requires = ["data"]',
+        'requires = ["collect"]',
+        r"steps \(clean\)\.requires: names missing step 'collect'",
+    ),
+    "cycle": (
+        'requires = []\nmodules = ["reference_llm.assets"]',
+        'requires = ["tokenizer"]\nmodules = ["reference_llm.assets"]',
+        r"dependency cycle: data -> tokenizer -> clean -> data",
+    ),
+    "required after optional": (
+        DEPLOY + 'depth = "read"\noptional = true\nrequires = ["sft"]',
+        DEPLOY + 'depth = "read"\noptional = false\nrequires = ["quantize"]',
+        r"steps \(deploy\)\.requires: required step depends on optional step 'quantize'",
+    ),
+    "bad depth": (
+        'depth = "build"',
+        'depth = "deep"',
+        r"steps\[2\] \(tokenizer\)\.depth: must be one of read, build, extend",
+    ),
     "bad preset": ('model_preset = "demo"', 'model_preset = "gpt5"', r"defaults\.model_preset: must be one of"),
     "bad parallelism": ('parallelism = "auto"', 'parallelism = "tp"', r"defaults\.parallelism: must be one of"),
-    "train without tokens": ('estimate = { kind = "train", tokens = "budget" }', 'estimate = { kind = "train" }',
-                             r"steps\[4\] \(pretrain\)\.estimate: missing key tokens"),
-    "bad tokens": ('tokens = "budget"', 'tokens = -5', r"\(pretrain\)\.estimate\.tokens: must be a positive number"),
-    "unknown placeholder": ("--checkpoint {run}", "--checkpoint {checkpoint}",
-                            r"\(generate\)\.command: unknown placeholder"),
-    "bad checkpoint test": ('checkpoint_test = "tests/checkpoints/test_model.py::test_output_shapes"',
-                            'checkpoint_test = "test_model"', r"\(model\)\.checkpoint_test: must be a pytest id"),
+    "train without tokens": (
+        'estimate = { kind = "train", tokens = "budget" }',
+        'estimate = { kind = "train" }',
+        r"steps\[4\] \(pretrain\)\.estimate: missing key tokens",
+    ),
+    "bad tokens": ('tokens = "budget"', "tokens = -5", r"\(pretrain\)\.estimate\.tokens: must be a positive number"),
+    "unknown placeholder": (
+        "--checkpoint {run}",
+        "--checkpoint {checkpoint}",
+        r"\(generate\)\.command: unknown placeholder",
+    ),
+    "bad checkpoint test": (
+        'checkpoint_test = "tests/checkpoints/test_model.py::test_output_shapes"',
+        'checkpoint_test = "test_model"',
+        r"\(model\)\.checkpoint_test: must be a pytest id",
+    ),
     "duplicate id": ('id = "clean"', 'id = "data"', r"steps \(data\): id is used by more than one step"),
     "wrong schema": ("schema = 1", "schema = 2", r"schema: must be 1"),
     "not TOML": ("schema = 1", "schema = = 1", r"not valid TOML"),

@@ -154,7 +154,9 @@ def test_progress_is_plain_lines_when_stderr_is_not_a_terminal():
     display.note("step 10: val loss 2.6")
     display.close()
     assert stream.getvalue().splitlines() == [
-        "step 10/100 | loss 2.5000 | lr 1.00e-03 | 12,346 tok/s | MFU 41.2% | 1m23s left", "step 10: val loss 2.6"]
+        "step 10/100 | loss 2.5000 | lr 1.00e-03 | 12,346 tok/s | MFU 41.2% | 1m23s left",
+        "step 10: val loss 2.6",
+    ]
     silent = io.StringIO()
     ProgressDisplay(total_steps=100, stream=silent, enabled=False).note("rank 1 says nothing")
     assert silent.getvalue() == ""
@@ -193,9 +195,15 @@ def test_keep_freed_memory_stops_training_steps_from_page_faulting():
     varies between ~90 and ~700 from run to run). `build_engine` calls keep_freed_memory() for CPU
     engines, after which steps reuse freed memory. Each case runs in a process of its own because
     malloc settings are process-wide."""
+
     def faults_per_step(mode: str) -> float:
-        result = subprocess.run([sys.executable, "-c", _FAULTS_PER_STEP, mode], capture_output=True, text=True,
-                                timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+        result = subprocess.run(
+            [sys.executable, "-c", _FAULTS_PER_STEP, mode],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
         assert result.returncode == 0, result.stderr
         return float(result.stdout.split()[-1])
 
@@ -223,8 +231,14 @@ class _Clock:
         return self.times[self.calls - 1]
 
 
-def _auto(tmp_path: Path, gaps: list[float], planned_calls: int, budget_s: float = float("inf"), key: str = "k",
-          busy: float = 1.0) -> tuple[perf.AutoCompile, list[str], list[str]]:
+def _auto(
+    tmp_path: Path,
+    gaps: list[float],
+    planned_calls: int,
+    budget_s: float = float("inf"),
+    key: str = "k",
+    busy: float = 1.0,
+) -> tuple[perf.AutoCompile, list[str], list[str]]:
     """An AutoCompile over a stand-in model whose "compile" is recorded, driven through len(gaps)+1 calls."""
     compiled, notes = [], []
 
@@ -232,8 +246,17 @@ def _auto(tmp_path: Path, gaps: list[float], planned_calls: int, budget_s: float
         compiled.append("compiled")
         return lambda x: ("compiled", x)
 
-    auto = perf.AutoCompile(torch.nn.Identity(), planned_calls, budget_s, key, tmp_path / perf.COMPILE_RECORD,
-                            notes.append, clock=_Clock(gaps), compile_fn=fake_compile, busy=lambda: busy)
+    auto = perf.AutoCompile(
+        torch.nn.Identity(),
+        planned_calls,
+        budget_s,
+        key,
+        tmp_path / perf.COMPILE_RECORD,
+        notes.append,
+        clock=_Clock(gaps),
+        compile_fn=fake_compile,
+        busy=lambda: busy,
+    )
     outputs = [auto(i) for i in range(len(gaps) + 1)]
     return auto, [o[0] if isinstance(o, tuple) else "eager" for o in outputs], notes
 
@@ -250,11 +273,14 @@ def test_auto_compile_compiles_a_long_run_and_records_what_it_cost(tmp_path):
     assert "warm_s" not in record
 
 
-@pytest.mark.parametrize("planned_calls, budget_s, compiles", [
-    (100, float("inf"), False),  # (100 - 6) x 1 s x 0.23 ≈ 22 s saved < 30 s to compile cold
-    (1000, 40.0, False),  # a time limit caps the saving: (40 - 6) s x 0.23 ≈ 8 s
-    (1000, float("inf"), True),
-])
+@pytest.mark.parametrize(
+    "planned_calls, budget_s, compiles",
+    [
+        (100, float("inf"), False),  # (100 - 6) x 1 s x 0.23 ≈ 22 s saved < 30 s to compile cold
+        (1000, 40.0, False),  # a time limit caps the saving: (40 - 6) s x 0.23 ≈ 8 s
+        (1000, float("inf"), True),
+    ],
+)
 def test_auto_compile_weighs_the_cold_prior_against_the_remaining_run(tmp_path, planned_calls, budget_s, compiles):
     auto, ran, notes = _auto(tmp_path, [1.0] * (perf.EAGER_CALLS + 2), planned_calls, budget_s)
     assert auto.compiled is compiles and (ran[-1] == "compiled") is compiles
@@ -319,9 +345,18 @@ def test_trainer_with_compile_auto_keeps_the_compile_cache_in_the_project(tmp_pa
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
 
     def config(compile_value):
-        values = {"data.corpus": str(corpus_path()), "data.tokenizer": "char", "data.cache_dir": "data-cache",
-                  "model.preset": "tiny", "train.micro_batch": 4, "train.max_steps": 10, "train.dtype": "float32",
-                  "train.compile": compile_value, "eval.iters": 0, "checkpoint.dir": "run"}
+        values = {
+            "data.corpus": str(corpus_path()),
+            "data.tokenizer": "char",
+            "data.cache_dir": "data-cache",
+            "model.preset": "tiny",
+            "train.micro_batch": 4,
+            "train.max_steps": 10,
+            "train.dtype": "float32",
+            "train.compile": compile_value,
+            "eval.iters": 0,
+            "checkpoint.dir": "run",
+        }
         return load_config(None, [f"{k}={json.dumps(v)}" for k, v in values.items()])
 
     trainer = Trainer(config("auto"))
