@@ -28,9 +28,10 @@ demo: $(VENV)/.installed
 # ruff (lint + format) and mypy, configured in pyproject.toml; `make test` runs them before the suite.
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: $(VENV)/.installed
+test: lint
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.installed
