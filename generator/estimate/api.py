@@ -174,10 +174,10 @@ class RunSpec:
     @property
     def flash(self) -> bool:
         """Whether the attention kernel keeps no score matrix. `auto` mirrors `Attention._use_sdpa` in
-        reference_llm.model: SDPA (fused) everywhere except CPU bf16 with short contexts (manual)."""
+        reference_llm.model: SDPA (fused) everywhere except CPU bf16 up to 1024 tokens (manual)."""
         if self.attention != "auto":
             return self.attention == "flash"
-        return not (self.hardware.is_cpu and self.precision != Dtype.FLOAT32 and self.seq <= 512)
+        return not (self.hardware.is_cpu and self.precision != Dtype.FLOAT32 and self.seq <= 1024)
 
     def but(self, **changes: Any) -> RunSpec:
         """A copy with `changes` applied."""

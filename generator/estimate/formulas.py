@@ -383,8 +383,8 @@ def layer_activations(
       - fused kernel: with RoPE the rotated Q and K are new tensors beside the fused QKV output (which
         V's view keeps alive); grouped-query K and V are expanded to all heads; the kernel saves its
         output beside the projection's re-laid-out input;
-      - manual path: the batched matmuls keep contiguous copies of Q, K and V, and the softmax is taken
-        in fp32 with a 16-bit copy kept as well.
+      - manual path: the batched matmuls keep contiguous copies of Q, K and V, and the softmax's output
+        (in the compute dtype) is kept for its backward and AV's.
     """
     h, F_, a = config.d_model, config.ffn_hidden, config.n_head
     kv = config.n_kv_head * config.head_dim  # type: ignore[operator]
@@ -412,8 +412,9 @@ def layer_activations(
     if flash:
         scores = 0.0
     else:
-        softmax = 4 + act_bytes if follow_code and act_bytes < 4 else act_bytes
-        scores = a * seq_len * (softmax + mask * (1 + act_bytes))
+        # the softmax output, which its backward and AV's both keep; reference_llm takes the softmax in
+        # the compute dtype (PyTorch accumulates bf16 softmax in fp32 inside the kernel)
+        scores = a * seq_len * (act_bytes + mask * (1 + act_bytes))
     return LayerActivations(replicated, split, scores)
 
 

@@ -46,7 +46,7 @@ def estimated_step_bytes(config: ModelConfig, batch: int, bf16: bool) -> float:
     precision = Dtype.BFLOAT16 if bf16 else Dtype.FLOAT32
     act = formulas.ACT_BYTES[precision]
     seq = config.block_size
-    flash = not (bf16 and seq <= 512)  # the model's own rule (Attention._use_sdpa) on CPU
+    flash = not (bf16 and seq <= 1024)  # the model's own rule (Attention._use_sdpa) on CPU
     activations = formulas.activation_bytes(
         config, seq, batch, act, flash, residual_bytes=formulas.residual_bytes("single", precision)
     )
