@@ -168,17 +168,19 @@ class LshIndex:
     """Banded MinHash signatures of kept documents: which earlier ones may be near-duplicates of a new one.
 
     Band keys are 64-bit hashes of each band's rows (a chance collision only adds a candidate, which the
-    full signature then rejects). Recent keys sit in a dict; every `buffer_max` keys they become a sorted
-    numpy run, and runs of similar size are merged, so a key costs 12 bytes (uint64 key, uint32 document)
-    and a lookup is a few binary searches. Signatures go to a file when `sig_path` is given (they are read
-    back only to confirm candidates), else stay in memory.
+    full signature then rejects). Keys are kept as sorted numpy runs (uint64 key, uint32 document: 12 bytes
+    a key), one run per batch, merged with runs of similar size so that there are O(log n) of them.
+    Documents are decided a batch at a time, with no Python work per key: `candidates` finds, for every
+    row of the batch at once, the indexed documents sharing a band key (binary searches with the queries
+    sorted) and the earlier rows of the batch sharing one; `add` numbers and stores a kept document's
+    signature; `commit` adds the kept rows' keys as a run. Signatures go to a file when `sig_path` is
+    given (they are read back only to confirm candidates), else stay in memory.
     """
 
-    def __init__(self, num_perm: int, threshold: float, sig_path: Path | None = None, buffer_max: int = 1 << 15):
+    def __init__(self, num_perm: int, threshold: float, sig_path: Path | None = None):
         self.bands, self.rows = choose_bands(num_perm, threshold)
-        self.num_perm, self.threshold, self.buffer_max = num_perm, threshold, buffer_max
+        self.num_perm, self.threshold = num_perm, threshold
         self.count = 0
-        self._buffer: dict[int, list[int]] = {}
         self._runs: list[tuple[np.ndarray, np.ndarray]] = []
         self._seeds = (np.arange(self.bands, dtype=np.uint64) + np.uint64(1)) * _MIX
         self._sig_file = open(sig_path, "w+b") if sig_path is not None else None  # noqa: SIM115 (closed in close())
@@ -194,21 +196,36 @@ class LshIndex:
             h ^= h >> np.uint64(29)
         return h
 
-    def run_candidates(self, keys: np.ndarray) -> list[set[int]]:
-        """For each row of `keys`, the documents in the sorted runs that share a band key with it."""
-        found: list[set[int]] = [set() for _ in range(len(keys))]
+    def candidates(self, keys: np.ndarray) -> tuple[list[set[int]], list[list[int]]]:
+        """For each row of a batch's (n, bands) keys: the indexed documents that share a key with it, and
+        the earlier rows of the batch that do (candidates too, if they are kept)."""
+        n = len(keys)
         flat = keys.ravel()
+        order = np.argsort(flat, kind="stable")  # sorted queries: each binary search starts near the last
+        queries = flat[order]
+        indexed: list[set[int]] = [set() for _ in range(n)]
         for run_keys, run_docs in self._runs:
-            lo = np.searchsorted(run_keys, flat, "left")
-            hi = np.searchsorted(run_keys, flat, "right")
-            for i in np.flatnonzero(hi > lo):
-                found[i // self.bands].update(run_docs[lo[i] : hi[i]].tolist())
-        return found
+            lo = np.searchsorted(run_keys, queries, "left")
+            found = lo < len(run_keys)
+            found[found] = run_keys[lo[found]] == queries[found]
+            for q in np.flatnonzero(found):
+                end = np.searchsorted(run_keys, queries[q], "right")
+                indexed[order[q] // self.bands].update(run_docs[lo[q]:end].tolist())
+        earlier: list[list[int]] = [[] for _ in range(n)]
+        repeats = np.flatnonzero(queries[1:] == queries[:-1])  # rare: equal keys within the batch
+        if repeats.size:
+            starts = repeats[np.concatenate(([True], np.diff(repeats) > 1))]
+            for start in starts.tolist():
+                end = start + 1
+                while end < len(queries) and queries[end] == queries[start]:
+                    end += 1
+                rows = (order[start:end] // self.bands).tolist()  # ascending: the sort was stable
+                for k, row in enumerate(rows):
+                    earlier[row] += [r for r in rows[:k] if r != row]
+        return indexed, earlier
 
-    def best_match(self, sig: np.ndarray, keys: np.ndarray, candidates: set[int]) -> tuple[int, float]:
+    def best_match(self, sig: np.ndarray, candidates: set[int]) -> tuple[int, float]:
         """(document, estimated similarity) of the most similar candidate (smallest index on ties), or (-1, 0)."""
-        for key in keys.tolist():
-            candidates.update(self._buffer.get(key, ()))
         best_j, best_sim = -1, 0.0
         for j in sorted(candidates):
             sim = float(np.mean(sig == self._signature(j)))
@@ -216,36 +233,29 @@ class LshIndex:
                 best_j, best_sim = j, sim
         return best_j, best_sim
 
-    def add(self, sig: np.ndarray, keys: np.ndarray) -> int:
-        """Index a kept document; returns its number (0, 1, ... in the order added)."""
-        j = self.count
-        self.count += 1
-        for key in keys.tolist():
-            self._buffer.setdefault(key, []).append(j)
-        if self._sig_file is not None:
-            self._sig_file.seek(j * self.num_perm * 4)
+    def add(self, sig: np.ndarray) -> int:
+        """Number and store a kept document's signature; its keys follow with `commit`."""
+        if self._sig_file is not None:  # appended: signature j starts at j * num_perm * 4
             self._sig_file.write(sig.astype(np.uint32).tobytes())
         else:
             self._sigs.append(sig)
-        return j
+        self.count += 1
+        return self.count - 1
 
-    def flush(self) -> None:
-        """Move buffered keys into sorted runs; call between batches (run_candidates does not see the buffer)."""
-        if sum(len(v) for v in self._buffer.values()) < self.buffer_max:
+    def commit(self, keys: np.ndarray, docs: list[int]) -> None:
+        """Index the (m, bands) keys of kept documents numbered `docs`."""
+        if not docs:
             return
-        keys = np.fromiter((k for k, docs in self._buffer.items() for _ in docs), dtype=np.uint64)
-        docs = np.fromiter((d for v in self._buffer.values() for d in v), dtype=np.uint32)
-        self._buffer.clear()
-        self._runs.append(_sorted_run(keys, docs))
+        ids = np.repeat(np.asarray(docs, dtype=np.uint32), self.bands)
+        self._runs.append(_sorted_run(keys.ravel(), ids))
         # Merge while the newer run is at least half the size of the one before: O(log n) runs.
         while len(self._runs) > 1 and len(self._runs[-1][0]) * 2 >= len(self._runs[-2][0]):
             (k2, d2), (k1, d1) = self._runs.pop(), self._runs.pop()
             self._runs.append(_sorted_run(np.concatenate([k1, k2]), np.concatenate([d1, d2])))
 
     def memory_bytes(self) -> int:
-        """Bytes held by the sorted runs and (roughly) the buffer, not counting signatures on disk."""
-        runs = sum(k.nbytes + d.nbytes for k, d in self._runs)
-        return runs + 100 * sum(len(v) for v in self._buffer.values()) + sum(s.nbytes for s in self._sigs)
+        """Bytes held by the sorted runs (and by signatures, when they are not in a file)."""
+        return sum(k.nbytes + d.nbytes for k, d in self._runs) + sum(s.nbytes for s in self._sigs)
 
     def close(self) -> None:
         if self._sig_file is not None:
@@ -255,6 +265,7 @@ class LshIndex:
         if self._sig_file is None:
             return self._sigs[j]
         size = self.num_perm * 4
+        self._sig_file.flush()
         data = os.pread(self._sig_file.fileno(), size, j * size)
         return np.frombuffer(data, dtype=np.uint32)
 
@@ -268,18 +279,20 @@ def near_dedup(docs: list[Document], settings: DedupSettings) -> tuple[list[Docu
     """Drop each document whose estimated similarity to an earlier kept one reaches `settings.threshold`."""
     hasher = MinHasher(settings.num_perm, settings.shingle_words, settings.seed)
     index = LshIndex(settings.num_perm, settings.threshold)
-    kept: list[Document] = []
-    kept_names: list[str] = []
+    signed = [(i, sig) for i, doc in enumerate(docs) if (sig := hasher.signature(doc.text)) is not None]
+    keys = index.band_keys(np.stack([sig for _, sig in signed])) if signed else np.zeros((0, 1), np.uint64)
+    indexed, earlier = index.candidates(keys)
+    numbers: dict[int, int] = {}  # row of `signed` -> number of the kept document in the index
+    names: list[str] = []  # of the kept documents, by number
+    dropped_ids: set[int] = set()
     dropped: list[Duplicate] = []
-    for doc in docs:
-        sig = hasher.signature(doc.text)
-        if sig is not None:
-            keys = index.band_keys(sig[None])[0]
-            j, sim = index.best_match(sig, keys, set())
-            if sim >= settings.threshold:
-                dropped.append(Duplicate(doc.source, kept_names[j], round(sim, 4)))
-                continue
-            kept_names.append(doc.source)
-            index.add(sig, keys)
-        kept.append(doc)
-    return kept, dropped
+    for row, (i, sig) in enumerate(signed):
+        j, sim = index.best_match(sig, indexed[row] | {numbers[r] for r in earlier[row] if r in numbers})
+        if sim >= settings.threshold:
+            dropped.append(Duplicate(docs[i].source, names[j], round(sim, 4)))
+            dropped_ids.add(i)
+        else:
+            numbers[row] = index.add(sig)
+            names.append(docs[i].source)
+    index.commit(keys[list(numbers)], list(numbers.values()))
+    return [doc for i, doc in enumerate(docs) if i not in dropped_ids], dropped

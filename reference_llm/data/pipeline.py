@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,8 +172,7 @@ class _Names:
             self._list.append(name)
             return len(self._list) - 1
         data = name.encode("utf-8", "surrogateescape")
-        self._file.seek(self._offsets[-1])
-        self._file.write(data)
+        self._file.write(data)  # the position is always the end: no seek, which would flush the buffer
         self._offsets.append(self._offsets[-1] + len(data))
         return len(self._offsets) - 2
 
@@ -181,10 +181,7 @@ class _Names:
             return self._list[i]
         self._file.flush()
         start, end = self._offsets[i], self._offsets[i + 1]
-        self._file.seek(start)
-        data = self._file.read(end - start)
-        self._file.seek(self._offsets[-1])
-        return data.decode("utf-8", "surrogateescape")
+        return os.pread(self._file.fileno(), end - start, start).decode("utf-8", "surrogateescape")
 
     def close(self) -> None:
         if self._file is not None:
@@ -218,45 +215,50 @@ class Collector:
     def add_batch(self, names: list[str], results: list[Cleaned]) -> list[bool]:
         """Which documents of the batch stay; the report counts all of them."""
         index = self._index
-        sigs = [r.signature for r in results]
-        with_sig = [i for i, s in enumerate(sigs) if s is not None]
-        keys = index.band_keys(np.stack([s for s in sigs if s is not None])) if index and with_sig else None
-        candidates = index.run_candidates(keys) if index and keys is not None else []
-        row_of = {i: row for row, i in enumerate(with_sig)}
+        rows = {i: row for row, i in enumerate(i for i, r in enumerate(results) if r.signature is not None)}
+        keys = indexed = earlier = None
+        if index is not None and rows:
+            keys = index.band_keys(np.stack([r.signature for r in results if r.signature is not None]))
+            indexed, earlier = index.candidates(keys)
+        numbers: dict[int, int] = {}  # row -> number in the index, for the rows kept
         keep = []
         for i, (name, r) in enumerate(zip(names, results)):
             self.documents_in += 1
             self.chars_in += r.chars_in
             self.chars_normalised += r.chars_normalised
-            keep.append(
-                self._decide(
-                    name, r, None if keys is None or i not in row_of else (keys[row_of[i]], candidates[row_of[i]])
-                )
-            )
-        if index is not None:
-            index.flush()
+            candidates = None
+            if indexed is not None and earlier is not None and i in rows:
+                row = rows[i]
+                candidates = indexed[row] | {numbers[q] for q in earlier[row] if q in numbers}
+            number = self._decide(name, r, candidates)
+            if number is not None and i in rows:
+                numbers[rows[i]] = number
+            keep.append(number is not None)
+        if index is not None and keys is not None:
+            index.commit(keys[list(numbers)], list(numbers.values()))
         return keep
 
-    def _decide(self, name: str, r: Cleaned, lsh: tuple[np.ndarray, set[int]] | None) -> bool:
+    def _decide(self, name: str, r: Cleaned, candidates: set[int] | None) -> int | None:
+        """None if the document goes; else its number in the LSH index (-1 when it is not indexed)."""
         if r.rejected_by is not None:
             self.filtered[r.rejected_by].add(name)
-            return False
+            return None
         if self.settings.dedup.exact:
             first = self._exact.get(r.digest)
             if first is not None:
                 self.exact_dups.add(dataclasses.asdict(Duplicate(name, self._names[first], 1.0)))
-                return False
+                return None
         number = self._names.add(name)
         if self.settings.dedup.exact:
             self._exact[r.digest] = number
-        if self._index is not None and lsh is not None and r.signature is not None:
-            keys, candidates = lsh
-            j, sim = self._index.best_match(r.signature, keys, candidates)
+        indexed = -1
+        if self._index is not None and candidates is not None and r.signature is not None:
+            j, sim = self._index.best_match(r.signature, candidates)
             if sim >= self.settings.dedup.threshold:
                 original = self._names[self._index_names[j]]
                 self.near_dups.add(dataclasses.asdict(Duplicate(name, original, round(sim, 4))))
-                return False
-            self._index.add(r.signature, keys)
+                return None
+            indexed = self._index.add(r.signature)
             self._index_names.append(number)
         self.documents_out += 1
         self.chars_out += len(r.text)
@@ -266,7 +268,7 @@ class Collector:
             for kind, start, end in r.findings:
                 self.pii_by_kind[kind] = self.pii_by_kind.get(kind, 0) + 1
                 self.pii.add({"source": name, "kind": kind, "start": start, "end": end})
-        return True
+        return indexed
 
     def index_bytes(self) -> int:
         """Memory of the dedup index now (exact-dedup dict and LSH runs), approximately."""
