@@ -210,7 +210,7 @@ class LshIndex:
             found[found] = run_keys[lo[found]] == queries[found]
             for q in np.flatnonzero(found):
                 end = np.searchsorted(run_keys, queries[q], "right")
-                indexed[order[q] // self.bands].update(run_docs[lo[q]:end].tolist())
+                indexed[order[q] // self.bands].update(run_docs[lo[q] : end].tolist())
         earlier: list[list[int]] = [[] for _ in range(n)]
         repeats = np.flatnonzero(queries[1:] == queries[:-1])  # rare: equal keys within the batch
         if repeats.size:
