@@ -34,6 +34,8 @@ class _PlainLoader(yaml.SafeLoader):
 def read_yaml(path: Path, what: str, error: type[LLMGenError] = LLMGenError) -> Any:
     """The parsed content of `path`, or `error` with one line starting with `what` (e.g. "--answers x.yml")."""
     try:
+        if not path.exists():
+            raise error(f"{what}: cannot read (no such file)")
         if not path.is_file():
             raise error(f"{what}: not a regular file")
         with path.open("rb") as f:
