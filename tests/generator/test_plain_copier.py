@@ -20,7 +20,7 @@ from generator.commands.update import update_project
 from generator.plan import plan_run
 from generator.render import add_corpus, corpus_manifest_text, render_into
 from generator.resources import templates_dir
-from generator.roadmap import TEMPLATE_TRACKS, template_track_text
+from generator.roadmap import TEMPLATE_TRACKS, compact_roadmap, template_track_text
 from generator.template_repo import ensure_template_repo
 from generator.tracks import load_tracks
 from reference_llm.assets import corpus_path
@@ -101,6 +101,7 @@ def llmgen_project(tmp_path: Path, ref, track: str = "beginner", **given) -> Pat
     return project
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("track", list(load_tracks()))
 def test_copier_copy_gives_the_llmgen_project(tmp_path, versions, track):
     source, cache = versions
@@ -136,6 +137,7 @@ def test_copier_copy_gives_the_llmgen_project(tmp_path, versions, track):
     assert compliance.returncode == 0, compliance.stdout + compliance.stderr
 
 
+@pytest.mark.slow
 def test_copier_update_gives_the_llmgen_update(tmp_path, versions):
     source, cache = versions
     ref = ensure_template_repo("1.0.0", source=source, cache_dir=cache)
@@ -170,28 +172,26 @@ def test_copier_update_gives_the_llmgen_update(tmp_path, versions):
     assert same_project(files(ours), files(theirs)) == []
 
 
+def planned_answers(out: Path, **changes) -> Path:
+    """A beginner project's answers as llmgen records them (compact roadmap), as a --data-file."""
+    answers = plan_run("proj", {"track": "beginner", "budget": "laptop", "hardware": "cpu", "parallelism": "auto",
+                                "model_preset": "demo", "exercises": True}).answers
+    out.write_text(yaml.safe_dump({**answers, "roadmap": compact_roadmap(answers["roadmap"]), **changes}))
+    return out
+
+
+def copier_copy(ref, answers: Path, out: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([*COPIER, "copy", "--defaults", "--vcs-ref", ref.tag, "--data-file", str(answers),
+                           str(ref.path), str(out)], capture_output=True, text=True)
+
+
 def test_missing_roadmap_is_copiers_one_line_question_error(tmp_path, versions):
     source, cache = versions
     ref = ensure_template_repo("1.0.0", source=source, cache_dir=cache)
-    project = llmgen_project(tmp_path, ref)
-    answers = yaml.safe_load(answers_file(project, tmp_path / "a.yml").read_text())
+    answers = yaml.safe_load(planned_answers(tmp_path / "a.yml").read_text())
     del answers["roadmap"]
     (tmp_path / "a.yml").write_text(yaml.safe_dump(answers))
-    result = subprocess.run(
-        [
-            *COPIER,
-            "copy",
-            "--defaults",
-            "--vcs-ref",
-            ref.tag,
-            "--data-file",
-            str(tmp_path / "a.yml"),
-            str(ref.path),
-            str(tmp_path / "out"),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    result = copier_copy(ref, tmp_path / "a.yml", tmp_path / "out")
     last = result.stderr.strip().splitlines()[-1]
     assert result.returncode != 0 and last == 'ValueError: Question "roadmap" is required'
     assert "jinja2" not in result.stderr
@@ -200,22 +200,7 @@ def test_missing_roadmap_is_copiers_one_line_question_error(tmp_path, versions):
 def test_empty_roadmap_is_a_one_line_validation_error(tmp_path, versions):
     source, cache = versions
     ref = ensure_template_repo("1.0.0", source=source, cache_dir=cache)
-    project = llmgen_project(tmp_path, ref)
-    result = subprocess.run(
-        [
-            *COPIER,
-            "copy",
-            "--defaults",
-            "--vcs-ref",
-            ref.tag,
-            "--data-file",
-            str(answers_file(project, tmp_path / "a.yml", roadmap={})),
-            str(ref.path),
-            str(tmp_path / "out"),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    result = copier_copy(ref, planned_answers(tmp_path / "a.yml", roadmap={}), tmp_path / "out")
     last = result.stderr.strip().splitlines()[-1]
     assert result.returncode != 0 and last.startswith("ValueError: Validation error for question 'roadmap'")
     assert "llmgen" in last and "jinja2" not in result.stderr
