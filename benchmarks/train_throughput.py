@@ -5,6 +5,8 @@
     python benchmarks/train_throughput.py --json     # machine-readable, on stdout
     python benchmarks/train_throughput.py --threads 1 --baseline-tree /tmp/before   # before/after, side by side
 
+`--attention sdpa` or `manual` fixes the attention kernel of the "ours" rows, to measure which is
+faster on a CPU where `Attention._use_sdpa`'s rule was not measured (it was on AVX512-BF16, not AMX).
 `--baseline-tree DIR` names a copy of an earlier version's library (a directory holding its
 `reference_llm/`, e.g. `git archive HEAD~1 reference_llm | tar -x -C DIR`): the "ours" rows then run
 once with each library, in the same rounds, and the table adds after/before ratios. `--threads 1`
@@ -228,6 +230,12 @@ def main() -> None:
     parser.add_argument("--shapes", default=",".join(s.preset for s in SHAPES), help="comma-separated presets")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per row (default: torch's)")
     parser.add_argument(
+        "--attention",
+        choices=("auto", "sdpa", "manual"),
+        default="auto",
+        help="model.attention of the ours rows: measure both kernels where auto's rule was not",
+    )
+    parser.add_argument(
         "--baseline-tree",
         default=None,
         metavar="DIR",
@@ -248,7 +256,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     inductor_cache_dir(Path(__file__).resolve().parents[1] / ".cache" / "inductor")  # workers inherit it
 
-    ours = [OURS] + ([] if args.no_compile or args.quick else [OURS_COMPILED])
+    ours = [
+        dataclasses.replace(r, attention=args.attention)
+        for r in [OURS] + ([] if args.no_compile or args.quick else [OURS_COMPILED])
+    ]
     recipes = [BASELINE] + [r.before(args.baseline_tree) for r in ours if args.baseline_tree] + ours
     shapes = [s for s in SHAPES if s.preset in args.shapes.split(",")]
     device = torch.device("cpu")

@@ -38,9 +38,16 @@ from reference_llm.train.checkpoint import (
     save_checkpoint,
     save_sharded_checkpoint,
 )
-from reference_llm.train.loop import LoopState, evaluate, padded_vocab_size, seed_everything
+from reference_llm.train.loop import Forward, LoopState, evaluate, padded_vocab_size, seed_everything
 from reference_llm.train.optim import CosineSchedule, optimizer_factory
-from reference_llm.train.perf import resolve_dtype
+from reference_llm.train.perf import (
+    COMPILE_RECORD,
+    AutoCompile,
+    check_compile_setting,
+    compile_key,
+    inductor_cache_dir,
+    resolve_dtype,
+)
 from reference_llm.train.sharded_checkpoint import ShardedCheckpoint, is_sharded
 
 
@@ -86,7 +93,31 @@ class Trainer:
         self.state = LoopState()
         if resume:
             self._resume()
-        self.forward = torch.compile(self.engine.model) if t.compile else self.engine.model
+        self.forward = self._forward()
+
+    def _forward(self) -> Forward:
+        """What the loop calls: the model, its `torch.compile`, or for `train.compile = "auto"` an
+        `AutoCompile` that compiles once timing shows it pays off within the remaining steps."""
+        t = self.config.train
+        setting = check_compile_setting(t.compile)
+        if setting is False:
+            return self.engine.model
+        # Compiled kernels are kept under the project's .cache/ (unless TORCHINDUCTOR_CACHE_DIR says
+        # otherwise), so that the next run of this project compiles in seconds.
+        cache = inductor_cache_dir(Path(".cache") / "inductor")
+        if setting is True:
+            return torch.compile(self.engine.model)
+        key = compile_key(self.config.model, self.device, self.dtype, t.micro_batch, self.seq_len)
+        budget = t.max_minutes * 60 - self.elapsed if t.max_minutes > 0 else math.inf
+        main = self.engine.is_main
+        return AutoCompile(
+            self.engine.model,
+            planned_calls=(t.max_steps - self.step) * t.grad_accum,
+            budget_s=budget,
+            key=key,
+            record=cache / COMPILE_RECORD,
+            note=lambda text: print(f"note: {text}", file=sys.stderr) if main else None,
+        )
 
     @property
     def step(self) -> int:
