@@ -123,6 +123,7 @@ class FSDPEngine(SingleDeviceEngine):
     def sharded_state(self) -> ShardedState:
         """Each parameter's local rows, and the same rows of its AdamW moments, as ranges of the
         flattened tensors: rows r0..r1 of a (rows, cols) tensor are elements r0·cols .. r1·cols."""
+        self._reshard()
         pieces: dict[str, list[Piece]] = {}
         shapes: dict[str, tuple[int, ...]] = {}
         steps: dict[str, float] = {}
@@ -140,6 +141,7 @@ class FSDPEngine(SingleDeviceEngine):
         return ShardedState(pieces, shapes, groups, steps)
 
     def load_sharded(self, checkpoint: ShardedCheckpoint) -> None:
+        self._reshard()
         params = dict(self.model.named_parameters())
         checkpoint.check_layout(
             {name: tuple(p.shape) for name, p in params.items()}, f"this run: fsdp on {self.world_size} rank(s)"
@@ -154,6 +156,14 @@ class FSDPEngine(SingleDeviceEngine):
             )
             create_adam_state(self.optimizer, params, manifest.state_keys, manifest.steps)
         checkpoint.load(self.sharded_state().pieces)
+
+    def _reshard(self) -> None:
+        """Put every module's sharded parameters back in place. A forward without a backward (an
+        evaluation) leaves the root's gathered, unsharded parameters registered, which are not the
+        tensors the optimizer holds."""
+        for module in self.model.modules():
+            if isinstance(module, FSDPModule):
+                module.reshard()
 
     def barrier(self) -> None:
         runtime.barrier()

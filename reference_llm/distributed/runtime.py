@@ -214,3 +214,46 @@ def exit_cleanly_on_success() -> None:
         normal_exit(status)
 
     sys.exit = exit_fast_when_zero
+
+
+# ----------------------------------------------------------------------------------------------------
+# Agreement between ranks (sharded checkpoints)
+# ----------------------------------------------------------------------------------------------------
+
+_TEXT_BYTES = 1024
+
+
+def _encode(text: str) -> torch.Tensor:
+    data = text.encode("utf-8")[:_TEXT_BYTES]
+    out = torch.zeros(_TEXT_BYTES + 2, dtype=torch.uint8)
+    out[0], out[1] = len(data) >> 8, len(data) & 0xFF
+    out[2 : 2 + len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else out[2:2]
+    return out
+
+
+def _decode(t: torch.Tensor) -> str:
+    n = (int(t[0]) << 8) | int(t[1])
+    return bytes(t[2 : 2 + n].tolist()).decode("utf-8", errors="replace")
+
+
+def broadcast_text(text: str) -> str:
+    """Rank 0's `text` on every rank."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return text
+    buffer = _encode(text)
+    dist.broadcast(buffer, src=0)
+    return _decode(buffer)
+
+
+def agree_on_error(error: str) -> str:
+    """The first rank's non-empty error, on every rank ("" when no rank has one), so that all ranks
+    raise together instead of some waiting forever in the next collective."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return error
+    gathered = [torch.zeros(_TEXT_BYTES + 2, dtype=torch.uint8) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, _encode(error))
+    for rank, t in enumerate(gathered):
+        message = _decode(t)
+        if message:
+            return message if rank == dist.get_rank() else f"{message} (found by rank {rank})"
+    return ""

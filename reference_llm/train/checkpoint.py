@@ -48,6 +48,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from reference_llm.config import SECTIONS, RunConfig
+from reference_llm.distributed import runtime
 from reference_llm.errors import CheckpointError, ReferenceLLMError, TokenizerError
 from reference_llm.model import ModelConfig, Transformer
 from reference_llm.train import files
@@ -63,7 +64,6 @@ from reference_llm.train.checkpoint_checks import (
 )
 from reference_llm.train.sharded_checkpoint import (
     ShardedState,
-    agree_on_error,
     is_sharded,
     manifest_for,
     read_full,
@@ -178,7 +178,7 @@ def save_sharded_checkpoint(
             error = f"only {_size(free)} free" if free < needed else ""
         except OSError as exc:
             error = exc.strerror or str(exc)
-    error = agree_on_error(error)
+    error = runtime.agree_on_error(error)
 
     def write_rest(tmp: Path) -> None:
         files.write_text_atomic(tmp / STATE_FILE, json.dumps({"format_version": FORMAT_VERSION, **state}, indent=1))

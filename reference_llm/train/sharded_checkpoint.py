@@ -34,11 +34,12 @@ renames the directory into place, as checkpoint.py does for a single writer.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,7 @@ from torch.distributed.checkpoint.metadata import (
 from torch.distributed.checkpoint.planner import LoadPlan, ReadItem, SavePlan, TensorWriteData, WriteItem, WriteItemType
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
+from reference_llm.distributed import runtime
 from reference_llm.errors import CheckpointError
 from reference_llm.train import files
 from reference_llm.train.checkpoint_checks import (
@@ -108,14 +110,6 @@ class ShardedState:
     shapes: dict[str, tuple[int, ...]]  # every key of the whole state -> its full shape
     param_groups: list[dict[str, Any]] = field(default_factory=list)  # optimizer groups, by parameter name
     steps: dict[str, float] = field(default_factory=dict)  # AdamW step count per parameter name
-
-
-def split_evenly(tensor: torch.Tensor, rank: int, world_size: int) -> Piece:
-    """Rank `rank`'s share of a tensor every rank holds whole (DDP, a ZeRO working copy)."""
-    flat = tensor.detach().reshape(-1)
-    share = math.ceil(flat.numel() / world_size)
-    start = min(rank * share, flat.numel())
-    return Piece(start, flat[start : start + share])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -272,7 +266,7 @@ def save_sharded(
             (run_dir / tmp_name / SHARDS_DIR).mkdir(parents=True)
         except OSError as exc:
             error = f"cannot create {run_dir / tmp_name} ({exc.strerror or exc})"
-    tmp_name, error = _broadcast_text(tmp_name), agree_on_error(error)
+    tmp_name, error = runtime.broadcast_text(tmp_name), runtime.agree_on_error(error)
     tmp = run_dir / tmp_name
     try:
         if error:
@@ -289,7 +283,8 @@ def save_sharded(
             fqn_to_index_mapping=_file_index(manifest.shapes, manifest.world_size),
         )
         try:
-            dcp.save(state, storage_writer=writer, planner=_PieceSavePlanner(manifest.shapes, offsets))
+            with _quiet_in_one_process():
+                dcp.save(state, storage_writer=writer, planner=_PieceSavePlanner(manifest.shapes, offsets))
         except Exception as exc:  # DCP gathers every rank's failure into one exception on every rank
             raise CheckpointError(f"cannot write shards in {tmp} ({_first_line(exc)})") from None
         error = ""
@@ -308,7 +303,7 @@ def save_sharded(
                 publish(final)
             except Exception as exc:  # any failure here must reach the other ranks, not leave them waiting
                 error = f"cannot write checkpoint {final} ({getattr(exc, 'strerror', None) or _first_line(exc)})"
-        error = agree_on_error(error)
+        error = runtime.agree_on_error(error)
         if error:
             raise CheckpointError(error)
     except BaseException:
@@ -411,7 +406,7 @@ class ShardedCheckpoint:
             error = f"{self.path}: reading the shards failed ({_first_line(exc)})"
         if not error:
             error = self._check_values(targets)
-        error = agree_on_error(error)
+        error = runtime.agree_on_error(error)
         if error:
             raise CheckpointError(error)
 
@@ -536,47 +531,12 @@ def read_full(step_dir: Path, with_optimizer: bool) -> tuple[dict[str, torch.Ten
     return weights, {"state": per_param, "param_groups": [dict(g) for g in m.param_groups]}
 
 
-# ----------------------------------------------------------------------------------------------------
-# Agreement between ranks
-# ----------------------------------------------------------------------------------------------------
-
-_TEXT_BYTES = 1024
-
-
-def _encode(text: str) -> torch.Tensor:
-    data = text.encode("utf-8")[:_TEXT_BYTES]
-    out = torch.zeros(_TEXT_BYTES + 2, dtype=torch.uint8)
-    out[0], out[1] = len(data) >> 8, len(data) & 0xFF
-    out[2 : 2 + len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else out[2:2]
-    return out
-
-
-def _decode(t: torch.Tensor) -> str:
-    n = (int(t[0]) << 8) | int(t[1])
-    return bytes(t[2 : 2 + n].tolist()).decode("utf-8", errors="replace")
-
-
-def _broadcast_text(text: str) -> str:
-    """Rank 0's `text` on every rank."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return text
-    buffer = _encode(text)
-    dist.broadcast(buffer, src=0)
-    return _decode(buffer)
-
-
-def agree_on_error(error: str) -> str:
-    """The first rank's non-empty error, on every rank ("" when no rank has one), so that all ranks
-    raise together instead of some waiting forever in the next collective."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return error
-    gathered = [torch.zeros(_TEXT_BYTES + 2, dtype=torch.uint8) for _ in range(dist.get_world_size())]
-    dist.all_gather(gathered, _encode(error))
-    for rank, t in enumerate(gathered):
-        message = _decode(t)
-        if message:
-            return message if rank == dist.get_rank() else f"{message} (found by rank {rank})"
-    return ""
+@contextlib.contextmanager
+def _quiet_in_one_process() -> Iterator[None]:
+    """DCP warns when it runs without a process group; one process reading or writing is intended here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
 
 
 def _first_line(exc: BaseException) -> str:

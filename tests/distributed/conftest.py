@@ -100,35 +100,54 @@ def assert_ok(result: subprocess.CompletedProcess[str], what: str) -> None:
 
 @pytest.fixture(scope="session")
 def drive(tmp_path_factory: pytest.TempPathFactory, launch_ok):
-    """drive(name, strategy, *extra_args, save_at=0, offload="none") -> DriverRun; strategy "single" runs
-    one plain process with the same global batch (micro-batch doubled), every other strategy runs 2
-    processes under torchrun."""
+    """drive(name, strategy, *extra_args, save_at=0, offload="none", nproc=2) -> DriverRun; strategy
+    "single" runs one plain process, every other strategy `nproc` processes under torchrun. Every run
+    trains on the same 8 sequences per step: 2 x 2 micro-batches x 2 processes, or micro-batches of 4
+    in one process."""
     from reference_llm.config import config_from_dict
     from reference_llm.distributed.ds_config import STAGES, build
 
     root = tmp_path_factory.mktemp("drive")
 
-    def run_driver(name: str, strategy: str, *extra: str, save_at: int = 0, offload: str = "none") -> DriverRun:
+    def run_driver(name: str, strategy: str, *extra: str, save_at: int = 0, offload: str = "none",
+                   nproc: int = 2) -> DriverRun:
         out = root / f"{name}.json"
         args = [str(DRIVER), "--strategy", strategy, "--offload", offload, "--out", str(out), *extra]
         checkpoint = None
         if save_at:
             checkpoint = root / f"{name}-ckpt"
             args += ["--save", str(checkpoint), "--save-at", str(save_at)]
+        nproc = 1 if strategy == "single" else nproc
+        micro = 8 // (2 * nproc)
         if strategy in STAGES:
-            # The DeepSpeed config the generated project would have for this run: 2 x 2 x 2 processes.
-            cfg = config_from_dict(
-                {
-                    "train": {"micro_batch": 2, "grad_accum": 2, "grad_clip": 0.5},
-                    "distributed": {"strategy": strategy, "offload": offload},
-                }
-            )
+            # The DeepSpeed config the generated project would have for this run.
+            cfg = config_from_dict({"train": {"micro_batch": micro, "grad_accum": 2, "grad_clip": 0.5},
+                                    "distributed": {"strategy": strategy, "offload": offload}})
             ds = root / f"{name}-deepspeed.json"
-            ds.write_text(json.dumps(build(cfg, world_size=2, bf16=False)))
+            ds.write_text(json.dumps(build(cfg, world_size=nproc, bf16=False)))
             args += ["--ds-config", str(ds)]
-        if strategy == "single":
-            args += ["--micro-batch", "4"]  # one process: the same 8 sequences per step as 2 x 2 x 2
-        launch_ok(args, 0 if strategy == "single" else 2, root, f"{strategy} driver ({name})")
+        if micro != 2 and "--micro-batch" not in extra:
+            args += ["--micro-batch", str(micro)]
+        launch_ok(args, 0 if strategy == "single" else nproc, root, f"{strategy} driver ({name})")
         return DriverRun(json.loads(out.read_text()), checkpoint)
 
     return run_driver
+
+
+@pytest.fixture(scope="session")
+def reference(drive):
+    """One process, 4 steps; it also checkpoints after step 2."""
+    return drive("reference", "single", save_at=2)
+
+
+@pytest.fixture(scope="session")
+def strategy_run(drive):
+    """Each strategy's 2-process run, once per session (the resume tests reuse its checkpoint)."""
+    runs = {}
+
+    def get(strategy: str):
+        if strategy not in runs:
+            runs[strategy] = drive(strategy, strategy, save_at=2)
+        return runs[strategy]
+
+    return get

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import resource
 import sys
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from reference_llm.config import RunConfig, config_from_dict
-from reference_llm.distributed import Engine, build_engine
+from reference_llm.distributed import Engine, build_engine, runtime
 from reference_llm.model import Transformer
 from reference_llm.train.checkpoint import (
     load_checkpoint,
@@ -48,29 +49,24 @@ def batch_for_step(step: int, global_batch: int, vocab: int) -> tuple[torch.Tens
 
 
 def run_config(args: argparse.Namespace) -> RunConfig:
-    return config_from_dict(
-        {
-            "model": {"preset": args.preset},
-            "train": {
-                "micro_batch": args.micro_batch,
-                "grad_accum": args.grad_accum,
-                "seq_len": SEQ_LEN,
-                "dtype": args.dtype,
-                "device": "cpu",
-                "lr": args.lr,
-                "min_lr": 0.0,
-                "grad_clip": args.grad_clip,
-                "weight_decay": 0.1,
-            },
-            "distributed": {"strategy": args.strategy, "deepspeed_config": args.ds_config, "offload": args.offload},
-        }
-    )
+    return config_from_dict({
+        "model": {"preset": args.preset, **json.loads(args.model)},
+        "train": {"micro_batch": args.micro_batch, "grad_accum": args.grad_accum, "seq_len": SEQ_LEN,
+                  "dtype": args.dtype, "device": "cpu", "lr": args.lr, "min_lr": 0.0, "grad_clip": args.grad_clip,
+                  "weight_decay": 0.1, "activation_checkpointing": args.activation_checkpointing},
+        "distributed": {"strategy": args.strategy, "deepspeed_config": args.ds_config, "offload": args.offload},
+    })
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--strategy", required=True)
     parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--model", default="{}", help="JSON object of ModelConfig fields over the preset's")
+    parser.add_argument("--activation-checkpointing", default="none", choices=["none", "selective", "full"])
+    parser.add_argument("--memory", action="store_true",
+                        help="report each rank's peak RSS above its RSS before the model is built (and skip the "
+                             "final gather of the weights, which would raise it)")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--first-step", type=int, default=0, help="first step (after --load)")
     parser.add_argument("--micro-batch", type=int, default=2)
@@ -88,13 +84,19 @@ def main() -> int:
     parser.add_argument("--out", required=True, help="JSON report written by rank 0")
     args = parser.parse_args()
 
-    torch.manual_seed(0)  # the seed the training loop sets before building the model
     cfg = run_config(args)
+    if args.memory and args.strategy != "single":  # the process group's own memory belongs to the baseline
+        runtime.init_process_group(runtime.process_info(args.strategy, "cpu"))
+    baseline = rss_bytes()
+    torch.manual_seed(0)  # the seed the training loop sets before building the model
     # A factory, as the training loop passes: FSDP2 and ZeRO-3 build the model deferred, each rank only
     # its shards, with the weights one process would have.
     engine = build_engine(cfg, functools.partial(Transformer, cfg.model), optimizer_factory(cfg.train))
     try:  # as reference_llm.train does: shut down on every rank, on success and on error alike
-        report = train(engine, cfg, args)
+        initial = {} if args.memory or args.load else check_initial_weights(engine, cfg)
+        report = {**train(engine, cfg, args), **initial}
+        if args.memory:
+            report["peak_rss_above_start"] = gather_ints(engine, peak_rss_bytes() - baseline)
         if engine.is_main:
             Path(args.out).write_text(json.dumps(report))
         engine.barrier()
@@ -135,23 +137,55 @@ def train(engine: Engine, cfg: RunConfig, args: argparse.Namespace) -> dict:
         if rank == 0 and step + 1 == args.crash_at:
             raise RuntimeError(f"crash requested after step {step + 1}")
 
+    report: dict = {"strategy": args.strategy, "world_size": world, "losses": losses, "grad_norms": norms}
+    if args.memory:
+        return report
     weights = engine.full_state_dict()  # collective: every rank takes part, rank 0 uses the result
-    report: dict = {}
     if rank == 0:
         final = Transformer(cfg.model)
         load_weights(final, weights)
         x, y = batch_for_step(999, 8, cfg.model.vocab_size)
         with torch.no_grad():
             eval_loss = final(x, y)[1].item()
-        report = {
-            "strategy": args.strategy,
-            "world_size": world,
-            "losses": losses,
-            "grad_norms": norms,
-            "eval_loss": eval_loss,
-            "weight_names": sorted(weights),
-        }
+        report.update({"eval_loss": eval_loss, "weight_names": sorted(weights)})
     return report
+
+
+def check_initial_weights(engine: Engine, cfg: RunConfig) -> dict:
+    """The engine's initial weights, gathered, and this rank's buffers (RoPE tables) against the model
+    one process builds with the same seed, bit for bit; and the random generator against where that
+    construction leaves it."""
+    rng = torch.get_rng_state()
+    weights = engine.full_state_dict()
+    if not engine.is_main:
+        return {}
+    torch.manual_seed(0)
+    reference = Transformer(cfg.model)
+    rng_equal = torch.equal(torch.get_rng_state(), rng)
+    torch.set_rng_state(rng)  # training goes on from the engine's generator state
+    expected = {**reference.state_dict(), **dict(reference.named_buffers())}
+    module = getattr(engine, "module", engine.model)  # through DDP's and DeepSpeed's wrappers
+    tensors = {**weights, **dict(module.named_buffers())}
+    differ = sorted(name for name, tensor in tensors.items() if not torch.equal(tensor, expected[name]))
+    return {"initial_weights_differ": differ, "initial_rng_equal": rng_equal, "initial_tensors": len(tensors)}
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def gather_ints(engine: Engine, value: int) -> list[int]:
+    """`value` from every rank, in rank order."""
+    if engine.world_size == 1:
+        return [value]
+    values = [torch.zeros((), dtype=torch.int64) for _ in range(engine.world_size)]
+    dist.all_gather(values, torch.tensor(value, dtype=torch.int64))
+    return [int(v) for v in values]
 
 
 def save(engine: Engine, cfg: RunConfig, run_dir: str, step: int) -> None:

@@ -1,6 +1,8 @@
 """Every parallel strategy computes what one process computes, and checkpoints move between strategies.
 
-Two processes on gloo train the `tiny` model for 4 steps (2 micro-batches of 2 sequences per rank per
+Two processes on gloo build the model as training does (a factory: FSDP2 on the meta device, ZeRO-3
+under zero.Init, each rank only its shards; drive_engine.py checks the gathered initial weights against
+one process's, bit for bit) and train the `tiny` model for 4 steps (2 micro-batches of 2 sequences per rank per
 step, gradient clipping active at 0.5) through DDP, FSDP2 and DeepSpeed ZeRO-1/2/3; one process trains
 on the same 8 sequences per step. In fp32 the only difference is the order in which floating-point sums
 are taken (all-reduce vs local sum), which moves losses by about 1e-7 relative; we allow 1e-4.
@@ -25,25 +27,6 @@ def close(a: list[float] | float, b: list[float] | float) -> bool:
     return len(a) == len(b) and all(math.isclose(x, y, rel_tol=RTOL) for x, y in zip(a, b))
 
 
-@pytest.fixture(scope="session")
-def reference(drive):
-    """One process, 4 steps; it also checkpoints after step 2."""
-    return drive("reference", "single", save_at=2)
-
-
-@pytest.fixture(scope="session")
-def strategy_run(drive):
-    """Each strategy's 2-process run, once per session (the resume tests reuse its checkpoint)."""
-    runs = {}
-
-    def get(strategy: str):
-        if strategy not in runs:
-            runs[strategy] = drive(strategy, strategy, save_at=2)
-        return runs[strategy]
-
-    return get
-
-
 def _param(strategy: str):
     marks = [pytest.mark.slow] if strategy in DEEPSPEED else []  # DeepSpeed's start (and first JIT build)
     return pytest.param(strategy, marks=marks, id=strategy)
@@ -54,6 +37,10 @@ def test_two_processes_match_one_process(strategy, strategy_run, reference):
     run = strategy_run(strategy).report
     ref = reference.report
     assert run["world_size"] == 2 and ref["world_size"] == 1
+    # Every rank built (FSDP2: on the meta device; ZeRO-3: under zero.Init) the weights and buffers one
+    # process builds for the same seed, bit for bit, and left the random generator where it leaves it.
+    assert run["initial_weights_differ"] == [] and run["initial_tensors"] == ref["initial_tensors"]
+    assert run["initial_rng_equal"] and ref["initial_rng_equal"]
     assert ref["losses"][-1] < ref["losses"][0]  # it trains: the comparison is not between two flat lines
     assert close(run["losses"], ref["losses"]), (run["losses"], ref["losses"])
     assert close(run["grad_norms"], ref["grad_norms"]), (run["grad_norms"], ref["grad_norms"])

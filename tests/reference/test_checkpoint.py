@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -18,9 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 import reference_llm.train.checkpoint as ckpt_mod
 from reference_llm.assets import corpus_path
+from reference_llm.cli import run_main
 from reference_llm.config import RunConfig
 from reference_llm.distributed.base import load_optimizer_state_by_name, optimizer_state_by_name
 from reference_llm.errors import CheckpointError
@@ -37,10 +41,13 @@ from reference_llm.train.checkpoint import (
     restore_rng_state,
     run_config_from_dict,
     save_checkpoint,
+    save_sharded_checkpoint,
     unique_state_dict,
 )
+from reference_llm.train.consolidate import main as consolidate_main
 from reference_llm.train.metrics import MetricsFile, read_metrics
 from reference_llm.train.optim import build_optimizer
+from reference_llm.train.sharded_checkpoint import Piece, ShardedCheckpoint, ShardedState, model_key, optim_key
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -473,3 +480,160 @@ def test_metrics_rewrite_at_resume_loses_nothing_when_it_fails(tmp_path, monkeyp
     metrics = MetricsFile(path, keep_through_step=270)
     metrics.close()
     assert read_metrics(path) == records[:270]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Sharded checkpoints (reference_llm/train/sharded_checkpoint.py), written here by one process; the
+# multi-process writers and readers are in tests/distributed/test_sharded.py.
+# ----------------------------------------------------------------------------------------------------
+
+
+def _sharded_state(model: Transformer, opt: torch.optim.Optimizer) -> ShardedState:
+    """What a rank that holds the whole model writes: every tensor as one piece, from element 0."""
+    by_name = optimizer_state_by_name(opt, model)
+    pieces, shapes, steps = {}, {}, {}
+    for name, param in model.named_parameters():
+        shapes[model_key(name)] = tuple(param.shape)
+        pieces[model_key(name)] = [Piece(0, param.detach().reshape(-1))]
+        for key, value in by_name["state"][name].items():
+            if key == "step":
+                steps[name] = float(value)
+            else:
+                shapes[optim_key(name, key)] = tuple(param.shape)
+                pieces[optim_key(name, key)] = [Piece(0, value.reshape(-1))]
+    return ShardedState(pieces, shapes, by_name["param_groups"], steps)
+
+
+def _save_sharded(run_dir: Path, model: Transformer, opt: torch.optim.Optimizer, step: int = 3) -> Path:
+    state = {"step": step, "config": RunConfig(model=model.config).to_dict(), "rng": capture_rng_state()}
+    return save_sharded_checkpoint(run_dir, step, _sharded_state(model, opt), "fsdp", state, tokenizer=None)
+
+
+def test_sharded_round_trip_and_consolidation(tmp_path, monkeypatch, capsys):
+    model, opt = _trained_pair("tiny-gpt2")
+    run = tmp_path / "runs" / "my-run"
+    step_dir = _save_sharded(run, model, opt)
+    assert (step_dir / "sharded.json").is_file() and not (step_dir / "model.safetensors").exists()
+    assert list_checkpoints(run) == [step_dir] and latest_checkpoint(run) == step_dir
+    loaded = load_checkpoint(run)  # gathered in this process from the shards
+    assert loaded.step == 3
+    assert set(loaded.weights) == set(unique_state_dict(model))
+    assert all(torch.equal(loaded.weights[n], t) for n, t in unique_state_dict(model).items())
+    expected = optimizer_state_by_name(opt, model)
+    for name, state in expected["state"].items():
+        assert all(torch.equal(loaded.optimizer_state["state"][name][k].float(), v.float()) for k, v in state.items())
+    groups = [g["params"] for g in loaded.optimizer_state["param_groups"]]
+    assert groups == [g["params"] for g in expected["param_groups"]]
+    # The converter, as docs/distributed.md shows it: the classic files appear beside the shards.
+    command = [sys.executable, "-m", "reference_llm.train.consolidate", "runs/my-run"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (step_dir / "model.safetensors").is_file() and not (step_dir / "optimizer.safetensors").exists()
+    monkeypatch.chdir(tmp_path)
+    # The same entry point in this process: --optimizer adds optimizer.safetensors; an existing file
+    # is kept without --force, in one line and exit code 2.
+    assert run_main(consolidate_main, ["runs/my-run/step_0000003", "--optimizer", "--force"]) == 0
+    assert (step_dir / "optimizer.safetensors").is_file()
+    consolidated = load_checkpoint(run)
+    assert all(torch.equal(consolidated.weights[n], t) for n, t in loaded.weights.items())
+    assert run_main(consolidate_main, ["runs/my-run"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "--force" in error and error.count("\n") == 1
+
+
+class _Plant:
+    """A pickle that creates a file when unpickled: what a hostile checkpoint would do instead."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_sharded_loading_never_unpickles(tmp_path, monkeypatch):
+    model, opt = _trained_pair()
+    step_dir = _save_sharded(tmp_path, model, opt)
+    marker = tmp_path / "pickle-ran"
+    planted = pickle.dumps(_Plant(marker))
+    # Negative control: DCP's default reader takes its metadata from a pickled `.metadata` file, so
+    # pointing it at a directory with a planted one runs the attacker's code.
+    (tmp_path / "dcp").mkdir()
+    (tmp_path / "dcp" / ".metadata").write_bytes(planted)
+    from torch.distributed.checkpoint import FileSystemReader
+
+    with contextlib.suppress(Exception):  # what it unpickled is no Metadata; the harm is done by then
+        FileSystemReader(str(tmp_path / "dcp")).read_metadata()
+    assert marker.exists()
+    marker.unlink()
+    # Ours reads JSON and safetensors headers only: a planted .metadata beside the shards is refused,
+    # one in the step directory is ignored, and nothing is unpickled either way.
+    def forbidden(*args, **kwargs):
+        raise AssertionError("checkpoint loading must not unpickle")
+
+    monkeypatch.setattr(pickle, "load", forbidden)
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    monkeypatch.setattr(pickle, "Unpickler", forbidden)
+    monkeypatch.setattr(torch, "load", forbidden)
+    (step_dir / ".metadata").write_bytes(planted)
+    assert load_checkpoint(step_dir).step == 3
+    (step_dir / "shards" / ".metadata").write_bytes(planted)
+    with pytest.raises(CheckpointError, match=r"\.metadata does not belong in a sharded checkpoint"):
+        load_checkpoint(step_dir)
+    assert not marker.exists()
+
+
+def _rewrite(shard: Path, change) -> None:
+    """Rewrite a shard file with `change(tensors, sharding)` applied (sharding: DCP's header entry)."""
+    with safe_open(str(shard), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        metadata = dict(f.metadata())
+    sharding = json.loads(metadata["DCP_SHARDING_INFO"])
+    change(tensors, sharding)
+    metadata["DCP_SHARDING_INFO"] = json.dumps(sharding)
+    save_file(tensors, str(shard), metadata=metadata)
+
+
+QKV = "model/blocks.0.attn.qkv.weight"
+TAMPERING = {
+    "a gap": lambda t, s: s[QKV].update(saved_offsets=[1]),
+    "overlap": None,  # a second rank's file claiming the same pieces (below)
+    "cover 0 of": lambda t, s: (t.pop(QKV), s.pop(QKV)),
+    "NaN or infinite": lambda t, s: t[QKV].__setitem__(0, float("nan")),
+    "negative values": lambda t, s: t["optim/blocks.0.attn.qkv.weight/exp_avg_sq"].__setitem__(0, -1.0),
+    "not a float32 piece": lambda t, s: t.__setitem__(QKV, t[QKV].double()),
+    "not listed in sharded.json": lambda t, s: (t.__setitem__("model/extra", torch.zeros(2)),
+                                                s.__setitem__("model/extra", {"saved_offsets": [0]})),
+}
+
+
+@pytest.mark.parametrize("problem", list(TAMPERING) + ["corrupt or truncated"])
+def test_a_tampered_shard_is_one_line_naming_the_problem(tmp_path, problem):
+    model, opt = _trained_pair()
+    step_dir = _save_sharded(tmp_path, model, opt)
+    shard = next((step_dir / "shards").iterdir())
+    if problem == "overlap":
+        shutil.copy(shard, shard.with_name("shard-00002-model-00001-of-00001.safetensors"))
+    elif problem == "corrupt or truncated":
+        shard.write_bytes(shard.read_bytes()[:200])
+    else:
+        _rewrite(shard, TAMPERING[problem])
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(step_dir)
+    assert problem in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_sharded_checkpoint_of_another_model_names_both_sides(tmp_path):
+    """Bad input: a checkpoint whose layout does not fit the model. The one line names the
+    checkpoint and who wrote it, the tensor on both sides, this run, and what would work."""
+    model, opt = _trained_pair("tiny")
+    step_dir = _save_sharded(tmp_path, model, opt)
+    wider = Transformer(ModelConfig.preset("tiny", d_model=128))
+    shapes = {name: tuple(p.shape) for name, p in wider.named_parameters()}
+    with pytest.raises(CheckpointError) as err:
+        ShardedCheckpoint.open(step_dir).check_layout(shapes, "this run: fsdp on 2 rank(s)")
+    message = str(err.value)
+    assert "\n" not in message and "(fsdp on 1 rank(s))" in message and "this run: fsdp on 2 rank(s)" in message
+    assert "tok_emb.weight" in message and str(tuple(model.tok_emb.weight.shape)) in message
+    assert str(tuple(wider.tok_emb.weight.shape)) in message and "start a new run" in message
