@@ -109,8 +109,9 @@ def drive(tmp_path_factory: pytest.TempPathFactory, launch_ok):
 
     root = tmp_path_factory.mktemp("drive")
 
-    def run_driver(name: str, strategy: str, *extra: str, save_at: int = 0, offload: str = "none",
-                   nproc: int = 2) -> DriverRun:
+    def run_driver(
+        name: str, strategy: str, *extra: str, save_at: int = 0, offload: str = "none", nproc: int = 2
+    ) -> DriverRun:
         out = root / f"{name}.json"
         args = [str(DRIVER), "--strategy", strategy, "--offload", offload, "--out", str(out), *extra]
         checkpoint = None
@@ -121,8 +122,12 @@ def drive(tmp_path_factory: pytest.TempPathFactory, launch_ok):
         micro = 8 // (2 * nproc)
         if strategy in STAGES:
             # The DeepSpeed config the generated project would have for this run.
-            cfg = config_from_dict({"train": {"micro_batch": micro, "grad_accum": 2, "grad_clip": 0.5},
-                                    "distributed": {"strategy": strategy, "offload": offload}})
+            cfg = config_from_dict(
+                {
+                    "train": {"micro_batch": micro, "grad_accum": 2, "grad_clip": 0.5},
+                    "distributed": {"strategy": strategy, "offload": offload},
+                }
+            )
             ds = root / f"{name}-deepspeed.json"
             ds.write_text(json.dumps(build(cfg, world_size=nproc, bf16=False)))
             args += ["--ds-config", str(ds)]

@@ -49,13 +49,24 @@ def batch_for_step(step: int, global_batch: int, vocab: int) -> tuple[torch.Tens
 
 
 def run_config(args: argparse.Namespace) -> RunConfig:
-    return config_from_dict({
-        "model": {"preset": args.preset, **json.loads(args.model)},
-        "train": {"micro_batch": args.micro_batch, "grad_accum": args.grad_accum, "seq_len": SEQ_LEN,
-                  "dtype": args.dtype, "device": "cpu", "lr": args.lr, "min_lr": 0.0, "grad_clip": args.grad_clip,
-                  "weight_decay": 0.1, "activation_checkpointing": args.activation_checkpointing},
-        "distributed": {"strategy": args.strategy, "deepspeed_config": args.ds_config, "offload": args.offload},
-    })
+    return config_from_dict(
+        {
+            "model": {"preset": args.preset, **json.loads(args.model)},
+            "train": {
+                "micro_batch": args.micro_batch,
+                "grad_accum": args.grad_accum,
+                "seq_len": SEQ_LEN,
+                "dtype": args.dtype,
+                "device": "cpu",
+                "lr": args.lr,
+                "min_lr": 0.0,
+                "grad_clip": args.grad_clip,
+                "weight_decay": 0.1,
+                "activation_checkpointing": args.activation_checkpointing,
+            },
+            "distributed": {"strategy": args.strategy, "deepspeed_config": args.ds_config, "offload": args.offload},
+        }
+    )
 
 
 def main() -> int:
@@ -64,9 +75,12 @@ def main() -> int:
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--model", default="{}", help="JSON object of ModelConfig fields over the preset's")
     parser.add_argument("--activation-checkpointing", default="none", choices=["none", "selective", "full"])
-    parser.add_argument("--memory", action="store_true",
-                        help="report each rank's peak RSS above its RSS before the model is built (and skip the "
-                             "final gather of the weights, which would raise it)")
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="report each rank's peak RSS above its RSS before the model is built (and skip the "
+        "final gather of the weights, which would raise it)",
+    )
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--first-step", type=int, default=0, help="first step (after --load)")
     parser.add_argument("--micro-batch", type=int, default=2)

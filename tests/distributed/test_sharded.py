@@ -27,8 +27,9 @@ def close(a: list[float], b: list[float]) -> bool:
 
 
 def resume(drive, source, strategy: str, name: str, nproc: int = 2, *extra: str):
-    return drive(name, strategy, "--load", str(source.checkpoint), "--first-step", "2", "--steps", "2", *extra,
-                 nproc=nproc).report
+    return drive(
+        name, strategy, "--load", str(source.checkpoint), "--first-step", "2", "--steps", "2", *extra, nproc=nproc
+    ).report
 
 
 def test_fsdp_writes_a_shard_per_rank_and_resumes_bit_exactly(drive, strategy_run):
@@ -36,7 +37,9 @@ def test_fsdp_writes_a_shard_per_rank_and_resumes_bit_exactly(drive, strategy_ru
     step = source.checkpoint / "step_0000002"
     assert (step / "sharded.json").is_file() and not (step / "model.safetensors").exists()  # nothing gathered
     assert sorted(p.name for p in (step / "shards").iterdir()) == [
-        "shard-00001-model-00001-of-00001.safetensors", "shard-00002-model-00001-of-00001.safetensors"]
+        "shard-00001-model-00001-of-00001.safetensors",
+        "shard-00002-model-00001-of-00001.safetensors",
+    ]
     manifest = json.loads((step / "sharded.json").read_text())
     assert manifest["strategy"] == "fsdp" and manifest["world_size"] == 2
     resumed = resume(drive, source, "fsdp", "fsdp-to-fsdp")
@@ -63,8 +66,9 @@ RESHARDS = [
 
 
 @pytest.mark.parametrize(("writer", "reader", "nproc"), RESHARDS)
-def test_a_sharded_checkpoint_loads_at_another_world_size_or_strategy(writer, reader, nproc, drive, strategy_run,
-                                                                      reference):
+def test_a_sharded_checkpoint_loads_at_another_world_size_or_strategy(
+    writer, reader, nproc, drive, strategy_run, reference
+):
     resumed = resume(drive, strategy_run(writer), reader, f"{writer}-2-to-{reader}-{nproc}", nproc)
     assert resumed["world_size"] == nproc
     # Weights and AdamW state (moments and step) came through: steps 3 and 4 are the uninterrupted
@@ -97,10 +101,18 @@ MEMORY_TOLERANCE = 0.15
 def per_rank_estimate(config: ModelConfig, strategy: str) -> float:
     """llmgen's estimate of one rank's memory (bytes): `--hardware cpu` models one process only, so
     each CPU rank is described as one device of a 2-device machine."""
-    rank = GPUSpec("cpu-rank", bf16_tflops=1.0, fp32_tflops=1.0, fp8_tflops=None, memory_gib=8.0,
-                   price_per_hour=0.0, mfu=0.35)
-    spec = RunSpec(config, Hardware(1, 2, rank), tokens=1e6, parallelism=strategy, precision="float32",
-                   micro_batch=1, seq_len=SEQ_LEN)
+    rank = GPUSpec(
+        "cpu-rank", bf16_tflops=1.0, fp32_tflops=1.0, fp8_tflops=None, memory_gib=8.0, price_per_hour=0.0, mfu=0.35
+    )
+    spec = RunSpec(
+        config,
+        Hardware(1, 2, rank),
+        tokens=1e6,
+        parallelism=strategy,
+        precision="float32",
+        micro_batch=1,
+        seq_len=SEQ_LEN,
+    )
     return estimate_run(spec).memory_per_gpu_gib * 2**30
 
 
@@ -114,8 +126,21 @@ def test_each_rank_holds_its_share_of_a_model_one_process_could_not_hold(drive):
     estimate = per_rank_estimate(config, "fsdp")
     budget = (1 + MEMORY_TOLERANCE) * estimate
     assert 12 * config.num_params() > budget
-    run = drive("fsdp-memory", "fsdp", "--preset", "tiny-gpt2", "--model", json.dumps(LARGE), "--micro-batch", "1",
-                "--grad-accum", "1", "--steps", "2", "--memory").report
+    run = drive(
+        "fsdp-memory",
+        "fsdp",
+        "--preset",
+        "tiny-gpt2",
+        "--model",
+        json.dumps(LARGE),
+        "--micro-batch",
+        "1",
+        "--grad-accum",
+        "1",
+        "--steps",
+        "2",
+        "--memory",
+    ).report
     assert run["losses"][1] < run["losses"][0] + 1.0 and all(math.isfinite(x) for x in run["losses"])
     for rank, peak in enumerate(run["peak_rss_above_start"]):
         assert peak < budget, f"rank {rank}: {peak / 2**20:.0f} MiB over a budget of {budget / 2**20:.0f} MiB"

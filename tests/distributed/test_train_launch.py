@@ -84,8 +84,9 @@ def test_train_under_torchrun_then_resume_under_zero2(tmp_path, launch_ok):
     assert model.num_params() == sum(w.numel() for w in second.weights.values())
 
 
-def test_fsdp_training_writes_shards_resumes_with_checkpointing_and_refuses_another_model(tmp_path, launch_ok,
-                                                                                       torchrun):
+def test_fsdp_training_writes_shards_resumes_with_checkpointing_and_refuses_another_model(
+    tmp_path, launch_ok, torchrun
+):
     """The real entry point under FSDP2: the model is built deferred, each rank writes its shard; a
     resume with activation checkpointing on carries on; consolidation gives an ordinary model; and a
     resume into a different model is one line naming both sides."""

@@ -30,20 +30,35 @@ pytestmark = pytest.mark.usefixtures("fixed_cpu", "template_cache")
 PACKAGE = "learner"
 EXERCISE_TESTS = sorted({test for exercise in EXERCISES for test in exercise.tests})
 LEARNER_FILES = sorted({f"src/{PACKAGE}/{e.file}" for e in EXERCISES})
-TINY = ('[model]\npreset = "tiny"\n[data]\nvocab_size = 320\n[train]\nmax_steps = 3\nmicro_batch = 2\n'
-        'grad_accum = 2\ndtype = "float32"\n[eval]\niters = 1\n')
+TINY = (
+    '[model]\npreset = "tiny"\n[data]\nvocab_size = 320\n[train]\nmax_steps = 3\nmicro_batch = 2\n'
+    'grad_accum = 2\ndtype = "float32"\n[eval]\niters = 1\n'
+)
 
 
 def render(tmp_path: Path, exercises: bool, git: bool = False) -> Path:
-    plan = plan_run(PACKAGE, {"track": "beginner", "budget": "laptop", "hardware": "cpu", "parallelism": "auto",
-                              "model_preset": "demo", "exercises": exercises})
+    plan = plan_run(
+        PACKAGE,
+        {
+            "track": "beginner",
+            "budget": "laptop",
+            "hardware": "cpu",
+            "parallelism": "auto",
+            "model_preset": "demo",
+            "exercises": exercises,
+        },
+    )
     project = tmp_path / ("exercise" if exercises else "complete")
     project.mkdir()
     render_into(plan.answers, project)
     if git:
         for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "generated"]):
-            subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org", *args], cwd=project,
-                           check=True, capture_output=True)
+            subprocess.run(
+                ["git", "-c", "user.name=t", "-c", "user.email=t@example.org", *args],
+                cwd=project,
+                check=True,
+                capture_output=True,
+            )
     return project
 
 
@@ -97,12 +112,26 @@ def test_stubs_in_exercise_mode_solutions_in_complete_mode(tmp_path):
         assert "Hints:" in ast.get_docstring(stub) and "Hints:" not in ast.get_docstring(solution)
         assert raises_not_implemented(solution) is None and len(solution.body) > 1, f"{item.symbol}: no solution"
     # Besides the learner's files, only what describes the mode differs.
-    differing = {p.relative_to(exercise).as_posix() for p in exercise.rglob("*") if p.is_file()
-                 and (complete / p.relative_to(exercise)).read_bytes() != p.read_bytes()}
-    described = {".copier-answers.yml", "ROADMAP.md", "ROADMAP.pdf", "roadmap.html", "README.md",
-                 ".github/workflows/ci.yml", f"src/{PACKAGE}/exercises.py", "tests/checkpoints/conftest.py"}
-    assert set(LEARNER_FILES) <= differing <= set(LEARNER_FILES) | described | {
-        p for p in differing if p.startswith("notebooks/")}
+    differing = {
+        p.relative_to(exercise).as_posix()
+        for p in exercise.rglob("*")
+        if p.is_file() and (complete / p.relative_to(exercise)).read_bytes() != p.read_bytes()
+    }
+    described = {
+        ".copier-answers.yml",
+        "ROADMAP.md",
+        "ROADMAP.pdf",
+        "roadmap.html",
+        "README.md",
+        ".github/workflows/ci.yml",
+        f"src/{PACKAGE}/exercises.py",
+        "tests/checkpoints/conftest.py",
+    }
+    assert (
+        set(LEARNER_FILES)
+        <= differing
+        <= set(LEARNER_FILES) | described | {p for p in differing if p.startswith("notebooks/")}
+    )
 
 
 def test_the_project_tells_which_files_are_exercises(tmp_path):
@@ -116,27 +145,54 @@ def test_the_project_tells_which_files_are_exercises(tmp_path):
         where = f"src/{PACKAGE}/{item.file}"
         assert f"`{item.symbol}` | `{where}`" in readme
         assert where in html and f"`{item.symbol}` in `{where}`" in roadmap
-    for phrase in ("exercise not written yet", "exercises: 0 of 6 written", "make demo", "make train",
-                   f"python -m {PACKAGE}.train", "--no-exercises", "exercises=false"):
+    for phrase in (
+        "exercise not written yet",
+        "exercises: 0 of 6 written",
+        "make demo",
+        "make train",
+        f"python -m {PACKAGE}.train",
+        "--no-exercises",
+        "exercises=false",
+    ):
         assert phrase in readme, phrase
     assert "paths and config helpers" not in readme
     assert html.count('class="tag exercise"') >= len({e.step for e in EXERCISES})
-    assert all(f'id="node-{e.step}"' in html and "exercise" in html.split(f'id="node-{e.step}"')[0].rsplit("<a ", 1)[1]
-               for e in EXERCISES)
+    assert all(
+        f'id="node-{e.step}"' in html and "exercise" in html.split(f'id="node-{e.step}"')[0].rsplit("<a ", 1)[1]
+        for e in EXERCISES
+    )
 
 
 def run_tests(project: Path, report: Path, env: dict[str, str], *tests: str) -> tuple[dict[str, str | None], str]:
     """Each test's outcome ("passed", "skipped: ..." or the failure message), and pytest's output."""
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}",
-                             *(tests or EXERCISE_TESTS)], cwd=project, capture_output=True, text=True, timeout=600,
-                            env=env)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"--junitxml={report}",
+            *(tests or EXERCISE_TESTS),
+        ],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     outcome = {}
     for case in ET.parse(report).iter("testcase"):
         nodeid = f"tests/checkpoints/{case.get('classname').split('.')[-1]}.py::{case.get('name')}"
         failure, skipped = case.find("failure"), case.find("skipped")
-        outcome[nodeid] = ("passed" if failure is None and skipped is None else
-                           f"skipped: {skipped.get('message', '')}" if skipped is not None else
-                           failure.get("message", "") + (failure.text or ""))
+        outcome[nodeid] = (
+            "passed"
+            if failure is None and skipped is None
+            else f"skipped: {skipped.get('message', '')}"
+            if skipped is not None
+            else failure.get("message", "") + (failure.text or "")
+        )
     return outcome, result.stdout
 
 
@@ -161,23 +217,33 @@ def test_exercises_skip_with_pointers_then_pass_once_solved(tmp_path, subprocess
 # What a first attempt most often gets wrong, as an edit of the solution, and what its test must say.
 # Two rounds: generate calls sample_next, so the cropping slip is planted with a correct sample_next.
 MISTAKES = [
-    {"attention.py": [('    scores = scores.masked_fill(~allowed, float("-inf"))\n', "")],
-     "block.py": [("        x = x + self.attn(self.attn_norm(x), rope)\n",
-                   "        x = self.attn(self.attn_norm(x), rope)\n")],
-     "train_step.py": [("    optimizer.zero_grad(set_to_none=True)\n", "")],
-     "sampling.py": [("    if temperature == 0:\n        return logits.argmax(dim=-1)\n", "")]},
-    {"sampling.py": [("logits, _ = model(idx[:, -block_size:])", "logits, _ = model(idx)")],
-     "bpe.py": [("    ids = list(ids)\n", ""),  # no copy, and the list merged in place: the caller's changes
-                ("        ids = merge(ids, pair, new_id)\n", "        ids[:] = merge(ids, pair, new_id)\n")]},
+    {
+        "attention.py": [('    scores = scores.masked_fill(~allowed, float("-inf"))\n', "")],
+        "block.py": [
+            ("        x = x + self.attn(self.attn_norm(x), rope)\n", "        x = self.attn(self.attn_norm(x), rope)\n")
+        ],
+        "train_step.py": [("    optimizer.zero_grad(set_to_none=True)\n", "")],
+        "sampling.py": [("    if temperature == 0:\n        return logits.argmax(dim=-1)\n", "")],
+    },
+    {
+        "sampling.py": [("logits, _ = model(idx[:, -block_size:])", "logits, _ = model(idx)")],
+        "bpe.py": [
+            ("    ids = list(ids)\n", ""),  # no copy, and the list merged in place: the caller's changes
+            ("        ids = merge(ids, pair, new_id)\n", "        ids[:] = merge(ids, pair, new_id)\n"),
+        ],
+    },
 ]
 SAYS = [
-    {"test_model.py::test_causal_attention_matches_reference":
-        "attention sees the future: the output at position 0 changed when token 5 changed; apply the causal mask",
-     "test_model.py::test_block_matches_reference": "must be added to the residual stream",
-     "test_training.py::test_train_step_matches_reference": "gradients are left in .grad",
-     "test_generate.py::test_sampling_follows_the_distribution": "before dividing by the temperature"},
-    {"test_generate.py::test_greedy_generation_matches_reference": "feed the model idx[:, -block_size:]",
-     "test_tokenizer.py::test_bpe_merges_on_toy_text": "train_merges changed the list it was given"},
+    {
+        "test_model.py::test_causal_attention_matches_reference": "attention sees the future: the output at position 0 changed when token 5 changed; apply the causal mask",
+        "test_model.py::test_block_matches_reference": "must be added to the residual stream",
+        "test_training.py::test_train_step_matches_reference": "gradients are left in .grad",
+        "test_generate.py::test_sampling_follows_the_distribution": "before dividing by the temperature",
+    },
+    {
+        "test_generate.py::test_greedy_generation_matches_reference": "feed the model idx[:, -block_size:]",
+        "test_tokenizer.py::test_bpe_merges_on_toy_text": "train_merges changed the list it was given",
+    },
 ]
 
 
@@ -193,8 +259,9 @@ def test_each_test_names_the_likely_mistake_first(tmp_path, subprocess_env):
             for old, new in edits:
                 assert old in path.read_text(), f"{name}: the solution changed; update MISTAKES"
                 path.write_text(path.read_text().replace(old, new))
-        outcome, _ = run_tests(exercise, tmp_path / f"wrong{round_}.xml", subprocess_env,
-                               *(f"tests/checkpoints/{test}" for test in says))
+        outcome, _ = run_tests(
+            exercise, tmp_path / f"wrong{round_}.xml", subprocess_env, *(f"tests/checkpoints/{test}" for test in says)
+        )
         for test, message in says.items():
             got = outcome[f"tests/checkpoints/{test}"]
             assert message in got, f"{test}: expected {message!r} in:\n{got[:1500]}"
@@ -211,8 +278,9 @@ def test_train_and_sample_run_your_code_once_written(tmp_path, subprocess_env):
     env = project_env(subprocess_env, exercise, overlay)
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", *args], cwd=exercise, env=env, capture_output=True, text=True,
-                              timeout=600)
+        return subprocess.run(
+            [sys.executable, "-m", *args], cwd=exercise, env=env, capture_output=True, text=True, timeout=600
+        )
 
     stubs = run(f"{PACKAGE}.train", "--config", "configs/train.toml", "checkpoint.dir=runs/stubs")
     assert stubs.returncode == 0, stubs.stderr[-3000:]
@@ -220,12 +288,15 @@ def test_train_and_sample_run_your_code_once_written(tmp_path, subprocess_env):
 
     solve(exercise, complete)
     marker = exercise / "ran.txt"  # each call of the learner's Block.forward and generate appends a line
-    for name, anchor, tag in (("block.py", "        x = x + self.attn(", "block"),
-                              ("sampling.py", "    block_size = model.config.block_size", "generate")):
+    for name, anchor, tag in (
+        ("block.py", "        x = x + self.attn(", "block"),
+        ("sampling.py", "    block_size = model.config.block_size", "generate"),
+    ):
         path = exercise / "src" / PACKAGE / name
-        indent = anchor[:len(anchor) - len(anchor.lstrip())]
-        path.write_text(path.read_text().replace(anchor, f"{indent}open({str(marker)!r}, 'a').write('{tag}\\n')\n"
-                                                          f"{anchor}", 1))
+        indent = anchor[: len(anchor) - len(anchor.lstrip())]
+        path.write_text(
+            path.read_text().replace(anchor, f"{indent}open({str(marker)!r}, 'a').write('{tag}\\n')\n{anchor}", 1)
+        )
     reference = run("reference_llm.train", "--config", "configs/train.toml", "checkpoint.dir=runs/reference")
     assert reference.returncode == 0 and not marker.exists(), reference.stderr[-3000:]
     yours = run(f"{PACKAGE}.train", "--config", "configs/train.toml")
@@ -236,8 +307,17 @@ def test_train_and_sample_run_your_code_once_written(tmp_path, subprocess_env):
     # The same run as reference_llm's (same init, data, schedule; accumulation as one batch): the same losses.
     losses = [float(re.search(r"done: step 3 \| loss ([\d.]+)", r.stdout).group(1)) for r in (reference, yours)]
     assert abs(losses[0] - losses[1]) <= 2e-3, losses  # printed to 4 significant digits
-    sample = run(f"{PACKAGE}.sample", "--checkpoint", "runs/learner", "--prompt", "ROMEO:", "--max-new-tokens", "4",
-                 "--seed", "0")
+    sample = run(
+        f"{PACKAGE}.sample",
+        "--checkpoint",
+        "runs/learner",
+        "--prompt",
+        "ROMEO:",
+        "--max-new-tokens",
+        "4",
+        "--seed",
+        "0",
+    )
     assert sample.returncode == 0 and sample.stdout.startswith("ROMEO:"), sample.stderr[-3000:]
     assert "yours: the generation loop" in sample.stderr and "generate" in marker.read_text().split()
 
@@ -257,8 +337,14 @@ def run_workflow(project: Path, env: dict[str, str], spec: str) -> list[tuple[st
             continue
         if "pip install" in step["run"]:
             continue
-        result = subprocess.run(["bash", "-e", "-c", step["run"]], cwd=project, capture_output=True, text=True,
-                                timeout=900, env={**env, "LLMGEN_SPEC": spec, "GITHUB_STEP_SUMMARY": str(summary)})
+        result = subprocess.run(
+            ["bash", "-e", "-c", step["run"]],
+            cwd=project,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            env={**env, "LLMGEN_SPEC": spec, "GITHUB_STEP_SUMMARY": str(summary)},
+        )
         results.append((step["name"], result))
     return results
 
@@ -280,8 +366,10 @@ def test_ci_is_green_on_the_first_push_and_reports_progress(tmp_path, subprocess
     assert "::warning::the tests did not run" in unset[1][1].stdout
     assert "| causal self-attention (`causal_attention`)" in (tmp_path / "summary-False.md").read_text()
     set_ = run_workflow(project, env, "llmgen @ git+https://example.org/llmgen")
-    assert [name for name, _ in set_][-2:] == ["Data compliance (manifest, sha256, personal data, licences; see "
-                                               "COMPLIANCE.md)", "Checkpoint tests"]
+    assert [name for name, _ in set_][-2:] == [
+        "Data compliance (manifest, sha256, personal data, licences; see COMPLIANCE.md)",
+        "Checkpoint tests",
+    ]
     for name, result in set_:
         assert result.returncode == 0, f"{name}:\n{result.stdout[-3000:]}\n{result.stderr[-2000:]}"
     tests = set_[-1][1].stdout
@@ -294,14 +382,25 @@ def test_switching_to_complete_mode_as_the_readme_says(tmp_path, subprocess_env)
     """README: `copier update --defaults --data exercises=false` (after committing) turns the stubs into
     the reference solutions."""
     project = render(tmp_path, True, git=True)
-    result = subprocess.run([sys.executable, "-m", "copier", "update", "--defaults", "--data", "exercises=false"],
-                            cwd=project, capture_output=True, text=True, timeout=600, env=subprocess_env)
+    result = subprocess.run(
+        [sys.executable, "-m", "copier", "update", "--defaults", "--data", "exercises=false"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=subprocess_env,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     complete = render(tmp_path, False)
     for path in LEARNER_FILES:
         assert (project / path).read_text() == (complete / path).read_text(), path
-    progress = subprocess.run([sys.executable, "-m", f"{PACKAGE}.exercises"], cwd=project, capture_output=True,
-                              text=True, env=project_env(subprocess_env, project))
+    progress = subprocess.run(
+        [sys.executable, "-m", f"{PACKAGE}.exercises"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env=project_env(subprocess_env, project),
+    )
     assert f"exercises: {len(EXERCISES)} of {len(EXERCISES)} written" in progress.stdout
 
 
@@ -309,5 +408,5 @@ def test_every_exercise_has_a_quick_check(tmp_path):
     """train.py and sample.py check a written part before using it (src/<package>/checks.py)."""
     project = render(tmp_path, True)
     source = (project / "src" / PACKAGE / "checks.py").read_text()
-    table = source[source.index("CHECKS"):]
+    table = source[source.index("CHECKS") :]
     assert sorted(re.findall(r'"([\w.]+)": check_', table)) == sorted(e.symbol for e in EXERCISES)

@@ -174,15 +174,27 @@ def test_copier_update_gives_the_llmgen_update(tmp_path, versions):
 
 def planned_answers(out: Path, **changes) -> Path:
     """A beginner project's answers as llmgen records them (compact roadmap), as a --data-file."""
-    answers = plan_run("proj", {"track": "beginner", "budget": "laptop", "hardware": "cpu", "parallelism": "auto",
-                                "model_preset": "demo", "exercises": True}).answers
+    answers = plan_run(
+        "proj",
+        {
+            "track": "beginner",
+            "budget": "laptop",
+            "hardware": "cpu",
+            "parallelism": "auto",
+            "model_preset": "demo",
+            "exercises": True,
+        },
+    ).answers
     out.write_text(yaml.safe_dump({**answers, "roadmap": compact_roadmap(answers["roadmap"]), **changes}))
     return out
 
 
 def copier_copy(ref, answers: Path, out: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([*COPIER, "copy", "--defaults", "--vcs-ref", ref.tag, "--data-file", str(answers),
-                           str(ref.path), str(out)], capture_output=True, text=True)
+    return subprocess.run(
+        [*COPIER, "copy", "--defaults", "--vcs-ref", ref.tag, "--data-file", str(answers), str(ref.path), str(out)],
+        capture_output=True,
+        text=True,
+    )
 
 
 def test_missing_roadmap_is_copiers_one_line_question_error(tmp_path, versions):

@@ -567,6 +567,7 @@ def test_sharded_loading_never_unpickles(tmp_path, monkeypatch):
         FileSystemReader(str(tmp_path / "dcp")).read_metadata()
     assert marker.exists()
     marker.unlink()
+
     # Ours reads JSON and safetensors headers only: a planted .metadata beside the shards is refused,
     # one in the step directory is ignored, and nothing is unpickled either way.
     def forbidden(*args, **kwargs):
@@ -603,8 +604,10 @@ TAMPERING = {
     "NaN or infinite": lambda t, s: t[QKV].__setitem__(0, float("nan")),
     "negative values": lambda t, s: t["optim/blocks.0.attn.qkv.weight/exp_avg_sq"].__setitem__(0, -1.0),
     "not a float32 piece": lambda t, s: t.__setitem__(QKV, t[QKV].double()),
-    "not listed in sharded.json": lambda t, s: (t.__setitem__("model/extra", torch.zeros(2)),
-                                                s.__setitem__("model/extra", {"saved_offsets": [0]})),
+    "not listed in sharded.json": lambda t, s: (
+        t.__setitem__("model/extra", torch.zeros(2)),
+        s.__setitem__("model/extra", {"saved_offsets": [0]}),
+    ),
 }
 
 
