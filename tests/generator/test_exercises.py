@@ -235,7 +235,9 @@ MISTAKES = [
 ]
 SAYS = [
     {
-        "test_model.py::test_causal_attention_matches_reference": "attention sees the future: the output at position 0 changed when token 5 changed; apply the causal mask",
+        "test_model.py::test_causal_attention_matches_reference": (
+            "attention sees the future: the output at position 0 changed when token 5 changed; apply the causal mask"
+        ),
         "test_model.py::test_block_matches_reference": "must be added to the residual stream",
         "test_training.py::test_train_step_matches_reference": "gradients are left in .grad",
         "test_generate.py::test_sampling_follows_the_distribution": "before dividing by the temperature",
