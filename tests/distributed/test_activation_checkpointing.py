@@ -59,6 +59,7 @@ def test_checkpointing_changes_what_is_kept_not_what_is_computed(attention, mode
 def step_peak(model: Transformer, idx: torch.Tensor) -> int:
     """Peak bytes allocated during one forward + backward (the logits held by the caller, as in
     training), after a first step so that gradients exist; the estimator tests measure the same way."""
+
     def step() -> None:
         logits, loss = model(idx, idx)
         loss.backward()
@@ -68,17 +69,26 @@ def step_peak(model: Transformer, idx: torch.Tensor) -> int:
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
     in_use = peak = 0
-    for event in sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                        key=lambda e: e.start_ns()):
+    for event in sorted(
+        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns()
+    ):
         in_use += event.nbytes()
         peak = max(peak, in_use)
     return peak
 
 
 def estimated_step(config: ModelConfig, mode: str) -> float:
-    spec = RunSpec(config, Hardware(1, 1, cpu_spec(tflops=1.0)), tokens=1e6, parallelism="single",
-                   precision="float32", micro_batch=BATCH, seq_len=config.block_size, activation_checkpointing=mode,
-                   attention="manual")
+    spec = RunSpec(
+        config,
+        Hardware(1, 1, cpu_spec(tflops=1.0)),
+        tokens=1e6,
+        parallelism="single",
+        precision="float32",
+        micro_batch=BATCH,
+        seq_len=config.block_size,
+        activation_checkpointing=mode,
+        attention="manual",
+    )
     gib = estimate_run(spec).memory_breakdown_gib
     return (gib["activations"] + gib["logits"] + gib["buffers"]) * 2**30
 
@@ -118,8 +128,14 @@ def test_checkpointed_blocks_compile():
 @pytest.mark.slow
 def test_the_benchmark_runs_as_its_docstring_says(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "benchmarks/activation_memory.py", "--quick", "--json"], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "benchmarks/activation_memory.py", "--quick", "--json"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout)
     rows = {(r["attention"], r["checkpointing"]): r for r in report["rows"]}
