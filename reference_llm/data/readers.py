@@ -466,7 +466,9 @@ def _parquet(src: SourceFile, limit: int, bad: BadRecords) -> Iterator[tuple[str
 
     row = 0
     try:
-        pf = pq.ParquetFile(src.path)
+        # pre_buffer (on by default) reads column chunks ahead and, with threads, several row groups at
+        # once: reading a 90 MB file then peaked at ~240 MB above the import instead of ~90 MB.
+        pf = pq.ParquetFile(src.path, pre_buffer=False, buffer_size=BLOCK)
         if not _check_column(src, pf.schema_arrow, bad):
             return
         meta = pf.metadata
@@ -475,7 +477,7 @@ def _parquet(src: SourceFile, limit: int, bad: BadRecords) -> Iterator[tuple[str
         # large documents is not decoded at once.
         rows = max(1, min(65_536, int(limit / 10 / max(1.0, size / max(1, meta.num_rows)))))
         top = src.text_field.split(".")[0]
-        for batch in pf.iter_batches(batch_size=rows, columns=[top]):
+        for batch in pf.iter_batches(batch_size=rows, columns=[top], use_threads=False):
             yield from _column_values(batch, src, row, bad)
             row += batch.num_rows
     except (pa.ArrowException, OSError) as exc:
