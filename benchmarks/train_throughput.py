@@ -54,7 +54,7 @@ import reference_llm
 from reference_llm.config import RunConfig
 from reference_llm.distributed import SingleDeviceEngine
 from reference_llm.model import ModelConfig, Transformer
-from reference_llm.train import train_step
+from reference_llm.train import perf, train_step
 from reference_llm.train.optim import optimizer_factory
 from reference_llm.train.perf import autocast, keep_freed_memory, measure_matmul_peak, mfu, resolve_dtype
 
@@ -109,7 +109,9 @@ class Runner:
         self.config = config
         self.engine = SingleDeviceEngine(config, Transformer(config.model), optimizer_factory(config.train))
         self.dtype = resolve_dtype(recipe.dtype, self.engine.device)
-        self.forward = torch.compile(self.engine.model) if recipe.compile else self.engine.model
+        # What the Trainer compiles with; an earlier library (--baseline-tree) may predate compile_model.
+        compile_model = getattr(perf, "compile_model", torch.compile)
+        self.forward = compile_model(self.engine.model) if recipe.compile else self.engine.model
         tokens = torch.randint(
             0, config.model.vocab_size, (shape.batch, shape.seq_len + 1), generator=torch.Generator().manual_seed(0)
         )

@@ -196,6 +196,15 @@ def inductor_cache_dir(default: Path) -> Path:
     return Path(current)
 
 
+def compile_model(model: torch.nn.Module) -> Callable:
+    """`torch.compile(model)`, with inductor's C++ wrapper for a model on the CPU: the compiled graphs
+    then launch their kernels from C++ instead of one Python call each. Without AMX it measured 3% (6/384)
+    to 8% (4/128) faster per step, nothing on the demo shape, for a 5-40% longer cold compile; the smaller
+    and faster the step, the more of it per-kernel Python overhead is (AMX CPUs)."""
+    on_cpu = next((p.device.type == "cpu" for p in model.parameters()), True)
+    return torch.compile(model, options={"cpp_wrapper": True} if on_cpu else None)
+
+
 class AutoCompile:
     """The forward function for `train.compile = "auto"`: eager at first, compiled once that pays off.
 
@@ -222,7 +231,7 @@ class AutoCompile:
         record: Path,
         note: Callable[[str], None],
         clock: Callable[[], float] = time.perf_counter,
-        compile_fn: Callable[[torch.nn.Module], Callable] = torch.compile,
+        compile_fn: Callable[[torch.nn.Module], Callable] = compile_model,
         busy: Callable[[], float] | None = None,
     ) -> None:
         self.model, self.planned_calls, self.budget_s = model, planned_calls, budget_s

@@ -20,8 +20,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from reference_llm.cli import ArgumentParser
 from reference_llm.config import RunConfig, load_config
 from reference_llm.data import TokenLoader, prepare_data
@@ -45,6 +43,7 @@ from reference_llm.train.perf import (
     AutoCompile,
     check_compile_setting,
     compile_key,
+    compile_model,
     inductor_cache_dir,
     resolve_dtype,
 )
@@ -106,7 +105,7 @@ class Trainer:
         # otherwise), so that the next run of this project compiles in seconds.
         cache = inductor_cache_dir(Path(".cache") / "inductor")
         if setting is True:
-            return torch.compile(self.engine.model)
+            return compile_model(self.engine.model)
         key = compile_key(self.config.model, self.device, self.dtype, t.micro_batch, self.seq_len)
         budget = t.max_minutes * 60 - self.elapsed if t.max_minutes > 0 else math.inf
         main = self.engine.is_main

@@ -366,3 +366,18 @@ def test_trainer_with_compile_auto_keeps_the_compile_cache_in_the_project(tmp_pa
     assert trainer.forward.compiled is False and "compile auto: staying eager" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="train.compile"):
         Trainer(config("yes"))
+
+
+@pytest.mark.slow  # compiles a model: ~20-60 s cold on 2 cores
+def test_compile_model_trains_like_eager():
+    """compile_model (torch.compile with inductor's C++ wrapper on the CPU) runs training steps forward
+    and backward, and the losses follow the eager model's to float32 rounding."""
+    losses = {}
+    for mode in ("eager", "compiled"):
+        engine = _engine(seed=0)
+        forward = perf.compile_model(engine.model) if mode == "compiled" else engine.model
+        batch = _batch(4, 32)
+        losses[mode] = [train_step(engine, [batch], 1, 1e-3, 1.0, torch.float32, forward=forward)[0].item()
+                        for _ in range(3)]
+    assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-4)
+    assert losses["eager"][2] < losses["eager"][0]  # the same batch three times: it is learnt
