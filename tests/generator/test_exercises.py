@@ -125,6 +125,7 @@ def test_stubs_in_exercise_mode_solutions_in_complete_mode(tmp_path):
         "README.md",
         ".github/workflows/ci.yml",
         f"src/{PACKAGE}/exercises.py",
+        f"src/{PACKAGE}/__init__.py",
         "tests/checkpoints/conftest.py",
     }
     assert (

@@ -453,7 +453,7 @@ def readme_commands(readme: str) -> list[str]:
         line.split("  #")[0].strip() for line in re.findall(r"^(?:make|pip|python) [^\n]+$", readme, re.M)
     ]
     starts = ("python ", "bash ", "sbatch ", "make ", "llmgen ", "copier ", "pip ")
-    return list(dict.fromkeys(c for c in found if c.startswith(starts)))
+    return list(dict.fromkeys(c for c in found if re.sub(r"^(?:[A-Z_]+=\S+ )+", "", c).startswith(starts)))
 
 
 # README commands this module does not run, and where they are run or why they cannot be.
@@ -543,8 +543,13 @@ def test_every_command_runs_as_shown(chains, track):
     assert all(c in ran for c in shown)
     assert "make demo" in ran and any(r.what == "script tip" for r in chain.runs)
     for run in chain.runs:
-        assert run.result.returncode == 0, _failure(run)
         assert "Traceback" not in run.result.stderr, _failure(run)
+        if run.command == "llmgen check" and chain.answers["gpu"] != "cpu":
+            # The README says so: a GPU run needs more text than the bundled corpus, and check says that.
+            failing = re.findall(r"^(\w[\w ]*?)\s+fail\s", run.result.stdout, re.M)
+            assert run.result.returncode == 2 and failing == ["data"], _failure(run)
+            continue
+        assert run.result.returncode == 0, _failure(run)
     for run in chain.runs:
         if "sample" in run.command or "deploy.generate" in run.command:
             assert run.result.stdout.startswith("ROMEO:"), _failure(run)
