@@ -209,7 +209,9 @@ class AutoCompile:
     """The forward function for `train.compile = "auto"`: eager at first, compiled once that pays off.
 
     The first `EAGER_CALLS` calls run eagerly and are timed, call start to call start (so a call's time
-    covers its backward pass and optimizer step too). Then it compiles if the time that compiling is
+    covers its backward pass and optimizer step too), in wall time and, where `cpu_clock` is given (the
+    CPU; not CUDA, whose work the host clock does not see), in CPU time of this process, from which
+    the speedup is measured. Then it compiles if the time that compiling is
     expected to save over the rest of the run, (remaining calls x eager time) x (1 - 1/speedup), capped
     by the time budget, exceeds what compiling is expected to cost. Cost and speedup come from the
     record of an earlier compile of the same model, batch and machine (kept next to the inductor
@@ -231,31 +233,35 @@ class AutoCompile:
         record: Path,
         note: Callable[[str], None],
         clock: Callable[[], float] = time.perf_counter,
+        cpu_clock: Callable[[], float] | None = time.process_time,
         compile_fn: Callable[[torch.nn.Module], Callable] = compile_model,
         busy: Callable[[], float] | None = None,
     ) -> None:
         self.model, self.planned_calls, self.budget_s = model, planned_calls, budget_s
-        self.key, self.record, self.note, self.clock, self.compile_fn = key, record, note, clock, compile_fn
+        self.key, self.record, self.note, self.compile_fn = key, record, note, compile_fn
+        self.clock, self.cpu_clock = clock, cpu_clock
         self.busy = busy or machine_busy
         self.forward: Callable = model
         self.compiled: bool | None = None  # None until decided
         self.calls = 0
-        self.starts: list[float] = []  # start time of each call, while timing
+        self.starts: list[tuple[float, float]] = []  # (wall, CPU) time at the start of each call, while timing
         self.eager_s = self.compile_s = self.compiled_s = math.nan
+        self.eager_cpu_s = math.nan
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        now = self.clock()
         self.calls += 1
         if self.compiled is None or (self.compiled and math.isnan(self.compiled_s)):
-            self.starts.append(now)
+            wall = self.clock()
+            self.starts.append((wall, self.cpu_clock() if self.cpu_clock else wall))
             if self.compiled is None and len(self.starts) == EAGER_CALLS + 1:
-                self._decide(now)
+                self._decide()
             elif self.compiled and len(self.starts) == COMPILED_CALLS + 2:
                 self._measure_compiled()
         return self.forward(*args, **kwargs)
 
-    def _decide(self, now: float) -> None:
-        self.eager_s = statistics.median(b - a for a, b in zip(self.starts[1:], self.starts[2:]))
+    def _decide(self) -> None:
+        self.eager_s, self.eager_cpu_s = _median_intervals(self.starts[1:])  # the first call warms up
+        now = self.starts[-1][0]
         known = _read_records(self.record).get(self.key)
         if known:
             cost, speedup, source = known.get("warm_s", WARM_COMPILE_S), known["speedup"], "measured here before"
@@ -265,32 +271,39 @@ class AutoCompile:
         cost *= busy  # costs are kept as a quiet machine's; a busy one compiles slower
         if busy > 1:
             source += f"; machine {busy:.1f}x busy"
-        remaining = min((self.planned_calls - self.calls + 1) * self.eager_s, self.budget_s - (now - self.starts[0]))
-        saved = max(0.0, remaining) * (1 - 1 / speedup)
+        remaining = max(0.0, min((self.planned_calls - self.calls + 1) * self.eager_s,
+                                 self.budget_s - (now - self.starts[0][0])))
+        saved = remaining * max(0.0, 1 - 1 / speedup)
         self.compiled = _agree(saved > cost)
         self.note(
             f"compile auto: {'compiling' if self.compiled else 'staying eager'}: ~{cost:.0f} s to compile vs "
-            f"~{saved:.0f} s saved over the remaining {max(0.0, remaining):.0f} s ({speedup:.2f}x, {source})"
+            f"~{saved:.0f} s saved over the remaining {remaining:.0f} s ({speedup:.2f}x, {source})"
         )
         if self.compiled:
             self.forward = self.compile_fn(self.model)
-            self.starts = [now]  # the next interval holds the compile and the first compiled call
+            self.starts = self.starts[-1:]  # the next interval holds the compile and the first compiled call
 
     def _measure_compiled(self) -> None:
-        intervals = [b - a for a, b in zip(self.starts, self.starts[1:])]
-        self.compiled_s = statistics.median(intervals[1:])
-        self.compile_s = max(0.0, intervals[0] - self.compiled_s)
+        self.compiled_s, compiled_cpu_s = _median_intervals(self.starts[1:])
+        self.compile_s = max(0.0, self.starts[1][0] - self.starts[0][0] - self.compiled_s)  # wall: g++ runs apart
         quiet_s = self.compile_s / self.busy()  # what it would have cost on a quiet machine (roughly)
         records = _read_records(self.record)
         entry = records.get(self.key, {"cold_s": quiet_s})
         if self.key in records:  # the kernels were in the cache: this was a warm compile
             entry["warm_s"] = quiet_s
-        entry.update(speedup=self.eager_s / self.compiled_s, eager_s=self.eager_s, compiled_s=self.compiled_s)
+        # The speedup from CPU time where there is one: on a busy machine wall time measures the neighbours.
+        entry.update(speedup=self.eager_cpu_s / compiled_cpu_s, eager_s=self.eager_s, compiled_s=self.compiled_s)
         records[self.key] = entry
         with contextlib.suppress(OSError):  # only a cache: a read-only one means estimating from priors again
             self.record.parent.mkdir(parents=True, exist_ok=True)
             write_text_atomic(self.record, json.dumps(records, indent=1, sort_keys=True))
         self.starts = []
+
+
+def _median_intervals(starts: list[tuple[float, float]]) -> tuple[float, float]:
+    """Median wall and CPU time between consecutive call starts."""
+    pairs = list(zip(starts, starts[1:]))
+    return (statistics.median(b[0] - a[0] for a, b in pairs), statistics.median(b[1] - a[1] for a, b in pairs))
 
 
 def machine_busy() -> float:

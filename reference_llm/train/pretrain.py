@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,7 @@ class Trainer:
             budget_s=budget,
             key=key,
             record=cache / COMPILE_RECORD,
+            cpu_clock=time.process_time if self.device.type == "cpu" else None,
             note=lambda text: print(f"note: {text}", file=sys.stderr) if main else None,
         )
 

@@ -238,8 +238,10 @@ def _auto(
     budget_s: float = float("inf"),
     key: str = "k",
     busy: float = 1.0,
+    cpu_gaps: list[float] | None = None,
 ) -> tuple[perf.AutoCompile, list[str], list[str]]:
-    """An AutoCompile over a stand-in model whose "compile" is recorded, driven through len(gaps)+1 calls."""
+    """An AutoCompile over a stand-in model whose "compile" is recorded, driven through len(gaps)+1 calls;
+    CPU time advances by `cpu_gaps` (default: as wall time does)."""
     compiled, notes = [], []
 
     def fake_compile(model: torch.nn.Module):
@@ -254,6 +256,7 @@ def _auto(
         tmp_path / perf.COMPILE_RECORD,
         notes.append,
         clock=_Clock(gaps),
+        cpu_clock=_Clock(cpu_gaps) if cpu_gaps else None,
         compile_fn=fake_compile,
         busy=lambda: busy,
     )
@@ -314,6 +317,17 @@ def test_auto_compile_expects_a_busy_machine_to_compile_slower(tmp_path):
     assert auto.compiled is False and "5.0x busy" in notes[0]
     _auto(tmp_path, [1.0] * perf.EAGER_CALLS + [100.5] + [0.5] * perf.COMPILED_CALLS, planned_calls=1000, busy=5.0)
     assert json.loads((tmp_path / perf.COMPILE_RECORD).read_text())["k"]["cold_s"] == pytest.approx(20.0)
+
+
+def test_auto_compile_measures_the_speedup_in_cpu_time(tmp_path):
+    """On a busy machine the compiled calls happened to wait for the CPU twice as long (wall: 2 s each
+    against 1 s eager) while doing half the work (CPU: 0.5 s against 1 s): the record says 2x, not 0.5x."""
+    wall = [1.0] * perf.EAGER_CALLS + [22.0] + [2.0] * perf.COMPILED_CALLS
+    cpu = [1.0] * perf.EAGER_CALLS + [5.0] + [0.5] * perf.COMPILED_CALLS
+    auto, _, _ = _auto(tmp_path, wall, planned_calls=1000, cpu_gaps=cpu)
+    record = json.loads((tmp_path / perf.COMPILE_RECORD).read_text())["k"]
+    assert record["speedup"] == pytest.approx(2.0) and record["compiled_s"] == pytest.approx(2.0)
+    assert record["cold_s"] == pytest.approx(20.0)  # the compile's cost is wall time (g++ runs in other processes)
 
 
 def test_a_malformed_compile_record_counts_as_none(tmp_path):
