@@ -1,9 +1,10 @@
 """Activation checkpointing on this machine: peak memory of a training step against the estimator's
 prediction, and the step time it costs, for train.activation_checkpointing = none, selective, full.
 
-    python benchmarks/activation_memory.py            # a few minutes on 2 cores
-    python benchmarks/activation_memory.py --quick    # smoke run: a smaller model, fewer steps
-    python benchmarks/activation_memory.py --json     # machine-readable, on stdout
+    python benchmarks/activation_memory.py              # a few minutes on 2 cores
+    python benchmarks/activation_memory.py --quick      # smoke run: a smaller model, fewer steps
+    python benchmarks/activation_memory.py --json       # machine-readable, on stdout
+    python benchmarks/activation_memory.py --threads 2  # torch threads (default 1, see below)
 
 Checkpointing is applied as training applies it (`reference_llm.distributed.parallelize`
 `apply_activation_checkpointing`, per block). Memory is the peak of allocated bytes during one forward
@@ -11,9 +12,12 @@ Checkpointing is applied as training applies it (`reference_llm.distributed.para
 compared with what `generator.estimate` says appears during a step: activations + logits (+ the
 bf16 weight casts, none in fp32). Time is the median forward + backward of several steps without
 the profiler, in the same process and the same rounds for every setting, so the slowdowns are
-ratios measured side by side. The model is GPT-2-shaped with a small vocabulary, so that activations
-rather than logits dominate; rows with the manual attention path (which keeps the score matrix,
-what selective checkpointing drops) and with SDPA (which keeps none).
+ratios measured side by side; both wall time and the process's CPU time are reported. On a shared,
+busy machine wall time swings by several times from step to step, CPU time far less, and with one
+thread (the default) CPU time is the step's compute: its ratio is the cost of recomputation.
+The model is GPT-2-shaped with a small vocabulary, so that activations rather than logits dominate;
+rows with the manual attention path (which keeps the score matrix, what selective checkpointing
+drops) and with SDPA (which keeps none).
 """
 
 from __future__ import annotations
@@ -83,29 +87,24 @@ def measure(config: ModelConfig, batch: int, steps: int, rounds: int) -> list[di
         models[mode] = Transformer(config)
         apply_activation_checkpointing(models[mode], mode)
         step(models[mode], idx)  # gradients exist from here on, as in steady-state training
-    times: dict[str, list[float]] = {mode: [] for mode in CHECKPOINTING}
+    wall: dict[str, list[float]] = {mode: [] for mode in CHECKPOINTING}
+    cpu: dict[str, list[float]] = {mode: [] for mode in CHECKPOINTING}
     for _ in range(rounds):  # settings take turns, so that machine noise hits all alike
         for mode, model in models.items():
             for _ in range(steps):
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 step(model, idx)
-                times[mode].append(time.perf_counter() - start)
+                wall[mode].append(time.perf_counter() - start)
+                cpu[mode].append(time.process_time() - start_cpu)
     rows = []
-    base_time = statistics.median(times["none"])
+    base_wall, base_cpu = statistics.median(wall["none"]), statistics.median(cpu["none"])
     for mode, model in models.items():
         peak, estimate = measured_peak(model, idx), estimated(config, batch, mode)
-        seconds = statistics.median(times[mode])
-        rows.append(
-            {
-                "attention": config.attention,
-                "checkpointing": mode,
-                "measured_mib": peak / MIB,
-                "estimated_mib": estimate / MIB,
-                "error": estimate / peak - 1,
-                "step_ms": 1e3 * seconds,
-                "slowdown": seconds / base_time,
-            }
-        )
+        seconds, cpu_seconds = statistics.median(wall[mode]), statistics.median(cpu[mode])
+        rows.append({"attention": config.attention, "checkpointing": mode, "measured_mib": peak / MIB,
+                     "estimated_mib": estimate / MIB, "error": estimate / peak - 1, "step_ms": 1e3 * seconds,
+                     "cpu_ms": 1e3 * cpu_seconds, "slowdown": seconds / base_wall,
+                     "cpu_slowdown": cpu_seconds / base_cpu})
     return rows
 
 
@@ -113,8 +112,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller model, fewer steps (a smoke run)")
     parser.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: CPU time = compute)")
     args = parser.parse_args()
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    torch.set_num_threads(args.threads)
     shape = (
         dict(n_layer=2, d_model=64, n_head=4, vocab_size=128, block_size=128)
         if args.quick
@@ -134,15 +134,12 @@ def main() -> int:
         print(json.dumps(report, indent=1))
         return 0
     print(f"GPT-2 shape {shape}, batch {batch}, fp32, CPU ({cpu_features()}, {torch.get_num_threads()} threads)")
-    print(
-        f"{'attention':<9} {'checkpointing':<13} {'measured MiB':>12} {'estimate MiB':>12} {'error':>7} "
-        f"{'step ms':>8} {'slowdown':>8}"
-    )
+    print(f"{'attention':<9} {'checkpointing':<13} {'measured MiB':>12} {'estimate MiB':>12} {'error':>7} "
+          f"{'step ms':>8} {'slowdown':>8} {'CPU ms':>8} {'CPU x':>6}")
     for r in rows:
-        print(
-            f"{r['attention']:<9} {r['checkpointing']:<13} {r['measured_mib']:>12.2f} {r['estimated_mib']:>12.2f} "
-            f"{r['error']:>+7.1%} {r['step_ms']:>8.1f} {r['slowdown']:>7.2f}x"
-        )
+        print(f"{r['attention']:<9} {r['checkpointing']:<13} {r['measured_mib']:>12.2f} {r['estimated_mib']:>12.2f} "
+              f"{r['error']:>+7.1%} {r['step_ms']:>8.1f} {r['slowdown']:>7.2f}x {r['cpu_ms']:>8.1f} "
+              f"{r['cpu_slowdown']:>5.2f}x")
     return 0
 
 

@@ -11,12 +11,17 @@ The loop never branches on the parallel strategy. It calls, in order:
     engine.load_state(weights, opt)                    # on every rank, when resuming
     engine.barrier(); engine.shutdown()
 
+Engines with `shards_checkpoints` (FSDP2, ZeRO) also save and resume without gathering:
+`engine.sharded_state()` (this rank's pieces) and `engine.load_sharded(checkpoint)`
+(train/sharded_checkpoint.py).
+
 Conventions every engine follows (they complete docs/architecture.md, which they do not change):
 
 - Constructor: `EngineClass(run_config, model, make_optimizer)`. `model` is an unwrapped
-  `Transformer` on the CPU, identically initialised on every rank; the engine moves it to its
-  device, wraps it, then calls `make_optimizer(module)` with the module whose `named_parameters()`
-  carry the model's own names (no "module." prefix).
+  `Transformer` on the CPU, identically initialised on every rank, or a factory that builds one
+  (then sharded engines build it deferred: parallelize.py, deferred_init.py); the engine applies
+  activation checkpointing, moves it to its device, wraps it, then calls `make_optimizer(module)`
+  with the module whose `named_parameters()` carry the model's own names (no "module." prefix).
 - Weights: `full_state_dict()` maps the model's parameter names to full tensors, each tied tensor
   once under its first name (so `lm_head.weight` is absent when tied to `tok_emb.weight`); only
   rank 0's copy need be real.

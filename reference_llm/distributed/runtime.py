@@ -180,8 +180,9 @@ def return_freed_memory() -> bool:
     heap that keeps what it once held grows with that fragmentation. Measured on a 101M-parameter
     model, fp32, FSDP2 over 2 gloo ranks, 4 steps: a rank's peak RSS above its start was 2.70 GiB
     with the heap kept and 1.06 GiB with this, against 0.93-1.00 GiB of tensors at the peak
-    (torch.profiler). The price is page faults for large tensors each step, small beside a sharded
-    model's all-gathers. Returns whether it was applied (Linux with glibc only)."""
+    (torch.profiler). The price is that large tensors are page-faulted in afresh every step (not
+    measured apart from the rest of a sharded step here). Returns whether it was applied (Linux with
+    glibc only)."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     try:

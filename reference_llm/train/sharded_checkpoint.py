@@ -507,8 +507,7 @@ def read_full(step_dir: Path, with_optimizer: bool) -> tuple[dict[str, torch.Ten
     targets = {k: [Piece(0, t.view(-1))] for k, t in full.items()}
     state = {k: (p[0].tensor) for k, p in targets.items()}
     try:
-        with warnings.catch_warnings():  # DCP notes that it reads in one process, which is the point here
-            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        with _quiet_in_one_process():
             dcp.load(
                 state,
                 storage_reader=HuggingFaceStorageReader(str(step_dir / SHARDS_DIR)),

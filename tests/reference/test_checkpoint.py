@@ -512,11 +512,11 @@ def _save_sharded(run_dir: Path, model: Transformer, opt: torch.optim.Optimizer,
 def test_sharded_round_trip_and_consolidation(tmp_path, monkeypatch, capsys):
     model, opt = _trained_pair("tiny-gpt2")
     run = tmp_path / "runs" / "my-run"
-    step_dir = _save_sharded(run, model, opt)
+    step_dir = _save_sharded(run, model, opt, step=500)
     assert (step_dir / "sharded.json").is_file() and not (step_dir / "model.safetensors").exists()
     assert list_checkpoints(run) == [step_dir] and latest_checkpoint(run) == step_dir
     loaded = load_checkpoint(run)  # gathered in this process from the shards
-    assert loaded.step == 3
+    assert loaded.step == 500
     assert set(loaded.weights) == set(unique_state_dict(model))
     assert all(torch.equal(loaded.weights[n], t) for n, t in unique_state_dict(model).items())
     expected = optimizer_state_by_name(opt, model)
@@ -524,19 +524,21 @@ def test_sharded_round_trip_and_consolidation(tmp_path, monkeypatch, capsys):
         assert all(torch.equal(loaded.optimizer_state["state"][name][k].float(), v.float()) for k, v in state.items())
     groups = [g["params"] for g in loaded.optimizer_state["param_groups"]]
     assert groups == [g["params"] for g in expected["param_groups"]]
-    # The converter, as docs/distributed.md shows it: the classic files appear beside the shards.
-    command = [sys.executable, "-m", "reference_llm.train.consolidate", "runs/my-run"]
+    # The converter's two commands in docs/distributed.md, as written: the classic files appear beside
+    # the shards, the optimizer's only when asked for.
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert (step_dir / "model.safetensors").is_file() and not (step_dir / "optimizer.safetensors").exists()
-    monkeypatch.chdir(tmp_path)
-    # The same entry point in this process: --optimizer adds optimizer.safetensors; an existing file
-    # is kept without --force, in one line and exit code 2.
-    assert run_main(consolidate_main, ["runs/my-run/step_0000003", "--optimizer", "--force"]) == 0
-    assert (step_dir / "optimizer.safetensors").is_file()
+    for args, written in ((["runs/my-run"], ["model.safetensors"]),
+                          (["runs/my-run/step_0000500", "--optimizer", "--force"], ["optimizer.safetensors"])):
+        done = subprocess.run([sys.executable, "-m", "reference_llm.train.consolidate", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert all((step_dir / name).is_file() for name in written)
+        if written == ["model.safetensors"]:
+            assert not (step_dir / "optimizer.safetensors").exists()
     consolidated = load_checkpoint(run)
     assert all(torch.equal(consolidated.weights[n], t) for n, t in loaded.weights.items())
+    # An existing file is kept without --force: one line, exit code 2.
+    monkeypatch.chdir(tmp_path)
     assert run_main(consolidate_main, ["runs/my-run"]) == 2
     error = capsys.readouterr().err
     assert error.startswith("error: ") and "--force" in error and error.count("\n") == 1
