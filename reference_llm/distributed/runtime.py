@@ -178,8 +178,8 @@ def return_freed_memory() -> bool:
     engines on the CPU: their tensors come and go in many sizes (gathered blocks, reduce-scatter
     buffers, gloo's buffers allocated on gloo's own threads, each with its own malloc arena), and a
     heap that keeps what it once held grows with that fragmentation. Measured on a 101M-parameter
-    model, fp32, FSDP2 over 2 gloo ranks, 4 steps: a rank's peak RSS above its start was 2.70 GiB
-    with the heap kept and 1.06 GiB with this, against 0.93-1.00 GiB of tensors at the peak
+    model, fp32, FSDP2 over 2 gloo ranks, 4 steps: a rank's peak RSS above its start was 2,698 MiB
+    with the heap kept and 1,067 MiB with this, against 929-1,025 MiB of tensors at the peak
     (torch.profiler). The price is that large tensors are page-faulted in afresh every step (not
     measured apart from the rest of a sharded step here). Returns whether it was applied (Linux with
     glibc only)."""
