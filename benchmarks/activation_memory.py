@@ -101,10 +101,19 @@ def measure(config: ModelConfig, batch: int, steps: int, rounds: int) -> list[di
     for mode, model in models.items():
         peak, estimate = measured_peak(model, idx), estimated(config, batch, mode)
         seconds, cpu_seconds = statistics.median(wall[mode]), statistics.median(cpu[mode])
-        rows.append({"attention": config.attention, "checkpointing": mode, "measured_mib": peak / MIB,
-                     "estimated_mib": estimate / MIB, "error": estimate / peak - 1, "step_ms": 1e3 * seconds,
-                     "cpu_ms": 1e3 * cpu_seconds, "slowdown": seconds / base_wall,
-                     "cpu_slowdown": cpu_seconds / base_cpu})
+        rows.append(
+            {
+                "attention": config.attention,
+                "checkpointing": mode,
+                "measured_mib": peak / MIB,
+                "estimated_mib": estimate / MIB,
+                "error": estimate / peak - 1,
+                "step_ms": 1e3 * seconds,
+                "cpu_ms": 1e3 * cpu_seconds,
+                "slowdown": seconds / base_wall,
+                "cpu_slowdown": cpu_seconds / base_cpu,
+            }
+        )
     return rows
 
 
@@ -134,12 +143,16 @@ def main() -> int:
         print(json.dumps(report, indent=1))
         return 0
     print(f"GPT-2 shape {shape}, batch {batch}, fp32, CPU ({cpu_features()}, {torch.get_num_threads()} threads)")
-    print(f"{'attention':<9} {'checkpointing':<13} {'measured MiB':>12} {'estimate MiB':>12} {'error':>7} "
-          f"{'step ms':>8} {'slowdown':>8} {'CPU ms':>8} {'CPU x':>6}")
+    print(
+        f"{'attention':<9} {'checkpointing':<13} {'measured MiB':>12} {'estimate MiB':>12} {'error':>7} "
+        f"{'step ms':>8} {'slowdown':>8} {'CPU ms':>8} {'CPU x':>6}"
+    )
     for r in rows:
-        print(f"{r['attention']:<9} {r['checkpointing']:<13} {r['measured_mib']:>12.2f} {r['estimated_mib']:>12.2f} "
-              f"{r['error']:>+7.1%} {r['step_ms']:>8.1f} {r['slowdown']:>7.2f}x {r['cpu_ms']:>8.1f} "
-              f"{r['cpu_slowdown']:>5.2f}x")
+        print(
+            f"{r['attention']:<9} {r['checkpointing']:<13} {r['measured_mib']:>12.2f} {r['estimated_mib']:>12.2f} "
+            f"{r['error']:>+7.1%} {r['step_ms']:>8.1f} {r['slowdown']:>7.2f}x {r['cpu_ms']:>8.1f} "
+            f"{r['cpu_slowdown']:>5.2f}x"
+        )
     return 0
 
 

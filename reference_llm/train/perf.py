@@ -272,8 +272,9 @@ class AutoCompile:
         cost *= busy  # costs are kept as a quiet machine's; a busy one compiles slower
         if busy > 1:
             source += f"; machine {busy:.1f}x busy"
-        remaining = max(0.0, min((self.planned_calls - self.calls + 1) * self.eager_s,
-                                 self.budget_s - (now - self.starts[0][0])))
+        remaining = max(
+            0.0, min((self.planned_calls - self.calls + 1) * self.eager_s, self.budget_s - (now - self.starts[0][0]))
+        )
         saved = remaining * max(0.0, 1 - 1 / speedup)
         self.compiled = _agree(saved > cost)
         self.note(

@@ -527,10 +527,18 @@ def test_sharded_round_trip_and_consolidation(tmp_path, monkeypatch, capsys):
     # The converter's two commands in docs/distributed.md, as written: the classic files appear beside
     # the shards, the optimizer's only when asked for.
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    for args, written in ((["runs/my-run"], ["model.safetensors"]),
-                          (["runs/my-run/step_0000500", "--optimizer", "--force"], ["optimizer.safetensors"])):
-        done = subprocess.run([sys.executable, "-m", "reference_llm.train.consolidate", *args], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=300)
+    for args, written in (
+        (["runs/my-run"], ["model.safetensors"]),
+        (["runs/my-run/step_0000500", "--optimizer", "--force"], ["optimizer.safetensors"]),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "reference_llm.train.consolidate", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr
         assert all((step_dir / name).is_file() for name in written)
         if written == ["model.safetensors"]:

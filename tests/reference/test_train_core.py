@@ -404,7 +404,8 @@ def test_compile_model_trains_like_eager():
         engine = _engine(seed=0)
         forward = perf.compile_model(engine.model) if mode == "compiled" else engine.model
         batch = _batch(4, 32)
-        losses[mode] = [train_step(engine, [batch], 1, 1e-3, 1.0, torch.float32, forward=forward)[0].item()
-                        for _ in range(3)]
+        losses[mode] = [
+            train_step(engine, [batch], 1, 1e-3, 1.0, torch.float32, forward=forward)[0].item() for _ in range(3)
+        ]
     assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-4)
     assert losses["eager"][2] < losses["eager"][0]  # the same batch three times: it is learnt
