@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import resource
 import sys
 from pathlib import Path
 
@@ -190,7 +189,9 @@ def rss_bytes() -> int:
 
 
 def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    """VmHWM, not ru_maxrss: Linux carries ru_maxrss across execve, from the launcher's peak."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
 
 
 def gather_ints(engine: Engine, value: int) -> list[int]:
