@@ -16,13 +16,13 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from generator.commands import check, compliance, estimate, new, roadmap, tracks, update
+from generator.commands import calibrate, check, compliance, estimate, new, roadmap, tracks, update
 from generator.errors import LLMGenError
 from generator.template_repo import llmgen_version
 from reference_llm.errors import ReferenceLLMError
 
 # Commands in the order `llmgen --help` lists them.
-COMMANDS = (new, tracks, estimate, check, update, compliance, roadmap)
+COMMANDS = (new, tracks, estimate, calibrate, check, update, compliance, roadmap)
 
 
 class _Group(TyperGroup):

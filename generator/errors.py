@@ -44,3 +44,7 @@ class TemplateRepoError(LLMGenError):
 
 class UpdateError(LLMGenError):
     """`llmgen update` cannot run here: not a generated repository, uncommitted changes, newer template."""
+
+
+class CalibrateError(LLMGenError):
+    """`llmgen calibrate` cannot read the run: no such directory, no metrics, a corrupt record, too few steps."""
