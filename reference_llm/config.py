@@ -22,6 +22,7 @@ Unknown sections or keys, wrong types and impossible values raise `ConfigError` 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 import tomllib
@@ -206,6 +207,11 @@ class DistributedConfig:
     strategy: str = Strategy.SINGLE.value  # a Strategy
     deepspeed_config: str = "configs/deepspeed.json"
     offload: str = Offload.NONE.value  # an Offload (DeepSpeed ZeRO only)
+    # Model-parallel degrees (strategy fsdp only; `check_parallel_layout`): tensor parallelism splits each
+    # block's heads and MLP over `tp` ranks, pipeline parallelism the blocks over `pp` stages; the
+    # remaining world_size / (tp * pp) ranks are data-parallel (FSDP2).
+    tp: int = 1
+    pp: int = 1
 
 
 @dataclass
@@ -382,7 +388,66 @@ def _check(config: RunConfig) -> None:
         )
     if not 0 < t.lr or t.min_lr < 0 or t.min_lr > t.lr:
         raise ConfigError(f"need 0 <= train.min_lr <= train.lr and lr > 0; got lr={t.lr}, min_lr={t.min_lr}")
+    d = config.distributed
+    check_parallel_layout(config.model, d.strategy, d.tp, d.pp)
+    if d.pp > 1 and t.micro_batch < d.pp:
+        raise ConfigError(
+            f"train.micro_batch={t.micro_batch} must be at least distributed.pp={d.pp}: the pipeline runs each "
+            f"sequence of a micro-batch as one of its micro-batches, and needs one per stage to fill"
+        )
     if not 0.0 < config.data.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction must be between 0 and 1, got {config.data.val_fraction}")
     if config.data.tokenizer != "char" and config.data.vocab_size < 257:
         raise ConfigError(f"data.vocab_size must be at least 257 for byte-level BPE, got {config.data.vocab_size}")
+
+
+def check_parallel_layout(model: ModelConfig, strategy: str, tp: int, pp: int, world_size: int | None = None) -> None:
+    """The one rule for which tensor/pipeline-parallel layouts the library runs (the training engines
+    and llmgen's planner both ask it): `ConfigError` naming both sides and what would work.
+    `world_size`, when known, must be a multiple of tp * pp (the rest is the data-parallel degree)."""
+    for key, value in (("tp", tp), ("pp", pp)):
+        if value < 1:
+            raise ConfigError(f"distributed.{key} must be at least 1, got {value}")
+    if tp == 1 and pp == 1:
+        return
+    if strategy != Strategy.FSDP:
+        raise ConfigError(
+            f"distributed.tp={tp} and pp={pp} need distributed.strategy=fsdp (FSDP2 over the data-parallel "
+            f"ranks); {strategy} cannot carry them: use strategy=fsdp, or tp=1 and pp=1 with {strategy}"
+        )
+    if tp > 1:
+        for key in ("n_head", "n_kv_head", "ffn_hidden"):
+            count = getattr(model, key)
+            if count % tp:
+                raise ConfigError(
+                    f"distributed.tp={tp} must divide model.{key}={count} (each rank takes 1/tp of them); "
+                    f"tp could be {_divisors(math.gcd(model.n_head, model.n_kv_head or 0, model.ffn_hidden or 0))}"
+                )
+    if pp > 1:
+        if model.n_layer % pp:
+            raise ConfigError(
+                f"distributed.pp={pp} must divide model.n_layer={model.n_layer} (each stage runs as many "
+                f"blocks); pp could be {_divisors(model.n_layer)}"
+            )
+        if model.tie_embeddings:
+            raise ConfigError(
+                f"distributed.pp={pp} needs model.tie_embeddings=false: the embedding lives on the first "
+                f"stage and the output head on the last; untie them or use pp=1"
+            )
+        if tp > 1:
+            raise ConfigError(f"distributed.pp={pp} with tp={tp} is not supported yet; use pp or tp alone")
+    if world_size is not None:
+        if world_size % (tp * pp):
+            raise ConfigError(
+                f"{world_size} processes cannot be split as tp={tp} x pp={pp} x data-parallel: launch a "
+                f"multiple of tp*pp={tp * pp} processes, or change distributed.tp/pp"
+            )
+        if pp > 1 and world_size != pp:
+            raise ConfigError(
+                f"distributed.pp={pp} on {world_size} processes would add data parallelism to the pipeline, "
+                f"which is not supported yet: launch exactly {pp} processes"
+            )
+
+
+def _divisors(n: int) -> str:
+    return ", ".join(str(k) for k in range(1, n + 1) if n % k == 0)

@@ -69,6 +69,20 @@ class Engine(ABC):
         """Rank 0 alone logs and writes checkpoints."""
         return self.rank == 0
 
+    # Ranks that hold one model replica between them (tensor x pipeline parallel degree); they are
+    # consecutive ranks and must see the same data.
+    model_parallel: int = 1
+
+    @property
+    def dp_rank(self) -> int:
+        """Which data-parallel replica this rank belongs to: what it takes its share of the data by."""
+        return self.rank // self.model_parallel
+
+    @property
+    def dp_size(self) -> int:
+        """How many data-parallel replicas there are (the batch is split this many ways)."""
+        return self.world_size // self.model_parallel
+
     @abstractmethod
     def backward(self, loss: torch.Tensor) -> None:
         """Back-propagate `loss`, already divided by the number of micro-steps."""

@@ -7,6 +7,11 @@ only that shard (the ZeRO-3 scheme of Rajbhandari et al. 2020, as implemented in
 al. 2023). Sharding one transformer block at a time bounds the memory of full weights to about one
 block, and lets the all-gather of the next block overlap this block's compute.
 
+With `distributed.tp` > 1 the ranks form a 2-D mesh ("dp", "tp"): tensor parallelism
+(tensor_parallel.py) splits each block over "tp", and FSDP2 shards the result over "dp", so every
+parameter is a DTensor sharded on both dimensions (as torchtitan lays out Llama). Ranks that share a
+"dp" index see the same data.
+
 Mixed precision is FSDP's `MixedPrecisionPolicy`: with bf16, blocks compute in bf16 while the sharded
 parameters, the gradient reduction and the optimizer stay in fp32.
 """
@@ -31,7 +36,7 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy
 from torch.distributed.tensor import DTensor, Replicate, Shard
 from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
-from reference_llm.config import RunConfig
+from reference_llm.config import RunConfig, check_parallel_layout
 from reference_llm.distributed import runtime
 from reference_llm.distributed.base import (
     OptimizerState,
@@ -43,6 +48,13 @@ from reference_llm.distributed.base import (
 )
 from reference_llm.distributed.deferred_init import record_init
 from reference_llm.distributed.parallelize import ModelFactory, materialize, parallelize
+from reference_llm.distributed.tensor_parallel import (
+    FusedRows,
+    clip_grad_norm,
+    from_tp_rows,
+    fused_rows,
+    to_tp_rows,
+)
 from reference_llm.errors import DistributedError
 from reference_llm.train.checkpoint import check_weight_shapes
 from reference_llm.train.checkpoint_checks import check_optimizer_state
@@ -69,9 +81,22 @@ class FSDPEngine(SingleDeviceEngine):
                 f"distributed.offload={run_config.distributed.offload} is for the DeepSpeed "
                 f"strategies (zero1, zero2, zero3); use offload=none with strategy=fsdp"
             )
-        info = runtime.setup(run_config.distributed.strategy, run_config.train.device)
+        dist_config = run_config.distributed
+        info = runtime.process_info(dist_config.strategy, run_config.train.device)
+        # Before joining the process group: a layout that does not fit the launch fails on every rank
+        # at once, with nothing left waiting for a peer.
+        check_parallel_layout(run_config.model, dist_config.strategy, dist_config.tp, 1, info.world_size)
+        runtime.init_process_group(info)
         self.rank, self.world_size, self.device = info.rank, info.world_size, info.device
-        mesh = init_device_mesh(self.device.type, (self.world_size,))
+        self.tp = dist_config.tp
+        self.model_parallel = self.tp
+        if self.tp > 1:
+            # Row-major: the tp ranks of one data-parallel replica are neighbours (on one node, on GPUs).
+            mesh = init_device_mesh(self.device.type, (self.dp_size, self.tp), mesh_dim_names=("dp", "tp"))
+        else:
+            mesh = init_device_mesh(self.device.type, (self.world_size,))
+        # Sharded checkpoints address FSDP2's row shards; tensor parallelism also splits columns.
+        self.shards_checkpoints = self.tp == 1
         if resolve_dtype(run_config.train.dtype, self.device) == torch.bfloat16:
             policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         else:
@@ -81,14 +106,30 @@ class FSDPEngine(SingleDeviceEngine):
         record = None
         if not isinstance(model, nn.Module):
             model, record = record_init(model)
+        self._fused: FusedRows = fused_rows(model) if self.tp > 1 else {}
+        if record is None:
+            with torch.no_grad():
+                for name, param in model.named_parameters():
+                    if name in self._fused:
+                        param.data = self._to_tp(name, param.data)
         # With a built model there is no model.to(device) first: each fully_shard call moves its own
         # module's tensors to the mesh's device and shards them there.
         parallelize(model, run_config, mesh, policy)
         if record is not None:
-            materialize(model, record, self.device)
+            materialize(model, record, self.device, self._to_tp)
         self.model = model  # fully_shard changed its class in place: it is also an FSDPModule now
         # Built after sharding, so the optimizer's state is allocated per shard.
         self.optimizer = make_optimizer(model)
+
+    def step(self, lr: float, grad_clip: float) -> float:
+        if self.tp == 1:
+            return super().step(lr, grad_clip)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        norm = clip_grad_norm(list(self.model.parameters()), grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm
 
     def accumulating(self, is_last_micro_step: bool) -> contextlib.AbstractContextManager:
         # Non-final micro-steps keep unsharded gradients locally; the last one reduce-scatters the sum.
@@ -98,23 +139,46 @@ class FSDPEngine(SingleDeviceEngine):
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         full = get_model_state_dict(self.model, options=_SAVE)
         aliases = _tied_aliases(self.model)
-        return {name: cast(torch.Tensor, tensor) for name, tensor in full.items() if name not in aliases}
+        kept = {name: cast(torch.Tensor, tensor) for name, tensor in full.items() if name not in aliases}
+        return {name: self._from_tp(name, tensor) for name, tensor in kept.items()}
 
     def optimizer_state(self) -> OptimizerState:
-        return get_optimizer_state_dict(self.model, self.optimizer, options=_SAVE)
+        state = get_optimizer_state_dict(self.model, self.optimizer, options=_SAVE)
+        return self._relayout_optimizer_state(state, self._from_tp)
 
     def load_state(self, weights: dict[str, torch.Tensor], optimizer_state: OptimizerState | None) -> None:
         _check_weights(self.model, weights)
-        full: dict[str, Any] = dict(weights)
+        full: dict[str, Any] = {name: self._to_tp(name, tensor) for name, tensor in weights.items()}
         for alias, first in _tied_aliases(self.model).items():
-            full[alias] = weights[first]  # state-dict loading expects every name, tied ones included
+            full[alias] = full[first]  # state-dict loading expects every name, tied ones included
         set_model_state_dict(self.model, full, options=_LOAD)
         if optimizer_state is not None:
             # DTensor.shape is the full shape, as the consolidated state has it
             check_optimizer_state(
                 optimizer_state, {name: p.shape for name, p in self.model.named_parameters()}, "optimizer state"
             )
+            optimizer_state = self._relayout_optimizer_state(optimizer_state, self._to_tp)
             set_optimizer_state_dict(self.model, self.optimizer, optimizer_state, options=_LOAD)
+
+    # -- tensor parallelism's fused rows: the model's layout outside, the rank-grouped one inside ------
+
+    def _to_tp(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        sizes = self._fused.get(name)
+        return tensor if sizes is None else to_tp_rows(tensor, sizes, self.tp)
+
+    def _from_tp(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        sizes = self._fused.get(name)
+        return tensor if sizes is None else from_tp_rows(tensor, sizes, self.tp)
+
+    def _relayout_optimizer_state(self, state: OptimizerState, convert: Any) -> OptimizerState:
+        """AdamW's moments are laid out like their parameter; the step count is a scalar."""
+        if not self._fused:
+            return state
+        by_name = {
+            name: {key: convert(name, v) if isinstance(v, torch.Tensor) and v.dim() else v for key, v in s.items()}
+            for name, s in state["state"].items()
+        }
+        return {**state, "state": by_name}
 
     # -- sharded checkpoints ---------------------------------------------------------------------------
 

@@ -6,10 +6,11 @@ initialisation for sharded runs.
     apply_activation_checkpointing(model, mode)          # every other engine: checkpointing only
     materialize(model, record)                           # after sharding a meta-built model
 
-Order matters: tensor and pipeline parallelism (not implemented yet) split each block's weights or
-the block list, so they come first, in the marked place in `parallelize`; checkpointing wraps each
-block's forward as it will run; FSDP2 shards last, one unit per block, so that its all-gathers and
-reduce-scatters surround exactly the (possibly recomputed) block.
+Order matters: tensor parallelism (tensor_parallel.py) splits each block's weights over the mesh's
+"tp" dimension, so it comes first (pipeline parallelism, pipeline_parallel.py, has already cut the
+block list by then); checkpointing wraps each block's forward as it will run; FSDP2 shards last, over
+the "dp" dimension, one unit per block, so that its all-gathers and reduce-scatters surround exactly
+the (possibly recomputed) block.
 
 Activation checkpointing (Chen et al. 2016, "Training Deep Nets with Sublinear Memory Cost") keeps
 fewer activations for the backward and recomputes the rest:
@@ -42,6 +43,7 @@ from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selectiv
 
 from reference_llm.config import RunConfig
 from reference_llm.distributed.deferred_init import InitRecord
+from reference_llm.distributed.tensor_parallel import apply_tensor_parallel
 from reference_llm.errors import ConfigError
 
 ModelFactory = Callable[[], nn.Module]
@@ -49,15 +51,19 @@ CHECKPOINTING = ("none", "selective", "full")
 
 
 def parallelize(model: nn.Module, run_config: RunConfig, mesh: DeviceMesh, mp_policy: MixedPrecisionPolicy) -> None:
-    """Lay `model` out for FSDP2 training, in place: (tensor/pipeline parallelism: not yet) ->
-    activation checkpointing -> FSDP2 per block and root. `model` may be on the meta device."""
-    # Tensor and pipeline parallelism go here, before checkpointing and sharding: they change what a
-    # block holds (DTensor weights on a "tp" mesh dimension) or which blocks this rank holds.
+    """Lay `model` out for FSDP2 training, in place: tensor parallelism over `mesh`'s "tp" dimension
+    when it has one -> activation checkpointing -> FSDP2 per block and root over "dp" (or the whole
+    1-D mesh). `model` may be on the meta device."""
+    dims = mesh.mesh_dim_names or ()
+    if "tp" in dims:
+        # Before checkpointing and sharding: it changes what a block holds (DTensor weights on "tp").
+        apply_tensor_parallel(model, _blocks(model), mesh["tp"])
+    dp_mesh = mesh["dp"] if "dp" in dims else mesh
     apply_activation_checkpointing(model, run_config.train.activation_checkpointing)
     for block in _blocks(model):
-        fully_shard(block, mesh=mesh, mp_policy=mp_policy)
+        fully_shard(block, mesh=dp_mesh, mp_policy=mp_policy)
     # The root group holds what is left: embeddings, final norm and output head (tied or not).
-    fully_shard(model, mesh=mesh, mp_policy=mp_policy)
+    fully_shard(model, mesh=dp_mesh, mp_policy=mp_policy)
 
 
 def _blocks(model: nn.Module) -> nn.ModuleList:
@@ -157,13 +163,27 @@ def _attention_core_policy(
 
 
 @torch.no_grad()
-def materialize(model: nn.Module, record: InitRecord, device: torch.device) -> None:
+def materialize(
+    model: nn.Module,
+    record: InitRecord,
+    device: torch.device,
+    relayout: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
+) -> None:
     """Allocate a meta-built, already sharded `model` on `device` (each rank only its shards) and give
     every tensor its recorded initial value: one full tensor at a time is replayed, and each rank
-    copies its own shard out of it, so the weights equal a single process's for the same seed."""
+    copies its own shard out of it, so the weights equal a single process's for the same seed.
+    `relayout(name, full)` turns a full value into the layout the sharded tensor holds (tensor
+    parallelism's regrouped fused rows); a name absent from `model` (another pipeline stage's) is
+    skipped."""
     model.to_empty(device=device)
+    present = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+    present |= {name for name, _ in model.named_buffers(remove_duplicate=False)}
     for name in record.tensors:
+        if name not in present:
+            continue
         full = record.value(name)
+        if relayout is not None:
+            full = relayout(name, full)
         target = _tensor(model, name)
         if isinstance(target, DTensor):
             # src_data_rank=None: every rank holds the same full value, so each cuts its own piece

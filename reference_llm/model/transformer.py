@@ -175,7 +175,8 @@ class Attention(nn.Module):
             )
         else:
             y = _manual_attention(q, k, v, start, dropout)
-        y = y.transpose(1, 2).reshape(B, T, C)  # re-join heads: (B, T, C)
+        # Re-join heads: (B, T, H·D), which is C unless tensor parallelism left this rank H/tp heads.
+        y = y.transpose(1, 2).reshape(B, T, H * D)
         return self.proj(y)
 
     def _use_sdpa(self, x: torch.Tensor, T: int) -> bool:

@@ -63,7 +63,13 @@ def run_config(args: argparse.Namespace) -> RunConfig:
                 "weight_decay": 0.1,
                 "activation_checkpointing": args.activation_checkpointing,
             },
-            "distributed": {"strategy": args.strategy, "deepspeed_config": args.ds_config, "offload": args.offload},
+            "distributed": {
+                "strategy": args.strategy,
+                "deepspeed_config": args.ds_config,
+                "offload": args.offload,
+                "tp": args.tp,
+                "pp": args.pp,
+            },
         }
     )
 
@@ -88,6 +94,8 @@ def main() -> int:
     parser.add_argument("--grad-clip", type=float, default=0.5)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--offload", default="none", choices=["none", "optimizer", "params"])
+    parser.add_argument("--tp", type=int, default=1, help="distributed.tp")
+    parser.add_argument("--pp", type=int, default=1, help="distributed.pp")
     parser.add_argument("--ds-config", default="deepspeed.json", help="for zero1-3 (the test writes it)")
     parser.add_argument("--save", help="run directory to write a checkpoint into, after step --save-at")
     parser.add_argument("--save-at", type=int, default=0, help="with --save: the step to checkpoint")
@@ -119,7 +127,8 @@ def main() -> int:
 
 
 def train(engine: Engine, cfg: RunConfig, args: argparse.Namespace) -> dict:
-    rank, world = engine.rank, engine.world_size
+    # Ranks of one model replica (tensor/pipeline parallel) share their data: split by replica.
+    rank, world = engine.dp_rank, engine.dp_size
     if args.load:
         found = resolve_checkpoint(args.load)
         if engine.shards_checkpoints and is_sharded(found) and not args.weights_only:
@@ -141,20 +150,20 @@ def train(engine: Engine, cfg: RunConfig, args: argparse.Namespace) -> dict:
                 engine.backward(loss / accum)
             total += loss.detach().cpu() / accum
         norms.append(engine.step(args.lr, args.grad_clip))
-        if world > 1:
+        if engine.world_size > 1:  # every rank of a replica holds the replica's loss
             dist.all_reduce(total)
-            total /= world
+            total /= engine.world_size
         losses.append(total.item())
         if args.save and step + 1 == args.save_at:
             save(engine, cfg, args.save, step + 1)
-        if rank == 0 and step + 1 == args.crash_at:
+        if engine.is_main and step + 1 == args.crash_at:
             raise RuntimeError(f"crash requested after step {step + 1}")
 
-    report: dict = {"strategy": args.strategy, "world_size": world, "losses": losses, "grad_norms": norms}
+    report: dict = {"strategy": args.strategy, "world_size": engine.world_size, "losses": losses, "grad_norms": norms}
     if args.memory:
         return report
     weights = engine.full_state_dict()  # collective: every rank takes part, rank 0 uses the result
-    if rank == 0:
+    if engine.is_main:
         final = Transformer(cfg.model)
         load_weights(final, weights)
         x, y = batch_for_step(999, 8, cfg.model.vocab_size)
