@@ -41,6 +41,15 @@ REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 NAME = "rl-launch"
 RUN_TIMEOUT_S = 300  # a tiny run takes 10-25 s; this only bounds a hang (a rendezvous waits 600 s)
+DOC = REPO / "docs" / "distributed.md"  # shows these commands; the tests run them as shown
+SBATCH = (
+    "NPROC_PER_NODE=2 sbatch --nodes=1 --cpus-per-task=2 --gpus-per-node=0 scripts/slurm.sbatch "
+    "checkpoint.dir=runs/slurm"
+)
+TWO_NODES = (
+    "NNODES=2 NPROC_PER_NODE=1 MASTER_ADDR=$(hostname) bash scripts/train_torchrun.sh checkpoint.dir=runs/two-node"
+)
+ONE_NODE = "NNODES=1 NPROC_PER_NODE=2 bash scripts/train_torchrun.sh checkpoint.dir=runs/one-node"
 
 TINY = """\
 # Every run at tiny scale on the CPU: a 2-layer model, two steps, one evaluation batch.
@@ -271,17 +280,19 @@ def slurm() -> Iterator[Slurm]:
 
 
 def test_generated_sbatch_runs_to_completion_under_real_slurm(project: Path, slurm: Slurm) -> None:
-    """`sbatch scripts/slurm.sbatch` on a one-node CPU cluster: the job COMPLETES, srun's torchrun met at
-    the c10d rendezvous on the allocation's first node and trained 2 ranks, and the run's checkpoint and
-    metrics are where the project's config puts them. The script asks for 4 nodes x 8 GPUs; sbatch's
-    own options, which override the script's #SBATCH lines, fit the request to this cluster."""
-    fit = ["--nodes=1", f"--cpus-per-task={min(2, slurm.cpus)}", "--gpus-per-node=0"]
-    env = project_env(project, NPROC_PER_NODE="2", MASTER_PORT=str(free_port()), SLURM_CONF=slurm.env["SLURM_CONF"])
+    """docs/distributed.md's `sbatch` command on a one-node CPU cluster: the job COMPLETES, srun's torchrun
+    met at the c10d rendezvous on the allocation's first node and trained 2 ranks, and the run's
+    checkpoint and metrics are where the project's config puts them. The script asks for 4 nodes x 8
+    GPUs; sbatch's own options, which override the script's #SBATCH lines, fit the request to this node."""
+    assert SBATCH in DOC.read_text()
+    if slurm.cpus < 2:
+        pytest.skip(f"2 ranks need 2 CPUs; this node has {slurm.cpus}")
+    env = project_env(project, MASTER_PORT=str(free_port()), SLURM_CONF=slurm.env["SLURM_CONF"])
     env["PATH"] = os.pathsep.join([env["PATH"], slurm.env["PATH"]])
-    submitted = slurm.run(
-        "sbatch", "--parsable", *fit, "scripts/slurm.sbatch", "checkpoint.dir=runs/slurm", cwd=project, env=env
-    )
-    job_id = submitted.strip().split(";")[0]
+    submitted = slurm.run("bash", "-c", SBATCH, cwd=project, env=env)
+    submission = re.fullmatch(r"Submitted batch job (\d+)\n", submitted)
+    assert submission, submitted
+    job_id = submission.group(1)
     slurm.jobs.append(job_id)
     job = slurm.wait(job_id, RUN_TIMEOUT_S)
     log = project / f"slurm-{job_id}.out"  # the script's --output=slurm-%j.out, in the submit directory
@@ -304,14 +315,6 @@ def test_generated_sbatch_runs_to_completion_under_real_slurm(project: Path, slu
 # ----------------------------------------------------------------------------------------------------
 
 
-def multi_node_command(project: Path) -> str:
-    """The multi-node command as scripts/train_torchrun.sh's comment shows it (MASTER_ADDR=node001 ...)."""
-    script = (project / "scripts" / "train_torchrun.sh").read_text()
-    shown = re.search(r"^#   (MASTER_ADDR=\S+ bash scripts/train_torchrun\.sh)$", script, re.M)
-    assert shown, "scripts/train_torchrun.sh no longer shows its multi-node command"
-    return shown.group(1)
-
-
 def run_launchers(commands: list[str], project: Path, env: dict[str, str]) -> list[subprocess.CompletedProcess]:
     """Start every command at once (each `bash -c`), wait for all; on a hang, SIGTERM each launcher,
     on which torchrun stops its workers."""
@@ -331,26 +334,26 @@ def run_launchers(commands: list[str], project: Path, env: dict[str, str]) -> li
 
 
 def test_two_torchrun_nodes_on_one_host_train_as_one_node_does(project: Path) -> None:
-    """Two launchers with NNODES=2 and one process each run the script's multi-node command, with this
-    host as MASTER_ADDR: they meet at the c10d rendezvous, both exit 0, and the 2-rank job gives the same
-    losses, gradient norms and weights as one launcher starting 2 processes (NNODES=1)."""
-    host = socket.gethostname()
-    shown = multi_node_command(project)
-    command = re.sub(r"^MASTER_ADDR=\S+", f"MASTER_ADDR={host}", shown) + " checkpoint.dir=runs/two-node"
-    env = project_env(project, NNODES="2", NPROC_PER_NODE="1", MASTER_PORT=str(free_port()))
-    nodes = run_launchers([command, command], project, env)
+    """Two launchers run the script's multi-node command (its comment's `MASTER_ADDR=node001 bash
+    scripts/train_torchrun.sh`, with this host as the first node, NNODES=2 and one process per node) at
+    once: they meet at the c10d rendezvous, both exit 0, and the 2-rank job gives the same losses,
+    gradient norms and weights as one launcher starting 2 processes (NNODES=1)."""
+    script = (project / "scripts" / "train_torchrun.sh").read_text()
+    assert "\n#   MASTER_ADDR=node001 bash scripts/train_torchrun.sh\n" in script and "NNODES" in script
+    doc = DOC.read_text()
+    assert TWO_NODES in doc and ONE_NODE in doc
+    env = project_env(project, MASTER_PORT=str(free_port()))
+    nodes = run_launchers([TWO_NODES, TWO_NODES], project, env)
     for i, node in enumerate(nodes):
         assert node.returncode == 0, f"launcher {i} exited {node.returncode}:\n{node.stdout}\n{node.stderr[-4000:]}"
     assert sum("done: step 2" in node.stdout for node in nodes) == 1  # the rank-0 worker ran under one of them
 
-    one_node = "NNODES=1 NPROC_PER_NODE=2 bash scripts/train_torchrun.sh checkpoint.dir=runs/one-node"
-    (single,) = run_launchers([one_node], project, project_env(project))
+    (single,) = run_launchers([ONE_NODE], project, project_env(project))
     assert single.returncode == 0, single.stderr[-4000:]
 
     two, one = metrics(project / "runs" / "two-node"), metrics(project / "runs" / "one-node")
     assert two[0]["tokens"] == 2 * 64 * 2, two  # a world of 2: one rank from each launcher
-    assert [(r["step"], r["loss"], r["grad_norm"]) for r in two] == [
-        (r["step"], r["loss"], r["grad_norm"]) for r in one
-    ]
+    curve = [(r["step"], r["loss"], r["grad_norm"]) for r in two]
+    assert curve == [(r["step"], r["loss"], r["grad_norm"]) for r in one]
     a, b = weights(project / "runs" / "two-node"), weights(project / "runs" / "one-node")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
