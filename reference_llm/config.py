@@ -187,6 +187,8 @@ class TrainConfig:
     activation_checkpointing: str = "none"  # "none" | "selective" (attention scores) | "full" (whole blocks)
     log_interval: int = 10
     metrics_file: str = "metrics.jsonl"  # relative to checkpoint.dir
+    # where metrics go, any of LOGGERS (reference_llm.train.loggers): the JSONL file, TensorBoard, W&B
+    loggers: list[str] = field(default_factory=lambda: ["jsonl"])
 
 
 @dataclass
@@ -242,6 +244,8 @@ SECTIONS: dict[str, type] = {
     "checkpoint": CheckpointConfig,
     "distributed": DistributedConfig,
 }
+# `train.loggers` may name these; the sinks themselves live in reference_llm.train.loggers.
+LOGGERS = ("jsonl", "tensorboard", "wandb")
 # Values stay plain strings in a RunConfig (so that it serialises anywhere); these say which are allowed.
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.tokenizer": ("char", "bpe", "hf-bpe"),
@@ -388,6 +392,9 @@ def _check(config: RunConfig) -> None:
         )
     if not 0 < t.lr or t.min_lr < 0 or t.min_lr > t.lr:
         raise ConfigError(f"need 0 <= train.min_lr <= train.lr and lr > 0; got lr={t.lr}, min_lr={t.min_lr}")
+    unknown = [name for name in t.loggers if name not in LOGGERS]
+    if unknown:
+        raise ConfigError(f"train.loggers: unknown logger {unknown[0]!r}; known: {', '.join(LOGGERS)}")
     d = config.distributed
     check_parallel_layout(config.model, d.strategy, d.tp, d.pp)
     if d.pp > 1 and t.micro_batch < d.pp:

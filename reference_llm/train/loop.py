@@ -35,7 +35,8 @@ from reference_llm.config import RunConfig
 from reference_llm.distributed import Engine
 from reference_llm.train import files
 from reference_llm.train.checkpoint import list_checkpoints
-from reference_llm.train.metrics import MetricsFile, ProgressDisplay
+from reference_llm.train.loggers import open_loggers
+from reference_llm.train.metrics import ProgressDisplay
 from reference_llm.train.optim import CosineSchedule
 from reference_llm.train.perf import autocast, measure_matmul_peak, mfu
 
@@ -121,6 +122,19 @@ def matmul_peak(dtype: torch.dtype, device: torch.device) -> float:
     return measure_matmul_peak(dtype, device, size=8192 if device.type == "cuda" else 2048, repeats=5)
 
 
+def peak_memory_mib(device: torch.device) -> float:
+    """Peak memory so far, in MiB (the `memory_mib` of each log line): on a GPU, what torch allocated
+    on it; on a CPU, the process's peak resident memory (VmHWM; not ru_maxrss, which Linux carries over execve
+    from the parent, e.g. pytest's own peak). 0 where neither can be read."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration, ValueError, IndexError):
+        return 0.0
+
+
 # ----------------------------------------------------------------------------------------------------
 # The loop
 # ----------------------------------------------------------------------------------------------------
@@ -182,15 +196,18 @@ def fit(
             f"checkpoint (pass --resume to continue that run instead)",
             file=sys.stderr,
         )
-    # A fresh run starts a new metrics file; a resumed or staged one keeps the records up to now.
-    metrics = MetricsFile(run_dir / t.metrics_file, keep_through_step=state.step or None) if engine.is_main else None
+    # A fresh run starts new records (metrics file, TensorBoard events); a resumed or staged one keeps
+    # those up to now. Only rank 0 logs.
+    sinks = open_loggers(config, start_step=state.step) if engine.is_main else None
+    if sinks is not None:
+        sinks.log_config(config.to_dict())
     display = ProgressDisplay(target, start_step=state.step, enabled=engine.is_main)
     peak = matmul_peak(dtype, engine.device) * engine.world_size
     flops_per_token = config.model.flops_per_token(config.seq_len, training=True)
 
     def log(record: dict[str, Any]) -> None:
-        if metrics is not None:
-            metrics.write(record)
+        if sinks is not None:
+            sinks.log(record["step"], {k: v for k, v in record.items() if k != "step"})
 
     def run_validation(last: dict[str, Any]) -> None:
         assert validate is not None  # narrows the type: only called when there is one
@@ -234,6 +251,7 @@ def fit(
                     "grad_norm": grad_norm,
                     "tokens_per_s": tokens_per_s,
                     "mfu": mfu(tokens_per_s, flops_per_token, peak),
+                    "memory_mib": peak_memory_mib(engine.device),
                     "elapsed_s": state.elapsed,
                     **(stats() if stats else {}),
                 }
@@ -257,6 +275,6 @@ def fit(
             checkpoint(last)
     finally:
         display.close()
-        if metrics is not None:
-            metrics.close()
+        if sinks is not None:
+            sinks.close()
     return last

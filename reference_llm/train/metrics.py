@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -43,6 +44,14 @@ class MetricsFile:
     def write(self, record: dict[str, Any]) -> None:
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()  # a crash must not lose what was logged before it
+
+    # The sink interface of reference_llm.train.loggers (`train.loggers = ["jsonl"]`).
+    def log(self, step: int, metrics: Mapping[str, Any]) -> None:
+        self.write({"step": step, **metrics})
+
+    def log_config(self, config: Mapping[str, Any]) -> None:
+        """Nothing: every checkpoint's state.json holds the run config, and the metrics file stays one
+        kind of record (one per logged step) for the tools that read it."""
 
     def close(self) -> None:
         self._file.close()
