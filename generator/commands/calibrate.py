@@ -44,8 +44,9 @@ LATEST = "latest"
 STATE_FILE = "state.json"
 STEP_DIR = re.compile(r"step_\d{7,13}")  # what `latest` may name (reference_llm.train.checkpoint)
 MAX_STATE_BYTES = 16 << 20  # a state.json is ~30 KB; reference_llm's checkpoint checks allow 16 MiB
-# A per-device peak memory figure in GiB, read from the training records when the run logged one.
-MEMORY_KEY = "peak_memory_gib"
+# Peak memory so far in MiB, as the training loop logs it (reference_llm.train.loop.peak_memory_mib): what
+# torch allocated on a GPU, the process's peak resident memory on a CPU; 0 where it could not be read.
+MEMORY_KEY = "memory_mib"
 _SHORT = {full: short for short, full in SHORT_NAMES.items()}  # bfloat16 -> bf16, for a narrow column
 
 
@@ -59,7 +60,7 @@ class Measured:
     tokens_per_step: int  # over every rank
     world_size: int
     matmul_peak_tflops: float  # per device, as the run measured it at start-up (MFU's denominator)
-    peak_memory_gib: float | None
+    peak_memory_gib: float | None  # the largest the run logged (a peak so far: the warm-up counts too)
 
     @property
     def seconds_per_step(self) -> float:
@@ -172,7 +173,7 @@ def measure(rows: list[dict[str, Any]], config: RunConfig, devices: int, warmup:
     flops_per_token = config.model.flops_per_token(config.seq_len, training=True)
     # The loop logs mfu = tokens/s x FLOPs per token / (measured matmul peak x world size).
     peak = last["tokens_per_s"] * flops_per_token / last["mfu"] / world / 1e12
-    memory = [r[MEMORY_KEY] for r in after if _is_number(r.get(MEMORY_KEY))]
+    memory = [r[MEMORY_KEY] / 1024 for r in rows if _is_number(r.get(MEMORY_KEY)) and r[MEMORY_KEY] > 0]
     return Measured(
         first_step=first["step"],
         last_step=last["step"],
@@ -248,6 +249,11 @@ def calibrate_run(
             )
         notes.append(f"{measured.world_size} processes shared the CPU; the estimate counts it as one device")
 
+    if measured.peak_memory_gib is not None and hardware.is_cpu:
+        notes.append(
+            "memory: on a CPU the run logs the process's peak resident memory, which holds Python, torch and "
+            "the data as well as the training state the estimate counts"
+        )
     planned_tokens = float(config.train.max_steps * measured.tokens_per_step)
     spec = run_spec(config, hardware, planned_tokens, price)
     est = estimate_run(spec)
@@ -383,6 +389,10 @@ def register(app: typer.Typer) -> None:
     app.command("calibrate")(calibrate)
 
 
+def _gib(gib: float) -> str:
+    return f"{gib:.2f} GiB" if gib >= 1 else f"{gib * 1024:.1f} MiB"  # a small model's state is MiB
+
+
 def _ratio(measured: float | None, estimated: float) -> str:
     return f"{measured / estimated:.2f}x" if measured is not None and estimated > 0 else "-"
 
@@ -405,8 +415,8 @@ def _comparison_table(r: dict[str, Any]) -> Table:
     memory = m["peak_memory_gib"]
     table.add_row(
         "memory per device",
-        "not logged" if memory is None else f"{memory:.2f} GiB",
-        f"{e['memory_per_gpu_gib']:.2f} GiB",
+        "not logged" if memory is None else _gib(memory),
+        _gib(e["memory_per_gpu_gib"]),
         _ratio(memory, e["memory_per_gpu_gib"]),
     )
     table.add_row(
