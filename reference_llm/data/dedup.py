@@ -102,6 +102,20 @@ def choose_bands(num_perm: int, threshold: float, recall: float = 0.95) -> tuple
     return best
 
 
+class _WordHashes(dict[str | bytes, bytes]):
+    """Word (str, or bytes for ASCII text) -> 8 bytes of blake2b of its UTF-8 bytes, computed on a miss
+    (`dict.__missing__`); emptied when it holds _WORD_CACHE_MAX words. Not hash(): Python salts str
+    hashes per process, and signatures computed by different worker processes must agree."""
+
+    def __missing__(self, word: str | bytes) -> bytes:
+        data = word if isinstance(word, bytes) else word.encode("utf-8", "surrogatepass")
+        digest = hashlib.blake2b(data, digest_size=8).digest()
+        if len(self) >= _WORD_CACHE_MAX:
+            self.clear()
+        self[word] = digest
+        return digest
+
+
 class MinHasher:
     """Signatures of word-shingle sets under `num_perm` hash functions h(x) = (a*x + b) >> 32.
 
@@ -114,20 +128,12 @@ class MinHasher:
         self.a = rng.integers(0, 1 << 63, size=num_perm, dtype=np.uint64) | np.uint64(1)
         self.b = rng.integers(0, 1 << 63, size=num_perm, dtype=np.uint64)
         self.shingle_words = shingle_words
-        # Word (str, or bytes for ASCII text) -> 64-bit blake2b of its UTF-8 bytes. Not hash(): Python salts
-        # str hashes per process, and signatures computed by different worker processes must agree.
-        self._words: dict[str | bytes, int] = {}
+        self._words = _WordHashes()
+        self._buffer = np.empty((_CHUNK, num_perm), dtype=np.uint64)  # reused: a fresh one costs page faults
 
     def _word_hashes(self, words: list[str] | list[bytes]) -> np.ndarray:
-        cache = self._words
-        if len(cache) > _WORD_CACHE_MAX:
-            cache.clear()
-        new: set[str | bytes] = set(words)
-        new.difference_update(cache)
-        for word in new:
-            data = word if isinstance(word, bytes) else word.encode("utf-8", "surrogatepass")
-            cache[word] = int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
-        return np.fromiter(map(cache.__getitem__, words), dtype=np.uint64, count=len(words))
+        # One C-level pass over the words; only a word not seen before runs Python (_WordHashes.__missing__).
+        return np.frombuffer(b"".join(map(self._words.__getitem__, words)), dtype="<u8")
 
     def words(self, text: str) -> list[str] | list[bytes]:
         """The lower-cased words (\\w+ runs) of `text`; as bytes when it is ASCII."""
@@ -158,7 +164,9 @@ class MinHasher:
             return None
         sig = np.full(self.a.size, np.iinfo(np.uint64).max, dtype=np.uint64)
         for i in range(0, x.size, _CHUNK):
-            h = x[i : i + _CHUNK, None] * self.a  # in place from here: half the time of fresh temporaries
+            part = x[i : i + _CHUNK]
+            h = self._buffer[: part.size]  # in place: half the time of fresh temporaries
+            np.multiply(part[:, None], self.a, out=h)
             h += self.b
             np.minimum(sig, h.min(axis=0), out=sig)
         return (sig >> np.uint64(32)).astype(np.uint32)

@@ -167,13 +167,15 @@ def encode_batch(task: tuple[str, bool, list[tuple[int, str]]]) -> list[tuple[np
         texts.append(text)
     eot = [] if tokenizer.eot_id is None else [tokenizer.eot_id]
     out = []
-    # A few documents at a time: a list of Python ints costs ~36 bytes a token, the array 2 or 4.
+    # A few documents at a time: a list of Python ints (what a tokenizer without its own encode_arrays
+    # makes) costs ~36 bytes a token, the array 2 or 4.
     for i in range(0, len(texts), ENCODE_BATCH):
         part = texts[i : i + ENCODE_BATCH]
-        out += [
-            (np.asarray(ids + eot, dtype=dtype), d, len(t.encode("utf-8")))
-            for ids, d, t in zip(tokenizer.encode_batch(part), dropped[i : i + ENCODE_BATCH], part)
-        ]
+        for ids, d, t in zip(tokenizer.encode_arrays(part), dropped[i : i + ENCODE_BATCH], part):
+            row = np.empty(ids.size + len(eot), dtype=dtype)
+            row[: ids.size] = ids
+            row[ids.size :] = eot
+            out.append((row, d, len(t) if t.isascii() else len(t.encode("utf-8"))))
     return out
 
 

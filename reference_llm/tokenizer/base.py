@@ -12,6 +12,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import regex
 
 from reference_llm.errors import TokenizerError
@@ -31,6 +32,10 @@ class Tokenizer(ABC):
 
     def encode_batch(self, texts: Iterable[str]) -> list[list[int]]:
         return [self.encode(text) for text in batch_texts(texts)]
+
+    def encode_arrays(self, texts: Iterable[str]) -> list[np.ndarray]:
+        """`encode_batch(texts)` as integer arrays (what token shards are written from)."""
+        return [np.asarray(ids, dtype=np.uint32) for ids in self.encode_batch(texts)]
 
     @abstractmethod
     def decode(self, ids: Iterable[int]) -> str:

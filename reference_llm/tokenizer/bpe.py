@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import heapq
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Self
+
+import numpy as np
 
 from reference_llm.errors import TokenizerError
 from reference_llm.tokenizer.base import (
     EOT,
     SpecialSplitter,
     Tokenizer,
+    batch_texts,
     check_special_tokens,
     check_texts,
     lookup_ids,
@@ -31,8 +34,38 @@ from reference_llm.tokenizer.hf_format import BPEData, from_json, to_json
 # Words longer than this many bytes (long whitespace runs, base64, minified code) are merged with a
 # heap, O(n log n), instead of rescanning all pairs after every merge, O(n^2).
 LONG_WORD = 48
-# Distinct words kept in the encode cache; it is emptied when full, which bounds memory on huge corpora.
+# The encode cache holds at most CACHE_SIZE distinct words, of at most CACHE_CHARS characters in all,
+# and is emptied when either would be exceeded: memory stays bounded on huge corpora (measured in
+# tests/reference/test_tokenizer_speedups.py). Words longer than MAX_CACHED_WORD characters are encoded
+# each time: they rarely repeat, and one could otherwise fill the cache alone.
 CACHE_SIZE = 200_000
+CACHE_CHARS = 4_000_000
+MAX_CACHED_WORD = 1024
+ID_DTYPE = np.dtype(np.uint32)  # ids as the cache stores them: encode_array returns this dtype
+
+
+class WordCache(dict[str, bytes]):
+    """Word -> its ids as packed ID_DTYPE bytes, filled on a miss by `encode_word` (`dict.__missing__`).
+
+    So the ids of a text's words are `b"".join(map(cache.__getitem__, words))`: the loop over words
+    runs in C, Python code runs only on a miss, and the result is an array's buffer, with no Python
+    int per token. `chars` counts the characters of the words held.
+    """
+
+    def __init__(self, encode_word: Callable[[str], list[int]]) -> None:
+        super().__init__()
+        self._encode_word = encode_word
+        self.chars = 0
+
+    def __missing__(self, word: str) -> bytes:
+        ids = np.asarray(self._encode_word(word), dtype=ID_DTYPE).tobytes()
+        if len(word) <= MAX_CACHED_WORD:
+            if len(self) >= CACHE_SIZE or self.chars + len(word) > CACHE_CHARS:
+                self.clear()
+                self.chars = 0
+            self[word] = ids
+            self.chars += len(word)
+        return ids
 
 
 class BPETokenizer(Tokenizer):
@@ -72,7 +105,8 @@ class BPETokenizer(Tokenizer):
         self._decoder = {**tokens, **{i: s.encode("utf-8") for s, i in special_tokens.items()}}
         self._vocab_size = max(self._decoder) + 1
         self._splitter = SpecialSplitter(special_tokens)
-        self._cache: dict[str, list[int]] = {}
+        self._cache = WordCache(self._encode_word)
+        self._special_bytes = {i: np.asarray([i], dtype=ID_DTYPE).tobytes() for i in special_tokens.values()}
 
     # ---- building -------------------------------------------------------------------------------
 
@@ -138,13 +172,19 @@ class BPETokenizer(Tokenizer):
         return lookup_ids(self._decoder, [token_id], self._vocab_size)[0]
 
     def encode(self, text: str) -> list[int]:
-        out: list[int] = []
-        for segment, special_id in self._splitter.split(fix_surrogates(text)):
-            if special_id is None:
-                self._encode_plain(segment, out)
-            else:
-                out.append(special_id)
-        return out
+        ids: list[int] = self.encode_array(text).tolist()
+        return ids
+
+    def encode_arrays(self, texts: Iterable[str]) -> list[np.ndarray]:
+        return [self.encode_array(text) for text in batch_texts(texts)]
+
+    def encode_array(self, text: str) -> np.ndarray:
+        """`encode(text)` as a read-only uint32 array, without making a Python int per token."""
+        pieces = [
+            self._encode_plain(segment) if special_id is None else self._special_bytes[special_id]
+            for segment, special_id in self._splitter.split(fix_surrogates(text))
+        ]
+        return np.frombuffer(b"".join(pieces), dtype=ID_DTYPE)
 
     def decode(self, ids: Iterable[int]) -> str:
         pieces: list[bytes] = lookup_ids(self._decoder, ids, self._vocab_size)
@@ -157,16 +197,9 @@ class BPETokenizer(Tokenizer):
 
     # ---- encoding internals -------------------------------------------------------------------------
 
-    def _encode_plain(self, text: str, out: list[int]) -> None:
-        cache = self._cache
-        for word in GPT2_SPLIT.findall(text):
-            ids = cache.get(word)
-            if ids is None:
-                ids = self._encode_word(word)
-                if len(cache) >= CACHE_SIZE:
-                    cache.clear()
-                cache[word] = ids
-            out += ids
+    def _encode_plain(self, text: str) -> bytes:
+        """The ids of text without special tokens, packed as in WordCache."""
+        return b"".join(map(self._cache.__getitem__, GPT2_SPLIT.findall(text)))
 
     def _encode_word(self, word: str) -> list[int]:
         data = word.encode("utf-8")
