@@ -222,11 +222,15 @@ def calibrate_run(
     if warmup < 0:
         raise CalibrateError(f"--warmup-steps must be 0 or more, got {warmup}")
     config, config_source = read_run_config(run_dir, config_file)
+    if Path(config.train.metrics_file).is_absolute() or ".." in Path(config.train.metrics_file).parts:
+        raise CalibrateError(
+            f"train.metrics_file {config.train.metrics_file!r} must be a path inside the run directory"
+        )
     metrics_path = run_dir / config.train.metrics_file
     rows = training_records(metrics_path)
-    # The device count only (a placeholder CPU peak: nothing is measured for it).
-    devices = parse_hardware(hardware_text, cpu_tflops or 1.0).n_gpus
-    measured = measure(rows, config, devices, warmup, metrics_path)
+    # What kind and how many devices (with a placeholder CPU peak, so that nothing is measured for it).
+    probe = parse_hardware(hardware_text, cpu_tflops or 1.0)
+    measured = measure(rows, config, probe.n_gpus, warmup, metrics_path)
     notes = [
         f"config: {config_source}",
         f"warm-up: the first {warmup} steps are not measured (buffer allocation, autocast's weight casts and "
@@ -234,7 +238,7 @@ def calibrate_run(
         f"{measured.last_step}, by the run's training clock (elapsed_s: evaluation and checkpoints excluded)",
     ]
     given = cpu_tflops is not None or bool(os.environ.get(CPU_TFLOPS_ENV))
-    if not given and hardware_text.strip().lower() in ("cpu", "laptop", "1xcpu"):
+    if not given and probe.is_cpu:
         cpu_tflops = measured.matmul_peak_tflops  # this run's own measurement of the CPU it ran on
         notes.append(
             f"cpu peak: {cpu_tflops:.3g} TFLOP/s, what the run measured at start-up (from its logged MFU: "
@@ -265,13 +269,15 @@ def calibrate_run(
     logged_mfu = tokens_per_s * flops_per_token / (measured.world_size * measured.matmul_peak_tflops * 1e12)
 
     remaining_steps = max(config.train.max_steps - measured.last_step, 0)
-    finish_s = remaining_steps * measured.seconds_per_step
-    limit = config.train.max_minutes * 60
-    if limit > 0 and rows[-1]["elapsed_s"] + finish_s > limit:
-        finish_s = max(limit - rows[-1]["elapsed_s"], 0.0)
-        stop = rows[-1]["step"] + int(finish_s / measured.seconds_per_step)
-        notes.append(f"train.max_minutes = {config.train.max_minutes:g} ends the run at about step {stop}")
-    finish_hours = finish_s / 3600
+    if config.train.max_minutes > 0:  # the run stops once this much training time is used up
+        left_s = max(config.train.max_minutes * 60 - rows[-1]["elapsed_s"], 0.0)
+        if int(left_s / measured.seconds_per_step) < remaining_steps:
+            remaining_steps = int(left_s / measured.seconds_per_step)
+            notes.append(
+                f"train.max_minutes = {config.train.max_minutes:g} ends the run at about step "
+                f"{measured.last_step + remaining_steps}"
+            )
+    finish_hours = remaining_steps * measured.seconds_per_step / 3600
     notes.append(
         f"other hardware: the measured MFU {mfu:.4f} carried over unchanged (an assumption: a run's "
         "efficiency depends on the device, its kernels and the model's shape), same layout, micro-batch "

@@ -209,6 +209,16 @@ def test_a_run_in_progress_gets_its_time_and_cost_to_finish(tmp_path: Path) -> N
     assert r["config"] == str(config)
 
 
+def test_train_max_minutes_ends_the_run_early(tmp_path: Path) -> None:
+    """36 s of training allowed, 30 s used by step 40, 0.5 s a step: it stops at about step 52, not 100."""
+    config = tmp_path / "train.toml"
+    config.write_text('[model]\npreset = "tiny"\n[train]\nmax_steps = 100\nmax_minutes = 0.6\n', encoding="utf-8")
+    synthetic(tmp_path / "run", steps=40, slow_until=4)
+    r = report(str(tmp_path / "run"), "--config", str(config), "--cpu-tflops", "1")
+    assert r["finish"]["remaining_steps"] == 12 and r["finish"]["hours"] == pytest.approx(6 / 3600)
+    assert "train.max_minutes = 0.6 ends the run at about step 52" in r["assumptions"]
+
+
 def test_warmup_steps_are_skipped_and_the_flag_changes_how_many(tmp_path: Path) -> None:
     run = tmp_path / "run"
     config = tmp_path / "train.toml"
@@ -243,6 +253,7 @@ def _copy_run(workdir: Path, tmp_path: Path) -> Path:
         ("no checkpoint", "has no checkpoint yet (no latest file): pass --config FILE"),
         ("hostile latest", "must name a step directory like step_0000500"),
         ("broken state", "state.json is not readable JSON"),
+        ("metrics elsewhere", "train.metrics_file '../../x/metrics.jsonl' must be a path inside the run directory"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(workdir: Path, tmp_path: Path, breakage: str, words: str) -> None:
@@ -270,6 +281,10 @@ def test_bad_input_is_one_line_and_exit_code_2(workdir: Path, tmp_path: Path, br
         (run / "latest").write_text("../../etc")
     elif breakage == "broken state":
         state.write_text('{"config": ' * 100_000)  # deeper than Python's parser goes
+    elif breakage == "metrics elsewhere":  # a state.json from someone else must not point outside the run
+        stored = json.loads(state.read_text())
+        stored["config"]["train"]["metrics_file"] = "../../x/metrics.jsonl"
+        state.write_text(json.dumps(stored))
     result = calibrate(str(run))
     assert result.exit_code == 2, result.stdout
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
