@@ -31,8 +31,11 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# Two workers, each file kept on one worker (its module fixtures are built once); tests/conftest.py gives
+# each worker its share of the cores, so a worker's torch threads do not fight the other's.
+TEST_WORKERS ?= 2
 test: lint
-	$(BIN)/python -m pytest -q --durations=40
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=40
 
 bench: $(VENV)/.installed
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done

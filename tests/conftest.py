@@ -7,3 +7,10 @@ import os
 # jobserver. The tests run the commands a user types in a shell, so they get a shell's environment.
 for name in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES"):
     os.environ.pop(name, None)
+
+# Under pytest-xdist (`make test` runs 2 workers) each worker gets its share of the cores for torch's
+# threads, here and in the processes its tests start: with every worker on every core, OpenMP's spinning
+# threads slow each other (and 2-process gloo runs) down several times over.
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // _workers))
