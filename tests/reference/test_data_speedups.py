@@ -4,13 +4,17 @@ computation, and the LSH index's signature file read back before and after it is
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from reference_llm.data import dedup
+from reference_llm.data import dedup, pii
 from reference_llm.data.dedup import LshIndex, MinHasher
 from reference_llm.data.pipeline import Cleaned, Collector, PipelineSettings
 
@@ -98,3 +102,39 @@ def test_collector_decides_the_same_with_signatures_on_disk(tmp_path) -> None:
     in_memory = decisions(None)
     assert decisions(tmp_path) == in_memory
     assert 30 <= sum(in_memory) < 120  # the copies that stayed similar enough were dropped
+
+
+def test_pii_digit_shapes_skip_no_finding(monkeypatch: pytest.MonkeyPatch) -> None:
+    # ASCII texts dense in digits and separators, so that every shaped rule has matches to lose.
+    rng = random.Random(0)
+    alphabet = "0123456789012345 .-+()\n@:xA"
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randrange(5, 90))) for _ in range(2500)]
+    texts += ["call 555-123-4567 or 020 7946 0958", "card 4111 1111 1111 1111 at 8.8.8.8", "+44 20 7946 0958"]
+    shaped = [pii.scan_pii(t) for t in texts]
+    kinds = {f.kind for found in shaped for f in found}
+    assert {"credit_card", "ipv4", "phone"} <= kinds
+    plain_rules = [rule._replace(shapes=()) for rule in pii._RULES]
+    monkeypatch.setattr(pii, "_RULES", plain_rules)
+    assert [pii.scan_pii(t) for t in texts] == shaped
+    # Negative control: a shape that some matches lack ("00.0" misses 8.8.8.8) changes the findings.
+    wrong = [rule._replace(shapes=(b"00.0",)) if rule.kind == "ipv4" else rule for rule in plain_rules]
+    monkeypatch.setattr(pii, "_RULES", wrong)
+    assert [pii.scan_pii(t) for t in texts] != shaped
+
+
+def test_benchmark_profile_mode_runs(tmp_path) -> None:
+    # `python benchmarks/data_prepare.py --mb 20 --profile` (its docstring), at a tiny size.
+    repo = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, str(repo / "benchmarks" / "data_prepare.py"), "--mb", "0.1", "--profile", "--json"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert report["cpu_s"] > 0 and report["corpus"]["documents"] > 10
+    own = [f["own_s"] for f in report["functions"]]
+    assert len(own) == 25 and own == sorted(own, reverse=True)
