@@ -22,6 +22,7 @@ ConfigError line naming the extra to install.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import os
 from collections.abc import Mapping
@@ -55,14 +56,34 @@ def scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+def _missing(name: str) -> ConfigError:
+    return ConfigError(
+        f"train.loggers: {name!r} needs the {_NEEDS[name][1]} package; install it with: pip install 'llmgen[{name}]'"
+    )
+
+
 def _require(name: str) -> ModuleType:
-    module, package = _NEEDS[name]
     try:
-        return importlib.import_module(module)
+        return importlib.import_module(_NEEDS[name][0])
     except ImportError:
-        raise ConfigError(
-            f"train.loggers: {name!r} needs the {package} package; install it with: pip install 'llmgen[{name}]'"
-        ) from None
+        raise _missing(name) from None
+
+
+def _checked_names(config: RunConfig) -> list[str]:
+    names = list(dict.fromkeys(config.train.loggers))  # a name given twice is one sink
+    unknown = [name for name in names if name not in LOGGERS]
+    if unknown:  # load_config refuses these first; a RunConfig built in code reaches this check
+        raise ConfigError(f"train.loggers: unknown logger {unknown[0]!r}; known: {', '.join(LOGGERS)}")
+    return names
+
+
+def check_loggers(config: RunConfig) -> None:
+    """What `open_loggers` refuses (an unknown name, a package not installed), found without importing
+    or opening anything: ranks other than 0, which log nothing, call it so that a run stops with the
+    same error on every rank instead of leaving them waiting for rank 0 in a collective."""
+    for name in _checked_names(config):
+        if name in _NEEDS and importlib.util.find_spec(_NEEDS[name][1]) is None:
+            raise _missing(name)
 
 
 class TensorBoardLogger:
@@ -101,9 +122,10 @@ class WandbLogger:
                 project=os.environ.get("WANDB_PROJECT") or "llmgen", name=run_dir.name, dir=str(run_dir)
             )
         except Exception as exc:  # wandb raises its own types (no API key, no network, bad settings)
+            reason = " ".join(str(exc).split())  # one line, whatever W&B's message holds
             raise ConfigError(
-                f"train.loggers: W&B could not start a run ({type(exc).__name__}: {exc}); log in with `wandb "
-                f"login`, or set WANDB_MODE=offline to keep the run on this machine"
+                f"train.loggers: W&B could not start a run ({type(exc).__name__}: {reason}); "
+                f"WANDB_MODE=offline keeps the run on this machine without an account"
             ) from None
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
@@ -150,15 +172,14 @@ def open_loggers(config: RunConfig, start_step: int = 0) -> Loggers:
     which replaces an earlier run's records; otherwise a resumed or staged one, which keeps those up to
     `start_step`). Every optional package is imported before any sink touches a file, so that a
     missing one changes nothing in the run directory."""
-    names = list(dict.fromkeys(config.train.loggers))  # a name given twice is one sink
-    unknown = [name for name in names if name not in LOGGERS]
-    if unknown:  # load_config refuses these first; a RunConfig built in code reaches this check
-        raise ConfigError(f"train.loggers: unknown logger {unknown[0]!r}; known: {', '.join(LOGGERS)}")
+    names = _checked_names(config)
     modules = {name: _require(name) for name in names if name in _NEEDS}
     run_dir = Path(config.checkpoint.dir)
     sinks: list[Logger] = []
     try:
-        for name in names:
+        # W&B first: it is the one that may fail to start (no account), and then nothing else has yet
+        # replaced an earlier run's records.
+        for name in sorted(names, key=("wandb", "tensorboard", "jsonl").index):
             if name == "jsonl":
                 sinks.append(MetricsFile(run_dir / config.train.metrics_file, keep_through_step=start_step or None))
             elif name == "tensorboard":

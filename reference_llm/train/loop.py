@@ -35,7 +35,7 @@ from reference_llm.config import RunConfig
 from reference_llm.distributed import Engine
 from reference_llm.train import files
 from reference_llm.train.checkpoint import list_checkpoints
-from reference_llm.train.loggers import open_loggers
+from reference_llm.train.loggers import check_loggers, open_loggers
 from reference_llm.train.metrics import ProgressDisplay
 from reference_llm.train.optim import CosineSchedule
 from reference_llm.train.perf import autocast, measure_matmul_peak, mfu
@@ -197,10 +197,13 @@ def fit(
             file=sys.stderr,
         )
     # A fresh run starts new records (metrics file, TensorBoard events); a resumed or staged one keeps
-    # those up to now. Only rank 0 logs.
-    sinks = open_loggers(config, start_step=state.step) if engine.is_main else None
-    if sinks is not None:
+    # those up to now. Only rank 0 logs; the others check the same config, to stop at the same error.
+    sinks = None
+    if engine.is_main:
+        sinks = open_loggers(config, start_step=state.step)
         sinks.log_config(config.to_dict())
+    else:
+        check_loggers(config)
     display = ProgressDisplay(target, start_step=state.step, enabled=engine.is_main)
     peak = matmul_peak(dtype, engine.device) * engine.world_size
     flops_per_token = config.model.flops_per_token(config.seq_len, training=True)

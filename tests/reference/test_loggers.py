@@ -23,9 +23,11 @@ import reference_llm.train.loop as loop_mod
 from reference_llm.assets import corpus_path
 from reference_llm.cli import run_main
 from reference_llm.config import load_config
+from reference_llm.errors import ConfigError
 from reference_llm.posttrain import sft
 from reference_llm.train import Trainer
 from reference_llm.train import main as train_main
+from reference_llm.train.loggers import check_loggers, open_loggers
 from reference_llm.train.metrics import read_metrics
 
 pytest.importorskip("tensorboard", reason="the tensorboard extra: pip install 'llmgen[tensorboard]'")
@@ -271,3 +273,28 @@ def test_missing_package_names_the_extra_and_touches_nothing(
     )
     assert (run / "metrics.jsonl").read_text() == '{"step": 1, "loss": 2.0}\n'  # the earlier run's, untouched
     assert os.listdir(run) == ["metrics.jsonl"]
+    # Ranks other than 0 open no sink but stop at the same line, found without importing anything.
+    monkeypatch.setitem(sys.modules, "tensorboard", None)
+    with pytest.raises(ConfigError) as raised:
+        check_loggers(load_config("configs/train.toml", ['train.loggers=["tensorboard"]']))
+    assert f"error: {raised.value}" == err[-1]
+
+
+def test_a_wandb_run_that_cannot_start_is_one_line(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    wandb = pytest.importorskip("wandb", reason="the wandb extra: pip install 'llmgen[wandb]'")
+
+    def refuse(**settings: Any) -> None:
+        raise wandb.errors.UsageError("No API key configured.\nUse `wandb login` to log in.")
+
+    monkeypatch.setattr(wandb, "init", refuse)
+    config = load_config("configs/train.toml", ['train.loggers=["jsonl", "tensorboard", "wandb"]'])
+    earlier = project / "runs" / "tiny" / "metrics.jsonl"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_text('{"step": 1, "loss": 2.0}\n')
+    with pytest.raises(ConfigError) as raised:
+        open_loggers(config)
+    assert earlier.read_text() == '{"step": 1, "loss": 2.0}\n'  # W&B is tried before anything is replaced
+    assert str(raised.value) == (
+        "train.loggers: W&B could not start a run (UsageError: No API key configured. Use `wandb login` to log "
+        "in.); WANDB_MODE=offline keeps the run on this machine without an account"
+    )
