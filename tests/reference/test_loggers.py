@@ -30,9 +30,6 @@ from reference_llm.train import main as train_main
 from reference_llm.train.loggers import check_loggers, open_loggers
 from reference_llm.train.metrics import read_metrics
 
-pytest.importorskip("tensorboard", reason="the tensorboard extra: pip install 'llmgen[tensorboard]'")
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
-
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "training.md"
 TRAIN_TOML = """[model]
@@ -83,7 +80,14 @@ def jsonl_scalars(path: Path) -> dict[str, list[tuple[int, float]]]:
     return dict(series)
 
 
+def needs(extra: str) -> Any:
+    """The extra's package, or a skip that says how to install it."""
+    return pytest.importorskip(extra, reason=f"the {extra} extra: pip install 'llmgen[{extra}]'")
+
+
 def tensorboard_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     events = EventAccumulator(str(log_dir))
     events.Reload()
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
@@ -92,6 +96,8 @@ def tensorboard_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
 def tensorboard_config(log_dir: Path) -> dict[str, Any]:
     """The run config logged last as TensorBoard text (a Markdown code block of JSON); each start of a
     run, resumes included, logs it at the step it starts from."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     events = EventAccumulator(str(log_dir), size_guidance={"tensors": 0})
     events.Reload()
     text = events.Tensors("config/text_summary")[-1].tensor_proto.string_val[0].decode()
@@ -107,6 +113,7 @@ def assert_tensorboard_equals_jsonl(run_dir: Path, keys: set[str]) -> None:
 def test_pretraining_tensorboard_scalars_equal_the_jsonl_metrics_across_a_resume(
     project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    needs("tensorboard")
     overrides = ['train.loggers=["jsonl", "tensorboard"]', "checkpoint.interval=2"]
     run = project / "runs" / "tiny"
     real_step, calls = loop_mod.train_step, []
@@ -158,6 +165,7 @@ interval = 0
 
 
 def test_sft_logs_through_the_same_sinks(tmp_path: Path) -> None:
+    needs("tensorboard")
     config = tmp_path / "sft.toml"
     config.write_text(SFT_TOML.format(run=tmp_path / "run"))
     assert run_main(sft.main, ["--config", str(config)]) == 0
@@ -217,7 +225,8 @@ def wandb_items(items: Any) -> dict[str, Any]:
 
 
 def test_doc_commands_tensorboard_and_wandb_offline(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("wandb", reason="the wandb extra: pip install 'llmgen[wandb]'")
+    needs("tensorboard")
+    needs("wandb")
     # Nothing may leave the machine: W&B's files stay under the test's directory, and its server
     # address points at a closed local port, so a run that tried to go online would fail, not upload.
     for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
@@ -281,7 +290,7 @@ def test_missing_package_names_the_extra_and_touches_nothing(
 
 
 def test_a_wandb_run_that_cannot_start_is_one_line(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    wandb = pytest.importorskip("wandb", reason="the wandb extra: pip install 'llmgen[wandb]'")
+    wandb = needs("wandb")
 
     def refuse(**settings: Any) -> None:
         raise wandb.errors.UsageError("No API key configured.\nUse `wandb login` to log in.")
