@@ -149,14 +149,20 @@ def train(strategy: str, config: Path, work: Path, timeout: float) -> dict[str, 
         ds = ds_config.build(run_config, world_size=1, bf16=run_config.train.dtype == "bfloat16")
         Path(run_config.distributed.deepspeed_config).write_text(json.dumps(ds, indent=1))
     start = time.perf_counter()
-    try:
-        result = subprocess.run(cmd, cwd=work, env=child_env(work), capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise RuntimeError(f"did not finish within {timeout:.0f} s") from None
-    if result.returncode != 0:
-        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-        tail = errors[-1] if errors else (result.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise RuntimeError(f"exited {result.returncode}: {tail}")
+    with subprocess.Popen(
+        cmd, cwd=work, env=child_env(work), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
+        try:
+            _, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            # SIGTERM, not SIGKILL: torchrun then stops its workers, which would otherwise keep the GPU.
+            proc.terminate()
+            proc.communicate(timeout=60)
+            raise RuntimeError(f"did not finish within {timeout:.0f} s (--part-timeout)") from None
+    if proc.returncode != 0:
+        errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+        tail = errors[-1] if errors else (stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise RuntimeError(f"exited {proc.returncode}: {tail}")
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     logged = [r for r in records if "tokens_per_s" in r]
     first, last = logged[0], logged[-1]
@@ -287,7 +293,7 @@ def figure_line(part: str, result: dict[str, Any], scale: Scale, gpu: GPUSpec, c
 
 def summary_row(part: str, result: dict[str, Any]) -> tuple[str, str, str]:
     if "failed" in result:
-        return part, "FAILED", ""
+        return part, "FAILED", result["failed"][:80]
     if part.startswith("train-"):
         return part, f"{result['tokens_per_s']:,.0f} tokens/s", f"MFU {result['mfu']:.1%}"
     if part == "generate":
@@ -378,7 +384,7 @@ def main(argv: list[str]) -> int:
             report = run_check(args, scale, gpu, Path(tmp))
     print(f"\nsummary ({report['device']}, {scale.preset}: {report['model']['params'] / 1e6:.1f}M params)")
     for row in (summary_row(part, result) for part, result in report["parts"].items()):
-        print(f"  {row[0]:<18} {row[1]:>20}  {row[2]}")
+        print(f"  {row[0]:<18} {row[1]:>20}  {row[2]}".rstrip())
     temp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     temp.write_text(json.dumps(report, indent=1))
     temp.replace(out)

@@ -102,3 +102,18 @@ def test_an_existing_report_is_not_overwritten(tmp_path):
         "error: gpu_check.json exists; pass --force to overwrite it, or another --out"
     ]
     assert (tmp_path / "gpu_check.json").read_text() == "{}"
+
+
+@pytest.mark.slow  # about 10 s of CPU, 25 s of wall time on a busy 2-core machine
+def test_a_failed_part_is_reported_and_the_others_still_run(tmp_path):
+    """A GPU run is not cheap to repeat: a part that fails (here every training run, stopped by
+    --part-timeout) costs its own figure only, and the exit code says that one failed."""
+    result = run_script(tmp_path, "--dry-run", "--part-timeout", "0.1", "--out", "report.json")
+    assert result.returncode == 1, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    for part in PARTS[:3]:
+        assert f"{part}: FAILED: RuntimeError: did not finish within 0 s (--part-timeout)" in lines, result.stdout
+    assert any(line.startswith("generate: ") and "tokens/s" in line for line in lines)
+    parts = json.loads((tmp_path / "report.json").read_text())["parts"]
+    assert [part for part, r in parts.items() if "failed" in r] == list(PARTS[:3])
+    assert parts["activation-memory"]["measured_mib"] > 0
