@@ -281,6 +281,8 @@ def build_engine(run_config: RunConfig, model: nn.Module | ModelFactory, make_op
     if strategy not in ENGINES:
         raise DistributedError(f"distributed.strategy must be one of {', '.join(ENGINES)}; got {strategy!r}")
     module_name, class_name = ENGINES[strategy]
+    if run_config.distributed.pp > 1:  # pipeline stages (strategy fsdp, as the config checked) have their own
+        module_name, class_name = "reference_llm.distributed.pipeline_parallel", "PipelineEngine"
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:

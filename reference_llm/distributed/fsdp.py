@@ -172,7 +172,7 @@ class FSDPEngine(SingleDeviceEngine):
 
     def _relayout_optimizer_state(self, state: OptimizerState, convert: Any) -> OptimizerState:
         """AdamW's moments are laid out like their parameter; the step count is a scalar."""
-        if not self._fused:
+        if not self._fused or "state" not in state:  # ranks other than 0 receive no consolidated state
             return state
         by_name = {
             name: {key: convert(name, v) if isinstance(v, torch.Tensor) and v.dim() else v for key, v in s.items()}

@@ -242,7 +242,7 @@ def fit(
             state.step += 1
             state.elapsed += clock() - step_start
             window.steps += 1
-            window.tokens += sum(x.numel() for x, _ in micro) * engine.world_size  # every rank draws alike
+            window.tokens += sum(x.numel() for x, _ in micro) * engine.dp_size  # every replica draws alike
             finishing = state.step >= target or state.elapsed >= budget
             if finishing or state.step % t.log_interval == 0:  # the last step is always logged
                 seconds = window.seconds()

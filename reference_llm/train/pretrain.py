@@ -75,15 +75,16 @@ class Trainer:
         self.dtype = resolve_dtype(t.dtype, self.device)
         self.schedule = CosineSchedule.from_config(t)
         self.seq_len = config.seq_len
-        self.tokens_per_step = t.micro_batch * self.seq_len * t.grad_accum * self.engine.world_size
+        self.tokens_per_step = t.micro_batch * self.seq_len * t.grad_accum * self.engine.dp_size
         self.train_loader = TokenLoader(
             self.data_dir,
             split="train",
             seq_len=self.seq_len,
             batch_size=t.micro_batch,
             seed=t.seed,
-            rank=self.engine.rank,
-            world_size=self.engine.world_size,
+            # Ranks of one replica (tensor/pipeline parallel) read the same batches.
+            rank=self.engine.dp_rank,
+            world_size=self.engine.dp_size,
             sampling=config.data.sampling,
         )
         self.val_loader = TokenLoader(

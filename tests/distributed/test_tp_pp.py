@@ -8,6 +8,9 @@ active at 0.5), the model built deferred from a factory as training builds it:
 - TP=2 x FSDP2 dp=2 on 4 processes: a 2-D ("dp", "tp") mesh, each parameter sharded on both;
 - PP=2 on 2 processes: one block per stage, 1F1B over 4 pipeline micro-batches of one sequence.
 
+The TP and PP runs checkpoint after step 2 (consolidated: the model's own layout, written by rank 0),
+and one process resumes them (and a TP run resumes one process's checkpoint).
+
 In fp32 the only difference from one process is the order of floating-point sums (all-reduces of
 partial matmuls, per-micro-batch losses), measured at ~1e-6 on losses of ~6.2; the tests allow
 TOLERANCE = 1e-4 absolute on every step's loss, and the same relative on gradient norms and on the
@@ -46,11 +49,22 @@ def check_matches_one_process(run: dict, ref: dict, what: str) -> None:
     assert run["weight_names"] == ref["weight_names"] and eval_diff < TOLERANCE * ref["eval_loss"]
 
 
+@pytest.fixture(scope="module")
+def tp2(drive):
+    """TP=2 on 2 processes, checkpointing (consolidated) after step 2."""
+    return drive("tp2", "fsdp", "--tp", "2", "--micro-batch", "4", save_at=2)
+
+
+@pytest.fixture(scope="module")
+def pp2(drive):
+    """PP=2 on 2 processes, checkpointing (consolidated) after step 2."""
+    return drive("pp2", "fsdp", "--pp", "2", "--micro-batch", "4", save_at=2)
+
+
 @pytest.mark.slow
-def test_tensor_parallel_two_ranks_match_one_process(drive, reference):
-    run = drive("tp2", "fsdp", "--tp", "2", "--micro-batch", "4").report
-    assert run["world_size"] == 2
-    check_matches_one_process(run, reference.report, "tp=2")
+def test_tensor_parallel_two_ranks_match_one_process(tp2, reference):
+    assert tp2.report["world_size"] == 2
+    check_matches_one_process(tp2.report, reference.report, "tp=2")
 
 
 @pytest.mark.slow
@@ -58,6 +72,34 @@ def test_tensor_parallel_with_fsdp_on_four_ranks_matches_one_process(drive, refe
     run = drive("tp2-dp2", "fsdp", "--tp", "2", "--micro-batch", "2", nproc=4).report
     assert run["world_size"] == 4
     check_matches_one_process(run, reference.report, "tp=2 x dp=2")
+
+
+@pytest.mark.slow
+def test_pipeline_two_stages_match_one_process(pp2, reference):
+    assert pp2.report["world_size"] == 2
+    check_matches_one_process(pp2.report, reference.report, "pp=2")
+
+
+def resume(drive, source, name: str, *layout: str) -> dict:
+    assert source.checkpoint is not None and (source.checkpoint / "latest").is_file()
+    return drive(name, *layout, "--load", str(source.checkpoint), "--first-step", "2", "--steps", "2").report
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("writer", "reader"),
+    [("tp2", ("single",)), ("pp2", ("single",)), ("reference", ("fsdp", "--tp", "2", "--micro-batch", "4"))],
+    ids=["tp2-to-single", "pp2-to-single", "single-to-tp2"],
+)
+def test_checkpoints_move_between_layouts(writer, reader, request, drive, reference):
+    """A TP or PP run writes consolidated weights and Adam state in the model's own layout: one process
+    resumes them, and a tensor-parallel run resumes one process's; steps 3 and 4 are then the
+    uninterrupted run's."""
+    source = request.getfixturevalue(writer)
+    resumed = resume(drive, source, f"{writer}-to-{reader[0]}-{len(reader)}", *reader)
+    diff = max(abs(a - b) for a, b in zip(resumed["losses"], reference.report["losses"][2:]))
+    print(f"{writer} -> {' '.join(reader)}: max |loss diff| after resuming {diff:.2e}")
+    assert len(resumed["losses"]) == 2 and diff < TOLERANCE, (resumed["losses"], reference.report["losses"])
 
 
 # ----------------------------------------------------------------------------------------------------
