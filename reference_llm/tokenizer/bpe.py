@@ -35,8 +35,8 @@ from reference_llm.tokenizer.hf_format import BPEData, from_json, to_json
 # heap, O(n log n), instead of rescanning all pairs after every merge, O(n^2).
 LONG_WORD = 48
 # The encode cache holds at most CACHE_SIZE distinct words, of at most CACHE_CHARS characters in all,
-# and is emptied when either would be exceeded: memory stays bounded on huge corpora (measured in
-# tests/reference/test_tokenizer_speedups.py). Words longer than MAX_CACHED_WORD characters are encoded
+# and is emptied when either would be exceeded: ~30 MB full of ordinary words, ~110 MB at worst (measured
+# in tests/reference/test_tokenizer_speedups.py). Words longer than MAX_CACHED_WORD characters are encoded
 # each time: they rarely repeat, and one could otherwise fill the cache alone.
 CACHE_SIZE = 200_000
 CACHE_CHARS = 4_000_000

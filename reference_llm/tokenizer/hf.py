@@ -13,9 +13,11 @@ from collections.abc import Iterable, Iterator
 from types import ModuleType
 from typing import Any
 
+import numpy as np
+
 from reference_llm.errors import TokenizerError
 from reference_llm.tokenizer.base import EOT, SpecialSplitter, batch_texts
-from reference_llm.tokenizer.bpe import BPETokenizer, check_training_args
+from reference_llm.tokenizer.bpe import ID_DTYPE, BPETokenizer, check_training_args
 from reference_llm.tokenizer.bytelevel import fix_surrogates
 
 
@@ -74,3 +76,10 @@ class HFBPETokenizer(BPETokenizer):
         """Runs on all cores (HF's thread pool) unless TOKENIZERS_PARALLELISM=false."""
         batch = [fix_surrogates(text) for text in batch_texts(texts)]
         return [e.ids for e in self._fast.encode_batch_fast(batch, add_special_tokens=False)]
+
+    # The array forms go through HF's encoder too, not the inherited Python one.
+    def encode_array(self, text: str) -> np.ndarray:
+        return np.asarray(self.encode(text), dtype=ID_DTYPE)
+
+    def encode_arrays(self, texts: Iterable[str]) -> list[np.ndarray]:
+        return [np.asarray(ids, dtype=ID_DTYPE) for ids in self.encode_batch(texts)]

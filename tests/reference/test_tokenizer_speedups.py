@@ -127,7 +127,26 @@ def test_cache_memory_is_bounded(tok: BPETokenizer, monkeypatch: pytest.MonkeyPa
         cache[w]  # noqa: B018 (fills the cache)
     per_word = (tracemalloc.get_traced_memory()[0] - before) / len(words)
     tracemalloc.stop()
-    per_char = 1 + 4 * 4  # worst case: a character of 4 UTF-8 bytes, each its own uint32 id
+    per_char = 4 + 4 * 4  # worst case: a 4-byte character in the key, 4 UTF-8 bytes each its own uint32 id
     worst = bpe_module.CACHE_SIZE * per_word + bpe_module.CACHE_CHARS * per_char
     assert per_word < 250, per_word
-    assert worst < 120e6, worst  # ~40 MB for typical words; this bound holds for any text
+    assert worst < 120e6, worst  # ~30 MB full of typical words; this bound holds for any text
+
+
+def test_hf_tokenizer_arrays_come_from_hf(tok: BPETokenizer, corpus_texts: list[str], tmp_path, monkeypatch) -> None:
+    pytest.importorskip("tokenizers")
+    from reference_llm.tokenizer import HFBPETokenizer, load_tokenizer
+
+    tok.save(tmp_path / "tokenizer.json")
+    fast = load_tokenizer(tmp_path / "tokenizer.json", fast=True)
+    assert isinstance(fast, HFBPETokenizer)
+    expected = [tok.encode(t) for t in corpus_texts[:10]]
+
+    def python_encoder(*_: object) -> bytes:
+        raise AssertionError("the Python encoder ran")
+
+    monkeypatch.setattr(BPETokenizer, "_encode_plain", python_encoder)
+    assert [a.tolist() for a in fast.encode_arrays(corpus_texts[:10])] == expected
+    assert fast.encode_array(corpus_texts[0]).tolist() == expected[0]
+    with pytest.raises(AssertionError, match="Python encoder"):  # the guard itself works
+        tok.encode_array(corpus_texts[0])
