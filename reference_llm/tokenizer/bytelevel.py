@@ -25,7 +25,7 @@ from reference_llm.tokenizer import unicode_classes
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 # The same pattern for ASCII text, for the standard `re` module, which splits it about 3x faster than
-# `regex` (measured by benchmarks/tokenizer.py). In ASCII, letters are A-Z and a-z, numbers 0-9, and
+# `regex` (measured on the prose of benchmarks/data_prepare.py and on Python source). In ASCII, letters are A-Z and a-z, numbers 0-9, and
 # White_Space is tab, LF, VT, FF, CR and space in every Unicode version; the classes are spelled out
 # because `re`'s `\s` also matches the separators 0x1c-0x1f, which are not White_Space. `'(?:s|t|...)`
 # tries the same alternatives in the same order, and the possessive `++` only skips backtracking into
