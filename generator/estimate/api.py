@@ -20,7 +20,7 @@ from generator.estimate.hardware import KNOWN_GPUS, PRICES_AS_OF, Hardware
 from generator.estimate.mfu import default_mfu
 from generator.estimate.precision import FLOAT8, PRECISIONS
 from generator.units import duration
-from reference_llm.config import Dtype, Offload, Strategy
+from reference_llm.config import Dtype, Offload, Strategy, check_parallel_layout
 from reference_llm.errors import ConfigError
 from reference_llm.model.config import PRESETS, ModelConfig
 
@@ -325,6 +325,19 @@ def build_model(
         raise EstimateError(f"model shape: {err}") from None
 
 
+def _layout_problem(spec: RunSpec) -> str:
+    """Why reference_llm cannot train `spec`'s tensor/pipeline layout ("" when it can): the training
+    library's own rule, so that a plan never promises a layout the library cannot run."""
+    if spec.tp == 1 and spec.pp == 1:
+        return ""
+    parallelism = Strategy.FSDP.value if spec.parallelism == AUTO else spec.parallelism
+    try:
+        check_parallel_layout(spec.model, parallelism, spec.tp, spec.pp, spec.hardware.n_gpus)
+    except ConfigError as err:
+        return str(err)
+    return ""
+
+
 def _validate(spec: RunSpec) -> None:
     model, hardware, parallelism, offload = spec.model, spec.hardware, spec.parallelism, spec.offload
     tp, pp, precision = spec.tp, spec.pp, spec.precision
@@ -385,6 +398,9 @@ def _validate(spec: RunSpec) -> None:
             f"--parallelism single uses one device, but --hardware {hardware} has "
             f"{hardware.n_gpus}; use ddp, zero1-3, fsdp or auto"
         )
+    problem = _layout_problem(spec)
+    if problem:
+        raise EstimateError(f"--tp {tp} --pp {pp} --parallelism {parallelism}: reference_llm cannot run it: {problem}")
     if precision == FLOAT8 and hardware.gpu.fp8_tflops is None:
         fp8 = [name for name, gpu in KNOWN_GPUS.items() if gpu.fp8_tflops]
         raise EstimateError(
@@ -428,6 +444,8 @@ def _auto_strategy(spec: RunSpec) -> str:
     hardware = spec.hardware
     if hardware.is_cpu or hardware.n_gpus == 1:
         return Strategy.SINGLE.value
+    if spec.tp > 1 or spec.pp > 1:
+        return Strategy.FSDP.value  # the one strategy that carries tensor and pipeline parallelism
     for strategy in AUTO_ORDER:
         if _can_offload(strategy, spec.offload) and _fits(spec.but(parallelism=strategy.value)):
             return strategy.value
@@ -441,6 +459,8 @@ def explain_auto(run: RunSpec, chosen_at: int) -> str:
     if hardware.is_cpu or hardware.n_gpus == 1:
         what = "the CPU" if hardware.is_cpu else f"one {hardware.gpu.name}"
         return f"{what} is one device, so no data parallelism is needed"
+    if run.tp > 1 or run.pp > 1:
+        return f"tp={run.tp} and pp={run.pp} run under fsdp only (FSDP2 over the data-parallel GPUs)"
     usable, need = _usable_gib(hardware), _total_gib(run)
     at = f"at micro-batch {run.batch}"
     tried = [s.value for s in AUTO_ORDER if _can_offload(s, run.offload)]
@@ -496,7 +516,7 @@ def _suggestions(spec: RunSpec) -> list[str]:
         add(spec.but(activation_checkpointing="full"), "--activation-checkpointing full")
     tp = spec.tp * 2
     while tp <= spec.hardware.gpus_per_node and not spec.hardware.is_cpu:
-        if spec.hardware.gpus_per_node % tp == 0 and spec.model.n_head % tp == 0:
+        if spec.hardware.gpus_per_node % tp == 0 and not _layout_problem(spec.but(tp=tp)):
             before = len(tips)
             add(spec.but(tp=tp), f"--tp {tp}")
             if len(tips) > before:

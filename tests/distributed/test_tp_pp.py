@@ -174,3 +174,26 @@ def test_layout_rule(distributed, model, says):
     with pytest.raises(ConfigError) as err:
         config_from_dict({"model": {"preset": "tiny", **model}, "distributed": {"strategy": "fsdp", **distributed}})
     assert says in str(err.value)
+
+
+def test_the_planner_refuses_what_the_library_refuses():
+    """`llmgen estimate` (and the plans of `llmgen new`) apply the same `check_parallel_layout`: a
+    layout the engines would refuse is refused with the library's line, `auto` picks the strategy
+    that carries tensor parallelism, and a tensor-parallel tip is offered only where it runs."""
+    from generator.errors import EstimateError
+    from generator.estimate.api import RunSpec, estimate_run
+    from generator.estimate.parse import parse_hardware
+    from reference_llm.model.config import ModelConfig
+
+    llama = ModelConfig.preset("llama-8b")
+    spec = RunSpec(llama, parse_hardware("2x8xH100"), 1e9, micro_batch=1)
+    for layout, says in [
+        (dict(tp=8, pp=2), "distributed.pp=2 with tp=8 is not supported yet"),
+        (dict(tp=2, parallelism="zero3"), "zero3 cannot carry them: use strategy=fsdp"),
+        (dict(pp=2), "distributed.pp=2 on 16 processes would add data parallelism"),
+    ]:
+        with pytest.raises(EstimateError) as err:
+            estimate_run(spec.but(**layout))
+        assert "reference_llm cannot run it" in str(err.value) and says in str(err.value)
+    est = estimate_run(spec.but(tp=8))
+    assert (est.strategy, est.tp, est.dp) == ("fsdp", 8, 2) and "fsdp only" in est.strategy_reason

@@ -49,8 +49,11 @@ def test_default_mfu_is_printed_and_adjusted_for_recompute_and_pipeline():
     assert any("MFU" in note and f"{hw.gpu.mfu:.2f}" in note and "4 nodes" in note for note in plain.assumptions)
     full = estimate_run(spec.but(activation_checkpointing="full"))
     assert full.mfu == pytest.approx(fitted * 3 / 4)  # 4/3 more hardware FLOPs for the same model FLOPs
-    piped = estimate_run(spec.but(parallelism="zero1", pp=4, grad_accum=8))
-    assert piped.mfu == pytest.approx(fitted / (1 + 3 / 8))
+    # Pipeline stages as reference_llm runs them: one per GPU, under fsdp (check_parallel_layout).
+    one_node = parse_hardware("4xH100")
+    piped = estimate_run(spec.but(hardware=one_node, parallelism="fsdp", pp=4, grad_accum=8))
+    fitted_one_node = mfu.fitted_mfu(one_node.gpu.mfu, cfg, cfg.block_size, one_node.nodes)
+    assert piped.mfu == pytest.approx(fitted_one_node / (1 + 3 / 8))
     assert estimate_run(spec.but(mfu=0.55)).mfu == 0.55
 
 

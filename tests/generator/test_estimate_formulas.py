@@ -125,7 +125,7 @@ def test_sharding_divides_by_data_parallel_degree_not_gpu_count():
     by_dp = formulas.model_states(cfg, "zero3", dp=8).total
     with_tp = formulas.model_states(cfg, "zero3", dp=8, shard=4).total  # 32 GPUs as tp=4 x dp=8
     assert with_tp == pytest.approx(by_dp / 4)
-    est = estimate_run(RunSpec(cfg, parse_hardware("4x8xH100"), 1e9, parallelism="zero3", tp=4, micro_batch=1))
+    est = estimate_run(RunSpec(cfg, parse_hardware("4x8xH100"), 1e9, parallelism="fsdp", tp=4, micro_batch=1))
     assert est.dp == 8
 
 
