@@ -1,7 +1,7 @@
 """The GPU check: what one GPU does with the library, in five figures (run by benchmarks/gpu_check.sh).
 
-    bash benchmarks/gpu_check.sh --out gpu_check.json            # one GPU, about 5-8 minutes on an H100
-    bash benchmarks/gpu_check.sh --dry-run --out dry_run.json    # every part on the CPU at tiny scale
+    bash benchmarks/gpu_check.sh --out gpu_check.json                         # one GPU, 5-8 minutes on an H100
+    bash benchmarks/gpu_check.sh --dry-run --no-compile --out dry_run.json    # every part on the CPU, tiny
 
 Parts, each printing one figure line, then a summary table (and the JSON file --out names):
 
@@ -26,8 +26,9 @@ point makes it: the corpus gives about 22k, so the model has about 102M paramete
 that model's FLOPs.
 
 --dry-run runs the same code with the `tiny-gpt2` preset, a few steps, fp32 on the CPU (gloo for FSDP2,
-DeepSpeed's CPU accelerator for ZeRO-2), so that a test keeps the script working. A part that fails is
-reported as failed and the others still run; the exit code is then 1.
+DeepSpeed's CPU accelerator for ZeRO-2), so that a test keeps the script working (with --no-compile,
+which trains eagerly: compiling three runs on the CPU costs about 2 minutes of CPU time). A part that
+fails is reported as failed and the others still run; the exit code is then 1.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from activation_memory import measured_peak  # benchmarks/activation_memory.py, beside this script
 
 from generator.estimate import RunSpec, estimate_run
 from generator.estimate.hardware import KNOWN_GPUS, GPUSpec, Hardware, cpu_spec, lookup_gpu
@@ -223,18 +225,8 @@ def step_peak_bytes(model: Transformer, idx: torch.Tensor, dtype: torch.dtype) -
         training_step(model, idx, dtype)
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        training_step(model, idx, dtype)
-    events = sorted(
-        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns()
-    )
-    in_use = peak = 0
-    for event in events:
-        in_use += event.nbytes()
-        peak = max(peak, in_use)
-    return peak
+    with autocast(idx.device, dtype):  # a CPU has no peak counter: the profiler's allocation timeline
+        return measured_peak(model, idx)
 
 
 def activation_memory(
