@@ -1,6 +1,6 @@
 """The GPU check: what one GPU does with the library, in five figures (run by benchmarks/gpu_check.sh).
 
-    bash benchmarks/gpu_check.sh --out gpu_check.json                         # one GPU, 5-8 minutes on an H100
+    bash benchmarks/gpu_check.sh --out gpu_check.json                         # one GPU, at most ~8 minutes
     bash benchmarks/gpu_check.sh --dry-run --no-compile --out dry_run.json    # every part on the CPU, tiny
 
 Parts, each printing one figure line, then a summary table (and the JSON file --out names):
