@@ -25,11 +25,12 @@ from reference_llm.tokenizer import unicode_classes
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 # The same pattern for ASCII text, for the standard `re` module, which splits it about 3x faster than
-# `regex` (measured on the prose of benchmarks/data_prepare.py and on Python source). In ASCII, letters are A-Z and a-z, numbers 0-9, and
-# White_Space is tab, LF, VT, FF, CR and space in every Unicode version; the classes are spelled out
-# because `re`'s `\s` also matches the separators 0x1c-0x1f, which are not White_Space. `'(?:s|t|...)`
-# tries the same alternatives in the same order, and the possessive `++` only skips backtracking into
-# a run that nothing after it in its alternative could use: the words are the same.
+# `regex` (measured on the prose of benchmarks/data_prepare.py and on Python source). In ASCII, letters
+# are A-Z and a-z, numbers 0-9, and White_Space is tab, LF, VT, FF, CR and space in every Unicode
+# version; the classes are spelled out because `re`'s `\s` also matches the separators 0x1c-0x1f, which
+# are not White_Space. `'(?:s|t|...)` tries the same alternatives in the same order, and the possessive
+# `++` only skips backtracking into a run that nothing after it in its alternative could use: the words
+# are the same.
 _S = r"\t\n\x0b\x0c\r "
 GPT2_ASCII_PATTERN = (
     rf"""'(?:s|t|re|ve|m|ll|d)| ?[A-Za-z]++| ?[0-9]++| ?[^{_S}A-Za-z0-9]++|[{_S}]+(?![^{_S}])|[{_S}]+"""
@@ -104,9 +105,51 @@ class GPT2Splitter:
         """The words of `text`, in order; they concatenate to `text`."""
         if text.isascii():  # O(1): CPython keeps the flag
             return self._ascii.findall(text)
+        # Mostly ASCII text (an em dash, a name with an accent): only the stretches around non-ASCII
+        # characters, between safe cuts, go to `regex`; the rest to `re`.
+        words: list[str] = []
+        pos = 0
+        while (run := _NON_ASCII.search(text, pos)) is not None:
+            start, end = _cut_before(text, pos, run.start()), _cut_after(text, run.end())
+            words += self._ascii.findall(text, pos, start)  # (as if the text ended at `start`)
+            words += self._findall_unicode(text[start:end])
+            pos = end
+        words += self._ascii.findall(text, pos)
+        return words
+
+    def _findall_unicode(self, text: str) -> list[str]:
         if self._tables_agree_on(text):  # the usual case
             return self._regex.findall(text)
         return [text[m.start() : m.end()] for m in self._regex.finditer(text.translate(self.corrections))]
+
+
+_NON_ASCII = re.compile(r"[^\x00-\x7f]+")
+_ASCII_SPACE = frozenset(" \t\n\x0b\x0c\r")
+
+
+def _safe_cut(text: str, p: int) -> bool:
+    """Whether the words of `text` are those of text[:p] followed by those of text[p:].
+
+    True at a space that follows an ASCII character other than white space: no word runs over it (only
+    white-space runs hold a space other than at their start), every alternative stops at a space the
+    way it stops at the end of a text, and the pattern never looks behind, so text[p:] is split alike."""
+    return text[p] == " " and text[p - 1] not in _ASCII_SPACE and text[p - 1] < "\x80"
+
+
+def _cut_before(text: str, lo: int, hi: int) -> int:
+    """The last safe cut in (lo, hi], else `lo` (itself a cut: the start, or where the last piece ended)."""
+    p = text.rfind(" ", lo + 1, hi + 1)
+    while p > lo and not _safe_cut(text, p):
+        p = text.rfind(" ", lo + 1, p)
+    return max(p, lo)
+
+
+def _cut_after(text: str, lo: int) -> int:
+    """The first safe cut at or after `lo`, else the text's length."""
+    p = text.find(" ", lo)
+    while p != -1 and not _safe_cut(text, p):
+        p = text.find(" ", p + 1)
+    return len(text) if p == -1 else p
 
 
 def scalar_values() -> str:

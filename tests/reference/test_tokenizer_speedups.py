@@ -1,5 +1,6 @@
 """The BPE encoder's fast paths give the ids of the plain algorithm: the ASCII pre-tokeniser (`re`
-instead of `regex`) and the word cache (looked up in C, bounded in entries and characters)."""
+instead of `regex`, also for the ASCII stretches of mostly ASCII text) and the word cache (looked up in
+C, bounded in entries and characters)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 import regex
 
-from reference_llm.tokenizer import EOT, BPETokenizer
+from reference_llm.tokenizer import EOT, BPETokenizer, bytelevel
 from reference_llm.tokenizer import bpe as bpe_module
 from reference_llm.tokenizer.bytelevel import GPT2_ASCII_PATTERN, GPT2_PATTERN, GPT2_SPLIT
 
@@ -35,6 +36,38 @@ def test_ascii_split_equals_the_unicode_pattern() -> None:
     # Negative control: with `re`'s own \s (which takes 0x1c-0x1f for white space) the test finds errors.
     careless = re.compile(GPT2_ASCII_PATTERN.replace(r"\t\n\x0b\x0c\r ", r"\s"))
     assert any(careless.findall(t) != UNICODE_SPLIT.findall(t) for t in texts)
+
+
+def whole_text_split(text: str) -> list[str]:
+    """The splitter's path for text that is not ASCII, on the whole text (what it did before it cut text
+    with a few non-ASCII characters into stretches)."""
+    return GPT2_SPLIT._findall_unicode(text)
+
+
+def test_mostly_ascii_text_is_cut_only_where_the_words_allow(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(3)
+    # Non-ASCII letters, marks, white space (no-break space, ideographic space, line separator) and
+    # symbols next to ASCII letters, spaces, white space, apostrophes and punctuation.
+    pieces = [
+        *"ab 'st\n\t.,0",
+        "  ",
+        " \n",
+        "\u2014",
+        "\u00e9",
+        "\u00a0",
+        "\u3000",
+        "\u65e5",
+        "\u0301",
+        "\U0001f600",
+        "\u2028",
+    ]
+    texts = ["".join(rng.choice(pieces) for _ in range(rng.randrange(1, 40))) for _ in range(6000)]
+    texts = [t for t in texts if not t.isascii()]
+    wrong = [t for t in texts if GPT2_SPLIT.findall(t) != whole_text_split(t)]
+    assert not wrong, wrong[:5]
+    # Negative control: cutting at every space (a space after white space included) changes words.
+    monkeypatch.setattr(bytelevel, "_safe_cut", lambda text, p: text[p] == " ")
+    assert any(GPT2_SPLIT.findall(t) != whole_text_split(t) for t in texts)
 
 
 def naive_encode(tok: BPETokenizer, text: str) -> list[int]:
