@@ -165,7 +165,8 @@ class PipelineEngine(SingleDeviceEngine):
             return tensor.detach().cpu() if tensor is not None else torch.empty(0)
         if self.rank == owner:
             assert tensor is not None
-            dist.send(tensor.detach().contiguous(), dst=0)
+            # On the device: NCCL sends only GPU tensors (Adam's step count lives on the CPU).
+            dist.send(tensor.detach().to(self.device, torch.float32).contiguous(), dst=0)
         elif self.rank == 0:
             received = torch.empty(shape, dtype=torch.float32, device=self.device)
             dist.recv(received, src=owner)
