@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from typing import Any, cast
 
 import torch
@@ -170,7 +171,9 @@ class FSDPEngine(SingleDeviceEngine):
         sizes = self._fused.get(name)
         return tensor if sizes is None else from_tp_rows(tensor, sizes, self.tp)
 
-    def _relayout_optimizer_state(self, state: OptimizerState, convert: Any) -> OptimizerState:
+    def _relayout_optimizer_state(
+        self, state: OptimizerState, convert: Callable[[str, torch.Tensor], torch.Tensor]
+    ) -> OptimizerState:
         """AdamW's moments are laid out like their parameter; the step count is a scalar."""
         if not self._fused or "state" not in state:  # ranks other than 0 receive no consolidated state
             return state

@@ -7,10 +7,10 @@ initialisation for sharded runs.
     materialize(model, record)                           # after sharding a meta-built model
 
 Order matters: tensor parallelism (tensor_parallel.py) splits each block's weights over the mesh's
-"tp" dimension, so it comes first (pipeline parallelism, pipeline_parallel.py, has already cut the
-block list by then); checkpointing wraps each block's forward as it will run; FSDP2 shards last, over
-the "dp" dimension, one unit per block, so that its all-gathers and reduce-scatters surround exactly
-the (possibly recomputed) block.
+"tp" dimension, so it comes first (pipeline parallelism cuts the block list in its own engine,
+pipeline_parallel.py, which does not shard); checkpointing wraps each block's forward as it will
+run; FSDP2 shards last, over the "dp" dimension, one unit per block, so that its all-gathers and
+reduce-scatters surround exactly the (possibly recomputed) block.
 
 Activation checkpointing (Chen et al. 2016, "Training Deep Nets with Sublinear Memory Cost") keeps
 fewer activations for the backward and recomputes the rest:
@@ -57,7 +57,7 @@ def parallelize(model: nn.Module, run_config: RunConfig, mesh: DeviceMesh, mp_po
     dims = mesh.mesh_dim_names or ()
     if "tp" in dims:
         # Before checkpointing and sharding: it changes what a block holds (DTensor weights on "tp").
-        apply_tensor_parallel(model, _blocks(model), mesh["tp"])
+        apply_tensor_parallel(_blocks(model), mesh["tp"])
     dp_mesh = mesh["dp"] if "dp" in dims else mesh
     apply_activation_checkpointing(model, run_config.train.activation_checkpointing)
     for block in _blocks(model):

@@ -40,8 +40,8 @@ from reference_llm.model.transformer import MLP, Attention
 FusedRows = dict[str, tuple[int, ...]]
 
 
-def apply_tensor_parallel(model: nn.Module, blocks: nn.ModuleList, tp_mesh: DeviceMesh) -> None:
-    """Split every block of `model` over `tp_mesh`, in place. Fused weights must already be in the
+def apply_tensor_parallel(blocks: nn.ModuleList, tp_mesh: DeviceMesh) -> None:
+    """Split every transformer block of `blocks` over `tp_mesh`, in place. Fused weights must already be in the
     rank-grouped layout (`to_tp_rows`), or on the meta device (then `materialize` puts them so)."""
     tp = tp_mesh.size()
     plan = {
