@@ -323,6 +323,14 @@ def config_from_dict(raw: dict[str, Any]) -> RunConfig:
     return config
 
 
+def stored_run_config(data: dict[str, Any]) -> RunConfig:
+    """Rebuild the RunConfig that `RunConfig.to_dict()` stored (in a checkpoint's state.json): every model
+    field rather than a preset, and every section, each checked as a config file's would be. Raises
+    KeyError for a missing section, TypeError or ConfigError for a bad value."""
+    sections = {name: build_section(name, cls, data[name]) for name, cls in SECTIONS.items()}
+    return RunConfig(model=ModelConfig.from_dict(data["model"]), **sections)
+
+
 def build_section(name: str, cls: type, values: Any) -> Any:
     if not isinstance(values, dict):
         raise ConfigError(f"[{name}] must be a table of keys, got {values!r}")

@@ -31,9 +31,8 @@ from generator.estimate import KNOWN_GPUS, Estimate, Hardware, RunSpec, estimate
 from generator.estimate.cpu_peak import CPU_TFLOPS_ENV
 from generator.estimate.precision import SHORT_NAMES
 from generator.units import duration, si
-from reference_llm.config import SECTIONS, Offload, RunConfig, build_section, load_config
+from reference_llm.config import Offload, RunConfig, load_config, stored_run_config
 from reference_llm.errors import ReferenceLLMError
-from reference_llm.model.config import ModelConfig
 from reference_llm.train.metrics import read_metrics
 
 # The first steps of a run are slower than the rest: the first forward and backward allocate every
@@ -98,14 +97,9 @@ def read_run_config(run_dir: Path, config_file: Path | None) -> tuple[RunConfig,
     stored = state.get("config") if isinstance(state, dict) else None
     if not isinstance(stored, dict) or not isinstance(stored.get("model"), dict):
         raise CalibrateError(f"{path} holds no run config (is {run_dir} a pretraining run?)")
-    # The stored form is RunConfig.to_dict(): every model field rather than a preset. This is
-    # reference_llm.train.checkpoint.run_config_from_dict, which cannot be imported without torch.
     try:
-        sections = {name: build_section(name, cls, stored.get(name, {})) for name, cls in SECTIONS.items()}
-        return RunConfig(model=ModelConfig.from_dict(stored["model"]), **sections), str(path)
-    except (KeyError, TypeError) as exc:
-        raise CalibrateError(f"{path}: stored run config is invalid ({exc})") from None
-    except ReferenceLLMError as exc:
+        return stored_run_config(stored), str(path)
+    except (KeyError, TypeError, ReferenceLLMError) as exc:
         raise CalibrateError(f"{path}: stored run config is invalid ({exc})") from None
 
 

@@ -47,10 +47,10 @@ import torch.nn as nn
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from reference_llm.config import SECTIONS, RunConfig
+from reference_llm.config import RunConfig, stored_run_config
 from reference_llm.distributed import runtime
 from reference_llm.errors import CheckpointError, ReferenceLLMError, TokenizerError
-from reference_llm.model import ModelConfig, Transformer
+from reference_llm.model import Transformer
 from reference_llm.train import files
 from reference_llm.train.checkpoint_checks import (
     MAX_METADATA_BYTES,
@@ -524,8 +524,7 @@ def _unflatten_optimizer_state(path: Path) -> dict[str, Any]:
 def run_config_from_dict(data: dict[str, Any], source: Path | str = "state.json") -> RunConfig:
     """Rebuild the RunConfig stored by `RunConfig.to_dict()` (every model field, not a preset)."""
     try:
-        sections = {name: cls(**data[name]) for name, cls in SECTIONS.items()}
-        return RunConfig(model=ModelConfig.from_dict(data["model"]), **sections)
+        return stored_run_config(data)
     except (KeyError, TypeError, ReferenceLLMError) as exc:
         raise CheckpointError(f"{source}: stored run config is invalid ({exc})") from None
 
