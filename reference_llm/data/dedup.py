@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ import numpy as np
 
 from reference_llm.data.documents import Document
 from reference_llm.errors import ConfigError
+from reference_llm.tokenizer.base import join_mapped
 
 _WORD = re.compile(r"\w+")
 # For ASCII text, \w is [A-Za-z0-9_]: every other byte becomes a space and bytes.split finds the words,
@@ -131,9 +133,9 @@ class MinHasher:
         self._words = _WordHashes()
         self._buffer = np.empty((_CHUNK, num_perm), dtype=np.uint64)  # reused: a fresh one costs page faults
 
-    def _word_hashes(self, words: list[str] | list[bytes]) -> np.ndarray:
+    def _word_hashes(self, words: Sequence[str | bytes]) -> np.ndarray:
         # One C-level pass over the words; only a word not seen before runs Python (_WordHashes.__missing__).
-        return np.frombuffer(b"".join(map(self._words.__getitem__, words)), dtype="<u8")
+        return np.frombuffer(join_mapped(self._words.__getitem__, words), dtype="<u8")
 
     def words(self, text: str) -> list[str] | list[bytes]:
         """The lower-cased words (\\w+ runs) of `text`; as bytes when it is ASCII."""

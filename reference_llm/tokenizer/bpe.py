@@ -24,6 +24,7 @@ from reference_llm.tokenizer.base import (
     batch_texts,
     check_special_tokens,
     check_texts,
+    join_mapped,
     lookup_ids,
     read_json,
 )
@@ -199,7 +200,7 @@ class BPETokenizer(Tokenizer):
 
     def _encode_plain(self, text: str) -> bytes:
         """The ids of text without special tokens, packed as in WordCache."""
-        return b"".join(map(self._cache.__getitem__, GPT2_SPLIT.findall(text)))
+        return join_mapped(self._cache.__getitem__, GPT2_SPLIT.findall(text))
 
     def _encode_word(self, word: str) -> list[int]:
         data = word.encode("utf-8")

@@ -17,6 +17,7 @@ import pytest
 from reference_llm.data import dedup, pii
 from reference_llm.data.dedup import LshIndex, MinHasher
 from reference_llm.data.pipeline import Cleaned, Collector, PipelineSettings
+from reference_llm.tokenizer import base as tokenizer_base
 
 M64 = (1 << 64) - 1
 MIX = 0x9E3779B97F4A7C15
@@ -50,6 +51,7 @@ def test_minhash_signature_matches_its_definition(monkeypatch: pytest.MonkeyPatc
         "Ünïcode wörds mixed with ascii ones and 123 numbers",
     ]
     monkeypatch.setattr(dedup, "_WORD_CACHE_MAX", 4)  # the word-hash cache empties itself mid-text
+    monkeypatch.setattr(tokenizer_base, "JOIN_BLOCK", 5)  # word hashes joined a few at a time
     hasher = MinHasher(16, 5, seed=3)
     for text in texts * 2:  # the second time partly from the cache
         sig = hasher.signature(text)

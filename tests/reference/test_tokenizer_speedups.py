@@ -15,6 +15,7 @@ import pytest
 import regex
 
 from reference_llm.tokenizer import EOT, BPETokenizer, bytelevel
+from reference_llm.tokenizer import base as tokenizer_base
 from reference_llm.tokenizer import bpe as bpe_module
 from reference_llm.tokenizer.bytelevel import GPT2_ASCII_PATTERN, GPT2_PATTERN, GPT2_SPLIT
 
@@ -128,9 +129,11 @@ def test_cache_gives_the_ids_of_the_plain_algorithm(
     assert all(a.dtype == np.uint32 for a in cold.encode_arrays(corpus_texts[:3]))
     long_word = "z" * (bpe_module.MAX_CACHED_WORD + 10)
     assert long_word not in cold._cache and " " * 2000 not in cold._cache  # too long to keep
-    # A cache emptied every few words, by count and by characters, changes nothing either.
+    # A cache emptied every few words, by count and by characters, and ids joined a few words at a
+    # time (as for very long texts), change nothing either.
     monkeypatch.setattr(bpe_module, "CACHE_SIZE", 7)
     monkeypatch.setattr(bpe_module, "CACHE_CHARS", 40)
+    monkeypatch.setattr(tokenizer_base, "JOIN_BLOCK", 3)
     small = fresh(tok)
     assert [small.encode(t) for t in corpus_texts] == expected
 
