@@ -9,7 +9,9 @@
    parameter (Hoffmann et al. 2022), and at most MAX_EPOCHS of the corpus when the corpus can carry a
    run of MIN_STEPS (otherwise the plan is sized for the budget and warns that it needs more text);
 3. the batch: DeepSeek LLM's B_opt for the run's compute, no more than leaves MIN_STEPS steps and no less
-   than one sequence per device, split into the largest micro-batch that fits and accumulation;
+   than one sequence per data-parallel replica (devices / (tp x pp): the ranks of one tensor- or
+   pipeline-parallel replica read the same batches), split into the largest micro-batch that fits and
+   accumulation;
 4. steps, warm-up, learning rate, intervals (`generator.estimate.recipe`), then the estimate of the
    whole run, and `invariants.problems` on it: what the panel warns about and `llmgen check` fails on;
 5. what else the budget could buy: the largest preset it trains compute-optimally.
@@ -26,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from generator.errors import AnswerError
+from generator.errors import AnswerError, EstimateError
 from generator.estimate import (
     Estimate,
     RunSpec,
@@ -37,7 +39,7 @@ from generator.estimate import (
     parse_hardware,
     recipe,
 )
-from generator.estimate.api import AUTO, explain_auto
+from generator.estimate.api import AUTO, check_spec, explain_auto
 from generator.estimate.budget import DEFAULT_BUDGET_HARDWARE, LAPTOP_HOURS, Budget, hours_text
 from generator.estimate.hardware import Hardware
 from generator.estimate.invariants import PlanFacts, Problem
@@ -61,6 +63,7 @@ class RunPlan:
     hardware: Hardware
     budget: Budget
     parallelism_reason: str
+    layout: str  # how the devices are used: "8 data-parallel", or "tp=2 x 4 data-parallel replicas"
     tokens_note: str  # where the token count came from
     facts: PlanFacts
     problems: list[Problem]  # invariants the plan breaks: warnings, confirmed before rendering
@@ -138,6 +141,38 @@ def check_parallelism(parallelism: str, hardware: Hardware) -> None:
         raise AnswerError(f"--parallelism: {problem} (--hardware {hardware}; --parallelism auto picks for you)")
 
 
+def layout_problem(model: ModelConfig, hardware: Hardware, parallelism: str, tp: int, pp: int) -> str | None:
+    """Why tp x pp cannot run for `model` on `hardware` under `parallelism` ("auto" counts as the fsdp it
+    becomes), or None: the estimator's checks, which apply reference_llm's own `check_parallel_layout`."""
+    strategy = Strategy.FSDP.value if parallelism == AUTO and (tp > 1 or pp > 1) else parallelism
+    try:
+        check_spec(RunSpec(model, hardware, 1.0, parallelism=strategy, tp=tp, pp=pp))
+    except EstimateError as err:
+        return str(err)
+    return None
+
+
+def layout_choices(model: ModelConfig, hardware: Hardware, tp: int = 1) -> tuple[list[int], list[int]]:
+    """(the tp values with pp=1, the pp values with `tp`) that reference_llm runs for `model` on
+    `hardware` under fsdp: what `llmgen new` offers, and names when a layout is refused."""
+    fsdp = Strategy.FSDP.value
+    tps = [t for t in range(1, hardware.gpus_per_node + 1) if not layout_problem(model, hardware, fsdp, t, 1)]
+    pps = [p for p in range(1, hardware.n_gpus + 1) if not layout_problem(model, hardware, fsdp, tp, p)]
+    return tps, pps
+
+
+def check_layout(model: ModelConfig, hardware: Hardware, parallelism: str, tp: int, pp: int) -> None:
+    """AnswerError naming --tp, --pp, --parallelism, --model and --hardware, and the values that run,
+    when reference_llm cannot run the layout."""
+    problem = layout_problem(model, hardware, parallelism, tp, pp)
+    if problem is None:
+        return
+    tps, pps = layout_choices(model, hardware)
+    works = f"--tp {' | '.join(map(str, tps))}" + (f", or --pp {' | '.join(map(str, pps))}" if len(pps) > 1 else "")
+    under = "" if parallelism in (AUTO, Strategy.FSDP) or tps == pps == [1] else " with --parallelism fsdp or auto"
+    raise AnswerError(f"{problem} (--model {model.name}, --hardware {hardware}); what runs here: {works}{under}")
+
+
 # ----------------------------------------------------------------------------------------------------
 # The plan
 # ----------------------------------------------------------------------------------------------------
@@ -145,8 +180,9 @@ def check_parallelism(parallelism: str, hardware: Hardware) -> None:
 
 def plan_run(project_name: str, given: Mapping[str, Any], tracks: Mapping[str, Track] | None = None) -> RunPlan:
     """`given` holds track, parallelism (may be "auto"), model_preset, exercises, optionally budget and
-    hardware (missing or None: settled by `agree`), micro_batch, grad_accum, precision ("auto" or
-    missing: chosen here) and tokens. `tracks`: the loaded tracks (default: load them)."""
+    hardware (missing or None: settled by `agree`), tp and pp (missing: 1), micro_batch, grad_accum,
+    precision ("auto" or missing: chosen here) and tokens. `tracks`: the loaded tracks (default: load
+    them)."""
     tracks = load_tracks() if tracks is None else tracks
     if given.get("track") not in tracks:
         raise AnswerError(f"--track must be one of {', '.join(tracks)}; got {given.get('track')!r}")
@@ -156,10 +192,13 @@ def plan_run(project_name: str, given: Mapping[str, Any], tracks: Mapping[str, T
     hardware, budget = parse_hardware(hardware_text), parse_budget(budget_text)
     check_parallelism(str(given["parallelism"]), hardware)
     model = ModelConfig.preset(given["model_preset"])
+    tp, pp = int(given.get("tp") or 1), int(given.get("pp") or 1)
+    check_layout(model, hardware, str(given["parallelism"]), tp, pp)
     seq = model.block_size
     precision = resolve_precision(given.get("precision") or Dtype.AUTO.value, hardware)
     compute_precision = hardware.compute_precision(precision)
-    base = RunSpec(model, hardware, 1.0, seq_len=seq, precision=compute_precision)
+    # With tp or pp, "auto" resolves to fsdp, the one strategy that carries them (the estimator's rule).
+    base = RunSpec(model, hardware, 1.0, seq_len=seq, precision=compute_precision, tp=tp, pp=pp)
     chosen_at = given.get("micro_batch") or 1
     parallelism = str(given["parallelism"])
     strategy = (
@@ -168,7 +207,9 @@ def plan_run(project_name: str, given: Mapping[str, Any], tracks: Mapping[str, T
     probe = estimate_run(base.but(parallelism=strategy, micro_batch=given.get("micro_batch")))
     fits_micro_batch = probe.micro_batch if not hardware.is_cpu else min(probe.micro_batch, recipe.CPU_MAX_MICRO_BATCH)
     per_token = probe.flops_total  # the probe trains one token
-    devices = hardware.n_gpus
+    # The ranks of one tensor- or pipeline-parallel replica read the same batches: the batch is counted
+    # over the data-parallel replicas, not the devices.
+    devices = hardware.n_gpus // (tp * pp)
     tokenizer = tokenizer_for(model, hardware)
     corpus_tokens = recipe.corpus_tokens(
         corpus_path().stat().st_size, tokenizer, model.vocab_size, DataConfig().val_fraction
@@ -176,6 +217,7 @@ def plan_run(project_name: str, given: Mapping[str, Any], tracks: Mapping[str, T
 
     tokens, tokens_note, capped = plan_tokens(given, budget, hardware, model, probe, corpus_tokens, devices * seq)
     micro_batch, grad_accum = plan_batch(given, tokens, per_token, seq, devices, fits_micro_batch)
+    micro_batch, grad_accum = pipeline_batch(given, micro_batch, grad_accum, pp)
     per_step = micro_batch * grad_accum * devices * seq
     steps = math.ceil(tokens / per_step) if given.get("tokens") else math.floor(tokens / per_step)
     if not given.get("tokens") and steps < recipe.MIN_STEPS:
@@ -200,6 +242,8 @@ def plan_run(project_name: str, given: Mapping[str, Any], tracks: Mapping[str, T
         "gpus_per_node": hardware.gpus_per_node,
         "parallelism": strategy,
         "model_preset": model.name,
+        "tp": tp,
+        "pp": pp,
         "tokenizer": tokenizer,
         "vocab_size": model.vocab_size,
         "precision": precision,
@@ -217,7 +261,7 @@ def plan_run(project_name: str, given: Mapping[str, Any], tracks: Mapping[str, T
     # The facts the invariants judge come from the run config the answers describe, as `llmgen check`
     # reads them from the rendered configs/train.toml.
     facts = invariants.facts_for(
-        run_config_for(answers), hardware, devices, (corpus_path().stat().st_size, CORPUS), budget
+        run_config_for(answers), hardware, hardware.n_gpus, (corpus_path().stat().st_size, CORPUS), budget
     )
     est = facts.estimate
     # Last: what is computed from the other answers (the roadmap's per-step estimates need them all).
@@ -232,6 +276,7 @@ def plan_run(project_name: str, given: Mapping[str, Any], tracks: Mapping[str, T
         hardware=hardware,
         budget=budget,
         parallelism_reason=reason,
+        layout=layout_text(hardware.n_gpus, tp, pp),
         tokens_note=tokens_note,
         facts=facts,
         problems=invariants.problems(facts),
@@ -295,6 +340,28 @@ def plan_batch(
     if grad_accum:
         return recipe.split_batch(target / int(grad_accum), seq, devices, fits_micro_batch, at_most)[0], int(grad_accum)
     return recipe.split_batch(target, seq, devices, fits_micro_batch, at_most)
+
+
+def pipeline_batch(given: Mapping[str, Any], micro_batch: int, grad_accum: int, pp: int) -> tuple[int, int]:
+    """(micro_batch, grad_accum) with at least `pp` sequences per micro-batch: the pipeline runs one
+    sequence per stage micro-batch (reference_llm.config refuses fewer), about the same tokens per step."""
+    if micro_batch >= pp:
+        return micro_batch, grad_accum
+    if given.get("micro_batch"):
+        raise AnswerError(
+            f"--micro-batch {micro_batch} with --pp {pp}: the pipeline needs at least {pp} sequences per "
+            f"micro-batch (one per stage); use --micro-batch {pp} or more"
+        )
+    return pp, grad_accum if given.get("grad_accum") else max(1, round(micro_batch * grad_accum / pp))
+
+
+def layout_text(devices: int, tp: int, pp: int) -> str:
+    """How the devices are used, for the panel: "8 data-parallel" or "tp=2 x 4 data-parallel replicas"."""
+    replicas = devices // (tp * pp)
+    if tp == pp == 1:
+        return f"{devices} data-parallel" if devices > 1 else "one device"
+    split = " x ".join(f"{k}={v}" for k, v in (("tp", tp), ("pp", pp)) if v > 1)
+    return f"{split} x {replicas} data-parallel replica{'s' if replicas > 1 else ''} ({devices} devices)"
 
 
 def larger_preset(model: ModelConfig, hardware: Hardware, budget: Budget, precision: str) -> str | None:
@@ -372,7 +439,7 @@ def run_config_for(answers: Mapping[str, Any]) -> RunConfig:
                 "warmup_steps": a["warmup_steps"],
                 "dtype": a["precision"],
             },
-            "distributed": {"strategy": a["parallelism"]},
+            "distributed": {"strategy": a["parallelism"], "tp": a.get("tp", 1), "pp": a.get("pp", 1)},
         }
     )
 

@@ -29,7 +29,11 @@ from generator.resources import templates_dir
 T = TypeVar("T")
 
 # The questions `llmgen new` prompts for, in order; every other answer has a flag or is derived.
-ASKED = ("track", "budget", "hardware", "parallelism", "model_preset")
+ASKED = ("track", "budget", "hardware", "parallelism", "model_preset", "tp", "pp")
+# tp and pp are prompted only on these tracks, and only where more than one layout runs (several GPUs,
+# parallelism auto or fsdp); elsewhere they are 1 unless --tp/--pp say otherwise, so the other tracks'
+# questions stay the five they were.
+LAYOUT_TRACKS = ("researcher",)
 
 # How a user names each answer: the flag (or argument) of `llmgen new`.
 FLAGS = {
@@ -39,6 +43,8 @@ FLAGS = {
     "hardware": "--hardware",
     "parallelism": "--parallelism",
     "model_preset": "--model",
+    "tp": "--tp",
+    "pp": "--pp",
     "exercises": "--exercises",
     "micro_batch": "--micro-batch",
     "grad_accum": "--grad-accum",

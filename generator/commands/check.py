@@ -32,7 +32,7 @@ from generator.estimate.hardware import Hardware
 from generator.estimate.invariants import corpus_size, facts_for, problems
 from generator.questions import DIR_HELP
 from generator.yaml_files import read_yaml
-from reference_llm.config import Dtype, RunConfig, Strategy, load_config
+from reference_llm.config import Dtype, RunConfig, Strategy, check_parallel_layout, load_config
 from reference_llm.distributed import ds_config
 from reference_llm.errors import ReferenceLLMError
 
@@ -176,6 +176,11 @@ def check_world_size(p: Project) -> Check:
             f"distributed.strategy=single runs one process, but the world size is "
             f"{p.world_size}; use ddp, fsdp or zero1-3",
         )
+    d = p.config.distributed
+    try:  # the library's own rule for the tensor/pipeline layout at this world size
+        check_parallel_layout(p.config.model, d.strategy, d.tp, d.pp, p.world_size)
+    except ReferenceLLMError as exc:
+        return Check("world size", FAIL, str(exc))
     source = "WORLD_SIZE" if "WORLD_SIZE" in os.environ else ANSWERS
     return Check("world size", OK, f"{p.world_size} process{'es' if p.world_size > 1 else ''} ({plan}, from {source})")
 
@@ -199,10 +204,12 @@ def check_strategy(p: Project) -> Check:
 
 
 def check_batch(p: Project) -> Check:
-    t = p.config.train
-    per_step = t.micro_batch * t.grad_accum * p.world_size
+    t, d = p.config.train, p.config.distributed
+    replicas = p.world_size // (d.tp * d.pp)  # the ranks of one tp/pp replica read the same batches
+    per_step = t.micro_batch * t.grad_accum * replicas
+    units = f"{replicas}" if replicas == p.world_size else f"{replicas} replica{'s' if replicas != 1 else ''}"
     text = (
-        f"{t.micro_batch} x {t.grad_accum} accumulation x {p.world_size} = {per_step} sequences, "
+        f"{t.micro_batch} x {t.grad_accum} accumulation x {units} = {per_step} sequences, "
         f"{per_step * p.config.seq_len:,} tokens per step"
     )
     planned = {k: p.answers.get(k) for k in ("micro_batch", "grad_accum")}

@@ -135,10 +135,10 @@ def estimate(
         bool,
         typer.Option(
             "--sequence-parallel/--no-sequence-parallel",
-            help="With --tp, shard norm/dropout activations too.",
+            help="With --tp, Megatron-LM's sequence parallelism and vocabulary-parallel head (reference_llm: neither).",
             rich_help_panel=PAR,
         ),
-    ] = True,
+    ] = False,
     offload: Annotated[
         str | None, typer.Option("--offload", parser=_one_of(OFFLOADS), metavar=_metavar(OFFLOADS), rich_help_panel=PAR)
     ] = None,

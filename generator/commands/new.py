@@ -4,7 +4,9 @@ into NAME/.
 
 Answers are resolved per question in this order: the flag, then --answers FILE, then (with --yes) the
 default, then a prompt. Budget and hardware agree (`generator.plan.agree`): a budget that names hardware
-sets it and is not asked again, and each default follows the answers before it. At a prompt, `back`
+sets it and is not asked again, and each default follows the answers before it; tp and pp are asked
+on the researcher track where more than one layout runs, offering only the values reference_llm runs
+(`generator.plan.layout_choices`). At a prompt, `back`
 returns to the previous prompted question. Every answer is validated where it is given: a prompt on a
 terminal asks again; anything else (flags, files, piped answers) fails at once with exit code 2 and
 nothing written.
@@ -26,16 +28,34 @@ from rich.table import Table
 
 from generator.errors import AnswerError, LLMGenError
 from generator.estimate import parse_budget, parse_count, parse_hardware
-from generator.estimate.api import PARALLELISMS
+from generator.estimate.api import AUTO, PARALLELISMS
 from generator.estimate.invariants import batch_bounds, epochs_text
 from generator.estimate.precision import canonical_precision
-from generator.plan import RunPlan, agree, check_agreement, check_parallelism, plan_run
-from generator.questions import ASKED, DIR_HELP, FLAGS, Question, deprecated, load_questions, validate
+from generator.plan import (
+    RunPlan,
+    agree,
+    check_agreement,
+    check_layout,
+    check_parallelism,
+    layout_choices,
+    plan_run,
+)
+from generator.questions import (
+    ASKED,
+    DIR_HELP,
+    FLAGS,
+    LAYOUT_TRACKS,
+    Question,
+    deprecated,
+    load_questions,
+    validate,
+)
 from generator.render import check_target, preview_files, render_project
 from generator.tracks import Track, load_tracks
 from generator.units import duration, si
 from generator.yaml_files import read_yaml
-from reference_llm.config import Dtype
+from reference_llm.config import Dtype, Strategy
+from reference_llm.model.config import ModelConfig
 
 # Answers a person may give (flags or --answers); the others are derived from these and the name.
 GIVEN = (*ASKED, "exercises", "micro_batch", "grad_accum", "precision", "tokens")
@@ -58,6 +78,22 @@ def new(
         str | None, typer.Option("--model", help="A reference_llm preset, e.g. demo, gpt2-124m, llama-1b.")
     ] = None,
     model_preset: Annotated[str | None, typer.Option("--model-preset", hidden=True)] = None,
+    tp: Annotated[
+        int | None,
+        typer.Option(
+            "--tp",
+            help="Tensor-parallel degree (distributed.tp): each block split over this many GPUs of a node; fsdp only "
+            "(default 1; asked where more than one value runs).",
+        ),
+    ] = None,
+    pp: Annotated[
+        int | None,
+        typer.Option(
+            "--pp",
+            help="Pipeline stages (distributed.pp): the blocks split over this many GPUs; fsdp only, without --tp "
+            "(default 1).",
+        ),
+    ] = None,
     exercises: Annotated[
         bool | None,
         typer.Option(
@@ -119,6 +155,8 @@ def new(
         "hardware": hardware,
         "parallelism": parallelism,
         "model_preset": model,
+        "tp": tp,
+        "pp": pp,
         "exercises": exercises,
         "micro_batch": micro_batch,
         "grad_accum": grad_accum,
@@ -192,15 +230,25 @@ def gather(
             index += 1
             continue
         default, why = default_answer(name, given, supplied, tracks)
+        options = layout_options(name, given)
         if name == "hardware" and parse_budget(str(given["budget"])).hardware is not None:
             given[name], notes[name] = default, why  # the budget named it: nothing to ask
+            index += 1
+            continue
+        if options is not None and len(options) < 2:
+            given[name] = default  # one layout runs (or none is asked for): nothing to ask
             index += 1
             continue
         if yes:
             given[name], notes[name] = check_given(name, default, questions, tracks, given), why
             index += 1
             continue
-        missing = [FLAGS[n] for n in ASKED if n not in given and supplied(n) is None]
+        # tp and pp are named only once they are the question: before, whether they will be asked is open.
+        missing = [
+            FLAGS[n]
+            for n in ASKED
+            if n not in given and supplied(n) is None and (n not in ("tp", "pp") or name in ("tp", "pp"))
+        ]
         try:
             given[name] = prompter.ask(
                 questions[name],
@@ -208,6 +256,7 @@ def gather(
                 _checker(name, questions, tracks, given, supplied),
                 missing,
                 can_go_back=bool(prompted),
+                choices=tuple(options) if options else None,
             )
         except GoBack:
             index = prompted.pop()
@@ -244,7 +293,22 @@ def default_answer(
     if name == "hardware":
         _, hardware, why = agree(str(given["budget"]), None, defaults)
         return hardware, why
+    if name in ("tp", "pp"):
+        return 1, []
     return getattr(defaults, name), []
+
+
+def layout_options(name: str, given: dict[str, Any]) -> list[int] | None:
+    """For the tp and pp questions, the values to offer given the answers before them: those reference_llm
+    runs on a LAYOUT_TRACKS track with several GPUs under fsdp or auto, else only 1 (not asked); None for
+    the other questions."""
+    if name not in ("tp", "pp"):
+        return None
+    hardware = parse_hardware(str(given["hardware"]))
+    if given["track"] not in LAYOUT_TRACKS or hardware.n_gpus < 2 or given["parallelism"] not in (AUTO, Strategy.FSDP):
+        return [1]
+    tps, pps = layout_choices(ModelConfig.preset(str(given["model_preset"])), hardware, int(given.get("tp", 1)))
+    return tps if name == "tp" else pps
 
 
 def _checker(
@@ -288,6 +352,17 @@ def check_given(
         if value not in PARALLELISMS:
             raise AnswerError(f"--parallelism must be one of {', '.join(PARALLELISMS)}; got {value!r}")
         check_parallelism(value, parse_hardware(str(given["hardware"])))
+    elif name in ("tp", "pp"):
+        if not isinstance(value, int) or isinstance(value, bool):  # from an answers file
+            raise AnswerError(f"{flag} must be an integer; got {value!r}")
+        tp, pp = (value, 1) if name == "tp" else (int(given.get("tp", 1)), value)
+        check_layout(
+            ModelConfig.preset(str(given["model_preset"])),
+            parse_hardware(str(given["hardware"])),
+            str(given["parallelism"]),
+            tp,
+            pp,
+        )
     elif name == "precision":
         value = canonical_precision(str(value))
         if value not in questions["precision"].choices:
@@ -327,15 +402,18 @@ class Prompter:
         check: Callable[[str], Any],
         missing: list[str],
         can_go_back: bool = False,
+        choices: tuple[Any, ...] | None = None,
     ) -> Any:
-        choices = f" ({' | '.join(map(str, self.choices(question)))})" if self.choices(question) else ""
+        """One answer; `choices` overrides the question's (tp and pp: the values that run here)."""
+        shown = choices or self.choices(question)
+        choices_text = f" ({' | '.join(map(str, shown))})" if shown else ""
         self.console.print(
             f"[dim]{escape(question.help)}"
             + (" Type back to change the previous answer." if can_go_back else "")
             + "[/dim]"
         )
         while True:
-            self.console.print(f"[bold]{question.name}[/bold]{escape(choices)} {escape(f'[{default}]')}: ", end="")
+            self.console.print(f"[bold]{question.name}[/bold]{escape(choices_text)} {escape(f'[{default}]')}: ", end="")
             line = self.read_line()
             if not line:
                 raise AnswerError(
@@ -398,11 +476,14 @@ def estimate_panel(plan: RunPlan) -> Panel:
     epochs = f"; {epochs_text(a['tokens'] / f.corpus_tokens)} of {f.corpus}" if f.corpus_tokens else ""
     grid.add_row("tokens", f"{si(a['tokens'])} ({plan.tokens_note}){epochs}")
     grid.add_row("budget", plan.budget.describe())
+    replicas = devices // (a["tp"] * a["pp"])
     grid.add_row("hardware", f"{a['hardware']}: {devices} device{plural}")
     grid.add_row("parallelism", plan.parallelism_reason)
+    grid.add_row("layout", plan.layout)
+    units = f"{devices} device{plural}" if replicas == devices else f"{replicas} replica{'s' if replicas > 1 else ''}"
     grid.add_row(
         "batch",
-        f"{a['micro_batch']} x {a['grad_accum']} accumulation x {devices} device{plural} x "
+        f"{a['micro_batch']} x {a['grad_accum']} accumulation x {units} x "
         f"{est.seq_len} = {f.tokens_per_step:,} tokens per step (DeepSeek LLM's B_opt for "
         f"{est.flops_total:.3g} FLOPs: {si(b_opt)})",
     )

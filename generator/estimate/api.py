@@ -153,7 +153,9 @@ class RunSpec:
     precision: str = Dtype.BFLOAT16.value  # one of precision.PRECISIONS
     mfu: float | None = None  # None: the fitted model of mfu.default_mfu
     price: float | None = None  # $ per GPU-hour; None: the catalogue's
-    sequence_parallel: bool = True  # with tp > 1, shard the norm and dropout activations too
+    # With tp > 1, Megatron-LM's layout: norm and dropout activations sharded over the sequence (Korthikanti
+    # et al. 2022) and a vocabulary-parallel head. reference_llm's tensor parallelism has neither.
+    sequence_parallel: bool = False
     attention: str = "auto"  # one of ATTENTION
 
     @property
@@ -198,10 +200,14 @@ def _memory(spec: RunSpec) -> tuple[dict[str, float], float, float]:
         shard=spec.tp * spec.pp,
         gpus_per_node=spec.hardware.gpus_per_node,
     )
+    # reference_llm's pipeline runs each of the micro-batch's sequences as one pipeline micro-batch
+    # (Schedule1F1B, n_microbatches = train.micro_batch): a 1F1B stage holds pp of them over L/pp blocks,
+    # i.e. L blocks of one sequence (formulas.activation_bytes), whatever the micro-batch.
+    batch = 1 if spec.pp > 1 else spec.batch
     activations = formulas.activation_bytes(
         spec.model,
         spec.seq,
-        spec.batch,
+        batch,
         act_bytes,
         spec.flash,
         spec.tp,
@@ -209,7 +215,9 @@ def _memory(spec: RunSpec) -> tuple[dict[str, float], float, float]:
         spec.activation_checkpointing,
         formulas.residual_bytes(strategy, spec.precision),
     )
-    logits = formulas.logits_bytes(spec.model, spec.seq, spec.batch, act_bytes, spec.tp)
+    # reference_llm replicates the output head on the tp ranks, so each holds every vocabulary entry's
+    # logits; --sequence-parallel models Megatron-LM's layout, whose head is vocabulary-parallel too.
+    logits = formulas.logits_bytes(spec.model, spec.seq, batch, act_bytes, spec.tp if spec.sequence_parallel else 1)
     breakdown = {
         "weights": states.weights,
         "gradients": states.gradients,
@@ -336,6 +344,12 @@ def _layout_problem(spec: RunSpec) -> str:
     except ConfigError as err:
         return str(err)
     return ""
+
+
+def check_spec(spec: RunSpec) -> None:
+    """EstimateError, naming `llmgen estimate`'s flags, when `spec` cannot be estimated or reference_llm
+    cannot run its layout: what `estimate_run` checks first, for callers that only need the verdict."""
+    _validate(spec)
 
 
 def _validate(spec: RunSpec) -> None:

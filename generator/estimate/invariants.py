@@ -73,9 +73,12 @@ def facts_for(
 ) -> PlanFacts:
     """The facts of the run `config` describes on `hardware` with `devices` processes: what `llmgen new`
     plans (from the run config its answers describe) and what `llmgen check` reads (configs/train.toml).
-    `corpus` is (bytes, description) of the training text, None when it cannot be found."""
-    t = config.train
-    tokens = float(t.max_steps * t.micro_batch * t.grad_accum * config.seq_len * devices)
+    The batch counts the data-parallel replicas, devices / (distributed.tp x pp): the ranks of one replica
+    read the same batches. `corpus` is (bytes, description) of the training text, None when it cannot be
+    found."""
+    t, tp, pp = config.train, config.distributed.tp, config.distributed.pp
+    replicas = devices // (tp * pp)  # a world size that tp x pp does not divide is refused by estimate_run
+    tokens = float(t.max_steps * t.micro_batch * t.grad_accum * config.seq_len * replicas)
     offload = None if config.distributed.offload == Offload.NONE else str(config.distributed.offload)
     est = estimate_run(
         RunSpec(
@@ -86,6 +89,8 @@ def facts_for(
             micro_batch=t.micro_batch,
             seq_len=config.seq_len,
             grad_accum=t.grad_accum,
+            tp=tp,
+            pp=pp,
             offload=offload,
             precision=hardware.compute_precision(t.dtype),
         )
@@ -99,7 +104,7 @@ def facts_for(
     return PlanFacts(
         model=config.model,
         seq_len=config.seq_len,
-        devices=devices,
+        devices=replicas,
         micro_batch=t.micro_batch,
         grad_accum=t.grad_accum,
         max_steps=t.max_steps,

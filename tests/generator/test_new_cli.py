@@ -136,7 +136,9 @@ def test_prompts_read_piped_answers_in_order(workdir):
 
 
 def test_prompt_defaults_follow_the_chosen_track(workdir):
-    result = run("r", "--no-git", input="researcher\n\n\n\n\ny\n")  # the last line confirms the warnings
+    # track, budget, hardware, parallelism, model, tp (asked on this track: several layouts run); the last
+    # line confirms the warnings
+    result = run("r", "--no-git", input="researcher\n\n\n\n\n\ny\n")
     assert result.exit_code == 0, result.output
     answers = answers_of(workdir / "r")
     assert (answers["model_preset"], answers["hardware"], answers["budget"]) == (
