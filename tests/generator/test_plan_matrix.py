@@ -90,6 +90,15 @@ CORNERS = {
     "practitioner default": {"track": "practitioner"},
     "practitioner $2000": {"track": "practitioner", "budget": "$2000"},
     "researcher llama-70b 8xH100": {"track": "researcher", "model_preset": "llama-70b", "hardware": "8xH100"},
+    # tensor and pipeline parallelism (tests/generator/test_new_tp_pp.py renders one)
+    "researcher tp=2 8xH100": {"track": "researcher", "hardware": "8xH100", "tp": 2},
+    "researcher tp=8 4x8xH100": {"track": "researcher", "tp": 8},
+    "researcher llama-8b pp=8 8xH100": {
+        "track": "researcher",
+        "model_preset": "llama-8b",
+        "hardware": "8xH100",
+        "pp": 8,
+    },
 }
 
 
@@ -127,7 +136,8 @@ def check_plan(plan) -> None:
     a, est, f = plan.answers, plan.estimate, plan.facts
     hw = parse_hardware(a["hardware"])
     model = ModelConfig.preset(a["model_preset"])
-    seq, devices = model.block_size, hw.n_gpus
+    # The ranks of one tp x pp replica read the same batches: the batch counts data-parallel replicas.
+    seq, devices = model.block_size, hw.n_gpus // (a["tp"] * a["pp"])
     per_step = a["micro_batch"] * a["grad_accum"] * devices * seq
     # The same numbers everywhere: answers, the facts judged, the estimate, DeepSpeed's config.
     assert a["tokens"] == a["max_steps"] * per_step == f.tokens == est.tokens
@@ -161,7 +171,14 @@ def check_plan(plan) -> None:
     # A micro-batch that fits whenever one sequence per device does.
     at_one = estimate_run(
         RunSpec(
-            model, hw, 1.0, parallelism=a["parallelism"], micro_batch=1, precision=hw.compute_precision(a["precision"])
+            model,
+            hw,
+            1.0,
+            parallelism=a["parallelism"],
+            micro_batch=1,
+            precision=hw.compute_precision(a["precision"]),
+            tp=a["tp"],
+            pp=a["pp"],
         )
     )
     assert est.fits == at_one.fits and (est.fits or "memory" in _names(plan))
@@ -227,12 +244,19 @@ def test_every_sampled_combination_is_refused_or_planned_as_a_practitioner_would
 @pytest.mark.parametrize("corner", list(CORNERS))
 def test_the_corners_of_the_issue_are_planned_sanely(corner):
     given = {**{"budget": None, "hardware": None, "model_preset": None, "parallelism": None}, **CORNERS[corner]}
+    layout = {k: v for k, v in given.items() if k in ("tp", "pp")}
     plan = plan_run(
         "corner",
-        given_for(given["track"], given["hardware"], given["budget"], given["model_preset"], given["parallelism"]),
+        {
+            **given_for(
+                given["track"], given["hardware"], given["budget"], given["model_preset"], given["parallelism"]
+            ),
+            **layout,
+        },
         tracks=TRACKS,
     )
     check_plan(plan)
+    assert (plan.answers["tp"], plan.answers["pp"]) == (layout.get("tp", 1), layout.get("pp", 1))
 
 
 # ----------------------------------------------------------------------------------------------------

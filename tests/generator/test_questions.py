@@ -212,3 +212,17 @@ def test_parallelism_rules():
     assert q.check("zero3", one_gpu) is None  # ZeRO-Offload on one GPU is a real use
     assert "8 GPUs" in q.check("single", node)
     assert all(q.check(s, node) is None for s in ("ddp", "fsdp", "zero1", "zero2", "zero3"))
+
+
+def test_tp_pp_rules():
+    """copier.yml's tp/pp validators hold what needs no model (the model's heads and layers are
+    reference_llm.config.check_parallel_layout's, which llmgen applies before Copier runs)."""
+    q = load_questions()
+    node = {"gpu": "H100-SXM", "nodes": 1, "gpus_per_node": 8, "parallelism": "fsdp", "tp": 1}
+    assert q["tp"].check(2, node) is None and q["pp"].check(8, node) is None
+    assert "fsdp only" in q["tp"].check(2, {**node, "parallelism": "ddp"})
+    assert "must divide the 8 GPUs" in q["tp"].check(3, node)
+    assert "at least 1" in q["tp"].check(0, node)
+    assert "fsdp only" in q["pp"].check(2, {**node, "parallelism": "zero3"})
+    assert "use pp or tp alone" in q["pp"].check(4, {**node, "tp": 2})
+    assert "must equal the 8 devices" in q["pp"].check(2, node)
