@@ -50,6 +50,8 @@ def test_tp_project_carries_the_layout_and_counts_replicas(tmp_path: Path):
     assert f"x 4 replicas x {seq} = {per_step:,} tokens per step" in result.stdout
     assert "tp=2 x 4 data-parallel replicas (8 devices)" in result.stdout
     assert "x 4 data-parallel replicas (8 devices / tp 2 / pp 1)" in train
+    readme = (project / "README.md").read_text()
+    assert "| fsdp (tp=2, pp=1: 4 data-parallel) |" in readme and " × 4 replicas |" in readme
     # The launchers name the layout; the CPU tip of the torchrun script still loads (ddp needs tp = pp = 1).
     torchrun = (project / "scripts" / "train_torchrun.sh").read_text()
     assert "distributed.tp=2, pp=1" in torchrun and "tp * pp = 2" in torchrun
