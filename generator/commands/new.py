@@ -83,7 +83,7 @@ def new(
         typer.Option(
             "--tp",
             help="Tensor-parallel degree (distributed.tp): each block split over this many GPUs of a node; fsdp only "
-            "(default 1; asked where more than one value runs).",
+            "(default 1; asked on the researcher track where several values run).",
         ),
     ] = None,
     pp: Annotated[
