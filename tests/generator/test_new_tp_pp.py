@@ -154,3 +154,11 @@ def test_activation_memory_of_tp_and_pp_runs_is_the_librarys():
     assert stage(8)["activations"] == stage(16)["activations"]
     no_pp = estimate_run(RunSpec(llama8, hw, 1e9, parallelism="fsdp", micro_batch=8)).memory_breakdown_gib
     assert no_pp["activations"] == pytest.approx(8 * stage(8)["activations"], rel=0.01)  # control
+
+
+def test_the_refusal_quoted_in_docs_generator_md_is_what_llmgen_prints(tmp_path: Path):
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "generator.md").read_text(encoding="utf-8")
+    quoted = "error: " + " ".join(doc.split("e.g. `error: ", 1)[1].split("`", 1)[0].split())  # the page's breaks
+    result = run("new", "x", "--dir", str(tmp_path / "x"), "--track", "researcher", "--hardware", "8xH100",
+                 "--model", "gpt2-124m", "--tp", "3", "--yes")  # fmt: skip
+    assert result.exit_code == 2 and result.stderr.strip() == quoted
