@@ -162,3 +162,17 @@ def test_the_refusal_quoted_in_docs_generator_md_is_what_llmgen_prints(tmp_path:
     result = run("new", "x", "--dir", str(tmp_path / "x"), "--track", "researcher", "--hardware", "8xH100",
                  "--model", "gpt2-124m", "--tp", "3", "--yes")  # fmt: skip
     assert result.exit_code == 2 and result.stderr.strip() == quoted
+
+
+def test_check_fails_a_launch_that_does_not_fit_the_layout(tmp_path: Path):
+    """`llmgen check`'s world-size row applies check_parallel_layout at the launch's world size: a pipeline
+    of 4 stages launched on the project's 8 GPUs would need data parallelism, which the library refuses."""
+    from generator.commands.check import Project, check_world_size
+
+    given = {"track": "researcher", "hardware": "8xH100", "model_preset": "llama-8b", "parallelism": "fsdp"}
+    plan = plan_run("pp", {**given, "exercises": False, "pp": 8})
+    planned = Project(tmp_path, plan.answers, run_config_for(plan.answers), plan.hardware, 8)
+    assert check_world_size(planned).status == "ok"  # control: the planned layout
+    changed = Project(tmp_path, plan.answers, run_config_for({**plan.answers, "pp": 4}), plan.hardware, 8)
+    row = check_world_size(changed)
+    assert row.status == "fail" and "distributed.pp=4 on 8 processes" in row.message
