@@ -36,9 +36,12 @@ def generate(tmp_path: Path, track: str, exercises: bool = False) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("track", list(PER_TRACK))
 def test_generated_checkpoint_tests_pass(tmp_path, subprocess_env, track):
+    """The project's `python -m pytest tests` (its `make test`). With the notebooks extra installed, as here,
+    that also collects tests/notebooks, the tests `make notebooks` runs: tests/generator/test_notebooks.py
+    runs those for every track, so they are deselected here rather than run twice (about 2 minutes a track)."""
     project = generate(tmp_path, track)
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not notebooks", "tests"],
         cwd=project,
         env=subprocess_env,
         capture_output=True,
