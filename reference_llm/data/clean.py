@@ -15,6 +15,7 @@ _BREAK_CHARS = "\r\u0085\u2028\u2029\x0b\x0c"
 # Category Cc is exactly U+0000-001F and U+007F-009F; tab and newline stay, and the other C0 line breaks
 # are already "\n" by the time this runs.
 _CONTROL = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x9f]")
+_ASCII_CONTROL = bytes([*range(0x00, 0x09), *range(0x0E, 0x20), 0x7F])
 
 
 def normalize_text(text: str) -> str:
@@ -27,8 +28,17 @@ def normalize_text(text: str) -> str:
     # Substring tests run at memchr speed; the regex, which tries a class at every character, only when needed.
     if any(ch in text for ch in _BREAK_CHARS):
         text = _LINE_BREAKS.sub("\n", text)
-    text = _CONTROL.sub("", text)
+    if text.isascii():  # the same deletion as _CONTROL's, in C over bytes: ~4x quicker than the regex scan
+        data = text.encode("ascii")
+        kept = data.translate(None, _ASCII_CONTROL)
+        if len(kept) != len(data):
+            text = kept.decode("ascii")
+    else:
+        text = _CONTROL.sub("", text)
     # Trailing whitespace of each line: rstrip per line is ~6x faster than a multiline regex, and the same
     # (no line holds a line break any more, and str.rstrip and the regex's \s agree on what is space).
-    text = "\n".join([line.rstrip() for line in text.split("\n")])
+    # In ASCII only tab and space are left to strip (the other whitespace characters are line breaks or
+    # controls, handled above): text without " \n", "\t\n" and a trailing one has nothing to strip.
+    if not (text.isascii() and " \n" not in text and "\t\n" not in text and not text.endswith((" ", "\t"))):
+        text = "\n".join([line.rstrip() for line in text.split("\n")])
     return text.strip("\n")

@@ -122,6 +122,8 @@ def _rule(
 
 
 _DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+# ASCII whitespace as str.split() sees it (str.isspace) -> " ", any other byte -> "x".
+_RUN_MARKS = bytes(32 if chr(b).isspace() and b < 128 else 120 for b in range(256))
 
 
 # Rules in priority order: where two matches overlap, the one earlier in this list wins, so a specific
@@ -213,18 +215,34 @@ def scan_pii(text: str, kinds: Iterable[str] | None = None) -> list[Finding]:
     ends: list[int] = []
     findings: list[Finding] = []
     # Cheap tests that let a rule skip its regex (which tries a character class at every position) when no
-    # match is possible: the longest run without whitespace, and whether there is a digit at all.
-    longest = max(map(len, text.split()), default=0)
+    # match is possible: whether there is a digit at all, and a run of min_run characters without whitespace.
     has_digit = any(d in text for d in "0123456789")
+    data = text.encode("ascii") if text.isascii() else None
     # In ASCII, \d is 0-9, so digits-as-0 substrings are a test a match cannot escape (memchr speed).
-    shaped = text.encode("ascii").translate(_DIGITS_AS_ZERO) if has_digit and text.isascii() else None
+    shaped = data.translate(_DIGITS_AS_ZERO) if has_digit and data is not None else None
+    marks: bytes | None = None
+    longest = -1
+
+    def has_run(n: int) -> bool:
+        """A run of n characters without whitespace? Found, the first time it is asked, in ASCII as a
+        substring of a copy with whitespace as " " and everything else as "x" (~8x quicker than splitting
+        the text into words), else as the longest word of text.split()."""
+        nonlocal marks, longest
+        if data is not None:
+            if marks is None:
+                marks = data.translate(_RUN_MARKS)
+            return b"x" * n in marks
+        if longest < 0:
+            longest = max(map(len, text.split()), default=0)
+        return longest >= n
+
     for kind, pattern, check, needle, min_run, digits, shapes in _RULES:
         if (
             kind not in wanted
             or (needle is not None and needle not in text)
-            or longest < min_run
             or (digits and not has_digit)
             or (shapes and shaped is not None and not any(shape in shaped for shape in shapes))
+            or (min_run and not has_run(min_run))
         ):
             continue
         for m in pattern.finditer(text):

@@ -1,5 +1,6 @@
-"""The dedup fast paths compute what their definitions say: MinHash signatures against a plain Python
-computation, and the LSH index's signature file read back before and after it is flushed."""
+"""The data pipeline's fast paths compute what their definitions say: MinHash signatures against a plain
+Python computation, the LSH index's signature file read back before and after it is flushed, the PII
+scan's skips, text normalisation against its regex-and-loop definition, and a worker pool shared by passes."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reference_llm.data import dedup, pii
+from reference_llm.data import clean, dedup, pii
 from reference_llm.data.dedup import LshIndex, MinHasher
+from reference_llm.data.parallel import Workers
 from reference_llm.data.pipeline import Cleaned, Collector, PipelineSettings
 from reference_llm.tokenizer import base as tokenizer_base
 
@@ -122,6 +124,61 @@ def test_pii_digit_shapes_skip_no_finding(monkeypatch: pytest.MonkeyPatch) -> No
     wrong = [rule._replace(shapes=(b"00.0",)) if rule.kind == "ipv4" else rule for rule in plain_rules]
     monkeypatch.setattr(pii, "_RULES", wrong)
     assert [pii.scan_pii(t) for t in texts] != shaped
+
+
+def test_pii_whitespace_run_skip_no_finding(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Runs of hex, base64 and dotted digits between every kind of ASCII white space (and \x1c, which
+    # str.split() counts as white space), in ASCII texts and in texts with a non-ASCII character.
+    rng = random.Random(1)
+    pieces = ["8.8.8.8", "555-123-4567", "0123456789abcdef" * 2, "QUJDRE" * 7 + "1", "sk_live_a1b2c3d4e5f6g7h8i9"]
+    pieces += [" ", "\t", "\n", "\x0b", "\x0c", "\r", "\x1c", "\x1f", "x", "é", "-", "="]
+    texts = ["".join(rng.choice(pieces) for _ in range(rng.randrange(1, 12))) for _ in range(3000)]
+    found = [pii.scan_pii(t) for t in texts]
+    assert {"ipv4", "phone", "secret", "api_key"} <= {f.kind for fs in found for f in fs}
+    monkeypatch.setattr(pii, "_RULES", [rule._replace(min_run=0) for rule in pii._RULES])
+    assert [pii.scan_pii(t) for t in texts] == found
+    # Negative control: a run longer than some matches ("8.8.8.8" is 7 characters) changes the findings.
+    too_long = [rule._replace(min_run=8) if rule.kind == "ipv4" else rule for rule in pii._RULES]
+    monkeypatch.setattr(pii, "_RULES", too_long)
+    assert [pii.scan_pii(t) for t in texts] != found
+
+
+def definition_normalize(text: str) -> str:
+    """normalize_text as its docstring defines it, without the ASCII fast paths."""
+    import unicodedata
+
+    text = unicodedata.normalize("NFC", text)
+    text = clean._CONTROL.sub("", clean._LINE_BREAKS.sub("\n", text))
+    return "\n".join(line.rstrip() for line in text.split("\n")).strip("\n")
+
+
+def test_normalize_text_matches_its_definition(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(2)
+    alphabet = list("ab \t\n\r\x00\x08\x0b\x0c\x1c\x1f\x7f") + ["  \n", "\t\n", "\r\n", "\x85", "\xa0", "e\u0301"]
+    ascii_only = [ch for ch in alphabet if ch.isascii()]
+    texts = ["".join(rng.choice(a) for _ in range(rng.randrange(0, 40))) for a in (alphabet, ascii_only) * 2500]
+    assert [clean.normalize_text(t) for t in texts] == [definition_normalize(t) for t in texts]
+    # Negative control: an ASCII control table that misses DEL (0x7f) keeps it.
+    monkeypatch.setattr(clean, "_ASCII_CONTROL", clean._ASCII_CONTROL.replace(b"\x7f", b""))
+    assert [clean.normalize_text(t) for t in texts] != [definition_normalize(t) for t in texts]
+
+
+def _pid(_: int) -> int:
+    return os.getpid()
+
+
+def test_workers_are_shared_by_passes() -> None:
+    # Two passes over one Workers run in the same two processes, each in order; a pass left early
+    # (as when a build stops) leaves no result behind for the next one.
+    with Workers(2) as workers:
+        first = list(workers.map(_pid, range(6)))
+        assert len(set(first)) <= 2 and os.getpid() not in first
+        stopped = workers.map(abs, range(-8, 0))
+        assert next(stopped) == 8
+        stopped.close()
+        assert list(workers.map(abs, range(-3, 0))) == [3, 2, 1]
+        assert set(workers.map(_pid, range(6))) <= set(first)
+    assert list(Workers(1).map(_pid, range(2))) == [os.getpid()] * 2
 
 
 def test_benchmark_profile_mode_runs(tmp_path) -> None:
