@@ -9,6 +9,7 @@ copies, stays near 2 * chunk_mb whatever the corpus size; what grows with the co
 from __future__ import annotations
 
 import json
+import os
 import struct
 from array import array
 from collections import deque
@@ -139,16 +140,22 @@ def _write_record(spill: BinaryIO, name: str, source: int, text: str) -> int:
     return len(data)
 
 
-def read_spill(work_dir: Path, start_offset: int = 0, start_index: int = 0) -> Iterator[tuple[int, int, int, str, str]]:
-    """(index, byte offset, source, name, text) of each spilled document, from a given record on."""
+def read_spill(
+    work_dir: Path, start_offset: int = 0, start_index: int = 0, only: np.ndarray | None = None
+) -> Iterator[tuple[int, int, int, str, str]]:
+    """(index, byte offset, source, name, text) of each spilled document, from a given record on;
+    with `only` (a bool per record), just the records it marks: the others are skipped, not decoded."""
     with (work_dir / SPILL_FILE).open("rb", buffering=1 << 20) as f:
         f.seek(start_offset)
         index, offset = start_index, start_offset
         while header := f.read(_RECORD.size):
             size, label_size, source = _RECORD.unpack(header)
-            name = f.read(label_size).decode("utf-8", "surrogateescape")
-            text = f.read(size).decode("utf-8")
-            yield index, offset, source, name, text
+            if only is not None and not only[index]:
+                f.seek(label_size + size, os.SEEK_CUR)
+            else:
+                name = f.read(label_size).decode("utf-8", "surrogateescape")
+                text = f.read(size).decode("utf-8")
+                yield index, offset, source, name, text
             index += 1
             offset += _RECORD.size + label_size + size
 

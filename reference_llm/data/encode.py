@@ -118,7 +118,9 @@ def fit_tokenizer(
     u = collected.digests[:, 24:32].copy().view(">u8")[:, 0] / 2.0**64  # independent of split and weights
     alphabet: set[str] = set()
     sample: list[str] = []
-    for index, _, _, _, text in read_spill(work_dir):
+    # The BPE sample of a larger corpus: only its documents are read (the spill holds the whole corpus).
+    only = None if kind == "char" or rate >= 1.0 or plan.single else ~plan.val & (u < rate)
+    for index, _, _, _, text in read_spill(work_dir, only=only):
         for split, part, _ in outputs(plan, val_fraction, index, text):
             if split != 0:
                 continue
@@ -252,21 +254,24 @@ def encode_all(
     def tasks() -> Iterator[tuple[str, bool, list[tuple[int, str]]]]:
         items: list[tuple[int, str]] = []
         where: list[tuple[int, int, int, int, int]] = []
-        size = 0
+        size = records = 0
         for index, offset, source, _, text in read_spill(work_dir, first.offset, first.record):
             for split, part, copies in outputs(plan, val_fraction, index, text):
                 if index >= splits[split].record and copies:
                     items.append((split, part))
                     where.append((index, offset, split, copies, source))
                     size += len(part)
+            records += 1
             if size >= size_limit:
                 pending.append(where)
+                advance(records)  # per batch: rich's advance takes a lock and a timestamp, ~5 µs a call
+                records = 0
                 yield str(tokenizer_path), fast, items
                 items, where, size = [], [], 0
-            advance(1)
         if items:
             pending.append(where)
             yield str(tokenizer_path), fast, items
+        advance(records)
 
     with steps.bar("tokenising", len(collected.sources) - first.record) as advance:
         for results in workers.map(encode_batch, tasks()):

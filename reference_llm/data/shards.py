@@ -47,16 +47,20 @@ class ShardWriter:
     def write(self, ids: np.ndarray) -> list[int]:
         """Append `ids`; returns, for each shard this call filled, how many of `ids` were written by then."""
         ids = np.asarray(ids)
-        if ids.size and (ids.min() < 0 or ids.max() > np.iinfo(self.dtype).max):
-            raise DataError(f"token id out of range for {self.dtype} shards: {int(ids.min())}..{int(ids.max())}")
-        ids = ids.astype(self.dtype, copy=False)
+        # Ids of the shards' own dtype (what encode_batch sends) fit by construction: no min/max pass.
+        if ids.dtype != self.dtype:
+            if ids.size and (ids.min() < 0 or ids.max() > np.iinfo(self.dtype).max):
+                raise DataError(f"token id out of range for {self.dtype} shards: {int(ids.min())}..{int(ids.max())}")
+            ids = ids.astype(self.dtype)
         filled, written = [], 0
         while written < ids.size:
             if self._file is None:
                 self._open_next()
             room = self.shard_tokens - self.shards[-1]["tokens"]
             part = ids[written : written + room]
-            part.tofile(self._file)
+            # The buffered file's write, not ndarray.tofile, which flushes the file and duplicates its
+            # descriptor on every call (~10 µs a document); the same bytes, in native order.
+            self._file.write(np.ascontiguousarray(part).data)
             self.shards[-1]["tokens"] += part.size
             written += part.size
             if self.shards[-1]["tokens"] == self.shard_tokens:
@@ -66,7 +70,7 @@ class ShardWriter:
 
     def _open_next(self) -> None:
         name = f"{self.split}_{len(self.shards):04d}.bin"
-        self._file = (self.out_dir / name).open("wb")
+        self._file = (self.out_dir / name).open("wb", buffering=1 << 20)
         self.shards.append({"file": name, "tokens": 0})
 
     def _close_file(self) -> None:

@@ -181,6 +181,19 @@ def test_workers_are_shared_by_passes() -> None:
     assert list(Workers(1).map(_pid, range(2))) == [os.getpid()] * 2
 
 
+def test_read_spill_only_skips_unmarked_records(tmp_path) -> None:
+    # The tokenizer's sample reads only its records: the same records, offsets included, as a full read.
+    from reference_llm.data.collect import SPILL_FILE, _write_record, read_spill
+
+    with (tmp_path / SPILL_FILE).open("wb") as spill:
+        for i in range(50):
+            _write_record(spill, f"doc{i}", i % 3, "é" * (i % 7) + f"text {i}")
+    everything = list(read_spill(tmp_path))
+    only = np.arange(50) % 4 == 1
+    assert list(read_spill(tmp_path, only=only)) == [r for r in everything if only[r[0]]]
+    assert len(everything) == 50
+
+
 def test_benchmark_profile_mode_runs(tmp_path) -> None:
     # `python benchmarks/data_prepare.py --mb 20 --profile` (its docstring), at a tiny size.
     repo = Path(__file__).resolve().parents[2]
