@@ -24,8 +24,8 @@ from typing import Any
 
 from reference_llm.config import CHOICES, DataConfig
 from reference_llm.data.collect import Collected, collect
-from reference_llm.data.encode import TOKENIZER_FILE, encode_all, fit_and_save, plan, quiet_threads
-from reference_llm.data.parallel import Workers, default_workers, run_apart
+from reference_llm.data.encode import TOKENIZER_FILE, encode_all, fit_and_save, plan
+from reference_llm.data.parallel import default_workers, run_apart
 from reference_llm.data.pipeline import PipelineSettings
 from reference_llm.data.progress import Steps
 from reference_llm.data.shards import FORMAT, FORMAT_VERSION, read_meta, token_dtype, write_json, write_meta
@@ -122,13 +122,6 @@ def build(
     workers = data_cfg.workers or default_workers()
     if sum(f.size for f in found.files) < data_cfg.chunk_mb * 1e6 / 4:
         workers = 1  # starting processes would cost more than the work they share
-    with Workers(workers, quiet_threads if workers > 1 else None) as pool:  # one pool for both passes
-        return _build(found, data_cfg, settings, work, steps, pool)
-
-
-def _build(
-    found: Discovery, data_cfg: DataConfig, settings: PipelineSettings, work: Path, steps: Steps, workers: Workers
-) -> dict[str, Any]:
     state = _read_state(work)
     if state.get("collected"):
         collected = Collected.load(work)
@@ -154,7 +147,7 @@ def _build(
         with steps.step(f"training {data_cfg.tokenizer} tokenizer"):
             # With workers to spare, in a process of its own: the training texts' memory then goes back to
             # the system instead of staying with this process while the workers tokenise.
-            if workers.count > 1:
+            if workers > 1:
                 run_apart(fit_and_save, task)
             else:
                 fit_and_save(task)

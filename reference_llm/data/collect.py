@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from reference_llm.config import DataConfig
-from reference_llm.data.parallel import Workers, batch_chars
+from reference_llm.data.parallel import batch_chars, ordered_map
 from reference_llm.data.pipeline import Collector, PipelineSettings, clean_batch, split_digest
 from reference_llm.data.progress import Steps
 from reference_llm.data.readers import BadRecords, iter_documents
@@ -67,11 +67,11 @@ class Collected:
 
 
 def collect(
-    found: Discovery, data_cfg: DataConfig, settings: PipelineSettings, work_dir: Path, workers: Workers, steps: Steps
+    found: Discovery, data_cfg: DataConfig, settings: PipelineSettings, work_dir: Path, workers: int, steps: Steps
 ) -> Collected:
     """Run pass 1 into `work_dir`: the spill file, and the kept documents' columns and report."""
     chunk = int(data_cfg.chunk_mb * 1e6)
-    size_limit = batch_chars(data_cfg.chunk_mb, workers.count)
+    size_limit = batch_chars(data_cfg.chunk_mb, workers)
     bad = BadRecords(skip=data_cfg.skip_bad)
     collector = Collector(settings, work_dir)
     pending: deque[tuple[list[str], list[int]]] = deque()  # names and sources of the batches in flight
@@ -104,7 +104,7 @@ def collect(
         (work_dir / SPILL_FILE).open("wb", buffering=1 << 20) as spill,
     ):
         try:
-            for results in workers.map(clean_batch, batches()):
+            for results in ordered_map(clean_batch, batches(), workers):
                 names, sources = pending.popleft()
                 keep = collector.add_batch(names, results)
                 for name, source, result, kept in zip(names, sources, results, keep):

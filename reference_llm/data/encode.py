@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from reference_llm.data.collect import Collected, read_spill
-from reference_llm.data.parallel import Workers, batch_chars
+from reference_llm.data.parallel import batch_chars, ordered_map
 from reference_llm.data.pipeline import SPECIAL_TOKENS, PipelineSettings, split_text, validation_mask
 from reference_llm.data.progress import Steps
 from reference_llm.data.shards import ShardWriter, token_dtype, write_json
@@ -141,7 +141,7 @@ def fit_tokenizer(
 _tokenizers: dict[str, Tokenizer] = {}
 
 
-def quiet_threads() -> None:
+def _quiet_threads() -> None:
     """In a worker process: one thread for HF tokenizers (the workers are the parallelism)."""
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     os.environ["RAYON_NUM_THREADS"] = "1"
@@ -238,7 +238,7 @@ def encode_all(
     val_fraction: float,
     settings: PipelineSettings,
     labels: list[str],
-    workers: Workers,
+    workers: int,
     chunk_mb: float,
     steps: Steps,
 ) -> tuple[dict[str, Any], int]:
@@ -248,7 +248,7 @@ def encode_all(
     journal = read_json(journal_path) if journal_path.is_file() else {}
     splits = [_Split(work_dir, name, dtype, settings.shard_tokens, journal.get(name, {})) for name in SPLITS]
     first = min(splits, key=lambda s: s.record)
-    size_limit = batch_chars(chunk_mb, workers.count)
+    size_limit = batch_chars(chunk_mb, workers)
     pending: deque[list[tuple[int, int, int, int, int]]] = deque()  # (record, offset, split, copies, source)
 
     def tasks() -> Iterator[tuple[str, bool, list[tuple[int, str]]]]:
@@ -274,7 +274,7 @@ def encode_all(
         advance(records)
 
     with steps.bar("tokenising", len(collected.sources) - first.record) as advance:
-        for results in workers.map(encode_batch, tasks()):
+        for results in ordered_map(encode_batch, tasks(), workers, initializer=_quiet_threads if workers > 1 else None):
             for (index, offset, split_id, copies, source), (ids, dropped, nbytes) in zip(pending.popleft(), results):
                 split = splits[split_id]
                 skip = split.skip if index == split.record else 0

@@ -1,5 +1,4 @@
-"""`Workers.map`, `ordered_map`: run a function over tasks in worker processes, results in task order,
-memory bounded.
+"""`ordered_map`: run a function over tasks in worker processes, results in task order, memory bounded.
 
 `multiprocessing.Pool.imap` would read the whole task iterator ahead (its feeder thread does not wait),
 so a corpus would be pulled into memory as fast as it can be read; here at most `in_flight` tasks exist
@@ -42,65 +41,6 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
-class Workers:
-    """`count` worker processes, started on first use and shared by every pass of a build: each start costs
-    ~0.25 CPU-s (an interpreter and the pipeline's imports), which a pool per pass paid once more per pass.
-    With one worker nothing is started and `map` runs in this process. Close it (or use it as a context)."""
-
-    def __init__(
-        self, count: int, initializer: Callable[..., Any] | None = None, initargs: tuple[Any, ...] = ()
-    ) -> None:
-        self.count = count
-        self._initializer, self._initargs = initializer, initargs
-        self._pool: ProcessPoolExecutor | None = None
-        self._initialized = False
-
-    def map(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
-        """fn(task) for each task, in order. At most 2 * count tasks are submitted and not yet returned."""
-        if self.count <= 1:
-            if self._initializer is not None and not self._initialized:
-                self._initializer(*self._initargs)
-                self._initialized = True
-            for task in tasks:
-                yield fn(task)
-            return
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(
-                self.count,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=self._initializer,
-                initargs=self._initargs,
-            )
-        pool = self._pool
-        pending: deque[Future[R]] = deque()
-        try:
-            for task in tasks:
-                pending.append(pool.submit(fn, task))
-                if len(pending) >= 2 * self.count:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
-        except BrokenProcessPool:
-            raise DataError(
-                f"a data worker process stopped unexpectedly (killed for lack of memory?); try fewer "
-                f"workers (data.workers, now {self.count}) or a smaller data.chunk_mb"
-            ) from None
-        finally:
-            for future in pending:  # a pass that stopped early leaves nothing queued for the next one
-                future.cancel()
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
-
-    def __enter__(self) -> Workers:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
 def ordered_map(
     fn: Callable[[T], R],
     tasks: Iterable[T],
@@ -108,9 +48,31 @@ def ordered_map(
     initializer: Callable[..., Any] | None = None,
     initargs: tuple[Any, ...] = (),
 ) -> Iterator[R]:
-    """fn(task) for each task, in order, in a pool of its own (see Workers.map)."""
-    with Workers(workers, initializer, initargs) as pool:
-        yield from pool.map(fn, tasks)
+    """fn(task) for each task, in order. At most 2 * workers tasks are submitted and not yet returned."""
+    if workers <= 1:
+        if initializer is not None:
+            initializer(*initargs)
+        for task in tasks:
+            yield fn(task)
+        return
+    pool = ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=initializer, initargs=initargs
+    )
+    pending: deque[Future[R]] = deque()
+    try:
+        for task in tasks:
+            pending.append(pool.submit(fn, task))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    except BrokenProcessPool:
+        raise DataError(
+            f"a data worker process stopped unexpectedly (killed for lack of memory?); try fewer "
+            f"workers (data.workers, now {workers}) or a smaller data.chunk_mb"
+        ) from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def run_apart(fn: Callable[[T], Any], task: T) -> None:

@@ -140,6 +140,7 @@ _RULES: list[_Rule] = [
     _rule(
         "github_token",
         r"g(?<![A-Za-z0-9_]g)(?:h[pousr]_[A-Za-z0-9]{36,255}|ithub_pat_[A-Za-z0-9_]{22,255})(?![A-Za-z0-9_])",
+        needle="_",  # a one-character needle is a memchr, ~3x quicker than the regex's scan for "g"
     ),
     # OpenAI/Anthropic-style sk-..., Stripe secret and restricted keys, Slack tokens, Google API keys
     _rule("api_key", r"s(?<![\w-]s)k-[A-Za-z0-9_-]{20,}(?![\w-])", _has_digit, min_run=23),
@@ -179,8 +180,9 @@ _RULES: list[_Rule] = [
         "phone",  # international: +CC then groups, e.g. +44 20 7946 0958, +1 (555) 123-4567
         r"\+(?<![\w+]\+)[1-9]\d{0,2}(?:[ .-]?(?:\(\d{1,4}\)|\d{1,5})){1,6}(?!\w|[.,]\d)",
         _phone,
+        needle="+",
     ),
-    _rule("phone", r"\((?<![\w+.-]\()\d{3}\) ?\d{3}[-. ]\d{4}(?![\w-]|\.\d)"),  # (555) 123-4567
+    _rule("phone", r"\((?<![\w+.-]\()\d{3}\) ?\d{3}[-. ]\d{4}(?![\w-]|\.\d)", needle="("),  # (555) 123-4567
     _rule(
         "phone",  # 555-123-4567
         r"\d(?<![\w+.-]\d)\d{2}(?P<sep>[-.])\d{3}(?P=sep)\d{4}(?![\w-]|\.\d)",

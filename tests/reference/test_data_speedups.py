@@ -1,6 +1,6 @@
 """The data pipeline's fast paths compute what their definitions say: MinHash signatures against a plain
 Python computation, the LSH index's signature file read back before and after it is flushed, the PII
-scan's skips, text normalisation against its regex-and-loop definition, and a worker pool shared by passes."""
+scan's skips, and text normalisation against its regex-and-loop definition."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ import pytest
 
 from reference_llm.data import clean, dedup, pii
 from reference_llm.data.dedup import LshIndex, MinHasher
-from reference_llm.data.parallel import Workers
 from reference_llm.data.pipeline import Cleaned, Collector, PipelineSettings
 from reference_llm.tokenizer import base as tokenizer_base
 
@@ -161,24 +160,6 @@ def test_normalize_text_matches_its_definition(monkeypatch: pytest.MonkeyPatch) 
     # Negative control: an ASCII control table that misses DEL (0x7f) keeps it.
     monkeypatch.setattr(clean, "_ASCII_CONTROL", clean._ASCII_CONTROL.replace(b"\x7f", b""))
     assert [clean.normalize_text(t) for t in texts] != [definition_normalize(t) for t in texts]
-
-
-def _pid(_: int) -> int:
-    return os.getpid()
-
-
-def test_workers_are_shared_by_passes() -> None:
-    # Two passes over one Workers run in the same two processes, each in order; a pass left early
-    # (as when a build stops) leaves no result behind for the next one.
-    with Workers(2) as workers:
-        first = list(workers.map(_pid, range(6)))
-        assert len(set(first)) <= 2 and os.getpid() not in first
-        stopped = workers.map(abs, range(-8, 0))
-        assert next(stopped) == 8
-        stopped.close()
-        assert list(workers.map(abs, range(-3, 0))) == [3, 2, 1]
-        assert set(workers.map(_pid, range(6))) <= set(first)
-    assert list(Workers(1).map(_pid, range(2))) == [os.getpid()] * 2
 
 
 def test_read_spill_only_skips_unmarked_records(tmp_path) -> None:
