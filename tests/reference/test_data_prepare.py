@@ -275,7 +275,11 @@ def test_cli_strict_and_skip_bad(tmp_path, capsys):
     "name, data, message",
     [
         ("bad.jsonl", b'{"text": "fine"}\n{"text": \n', "bad.jsonl:2: not JSON"),
-        ("bad.txt.gz", gzip.compress(b"some text\n" * 1000, mtime=0)[:40], "bad.txt.gz: truncated or corrupt gzip data"),
+        (
+            "bad.txt.gz",
+            gzip.compress(b"some text\n" * 1000, mtime=0)[:40],
+            "bad.txt.gz: truncated or corrupt gzip data",
+        ),
     ],
 )
 def test_cli_bad_input_is_one_line_without_traceback(tmp_path, name, data, message):
