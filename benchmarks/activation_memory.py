@@ -30,13 +30,12 @@ import time
 from typing import Any
 
 import torch
-from torch.profiler import ProfilerActivity, profile
 
 from generator.estimate import RunSpec, estimate_run
 from generator.estimate.hardware import Hardware, cpu_spec
 from reference_llm.distributed.parallelize import CHECKPOINTING, apply_activation_checkpointing
 from reference_llm.model import ModelConfig, Transformer
-from reference_llm.train.perf import cpu_features
+from reference_llm.train.perf import cpu_features, peak_allocated_bytes
 
 MIB = 2**20
 
@@ -49,16 +48,7 @@ def step(model: Transformer, idx: torch.Tensor) -> None:
 
 def measured_peak(model: Transformer, idx: torch.Tensor) -> int:
     """Peak bytes allocated during one step, above what is allocated before it."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step(model, idx)
-    events = sorted(
-        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns()
-    )
-    in_use = peak = 0
-    for event in events:
-        in_use += event.nbytes()
-        peak = max(peak, in_use)
-    return peak
+    return peak_allocated_bytes(lambda: step(model, idx))
 
 
 def estimated(config: ModelConfig, batch: int, mode: str) -> float:
@@ -74,8 +64,7 @@ def estimated(config: ModelConfig, batch: int, mode: str) -> float:
         activation_checkpointing=mode,
         attention="manual" if config.attention == "manual" else "flash",
     )
-    gib = estimate_run(spec).memory_breakdown_gib
-    return (gib["activations"] + gib["logits"] + gib["buffers"]) * 2**30
+    return estimate_run(spec).step_bytes
 
 
 def measure(config: ModelConfig, batch: int, steps: int, rounds: int) -> list[dict[str, Any]]:

@@ -86,6 +86,13 @@ class Estimate:
     suggestions: list[str] = field(default_factory=list)  # single changes that make it fit
     faster: str | None = None  # for a run longer than LONG_RUN_HOURS: the hardware that finishes it sooner
 
+    @property
+    def step_bytes(self) -> float:
+        """What one training step allocates on top of the model state: activations, logits and the step's
+        buffers, in bytes; the figure a measured step peak is compared with."""
+        gib = self.memory_breakdown_gib
+        return (gib["activations"] + gib["logits"] + gib["buffers"]) * 2**30
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.model,

@@ -118,6 +118,21 @@ def keep_freed_memory() -> bool:
     return bool(libc.mallopt(_M_MMAP_THRESHOLD, _HEAP_LIMIT) and libc.mallopt(_M_TRIM_THRESHOLD, _HEAP_LIMIT))
 
 
+def peak_allocated_bytes(step: Callable[[], object]) -> int:
+    """Peak bytes allocated on the CPU while `step()` runs, above what was allocated before it. A CPU has
+    no peak counter like CUDA's, so this replays torch.profiler's allocation timeline."""
+    from torch.profiler import ProfilerActivity, profile  # only measuring code pays for the profiler import
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    in_use = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        in_use += event.nbytes()
+        peak = max(peak, in_use)
+    return peak
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for queued device work, so that wall-clock timings cover it."""
     if device.type == "cuda":

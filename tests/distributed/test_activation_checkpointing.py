@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.profiler import ProfilerActivity, profile
 
 from generator.estimate import RunSpec, estimate_run
 from generator.estimate.hardware import Hardware, cpu_spec
@@ -21,6 +20,7 @@ from reference_llm.config import config_from_dict
 from reference_llm.distributed.parallelize import CHECKPOINTING, apply_activation_checkpointing
 from reference_llm.errors import ConfigError
 from reference_llm.model import ModelConfig, Transformer
+from reference_llm.train.perf import peak_allocated_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 # Activations, not logits, dominate a step of this shape (a small vocabulary, 128 tokens).
@@ -66,15 +66,7 @@ def step_peak(model: Transformer, idx: torch.Tensor) -> int:
         del logits
 
     step()
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-    in_use = peak = 0
-    for event in sorted(
-        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns()
-    ):
-        in_use += event.nbytes()
-        peak = max(peak, in_use)
-    return peak
+    return peak_allocated_bytes(step)
 
 
 def estimated_step(config: ModelConfig, mode: str) -> float:
@@ -89,8 +81,7 @@ def estimated_step(config: ModelConfig, mode: str) -> float:
         activation_checkpointing=mode,
         attention="manual",
     )
-    gib = estimate_run(spec).memory_breakdown_gib
-    return (gib["activations"] + gib["logits"] + gib["buffers"]) * 2**30
+    return estimate_run(spec).step_bytes
 
 
 def test_each_setting_uses_the_memory_the_estimator_predicts():

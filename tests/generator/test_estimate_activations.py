@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.profiler import ProfilerActivity, profile
 
 from generator.estimate import formulas
 from reference_llm.config import Dtype
 from reference_llm.model import ModelConfig, Transformer
+from reference_llm.train.perf import peak_allocated_bytes
 
 TOLERANCE = 0.15  # measured: within about 6% except 11% for GPT-2 124M shapes under bf16 (see the doc)
 
@@ -32,14 +32,7 @@ def measured_step_peak(config: ModelConfig, batch: int, bf16: bool) -> int:
     model = Transformer(config)
     idx = torch.randint(0, config.vocab_size, (batch, config.block_size))
     _step(model, idx, bf16)  # gradients now exist; the profiled step allocates only its own memory
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        _step(model, idx, bf16)
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    in_use = peak = 0
-    for event in sorted(events, key=lambda e: e.start_ns()):
-        in_use += event.nbytes()
-        peak = max(peak, in_use)
-    return peak
+    return peak_allocated_bytes(lambda: _step(model, idx, bf16))
 
 
 def estimated_step_bytes(config: ModelConfig, batch: int, bf16: bool) -> float:
