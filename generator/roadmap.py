@@ -155,27 +155,14 @@ def build_roadmap(track: Track, answers: Mapping[str, Any], hardware: Hardware) 
         if not step.optional:
             costs.append(figures)
         out_steps.append(
-            {
-                "id": step.id,
-                "number": number,
-                "title": step.title,
-                "summary": step.summary,
-                "depth": step.depth,
-                "optional": step.optional,
-                "requires": list(step.requires),
-                "code": [module_path(m) for m in step.modules],
-                "command": step.command_for(run_dir, package),
-                "checkpoint_test": step.checkpoint_test,
-                "compliance": list(step.compliance),
-                "estimate": {"kind": figures["kind"], "text": figures["text"]},
-                "exercises": [
-                    {"file": f"src/{package}/{e.file}", "symbol": e.symbol, "task": e.task, "tests": list(e.tests)}
-                    for e in EXERCISES
-                    if e.step == step.id
-                ],
-                "x": x,
-                "y": y,
-            }
+            _step_entry(
+                step,
+                number,
+                step.command_for(run_dir, package),
+                ("estimate", {"kind": figures["kind"], "text": figures["text"]}),
+                f"src/{package}/",
+                (x, y),
+            )
         )
     return {
         "track": track.name,
@@ -342,29 +329,37 @@ def template_track(track: Track) -> dict[str, Any]:
         "node_width": NODE_WIDTH,
         "node_height": NODE_HEIGHT,
         "steps": [
-            {
-                "id": step.id,
-                "number": number,
-                "title": step.title,
-                "summary": step.summary,
-                "depth": step.depth,
-                "optional": step.optional,
-                "requires": list(step.requires),
-                "code": [module_path(m) for m in step.modules],
-                "command": step.command,
-                "checkpoint_test": step.checkpoint_test,
-                "compliance": list(step.compliance),
-                "estimate_kind": step.estimate.kind,
-                "exercises": [
-                    {"file": e.file, "symbol": e.symbol, "task": e.task, "tests": list(e.tests)}
-                    for e in EXERCISES
-                    if e.step == step.id
-                ],
-                "x": positions[step.id][0],
-                "y": positions[step.id][1],
-            }
+            _step_entry(step, number, step.command, ("estimate_kind", step.estimate.kind), "", positions[step.id])
             for number, step in enumerate(steps, start=1)
         ],
+    }
+
+
+def _step_entry(
+    step: Step, number: int, command: str, estimate: tuple[str, Any], exercise_dir: str, position: tuple[int, int]
+) -> dict[str, Any]:
+    """One step as the roadmap answer and the template's track data hold it (the same keys in the same
+    order; they differ in the command, the estimate and where exercise files are named from)."""
+    return {
+        "id": step.id,
+        "number": number,
+        "title": step.title,
+        "summary": step.summary,
+        "depth": step.depth,
+        "optional": step.optional,
+        "requires": list(step.requires),
+        "code": [module_path(m) for m in step.modules],
+        "command": command,
+        "checkpoint_test": step.checkpoint_test,
+        "compliance": list(step.compliance),
+        estimate[0]: estimate[1],
+        "exercises": [
+            {"file": exercise_dir + e.file, "symbol": e.symbol, "task": e.task, "tests": list(e.tests)}
+            for e in EXERCISES
+            if e.step == step.id
+        ],
+        "x": position[0],
+        "y": position[1],
     }
 
 
